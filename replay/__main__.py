@@ -1,0 +1,30 @@
+"""`bank replay` / `python -m replay`: verify (and, later, rebuild) from the logs."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from streams.config import Settings, describe
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bank replay", description=__doc__, epilog=describe(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("verify", help="check the invariants over the logs; exit 1 on any violation")
+    p.add_argument("--complete", action="store_true",
+                   help="also require every request to have a final outcome (nothing in flight)")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    if not settings.bootstrap_servers:
+        print("bank replay needs KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
+        return 2
+    if args.command == "verify":
+        from replay.verify import main as verify_main
+
+        return verify_main(settings, args.complete)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

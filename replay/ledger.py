@@ -1,0 +1,69 @@
+"""Folding ledger.events into per-account state, the way every consumer must.
+
+An event is applied only if its seq is the next one for its account. An event
+with a seq already applied is a duplicate (a broker that shows aborted
+records delivers them) and must be byte-identical to the applied one;
+anything else (a gap, a different duplicate) is a violation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from streams.model import (CREDITED, DEBITED, DEPOSITED, OPENED, REFUNDED, REJECTED,
+                           WITHDRAWN)
+
+# how each kind of event moves the balance
+BALANCE_SIGN = {OPENED: 0, DEPOSITED: 1, WITHDRAWN: -1, DEBITED: -1, CREDITED: 1,
+                REFUNDED: 1, REJECTED: 0}
+
+
+@dataclass
+class AccountFold:
+    balance: int = 0
+    seq: int = 0
+    events: list[bytes] = field(default_factory=list)  # raw event i has seq i + 1
+
+
+@dataclass
+class LedgerFold:
+    """Per-account balances and histories from ledger.events, with violations."""
+
+    accounts: dict[str, AccountFold] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+
+    def apply(self, raw: bytes, where: str = "") -> dict[str, Any] | None:
+        """Apply one raw event; return it if it was new, None for a duplicate or a violation."""
+        try:
+            event = orjson.loads(raw)
+            name, seq, kind, amount = event["account"], event["seq"], event["kind"], event["amount"]
+            sign = BALANCE_SIGN[kind]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            self.violations.append(f"{where}: malformed ledger event ({exc})")
+            return None
+        acct = self.accounts.get(name)
+        if acct is None:
+            acct = self.accounts[name] = AccountFold()
+        if seq <= acct.seq:
+            self.duplicates += 1
+            if acct.events[seq - 1] != raw:
+                self.violations.append(
+                    f"{where}: account {name} seq {seq} re-delivered with different content")
+            return None
+        if seq != acct.seq + 1:
+            self.violations.append(f"{where}: account {name} seq gap: expected {acct.seq + 1}, got {seq}")
+            return None
+        expected = acct.balance + sign * amount
+        if event["balance"] != expected:
+            self.violations.append(f"{where}: account {name} seq {seq} balance {event['balance']} "
+                                   f"!= previous {acct.balance} {kind} {amount}")
+        if event["balance"] < 0:
+            self.violations.append(f"{where}: account {name} seq {seq} balance below 0")
+        acct.balance, acct.seq = event["balance"], seq
+        acct.events.append(raw)
+        self.applied += 1
+        return event

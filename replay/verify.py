@@ -1,0 +1,188 @@
+"""`bank replay verify`: check the system's invariants over its logs.
+
+Reads ledger.events, transfers.requests and transfers.outcomes and checks:
+  - per-account sequences are gap-free, re-deliveries identical;
+  - each balance follows from the previous one and never goes below 0;
+  - each request is applied at most once (one deciding event, at most one
+    credit or refund per transfer, never both);
+  - every debit has exactly one credit or refund, or is still in flight;
+  - money is conserved: sum of balances + in flight = deposits - withdrawals;
+  - nothing is lost: every request with a request_id has an outcome
+    (with --complete: a final one).
+"""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+import orjson
+
+from replay.ledger import LedgerFold
+from streams import topics
+from streams.client import read_topic
+from streams.decisions import parse_json
+from streams.config import Settings
+from streams.model import (COMPLETED, CREDITED, DEBITED, DEPOSITED, DUPLICATE, OPENED, REFUNDED,
+                           REJECTED_STATUS, STATUS_RANK, WITHDRAWN)
+
+_DECIDING = {OPENED, DEPOSITED, WITHDRAWN, DEBITED}
+
+
+@dataclass
+class VerifyReport:
+    events: int = 0
+    duplicates_dropped: int = 0
+    accounts: int = 0
+    total_balance: int = 0
+    deposits: int = 0
+    withdrawals: int = 0
+    in_flight: int = 0
+    in_flight_transfers: int = 0
+    requests: int = 0
+    requests_with_outcome: int = 0
+    requests_final: int = 0
+    completed: int = 0
+    rejected: int = 0
+    applied_twice: int = 0
+    lost: int = 0
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def money_conserved(self) -> bool:
+        return self.total_balance + self.in_flight == self.deposits - self.withdrawals
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations and self.money_conserved
+
+    def render(self) -> str:
+        lines = [
+            f"ledger events        {self.events} applied, {self.duplicates_dropped} duplicate copies dropped",
+            f"accounts             {self.accounts}",
+            f"requests             {self.requests} sent, {self.requests_with_outcome} with an outcome, "
+            f"{self.requests_final} final ({self.completed} completed, {self.rejected} rejected)",
+            f"lost                 {self.lost}",
+            f"applied twice        {self.applied_twice}",
+            f"money                balances {self.total_balance} + in flight {self.in_flight} "
+            f"({self.in_flight_transfers} transfers) vs deposits {self.deposits} - withdrawals "
+            f"{self.withdrawals}: {'conserved' if self.money_conserved else 'NOT CONSERVED'}",
+            f"violations           {len(self.violations)}",
+        ]
+        lines += [f"  - {v}" for v in self.violations[:50]]
+        if len(self.violations) > 50:
+            lines.append(f"  ... and {len(self.violations) - 50} more")
+        lines.append("verify: OK" if self.ok else "verify: FAILED")
+        return "\n".join(lines)
+
+
+def check_ledger(fold: LedgerFold, events: list[dict], report: VerifyReport) -> dict[str, str]:
+    """Checks over the applied (de-duplicated) events; returns request_id -> transfer state."""
+    deciding: Counter[str] = Counter()
+    credits: Counter[str] = Counter()
+    refunds: Counter[str] = Counter()
+    debits: dict[str, tuple[int, str]] = {}
+    for ev in events:
+        rid, kind = ev["request_id"], ev["kind"]
+        if kind in _DECIDING:
+            deciding[rid] += 1
+            if kind == DEPOSITED:
+                report.deposits += ev["amount"]
+            elif kind == WITHDRAWN:
+                report.withdrawals += ev["amount"]
+            elif kind == DEBITED:
+                debits[rid] = (ev["amount"], f"{ev['account']} seq {ev['seq']}")
+        elif kind == CREDITED:
+            credits[rid] += 1
+        elif kind == REFUNDED:
+            refunds[rid] += 1
+    transfer_state: dict[str, str] = {}
+    for rid, n in deciding.items():
+        if n > 1:
+            report.applied_twice += 1
+            report.violations.append(f"request {rid} applied {n} times")
+    for rid in set(credits) | set(refunds):
+        n = credits[rid] + refunds[rid]
+        if rid not in debits:
+            report.violations.append(f"request {rid} credited/refunded without a debit")
+        if n > 1:
+            report.applied_twice += 1
+            report.violations.append(f"request {rid} credited {credits[rid]} and refunded {refunds[rid]} times")
+    for rid, (amount, where) in debits.items():
+        if credits[rid] + refunds[rid] == 0:
+            report.in_flight += amount
+            report.in_flight_transfers += 1
+            transfer_state[rid] = "in_flight"
+    report.violations += fold.violations
+    report.events = fold.applied
+    report.duplicates_dropped = fold.duplicates
+    report.accounts = len(fold.accounts)
+    report.total_balance = sum(a.balance for a in fold.accounts.values())
+    return transfer_state
+
+
+def check_requests(request_ids: list[str], outcomes: dict[str, str], report: VerifyReport,
+                   require_final: bool) -> None:
+    report.requests = len(request_ids)
+    for rid in request_ids:
+        status = outcomes.get(rid)
+        if status is None:
+            report.lost += 1
+            report.violations.append(f"request {rid} has no outcome (lost)")
+            continue
+        report.requests_with_outcome += 1
+        if STATUS_RANK[status] == 2:
+            report.requests_final += 1
+            report.completed += status == COMPLETED
+            report.rejected += status == REJECTED_STATUS
+        elif require_final:
+            report.violations.append(f"request {rid} is still {status}")
+
+
+def fold_outcomes(values: list[dict]) -> dict[str, str]:
+    """request_id -> status, the furthest along; a duplicate's rejection never overrides."""
+    status: dict[str, str] = {}
+    for out in values:
+        rid, st = out.get("request_id"), out.get("status")
+        if not isinstance(rid, str) or st not in STATUS_RANK:
+            continue
+        if out.get("reason") == DUPLICATE:
+            status.setdefault(rid, st)
+            continue
+        old = status.get(rid)
+        if old is None or STATUS_RANK[st] > STATUS_RANK[old]:
+            status[rid] = st
+    return status
+
+
+def verify(settings: Settings, require_final: bool = False) -> VerifyReport:
+    """Read the logs and check every invariant."""
+    report = VerifyReport()
+    fold = LedgerFold()
+    events = []
+    for msg in read_topic(settings, settings.topic(topics.LEDGER)):
+        ev = fold.apply(msg.value(), f"{msg.topic()}[{msg.partition()}]@{msg.offset()}")
+        if ev is not None:
+            events.append(ev)
+    check_ledger(fold, events, report)
+    outcomes = fold_outcomes([orjson.loads(m.value())
+                              for m in read_topic(settings, settings.topic(topics.OUTCOMES))])
+    request_ids: list[str] = []
+    seen: set[str] = set()
+    for msg in read_topic(settings, settings.topic(topics.REQUESTS)):
+        try:
+            rid = parse_json(msg.value()).get("request_id")
+        except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
+            continue  # undecodable records are dead-lettered, not lost
+        if isinstance(rid, str) and 0 < len(rid) <= 128 and rid not in seen:
+            seen.add(rid)
+            request_ids.append(rid)
+    check_requests(request_ids, outcomes, report, require_final)
+    return report
+
+
+def main(settings: Settings, require_final: bool) -> int:
+    report = verify(settings, require_final)
+    print(report.render())
+    sys.stdout.flush()
+    return 0 if report.ok else 1

@@ -1,0 +1,134 @@
+"""The `bank` command line."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import orjson
+
+from streams.config import Settings, describe
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.engine import EngineWorker
+
+    settings = _settings(args)
+    if not settings.bootstrap_servers:
+        print("bank worker needs KAFKA_BOOTSTRAP_SERVERS (bank up starts a broker)", file=sys.stderr)
+        return 2
+    EngineWorker(settings, args.worker_id).run()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from streams.supervisor import up
+
+    return up(_settings(args), args.workers, args.broker_port, args.demo)
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streams.topics import TopicLayoutError, ensure_topics
+
+    settings = _settings(args)
+    if not settings.bootstrap_servers:
+        print("bank topics needs KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
+        return 2
+    try:
+        counts = ensure_topics(settings)
+    except TopicLayoutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for name, n in counts.items():
+        print(f"{name}\t{n} partitions")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from streams.client import RequestSender
+
+    settings = _settings(args)
+    if not settings.bootstrap_servers:
+        print("bank send needs KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
+        return 2
+    sender = RequestSender(settings)
+    source = open(args.file, "rb") if args.file != "-" else sys.stdin.buffer
+    failures = 0
+
+    def ack(line_no: int):
+        def on_ack(err, msg):  # noqa: ANN001
+            nonlocal failures
+            if err:
+                failures += 1
+                print(orjson.dumps({"line": line_no, "error": err}).decode(), flush=True)
+            else:
+                print(orjson.dumps({"line": line_no, "request_id": rid_of.get(line_no),
+                                    "partition": msg.partition(), "offset": msg.offset()}).decode(),
+                      flush=True)
+        return on_ack
+
+    rid_of: dict[int, object] = {}
+    for line_no, line in enumerate(source, 1):
+        if not line.strip():
+            continue
+        try:
+            request = orjson.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("not a JSON object")
+            rid_of[line_no] = request.get("request_id")
+            sender.send(request, ack(line_no))
+        except ValueError as exc:
+            failures += 1
+            print(orjson.dumps({"line": line_no, "error": str(exc)}).decode(), flush=True)
+    sender.flush()
+    return 1 if failures else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from replay.__main__ import main as replay_main
+
+    return replay_main(args.replay_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bank", description="Exactly-once bank transfers on Kafka.",
+        epilog=describe(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="start the broker (unless KAFKA_BOOTSTRAP_SERVERS), topics and workers")
+    p.add_argument("--workers", type=int, default=2, help="engine worker processes (default 2)")
+    p.add_argument("--broker-port", type=int, default=None, help="port of the embedded broker")
+    p.add_argument("--demo", action="store_true", help="run a small demo workload and print results")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("worker", help="run one engine worker in the consumer group")
+    p.add_argument("--worker-id", default="0", help="stable id: names its transactional id and store")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("send", help="produce JSON-lines requests; one acknowledgement line each")
+    p.add_argument("file", nargs="?", default="-", help="file of JSON lines (default: stdin)")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("topics", help="create the topics of topics.yaml (idempotent) and list them")
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("replay", help="rebuild and verify from the logs (see bank replay --help)",
+                       add_help=False)
+    p.add_argument("replay_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_replay)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

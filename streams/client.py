@@ -1,0 +1,173 @@
+"""Producing requests to transfers.requests and reading topics back.
+
+Used by `bank send`, the demo, the tests and the benchmark.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, TopicPartition
+
+from streams import kafka, topics
+from streams.config import Settings
+
+
+def routing_key(request: dict[str, Any]) -> str | None:
+    """The account whose partition decides the request (the sender of a transfer)."""
+    key = request.get("from") if request.get("type") == "transfer" else request.get("account")
+    return key if isinstance(key, str) and key else None
+
+
+class RequestSender:
+    """Produces requests keyed by their deciding account, with acknowledgements."""
+
+    def __init__(self, settings: Settings, **extra: object) -> None:
+        self.topic = settings.topic(topics.REQUESTS)
+        self.producer = kafka.producer(settings, **{"linger.ms": 5, "acks": "all",
+                                                    "queue.buffering.max.messages": 1_000_000,
+                                                    **extra})
+
+    def send(self, request: dict[str, Any],
+             on_ack: Callable[[str | None, Message], None] | None = None) -> None:
+        """Queue one request; on_ack(error or None, message) runs once the broker answers."""
+        key = routing_key(request)
+        if key is None:
+            raise ValueError("request has no account (or from) to key it by")
+        self.send_raw(key.encode(), orjson.dumps(request), on_ack)
+
+    def send_raw(self, key: bytes | None, value: bytes,
+                 on_ack: Callable[[str | None, Message], None] | None = None) -> None:
+        """Queue raw bytes (for tests of hostile input)."""
+        def delivered(err, msg):  # noqa: ANN001 - confluent-kafka callback signature
+            if on_ack is not None:
+                on_ack(None if err is None else str(err), msg)
+        while True:
+            try:
+                self.producer.produce(self.topic, key=key, value=value, on_delivery=delivered)
+                break
+            except BufferError:
+                self.producer.poll(0.01)
+        self.producer.poll(0)
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        if self.producer.flush(timeout_s) > 0:
+            raise TimeoutError("requests were not acknowledged in time")
+
+
+def read_to_end(consumer: Consumer, assignment: list[TopicPartition],
+                timeout_s: float = 120.0) -> Iterator[Message]:
+    """Every record from the given offsets up to the end, per partition.
+
+    The end is found by the fetch response's partition-EOF event (the consumer
+    needs enable.partition.eof): the embedded broker's ListOffsets answers
+    the base offset of the last record batch + 1, not the true end.
+    """
+    if not assignment:
+        return
+    consumer.assign(assignment)
+    remaining = {(tp.topic, tp.partition) for tp in assignment}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {sorted(remaining)} to the end")
+            for msg in consumer.consume(10000, 0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        remaining.discard((msg.topic(), msg.partition()))
+                    continue
+                yield msg
+    finally:
+        consumer.unassign()
+
+
+def read_topic(settings: Settings, topic: str, timeout_s: float = 120.0) -> Iterator[Message]:
+    """Every record of a topic, from the start to its end at the time of reading."""
+    consumer = kafka.consumer(settings, settings.topic("bank-reader"), **{"enable.partition.eof": True})
+    try:
+        parts = sorted(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
+        yield from read_to_end(consumer, [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts],
+                               timeout_s)
+    finally:
+        consumer.close()
+
+
+def read_json(settings: Settings, logical_topic: str, timeout_s: float = 60.0) -> Iterable[dict]:
+    """The decoded JSON values of a topic (records that do not decode are skipped)."""
+    for msg in read_topic(settings, settings.topic(logical_topic), timeout_s):
+        try:
+            yield orjson.loads(msg.value())
+        except (orjson.JSONDecodeError, TypeError):
+            continue
+
+
+class OutcomeWatcher:
+    """Tails transfers.outcomes (from the end it has when started) in a thread.
+
+    Keeps the furthest-along status of every request_id it sees, so callers
+    can wait for requests to finish.
+    """
+
+    def __init__(self, settings: Settings, from_beginning: bool = False) -> None:
+        import threading
+
+        self.settings = settings
+        self.status: dict[str, str] = {}
+        self.final_ts: dict[str, float] = {}  # monotonic time a final status was seen
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._consumer = kafka.consumer(settings, settings.topic("bank-watcher"))
+        topic = settings.topic(topics.OUTCOMES)
+        parts = sorted(self._consumer.list_topics(topic, timeout=30).topics[topic].partitions)
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        self._consumer.assign([TopicPartition(topic, p, start) for p in parts])
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from streams.model import DUPLICATE, STATUS_RANK
+
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(10000, 0.1):
+                if msg.error():
+                    continue
+                try:
+                    out = orjson.loads(msg.value())
+                    rid, status = out["request_id"], out["status"]
+                    rank = STATUS_RANK[status]
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    continue
+                with self._lock:
+                    old = self.status.get(rid)
+                    if out.get("reason") == DUPLICATE and old is not None:
+                        continue
+                    if old is None or rank > STATUS_RANK[old]:
+                        self.status[rid] = status
+                        if rank == 2:
+                            self.final_ts[rid] = time.monotonic()
+        self._consumer.close()
+
+    def finished(self, request_ids: Iterable[str]) -> int:
+        with self._lock:
+            return sum(1 for rid in request_ids if rid in self.final_ts)
+
+    def wait(self, request_ids: list[str], timeout_s: float,
+             progress: Callable[[int, int], None] | None = None) -> bool:
+        """Wait until every request has a final status; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done = self.finished(request_ids)
+            if progress:
+                progress(done, len(request_ids))
+            if done == len(request_ids):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)

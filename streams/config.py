@@ -1,0 +1,93 @@
+"""All configuration in one place: environment variables with defaults.
+
+`bank --help` prints this table, so an operator never has to read code to
+find a knob. Fault-injection settings exist only so tests can prove that the
+guarantees depend on the mechanisms they claim to depend on.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, field
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str = field(default="", metadata={
+        "env": "KAFKA_BOOTSTRAP_SERVERS",
+        "help": "Kafka cluster to use; empty starts the embedded Tansu broker"})
+    topic_prefix: str = field(default="", metadata={
+        "env": "BANK_TOPIC_PREFIX",
+        "help": "prefix for every topic and group name (isolates runs and generations)"})
+    partitions: int = field(default=8, metadata={
+        "env": "BANK_PARTITIONS",
+        "help": "partition count of the co-partitioned topics when they are created"})
+    replication_factor: int = field(default=1, metadata={
+        "env": "BANK_REPLICATION_FACTOR",
+        "help": "replication factor for created topics (3 on a production cluster)"})
+    state_dir: str = field(default=".state", metadata={
+        "env": "BANK_STATE_DIR",
+        "help": "directory for the RocksDB state stores"})
+    batch_max_records: int = field(default=5000, metadata={
+        "env": "BANK_BATCH_MAX_RECORDS",
+        "help": "most input records in one engine transaction"})
+    batch_max_ms: int = field(default=20, metadata={
+        "env": "BANK_BATCH_MAX_MS",
+        "help": "longest an engine waits to fill a batch before committing it"})
+    session_timeout_ms: int = field(default=6000, metadata={
+        "env": "BANK_SESSION_TIMEOUT_MS",
+        "help": "consumer group session timeout (a dead worker's partitions move after this)"})
+    transaction_timeout_ms: int = field(default=10000, metadata={
+        "env": "BANK_TRANSACTION_TIMEOUT_MS",
+        "help": "transaction timeout of the engine's transactional producer"})
+    fault_abort_every: int = field(default=0, metadata={
+        "env": "BANK_FAULT_ABORT_EVERY",
+        "help": "testing: abort every Nth engine transaction after its outputs were produced (0 = never)"})
+    unsafe_no_commit_filter: bool = field(default=False, metadata={
+        "env": "BANK_UNSAFE_NO_COMMIT_FILTER",
+        "help": "testing: restore state from every changelog record, committed or not (breaks exactly-once)"})
+    unsafe_no_dedupe: bool = field(default=False, metadata={
+        "env": "BANK_UNSAFE_NO_DEDUPE",
+        "help": "testing: disable the request-id idempotency guard (breaks exactly-once)"})
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> "Settings":
+        """Read every setting from the environment; keyword overrides win."""
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = os.environ.get(f.metadata["env"])
+            if raw is None:
+                continue
+            if f.type in ("int", int):
+                values[f.name] = int(raw)
+            elif f.type in ("bool", bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def topic(self, name: str) -> str:
+        """The full name of a topic (or group) under this run's prefix."""
+        return f"{self.topic_prefix}{name}"
+
+    def env(self) -> dict[str, str]:
+        """These settings as environment variables, for child processes."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.metadata["env"]] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        return out
+
+
+def describe() -> str:
+    """A help table of every environment variable and its default."""
+    lines = ["environment variables:"]
+    for f in fields(Settings):
+        lines.append(f"  {f.metadata['env']:<30} {f.metadata['help']} (default: {f.default!r})")
+    lines.append("  client security settings pass through: KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM,")
+    lines.append("  KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SSL_CA_LOCATION, ...: any KAFKA_X_Y becomes x.y")
+    return "\n".join(lines)

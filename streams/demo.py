@@ -1,0 +1,78 @@
+"""The `make run` demo: a small workload, then balances, a rate and a verify."""
+from __future__ import annotations
+
+import random
+import sys
+import time
+
+from streams.client import OutcomeWatcher, RequestSender
+from streams.config import Settings
+
+
+def _progress(label: str):
+    def show(done: int, total: int) -> None:
+        sys.stdout.write(f"\r  {label}: {done}/{total}")
+        sys.stdout.flush()
+        if done == total:
+            sys.stdout.write("\n")
+    return show
+
+
+def run_demo(settings: Settings, accounts: int = 200, transfers: int = 5000, seed: int = 7) -> None:
+    rng = random.Random(seed)
+    names = [f"acct-{i:04d}" for i in range(accounts)]
+    watcher = OutcomeWatcher(settings)
+    sender = RequestSender(settings)
+    try:
+        setup = []
+        for name in names:
+            for req in ({"type": "open_account", "request_id": f"open-{name}", "account": name,
+                         "daily_limit": 1_000_000},
+                        {"type": "deposit", "request_id": f"dep-{name}", "account": name,
+                         "amount": 10_000}):
+                sender.send(req)
+                setup.append(req["request_id"])
+        sender.flush()
+        print(f"demo: opening {accounts} accounts with 100.00 each")
+        if not watcher.wait(setup, 120, _progress("set-up requests finished")):
+            print("demo: set-up did not finish in 120 s", flush=True)
+            return
+        ids = []
+        start = time.monotonic()
+        for i in range(transfers):
+            src, dst = rng.sample(names, 2)
+            req = {"type": "transfer", "request_id": f"t-{i}", "from": src, "to": dst,
+                   "amount": rng.randint(1, 4_000)}
+            sender.send(req)
+            ids.append(req["request_id"])
+        sender.flush()
+        print(f"demo: sent {transfers} transfers between random accounts")
+        ok = watcher.wait(ids, 120, _progress("transfers finished"))
+        elapsed = time.monotonic() - start
+        statuses = [watcher.status.get(r) for r in ids]
+        print(f"demo: {statuses.count('completed')} completed, {statuses.count('rejected')} rejected "
+              f"in {elapsed:.2f} s ({len(ids) / elapsed:,.0f} transfers/s end to end)"
+              + ("" if ok else " [timed out]"))
+    finally:
+        watcher.close()
+    from replay.verify import verify
+
+    report = verify(settings)
+    print("demo: ledger check")
+    print("  " + report.render().replace("\n", "\n  "))
+    _print_balances(settings, names[:5])
+
+
+def _print_balances(settings: Settings, names: list[str]) -> None:
+    from replay.ledger import LedgerFold
+    from streams import topics
+    from streams.client import read_topic
+
+    fold = LedgerFold()
+    for msg in read_topic(settings, settings.topic(topics.LEDGER)):
+        fold.apply(msg.value())
+    print("demo: some balances from the ledger (minor units):")
+    for name in names:
+        acct = fold.accounts.get(name)
+        if acct:
+            print(f"  {name}: balance {acct.balance}, {acct.seq} ledger events")

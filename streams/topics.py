@@ -1,0 +1,84 @@
+"""Topic names, the topics.yaml catalogue, and idempotent topic creation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from confluent_kafka import KafkaError
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.config import Settings
+from streams.kafka import client_config
+
+REQUESTS = "transfers.requests"
+CREDITS = "transfers.credits"
+LEDGER = "ledger.events"
+CHANGELOG = "engine.changelog"
+OUTCOMES = "transfers.outcomes"
+DEADLETTER = "transfers.deadletter"
+ENGINE_GROUP = "bank-engine"
+
+
+class TopicLayoutError(RuntimeError):
+    """An existing topic breaks co-partitioning; starting would split accounts."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+    co_partitioned: bool
+
+
+def catalogue_path() -> Path:
+    """topics.yaml: in the source tree, or shipped inside the package."""
+    here = Path(__file__).resolve().parent.parent / "topics.yaml"
+    if here.exists():
+        return here
+    return Path(str(resources.files("streams").joinpath("topics.yaml")))
+
+
+def load_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic of topics.yaml with its full (prefixed) name."""
+    doc = yaml.safe_load(catalogue_path().read_text())
+    specs = []
+    for name, body in doc["topics"].items():
+        co = body["partitions"] == "co"
+        specs.append(TopicSpec(
+            name=settings.topic(name),
+            partitions=settings.partitions if co else int(body["partitions"]),
+            config={k: str(v) for k, v in (body.get("config") or {}).items()},
+            co_partitioned=co,
+        ))
+    return specs
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
+    """Create missing topics; refuse if the co-partitioned ones disagree.
+
+    Returns the partition count of every topic.
+    """
+    admin = AdminClient(client_config(settings))
+    specs = load_specs(settings)
+    futures = admin.create_topics(
+        [NewTopic(s.name, s.partitions, settings.replication_factor, config=s.config) for s in specs],
+        request_timeout=timeout_s)
+    for name, future in futures.items():
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - inspect the Kafka error code
+            err = exc.args[0] if exc.args else None
+            if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                raise
+    metadata = admin.list_topics(timeout=timeout_s)
+    counts = {s.name: len(metadata.topics[s.name].partitions) for s in specs}
+    co_counts = {s.name: counts[s.name] for s in specs if s.co_partitioned}
+    if len(set(co_counts.values())) != 1:
+        raise TopicLayoutError(
+            "co-partitioned topics must have the same partition count, found "
+            + ", ".join(f"{n}={c}" for n, c in sorted(co_counts.items()))
+            + "; recreate them or use another BANK_TOPIC_PREFIX")
+    return counts

@@ -73,7 +73,7 @@ def read_to_end(consumer: Consumer, assignment: list[TopicPartition],
         while remaining:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"could not read {sorted(remaining)} to the end")
-            for msg in consumer.consume(10000, 0.5):
+            for msg in consumer.consume(10000, 0.1):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:

@@ -46,9 +46,10 @@ class Settings:
     fault_abort_every: int = field(default=0, metadata={
         "env": "BANK_FAULT_ABORT_EVERY",
         "help": "testing: abort every Nth engine transaction after its outputs were produced (0 = never)"})
-    unsafe_no_commit_filter: bool = field(default=False, metadata={
-        "env": "BANK_UNSAFE_NO_COMMIT_FILTER",
-        "help": "testing: restore state from every changelog record, committed or not (breaks exactly-once)"})
+    unsafe_no_transactions: bool = field(default=False, metadata={
+        "env": "BANK_UNSAFE_NO_TRANSACTIONS",
+        "help": "testing: no transactions; offsets committed after the outputs, every changelog "
+                "record trusted (breaks exactly-once)"})
     unsafe_no_dedupe: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_NO_DEDUPE",
         "help": "testing: disable the request-id idempotency guard (breaks exactly-once)"})

@@ -224,9 +224,12 @@ def decide_request(req: Request, acct: Account | None, already_applied: bool,
     return d
 
 
+_MARKER_PREFIX = {CREDIT: "c:", REFUND: "f:", REJECT_NOTICE: "n:"}  # requests use "r:"
+
+
 def credit_marker(msg: dict[str, Any]) -> str:
     """The applied-id of a transfers.credits message (one per kind and request)."""
-    return f"{msg['kind'][0]}:{msg['request_id']}"
+    return _MARKER_PREFIX[msg["kind"]] + msg["request_id"]
 
 
 def decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bool,

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams import kafka, topics
 from streams.client import read_to_end
@@ -111,15 +111,17 @@ class EngineWorker:
         self.stats = {"requests": 0, "credits": 0, "batches": 0, "aborts": 0, "deadletters": 0}
 
     # -- producer lifecycle --------------------------------------------------
-    def _new_producer(self):
+    def _new_producer(self) -> Producer:
+        conf: dict[str, object] = {
+            "linger.ms": 5, "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 1_048_576,
+            "client.id": f"engine-{self.worker_id}-txn"}
+        if self.settings.unsafe_no_transactions:
+            return kafka.producer(self.settings, **conf)
         producer = kafka.producer(
-            self.settings,
+            self.settings, **conf,
             **{"transactional.id": self.settings.topic(f"bank-engine-{self.worker_id}"),
-               "transaction.timeout.ms": self.settings.transaction_timeout_ms,
-               "linger.ms": 5, "batch.num.messages": 10000,
-               "queue.buffering.max.messages": 2_000_000,
-               "queue.buffering.max.kbytes": 1_048_576,
-               "client.id": f"engine-{self.worker_id}-txn"})
+               "transaction.timeout.ms": self.settings.transaction_timeout_ms})
         producer.init_transactions(30)
         return producer
 
@@ -159,46 +161,47 @@ class EngineWorker:
         return result
 
     def _restore(self, owned: list[int]) -> dict[tuple[str, int], int]:
-        """Bring each owned partition's store to its committed offsets; return them."""
-        committed = self._committed(owned)
-        for p in owned:
-            task = self.tasks[p]
-            c_committed = committed[(self.t_credits, p)]
-            r_committed = committed[(self.t_requests, p)]
-            self._restore_partition(task, c_committed, r_committed)
-            task.next_credit, task.next_request = c_committed, r_committed
-            task.credits.clear()
-            task.requests.clear()
-        return committed
+        """Bring each owned partition's store to its committed offsets; return them.
 
-    def _restore_partition(self, task: PartitionTask, c_committed: int, r_committed: int) -> None:
-        """Replay the changelog from the store's checkpoint, keeping committed batches only."""
-        start = task.store.checkpoint
-        valid: list[tuple[bytes, bytes]] = []
-        uncommitted_from: int | None = None   # first changelog offset not known committed
-        end = start
-        task.replay = None
-        trust_all = self.settings.unsafe_no_commit_filter
-        tp = TopicPartition(self.t_changelog, task.partition, start)
-        for msg in read_to_end(self.restorer, [tp]):
-            offset = msg.offset()
-            end = offset + 1
+        Replays the changelog from each store's checkpoint, keeping only records
+        of committed batches (end offsets within the committed offsets).
+        """
+        committed = self._committed(owned)
+        trust_all = self.settings.unsafe_no_transactions
+        valid: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in owned}
+        uncommitted_from: dict[int, int] = {}   # first changelog offset not known committed
+        end = {p: self.tasks[p].store.checkpoint for p in owned}
+        for p in owned:
+            self.tasks[p].replay = None
+        assignment = [TopicPartition(self.t_changelog, p, end[p]) for p in owned]
+        for msg in read_to_end(self.restorer, assignment):
+            p, offset = msg.partition(), msg.offset()
+            task = self.tasks[p]
+            end[p] = offset + 1
+            c_done, r_done = committed[(self.t_credits, p)], committed[(self.t_requests, p)]
             value = orjson.loads(msg.value())
             if msg.key() == _MANIFEST:
                 c0, c1, r0, r1 = value
-                if (c0, r0) == (c_committed, r_committed) and (c1, r1) != (c0, r0):
+                if not trust_all and (c0, r0) == (c_done, r_done) and (c1, r1) != (c0, r0):
                     # produced, maybe seen downstream, not committed: re-run exactly this
                     task.replay = task.replay or (c0, c1, r0, r1)
-                    uncommitted_from = offset if uncommitted_from is None else uncommitted_from
+                    uncommitted_from.setdefault(p, offset)
                 continue
             end_c, end_r, payload = value
-            if trust_all or (end_c <= c_committed and end_r <= r_committed):
-                valid.append((msg.key(), orjson.dumps(payload)))
-            elif uncommitted_from is None:
-                uncommitted_from = offset
-        task.store.restore(valid, uncommitted_from if uncommitted_from is not None else end)
-        log.info("worker %s restored p%d: %d changelog records from offset %d, replay=%s",
-                 self.worker_id, task.partition, len(valid), start, task.replay)
+            if trust_all or (end_c <= c_done and end_r <= r_done):
+                valid[p].append((msg.key(), orjson.dumps(payload)))
+            else:
+                uncommitted_from.setdefault(p, offset)
+        for p in owned:
+            task = self.tasks[p]
+            task.store.restore(valid[p], uncommitted_from.get(p, end[p]))
+            task.next_credit = committed[(self.t_credits, p)]
+            task.next_request = committed[(self.t_requests, p)]
+            task.credits.clear()
+            task.requests.clear()
+            log.info("worker %s restored p%d: %d changelog records, replay=%s",
+                     self.worker_id, p, len(valid[p]), task.replay)
+        return committed
 
     # -- the processing loop -------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -261,7 +264,9 @@ class EngineWorker:
 
     def _transact(self, batch: list[tuple[PartitionTask, list[Message], list[Message]]]) -> None:
         producer = self.producer
-        producer.begin_transaction()
+        transactional = not self.settings.unsafe_no_transactions
+        if transactional:
+            producer.begin_transaction()
         offsets: list[TopicPartition] = []
         ends: list[tuple[PartitionTask, int, int]] = []
         for task, credits, requests in batch:
@@ -284,14 +289,18 @@ class EngineWorker:
             ends.append((task, c1, r1))
             self.stats["credits"] += len(credits)
             self.stats["requests"] += len(requests)
-        producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
         self._transactions += 1
-        every = self.settings.fault_abort_every
-        if every and self._transactions % every == 0:
-            producer.flush(30)  # make sure the outputs reached the broker before aborting
-            raise InjectedAbort(f"injected abort of transaction {self._transactions}")
-        producer.commit_transaction(30)
-        producer.poll(0)
+        if not transactional:
+            producer.flush(30)
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        else:
+            producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+            every = self.settings.fault_abort_every
+            if every and self._transactions % every == 0:
+                producer.flush(30)  # the outputs reach the broker before the abort
+                raise InjectedAbort(f"injected abort of transaction {self._transactions}")
+            producer.commit_transaction(30)
+            producer.poll(0)
         for task, c1, r1 in ends:
             task.store.commit(self._changelog_offsets.get(task.partition))
             task.next_credit, task.next_request = c1, r1
@@ -302,7 +311,8 @@ class EngineWorker:
         self.stats["aborts"] += 1
         log.warning("worker %s aborting transaction: %s", self.worker_id, exc)
         try:
-            self.producer.abort_transaction(30)
+            if not self.settings.unsafe_no_transactions:
+                self.producer.abort_transaction(30)
         except KafkaException as abort_exc:
             log.warning("abort_transaction failed: %s", abort_exc)
         # the embedded broker loses the offsets of the next transaction of a producer

@@ -1,0 +1,58 @@
+"""Shared fixtures: one real broker per test session, fresh topics per test.
+
+KAFKA_BOOTSTRAP_SERVERS points the suite at another cluster; otherwise the
+embedded broker is started on a free loopback port and stopped at the end.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import replace
+
+import pytest
+
+from streams.broker import EmbeddedBroker
+from streams.config import Settings
+from streams.supervisor import WorkerPool
+from streams.topics import ensure_topics
+
+
+@pytest.fixture(scope="session")
+def bootstrap_servers(tmp_path_factory) -> str:
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    broker = EmbeddedBroker(log_path=str(log)).start()
+    yield broker.bootstrap_servers
+    broker.stop()
+
+
+@pytest.fixture
+def settings(bootstrap_servers: str, tmp_path) -> Settings:
+    """Settings for one test: its own topic prefix and state directory, topics created."""
+    base = Settings.from_env()
+    s = replace(base, bootstrap_servers=bootstrap_servers,
+                topic_prefix=f"t{uuid.uuid4().hex[:10]}-", state_dir=str(tmp_path / "state"),
+                partitions=8)
+    ensure_topics(s)
+    return s
+
+
+@pytest.fixture
+def pool_factory(tmp_path):
+    """Start engine worker processes; every one is stopped when the test ends."""
+    pools: list[WorkerPool] = []
+
+    def start(settings: Settings, count: int) -> WorkerPool:
+        log_dir = tmp_path / "logs"
+        log_dir.mkdir(exist_ok=True)
+        pool = WorkerPool(settings, count, str(log_dir))
+        pools.append(pool)
+        return pool
+
+    yield start
+    for pool in pools:
+        for wid in list(pool.procs):
+            pool.kill(wid)

@@ -1,0 +1,92 @@
+"""End to end over the real broker: exact balances, histories and bad input."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import orjson
+
+from streams import topics
+from streams.client import read_json
+from tests.workload import Workload, assert_invariants, ledger
+
+
+def test_transfers_across_partitions_give_exact_balances_and_histories(settings, pool_factory):
+    pool_factory(settings, 2)
+    names = [f"user-{i}" for i in range(12)]
+    wl = Workload(settings)
+    try:
+        wl.open_accounts(names, 1_000)
+        rng = random.Random(3)
+        expected = {n: 1_000 for n in names}
+        history = {n: Counter({("opened", 0, None): 1, ("deposited", 1_000, None): 1}) for n in names}
+        for i in range(300):
+            src, dst = rng.sample(names, 2)
+            amount = rng.randint(1, 5)
+            wl.send({"type": "transfer", "request_id": f"t{i}", "from": src, "to": dst, "amount": amount})
+            expected[src] -= amount
+            expected[dst] += amount
+            history[src][("debited", amount, dst)] += 1
+            history[dst][("credited", amount, src)] += 1
+        wl.sender.flush()
+        assert wl.wait(120), [(r, wl.watcher.status.get(r)) for r in wl.request_ids if r not in wl.watcher.final_ts][:10]
+        assert all(wl.watcher.status[f"t{i}"] == "completed" for i in range(300))
+    finally:
+        wl.close()
+    fold = ledger(settings)
+    assert {n: a.balance for n, a in fold.accounts.items()} == expected
+    for name in names:
+        events = [orjson.loads(raw) for raw in fold.accounts[name].events]
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        got = Counter((e["kind"], e["amount"], e["counterparty"]) for e in events)
+        assert got == history[name], name
+    partitions = {orjson.loads(m)["source"]["partition"] for a in fold.accounts.values() for m in a.events}
+    assert len(partitions) >= 4, "the accounts should span several partitions"
+    assert_invariants(settings, wl)
+
+
+def test_bad_input_is_rejected_or_dead_lettered_and_the_worker_goes_on(settings, pool_factory):
+    pool = pool_factory(settings, 1)
+    wl = Workload(settings)
+    try:
+        wl.open_accounts(["alice", "bob"], 500)
+        bad = [
+            (b"alice", b"{not json", "dead"),
+            (b"alice", b"\xff\xfe\x00garbage", "dead"),
+            (b"alice", b'["a", "list"]', "dead"),
+            (None, b'{"type": "deposit", "account": "alice", "amount": 5}', "dead"),  # no request_id
+            (b"alice", b'{"type":"deposit","request_id":"b1","account":"alice","amount":-5}', "invalid"),
+            (b"alice", b'{"type":"deposit","request_id":"b2","account":"alice","amount":99999999999999999999999}', "invalid"),
+            (b"alice", b'{"type":"deposit","request_id":"b3","account":"alice","amount":"7"}', "invalid"),
+            (b"alice", b'{"type":"deposit","request_id":"b4","account":"alice","amount":5,"x":1}', "invalid"),
+            (b"bob", b'{"type":"deposit","request_id":"b5","account":"alice","amount":5}', "invalid"),
+            (None, b'{"type":"deposit","request_id":"b6","account":"alice","amount":5}', "invalid"),
+            (b"alice", b'{"type":"transfer","request_id":"b7","from":"alice","to":"alice","amount":5}', "invalid"),
+            (b"alice", b'{"type":"transfer","request_id":"b8","from":"alice","to":"bob","amount":501}', "insufficient_funds"),
+            (b"zed", b'{"type":"withdraw","request_id":"b9","account":"zed","amount":1}', "unknown_account"),
+            (b"alice", b'{"type":"transfer","request_id":"b10","from":"alice","to":"nobody","amount":5}', "unknown_account"),
+        ]
+        for key, value, _ in bad:
+            wl.sender.send_raw(key, value)
+        expected = {}
+        for i, (_, value, want) in enumerate(bad):
+            rid = f"b{i - 3}"
+            if want != "dead":
+                wl.request_ids.append(rid)
+                expected[rid] = want
+        wl.send({"type": "transfer", "request_id": "good", "from": "alice", "to": "bob", "amount": 100})
+        wl.sender.flush()
+        assert wl.wait(60)
+    finally:
+        wl.close()
+    outcomes = {o["request_id"]: o for o in read_json(settings, topics.OUTCOMES)}
+    for rid, reason in expected.items():
+        assert outcomes[rid]["status"] == "rejected" and outcomes[rid]["reason"] == reason, rid
+    assert outcomes["good"]["status"] == "completed"
+    dead = list(read_json(settings, topics.DEADLETTER))
+    assert len(dead) == 4 and all(d["error"] for d in dead)
+    fold = ledger(settings)
+    # 500 + 500 deposited; the refund of b10 returned alice's 5; good moved 100
+    assert fold.accounts["alice"].balance == 400 and fold.accounts["bob"].balance == 600
+    assert pool.procs["0"].poll() is None, "the worker must still be running"
+    assert_invariants(settings, wl)

@@ -28,6 +28,10 @@ class Settings:
     replication_factor: int = field(default=1, metadata={
         "env": "BANK_REPLICATION_FACTOR",
         "help": "replication factor for created topics (3 on a production cluster)"})
+    isolation_level: str = field(default="read_committed", metadata={
+        "env": "BANK_ISOLATION_LEVEL",
+        "help": "how every consumer reads; `bank up` and the tests use read_uncommitted on the "
+                "embedded broker, whose read_committed can stall behind committed transactions"})
     state_dir: str = field(default=".state", metadata={
         "env": "BANK_STATE_DIR",
         "help": "directory for the RocksDB state stores"})
@@ -46,6 +50,10 @@ class Settings:
     fault_abort_every: int = field(default=0, metadata={
         "env": "BANK_FAULT_ABORT_EVERY",
         "help": "testing: abort every Nth engine transaction after its outputs were produced (0 = never)"})
+    fault_commit_delay_ms: int = field(default=0, metadata={
+        "env": "BANK_FAULT_COMMIT_DELAY_MS",
+        "help": "testing: wait this long between producing a batch and committing it "
+                "(widens the window in which a crash leaves a produced, uncommitted batch)"})
     unsafe_no_transactions: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_NO_TRANSACTIONS",
         "help": "testing: no transactions; offsets committed after the outputs, every changelog "

@@ -2,26 +2,13 @@
 
 One process joins the engine consumer group over the co-partitioned topics
 transfers.requests and transfers.credits, so it owns every record and all
-state of the accounts in its partitions. Each cycle it takes a batch of
-records per owned partition and, inside ONE Kafka transaction, writes:
-
-  1. a manifest to engine.changelog: the exact input ranges of the batch;
-  2. the outputs: ledger.events, transfers.outcomes, transfers.credits,
-     transfers.deadletter;
-  3. the state changelog: the new state of every changed account and the
-     applied request ids, each tagged with the batch's end offsets;
-  4. the consumer offsets (send_offsets_to_transaction).
-
-Exactly-once on a broker that shows aborted records (the embedded one does):
-a batch's effects count only once its input offsets are committed. On
-restore, changelog records of a batch whose end offsets lie beyond the
-committed offsets are ignored, and if a manifest starts exactly at the
-committed offsets (a batch that was produced but not committed, maybe
-visible downstream), the next batch re-processes exactly those ranges.
-Processing is deterministic (time comes from the input records), so the
-re-run writes byte-identical records and consumers drop the copies by
-(account, seq) or request id. On a broker that hides aborted records the
-same code is plain Kafka exactly-once.
+state of the accounts in its partitions. Each cycle runs one Kafka
+transaction over every owned partition that has input; per partition it
+writes a manifest (flushed first), the outputs (ledger.events,
+transfers.outcomes, transfers.credits, transfers.deadletter), the state
+changelog, and, once all of that is acknowledged, an END marker.
+streams.changelog explains why that order makes each batch atomic even on
+a broker that shows aborted records, and where the engine resumes.
 """
 from __future__ import annotations
 
@@ -36,15 +23,14 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams import kafka, topics
+from streams.changelog import END, MANIFEST, ChangelogChain, Manifest
 from streams.client import read_to_end
 from streams.config import Settings
-from streams.decisions import Undecodable, credit_marker, decide_credit, decide_request, parse_request
+from streams.decisions import Decision, Undecodable, credit_marker, decide_credit, decide_request, parse_request
 from streams.model import Position
 from streams.store import PartitionStore
 
 log = logging.getLogger("bank.engine")
-
-_MANIFEST = b"m"
 
 
 class InjectedAbort(Exception):
@@ -61,14 +47,16 @@ class PartitionTask:
     next_request: int = 0                 # next requests offset to process
     credits: list[Message] = field(default_factory=list)
     requests: list[Message] = field(default_factory=list)
-    replay: tuple[int, int, int, int] | None = None  # manifest to re-run: c0, c1, r0, r1
+    replay: Manifest | None = None        # a cut-short batch to re-run exactly
+    end_offset: int | None = None         # changelog offset of the open batch's END marker
+    end_position: tuple[int, int] = (0, 0)  # input position at the end of the open batch
 
     def take_batch(self, limit: int) -> tuple[list[Message], list[Message]] | None:
-        """The next batch's records, or None if a manifest replay is not yet fetched."""
+        """The next batch's records, or None if a batch to re-run is not fetched yet."""
         if self.replay is not None:
             _, c1, _, r1 = self.replay
-            have_c = c1 == self.next_credit or any(m.offset() >= c1 - 1 for m in self.credits[-1:])
-            have_r = r1 == self.next_request or any(m.offset() >= r1 - 1 for m in self.requests[-1:])
+            have_c = c1 == self.next_credit or (self.credits and self.credits[-1].offset() >= c1 - 1)
+            have_r = r1 == self.next_request or (self.requests and self.requests[-1].offset() >= r1 - 1)
             if not (have_c and have_r):
                 return None
             credits = [m for m in self.credits if m.offset() < c1]
@@ -80,6 +68,13 @@ class PartitionTask:
         del self.credits[:len(credits)]
         del self.requests[:len(requests)]
         return credits, requests
+
+    def buffer(self, msg: Message, is_credit: bool) -> None:
+        """Keep a fetched record unless it is behind what this task already has."""
+        queue, nxt = (self.credits, self.next_credit) if is_credit else (self.requests, self.next_request)
+        last = queue[-1].offset() if queue else nxt - 1
+        if msg.offset() > last:
+            queue.append(msg)
 
 
 class EngineWorker:
@@ -94,114 +89,92 @@ class EngineWorker:
         self.t_changelog = settings.topic(topics.CHANGELOG)
         self.t_outcomes = settings.topic(topics.OUTCOMES)
         self.t_deadletter = settings.topic(topics.DEADLETTER)
+        self.unsafe = settings.unsafe_no_transactions
         self.tasks: dict[int, PartitionTask] = {}
         self._stopping = False
         self._transactions = 0
-        self._changelog_offsets: dict[int, int] = {}
         self.consumer = kafka.consumer(
             settings, settings.topic(topics.ENGINE_GROUP),
-            **{"partition.assignment.strategy": "range",
-               "max.poll.interval.ms": 300000,
-               "fetch.wait.max.ms": 5,
+            **{"partition.assignment.strategy": "range", "fetch.wait.max.ms": 5,
                "client.id": f"engine-{worker_id}"})
         self.restorer = kafka.consumer(settings, settings.topic("bank-engine-restore"),
                                        **{"client.id": f"engine-{worker_id}-restore",
                                           "enable.partition.eof": True})
+        self.stats = {"requests": 0, "credits": 0, "batches": 0, "aborts": 0, "deadletters": 0,
+                      "replays": 0}
         self.producer = self._new_producer()
-        self.stats = {"requests": 0, "credits": 0, "batches": 0, "aborts": 0, "deadletters": 0}
 
-    # -- producer lifecycle --------------------------------------------------
+    # -- producer -------------------------------------------------------------
     def _new_producer(self) -> Producer:
+        """The worker's transactional producer; init fences an earlier incarnation."""
         conf: dict[str, object] = {
-            "linger.ms": 5, "batch.num.messages": 10000,
+            "linger.ms": 2, "batch.num.messages": 10000,
             "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 1_048_576,
-            "client.id": f"engine-{self.worker_id}-txn"}
-        if self.settings.unsafe_no_transactions:
+            "client.id": f"engine-{self.worker_id}"}
+        if self.unsafe:
             return kafka.producer(self.settings, **conf)
         producer = kafka.producer(
             self.settings, **conf,
             **{"transactional.id": self.settings.topic(f"bank-engine-{self.worker_id}"),
                "transaction.timeout.ms": self.settings.transaction_timeout_ms})
-        producer.init_transactions(30)
+        producer.init_transactions(60)
         return producer
-
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is None and msg.topic() == self.t_changelog:
-            p = msg.partition()
-            self._changelog_offsets[p] = max(self._changelog_offsets.get(p, 0), msg.offset() + 1)
 
     # -- partition assignment and restore -----------------------------------
     def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
         owned = sorted({tp.partition for tp in partitions})
         log.info("worker %s assigned partitions %s", self.worker_id, owned)
+        fresh = []
         for p in owned:
             if p not in self.tasks:
                 path = os.path.join(self.settings.state_dir, f"engine-{self.worker_id}", f"p{p}")
                 self.tasks[p] = PartitionTask(p, PartitionStore(path))
-        positions = self._restore(owned)
-        consumer.assign([TopicPartition(tp.topic, tp.partition, positions[(tp.topic, tp.partition)])
+                fresh.append(self.tasks[p])
+        self._restore(fresh)
+        consumer.assign([TopicPartition(tp.topic, tp.partition, self._next_offset(tp.topic, tp.partition))
                          for tp in partitions])
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
-        lost = {tp.partition for tp in partitions}
-        log.info("worker %s revoked partitions %s", self.worker_id, sorted(lost))
+        lost = sorted({tp.partition for tp in partitions})
+        log.info("worker %s revoked partitions %s", self.worker_id, lost)
         for p in lost:
             task = self.tasks.pop(p, None)
             if task is not None:
                 task.store.close()
         consumer.unassign()
 
-    def _committed(self, owned: list[int]) -> dict[tuple[str, int], int]:
-        tps = [TopicPartition(t, p) for p in owned for t in (self.t_requests, self.t_credits)]
-        result = {}
-        for tp in self.consumer.committed(tps, timeout=30):
-            if tp.error:
-                raise KafkaException(tp.error)
-            result[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else 0
-        return result
+    def _next_offset(self, topic: str, partition: int) -> int:
+        task = self.tasks[partition]
+        return task.next_credit if topic == self.t_credits else task.next_request
 
-    def _restore(self, owned: list[int]) -> dict[tuple[str, int], int]:
-        """Bring each owned partition's store to its committed offsets; return them.
-
-        Replays the changelog from each store's checkpoint, keeping only records
-        of committed batches (end offsets within the committed offsets).
-        """
-        committed = self._committed(owned)
-        trust_all = self.settings.unsafe_no_transactions
-        valid: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in owned}
-        uncommitted_from: dict[int, int] = {}   # first changelog offset not known committed
-        end = {p: self.tasks[p].store.checkpoint for p in owned}
-        for p in owned:
-            self.tasks[p].replay = None
-        assignment = [TopicPartition(self.t_changelog, p, end[p]) for p in owned]
+    def _restore(self, tasks: list[PartitionTask]) -> None:
+        """Bring each task's store to the end of its changelog's last complete batch."""
+        if not tasks:
+            return
+        chains = {t.partition: ChangelogChain(t.store.position) for t in tasks}
+        unsafe_records: dict[int, list[tuple[bytes, bytes]]] = {t.partition: [] for t in tasks}
+        assignment = [TopicPartition(self.t_changelog, t.partition, t.store.checkpoint) for t in tasks]
         for msg in read_to_end(self.restorer, assignment):
-            p, offset = msg.partition(), msg.offset()
-            task = self.tasks[p]
-            end[p] = offset + 1
-            c_done, r_done = committed[(self.t_credits, p)], committed[(self.t_requests, p)]
-            value = orjson.loads(msg.value())
-            if msg.key() == _MANIFEST:
-                c0, c1, r0, r1 = value
-                if not trust_all and (c0, r0) == (c_done, r_done) and (c1, r1) != (c0, r0):
-                    # produced, maybe seen downstream, not committed: re-run exactly this
-                    task.replay = task.replay or (c0, c1, r0, r1)
-                    uncommitted_from.setdefault(p, offset)
-                continue
-            end_c, end_r, payload = value
-            if trust_all or (end_c <= c_done and end_r <= r_done):
-                valid[p].append((msg.key(), orjson.dumps(payload)))
-            else:
-                uncommitted_from.setdefault(p, offset)
-        for p in owned:
-            task = self.tasks[p]
-            task.store.restore(valid[p], uncommitted_from.get(p, end[p]))
-            task.next_credit = committed[(self.t_credits, p)]
-            task.next_request = committed[(self.t_requests, p)]
+            chains[msg.partition()].add(msg.offset(), msg.key(), msg.value())
+            if self.unsafe and msg.key() not in (MANIFEST, END):
+                unsafe_records[msg.partition()].append((msg.key(), msg.value()))
+        if self.unsafe:  # the naive design: trust every record and the group's offsets
+            committed = self.consumer.committed(
+                [TopicPartition(t, p) for p in chains for t in (self.t_credits, self.t_requests)], timeout=30)
+            offsets = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
+            for p, chain in chains.items():
+                chain.records = unsafe_records[p]
+                chain.position = (offsets[(self.t_credits, p)], offsets[(self.t_requests, p)])
+                chain.replay = None
+        for task in tasks:
+            chain = chains[task.partition]
+            task.store.restore(chain.records, chain.checkpoint or task.store.checkpoint, chain.position)
+            task.next_credit, task.next_request = chain.position
+            task.replay = chain.replay
             task.credits.clear()
             task.requests.clear()
-            log.info("worker %s restored p%d: %d changelog records, replay=%s",
-                     self.worker_id, p, len(valid[p]), task.replay)
-        return committed
+            log.info("worker %s restored p%d: %d changelog records, position %s, replay=%s",
+                     self.worker_id, task.partition, len(chain.records), chain.position, chain.replay)
 
     # -- the processing loop -------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -215,123 +188,140 @@ class EngineWorker:
         last_report = time.monotonic()
         try:
             while not self._stopping:
-                self._buffer(self.consumer.consume(self.settings.batch_max_records,
-                                                   self.settings.batch_max_ms / 1000))
-                self._run_batch()
+                for msg in self.consumer.consume(self.settings.batch_max_records,
+                                                 self.settings.batch_max_ms / 1000):
+                    if msg.error():
+                        if msg.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("consume error: %s", msg.error())
+                        continue
+                    task = self.tasks.get(msg.partition())
+                    if task is not None:
+                        task.buffer(msg, msg.topic() == self.t_credits)
+                self._run_batches()
                 if time.monotonic() - last_report > 5:
                     log.info("worker %s %s", self.worker_id, self.stats)
                     last_report = time.monotonic()
         finally:
             self.consumer.close()
             self.restorer.close()
+            self.producer.flush(10)
             for task in self.tasks.values():
                 task.store.close()
 
-    def _buffer(self, messages: list[Message]) -> None:
-        for msg in messages:
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume error: %s", msg.error())
-                continue
-            task = self.tasks.get(msg.partition())
-            if task is None:
-                continue
-            if msg.topic() == self.t_credits:
-                last = task.credits[-1].offset() if task.credits else task.next_credit - 1
-                if msg.offset() > last:
-                    task.credits.append(msg)
-            else:
-                last = task.requests[-1].offset() if task.requests else task.next_request - 1
-                if msg.offset() > last:
-                    task.requests.append(msg)
-
-    def _run_batch(self) -> None:
-        batch: list[tuple[PartitionTask, list[Message], list[Message]]] = []
+    def _run_batches(self) -> None:
+        """One transaction over every owned partition that has input."""
         room = self.settings.batch_max_records
+        batch: list[tuple[PartitionTask, list[Message], list[Message]]] = []
         for task in self.tasks.values():
             if room <= 0:
                 break
+            replaying = task.replay is not None
             taken = task.take_batch(room)
             if taken and (taken[0] or taken[1]):
                 batch.append((task, *taken))
                 room -= len(taken[0]) + len(taken[1])
+                self.stats["replays"] += replaying
         if not batch:
             return
         try:
             self._transact(batch)
         except (KafkaException, InjectedAbort, BufferError) as exc:
             self._recover(exc)
+            return
+        for task, credits, requests in batch:
+            task.store.commit(task.end_offset + 1 if task.end_offset is not None else None,
+                              task.end_position)
+            task.next_credit, task.next_request = task.end_position
+            self.stats["credits"] += len(credits)
+            self.stats["requests"] += len(requests)
+        self.stats["batches"] += 1
 
     def _transact(self, batch: list[tuple[PartitionTask, list[Message], list[Message]]]) -> None:
         producer = self.producer
-        transactional = not self.settings.unsafe_no_transactions
-        if transactional:
+        if not self.unsafe:
             producer.begin_transaction()
-        offsets: list[TopicPartition] = []
-        ends: list[tuple[PartitionTask, int, int]] = []
         for task, credits, requests in batch:
-            p = task.partition
             c0, r0 = task.next_credit, task.next_request
             c1 = credits[-1].offset() + 1 if credits else c0
             r1 = requests[-1].offset() + 1 if requests else r0
-            self._produce(self.t_changelog, _MANIFEST, orjson.dumps([c0, c1, r0, r1]), None, p)
+            task.end_position = (c1, r1)
+            self._produce(self.t_changelog, MANIFEST, orjson.dumps([c0, c1, r0, r1]), None, task.partition)
+        # a manifest is durable before any output it explains
+        self._flush()
+        for task, credits, requests in batch:
             for msg in credits:
                 self._apply_credit(task, msg)
             for msg in requests:
                 self._apply_request(task, msg)
             accounts, marks = task.store.changes()
             for name, acct in accounts.items():
-                self._produce(self.t_changelog, b"a:" + name.encode(),
-                              orjson.dumps([c1, r1, acct.to_json()]), None, p)
+                self._produce(self.t_changelog, b"a:" + name.encode(), orjson.dumps(acct.to_json()),
+                              None, task.partition)
             for marker in marks:
-                self._produce(self.t_changelog, marker.encode(), orjson.dumps([c1, r1, 1]), None, p)
-            offsets += [TopicPartition(self.t_credits, p, c1), TopicPartition(self.t_requests, p, r1)]
-            ends.append((task, c1, r1))
-            self.stats["credits"] += len(credits)
-            self.stats["requests"] += len(requests)
+                self._produce(self.t_changelog, marker.encode(), b"1", None, task.partition)
+        # every output is durable before END says the batch is whole
+        self._flush()
         self._transactions += 1
-        if not transactional:
-            producer.flush(30)
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+        every = self.settings.fault_abort_every
+        injected = every and self._transactions % every == 0
+        if self.settings.fault_commit_delay_ms:
+            time.sleep(self.settings.fault_commit_delay_ms / 1000)
+        if injected and (self._transactions // every) % 2:
+            raise InjectedAbort(f"injected abort of transaction {self._transactions} before END")
+        for task, _, _ in batch:
+            self._produce_end(task)
+        if injected:
+            self._flush()
+            raise InjectedAbort(f"injected abort of transaction {self._transactions} after END")
+        if self.unsafe:
+            self._flush()
+            self.consumer.commit(offsets=[tp for task, _, _ in batch
+                                          for tp in self._offsets(task.partition, task.end_position)],
+                                 asynchronous=False)
         else:
-            producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-            every = self.settings.fault_abort_every
-            if every and self._transactions % every == 0:
-                producer.flush(30)  # the outputs reach the broker before the abort
-                raise InjectedAbort(f"injected abort of transaction {self._transactions}")
             producer.commit_transaction(30)
-            producer.poll(0)
-        for task, c1, r1 in ends:
-            task.store.commit(self._changelog_offsets.get(task.partition))
-            task.next_credit, task.next_request = c1, r1
-        self.stats["batches"] += 1
+        producer.poll(0)  # runs the END markers' delivery callbacks
+
+    def _produce_end(self, task: PartitionTask) -> None:
+        task.end_offset = None
+
+        def on_end(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                task.end_offset = msg.offset()
+        self.producer.produce(self.t_changelog, key=END, value=orjson.dumps(list(task.end_position)),
+                              partition=task.partition, on_delivery=on_end)
+
+    def _flush(self) -> None:
+        if self.producer.flush(30):
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "flush timed out"))
+
+    def _offsets(self, partition: int, position: tuple[int, int]) -> list[TopicPartition]:
+        return [TopicPartition(self.t_credits, partition, position[0]),
+                TopicPartition(self.t_requests, partition, position[1])]
 
     def _recover(self, exc: Exception) -> None:
-        """Abort, re-create the producer, and rewind every partition to its committed state."""
+        """Abort, fence with a fresh producer, and rewind every task to its changelog."""
         self.stats["aborts"] += 1
         log.warning("worker %s aborting transaction: %s", self.worker_id, exc)
         try:
-            if not self.settings.unsafe_no_transactions:
+            if not self.unsafe:
                 self.producer.abort_transaction(30)
         except KafkaException as abort_exc:
             log.warning("abort_transaction failed: %s", abort_exc)
-        # the embedded broker loses the offsets of the next transaction of a producer
-        # that aborted, so every abort gets a fresh producer
-        self.producer.flush(5)
-        self.producer = self._new_producer()
         for task in self.tasks.values():
             task.store.discard()
-        owned = sorted(self.tasks)
-        if not owned:
-            return
-        positions = self._restore(owned)
-        for (topic, p), offset in positions.items():
-            self.consumer.seek(TopicPartition(topic, p, offset))
+        # the embedded broker mishandles a producer's next transaction after an abort,
+        # so every abort gets a fresh producer
+        self.producer = self._new_producer()
+        self._restore(list(self.tasks.values()))
+        for p in self.tasks:
+            for topic in (self.t_credits, self.t_requests):
+                self.consumer.seek(TopicPartition(topic, p, self._next_offset(topic, p)))
 
     # -- per-record work -----------------------------------------------------
-    def _produce(self, topic: str, key: bytes | None, value: bytes, ts: int | None,
-                 partition: int | None = None) -> None:
-        kwargs: dict[str, object] = {"key": key, "value": value, "on_delivery": self._on_delivery}
+    def _produce(self, topic: str, key: bytes | None, value: bytes,
+                 ts: int | None, partition: int | None = None) -> None:
+        kwargs: dict[str, object] = {"key": key, "value": value}
         if partition is not None:
             kwargs["partition"] = partition
         if ts is not None:
@@ -343,33 +333,33 @@ class EngineWorker:
             except BufferError:
                 self.producer.poll(0.01)
 
-    def _emit(self, task: PartitionTask, decision, ts: int) -> None:
+    def _emit(self, task: PartitionTask, decision: Decision, ts: int) -> None:
         if decision.state is not None:
             task.store.put_account(decision.account, decision.state)
         if decision.marker is not None:
             task.store.mark_applied(decision.marker)
         if decision.event is not None:
-            self._produce(self.t_ledger, decision.account.encode(), orjson.dumps(decision.event),
-                          ts, task.partition)
+            self._produce(self.t_ledger, decision.account.encode(),
+                          orjson.dumps(decision.event), ts, task.partition)
         for out in decision.outcomes:
             self._produce(self.t_outcomes, out["request_id"].encode(), orjson.dumps(out), ts)
         for key, message in decision.messages:
             self._produce(self.t_credits, key.encode(), orjson.dumps(message), ts)
 
-    def _dead_letter(self, msg: Message, error: str) -> None:
+    def _dead_letter(self, task: PartitionTask, msg: Message, error: str) -> None:
         self.stats["deadletters"] += 1
-        raw = msg.value() or b""
         record = {"error": error, "topic": msg.topic(), "partition": msg.partition(),
                   "offset": msg.offset(), "key": base64.b64encode(msg.key() or b"").decode(),
-                  "value": base64.b64encode(raw).decode()}
-        self._produce(self.t_deadletter, msg.key(), orjson.dumps(record), msg.timestamp()[1])
+                  "value": base64.b64encode(msg.value() or b"").decode()}
+        self._produce(self.t_deadletter, msg.key(), orjson.dumps(record),
+                      msg.timestamp()[1])
 
     def _apply_request(self, task: PartitionTask, msg: Message) -> None:
         ts = msg.timestamp()[1]
         try:
             req = parse_request(msg.key(), msg.value())
         except Undecodable as exc:
-            self._dead_letter(msg, str(exc))
+            self._dead_letter(task, msg, str(exc))
             return
         store = task.store
         acct = store.account(req.account) if req.account is not None else None
@@ -379,21 +369,16 @@ class EngineWorker:
 
     def _apply_credit(self, task: PartitionTask, msg: Message) -> None:
         ts = msg.timestamp()[1]
+        store = task.store
+        pos = Position(msg.topic(), msg.partition(), msg.offset())
         try:
             message = orjson.loads(msg.value())
-            marker = credit_marker(message)
             name = message["account"]
             if msg.key() != name.encode():
                 raise ValueError("credit key does not match its account")
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            self._dead_letter(msg, f"bad credit message: {exc}")
-            return
-        store = task.store
-        applied = (not self.settings.unsafe_no_dedupe) and store.is_applied(marker)
-        pos = Position(msg.topic(), msg.partition(), msg.offset())
-        try:
+            applied = (not self.settings.unsafe_no_dedupe) and store.is_applied(credit_marker(message))
             decision = decide_credit(message, store.account(name), applied, ts, pos)
-        except (KeyError, TypeError, ValueError) as exc:
-            self._dead_letter(msg, f"bad credit message: {exc}")
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            self._dead_letter(task, msg, f"bad credit message: {exc}")
             return
         self._emit(task, decision, ts)

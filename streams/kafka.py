@@ -28,11 +28,11 @@ def producer(settings: Settings, **extra: object) -> Producer:
 
 
 def consumer(settings: Settings, group_id: str | None = None, **extra: object) -> Consumer:
-    """A read_committed consumer that never commits on its own."""
+    """A consumer (settings.isolation_level) that never commits on its own."""
     conf: dict[str, object] = {
         **client_config(settings),
         "group.id": group_id or settings.topic("bank-reader"),
-        "isolation.level": "read_committed",
+        "isolation.level": settings.isolation_level,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",

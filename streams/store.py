@@ -7,7 +7,9 @@ write together with the checkpoint (the next changelog offset the store does
 not yet reflect). A crash before that write loses nothing: the restore reads
 the changelog from the checkpoint on.
 
-Keys: b"a:<account>" -> Account json; b"<k>:<id>" -> b"1" for applied ids.
+Keys: b"a:<account>" -> Account json; b"<k>:<id>" -> b"1" for applied ids;
+b"__checkpoint" -> the changelog offset after the last batch applied here, and
+b"__position" -> the input offsets [credits, requests] that batch ended at.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from rocksdict import Options, Rdict, WriteBatch
 from streams.model import Account
 
 _CHECKPOINT = b"__checkpoint"
+_POSITION = b"__position"
 
 
 class PartitionStore:
@@ -57,7 +60,7 @@ class PartitionStore:
         return self._dirty, self._dirty_marks
 
     # -- batch boundaries ----------------------------------------------------
-    def commit(self, checkpoint: int | None) -> None:
+    def commit(self, checkpoint: int | None, position: tuple[int, int]) -> None:
         """The batch's transaction committed: persist its changes atomically."""
         wb = WriteBatch(raw_mode=True)
         for name, acct in self._dirty.items():
@@ -66,6 +69,7 @@ class PartitionStore:
             wb.put(marker.encode(), b"1")
         if checkpoint is not None:
             wb.put(_CHECKPOINT, str(checkpoint).encode())
+        wb.put(_POSITION, orjson.dumps(position))
         self._db.write(wb)
         self._cache.update(self._dirty)
         self._dirty = {}
@@ -82,12 +86,19 @@ class PartitionStore:
         raw = self._db.get(_CHECKPOINT)
         return int(raw) if raw is not None else 0
 
-    def restore(self, records: list[tuple[bytes, bytes]], checkpoint: int) -> None:
-        """Write changelog values (raw store key, raw store value) and a new checkpoint."""
+    @property
+    def position(self) -> tuple[int, int]:
+        raw = self._db.get(_POSITION)
+        return tuple(orjson.loads(raw)) if raw is not None else (0, 0)  # type: ignore[return-value]
+
+    def restore(self, records: list[tuple[bytes, bytes]], checkpoint: int,
+                position: tuple[int, int]) -> None:
+        """Write changelog values (raw store key, raw store value), checkpoint and position."""
         wb = WriteBatch(raw_mode=True)
         for key, value in records:
             wb.put(key, value)
         wb.put(_CHECKPOINT, str(checkpoint).encode())
+        wb.put(_POSITION, orjson.dumps(position))
         self._db.write(wb)
         self._cache.clear()
         self.discard()

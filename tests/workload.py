@@ -21,6 +21,7 @@ class Workload:
     request_ids: list[str] = field(default_factory=list)
     deposits: int = 0
     duplicates_sent: int = 0
+    setup_timeout_s: float = 120
 
     def __post_init__(self) -> None:
         self.sender = RequestSender(self.settings)
@@ -41,7 +42,7 @@ class Workload:
             self.deposits += deposit
         self.sender.flush()
         # a credit that overtakes its receiver's open_account is refunded, so wait
-        assert self.wait(120), "accounts were not opened in time"
+        assert self.wait(self.setup_timeout_s), "accounts were not opened in time"
 
     def random_transfers(self, names: list[str], count: int, prefix: str, max_amount: int,
                          duplicate_every: int = 0, rate_per_s: float | None = None) -> None:

@@ -50,6 +50,10 @@ class Settings:
     fault_abort_every: int = field(default=0, metadata={
         "env": "BANK_FAULT_ABORT_EVERY",
         "help": "testing: abort every Nth engine transaction after its outputs were produced (0 = never)"})
+    fault_crash_every: int = field(default=0, metadata={
+        "env": "BANK_FAULT_CRASH_EVERY",
+        "help": "testing: SIGKILL the worker itself in the middle of writing every Nth batch's "
+                "state changelog, after its outputs (0 = never)"})
     fault_commit_delay_ms: int = field(default=0, metadata={
         "env": "BANK_FAULT_COMMIT_DELAY_MS",
         "help": "testing: wait this long between producing a batch and committing it "

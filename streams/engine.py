@@ -257,6 +257,7 @@ class EngineWorker:
             for name, acct in accounts.items():
                 self._produce(self.t_changelog, b"a:" + name.encode(), orjson.dumps(acct.to_json()),
                               None, task.partition)
+            self._maybe_crash()
             for marker in marks:
                 self._produce(self.t_changelog, marker.encode(), b"1", None, task.partition)
         # every output is durable before END says the batch is whole
@@ -281,6 +282,14 @@ class EngineWorker:
         else:
             producer.commit_transaction(30)
         producer.poll(0)  # runs the END markers' delivery callbacks
+
+    def _maybe_crash(self) -> None:
+        """Fault injection: die between a batch's account states and its applied ids."""
+        every = self.settings.fault_crash_every
+        if every and (self.stats["batches"] + 1) % every == 0:
+            self._flush()
+            log.warning("worker %s injected crash mid-batch", self.worker_id)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _produce_end(self, task: PartitionTask) -> None:
         task.end_offset = None

@@ -25,8 +25,9 @@ def crash_loop(settings: Settings, pool_factory, *, accounts: int, transfers: in
                rate_per_s: float, seed: int = 11) -> Workload:
     """Run transfers with duplicates while killing and restarting workers; wait for the end."""
     rng = random.Random(seed)
-    # outputs reach the broker 30 ms before each commit, so most kills land mid-batch
-    settings = replace(settings, fault_commit_delay_ms=30)
+    # outputs reach the broker 30 ms before each commit, so most kills land mid-batch,
+    # and every 10th batch a worker kills itself between account states and applied ids
+    settings = replace(settings, fault_commit_delay_ms=30, fault_crash_every=10)
     pool = pool_factory(settings, 2)
     names = [f"acct-{i}" for i in range(accounts)]
     wl = Workload(settings, rng=random.Random(seed + 1))
@@ -35,16 +36,25 @@ def crash_loop(settings: Settings, pool_factory, *, accounts: int, transfers: in
                               kwargs={"duplicate_every": 40, "rate_per_s": rate_per_s})
     sender.start()
     done = 0
-    while done < kills:
+    while done < kills or sender.is_alive():
         time.sleep(rng.uniform(0.5, 3.0))
-        victim = rng.choice(sorted(pool.procs))
-        pool.kill(victim)          # SIGKILL: no clean-up, mid-batch more often than not
-        pool.start(victim)
-        done += 1
+        pool.restart_dead()        # the ones that killed themselves
+        if done < kills:
+            victim = rng.choice(sorted(pool.procs))
+            pool.kill(victim)      # SIGKILL: no clean-up, mid-batch more often than not
+            pool.start(victim)
+            done += 1
     sender.join()
-    for wid in pool.restart_dead():
-        pytest.fail(f"worker {wid} died on its own")
+    keeper = threading.Thread(target=_keep_alive, args=(pool, wl), daemon=True)
+    keeper.start()
     return wl
+
+
+def _keep_alive(pool, wl: Workload) -> None:
+    """Restart self-killed workers until the workload is finished."""
+    while wl.watcher.finished(wl.request_ids) < len(wl.request_ids):
+        pool.restart_dead()
+        time.sleep(0.5)
 
 
 def test_sigkill_loop_keeps_every_invariant(settings, pool_factory, tmp_path):
@@ -66,9 +76,10 @@ def test_sigkill_loop_keeps_every_invariant(settings, pool_factory, tmp_path):
         if rid.startswith("t-") and status == "completed":
             assert sorted(kinds[rid]) == ["credited", "debited"], rid
     assert wl.duplicates_sent >= 400
-    # some kills left a produced, uncommitted batch that the next owner re-ran
+    # kills left produced, unfinished batches that the next owner re-ran exactly
     logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
-    assert logs.count("replay=(") >= 1
+    assert logs.count("injected crash mid-batch") >= 3
+    assert logs.count("replay=(") >= 3
 
 
 @pytest.mark.parametrize("unsafe", ["unsafe_no_dedupe", "unsafe_no_transactions"])

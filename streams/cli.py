@@ -94,6 +94,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return replay_main(args.replay_args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.__main__ import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bank", description="Exactly-once bank transfers on Kafka.",
@@ -121,11 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("replay_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("bench", help="benchmark the engine end to end (see bank bench --help)",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
     return parser
+
+
+_DELEGATED = {"bench": cmd_bench, "replay": cmd_replay}
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _DELEGATED:
+        # these parse their own options (argparse.REMAINDER would not take leading ones)
+        key = "bench_args" if argv[0] == "bench" else "replay_args"
+        return _DELEGATED[argv[0]](argparse.Namespace(**{key: argv[1:]}))
     args = build_parser().parse_args(argv)
     return args.func(args)
 

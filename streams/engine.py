@@ -93,16 +93,17 @@ class EngineWorker:
         self.tasks: dict[int, PartitionTask] = {}
         self._stopping = False
         self._transactions = 0
+        self._delivery_errors: list[str] = []
         self.consumer = kafka.consumer(
             settings, settings.topic(topics.ENGINE_GROUP),
             **{"partition.assignment.strategy": "range", "fetch.wait.max.ms": 5,
                "client.id": f"engine-{worker_id}"})
-        self.restorer = kafka.consumer(settings, settings.topic("bank-engine-restore"),
-                                       **{"client.id": f"engine-{worker_id}-restore",
-                                          "enable.partition.eof": True})
         self.stats = {"requests": 0, "credits": 0, "batches": 0, "aborts": 0, "deadletters": 0,
                       "replays": 0}
         self.producer = self._new_producer()
+        self.restorer = kafka.consumer(settings, settings.topic("bank-engine-restore"),
+                                       **{"client.id": f"engine-{worker_id}-restore",
+                                          "enable.partition.eof": True})
 
     # -- producer -------------------------------------------------------------
     def _new_producer(self) -> Producer:
@@ -110,7 +111,7 @@ class EngineWorker:
         conf: dict[str, object] = {
             "linger.ms": 2, "batch.num.messages": 10000,
             "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 1_048_576,
-            "client.id": f"engine-{self.worker_id}"}
+            "client.id": f"engine-{self.worker_id}", "on_delivery": self._on_delivery}
         if self.unsafe:
             return kafka.producer(self.settings, **conf)
         producer = kafka.producer(
@@ -281,7 +282,7 @@ class EngineWorker:
                                  asynchronous=False)
         else:
             producer.commit_transaction(30)
-        producer.poll(0)  # runs the END markers' delivery callbacks
+        self._flush()  # runs the END markers' delivery callbacks, raises on a lost one
 
     def _maybe_crash(self) -> None:
         """Fault injection: die between a batch's account states and its applied ids."""
@@ -297,12 +298,22 @@ class EngineWorker:
         def on_end(err: KafkaError | None, msg: Message) -> None:
             if err is None:
                 task.end_offset = msg.offset()
+            else:
+                self._on_delivery(err, msg)
         self.producer.produce(self.t_changelog, key=END, value=orjson.dumps(list(task.end_position)),
                               partition=task.partition, on_delivery=on_end)
 
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
     def _flush(self) -> None:
+        """Wait until every produced record is acknowledged; raise if any was not."""
         if self.producer.flush(30):
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "flush timed out"))
+        if self._delivery_errors:
+            errors, self._delivery_errors = self._delivery_errors, []
+            raise KafkaException(KafkaError(KafkaError._FAIL, f"not delivered: {errors[:3]}"))
 
     def _offsets(self, partition: int, position: tuple[int, int]) -> list[TopicPartition]:
         return [TopicPartition(self.t_credits, partition, position[0]),

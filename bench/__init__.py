@@ -1,0 +1,1 @@
+"""`bank bench`: end-to-end throughput and latency of the transfer engine."""

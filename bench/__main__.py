@@ -1,0 +1,74 @@
+"""`bank bench` / `python -m bench`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+
+import orjson
+
+from streams.broker import EMBEDDED_ISOLATION, kafka_cluster
+from streams.config import Settings, describe
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bank bench", description=__doc__, epilog=describe(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=2, help="engine worker processes")
+    parser.add_argument("--scaling", default="", help="comma-separated worker counts, e.g. 1,2: "
+                        "one run each and a throughput-vs-workers plot")
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=30, help="measured window")
+    parser.add_argument("--warmup", type=float, default=5)
+    parser.add_argument("--rate", type=float, default=None, help="open loop at this many transfers/s "
+                        "(default: closed loop at maximum)")
+    parser.add_argument("--inflight", type=int, default=20_000, help="closed loop: most unfinished")
+    parser.add_argument("--zipf", type=float, default=None, help="skew accounts with this Zipf exponent")
+    parser.add_argument("--raw-messages", type=int, default=300_000)
+    parser.add_argument("--out", default="bench-out", help="directory for the PNG plots")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per run")
+    args = parser.parse_args(argv)
+
+    from bench.driver import run_bench
+    from bench.raw import broker_raw_throughput
+    from bench.report import plot, table
+
+    settings = Settings.from_env(partitions=args.partitions)
+    counts = [int(x) for x in args.scaling.split(",")] if args.scaling else [args.workers]
+    log = sys.stderr
+    with kafka_cluster(settings.bootstrap_servers) as bootstrap:
+        embedded = not settings.bootstrap_servers
+        settings = replace(settings, bootstrap_servers=bootstrap,
+                           isolation_level=EMBEDDED_ISOLATION if embedded else settings.isolation_level,
+                           state_dir=os.path.join(settings.state_dir, "bench"))
+        print(f"broker: {'embedded Tansu' if embedded else bootstrap}; measuring raw throughput",
+              file=log, flush=True)
+        raw = broker_raw_throughput(replace(settings, topic_prefix=f"bench-raw-{os.getpid()}-"),
+                                    args.raw_messages)
+        print(f"  raw: produce {raw['produce_msgs_per_s']:,.0f} msgs/s, consume "
+              f"{raw['consume_msgs_per_s']:,.0f} msgs/s", file=log, flush=True)
+        results = []
+        for workers in counts:
+            print(f"run: {workers} worker(s), {args.partitions} partitions, {args.accounts:,} accounts",
+                  file=log, flush=True)
+            results.append(run_bench(settings, workers=workers, accounts=args.accounts,
+                                     seconds=args.seconds, warmup=args.warmup, rate=args.rate,
+                                     inflight=args.inflight, zipf=args.zipf,
+                                     raw_msgs_per_s=raw["msgs_per_s"]))
+    if args.json:
+        for r in results:
+            print(orjson.dumps(r.summary()).decode())
+    else:
+        print(table(results, os.cpu_count() or 1))
+    try:
+        for path in plot(results, args.out):
+            print(f"plot: {path}", file=log)
+    except ImportError:
+        print("plots skipped: matplotlib is not installed (pip install -e '.[bench]')", file=log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`bank replay` / `python -m replay`: verify (and, later, rebuild) from the logs."""
+"""`bank replay` / `python -m replay`: check and inspect derived state from the logs."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("verify", help="check the invariants over the logs; exit 1 on any violation")
     p.add_argument("--complete", action="store_true",
                    help="also require every request to have a final outcome (nothing in flight)")
+    p = sub.add_parser("as-of", help="an account's balance and history at a point of the log")
+    p.add_argument("--account", required=True)
+    point = p.add_mutually_exclusive_group(required=True)
+    point.add_argument("--offset", type=int, help="ledger offset in the account's partition (exclusive)")
+    point.add_argument("--time", help="ISO-8601 time or epoch milliseconds (inclusive)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if not settings.bootstrap_servers:
@@ -23,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         from replay.verify import main as verify_main
 
         return verify_main(settings, args.complete)
+    if args.command == "as-of":
+        from replay.asof import main as asof_main
+
+        return asof_main(settings, args.account, args.offset, args.time)
     return 2
 
 

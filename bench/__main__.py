@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 import sys
 from dataclasses import replace
 
 import orjson
 
-from streams.broker import EMBEDDED_ISOLATION, kafka_cluster
+from streams.broker import embedded_settings, kafka_cluster
 from streams.config import Settings, describe
 
 
@@ -41,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     with kafka_cluster(settings.bootstrap_servers) as bootstrap:
         embedded = not settings.bootstrap_servers
         settings = replace(settings, bootstrap_servers=bootstrap,
-                           isolation_level=EMBEDDED_ISOLATION if embedded else settings.isolation_level,
-                           state_dir=os.path.join(settings.state_dir, "bench"))
+                           state_dir=tempfile.mkdtemp(prefix="bank-bench-state-"))
+        if embedded:
+            settings = embedded_settings(settings)
         print(f"broker: {'embedded Tansu' if embedded else bootstrap}; measuring raw throughput",
               file=log, flush=True)
         raw = broker_raw_throughput(replace(settings, topic_prefix=f"bench-raw-{os.getpid()}-"),
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                                      seconds=args.seconds, warmup=args.warmup, rate=args.rate,
                                      inflight=args.inflight, zipf=args.zipf,
                                      raw_msgs_per_s=raw["msgs_per_s"]))
+    shutil.rmtree(settings.state_dir, ignore_errors=True)
     if args.json:
         for r in results:
             print(orjson.dumps(r.summary()).decode())

@@ -22,6 +22,21 @@ from typing import Iterator
 EMBEDDED_ISOLATION = "read_uncommitted"
 
 
+def embedded_settings(settings):  # noqa: ANN001, ANN201 - streams.config.Settings
+    """Settings adjusted to the embedded broker's measured defects.
+
+    - read uncommitted (see EMBEDDED_ISOLATION);
+    - credits and outcomes, written to the same partitions by every worker, go
+      through an idempotent producer outside the transaction: with several
+      transactional producers on one partition the broker lost a whole
+      transaction's batch (25 of 40,000 records in one of five runs of 4
+      producers), while plain idempotent producers lost none.
+    """
+    from dataclasses import replace
+
+    return replace(settings, isolation_level=EMBEDDED_ISOLATION, shared_outputs_in_transaction=False)
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as s:

@@ -32,6 +32,11 @@ class Settings:
         "env": "BANK_ISOLATION_LEVEL",
         "help": "how every consumer reads; `bank up` and the tests use read_uncommitted on the "
                 "embedded broker, whose read_committed can stall behind committed transactions"})
+    shared_outputs_in_transaction: bool = field(default=True, metadata={
+        "env": "BANK_SHARED_OUTPUTS_IN_TRANSACTION",
+        "help": "write credits and outcomes (partitions every worker writes to) inside the "
+                "transaction; `bank up` and the tests turn it off on the embedded broker, which "
+                "loses records when transactions of several producers share a partition"})
     state_dir: str = field(default=".state", metadata={
         "env": "BANK_STATE_DIR",
         "help": "directory for the RocksDB state stores"})

@@ -101,6 +101,12 @@ class EngineWorker:
         self.stats = {"requests": 0, "credits": 0, "batches": 0, "aborts": 0, "deadletters": 0,
                       "replays": 0}
         self.producer = self._new_producer()
+        # credits and outcomes: in the transaction, or (embedded broker) beside it
+        self.shared = self.producer if settings.shared_outputs_in_transaction else kafka.producer(
+            settings, **{"linger.ms": 2, "batch.num.messages": 10000,
+                         "queue.buffering.max.messages": 2_000_000,
+                         "queue.buffering.max.kbytes": 1_048_576,
+                         "client.id": f"engine-{worker_id}-shared", "on_delivery": self._on_delivery})
         self.restorer = kafka.consumer(settings, settings.topic("bank-engine-restore"),
                                        **{"client.id": f"engine-{worker_id}-restore",
                                           "enable.partition.eof": True})
@@ -128,7 +134,9 @@ class EngineWorker:
         fresh = []
         for p in owned:
             if p not in self.tasks:
-                path = os.path.join(self.settings.state_dir, f"engine-{self.worker_id}", f"p{p}")
+                # the changelog's name is part of the path: a store never meets another topic
+                path = os.path.join(self.settings.state_dir, self.t_changelog,
+                                    f"engine-{self.worker_id}", f"p{p}")
                 self.tasks[p] = PartitionTask(p, PartitionStore(path))
                 fresh.append(self.tasks[p])
         self._restore(fresh)
@@ -206,6 +214,7 @@ class EngineWorker:
             self.consumer.close()
             self.restorer.close()
             self.producer.flush(10)
+            self.shared.flush(10)
             for task in self.tasks.values():
                 task.store.close()
 
@@ -309,7 +318,7 @@ class EngineWorker:
 
     def _flush(self) -> None:
         """Wait until every produced record is acknowledged; raise if any was not."""
-        if self.producer.flush(30):
+        if self.producer.flush(30) or (self.shared is not self.producer and self.shared.flush(30)):
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "flush timed out"))
         if self._delivery_errors:
             errors, self._delivery_errors = self._delivery_errors, []
@@ -332,7 +341,10 @@ class EngineWorker:
             task.store.discard()
         # the embedded broker mishandles a producer's next transaction after an abort,
         # so every abort gets a fresh producer
+        shared_is_txn = self.shared is self.producer
         self.producer = self._new_producer()
+        if shared_is_txn:
+            self.shared = self.producer
         self._restore(list(self.tasks.values()))
         for p in self.tasks:
             for topic in (self.t_credits, self.t_requests):
@@ -340,7 +352,8 @@ class EngineWorker:
 
     # -- per-record work -----------------------------------------------------
     def _produce(self, topic: str, key: bytes | None, value: bytes,
-                 ts: int | None, partition: int | None = None) -> None:
+                 ts: int | None, partition: int | None = None, shared: bool = False) -> None:
+        producer = self.shared if shared else self.producer
         kwargs: dict[str, object] = {"key": key, "value": value}
         if partition is not None:
             kwargs["partition"] = partition
@@ -348,10 +361,10 @@ class EngineWorker:
             kwargs["timestamp"] = ts
         while True:
             try:
-                self.producer.produce(topic, **kwargs)
+                producer.produce(topic, **kwargs)
                 return
             except BufferError:
-                self.producer.poll(0.01)
+                producer.poll(0.01)
 
     def _emit(self, task: PartitionTask, decision: Decision, ts: int) -> None:
         if decision.state is not None:
@@ -362,17 +375,17 @@ class EngineWorker:
             self._produce(self.t_ledger, decision.account.encode(),
                           orjson.dumps(decision.event), ts, task.partition)
         for out in decision.outcomes:
-            self._produce(self.t_outcomes, out["request_id"].encode(), orjson.dumps(out), ts)
+            self._produce(self.t_outcomes, out["request_id"].encode(), orjson.dumps(out), ts, shared=True)
         for key, message in decision.messages:
-            self._produce(self.t_credits, key.encode(), orjson.dumps(message), ts)
+            self._produce(self.t_credits, key.encode(), orjson.dumps(message), ts, shared=True)
 
     def _dead_letter(self, task: PartitionTask, msg: Message, error: str) -> None:
         self.stats["deadletters"] += 1
         record = {"error": error, "topic": msg.topic(), "partition": msg.partition(),
                   "offset": msg.offset(), "key": base64.b64encode(msg.key() or b"").decode(),
                   "value": base64.b64encode(msg.value() or b"").decode()}
-        self._produce(self.t_deadletter, msg.key(), orjson.dumps(record),
-                      msg.timestamp()[1])
+        self._produce(self.t_deadletter, msg.key(), orjson.dumps(record), msg.timestamp()[1],
+                      shared=True)
 
     def _apply_request(self, task: PartitionTask, msg: Message) -> None:
         ts = msg.timestamp()[1]

@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import replace
 
-from streams.broker import EMBEDDED_ISOLATION, kafka_cluster
+from streams.broker import embedded_settings, kafka_cluster
 from streams.config import Settings
 from streams.topics import ensure_topics
 
@@ -81,7 +81,7 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: bool) ->
             # the embedded broker starts empty: so must the local stores
             state_dir = tempfile.mkdtemp(prefix="bank-state-", dir=settings.state_dir
                                          if os.path.isdir(settings.state_dir) else None)
-            settings = replace(settings, state_dir=state_dir, isolation_level=EMBEDDED_ISOLATION)
+            settings = embedded_settings(replace(settings, state_dir=state_dir))
             print(f"embedded broker on {bootstrap} (memory only)", flush=True)
         settings = replace(settings, bootstrap_servers=bootstrap)
         counts = ensure_topics(settings)

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from streams.broker import EMBEDDED_ISOLATION, EmbeddedBroker
+from streams.broker import EmbeddedBroker, embedded_settings
 from streams.config import Settings
 from streams.supervisor import WorkerPool
 from streams.topics import ensure_topics
@@ -34,7 +34,7 @@ def settings(bootstrap_servers: str, tmp_path) -> Settings:
     """Settings for one test: its own topic prefix and state directory, topics created."""
     base = Settings.from_env()
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        base = replace(base, isolation_level=EMBEDDED_ISOLATION)
+        base = embedded_settings(base)
     s = replace(base, bootstrap_servers=bootstrap_servers,
                 topic_prefix=f"t{uuid.uuid4().hex[:10]}-", state_dir=str(tmp_path / "state"),
                 partitions=8)

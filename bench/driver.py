@@ -174,6 +174,7 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
     start = time.perf_counter()
     window_start, window_end = start + warmup, start + total
     bar = Progress("driving transfers", int(total))
+    finished_before = len(clock.final_at)  # the opening requests
     i = 0
     while True:
         now = time.perf_counter()
@@ -185,7 +186,7 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
                 time.sleep(min(0.001, (i + 1) / rate - (now - start)))
                 producer.poll(0)
                 continue
-        elif i - len(clock.final_at) > inflight:
+        elif i - (len(clock.final_at) - finished_before) > inflight:
             producer.poll(0.0005)
             continue
         src, dst = pick()

@@ -290,7 +290,16 @@ class EngineWorker:
                                           for tp in self._offsets(task.partition, task.end_position)],
                                  asynchronous=False)
         else:
-            producer.commit_transaction(30)
+            offsets = [tp for task, _, _ in batch for tp in self._offsets(task.partition, task.end_position)]
+            if self.shared is producer:
+                # a real Kafka cluster: the offsets commit with the batch (they are for
+                # monitoring; where to resume comes from the changelog)
+                producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+                producer.commit_transaction(30)
+            else:
+                # the embedded broker drops transactional offsets of concurrent producers
+                producer.commit_transaction(30)
+                self.consumer.commit(offsets=offsets, asynchronous=True)
         self._flush()  # runs the END markers' delivery callbacks, raises on a lost one
 
     def _maybe_crash(self) -> None:

@@ -2,17 +2,24 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from collections import Counter
 
 import orjson
+import pytest
 
 from streams import topics
 from streams.client import read_json
 from tests.workload import Workload, assert_invariants, ledger
 
 
-def test_transfers_across_partitions_give_exact_balances_and_histories(settings, pool_factory):
-    pool_factory(settings, 2)
+@pytest.mark.parametrize("workers,all_in_transaction", [(2, False), (1, True)])
+def test_transfers_across_partitions_give_exact_balances_and_histories(settings, pool_factory, workers,
+                                                                     all_in_transaction):
+    # (1, True): the real-cluster mode, credits, outcomes and offsets in the transaction;
+    # one worker, since the embedded broker loses records of concurrent transactions
+    settings = replace(settings, shared_outputs_in_transaction=all_in_transaction)
+    pool_factory(settings, workers)
     names = [f"user-{i}" for i in range(12)]
     wl = Workload(settings)
     try:

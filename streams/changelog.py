@@ -3,7 +3,8 @@
 Each engine transaction writes to its partition of engine.changelog:
 
     MANIFEST [c0, c1, r0, r1]   the exact input ranges of the batch
-    state records ...           new account states and applied ids
+    state records ...           new account states (b"a:<name>"), then APPLIED_IDS: the
+                                ids the batch applied, as one JSON list
     END      [c1, r1]           written after every output of the batch was acknowledged
 
 A batch counts once its END is in the log: from then on every one of its
@@ -25,6 +26,7 @@ import orjson
 
 MANIFEST = b"m"
 END = b"e"
+APPLIED_IDS = b"ids"
 
 Manifest = tuple[int, int, int, int]   # c0, c1, r0, r1
 

@@ -19,6 +19,7 @@ import shutil
 import orjson
 from rocksdict import Options, Rdict, WriteBatch
 
+from streams.changelog import APPLIED_IDS
 from streams.model import Account
 
 _CHECKPOINT = b"__checkpoint"
@@ -93,10 +94,15 @@ class PartitionStore:
 
     def restore(self, records: list[tuple[bytes, bytes]], checkpoint: int,
                 position: tuple[int, int]) -> None:
-        """Write changelog values (raw store key, raw store value), checkpoint and position."""
+        """Write changelog records (store key and value, or APPLIED_IDS and its list),
+        checkpoint and position."""
         wb = WriteBatch(raw_mode=True)
         for key, value in records:
-            wb.put(key, value)
+            if key == APPLIED_IDS:
+                for marker in orjson.loads(value):
+                    wb.put(marker.encode(), b"1")
+            else:
+                wb.put(key, value)
         wb.put(_CHECKPOINT, str(checkpoint).encode())
         wb.put(_POSITION, orjson.dumps(position))
         self._db.write(wb)

@@ -12,12 +12,7 @@ from typing import Any
 
 import orjson
 
-from streams.model import (CREDITED, DEBITED, DEPOSITED, OPENED, REFUNDED, REJECTED,
-                           WITHDRAWN)
-
-# how each kind of event moves the balance
-BALANCE_SIGN = {OPENED: 0, DEPOSITED: 1, WITHDRAWN: -1, DEBITED: -1, CREDITED: 1,
-                REFUNDED: 1, REJECTED: 0}
+from streams.model import BALANCE_SIGN
 
 
 @dataclass

@@ -25,6 +25,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_views(args: argparse.Namespace) -> int:
+    from streams.views.app import ViewsWorker
+
+    settings = _settings(args)
+    if not settings.bootstrap_servers:
+        print("bank views needs KAFKA_BOOTSTRAP_SERVERS (bank up starts a broker)", file=sys.stderr)
+        return 2
+    ViewsWorker(settings, args.worker_id, args.web_port).run()
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from streams.supervisor import up
 
@@ -115,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run one engine worker in the consumer group")
     p.add_argument("--worker-id", default="0", help="stable id: names its transactional id and store")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("views", help="run one views worker: tables from the ledger, and the HTTP endpoint")
+    p.add_argument("--worker-id", default="0", help="stable id: names its store directory")
+    p.add_argument("--web-port", type=int, default=8080, help="HTTP port (default 8080)")
+    p.set_defaults(func=cmd_views)
 
     p = sub.add_parser("send", help="produce JSON-lines requests; one acknowledgement line each")
     p.add_argument("file", nargs="?", default="-", help="file of JSON lines (default: stdin)")

@@ -52,6 +52,21 @@ class Settings:
     transaction_timeout_ms: int = field(default=10000, metadata={
         "env": "BANK_TRANSACTION_TIMEOUT_MS",
         "help": "transaction timeout of the engine's transactional producer"})
+    web_host: str = field(default="127.0.0.1", metadata={
+        "env": "BANK_WEB_HOST",
+        "help": "host name other views workers use to reach this one (its advertised URL)"})
+    web_bind: str = field(default="127.0.0.1", metadata={
+        "env": "BANK_WEB_BIND",
+        "help": "address the views workers' web servers listen on (0.0.0.0 in containers)"})
+    web_max_body_bytes: int = field(default=65536, metadata={
+        "env": "BANK_WEB_MAX_BODY_BYTES",
+        "help": "largest request body the web endpoint accepts (larger: 413)"})
+    web_max_queued_requests: int = field(default=10000, metadata={
+        "env": "BANK_WEB_MAX_QUEUED_REQUESTS",
+        "help": "requests a views worker may have waiting for the broker (more: 503 + Retry-After)"})
+    web_wait_timeout_s: float = field(default=10.0, metadata={
+        "env": "BANK_WEB_WAIT_TIMEOUT_S",
+        "help": "default and largest timeout of ?wait=completed and ?min_seq reads"})
     fault_abort_every: int = field(default=0, metadata={
         "env": "BANK_FAULT_ABORT_EVERY",
         "help": "testing: abort every Nth engine transaction after its outputs were produced (0 = never)"})
@@ -81,6 +96,8 @@ class Settings:
                 continue
             if f.type in ("int", int):
                 values[f.name] = int(raw)
+            elif f.type in ("float", float):
+                values[f.name] = float(raw)
             elif f.type in ("bool", bool):
                 values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:

@@ -158,7 +158,7 @@ def _event(d: Decision, name: str, acct: Account, request_id: str, kind: str, am
     acct.seq += 1
     d.account, d.state = name, acct
     d.event = ledger_event(name, acct.seq, request_id, kind, amount, counterparty,
-                           acct.balance, ts, pos, reason)
+                           acct.balance, ts, pos, reason, acct.daily_limit)
 
 
 def _reject(d: Decision, req: Request, acct: Account | None, reason: str, ts: int,

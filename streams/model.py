@@ -18,6 +18,10 @@ DAY_MS = 86_400_000
 OPENED, DEPOSITED, WITHDRAWN, DEBITED, CREDITED, REFUNDED, REJECTED = (
     "opened", "deposited", "withdrawn", "debited", "credited", "refunded", "rejected")
 
+# how each kind of event moves the balance
+BALANCE_SIGN = {OPENED: 0, DEPOSITED: 1, WITHDRAWN: -1, DEBITED: -1, CREDITED: 1,
+                REFUNDED: 1, REJECTED: 0}
+
 # outcome statuses, in the order a transfer moves through them
 ACCEPTED, DEBITED_STATUS, COMPLETED, REJECTED_STATUS = "accepted", "debited", "completed", "rejected"
 STATUS_RANK = {ACCEPTED: 0, DEBITED_STATUS: 1, COMPLETED: 2, REJECTED_STATUS: 2}
@@ -69,8 +73,12 @@ class Position:
 
 def ledger_event(account: str, seq: int, request_id: str, kind: str, amount: int,
                  counterparty: str | None, balance: int, ts: int, source: Position,
-                 reason: str | None = None) -> dict[str, Any]:
-    """A ledger.events record, with a fixed key order so re-encodings are identical."""
+                 reason: str | None = None, daily_limit: int | None = None) -> dict[str, Any]:
+    """A ledger.events record, with a fixed key order so re-encodings are identical.
+
+    An `opened` event also carries the account's daily_limit, so that the
+    limits view can be derived from the ledger alone.
+    """
     event: dict[str, Any] = {
         "account": account, "seq": seq, "request_id": request_id, "kind": kind,
         "amount": amount, "counterparty": counterparty, "balance": balance, "ts": ts,
@@ -78,6 +86,8 @@ def ledger_event(account: str, seq: int, request_id: str, kind: str, amount: int
     }
     if reason is not None:
         event["reason"] = reason
+    if kind == OPENED:
+        event["daily_limit"] = daily_limit
     return event
 
 

@@ -1,0 +1,192 @@
+"""The views' decision logic: how one ledger event changes the derived state.
+
+Pure functions of (current view state, event, ledger offset): no Kafka, no
+store. The Faust views app (streams.views.app) and `bank replay views` both
+use them, which is what makes a rebuilt view comparable with the live one.
+
+Idempotency. The views consume at-least-once, and the ledger itself may hold
+identical copies of an event (aborted transactions the broker shows). So:
+  - an account view applies an event only if its seq is the next one; it
+    remembers the ledger offset of the event it applied last, which tells a
+    re-delivery of *that record* (whose side effects may be incomplete after a
+    crash, so they are redone) from a copy at another offset (ignored);
+  - history entries are keyed by (account, seq): writing one again is a no-op;
+  - per-partition totals remember the last ledger offset they counted and
+    count an applied event only if its offset is beyond it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import orjson
+
+from streams.model import (BALANCE_SIGN, CREDITED, DAY_MS, DEBITED, DEPOSITED, DUPLICATE, OPENED,
+                           REFUNDED, REJECTED, REJECTED_STATUS, STATUS_RANK, WITHDRAWN)
+
+_OUTFLOW = {WITHDRAWN, DEBITED}
+
+
+class Applied(Enum):
+    NEW = "new"            # the next event of its account: apply everything
+    REDELIVERED = "redelivered"  # the very record applied last: redo the idempotent side effects
+    DUPLICATE = "duplicate"  # a copy of an event already applied: ignore
+    GAP = "gap"            # a seq beyond the next one: never produced by the engine; ignore, count
+
+
+@dataclass(slots=True)
+class AccountView:
+    """What GET /accounts/{id} serves: balance, sequence and limits."""
+
+    balance: int = 0
+    seq: int = 0
+    offset: int = -1                 # ledger offset of the event with this seq
+    daily_limit: int | None = None
+    day: int = 0                     # UTC day number that `outflow` counts
+    outflow: int = 0                 # withdrawals + debits - refunds on `day`
+    opened_ts: int = 0
+    updated_ts: int = 0
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps([self.balance, self.seq, self.offset, self.daily_limit, self.day,
+                             self.outflow, self.opened_ts, self.updated_ts])
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "AccountView":
+        return cls(*orjson.loads(raw))
+
+    def public(self, account: str) -> dict[str, Any]:
+        """The JSON body of GET /accounts/{id} (no store internals)."""
+        limit = self.daily_limit
+        return {
+            "account": account, "balance": self.balance, "seq": self.seq,
+            "limits": {"daily_limit": limit, "day": self.day, "outflow": self.outflow,
+                       "remaining": None if limit is None else max(0, limit - self.outflow)},
+            "opened_ts": self.opened_ts, "updated_ts": self.updated_ts,
+        }
+
+
+def classify(view: AccountView | None, seq: int, offset: int) -> Applied:
+    current = view.seq if view is not None else 0
+    if seq == current + 1:
+        return Applied.NEW
+    if seq > current + 1:
+        return Applied.GAP
+    if view is not None and seq == view.seq and offset == view.offset:
+        return Applied.REDELIVERED
+    return Applied.DUPLICATE
+
+
+def apply_to_account(view: AccountView | None, event: dict[str, Any], offset: int) -> AccountView:
+    """The account view after a NEW event."""
+    new = AccountView() if view is None else AccountView(*[getattr(view, f) for f in view.__slots__])
+    kind, amount, ts = event["kind"], event["amount"], event["ts"]
+    new.balance, new.seq, new.offset, new.updated_ts = event["balance"], event["seq"], offset, ts
+    if kind == OPENED:
+        new.daily_limit, new.opened_ts, new.day = event.get("daily_limit"), ts, ts // DAY_MS
+    day = ts // DAY_MS
+    if kind in _OUTFLOW or kind == REFUNDED:
+        if day != new.day:
+            new.day, new.outflow = day, 0
+        new.outflow = new.outflow + amount if kind in _OUTFLOW else max(0, new.outflow - amount)
+    return new
+
+
+def history_key(account: str, seq: int) -> bytes:
+    """Keys sort by account, then seq: a page of history is one key range."""
+    return f"{account}\x00{seq:012d}".encode()
+
+
+@dataclass(slots=True)
+class PartitionTotals:
+    """Aggregates of one ledger partition; the global figures are their sum."""
+
+    offset: int = -1        # last ledger offset counted
+    accounts: int = 0
+    balance: int = 0
+    deposits: int = 0
+    withdrawals: int = 0
+    debited: int = 0        # money that left a sender in a transfer
+    returned: int = 0       # money that arrived: credited to the receiver or refunded
+    completed: int = 0      # transfers credited
+    rejected: int = 0       # transfers rejected by the sender's side or refunded
+    events: int = 0
+
+    FIELDS = ("offset", "accounts", "balance", "deposits", "withdrawals", "debited", "returned",
+              "completed", "rejected", "events")
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps([getattr(self, f) for f in self.FIELDS])
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "PartitionTotals":
+        return cls(*orjson.loads(raw))
+
+    def count(self, event: dict[str, Any], offset: int, requests_topic: str) -> bool:
+        """Count an applied event once; False if this offset was counted already."""
+        if offset <= self.offset:
+            return False
+        self.offset = offset
+        kind, amount = event["kind"], event["amount"]
+        self.events += 1
+        self.balance += BALANCE_SIGN[kind] * amount
+        if kind == OPENED:
+            self.accounts += 1
+        elif kind == DEPOSITED:
+            self.deposits += amount
+        elif kind == WITHDRAWN:
+            self.withdrawals += amount
+        elif kind == DEBITED:
+            self.debited += amount
+        elif kind == CREDITED:
+            self.returned += amount
+            self.completed += 1
+        elif kind == REFUNDED:
+            self.returned += amount
+            self.rejected += 1
+        elif kind == REJECTED and event.get("counterparty") is not None \
+                and event["source"]["topic"] == requests_topic:
+            self.rejected += 1  # the sender's side of a rejected transfer
+        return True
+
+
+def global_figures(parts: list[PartitionTotals]) -> dict[str, int]:
+    """GET /stats: the sum over every partition."""
+    debited = sum(p.debited for p in parts)
+    returned = sum(p.returned for p in parts)
+    return {
+        "accounts": sum(p.accounts for p in parts),
+        "total_balance": sum(p.balance for p in parts),
+        "money_in_flight": debited - returned,
+        "deposits": sum(p.deposits for p in parts),
+        "withdrawals": sum(p.withdrawals for p in parts),
+        "transfers_completed": sum(p.completed for p in parts),
+        "transfers_rejected": sum(p.rejected for p in parts),
+        "ledger_events": sum(p.events for p in parts),
+        "partitions": len(parts),
+    }
+
+
+def merge_status(current: dict[str, Any] | None, outcome: dict[str, Any]) -> dict[str, Any] | None:
+    """The status of a request after an outcome; None if it changes nothing.
+
+    Statuses only move forward (accepted -> debited -> completed | rejected),
+    so re-deliveries and reordering cannot move one back; a `duplicate`
+    rejection (the same request_id sent again) never overrides the first
+    decision.
+    """
+    status = outcome.get("status")
+    if status not in STATUS_RANK:
+        return None
+    if current is not None:
+        if outcome.get("reason") == DUPLICATE:
+            return None
+        if STATUS_RANK[status] <= STATUS_RANK[current["status"]]:
+            return None
+    new = {"request_id": outcome["request_id"], "status": status, "ts": outcome.get("ts")}
+    if status == REJECTED_STATUS:
+        new["reason"] = outcome.get("reason")
+        if outcome.get("detail") is not None:
+            new["detail"] = outcome["detail"]
+    return new

@@ -1,0 +1,135 @@
+"""The web endpoint's way into Kafka: producing requests and waiting for outcomes.
+
+Both sit on confluent-kafka clients driven by a thread each, bridged to the
+event loop with futures. The producer's queue is bounded: when it is full the
+caller gets `Overloaded` (HTTP 503 + Retry-After) instead of an unbounded
+backlog in memory.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_END, TopicPartition
+
+from streams import kafka, topics
+from streams.config import Settings
+from streams.model import DUPLICATE, STATUS_RANK
+
+
+class Overloaded(Exception):
+    """The producer's queue is full; the client should retry later."""
+
+
+class RequestProducer:
+    """Produces raw requests keyed by their deciding account; awaitable acknowledgements."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topic(topics.REQUESTS)
+        self._producer = kafka.producer(settings, **{
+            "acks": "all", "linger.ms": 1,
+            "queue.buffering.max.messages": settings.web_max_queued_requests})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="request-producer", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    async def send(self, key: bytes, value: bytes) -> tuple[int, int]:
+        """Produce one request; return (partition, offset) once the broker acknowledged it."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[int, int]] = loop.create_future()
+
+        def delivered(err, msg) -> None:  # noqa: ANN001 - confluent-kafka callback, producer thread
+            def settle() -> None:
+                if done.cancelled():
+                    return
+                if err is not None:
+                    done.set_exception(RuntimeError(str(err)))
+                else:
+                    done.set_result((msg.partition(), msg.offset()))
+            loop.call_soon_threadsafe(settle)
+
+        try:
+            self._producer.produce(self.topic, key=key, value=value, on_delivery=delivered)
+        except BufferError:
+            raise Overloaded() from None
+        return await done
+
+    def queued(self) -> int:
+        return len(self._producer)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._producer.flush(5)
+
+
+class OutcomeWaiter:
+    """Tails transfers.outcomes from its end and settles the futures of waiting requests.
+
+    Only requests someone waits for are remembered, so memory is bounded by
+    the number of open `?wait=completed` calls.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._waiting: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._consumer = kafka.consumer(settings, settings.topic("bank-web-outcomes"))
+        topic = settings.topic(topics.OUTCOMES)
+        parts = sorted(self._consumer.list_topics(topic, timeout=30).topics[topic].partitions)
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
+        self._thread = threading.Thread(target=self._run, name="outcome-waiter", daemon=True)
+        self._thread.start()
+
+    def register(self, request_id: str) -> asyncio.Future:
+        """Call before producing the request, so its outcome cannot be missed."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._lock:
+            self._waiting.setdefault(request_id, []).append((loop, fut))
+        return fut
+
+    def forget(self, request_id: str, fut: asyncio.Future) -> None:
+        with self._lock:
+            waiters = self._waiting.get(request_id, [])
+            self._waiting[request_id] = [w for w in waiters if w[1] is not fut]
+            if not self._waiting[request_id]:
+                del self._waiting[request_id]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(1000, 0.1):
+                if msg.error() or not self._waiting:
+                    continue
+                try:
+                    out: dict[str, Any] = orjson.loads(msg.value())
+                    final = STATUS_RANK[out["status"]] == 2
+                    rid = out["request_id"]
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    continue
+                if not final:
+                    continue
+                with self._lock:
+                    waiters = self._waiting.pop(rid, [])
+                for loop, fut in waiters:
+                    loop.call_soon_threadsafe(_settle, fut, out)
+        self._consumer.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+def _settle(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def is_duplicate(outcome: dict[str, Any]) -> bool:
+    return outcome.get("reason") == DUPLICATE

@@ -1,0 +1,43 @@
+"""Prometheus metrics of a views worker (GET /metrics)."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LagSource = Callable[[], Iterable[tuple[str, int, int]]]  # (topic, partition, lag)
+
+
+class _LagCollector(Collector):
+    """Consumer lag per partition, read when scraped."""
+
+    def __init__(self, source: LagSource) -> None:
+        self._source = source
+
+    def collect(self):  # noqa: ANN201 - prometheus_client protocol
+        family = GaugeMetricFamily("bank_views_consumer_lag",
+                                   "records between the views' position and the partition's end",
+                                   labels=["topic", "partition"])
+        for topic, partition, lag in self._source():
+            family.add_metric([topic, str(partition)], lag)
+        yield family
+
+
+class ViewsMetrics:
+    def __init__(self, lag_source: LagSource) -> None:
+        self.registry = CollectorRegistry()
+        self.ledger_events = Counter(
+            "bank_views_ledger_events", "ledger events consumed, by what the views did with them",
+            ["result"], registry=self.registry)
+        self.outcomes = Counter("bank_views_outcomes", "transfers.outcomes records consumed",
+                                registry=self.registry)
+        self.http_latency = Histogram(
+            "bank_http_request_duration_seconds", "HTTP request latency", ["method", "route", "status"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry)
+        self.registry.register(_LagCollector(lag_source))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

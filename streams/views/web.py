@@ -1,0 +1,347 @@
+"""The HTTP endpoint of a views worker (routes of ../shared/DESIGN.md and openapi.yaml).
+
+A query about an account or a request is answered by the worker that owns
+the key's partition: any other worker forwards it there (once; a forwarded
+request that lands on a non-owner, during a rebalance, gets 503 +
+Retry-After rather than a possibly stale answer). Errors are JSON:
+{"error": code, "reason": text}.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import aiohttp
+import orjson
+from aiohttp import web as aioweb
+from faust.web import View
+
+from streams.decisions import Undecodable, parse_json, parse_request
+from streams.views.fold import global_figures, PartitionTotals
+from streams.views.intake import OutcomeWaiter, Overloaded, RequestProducer, is_duplicate
+
+if TYPE_CHECKING:
+    from streams.views.app import ViewsWorker
+
+log = logging.getLogger("bank.web")
+
+ROUTED_HEADER = "X-Bank-Routed-By"
+OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+MAX_HISTORY_PAGE = 1000
+
+
+class HTTPError(Exception):
+    """Ends a request with a JSON error body."""
+
+    def __init__(self, status: int, error: str, reason: str, retry_after: int | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.error, self.reason, self.retry_after = status, error, reason, retry_after
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> aioweb.Response:
+    return aioweb.Response(body=orjson.dumps(body), status=status, headers=headers,
+                           content_type="application/json")
+
+
+def error_response(exc: HTTPError) -> aioweb.Response:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return json_response({"error": exc.error, "reason": exc.reason}, exc.status, headers)
+
+
+def _query_int(request: aioweb.Request, name: str, default: int | None, low: int,
+               high: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HTTPError(400, "invalid", f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise HTTPError(400, "invalid", f"{name} must be between {low} and {high}")
+    return value
+
+
+def _query_timeout(request: aioweb.Request, cap: float) -> float:
+    raw = request.query.get("timeout", str(cap))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise HTTPError(400, "invalid", "timeout must be a number of seconds") from None
+    if not 0 <= value <= cap:
+        raise HTTPError(400, "invalid", f"timeout must be between 0 and {cap} seconds")
+    return value
+
+
+def observe_middleware(worker: "ViewsWorker") -> Callable:
+    """Latency metrics, and JSON bodies for every error (aiohttp's own included)."""
+
+    @aioweb.middleware
+    async def observe(request: aioweb.Request, handler: Callable[..., Awaitable]) -> aioweb.StreamResponse:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except HTTPError as exc:
+            status = exc.status
+            return error_response(exc)
+        except aioweb.HTTPException as exc:
+            status = exc.status
+            if exc.status < 400:
+                raise
+            return error_response(HTTPError(exc.status, exc.reason.lower().replace(" ", "_"),
+                                            exc.text or exc.reason))
+        except Exception:  # noqa: BLE001 - a bug must not take the worker down
+            log.exception("error serving %s %s", request.method, request.path)
+            return error_response(HTTPError(500, "internal", "internal error"))
+        finally:
+            info = request.match_info
+            route = info.route.resource.canonical if info.route.resource is not None else "unmatched"
+            worker.metrics.http_latency.labels(request.method, route, str(status)).observe(
+                time.perf_counter() - start)
+
+    return observe
+
+
+class Router:
+    """Sends a keyed query to the worker owning the key's partition."""
+
+    def __init__(self, worker: "ViewsWorker") -> None:
+        self.worker = worker
+
+    def _ready(self) -> None:
+        app = self.worker.app
+        if app.rebalancing or app.tables.recovery.in_recovery:
+            raise HTTPError(503, "rebalancing", "partitions are moving between workers; retry",
+                            retry_after=1)
+
+    async def route(self, request: aioweb.Request, table: Any, key: str,
+                    local: Callable[[], Awaitable[aioweb.Response]]) -> aioweb.Response:
+        app = self.worker.app
+        self._ready()
+        try:
+            owner = app.router.key_store(table.name, key)
+        except KeyError:
+            raise HTTPError(503, "rebalancing", "no worker owns this key yet; retry", retry_after=1) \
+                from None
+        own = app.conf.canonical_url
+        if (owner.host, owner.port) == (own.host, own.port):
+            return await local()
+        if request.headers.get(ROUTED_HEADER):
+            raise HTTPError(503, "rebalancing", "the key's partition is moving; retry", retry_after=1)
+        url = request.url.with_host(owner.host).with_port(owner.port)
+        try:
+            async with app.http_client.request(
+                    request.method, url, headers={ROUTED_HEADER: self.worker.worker_id},
+                    timeout=aiohttp.ClientTimeout(total=self.worker.settings.web_wait_timeout_s + 5),
+            ) as resp:
+                body = await resp.read()
+                headers = {"Retry-After": resp.headers["Retry-After"]} \
+                    if "Retry-After" in resp.headers else None
+                return aioweb.Response(body=body, status=resp.status, headers=headers,
+                                       content_type=resp.content_type)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise HTTPError(503, "unavailable", f"owner worker {owner} did not answer: {exc}",
+                            retry_after=1) from None
+
+
+def register_routes(worker: "ViewsWorker") -> None:
+    app = worker.app
+    settings = worker.settings
+    router = Router(worker)
+    cap = settings.web_wait_timeout_s
+    intake: dict[str, Any] = {}
+
+    @app.task
+    async def start_intake() -> None:
+        # daemon threads: every POST awaits its acknowledgement, so nothing is left to flush
+        loop = asyncio.get_running_loop()
+        intake["waiter"] = await loop.run_in_executor(None, OutcomeWaiter, settings)
+        intake["producer"] = RequestProducer(settings)
+
+    async def submit(request: aioweb.Request, transfers_only: bool) -> aioweb.Response:
+        raw = await request.read()
+        if not raw:
+            raise HTTPError(400, "invalid", "empty body: expected a JSON object")
+        try:
+            body = parse_json(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HTTPError(400, "invalid", f"body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise HTTPError(400, "invalid", "body must be a JSON object")
+        if transfers_only:
+            body.setdefault("type", "transfer")
+            if body["type"] != "transfer":
+                raise HTTPError(400, "invalid", "POST /transfers takes transfers; use POST /requests")
+        body.setdefault("request_id", uuid.uuid4().hex)
+        key_name = body.get("from") if body.get("type") == "transfer" else body.get("account")
+        if not isinstance(key_name, str) or not key_name:
+            raise HTTPError(400, "invalid", "the deciding account (account, or from) must be a string")
+        key = key_name.encode("utf-8", "surrogatepass")
+        try:
+            value = orjson.dumps(body)
+        except orjson.JSONEncodeError as exc:
+            raise HTTPError(400, "invalid", f"cannot encode request: {exc}") from None
+        try:
+            parsed = parse_request(key, value)
+        except Undecodable as exc:
+            raise HTTPError(400, "invalid", str(exc)) from None
+        if parsed.problem is not None:
+            raise HTTPError(400, "invalid", parsed.problem)
+        wait = request.query.get("wait")
+        if wait not in (None, "completed"):
+            raise HTTPError(400, "invalid", "wait must be 'completed'")
+        timeout = _query_timeout(request, cap)
+        if "producer" not in intake:
+            raise HTTPError(503, "starting", "worker is starting", retry_after=1)
+        waiter: OutcomeWaiter = intake["waiter"]
+        fut = waiter.register(parsed.request_id) if wait else None
+        try:
+            try:
+                partition, offset = await intake["producer"].send(key, value)
+            except Overloaded:
+                raise HTTPError(503, "overloaded", "too many requests waiting for the broker",
+                                retry_after=1) from None
+            except RuntimeError as exc:
+                raise HTTPError(503, "unavailable", f"broker did not accept the request: {exc}",
+                                retry_after=1) from None
+            accepted = {"request_id": parsed.request_id, "status": "accepted",
+                        "partition": partition, "offset": offset}
+            if fut is None:
+                return json_response(accepted, 202)
+            try:
+                out = await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except asyncio.TimeoutError:
+                return json_response({**accepted, "status": "pending"}, 202)
+        finally:
+            if fut is not None:
+                waiter.forget(parsed.request_id, fut)
+        if is_duplicate(out):
+            first = worker.status.get(parsed.request_id.encode())
+            body_out = orjson.loads(first) if first else out
+            return json_response({**body_out, "duplicate_submission": True})
+        result = {"request_id": out["request_id"], "status": out["status"]}
+        for extra in ("reason", "detail", "ts"):
+            if out.get(extra) is not None:
+                result[extra] = out[extra]
+        return json_response(result)
+
+    @app.page("/transfers")
+    class Transfers(View):
+        async def post(self, request: aioweb.Request) -> aioweb.Response:
+            return await submit(request, transfers_only=True)
+
+    @app.page("/requests")
+    class Requests(View):
+        async def post(self, request: aioweb.Request) -> aioweb.Response:
+            return await submit(request, transfers_only=False)
+
+    @app.page("/transfers/{request_id}")
+    class TransferStatus(View):
+        async def get(self, request: aioweb.Request, request_id: str) -> aioweb.Response:
+            async def local() -> aioweb.Response:
+                stored = worker.status.get(request_id.encode("utf-8", "surrogatepass"))
+                if stored is None:
+                    raise HTTPError(404, "not_found", f"no outcome for request {request_id!r} (yet)")
+                return json_response(orjson.loads(stored))
+            return await router.route(request, worker.status, request_id, local)
+
+    async def account_view(request: aioweb.Request, account: str):  # noqa: ANN202
+        """The account's view, waiting for min_seq (read-your-writes) if asked."""
+        min_seq = _query_int(request, "min_seq", 0, 0, 2**62)
+        deadline = time.monotonic() + _query_timeout(request, cap)
+        while True:
+            view = worker.account_view(account)
+            if view is not None and view.seq >= min_seq:
+                return view
+            if time.monotonic() >= deadline:
+                if view is None and not min_seq:
+                    raise HTTPError(404, "not_found", f"no account {account!r}")
+                raise HTTPError(503, "behind", f"the view of {account!r} has not reached seq "
+                                f"{min_seq} yet (at {view.seq if view else 0})", retry_after=1)
+            await asyncio.sleep(0.02)
+
+    @app.page("/accounts/{account}")
+    class Account(View):
+        async def get(self, request: aioweb.Request, account: str) -> aioweb.Response:
+            async def local() -> aioweb.Response:
+                view = await account_view(request, account)
+                return json_response(view.public(account))
+            return await router.route(request, worker.accounts, account, local)
+
+    @app.page("/accounts/{account}/history")
+    class History(View):
+        async def get(self, request: aioweb.Request, account: str) -> aioweb.Response:
+            async def local() -> aioweb.Response:
+                view = await account_view(request, account)
+                limit = _query_int(request, "limit", 50, 1, MAX_HISTORY_PAGE)
+                before = _query_int(request, "before_seq", view.seq + 1, 1, 2**62)
+                entries = worker.history_page(account, min(before, view.seq + 1), limit)
+                last = entries[-1]["seq"] if entries else None
+                return json_response({
+                    "account": account, "seq": view.seq, "entries": entries,
+                    "next_before_seq": last if last is not None and last > 1 else None})
+            return await router.route(request, worker.accounts, account, local)
+
+    @app.page("/stats")
+    class Stats(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            router._ready()
+            parts = await gather_totals(worker)
+            if len(parts) != settings.partitions:
+                raise HTTPError(503, "rebalancing", f"{len(parts)} of {settings.partitions} "
+                                "partitions answered; retry", retry_after=1)
+            return json_response(global_figures(parts))
+
+    @app.page("/internal/totals")
+    class InternalTotals(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            return json_response([[p, orjson.loads(t.to_bytes())]
+                                  for p, t in worker.local_totals_by_partition()])
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            lag = sum(row[2] for row in worker.lag())
+            actives = sorted(tp.partition for tp in app.assignor.assigned_actives()
+                             if tp.topic == worker.ledger_topic.get_topic_name())
+            return json_response({
+                "status": "ok", "worker": worker.worker_id, "ledger_partitions": actives,
+                "rebalancing": bool(app.rebalancing), "lag": lag})
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            return aioweb.Response(body=worker.metrics.render(),
+                                   content_type="text/plain", charset="utf-8")
+
+    @app.page("/openapi.yaml")
+    class OpenAPI(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            return aioweb.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/yaml")
+
+
+async def gather_totals(worker: "ViewsWorker") -> list[PartitionTotals]:
+    """Totals of every ledger partition, asked of the worker that owns each."""
+    app = worker.app
+    own = app.conf.canonical_url
+    found: dict[int, PartitionTotals] = dict(worker.local_totals_by_partition())
+    for url in app.router.table_metadata(worker.totals.name):
+        target = aiohttp.client.URL(url)
+        if (target.host, target.port) == (own.host, own.port):
+            continue
+        try:
+            async with app.http_client.get(target.with_path("/internal/totals"),
+                                           timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                rows = await resp.json(loads=orjson.loads) if resp.status == 200 else []
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            continue
+        for partition, raw in rows:
+            found[partition] = PartitionTotals(*raw)
+    return list(found.values())

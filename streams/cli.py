@@ -39,7 +39,7 @@ def cmd_views(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from streams.supervisor import up
 
-    return up(_settings(args), args.workers, args.broker_port, args.demo)
+    return up(_settings(args), args.workers, args.broker_port, args.demo, args.views, args.web_port)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="engine worker processes (default 2)")
     p.add_argument("--broker-port", type=int, default=None, help="port of the embedded broker")
     p.add_argument("--demo", action="store_true", help="run a small demo workload and print results")
+    p.add_argument("--views", type=int, default=2, help="views workers, each with a web server (default 2)")
+    p.add_argument("--web-port", type=int, default=8080,
+                   help="web port of the first views worker; the next ones use the following ports")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("worker", help="run one engine worker in the consumer group")

@@ -18,7 +18,8 @@ def _progress(label: str):
     return show
 
 
-def run_demo(settings: Settings, accounts: int = 200, transfers: int = 5000, seed: int = 7) -> None:
+def run_demo(settings: Settings, web_url: str | None = None, accounts: int = 200,
+             transfers: int = 5000, seed: int = 7) -> None:
     rng = random.Random(seed)
     names = [f"acct-{i:04d}" for i in range(accounts)]
     watcher = OutcomeWatcher(settings)
@@ -60,10 +61,15 @@ def run_demo(settings: Settings, accounts: int = 200, transfers: int = 5000, see
     report = verify(settings)
     print("demo: ledger check")
     print("  " + report.render().replace("\n", "\n  "))
-    _print_balances(settings, names[:5])
+    _print_balances(settings, names[:5], web_url)
 
 
-def _print_balances(settings: Settings, names: list[str]) -> None:
+def _print_balances(settings: Settings, names: list[str], web_url: str | None) -> None:
+    """Balances folded from the ledger, and the same read back over HTTP."""
+    import urllib.request
+
+    import orjson
+
     from replay.ledger import LedgerFold
     from streams import topics
     from streams.client import read_topic
@@ -71,8 +77,21 @@ def _print_balances(settings: Settings, names: list[str]) -> None:
     fold = LedgerFold()
     for msg in read_topic(settings, settings.topic(topics.LEDGER)):
         fold.apply(msg.value())
-    print("demo: some balances from the ledger (minor units):")
+    print("demo: some balances (minor units), from the ledger and over HTTP:")
     for name in names:
         acct = fold.accounts.get(name)
-        if acct:
-            print(f"  {name}: balance {acct.balance}, {acct.seq} ledger events")
+        if not acct:
+            continue
+        line = f"  {name}: ledger balance {acct.balance} after {acct.seq} events"
+        if web_url:
+            url = f"{web_url}/accounts/{name}?min_seq={acct.seq}"
+            try:
+                with urllib.request.urlopen(url, timeout=15) as resp:
+                    view = orjson.loads(resp.read())
+                line += f" | GET {url} -> balance {view['balance']}, seq {view['seq']}"
+            except OSError as exc:
+                line += f" | GET {url} failed: {exc}"
+        print(line)
+    if web_url:
+        with urllib.request.urlopen(f"{web_url}/stats", timeout=15) as resp:
+            print(f"demo: GET {web_url}/stats -> {resp.read().decode()}")

@@ -19,22 +19,30 @@ from streams.topics import ensure_topics
 
 
 class WorkerPool:
-    """Engine worker processes with the given settings, restarted if they die."""
+    """Worker processes (`bank worker`, or `bank views` with web ports) restarted if they die."""
 
-    def __init__(self, settings: Settings, count: int, log_dir: str | None = None) -> None:
+    def __init__(self, settings: Settings, count: int, log_dir: str | None = None,
+                 command: str = "worker", web_ports: list[int] | None = None) -> None:
         self.settings = settings
         self.log_dir = log_dir
+        self.command = command
+        self.web_ports = web_ports or []
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         for i in range(count):
             self.start(str(i))
+
+    def url(self, worker_id: str) -> str:
+        return f"http://{self.settings.web_host}:{self.web_ports[int(worker_id)]}"
 
     def start(self, worker_id: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.settings.env()}
         out = subprocess.DEVNULL
         if self.log_dir:
-            out = open(os.path.join(self.log_dir, f"worker-{worker_id}.log"), "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--worker-id", worker_id],
-                                env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+            out = open(os.path.join(self.log_dir, f"{self.command}-{worker_id}.log"), "ab")
+        args = [sys.executable, "-m", "streams.cli", self.command, "--worker-id", worker_id]
+        if self.web_ports:
+            args += ["--web-port", str(self.web_ports[int(worker_id)])]
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
         self.procs[worker_id] = proc
         return proc
 
@@ -66,7 +74,33 @@ class WorkerPool:
             self.stop(wid)
 
 
-def up(settings: Settings, workers: int, broker_port: int | None, demo: bool) -> int:
+def wait_for_views(urls: list[str], partitions: int, timeout_s: float = 120.0) -> bool:
+    """Wait until the views workers answer and together own every ledger partition."""
+    import urllib.request
+
+    import orjson
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        owned: list[int] = []
+        try:
+            for url in urls:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                    health = orjson.loads(resp.read())
+                if health["rebalancing"]:
+                    raise OSError("rebalancing")
+                owned += health["ledger_partitions"]
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.5)
+            continue
+        if sorted(owned) == list(range(partitions)):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def up(settings: Settings, workers: int, broker_port: int | None, demo: bool,
+       views: int = 2, web_port: int = 8080) -> int:
     """Start everything, optionally show a demo, and serve until Ctrl-C."""
     stopping = False
 
@@ -86,18 +120,30 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: bool) ->
         settings = replace(settings, bootstrap_servers=bootstrap)
         counts = ensure_topics(settings)
         print(f"topics ready: {', '.join(f'{t}[{n}]' for t, n in counts.items())}", flush=True)
-        pool = WorkerPool(settings, workers)
+        pools = [WorkerPool(settings, workers),
+                 WorkerPool(settings, views, command="views",
+                            web_ports=[web_port + i for i in range(views)])]
         print(f"{workers} engine worker(s) started; KAFKA_BOOTSTRAP_SERVERS={bootstrap}", flush=True)
+        urls = [pools[1].url(str(i)) for i in range(views)]
         try:
+            if views:
+                print(f"{views} views worker(s) starting: {', '.join(urls)}", flush=True)
+                if not wait_for_views(urls, settings.partitions):
+                    print("views workers did not become ready in 120 s", flush=True)
+                else:
+                    print(f"web endpoint ready: {urls[0]}  (try {urls[0]}/stats, "
+                          f"{urls[0]}/openapi.yaml)", flush=True)
             if demo:
                 from streams.demo import run_demo
-                run_demo(settings)
+                run_demo(settings, urls[0] if views else None)
             print("serving; Ctrl-C to stop", flush=True)
             while not stopping:
-                for wid in pool.restart_dead():
-                    print(f"worker {wid} died; restarted", flush=True)
+                for pool in pools:
+                    for wid in pool.restart_dead():
+                        print(f"{pool.command} {wid} died; restarted", flush=True)
                 time.sleep(0.5)
         finally:
             print("stopping workers", flush=True)
-            pool.stop_all()
+            for pool in pools:
+                pool.stop_all()
     return 0

@@ -37,6 +37,11 @@ class Settings:
         "help": "write credits and outcomes (partitions every worker writes to) inside the "
                 "transaction; `bank up` and the tests turn it off on the embedded broker, which "
                 "loses records when transactions of several producers share a partition"})
+    one_record_per_batch: bool = field(default=False, metadata={
+        "env": "BANK_ONE_RECORD_PER_BATCH",
+        "help": "views: write each table changelog record as its own batch; `bank up` and the tests "
+                "turn it on for the embedded broker, whose end offsets (ListOffsets) are the last "
+                "batch's base offset + 1, which Faust's table recovery trusts"})
     state_dir: str = field(default=".state", metadata={
         "env": "BANK_STATE_DIR",
         "help": "directory for the RocksDB state stores"})

@@ -11,9 +11,9 @@ from dataclasses import replace
 
 import pytest
 
-from streams.broker import EmbeddedBroker, embedded_settings
+from streams.broker import EmbeddedBroker, embedded_settings, free_port
 from streams.config import Settings
-from streams.supervisor import WorkerPool
+from streams.supervisor import WorkerPool, wait_for_views
 from streams.topics import ensure_topics
 
 
@@ -52,6 +52,27 @@ def pool_factory(tmp_path):
         log_dir.mkdir(exist_ok=True)
         pool = WorkerPool(settings, count, str(log_dir))
         pools.append(pool)
+        return pool
+
+    yield start
+    for pool in pools:
+        for wid in list(pool.procs):
+            pool.kill(wid)
+
+
+@pytest.fixture
+def views_factory(tmp_path):
+    """Start views worker processes (each with a web port); killed when the test ends."""
+    pools: list[WorkerPool] = []
+
+    def start(settings: Settings, count: int) -> WorkerPool:
+        log_dir = tmp_path / "logs"
+        log_dir.mkdir(exist_ok=True)
+        pool = WorkerPool(settings, count, str(log_dir), command="views",
+                          web_ports=[free_port() for _ in range(count)])
+        pools.append(pool)
+        assert wait_for_views([pool.url(w) for w in pool.procs], settings.partitions), \
+            "views workers did not become ready"
         return pool
 
     yield start

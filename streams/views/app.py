@@ -51,11 +51,13 @@ class ViewsWorker:
         self.metrics = ViewsMetrics(self.lag)
         from streams.views.web import observe_middleware, register_routes
 
+        datadir = os.path.join(settings.state_dir, f"views-{worker_id}")
+        os.makedirs(datadir, exist_ok=True)
         self.app = faust.App(
             settings.topic(VIEWS_APP),
             broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
             store="rocksdb://",
-            datadir=os.path.join(settings.state_dir, f"views-{worker_id}"),
+            datadir=datadir,
             processing_guarantee="at_least_once",
             topic_partitions=settings.partitions,
             topic_replication_factor=settings.replication_factor,
@@ -68,6 +70,7 @@ class ViewsWorker:
             web_application_options={"client_max_size": settings.web_max_body_bytes,
                                      "middlewares": [observe_middleware(self)]},
             key_serializer="raw", value_serializer="raw",
+            **({"producer_max_batch_size": 1} if settings.one_record_per_batch else {}),
         )
         n = settings.partitions
         self.accounts = _raw_table(self.app, "accounts", n)

@@ -1,0 +1,41 @@
+"""A tiny HTTP client for tests (real HTTP over loopback, no client library quirks)."""
+from __future__ import annotations
+
+import http.client
+import time
+from urllib.parse import urlsplit
+
+import orjson
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self):  # noqa: ANN201
+        return orjson.loads(self.body)
+
+
+def request(method: str, url: str, body: bytes | None = None, timeout: float = 30.0) -> Response:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request(method, path, body=body,
+                     headers={"Content-Type": "application/json"} if body is not None else {})
+        resp = conn.getresponse()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def get_json(url: str, timeout_s: float = 60.0):  # noqa: ANN201
+    """GET a 200 JSON answer, retrying 503s (rebalancing, behind) until the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        resp = request("GET", url)
+        if resp.status == 200:
+            return resp.json()
+        if resp.status != 503 or time.monotonic() > deadline:
+            raise AssertionError(f"GET {url}: {resp.status} {resp.body[:300]!r}")
+        time.sleep(0.2)

@@ -165,6 +165,22 @@ def register_routes(worker: "ViewsWorker") -> None:
         intake["waiter"] = await loop.run_in_executor(None, OutcomeWaiter, settings)
         intake["producer"] = RequestProducer(settings)
 
+    async def first_decision(request_id: str, deadline: float) -> dict[str, Any] | None:
+        """The final status of an earlier submission, from the status view (wherever it lives)."""
+        url = app.conf.canonical_url.with_path(f"/transfers/{request_id}")
+        while True:
+            try:
+                async with app.http_client.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                    if resp.status == 200:
+                        found = await resp.json(loads=orjson.loads)
+                        if found.get("status") in ("completed", "rejected"):
+                            return found
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.05)
+
     async def submit(request: aioweb.Request, transfers_only: bool) -> aioweb.Response:
         raw = await request.read()
         if not raw:
@@ -198,6 +214,7 @@ def register_routes(worker: "ViewsWorker") -> None:
         if wait not in (None, "completed"):
             raise HTTPError(400, "invalid", "wait must be 'completed'")
         timeout = _query_timeout(request, cap)
+        deadline = time.monotonic() + timeout
         if "producer" not in intake:
             raise HTTPError(503, "starting", "worker is starting", retry_after=1)
         waiter: OutcomeWaiter = intake["waiter"]
@@ -223,9 +240,8 @@ def register_routes(worker: "ViewsWorker") -> None:
             if fut is not None:
                 waiter.forget(parsed.request_id, fut)
         if is_duplicate(out):
-            first = worker.status.get(parsed.request_id.encode())
-            body_out = orjson.loads(first) if first else out
-            return json_response({**body_out, "duplicate_submission": True})
+            first = await first_decision(parsed.request_id, deadline)
+            return json_response({**(first or out), "duplicate_submission": True})
         result = {"request_id": out["request_id"], "status": out["status"]}
         for extra in ("reason", "detail", "ts"):
             if out.get(extra) is not None:

@@ -1,0 +1,179 @@
+"""The web endpoint against its OpenAPI document, its errors, metrics, and fuzzed input."""
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import quote
+
+import jsonschema
+import orjson
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from replay.verify import verify
+from tests.http import get_json, request
+
+OPENAPI = yaml.safe_load((Path(__file__).parents[2] / "streams" / "views" / "openapi.yaml").read_text())
+
+
+def schema_of(method: str, path: str, status: int) -> dict | None:
+    """The JSON schema the document gives for this response (refs resolved against the document)."""
+    responses = OPENAPI["paths"][path][method.lower()]["responses"]
+    assert str(status) in responses, f"{method} {path} answered {status}, which the document lacks"
+    resp = responses[str(status)]
+    if "$ref" in resp:
+        resp = OPENAPI["components"]["responses"][resp["$ref"].rsplit("/", 1)[1]]
+    content = resp.get("content", {})
+    if "application/json" not in content:
+        return None
+    return {**content["application/json"]["schema"], "components": OPENAPI["components"]}
+
+
+def check(method: str, url: str, path: str, body: bytes | None = None, expect: int | None = None):
+    resp = request(method, url + path, body)
+    template = next(p for p in OPENAPI["paths"] if _matches(p, path.split("?")[0]))
+    schema = schema_of(method, template, resp.status)
+    if schema is not None:
+        jsonschema.validate(resp.json(), schema)
+    if expect is not None:
+        assert resp.status == expect, (method, path, resp.status, resp.body[:300])
+    return resp
+
+
+def _matches(template: str, path: str) -> bool:
+    t, p = template.strip("/").split("/"), path.strip("/").split("/")
+    return len(t) == len(p) and all(a == b or a.startswith("{") for a, b in zip(t, p))
+
+
+@pytest.fixture
+def web(settings, pool_factory, views_factory):
+    settings = replace(settings, web_wait_timeout_s=2.0, web_max_body_bytes=4096)
+    pool_factory(settings, 1)
+    views = views_factory(settings, 1)
+    return settings, views, views.url("0")
+
+
+def test_every_route_answers_as_the_openapi_document_says(web):
+    settings, _, url = web
+    for name in ("alice", "bob"):
+        check("POST", url, "/requests?wait=completed",
+              orjson.dumps({"type": "open_account", "account": name, "daily_limit": 10_000}), 200)
+        check("POST", url, "/requests?wait=completed",
+              orjson.dumps({"type": "deposit", "account": name, "amount": 50_000}), 200)
+    done = check("POST", url, "/transfers?wait=completed",
+                 orjson.dumps({"request_id": "t1", "from": "alice", "to": "bob", "amount": 700}), 200).json()
+    assert done == {"request_id": "t1", "status": "completed", "ts": done["ts"]}
+    over = check("POST", url, "/transfers?wait=completed",
+                 orjson.dumps({"from": "alice", "to": "bob", "amount": 9_999}), 200).json()
+    assert (over["status"], over["reason"]) == ("rejected", "limit_exceeded")
+    queued = check("POST", url, "/transfers", orjson.dumps({"from": "bob", "to": "alice", "amount": 1}), 202)
+    assert queued.json()["status"] == "accepted"
+    again = check("POST", url, "/transfers?wait=completed",
+                  orjson.dumps({"request_id": "t1", "from": "alice", "to": "bob", "amount": 700}), 200).json()
+    assert again["status"] == "completed" and again["duplicate_submission"] is True
+
+    # opened, deposited, debited, rejected, credited (bob's 1)
+    alice = get_json(f"{url}/accounts/alice?min_seq=5")
+    check("GET", url, "/accounts/alice?min_seq=5", expect=200)
+    assert alice["balance"] == 50_000 - 700 + 1
+    assert alice["limits"] == {"daily_limit": 10_000, "day": alice["limits"]["day"], "outflow": 700,
+                               "remaining": 9_300}
+    hist = check("GET", url, "/accounts/alice/history?limit=2", expect=200).json()
+    assert [e["kind"] for e in hist["entries"]] == ["credited", "rejected"]
+    assert hist["next_before_seq"] == 4
+    rest = check("GET", url, "/accounts/alice/history?before_seq=4", expect=200).json()
+    assert [e["kind"] for e in rest["entries"]] == ["debited", "deposited", "opened"]
+    assert rest["next_before_seq"] is None
+    check("GET", url, "/transfers/t1", expect=200)
+    check("GET", url, "/stats", expect=200)
+    check("GET", url, "/health", expect=200)
+
+    # errors: JSON bodies with a reason
+    assert check("GET", url, "/accounts/nobody", expect=404).json()["error"] == "not_found"
+    check("GET", url, "/transfers/never-sent", expect=404)
+    check("GET", url, "/accounts/alice?min_seq=abc", expect=400)
+    check("GET", url, "/accounts/alice?min_seq=999&timeout=0.2", expect=503)
+    check("GET", url, "/accounts/alice?timeout=99", expect=400)
+    check("GET", url, "/accounts/alice/history?limit=0", expect=400)
+    for bad in (b"{", b"[1,2]", b"\xff\xfe", b'{"from":"a","to":"a","amount":1}',
+                b'{"from":"a","to":"b","amount":-1}', b'{"from":"a","to":"b","amount":1e3}',
+                b'{"from":"a","to":"b","amount":99999999999999999999999}',
+                b'{"from":"a","to":"b","amount":1,"extra":true}', b'{"to":"b","amount":1}',
+                b'{"type":"deposit","account":"a","amount":1}', b""):
+        resp = check("POST", url, "/transfers", bad, 400)
+        assert resp.json()["reason"], bad
+    big = orjson.dumps({"from": "alice", "to": "bob", "amount": 1, "request_id": "x" * 10_000})
+    assert check("POST", url, "/transfers", big, 413).json()["error"]
+    assert request("DELETE", f"{url}/accounts/alice").status == 405
+
+    metrics = request("GET", f"{url}/metrics").body.decode()
+    assert 'bank_views_ledger_events_total{result="new"}' in metrics
+    assert "bank_views_consumer_lag{" in metrics
+    assert 'bank_http_request_duration_seconds_count{method="POST",route="/transfers",status="400"} 11.0' \
+        in metrics
+
+
+def _encode(body: dict) -> bytes:
+    """JSON, integers beyond 64 bits included (orjson refuses those; the stdlib writes them)."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(body).encode()
+
+
+_names = st.text(alphabet=string.ascii_letters + string.digits + "-_.~%é ", min_size=0, max_size=40)
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=10)
+_bodies = st.one_of(
+    st.binary(max_size=300),
+    _json_values.map(orjson.dumps),
+    st.fixed_dictionaries({}, optional={
+        "type": st.sampled_from(["transfer", "deposit", "withdraw", "open_account", "x"]),
+        "request_id": _names, "from": _names | _json_values, "to": _names, "account": _names,
+        "amount": st.integers(min_value=-2**70, max_value=2**70) | _json_values,
+        "daily_limit": st.integers() | st.none(), "extra": _json_values,
+    }).map(_encode),
+)
+_queries = st.dictionaries(st.sampled_from(["min_seq", "limit", "before_seq", "timeout", "wait", "x"]),
+                           st.text(alphabet=string.printable, max_size=6) | st.integers().map(str),
+                           max_size=3)
+
+
+def test_fuzzed_http_input_never_gets_a_5xx_nor_stops_the_worker(web):
+    settings, views, url = web
+    check("POST", url, "/requests?wait=completed",
+          orjson.dumps({"type": "open_account", "request_id": "open-a", "account": "a"}), 200)
+    seen: dict[int, int] = {}
+
+    @hsettings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(method=st.sampled_from(["GET", "GET", "POST", "POST", "POST", "PUT", "DELETE"]),
+           route=st.sampled_from(["/transfers", "/requests", "/transfers/{}", "/accounts/{}",
+                                  "/accounts/{}/history", "/stats", "/{}"]),
+           name=_names, query=_queries, body=_bodies)
+    def one_request(method, route, name, query, body):
+        path = route.format(quote(name, safe="")) if "{}" in route else route
+        qs = "&".join(f"{quote(k)}={quote(v)}" for k, v in query.items())
+        resp = request(method, f"{url}{path}" + (f"?{qs}" if qs else ""),
+                       body if method in ("POST", "PUT") else None)
+        seen[resp.status] = seen.get(resp.status, 0) + 1
+        if resp.status >= 500:
+            # only the documented "come back later" answers, never an error
+            assert resp.status == 503 and "retry-after" in resp.headers, (method, path, resp.body)
+            assert resp.json()["error"] in ("behind", "rebalancing"), resp.body
+        if resp.headers.get("content-type", "").startswith("application/json"):
+            resp.json()
+
+    one_request()
+    assert all(p.poll() is None for p in views.procs.values()), "a views worker stopped"
+    assert seen.get(400, 0) > 20 and seen.get(404, 0) > 10, seen
+    # the system still works, and the log is clean
+    done = check("POST", url, "/requests?wait=completed",
+                 orjson.dumps({"type": "deposit", "account": "a", "amount": 5}), 200).json()
+    assert done["status"] == "completed"
+    report = verify(settings)
+    assert report.violations == [] and report.money_conserved, report.render()

@@ -1,0 +1,73 @@
+"""The views' fold: re-deliveries, copies and restores never change the result."""
+from __future__ import annotations
+
+from streams.model import Position, ledger_event
+from streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
+                                global_figures, merge_status)
+
+REQ = Position("transfers.requests", 0, 0)
+CRED = Position("transfers.credits", 0, 0)
+DAY = 86_400_000
+
+
+def ev(seq, kind, amount, balance, ts=5 * DAY + 1, counterparty=None, source=REQ, limit=None):
+    return ledger_event("alice", seq, f"r{seq}", kind, amount, counterparty, balance, ts, source,
+                        None, limit)
+
+
+def fold(records):
+    """Apply (offset, event) records like the views app; return the view and the totals."""
+    view, totals = None, PartitionTotals()
+    for offset, event in records:
+        verdict = classify(view, event["seq"], offset)
+        if verdict is Applied.NEW:
+            view = apply_to_account(view, event, offset)
+        if verdict in (Applied.NEW, Applied.REDELIVERED):
+            totals.count(event, offset, "transfers.requests")
+    return view, totals
+
+
+EVENTS = [ev(1, "opened", 0, 0, limit=1_000), ev(2, "deposited", 5_000, 5_000),
+          ev(3, "debited", 700, 4_300, counterparty="bob"),
+          ev(4, "rejected", 900, 4_300, counterparty="bob"),
+          ev(5, "refunded", 200, 4_500, counterparty="bob", source=CRED),
+          ev(6, "withdrawn", 100, 4_400, ts=6 * DAY + 5)]
+
+
+def test_fold_follows_the_ledger():
+    view, totals = fold(list(enumerate(EVENTS)))
+    assert (view.balance, view.seq, view.daily_limit) == (4_400, 6, 1_000)
+    assert (view.day, view.outflow) == (6, 100)  # a new day: yesterday's 700 - 200 no longer counts
+    assert global_figures([totals]) == {
+        "accounts": 1, "total_balance": 4_400, "money_in_flight": 500, "deposits": 5_000,
+        "withdrawals": 100, "transfers_completed": 0, "transfers_rejected": 2, "ledger_events": 6,
+        "partitions": 1}
+
+
+def test_redelivery_and_copies_change_nothing():
+    once = fold(list(enumerate(EVENTS)))
+    # the whole log delivered again (a restart from an old offset), and a copy of
+    # every event at a later offset (an aborted transaction the broker shows)
+    records = list(enumerate(EVENTS))
+    records += [(o, e) for o, e in enumerate(EVENTS)]
+    records += [(100 + o, e) for o, e in enumerate(EVENTS)]
+    assert fold(records) == once
+
+
+def test_a_redelivered_record_is_told_from_a_copy_and_a_gap():
+    view = apply_to_account(None, EVENTS[0], 10)
+    assert classify(view, 1, 10) is Applied.REDELIVERED
+    assert classify(view, 1, 11) is Applied.DUPLICATE
+    assert classify(view, 2, 12) is Applied.NEW
+    assert classify(view, 3, 12) is Applied.GAP
+    assert AccountView.from_bytes(view.to_bytes()) == view
+
+
+def test_status_only_moves_forward_and_a_duplicate_never_overrides():
+    s = merge_status(None, {"request_id": "r", "status": "debited", "ts": 1})
+    s = merge_status(s, {"request_id": "r", "status": "completed", "ts": 2}) or s
+    assert s["status"] == "completed"
+    assert merge_status(s, {"request_id": "r", "status": "debited", "ts": 3}) is None
+    assert merge_status(s, {"request_id": "r", "status": "rejected", "reason": "duplicate"}) is None
+    first = merge_status(None, {"request_id": "q", "status": "rejected", "reason": "duplicate"})
+    assert first["reason"] == "duplicate"

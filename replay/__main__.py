@@ -1,4 +1,4 @@
-"""`bank replay` / `python -m replay`: check and inspect derived state from the logs."""
+"""`bank replay` / `python -m replay`: rebuild, recompute, verify and inspect state from the logs."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("verify", help="check the invariants over the logs; exit 1 on any violation")
     p.add_argument("--complete", action="store_true",
                    help="also require every request to have a final outcome (nothing in flight)")
+    p = sub.add_parser("views", help="rebuild every view from the logs into a fresh store and "
+                                     "compare it with the live views")
+    p.add_argument("--url", default="http://127.0.0.1:8080",
+                   help="live web endpoint to compare with (default http://127.0.0.1:8080); "
+                        "'none' only rebuilds")
+    p.add_argument("--store", default=None, help="directory of the fresh store (default: a temp dir)")
     p = sub.add_parser("as-of", help="an account's balance and history at a point of the log")
     p.add_argument("--account", required=True)
     point = p.add_mutually_exclusive_group(required=True)
@@ -28,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         from replay.verify import main as verify_main
 
         return verify_main(settings, args.complete)
+    if args.command == "views":
+        from replay.views import main as views_main
+
+        return views_main(settings, None if args.url == "none" else args.url, args.store)
     if args.command == "as-of":
         from replay.asof import main as asof_main
 

@@ -1,0 +1,174 @@
+"""`bank replay views`: rebuild every view from the logs into fresh stores, compare with the live ones.
+
+The rebuild uses the very fold the views workers use (streams.views.fold),
+over ledger.events and transfers.outcomes read from the beginning, into a
+new RocksDB store. The comparison asks the live web endpoint for every
+account (balance, seq, limits, full history), every request status, and the
+global figures, and prints each difference.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from rocksdict import Rdict, WriteBatch
+
+from replay.progress import Progress
+from streams import topics
+from streams.client import read_topic
+from streams.config import Settings
+from streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
+                                global_figures, history_key, merge_status)
+
+_FLUSH_EVERY = 20_000
+
+
+@dataclass
+class RebuiltViews:
+    """The views as the log says they must be (the history lives in the store)."""
+
+    store: Rdict
+    accounts: dict[str, AccountView] = field(default_factory=dict)
+    totals: dict[int, PartitionTotals] = field(default_factory=dict)
+    status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: int = 0
+    seconds: float = 0.0
+
+    def history(self, account: str) -> list[dict[str, Any]]:
+        """The account's events, newest first (like GET /accounts/{id}/history)."""
+        view = self.accounts[account]
+        return [orjson.loads(self.store[history_key(account, seq)]) for seq in range(view.seq, 0, -1)]
+
+    def figures(self, partitions: int) -> dict[str, int]:
+        return global_figures([self.totals.get(p, PartitionTotals()) for p in range(partitions)])
+
+
+def rebuild(settings: Settings, store_dir: str, show_progress: bool = True) -> RebuiltViews:
+    """Fold the ledger and the outcomes from the beginning into a fresh store."""
+    views = RebuiltViews(Rdict(store_dir))
+    requests_topic = settings.topic(topics.REQUESTS)
+    progress = Progress("rebuild views: ledger.events", enabled=show_progress)
+    batch = WriteBatch()
+    for msg in read_topic(settings, settings.topic(topics.LEDGER)):
+        progress.update()
+        raw, offset, partition = msg.value(), msg.offset(), msg.partition()
+        try:
+            event = orjson.loads(raw)
+            account, seq = event["account"], event["seq"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+        view = views.accounts.get(account)
+        verdict = classify(view, seq, offset)
+        if verdict is not Applied.NEW:
+            continue
+        views.accounts[account] = apply_to_account(view, event, offset)
+        batch.put(history_key(account, seq), raw)
+        totals = views.totals.get(partition)
+        if totals is None:
+            totals = views.totals[partition] = PartitionTotals()
+        totals.count(event, offset, requests_topic)
+        views.events += 1
+        if len(batch) >= _FLUSH_EVERY:
+            views.store.write(batch)
+            batch = WriteBatch()
+    for account, view in views.accounts.items():
+        batch.put(b"a:" + account.encode(), view.to_bytes())
+    views.store.write(batch)
+    progress.done()
+    outcomes = Progress("rebuild views: transfers.outcomes", "records", enabled=show_progress)
+    for msg in read_topic(settings, settings.topic(topics.OUTCOMES)):
+        outcomes.update()
+        try:
+            out = orjson.loads(msg.value())
+            rid = out["request_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+        new = merge_status(views.status.get(rid), out)
+        if new is not None:
+            views.status[rid] = new
+    outcomes.done()
+    views.seconds = progress.seconds + outcomes.seconds
+    return views
+
+
+async def compare(views: RebuiltViews, url: str, partitions: int, concurrency: int = 32,
+                  show_progress: bool = True) -> list[str]:
+    """Every difference between the rebuilt views and what the live endpoint serves."""
+    import aiohttp
+
+    diffs: list[str] = []
+    progress = Progress("compare with live views", "queries", enabled=show_progress)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def get(session: aiohttp.ClientSession, path: str) -> tuple[int, Any]:
+        async with gate:
+            for _ in range(50):  # 503: rebalancing or behind; wait and ask again
+                async with session.get(url + path) as resp:
+                    body = await resp.read()
+                    if resp.status != 503:
+                        progress.update()
+                        return resp.status, orjson.loads(body) if body else None
+                await asyncio.sleep(0.2)
+            return 503, None
+
+    async def account(session: aiohttp.ClientSession, name: str, view: AccountView) -> None:
+        status, live = await get(session, f"/accounts/{name}?min_seq={view.seq}")
+        if status != 200 or live != view.public(name):
+            diffs.append(f"account {name}: rebuilt {view.public(name)} != live ({status}) {live}")
+            return
+        entries, before = [], None
+        while True:
+            status, page = await get(session, f"/accounts/{name}/history?limit=1000"
+                                     + (f"&before_seq={before}" if before else ""))
+            if status != 200:
+                diffs.append(f"account {name}: history answered {status}")
+                return
+            entries += page["entries"]
+            before = page["next_before_seq"]
+            if before is None:
+                break
+        rebuilt = views.history(name)
+        if entries != rebuilt:
+            first = next((i for i, (a, b) in enumerate(zip(rebuilt, entries)) if a != b),
+                         min(len(rebuilt), len(entries)))
+            diffs.append(f"account {name}: history differs from entry {first} (newest first): "
+                         f"rebuilt {len(rebuilt)} entries, live {len(entries)}")
+
+    async def request_status(session: aiohttp.ClientSession, rid: str, want: dict[str, Any]) -> None:
+        status, live = await get(session, f"/transfers/{rid}")
+        if status != 200 or live != want:
+            diffs.append(f"request {rid}: rebuilt {want} != live ({status}) {live}")
+
+    async with aiohttp.ClientSession() as session:
+        jobs = [account(session, n, v) for n, v in views.accounts.items()]
+        jobs += [request_status(session, rid, st) for rid, st in views.status.items()]
+        for start in range(0, len(jobs), 2000):
+            await asyncio.gather(*jobs[start:start + 2000])
+        status, live = await get(session, "/stats")
+        want = views.figures(partitions)
+        if status != 200 or live != want:
+            diffs.append(f"stats: rebuilt {want} != live ({status}) {live}")
+    progress.done()
+    return diffs
+
+
+def main(settings: Settings, url: str | None, store_dir: str | None) -> int:
+    store_dir = store_dir or tempfile.mkdtemp(prefix="bank-replay-views-")
+    views = rebuild(settings, store_dir)
+    print(f"rebuilt {len(views.accounts)} accounts, {views.events} ledger events, "
+          f"{len(views.status)} request statuses in {views.seconds:.1f} s into {store_dir}")
+    if url is None:
+        return 0
+    diffs = asyncio.run(compare(views, url.rstrip("/"), settings.partitions))
+    for line in diffs[:100]:
+        print(f"  - {line}")
+    if len(diffs) > 100:
+        print(f"  ... and {len(diffs) - 100} more")
+    print(f"compared with {url}: {len(diffs)} difference(s)")
+    print("replay views: OK" if not diffs else "replay views: DIFFERENCES")
+    sys.stdout.flush()
+    return 0 if not diffs else 1

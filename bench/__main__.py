@@ -31,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw-messages", type=int, default=300_000)
     parser.add_argument("--out", default="bench-out", help="directory for the PNG plots")
     parser.add_argument("--json", action="store_true", help="print one JSON object per run")
+    parser.add_argument("--replay-events", type=int, default=0,
+                        help="instead: time `replay views` and `replay verify` over this many "
+                             "synthetic ledger events (among --accounts accounts)")
     args = parser.parse_args(argv)
+    if args.replay_events:
+        return replay_main(args)
 
     from bench.driver import run_bench
     from bench.raw import broker_raw_throughput
@@ -72,6 +77,25 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("plots skipped: matplotlib is not installed (pip install -e '.[bench]')", file=log)
     return 0
+
+
+def replay_main(args: argparse.Namespace) -> int:
+    from bench.replay import replay_speed
+
+    settings = Settings.from_env(partitions=args.partitions)
+    with kafka_cluster(settings.bootstrap_servers) as bootstrap:
+        settings = replace(settings, bootstrap_servers=bootstrap, topic_prefix=f"bench-replay-{os.getpid()}-")
+        if bootstrap != settings.bootstrap_servers or not Settings.from_env().bootstrap_servers:
+            settings = embedded_settings(settings)
+        result = replay_speed(settings, args.replay_events, args.accounts)
+    if args.json:
+        print(orjson.dumps(result).decode())
+    else:
+        print(f"ledger events           {result['ledger_events']:,}")
+        print(f"replay views (rebuild)  {result['rebuild_events_per_s']:,.0f} events/s")
+        print(f"replay verify           {result['verify_events_per_s']:,.0f} events/s "
+              f"({'OK' if result['verify_ok'] else 'FAILED'})")
+    return 0 if result["verify_ok"] else 1
 
 
 if __name__ == "__main__":

@@ -31,8 +31,11 @@ class LedgerFold:
     applied: int = 0
     duplicates: int = 0
 
-    def apply(self, raw: bytes, where: str = "") -> dict[str, Any] | None:
-        """Apply one raw event; return it if it was new, None for a duplicate or a violation."""
+    def apply(self, raw: bytes, where: object = "") -> dict[str, Any] | None:
+        """Apply one raw event; return it if it was new, None for a duplicate or a violation.
+
+        `where` names the record in violations (formatted only when there is one).
+        """
         try:
             event = orjson.loads(raw)
             name, seq, kind, amount = event["account"], event["seq"], event["kind"], event["amount"]

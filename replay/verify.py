@@ -12,6 +12,7 @@ Reads ledger.events, transfers.requests and transfers.outcomes and checks:
 """
 from __future__ import annotations
 
+import gc
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from replay.ledger import LedgerFold
+from replay.progress import Progress
 from streams import topics
 from streams.client import read_topic
 from streams.decisions import parse_json
@@ -76,49 +78,67 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def check_ledger(fold: LedgerFold, events: list[dict], report: VerifyReport) -> dict[str, str]:
-    """Checks over the applied (de-duplicated) events; returns request_id -> transfer state."""
-    deciding: Counter[str] = Counter()
-    credits: Counter[str] = Counter()
-    refunds: Counter[str] = Counter()
-    debits: dict[str, tuple[int, str]] = {}
-    for ev in events:
-        rid, kind = ev["request_id"], ev["kind"]
+class LedgerChecks:
+    """The cross-account checks, accumulated one applied (de-duplicated) event at a time."""
+
+    def __init__(self) -> None:
+        self.deciding: Counter[str] = Counter()
+        self.returned: Counter[str] = Counter()   # credits + refunds per request
+        self.refunds: Counter[str] = Counter()
+        self.debits: dict[str, int] = {}
+        self.deposits = self.withdrawals = 0
+
+    def add(self, ev: dict) -> None:
+        kind = ev["kind"]
         if kind in _DECIDING:
-            deciding[rid] += 1
+            rid = ev["request_id"]
+            self.deciding[rid] += 1
             if kind == DEPOSITED:
-                report.deposits += ev["amount"]
+                self.deposits += ev["amount"]
             elif kind == WITHDRAWN:
-                report.withdrawals += ev["amount"]
+                self.withdrawals += ev["amount"]
             elif kind == DEBITED:
-                debits[rid] = (ev["amount"], f"{ev['account']} seq {ev['seq']}")
+                self.debits[rid] = ev["amount"]
         elif kind == CREDITED:
-            credits[rid] += 1
+            self.returned[ev["request_id"]] += 1
         elif kind == REFUNDED:
-            refunds[rid] += 1
-    transfer_state: dict[str, str] = {}
-    for rid, n in deciding.items():
-        if n > 1:
-            report.applied_twice += 1
-            report.violations.append(f"request {rid} applied {n} times")
-    for rid in set(credits) | set(refunds):
-        n = credits[rid] + refunds[rid]
-        if rid not in debits:
-            report.violations.append(f"request {rid} credited/refunded without a debit")
-        if n > 1:
-            report.applied_twice += 1
-            report.violations.append(f"request {rid} credited {credits[rid]} and refunded {refunds[rid]} times")
-    for rid, (amount, where) in debits.items():
-        if credits[rid] + refunds[rid] == 0:
-            report.in_flight += amount
-            report.in_flight_transfers += 1
-            transfer_state[rid] = "in_flight"
-    report.violations += fold.violations
-    report.events = fold.applied
-    report.duplicates_dropped = fold.duplicates
-    report.accounts = len(fold.accounts)
-    report.total_balance = sum(a.balance for a in fold.accounts.values())
-    return transfer_state
+            self.returned[ev["request_id"]] += 1
+            self.refunds[ev["request_id"]] += 1
+
+    def finish(self, fold: LedgerFold, report: VerifyReport) -> None:
+        report.deposits, report.withdrawals = self.deposits, self.withdrawals
+        for rid, n in self.deciding.items():
+            if n > 1:
+                report.applied_twice += 1
+                report.violations.append(f"request {rid} applied {n} times")
+        for rid, n in self.returned.items():
+            if rid not in self.debits:
+                report.violations.append(f"request {rid} credited/refunded without a debit")
+            if n > 1:
+                report.applied_twice += 1
+                report.violations.append(f"request {rid} credited {n - self.refunds[rid]} and "
+                                         f"refunded {self.refunds[rid]} times")
+        for rid, amount in self.debits.items():
+            if self.returned[rid] == 0:
+                report.in_flight += amount
+                report.in_flight_transfers += 1
+        report.violations += fold.violations
+        report.events = fold.applied
+        report.duplicates_dropped = fold.duplicates
+        report.accounts = len(fold.accounts)
+        report.total_balance = sum(a.balance for a in fold.accounts.values())
+
+
+class _Where:
+    """A record's position, formatted only if a violation names it."""
+
+    __slots__ = ("msg",)
+
+    def __init__(self, msg) -> None:  # noqa: ANN001 - confluent_kafka.Message
+        self.msg = msg
+
+    def __format__(self, spec: str) -> str:
+        return f"{self.msg.topic()}[{self.msg.partition()}]@{self.msg.offset()}"
 
 
 def check_requests(request_ids: list[str], outcomes: dict[str, str], report: VerifyReport,
@@ -155,16 +175,23 @@ def fold_outcomes(values: list[dict]) -> dict[str, str]:
     return status
 
 
-def verify(settings: Settings, require_final: bool = False) -> VerifyReport:
+def verify(settings: Settings, require_final: bool = False, show_progress: bool = False) -> VerifyReport:
     """Read the logs and check every invariant."""
     report = VerifyReport()
     fold = LedgerFold()
-    events = []
-    for msg in read_topic(settings, settings.topic(topics.LEDGER)):
-        ev = fold.apply(msg.value(), f"{msg.topic()}[{msg.partition()}]@{msg.offset()}")
-        if ev is not None:
-            events.append(ev)
-    check_ledger(fold, events, report)
+    checks = LedgerChecks()
+    progress = Progress("verify: ledger.events", enabled=show_progress)
+    gc.disable()  # the fold keeps many objects alive; generational GC would rescan them all
+    try:
+        for msg in read_topic(settings, settings.topic(topics.LEDGER)):
+            progress.update()
+            ev = fold.apply(msg.value(), _Where(msg))
+            if ev is not None:
+                checks.add(ev)
+    finally:
+        gc.enable()
+    progress.done()
+    checks.finish(fold, report)
     outcomes = fold_outcomes([orjson.loads(m.value())
                               for m in read_topic(settings, settings.topic(topics.OUTCOMES))])
     request_ids: list[str] = []
@@ -182,7 +209,7 @@ def verify(settings: Settings, require_final: bool = False) -> VerifyReport:
 
 
 def main(settings: Settings, require_final: bool) -> int:
-    report = verify(settings, require_final)
+    report = verify(settings, require_final, show_progress=True)
     print(report.render())
     sys.stdout.flush()
     return 0 if report.ok else 1

@@ -9,6 +9,7 @@ global figures, and prints each difference.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -53,28 +54,32 @@ def rebuild(settings: Settings, store_dir: str, show_progress: bool = True) -> R
     requests_topic = settings.topic(topics.REQUESTS)
     progress = Progress("rebuild views: ledger.events", enabled=show_progress)
     batch = WriteBatch()
-    for msg in read_topic(settings, settings.topic(topics.LEDGER)):
-        progress.update()
-        raw, offset, partition = msg.value(), msg.offset(), msg.partition()
-        try:
-            event = orjson.loads(raw)
-            account, seq = event["account"], event["seq"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            continue
-        view = views.accounts.get(account)
-        verdict = classify(view, seq, offset)
-        if verdict is not Applied.NEW:
-            continue
-        views.accounts[account] = apply_to_account(view, event, offset)
-        batch.put(history_key(account, seq), raw)
-        totals = views.totals.get(partition)
-        if totals is None:
-            totals = views.totals[partition] = PartitionTotals()
-        totals.count(event, offset, requests_topic)
-        views.events += 1
-        if len(batch) >= _FLUSH_EVERY:
-            views.store.write(batch)
-            batch = WriteBatch()
+    gc.disable()  # many live objects: generational GC would rescan them all (measured: ~2x slower)
+    try:
+        for msg in read_topic(settings, settings.topic(topics.LEDGER)):
+            progress.update()
+            raw, offset, partition = msg.value(), msg.offset(), msg.partition()
+            try:
+                event = orjson.loads(raw)
+                account, seq = event["account"], event["seq"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+            view = views.accounts.get(account)
+            verdict = classify(view, seq, offset)
+            if verdict is not Applied.NEW:
+                continue
+            views.accounts[account] = apply_to_account(view, event, offset)
+            batch.put(history_key(account, seq), raw)
+            totals = views.totals.get(partition)
+            if totals is None:
+                totals = views.totals[partition] = PartitionTotals()
+            totals.count(event, offset, requests_topic)
+            views.events += 1
+            if len(batch) >= _FLUSH_EVERY:
+                views.store.write(batch)
+                batch = WriteBatch()
+    finally:
+        gc.enable()
     for account, view in views.accounts.items():
         batch.put(b"a:" + account.encode(), view.to_bytes())
     views.store.write(batch)

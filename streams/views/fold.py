@@ -79,17 +79,22 @@ def classify(view: AccountView | None, seq: int, offset: int) -> Applied:
 
 
 def apply_to_account(view: AccountView | None, event: dict[str, Any], offset: int) -> AccountView:
-    """The account view after a NEW event."""
-    new = AccountView() if view is None else AccountView(*[getattr(view, f) for f in view.__slots__])
+    """The account view after a NEW event (the given view is updated in place)."""
+    new = AccountView() if view is None else view
     kind, amount, ts = event["kind"], event["amount"], event["ts"]
     new.balance, new.seq, new.offset, new.updated_ts = event["balance"], event["seq"], offset, ts
     if kind == OPENED:
         new.daily_limit, new.opened_ts, new.day = event.get("daily_limit"), ts, ts // DAY_MS
-    day = ts // DAY_MS
-    if kind in _OUTFLOW or kind == REFUNDED:
+    elif kind in _OUTFLOW:
+        day = ts // DAY_MS
         if day != new.day:
             new.day, new.outflow = day, 0
-        new.outflow = new.outflow + amount if kind in _OUTFLOW else max(0, new.outflow - amount)
+        new.outflow += amount
+    elif kind == REFUNDED:
+        day = ts // DAY_MS
+        if day != new.day:
+            new.day, new.outflow = day, 0
+        new.outflow = max(0, new.outflow - amount)
     return new
 
 

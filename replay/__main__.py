@@ -20,6 +20,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="live web endpoint to compare with (default http://127.0.0.1:8080); "
                         "'none' only rebuilds")
     p.add_argument("--store", default=None, help="directory of the fresh store (default: a temp dir)")
+    p = sub.add_parser("recompute", help="re-decide the request log with the current rules into a "
+                                         "new generation and list what it decides differently")
+    p.add_argument("--generation", required=True, help="id of the new generation (names its topics)")
+    p = sub.add_parser("switch", help="make the views serve a generation (after reviewing its diff); "
+                                      "views workers pick it up when restarted")
+    p.add_argument("--generation", required=True, help="generation id, or 'live' for the live one")
     p = sub.add_parser("as-of", help="an account's balance and history at a point of the log")
     p.add_argument("--account", required=True)
     point = p.add_mutually_exclusive_group(required=True)
@@ -38,6 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         from replay.views import main as views_main
 
         return views_main(settings, None if args.url == "none" else args.url, args.store)
+    if args.command == "recompute":
+        from replay.recompute import main as recompute_main
+
+        return recompute_main(settings, args.generation)
+    if args.command == "switch":
+        from replay.generations import switch
+
+        switch(settings, args.generation)
+        print(f"views generation set to {args.generation!r}; restart the views workers to serve it")
+        return 0
     if args.command == "as-of":
         from replay.asof import main as asof_main
 

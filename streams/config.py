@@ -57,6 +57,9 @@ class Settings:
     transaction_timeout_ms: int = field(default=10000, metadata={
         "env": "BANK_TRANSACTION_TIMEOUT_MS",
         "help": "transaction timeout of the engine's transactional producer"})
+    max_transfer_amount: int = field(default=0, metadata={
+        "env": "BANK_MAX_TRANSFER_AMOUNT",
+        "help": "decision rule: reject transfers above this amount (limit_exceeded); 0 = no cap"})
     web_host: str = field(default="127.0.0.1", metadata={
         "env": "BANK_WEB_HOST",
         "help": "host name other views workers use to reach this one (its advertised URL)"})

@@ -16,6 +16,9 @@ Semantics, per account (the one owned by the partition the record is on):
 A rejection changes no balance; it is a `rejected` event on every involved
 account that exists. Balances never go below 0. A request_id already decided
 on this partition is a duplicate: nothing changes.
+
+Rules that operators may change (Rules, from settings) are parameters, so
+`bank replay recompute` can show what a change would have decided.
 """
 from __future__ import annotations
 
@@ -45,6 +48,17 @@ _REQUIRED = {
     "withdraw": {"type", "request_id", "account", "amount"},
     "transfer": {"type", "request_id", "from", "to", "amount"},
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Decision rules an operator can change (BANK_MAX_TRANSFER_AMOUNT)."""
+
+    max_transfer_amount: int = 0   # 0: no cap; above it a transfer is rejected limit_exceeded
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "Rules":
+        return cls(max_transfer_amount=settings.max_transfer_amount)
 
 
 @dataclass(slots=True)
@@ -180,7 +194,7 @@ def _reject(d: Decision, req: Request, acct: Account | None, reason: str, ts: in
 
 
 def decide_request(req: Request, acct: Account | None, already_applied: bool,
-                   ts: int, pos: Position) -> Decision:
+                   ts: int, pos: Position, rules: Rules = Rules()) -> Decision:
     """Decide a client request against the deciding account's state."""
     d = Decision()
     if already_applied:
@@ -210,6 +224,9 @@ def decide_request(req: Request, acct: Account | None, already_applied: bool,
         _event(d, name, new, req.request_id, DEPOSITED, amount, None, ts, pos)
         d.outcomes.append(outcome(req.request_id, COMPLETED, ts))
         return d
+    if kind == "transfer" and rules.max_transfer_amount and amount > rules.max_transfer_amount:
+        return _reject(d, req, acct, LIMIT_EXCEEDED, ts, pos,
+                       f"above the single-transfer cap of {rules.max_transfer_amount}")
     if (reason := _spend(new, amount, ts)) is not None:
         return _reject(d, req, acct, reason, ts, pos)
     if kind == "withdraw":

@@ -26,7 +26,8 @@ from streams import kafka, topics
 from streams.changelog import APPLIED_IDS, END, MANIFEST, ChangelogChain, Manifest
 from streams.client import read_to_end
 from streams.config import Settings
-from streams.decisions import Decision, Undecodable, credit_marker, decide_credit, decide_request, parse_request
+from streams.decisions import (Decision, Rules, Undecodable, credit_marker, decide_credit,
+                               decide_request, parse_request)
 from streams.model import Position
 from streams.store import PartitionStore
 
@@ -82,6 +83,7 @@ class EngineWorker:
 
     def __init__(self, settings: Settings, worker_id: str) -> None:
         self.settings = settings
+        self.rules = Rules.from_settings(settings)
         self.worker_id = worker_id
         self.t_requests = settings.topic(topics.REQUESTS)
         self.t_credits = settings.topic(topics.CREDITS)
@@ -408,7 +410,7 @@ class EngineWorker:
         acct = store.account(req.account) if req.account is not None else None
         applied = (not self.settings.unsafe_no_dedupe) and store.is_applied("r:" + req.request_id)
         pos = Position(msg.topic(), msg.partition(), msg.offset())
-        self._emit(task, decide_request(req, acct, applied, ts, pos), ts)
+        self._emit(task, decide_request(req, acct, applied, ts, pos, self.rules), ts)
 
     def _apply_credit(self, task: PartitionTask, msg: Message) -> None:
         ts = msg.timestamp()[1]

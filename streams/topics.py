@@ -18,6 +18,7 @@ LEDGER = "ledger.events"
 CHANGELOG = "engine.changelog"
 OUTCOMES = "transfers.outcomes"
 DEADLETTER = "transfers.deadletter"
+VIEWS_GENERATION = "views.generation"
 ENGINE_GROUP = "bank-engine"
 
 

@@ -51,10 +51,15 @@ class ViewsWorker:
         self.metrics = ViewsMetrics(self.lag)
         from streams.views.web import observe_middleware, register_routes
 
+        from replay.generations import LIVE, live_generation, source_settings
+
+        self.generation = live_generation(settings)
+        source = source_settings(settings, self.generation)
+        app_id = settings.topic(VIEWS_APP) + ("" if self.generation == LIVE else f"-gen-{self.generation}")
         datadir = os.path.join(settings.state_dir, f"views-{worker_id}")
         os.makedirs(datadir, exist_ok=True)
         self.app = faust.App(
-            settings.topic(VIEWS_APP),
+            app_id,
             broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
             store="rocksdb://",
             datadir=datadir,
@@ -77,10 +82,10 @@ class ViewsWorker:
         self.history = _raw_table(self.app, "history", n)
         self.totals = _raw_table(self.app, "totals", n)
         self.status = _raw_table(self.app, "status", n)
-        self.ledger_topic = self.app.topic(settings.topic(topics.LEDGER), key_type=bytes,
+        self.ledger_topic = self.app.topic(source.topic(topics.LEDGER), key_type=bytes,
                                            value_type=bytes, key_serializer="raw",
                                            value_serializer="raw")
-        self.outcomes_topic = self.app.topic(settings.topic(topics.OUTCOMES), key_type=bytes,
+        self.outcomes_topic = self.app.topic(source.topic(topics.OUTCOMES), key_type=bytes,
                                              value_type=bytes, key_serializer="raw",
                                              value_serializer="raw")
         self.app.agent(self.ledger_topic, name="apply-ledger")(self._ledger_agent)

@@ -328,7 +328,8 @@ def register_routes(worker: "ViewsWorker") -> None:
             actives = sorted(tp.partition for tp in app.assignor.assigned_actives()
                              if tp.topic == worker.ledger_topic.get_topic_name())
             return json_response({
-                "status": "ok", "worker": worker.worker_id, "ledger_partitions": actives,
+                "status": "ok", "worker": worker.worker_id, "generation": worker.generation,
+                "ledger_partitions": actives,
                 "rebalancing": bool(app.rebalancing), "lag": lag})
 
     @app.page("/metrics")

@@ -1,0 +1,306 @@
+"""`bank replay recompute`: what the decision logic, as it is now, would have decided.
+
+Re-decides every input of the live generation with streams.decisions (the
+same pure functions the engine runs, with the current settings' Rules), in
+the order the live engine processed them: per partition, the batches of
+engine.changelog that have an END marker, credits then requests within a
+batch, exactly as the engine does. A credit slot takes the new generation's
+message for the same (request, account), whatever its kind; a slot whose
+message the new logic no longer sends is skipped, and new messages with no
+slot are delivered at the end. With unchanged rules this reproduces the live
+ledger exactly, which is the recompute's own self-check.
+
+The new generation's ledger events and outcomes go to topics named
+`<prefix>gen-<id>.ledger.events` / `.transfers.outcomes`, and its account
+states to a store under BANK_STATE_DIR/gen-<id>; the live generation is not
+touched. The report lists, account by account and request by request, what
+the new generation decides differently.
+"""
+from __future__ import annotations
+
+import sys
+from collections import defaultdict, deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+from confluent_kafka import Message
+
+from replay.ledger import LedgerFold
+from replay.progress import Progress
+from streams import kafka, topics
+from streams.changelog import END, MANIFEST
+from streams.client import read_topic
+from streams.config import Settings
+from streams.decisions import (Decision, Rules, Undecodable, credit_marker, decide_credit,
+                               decide_request, parse_request)
+from streams.model import DUPLICATE, STATUS_RANK, Account, Position
+from streams.partitioning import partition_for
+from streams.topics import ensure_topics
+
+Input = tuple[str, int]  # ("c" | "r", offset) on a partition
+
+
+def generation_settings(settings: Settings, generation: str) -> Settings:
+    """Settings whose topics are the given generation's."""
+    return replace(settings, topic_prefix=f"{settings.topic_prefix}gen-{generation}.")
+
+
+def applied_batches(settings: Settings) -> dict[int, list[Input]]:
+    """Per partition, the inputs the live engine applied, in its processing order."""
+    order: dict[int, list[Input]] = defaultdict(list)
+    position: dict[int, tuple[int, int]] = defaultdict(lambda: (0, 0))
+    open_batch: dict[int, tuple[int, int, int, int] | None] = {}
+    for msg in read_topic(settings, settings.topic(topics.CHANGELOG)):
+        p, key = msg.partition(), msg.key()
+        if key == MANIFEST:
+            c0, c1, r0, r1 = orjson.loads(msg.value())
+            open_batch[p] = (c0, c1, r0, r1) if (c0, r0) == position[p] else None
+        elif key == END and open_batch.get(p) is not None:
+            c0, c1, r0, r1 = open_batch[p]
+            if tuple(orjson.loads(msg.value())) == (c1, r1):
+                order[p] += [("c", o) for o in range(c0, c1)] + [("r", o) for o in range(r0, r1)]
+                position[p] = (c1, r1)
+            open_batch[p] = None
+    return order
+
+
+def _index(settings: Settings, logical_topic: str) -> dict[tuple[int, int], Message]:
+    return {(m.partition(), m.offset()): m for m in read_topic(settings, settings.topic(logical_topic))}
+
+
+@dataclass
+class Generation:
+    """The new generation's decisions, made by the simulation."""
+
+    accounts: dict[str, Account] = field(default_factory=dict)
+    applied: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
+    events: list[tuple[str, bytes]] = field(default_factory=list)       # (account, raw event)
+    outcomes: list[tuple[str, bytes]] = field(default_factory=list)     # (request_id, raw outcome)
+    # credit messages the new logic sent, by (request_id, account): [key, message, ts, claimed]
+    messages: dict[tuple[str, str], deque] = field(default_factory=lambda: defaultdict(deque))
+    sent: list[list] = field(default_factory=list)    # the same, in creation order
+
+    def emit(self, decision: Decision, partition: int, ts: int) -> None:
+        if decision.state is not None:
+            self.accounts[decision.account] = decision.state
+        if decision.marker is not None:
+            self.applied[partition].add(decision.marker)
+        if decision.event is not None:
+            self.events.append((decision.account, orjson.dumps(decision.event)))
+        for out in decision.outcomes:
+            self.outcomes.append((out["request_id"], orjson.dumps(out)))
+        for key, message in decision.messages:
+            item = [key, message, ts, False]
+            self.messages[(message["request_id"], key)].append(item)
+            self.sent.append(item)
+
+
+def simulate(settings: Settings, rules: Rules, show_progress: bool = True) -> Generation:
+    """Re-decide the live generation's inputs with `rules`, in the live processing order."""
+    order = applied_batches(settings)
+    requests = _index(settings, topics.REQUESTS)
+    credits = _index(settings, topics.CREDITS)
+    # inputs after the last batch with an END (being processed, or still queued) come last,
+    # credits before requests as the engine takes them
+    for p in {p for p, _ in requests} | {p for p, _ in credits}:
+        seen = set(order[p])
+        order[p] += [("c", off) for (q, off) in sorted(credits) if q == p and ("c", off) not in seen]
+        order[p] += [("r", off) for (q, off) in sorted(requests) if q == p and ("r", off) not in seen]
+    gen = Generation()
+    decided: set[tuple[int, int]] = set()
+    request_positions: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for (p, off), msg in requests.items():
+        try:
+            rid = orjson.loads(msg.value()).get("request_id")
+        except (orjson.JSONDecodeError, TypeError, AttributeError):
+            continue
+        if isinstance(rid, str):
+            request_positions[rid].append((p, off))
+    slots_done: set[tuple[str, str]] = set()
+    progress = Progress("recompute: inputs", "inputs", enabled=show_progress)
+    cursors = {p: 0 for p in order}
+
+    def slot_ready(message: dict[str, Any]) -> bool:
+        rid, account = message["request_id"], message["account"]
+        if gen.messages[(rid, account)]:
+            return True
+        if message["kind"] == "refund":  # produced by the credit slot on the receiver
+            return (rid, message["counterparty"]) in slots_done
+        # the first decision of a request sends its message; copies of it never do
+        return any(pos in decided for pos in request_positions.get(rid, []))
+
+    def run_input(p: int, kind: str, off: int, force: bool) -> bool:
+        if kind == "r":
+            msg = requests.get((p, off))
+            decided.add((p, off))
+            if msg is not None:
+                _decide_request(gen, msg, p, rules)
+            return True
+        old = credits.get((p, off))
+        if old is None:
+            return True
+        message = orjson.loads(old.value())
+        if not force and not slot_ready(message):
+            return False
+        rid, account = message["request_id"], message["account"]
+        slots_done.add((rid, account))
+        queue = gen.messages[(rid, account)]
+        if queue:
+            item = queue.popleft()
+            item[3] = True
+            _decide_credit(gen, item[1], p, old.timestamp()[1], Position(old.topic(), p, off))
+        return True
+
+    remaining = sum(len(v) for v in order.values())
+    while remaining:
+        progressed = False
+        for p, items in order.items():
+            while cursors[p] < len(items):
+                kind, off = items[cursors[p]]
+                if not run_input(p, kind, off, force=False):
+                    break
+                cursors[p] += 1
+                remaining -= 1
+                progress.update()
+                progressed = True
+        if not progressed:  # no slot is ready anywhere: take the first waiting one as is
+            p = next(p for p, items in order.items() if cursors[p] < len(items))
+            kind, off = order[p][cursors[p]]
+            run_input(p, kind, off, force=True)
+            cursors[p] += 1
+            remaining -= 1
+    # messages of the new logic that no live credit slot took (they may send more)
+    i = 0
+    while i < len(gen.sent):
+        key, message, ts, claimed = gen.sent[i]
+        i += 1
+        if claimed:
+            continue
+        gen.sent[i - 1][3] = True
+        gen.messages[(message["request_id"], key)].popleft()
+        _decide_credit(gen, message, partition_for(key, settings.partitions), ts,
+                       Position(settings.topic(topics.CREDITS), -1, -1))
+    progress.done()
+    return gen
+
+
+def _decide_request(gen: Generation, msg: Message, partition: int, rules: Rules) -> None:
+    ts = msg.timestamp()[1]
+    try:
+        req = parse_request(msg.key(), msg.value())
+    except Undecodable:
+        return  # dead-lettered live too
+    acct = gen.accounts.get(req.account) if req.account is not None else None
+    applied = "r:" + req.request_id in gen.applied[partition]
+    pos = Position(msg.topic(), partition, msg.offset())
+    gen.emit(decide_request(req, acct, applied, ts, pos, rules), partition, ts)
+
+
+def _decide_credit(gen: Generation, message: dict[str, Any], partition: int, ts: int,
+                   pos: Position) -> None:
+    applied = credit_marker(message) in gen.applied[partition]
+    gen.emit(decide_credit(message, gen.accounts.get(message["account"]), applied, ts, pos),
+             partition, ts)
+
+
+def final_outcomes(raw_outcomes: list[bytes]) -> dict[str, tuple[str, str | None]]:
+    """request_id -> (status, reason): the furthest along; a duplicate's rejection never overrides."""
+    result: dict[str, tuple[str, str | None]] = {}
+    for raw in raw_outcomes:
+        try:
+            out = orjson.loads(raw)
+            rid, status = out["request_id"], out["status"]
+            rank = STATUS_RANK[status]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+        old = result.get(rid)
+        if old is not None and (out.get("reason") == DUPLICATE or rank <= STATUS_RANK[old[0]]):
+            continue
+        result[rid] = (status, out.get("reason"))
+    return result
+
+
+@dataclass
+class RecomputeDiff:
+    accounts: dict[str, tuple[int | None, int | None]]    # name -> (live balance, new balance)
+    requests: dict[str, tuple[Any, Any]]                  # id -> (live (status, reason), new)
+    events_live: int = 0
+    events_new: int = 0
+
+    def render(self, limit: int = 200) -> str:
+        lines = [f"ledger events: live {self.events_live}, new generation {self.events_new}",
+                 f"accounts that differ: {len(self.accounts)}"]
+        for name, (live, new) in sorted(self.accounts.items())[:limit]:
+            lines.append(f"  account {name}: balance {live} -> {new}")
+        lines.append(f"requests decided differently: {len(self.requests)}")
+        for rid, (live, new) in sorted(self.requests.items())[:limit]:
+            lines.append(f"  request {rid}: {_status(live)} -> {_status(new)}")
+        return "\n".join(lines)
+
+
+def _status(value: tuple[str, str | None] | None) -> str:
+    if value is None:
+        return "none"
+    return value[0] + (f" ({value[1]})" if value[1] else "")
+
+
+def diff(settings: Settings, gen: Generation) -> RecomputeDiff:
+    live = LedgerFold()
+    for msg in read_topic(settings, settings.topic(topics.LEDGER)):
+        live.apply(msg.value())
+    accounts = {}
+    for name in set(live.accounts) | set(gen.accounts):
+        a = live.accounts[name].balance if name in live.accounts else None
+        b = gen.accounts[name].balance if name in gen.accounts else None
+        if a != b:
+            accounts[name] = (a, b)
+    live_out = final_outcomes([m.value() for m in read_topic(settings, settings.topic(topics.OUTCOMES))])
+    new_out = final_outcomes([raw for _, raw in gen.outcomes])
+    requests = {rid: (live_out.get(rid), new_out.get(rid))
+                for rid in set(live_out) | set(new_out) if live_out.get(rid) != new_out.get(rid)}
+    return RecomputeDiff(accounts, requests, live.applied, len(gen.events))
+
+
+def write_generation(settings: Settings, generation: str, gen: Generation) -> Settings:
+    """The new generation's ledger and outcomes topics, and its account store."""
+    import os
+
+    from rocksdict import Rdict, WriteBatch
+
+    target = generation_settings(settings, generation)
+    ensure_topics(target)
+    producer = kafka.producer(target, **{"linger.ms": 20, "queue.buffering.max.messages": 2_000_000})
+    for topic, rows in ((topics.LEDGER, gen.events), (topics.OUTCOMES, gen.outcomes)):
+        for key, raw in rows:
+            while True:
+                try:
+                    producer.produce(target.topic(topic), key=key.encode(), value=raw)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+    if producer.flush(120) > 0:
+        raise TimeoutError("the new generation's records were not acknowledged")
+    path = os.path.join(settings.state_dir, f"gen-{generation}", "accounts")
+    os.makedirs(path, exist_ok=True)
+    store = Rdict(path)
+    batch = WriteBatch()
+    for name, acct in gen.accounts.items():
+        batch.put(name.encode(), orjson.dumps(acct.to_json()))
+    store.write(batch)
+    store.close()
+    return target
+
+
+def main(settings: Settings, generation: str) -> int:
+    rules = Rules.from_settings(settings)
+    print(f"recompute: rules {rules}; new generation {generation!r}", flush=True)
+    gen = simulate(settings, rules)
+    target = write_generation(settings, generation, gen)
+    report = diff(settings, gen)
+    print(report.render())
+    print(f"new generation written: topics {target.topic(topics.LEDGER)}, "
+          f"{target.topic(topics.OUTCOMES)}; store {settings.state_dir}/gen-{generation}")
+    print(f"after review: bank replay switch --generation {generation}")
+    sys.stdout.flush()
+    return 0

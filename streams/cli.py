@@ -151,10 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("chaos", help="load + fault schedule, then verify (see bank chaos --help)",
+                       add_help=False)
+    p.add_argument("chaos_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_chaos)
     return parser
 
 
-_DELEGATED = {"bench": cmd_bench, "replay": cmd_replay}
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from chaos.run import main as chaos_main
+
+    return chaos_main(args.chaos_args)
+
+
+_DELEGATED = {"bench": cmd_bench, "replay": cmd_replay, "chaos": cmd_chaos}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in _DELEGATED:
         # these parse their own options (argparse.REMAINDER would not take leading ones)
-        key = "bench_args" if argv[0] == "bench" else "replay_args"
+        key = f"{argv[0]}_args"
         return _DELEGATED[argv[0]](argparse.Namespace(**{key: argv[1:]}))
     args = build_parser().parse_args(argv)
     return args.func(args)

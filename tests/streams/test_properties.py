@@ -1,0 +1,110 @@
+"""Property tests of the decision logic: for any sequence of requests and any delivery order of
+credits, the invariants hold (TigerBeetle-style: state them, then let the generator hunt)."""
+from __future__ import annotations
+
+from collections import Counter
+
+import orjson
+from hypothesis import given, settings, strategies as st
+
+from replay.ledger import LedgerFold
+from streams.decisions import Undecodable, credit_marker, decide_credit, decide_request, parse_request
+from streams.model import DEBITED, DEPOSITED, OPENED, WITHDRAWN, Account, Position
+
+NAMES = ["a", "b", "c", "d"]
+POS = Position("transfers.requests", 0, 0)
+
+# mostly valid amounts, so that most transfers go through; some hostile ones
+amounts = st.one_of(st.integers(1, 500), st.integers(1, 500), st.integers(1, 500), st.integers(-5, 2_000),
+                    st.sampled_from([0, 2**63 - 1, 2**63, 2**70]), st.just("10"), st.none())
+request = st.one_of(
+    st.builds(lambda a, l: {"type": "open_account", "account": a, "daily_limit": l},
+              st.sampled_from(NAMES), st.one_of(st.none(), st.integers(0, 3_000))),
+    st.builds(lambda k, a, n: {"type": k, "account": a, "amount": n},
+              st.sampled_from(["deposit", "deposit", "withdraw"]), st.sampled_from(NAMES + ["zz"]), amounts),
+    st.builds(lambda f, t, n: {"type": "transfer", "from": f, "to": t, "amount": n},
+              st.sampled_from(NAMES + ["zz"]), st.sampled_from(NAMES + ["ghost"]), amounts),
+)
+# each step: send a new request (or re-send an earlier one), or deliver a pending credit message
+# (resend: the client sends a request again; redeliver: the broker delivers a credit twice)
+steps = st.lists(st.tuples(st.sampled_from(["send", "send", "resend", "deliver", "redeliver"]), request,
+                           st.integers(0, 10**6)), max_size=60)
+
+
+@settings(max_examples=400, deadline=None)
+@given(steps=steps, ts_step=st.sampled_from([1, 3_600_000, 50_000_000]))
+def test_any_interleaving_keeps_every_invariant(steps, ts_step):
+    accounts: dict[str, Account] = {}
+    applied: set[str] = set()
+    pending: list[dict] = []
+    delivered: list[dict] = []
+    sent: list[tuple[bytes, bytes]] = []
+    events: list[bytes] = []
+    ts = 1_764_000_000_000
+
+    def emit(d) -> None:  # noqa: ANN001
+        if d.state is not None:
+            accounts[d.account] = d.state
+        if d.marker:
+            applied.add(d.marker)
+        if d.event is not None:
+            events.append(orjson.dumps(d.event))
+        pending.extend(m for _, m in d.messages)
+
+    def send(key: bytes, value: bytes) -> None:
+        try:
+            req = parse_request(key, value)
+        except Undecodable:
+            return
+        acct = accounts.get(req.account) if req.account else None
+        emit(decide_request(req, acct, "r:" + req.request_id in applied, ts, POS))
+
+    def deliver(i: int, again: bool = False) -> None:
+        msg = delivered[i % len(delivered)] if again else pending.pop(i % len(pending))
+        delivered.append(msg)
+        emit(decide_credit(msg, accounts.get(msg["account"]), credit_marker(msg) in applied, ts, POS))
+
+    prologue = [("send", {"type": "open_account", "account": n, "daily_limit": None}, 0) for n in NAMES[:3]]
+    prologue += [("send", {"type": "deposit", "account": n, "amount": 1_000}, 0) for n in NAMES[:3]]
+    for n, (action, body, pick) in enumerate(prologue + steps):
+        ts += ts_step
+        if action == "deliver" and pending:
+            deliver(pick)
+        elif action == "redeliver" and delivered:
+            deliver(pick, again=True)
+        elif action == "resend" and sent:
+            send(*sent[pick % len(sent)])
+        else:
+            body = {**body, "request_id": f"r{n}"}
+            key = (body.get("from") if body["type"] == "transfer" else body.get("account")).encode()
+            value = orjson.dumps(body) if not _too_big(body) else repr(body).replace("'", '"') \
+                .replace("None", "null").encode()
+            sent.append((key, value))
+            send(key, value)
+    while pending:
+        deliver(0)
+
+    fold = LedgerFold()
+    for raw in events:
+        assert fold.apply(raw) is not None, "every event is new: seqs gap-free, no copies"
+    assert fold.violations == []
+    assert {n: a.balance for n, a in fold.accounts.items()} == {n: a.balance for n, a in accounts.items()}
+    assert all(a.balance >= 0 for a in accounts.values())
+    decided = Counter()
+    flows = {DEPOSITED: 0, WITHDRAWN: 0, DEBITED: 0, "returned": 0}
+    for raw in events:
+        e = orjson.loads(raw)
+        if e["kind"] in (OPENED, DEPOSITED, WITHDRAWN, DEBITED):
+            decided[e["request_id"]] += 1
+        if e["kind"] in flows:
+            flows[e["kind"]] += e["amount"]
+        if e["kind"] in ("credited", "refunded"):
+            flows["returned"] += e["amount"]
+    assert all(n == 1 for n in decided.values()), "a request applied twice"
+    # all messages delivered: nothing in flight, money conserved
+    assert flows[DEBITED] == flows["returned"]
+    assert sum(a.balance for a in accounts.values()) == flows[DEPOSITED] - flows[WITHDRAWN]
+
+
+def _too_big(body: dict) -> bool:
+    return any(isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 2**63 for v in body.values())

@@ -177,3 +177,52 @@ def test_fuzzed_http_input_never_gets_a_5xx_nor_stops_the_worker(web):
     assert done["status"] == "completed"
     report = verify(settings)
     assert report.violations == [] and report.money_conserved, report.render()
+
+
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_a_full_producer_queue_answers_503_with_retry_after_and_loses_nothing(settings, pool_factory,
+                                                                              views_factory):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streams.client import OutcomeWatcher
+
+    settings = replace(settings, web_max_queued_requests=2)
+    pool_factory(settings, 1)
+    views = views_factory(settings, 1)
+    url = views.url("0")
+    for name in ("a", "b"):
+        check("POST", url, "/requests?wait=completed",
+              orjson.dumps({"type": "open_account", "account": name}), 200)
+        check("POST", url, "/requests?wait=completed",
+              orjson.dumps({"type": "deposit", "account": name, "amount": 10**9}), 200)
+    pid = views.procs["0"].pid
+    rss_before = _rss_mb(pid)
+
+    def post(i: int):  # noqa: ANN202
+        return request("POST", f"{url}/transfers",
+                       orjson.dumps({"request_id": f"o-{i}", "from": "ab"[i % 2], "to": "ba"[i % 2],
+                                     "amount": 1}))
+
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(post, range(3_000)))
+    statuses = [a.status for a in answers]
+    assert set(statuses) <= {202, 503}, set(statuses)
+    busy = [a for a in answers if a.status == 503]
+    assert busy, "a queue of 2 under 64 concurrent clients should overflow"
+    assert all(a.headers.get("retry-after") == "1" and a.json()["error"] == "overloaded" for a in busy)
+    assert views.procs["0"].poll() is None
+    assert _rss_mb(pid) - rss_before < 100, "memory should stay bounded under overload"
+    accepted = [f"o-{i}" for i, a in enumerate(answers) if a.status == 202]
+    watcher = OutcomeWatcher(settings, from_beginning=True)
+    try:
+        assert watcher.wait(accepted, 120), "an accepted request was lost"
+    finally:
+        watcher.close()
+    report = verify(settings)
+    assert report.violations == [] and report.money_conserved and report.lost == 0, report.render()

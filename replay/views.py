@@ -22,6 +22,7 @@ from replay.progress import Progress
 from streams import topics
 from streams.client import read_topic
 from streams.config import Settings
+from streams.model import STATUS_RANK
 from streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
                                 global_figures, history_key, merge_status)
 
@@ -144,7 +145,14 @@ async def compare(views: RebuiltViews, url: str, partitions: int, concurrency: i
                          f"rebuilt {len(rebuilt)} entries, live {len(entries)}")
 
     async def request_status(session: aiohttp.ClientSession, rid: str, want: dict[str, Any]) -> None:
-        status, live = await get(session, f"/transfers/{rid}")
+        # like min_seq for accounts: a live status that is only behind gets time to catch up
+        for _ in range(50):
+            status, live = await get(session, f"/transfers/{rid}")
+            behind = status == 404 or (status == 200 and STATUS_RANK.get(live.get("status"), 0)
+                                       < STATUS_RANK[want["status"]])
+            if not behind:
+                break
+            await asyncio.sleep(0.2)
         if status != 200 or live != want:
             diffs.append(f"request {rid}: rebuilt {want} != live ({status}) {live}")
 

@@ -1,0 +1,21 @@
+"""A short `bank chaos` run: load while workers are killed, added, removed and frozen."""
+from __future__ import annotations
+
+import pytest
+
+from chaos.run import run_chaos
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_short_chaos_run_loses_nothing_and_applies_nothing_twice(settings, tmp_path):
+    # the embedded broker of the test session is shared, so it is not paused here
+    report = run_chaos(settings, seconds=40, every=4, rate=200, accounts=100, broker=None,
+                       log_dir=str(tmp_path))
+    assert len(report.faults) >= 8, report.render()
+    assert {"kill-engine", "kill-views", "add-engine", "zombie", "remove-engine"} <= set(report.faults)
+    assert report.sent > 4_000
+    assert report.lost == 0, report.render() + "\n" + report.verify_text
+    assert report.applied_twice == 0, report.verify_text
+    assert report.money_conserved, report.verify_text
+    assert report.views_differences == 0, report.render()

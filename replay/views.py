@@ -161,8 +161,12 @@ async def compare(views: RebuiltViews, url: str, partitions: int, concurrency: i
         jobs += [request_status(session, rid, st) for rid, st in views.status.items()]
         for start in range(0, len(jobs), 2000):
             await asyncio.gather(*jobs[start:start + 2000])
-        status, live = await get(session, "/stats")
         want = views.figures(partitions)
+        for _ in range(50):  # the totals may still be catching up
+            status, live = await get(session, "/stats")
+            if live == want:
+                break
+            await asyncio.sleep(0.2)
         if status != 200 or live != want:
             diffs.append(f"stats: rebuilt {want} != live ({status}) {live}")
     progress.done()

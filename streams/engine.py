@@ -33,6 +33,8 @@ from streams.store import PartitionStore
 
 log = logging.getLogger("bank.engine")
 
+FROZEN_EXIT_CODE = 75  # the worker noticed it had been frozen; restart it
+
 
 class InjectedAbort(Exception):
     """Raised by the fault injector to abort a transaction after producing."""
@@ -84,6 +86,8 @@ class EngineWorker:
     def __init__(self, settings: Settings, worker_id: str) -> None:
         self.settings = settings
         self.rules = Rules.from_settings(settings)
+        self._alive_at = time.monotonic()
+        self._freeze_limit_s = settings.session_timeout_ms / 1000 / 2
         self.worker_id = worker_id
         self.t_requests = settings.topic(topics.REQUESTS)
         self.t_credits = settings.topic(topics.CREDITS)
@@ -144,6 +148,7 @@ class EngineWorker:
         self._restore(fresh)
         consumer.assign([TopicPartition(tp.topic, tp.partition, self._next_offset(tp.topic, tp.partition))
                          for tp in partitions])
+        self._alive_at = time.monotonic()  # a rebalance just confirmed what we own
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
         lost = sorted({tp.partition for tp in partitions})
@@ -153,6 +158,7 @@ class EngineWorker:
             if task is not None:
                 task.store.close()
         consumer.unassign()
+        self._alive_at = time.monotonic()  # a rebalance just confirmed what we own
 
     def _next_offset(self, topic: str, partition: int) -> int:
         task = self.tasks[partition]
@@ -199,8 +205,10 @@ class EngineWorker:
         last_report = time.monotonic()
         try:
             while not self._stopping:
-                for msg in self.consumer.consume(self.settings.batch_max_records,
-                                                 self.settings.batch_max_ms / 1000):
+                received = self.consumer.consume(self.settings.batch_max_records,
+                                                 self.settings.batch_max_ms / 1000)
+                self._exit_if_frozen()
+                for msg in received:
                     if msg.error():
                         if msg.error().code() != KafkaError._PARTITION_EOF:
                             log.warning("consume error: %s", msg.error())
@@ -219,6 +227,27 @@ class EngineWorker:
             self.shared.flush(10)
             for task in self.tasks.values():
                 task.store.close()
+
+    def _exit_if_frozen(self) -> None:
+        """Fencing for a worker that was frozen (SIGSTOP, a VM or GC pause).
+
+        Its partitions may have moved meanwhile without it knowing yet (the
+        consumer can hand out fetched records before it learns of the
+        rebalance), and the embedded broker does not fence its producer. A
+        batch it started would then decide inputs the new owner also decides,
+        from older state. So a worker that finds more than half a session
+        timeout passed between two of its own steps writes nothing more and
+        exits at once; its supervisor restarts it and it rejoins cleanly. A
+        batch it was in the middle of is safe: its manifest is durable, and
+        the new owner re-runs exactly that range with identical results.
+        """
+        now = time.monotonic()
+        if now - self._alive_at > self._freeze_limit_s:
+            log.error("worker %s was frozen for %.1f s: its partitions may have moved; exiting "
+                      "without writing more", self.worker_id, now - self._alive_at)
+            logging.shutdown()
+            os._exit(FROZEN_EXIT_CODE)
+        self._alive_at = now
 
     def _run_batches(self) -> None:
         """One transaction over every owned partition that has input."""
@@ -260,6 +289,7 @@ class EngineWorker:
             self._produce(self.t_changelog, MANIFEST, orjson.dumps([c0, c1, r0, r1]), None, task.partition)
         # a manifest is durable before any output it explains
         self._flush()
+        self._exit_if_frozen()
         for task, credits, requests in batch:
             for msg in credits:
                 self._apply_credit(task, msg)
@@ -363,6 +393,8 @@ class EngineWorker:
                 self.consumer.seek(TopicPartition(topic, p, self._next_offset(topic, p)))
 
     # -- per-record work -----------------------------------------------------
+        self._alive_at = time.monotonic()
+
     def _produce(self, topic: str, key: bytes | None, value: bytes,
                  ts: int | None, partition: int | None = None, shared: bool = False) -> None:
         producer = self.shared if shared else self.producer

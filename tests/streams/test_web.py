@@ -131,7 +131,7 @@ _json_values = st.recursive(
     max_leaves=10)
 _bodies = st.one_of(
     st.binary(max_size=300),
-    _json_values.map(orjson.dumps),
+    _json_values.map(_encode),
     st.fixed_dictionaries({}, optional={
         "type": st.sampled_from(["transfer", "deposit", "withdraw", "open_account", "x"]),
         "request_id": _names, "from": _names | _json_values, "to": _names, "account": _names,

@@ -75,7 +75,7 @@ class WorkerPool:
 
 
 def wait_for_views(urls: list[str], partitions: int, timeout_s: float = 120.0) -> bool:
-    """Wait until the views workers answer and together own every ledger partition."""
+    """Wait until the views workers accept requests and together own every ledger partition."""
     import urllib.request
 
     import orjson
@@ -87,8 +87,8 @@ def wait_for_views(urls: list[str], partitions: int, timeout_s: float = 120.0) -
             for url in urls:
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
                     health = orjson.loads(resp.read())
-                if health["rebalancing"]:
-                    raise OSError("rebalancing")
+                if health["rebalancing"] or not health["accepting_requests"]:
+                    raise OSError("not ready")
                 owned += health["ledger_partitions"]
         except (OSError, ValueError, KeyError):
             time.sleep(0.5)

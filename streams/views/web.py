@@ -330,7 +330,8 @@ def register_routes(worker: "ViewsWorker") -> None:
             return json_response({
                 "status": "ok", "worker": worker.worker_id, "generation": worker.generation,
                 "ledger_partitions": actives,
-                "rebalancing": bool(app.rebalancing), "lag": lag})
+                "rebalancing": bool(app.rebalancing), "accepting_requests": "producer" in intake,
+                "lag": lag})
 
     @app.page("/metrics")
     class Metrics(View):

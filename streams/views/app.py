@@ -25,6 +25,8 @@ from faust.types import TP
 
 from streams import topics
 from streams.config import Settings
+from streams.kafka import client_config
+from streams.views.credentials import faust_credentials
 from streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
                                 history_key, merge_status)
 from streams.views.metrics import ViewsMetrics
@@ -61,6 +63,7 @@ class ViewsWorker:
         self.app = faust.App(
             app_id,
             broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
+            broker_credentials=faust_credentials(client_config(settings)),
             store="rocksdb://",
             datadir=datadir,
             processing_guarantee="at_least_once",

@@ -86,6 +86,14 @@ class Settings:
         "env": "BANK_FAULT_COMMIT_DELAY_MS",
         "help": "testing: wait this long between producing a batch and committing it "
                 "(widens the window in which a crash leaves a produced, uncommitted batch)"})
+    fault_freeze_at_batch: int = field(default=0, metadata={
+        "env": "BANK_FAULT_FREEZE_AT_BATCH",
+        "help": "testing: SIGSTOP the worker itself once, at its Nth batch or the first after it at "
+                "BANK_FAULT_FREEZE_POINT (someone else must SIGCONT it; 0 = never)"})
+    fault_freeze_point: str = field(default="before-batch", metadata={
+        "env": "BANK_FAULT_FREEZE_POINT",
+        "help": "testing: where BANK_FAULT_FREEZE_AT_BATCH stops the worker: before-batch (requests "
+                "fetched, nothing written) or after-manifest (manifest durable, no outputs yet)"})
     unsafe_no_transactions: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_NO_TRANSACTIONS",
         "help": "testing: no transactions; offsets committed after the outputs, every changelog "
@@ -93,6 +101,10 @@ class Settings:
     unsafe_no_dedupe: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_NO_DEDUPE",
         "help": "testing: disable the request-id idempotency guard (breaks exactly-once)"})
+    unsafe_no_freeze_fence: bool = field(default=False, metadata={
+        "env": "BANK_UNSAFE_NO_FREEZE_FENCE",
+        "help": "testing: a worker that was frozen past half a session timeout goes on writing "
+                "(breaks exactly-once on a broker that does not fence zombies)"})
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":

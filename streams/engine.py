@@ -88,6 +88,7 @@ class EngineWorker:
         self.rules = Rules.from_settings(settings)
         self._alive_at = time.monotonic()
         self._freeze_limit_s = settings.session_timeout_ms / 1000 / 2
+        self._froze = False
         self.worker_id = worker_id
         self.t_requests = settings.topic(topics.REQUESTS)
         self.t_credits = settings.topic(topics.CREDITS)
@@ -207,6 +208,8 @@ class EngineWorker:
             while not self._stopping:
                 received = self.consumer.consume(self.settings.batch_max_records,
                                                  self.settings.batch_max_ms / 1000)
+                if any(m.topic() == self.t_requests for m in received):
+                    self._freeze_for_test("before-batch")
                 self._exit_if_frozen()
                 for msg in received:
                     if msg.error():
@@ -242,12 +245,19 @@ class EngineWorker:
         the new owner re-runs exactly that range with identical results.
         """
         now = time.monotonic()
-        if now - self._alive_at > self._freeze_limit_s:
+        if now - self._alive_at > self._freeze_limit_s and not self.settings.unsafe_no_freeze_fence:
             log.error("worker %s was frozen for %.1f s: its partitions may have moved; exiting "
                       "without writing more", self.worker_id, now - self._alive_at)
             logging.shutdown()
             os._exit(FROZEN_EXIT_CODE)
         self._alive_at = now
+
+    def _freeze_for_test(self, point: str) -> None:
+        """BANK_FAULT_FREEZE_AT_BATCH: stop this process once, at a chosen point of a batch."""
+        if (point == self.settings.fault_freeze_point and not self._froze
+                and 0 < self.settings.fault_freeze_at_batch <= self.stats["batches"] + 1):
+            self._froze = True
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     def _run_batches(self) -> None:
         """One transaction over every owned partition that has input."""
@@ -289,6 +299,7 @@ class EngineWorker:
             self._produce(self.t_changelog, MANIFEST, orjson.dumps([c0, c1, r0, r1]), None, task.partition)
         # a manifest is durable before any output it explains
         self._flush()
+        self._freeze_for_test("after-manifest")
         self._exit_if_frozen()
         for task, credits, requests in batch:
             for msg in credits:

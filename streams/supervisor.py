@@ -34,8 +34,8 @@ class WorkerPool:
     def url(self, worker_id: str) -> str:
         return f"http://{self.settings.web_host}:{self.web_ports[int(worker_id)]}"
 
-    def start(self, worker_id: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **self.settings.env()}
+    def start(self, worker_id: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **self.settings.env(), **(extra_env or {})}
         out = subprocess.DEVNULL
         if self.log_dir:
             out = open(os.path.join(self.log_dir, f"{self.command}-{worker_id}.log"), "ab")

@@ -1,0 +1,54 @@
+"""A worker frozen mid-batch (SIGSTOP) while its partitions move must not write when it wakes."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from replay.verify import verify
+from streams.engine import FROZEN_EXIT_CODE
+from tests.workload import Workload, assert_invariants
+
+pytestmark = pytest.mark.slow
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.mark.parametrize("point, fenced", [
+    ("before-batch", True), ("after-manifest", True), ("before-batch", False)],
+    ids=["before-batch", "after-manifest", "negative-control-unfenced"])
+def test_a_zombie_woken_after_its_partitions_moved_writes_nothing(settings, pool_factory, point, fenced):
+    pool = pool_factory(settings, 1)
+    names = [f"acct-{i}" for i in range(20)]  # few accounts: credits and debits interleave on each
+    wl = Workload(settings)
+    try:
+        wl.open_accounts(names, 10_000)
+        assert wl.wait(120)
+        zombie = pool.start("1", {"BANK_FAULT_FREEZE_AT_BATCH": "30", "BANK_FAULT_FREEZE_POINT": point,
+                                  "BANK_UNSAFE_NO_FREEZE_FENCE": "0" if fenced else "1"})
+        sender = threading.Thread(target=wl.random_transfers, args=(names, 9_000, "z", 500),
+                                  kwargs={"duplicate_every": 50, "rate_per_s": 600})
+        sender.start()
+        deadline = time.monotonic() + 60
+        while not _stopped(zombie.pid):
+            assert zombie.poll() is None and time.monotonic() < deadline, "the worker never froze"
+            time.sleep(0.05)
+        # frozen mid-batch; its partitions move to worker 0 meanwhile
+        time.sleep(2 * settings.session_timeout_ms / 1000 + 2)
+        zombie.send_signal(signal.SIGCONT)
+        if fenced:
+            assert zombie.wait(30) == FROZEN_EXIT_CODE
+        sender.join()
+        assert wl.wait(240)
+        if fenced:
+            assert_invariants(settings, wl)
+        else:
+            report = verify(settings, require_final=True)
+            assert report.applied_twice > 0 or report.violations, report.render()
+    finally:
+        wl.close()

@@ -108,7 +108,10 @@ def parse_json(raw: bytes) -> Any:
     except orjson.JSONDecodeError:
         # orjson refuses integers beyond 64 bits; the stdlib parses them so the
         # request can be rejected with a reason instead of dead-lettered.
-        return json.loads(raw.decode("utf-8"))
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 def parse_request(key: bytes | None, value: bytes | None) -> Request:

@@ -57,30 +57,40 @@ def test_bad_input_is_rejected_or_dead_lettered_and_the_worker_goes_on(settings,
     wl = Workload(settings)
     try:
         wl.open_accounts(["alice", "bob"], 500)
-        bad = [
-            (b"alice", b"{not json", "dead"),
-            (b"alice", b"\xff\xfe\x00garbage", "dead"),
-            (b"alice", b'["a", "list"]', "dead"),
-            (None, b'{"type": "deposit", "account": "alice", "amount": 5}', "dead"),  # no request_id
-            (b"alice", b'{"type":"deposit","request_id":"b1","account":"alice","amount":-5}', "invalid"),
-            (b"alice", b'{"type":"deposit","request_id":"b2","account":"alice","amount":99999999999999999999999}', "invalid"),
-            (b"alice", b'{"type":"deposit","request_id":"b3","account":"alice","amount":"7"}', "invalid"),
-            (b"alice", b'{"type":"deposit","request_id":"b4","account":"alice","amount":5,"x":1}', "invalid"),
-            (b"bob", b'{"type":"deposit","request_id":"b5","account":"alice","amount":5}', "invalid"),
-            (None, b'{"type":"deposit","request_id":"b6","account":"alice","amount":5}', "invalid"),
-            (b"alice", b'{"type":"transfer","request_id":"b7","from":"alice","to":"alice","amount":5}', "invalid"),
-            (b"alice", b'{"type":"transfer","request_id":"b8","from":"alice","to":"bob","amount":501}', "insufficient_funds"),
-            (b"zed", b'{"type":"withdraw","request_id":"b9","account":"zed","amount":1}', "unknown_account"),
-            (b"alice", b'{"type":"transfer","request_id":"b10","from":"alice","to":"nobody","amount":5}', "unknown_account"),
+        deep = b'{"type":"deposit","request_id":"b-deep","account":"alice","amount":' + b"[" * 50_000
+        memo = b"m" * 500_000
+        bad = [  # (key, value, the request_id it carries if one can be read, expected outcome)
+            (b"alice", b"{not json", None, "dead"),
+            (b"alice", b"\xff\xfe\x00garbage", None, "dead"),
+            (b"alice", b'["a", "list"]', None, "dead"),
+            (None, b'{"type": "deposit", "account": "alice", "amount": 5}', None, "dead"),
+            (b"alice", deep + b"]" * 50_000 + b"}", None, "dead"),             # nested past any parser
+            (b"alice", b'{"type":"deposit","request_id":"' + b"r" * 5000 + b'","account":"alice","amount":5}',
+             None, "dead"),                                                  # request_id beyond 128
+            (b"alice", b'{"type":"deposit","request_id":"b\xff","account":"alice","amount":5}', None, "dead"),
+            (b"alice", b'{"type":"deposit","request_id":"b1","account":"alice","amount":-5}', "b1", "invalid"),
+            (b"alice", b'{"type":"deposit","request_id":"b2","account":"alice","amount":99999999999999999999999}',
+             "b2", "invalid"),
+            (b"alice", b'{"type":"deposit","request_id":"b3","account":"alice","amount":"7"}', "b3", "invalid"),
+            (b"alice", b'{"type":"deposit","request_id":"b4","account":"alice","amount":5,"x":1}', "b4", "invalid"),
+            (b"bob", b'{"type":"deposit","request_id":"b5","account":"alice","amount":5}', "b5", "invalid"),
+            (None, b'{"type":"deposit","request_id":"b6","account":"alice","amount":5}', "b6", "invalid"),
+            (b"alice", b'{"type":"transfer","request_id":"b7","from":"alice","to":"alice","amount":5}', "b7",
+             "invalid"),
+            (b"alice", b'{"type":"transfer","request_id":"b8","from":"alice","to":"bob","amount":501}', "b8",
+             "insufficient_funds"),
+            (b"zed", b'{"type":"withdraw","request_id":"b9","account":"zed","amount":1}', "b9", "unknown_account"),
+            (b"alice", b'{"type":"transfer","request_id":"b10","from":"alice","to":"nobody","amount":5}', "b10",
+             "unknown_account"),
+            (b"alice", b'{"type":"deposit","request_id":"b11","account":"alice","amount":5,"memo":"' + memo + b'"}',
+             "b11", "invalid"),                                              # a 500 kB record
+            (b"alice", b'{"type":"deposit","request_id":"b12","account":"alice","amount":1e3}', "b12", "invalid"),
+            (b"alice", b'{"type":"deposit","request_id":"b13","account":"alice","amount":true}', "b13", "invalid"),
         ]
-        for key, value, _ in bad:
+        for key, value, _, _ in bad:
             wl.sender.send_raw(key, value)
-        expected = {}
-        for i, (_, value, want) in enumerate(bad):
-            rid = f"b{i - 3}"
-            if want != "dead":
-                wl.request_ids.append(rid)
-                expected[rid] = want
+        expected = {rid: want for _, _, rid, want in bad if rid is not None}
+        wl.request_ids += list(expected)
         wl.send({"type": "transfer", "request_id": "good", "from": "alice", "to": "bob", "amount": 100})
         wl.sender.flush()
         assert wl.wait(60)
@@ -91,7 +101,7 @@ def test_bad_input_is_rejected_or_dead_lettered_and_the_worker_goes_on(settings,
         assert outcomes[rid]["status"] == "rejected" and outcomes[rid]["reason"] == reason, rid
     assert outcomes["good"]["status"] == "completed"
     dead = list(read_json(settings, topics.DEADLETTER))
-    assert len(dead) == 4 and all(d["error"] for d in dead)
+    assert len(dead) == sum(want == "dead" for *_, want in bad) and all(d["error"] for d in dead)
     fold = ledger(settings)
     # 500 + 500 deposited; the refund of b10 returned alice's 5; good moved 100
     assert fold.accounts["alice"].balance == 400 and fold.accounts["bob"].balance == 600

@@ -29,7 +29,7 @@ from confluent_kafka import Message
 from replay.ledger import LedgerFold
 from replay.progress import Progress
 from streams import kafka, topics
-from streams.changelog import END, MANIFEST
+from streams.changelog import ChangelogChain, batch_id
 from streams.client import read_topic
 from streams.config import Settings
 from streams.decisions import (Decision, Rules, Undecodable, credit_marker, decide_credit,
@@ -48,20 +48,13 @@ def generation_settings(settings: Settings, generation: str) -> Settings:
 
 def applied_batches(settings: Settings) -> dict[int, list[Input]]:
     """Per partition, the inputs the live engine applied, in its processing order."""
-    order: dict[int, list[Input]] = defaultdict(list)
-    position: dict[int, tuple[int, int]] = defaultdict(lambda: (0, 0))
-    open_batch: dict[int, tuple[int, int, int, int] | None] = {}
+    chains: dict[int, ChangelogChain] = defaultdict(lambda: ChangelogChain((0, 0), keep_records=False))
     for msg in read_topic(settings, settings.topic(topics.CHANGELOG)):
-        p, key = msg.partition(), msg.key()
-        if key == MANIFEST:
-            c0, c1, r0, r1 = orjson.loads(msg.value())
-            open_batch[p] = (c0, c1, r0, r1) if (c0, r0) == position[p] else None
-        elif key == END and open_batch.get(p) is not None:
-            c0, c1, r0, r1 = open_batch[p]
-            if tuple(orjson.loads(msg.value())) == (c1, r1):
-                order[p] += [("c", o) for o in range(c0, c1)] + [("r", o) for o in range(r0, r1)]
-                position[p] = (c1, r1)
-            open_batch[p] = None
+        chains[msg.partition()].add(msg.offset(), msg.key(), msg.value(), batch_id(msg))
+    order: dict[int, list[Input]] = defaultdict(list)
+    for p, chain in chains.items():
+        for c0, c1, r0, r1 in chain.applied:
+            order[p] += [("c", o) for o in range(c0, c1)] + [("r", o) for o in range(r0, r1)]
     return order
 
 

@@ -93,7 +93,8 @@ class Settings:
     fault_freeze_point: str = field(default="before-batch", metadata={
         "env": "BANK_FAULT_FREEZE_POINT",
         "help": "testing: where BANK_FAULT_FREEZE_AT_BATCH stops the worker: before-batch (requests "
-                "fetched, nothing written) or after-manifest (manifest durable, no outputs yet)"})
+                "fetched, nothing written), after-manifest (manifest durable, no outputs yet) or "
+                "before-end (outputs durable, END not written: past every fence check)"})
     unsafe_no_transactions: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_NO_TRANSACTIONS",
         "help": "testing: no transactions; offsets committed after the outputs, every changelog "

@@ -23,7 +23,8 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams import kafka, topics
-from streams.changelog import APPLIED_IDS, END, MANIFEST, ChangelogChain, Manifest
+from streams.changelog import (APPLIED_IDS, BATCH_HEADER, END, MANIFEST, ChangelogChain, Manifest,
+                              batch_id)
 from streams.client import read_to_end
 from streams.config import Settings
 from streams.decisions import (Decision, Rules, Undecodable, credit_marker, decide_credit,
@@ -100,6 +101,8 @@ class EngineWorker:
         self.tasks: dict[int, PartitionTask] = {}
         self._stopping = False
         self._transactions = 0
+        self._attempts = 0                               # transactions begun, for batch ids
+        self._batch_header: list[tuple[str, bytes]] = []  # BATCH_HEADER of the open transaction
         self._delivery_errors: list[str] = []
         self.consumer = kafka.consumer(
             settings, settings.topic(topics.ENGINE_GROUP),
@@ -173,26 +176,28 @@ class EngineWorker:
         unsafe_records: dict[int, list[tuple[bytes, bytes]]] = {t.partition: [] for t in tasks}
         assignment = [TopicPartition(self.t_changelog, t.partition, t.store.checkpoint) for t in tasks]
         for msg in read_to_end(self.restorer, assignment):
-            chains[msg.partition()].add(msg.offset(), msg.key(), msg.value())
+            chains[msg.partition()].add(msg.offset(), msg.key(), msg.value(), batch_id(msg))
             if self.unsafe and msg.key() not in (MANIFEST, END):
                 unsafe_records[msg.partition()].append((msg.key(), msg.value()))
+        unsafe_positions: dict[int, tuple[int, int]] = {}
         if self.unsafe:  # the naive design: trust every record and the group's offsets
             committed = self.consumer.committed(
                 [TopicPartition(t, p) for p in chains for t in (self.t_credits, self.t_requests)], timeout=30)
             offsets = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
-            for p, chain in chains.items():
-                chain.records = unsafe_records[p]
-                chain.position = (offsets[(self.t_credits, p)], offsets[(self.t_requests, p)])
-                chain.replay = None
+            unsafe_positions = {p: (offsets[(self.t_credits, p)], offsets[(self.t_requests, p)])
+                                for p in chains}
         for task in tasks:
             chain = chains[task.partition]
-            task.store.restore(chain.records, chain.checkpoint or task.store.checkpoint, chain.position)
-            task.next_credit, task.next_request = chain.position
-            task.replay = chain.replay
+            records, position, replay = chain.records, chain.position, chain.replay
+            if self.unsafe:
+                records, position, replay = unsafe_records[task.partition], unsafe_positions[task.partition], None
+            task.store.restore(records, chain.checkpoint or task.store.checkpoint, position)
+            task.next_credit, task.next_request = position
+            task.replay = replay
             task.credits.clear()
             task.requests.clear()
             log.info("worker %s restored p%d: %d changelog records, position %s, replay=%s",
-                     self.worker_id, task.partition, len(chain.records), chain.position, chain.replay)
+                     self.worker_id, task.partition, len(records), position, replay)
 
     # -- the processing loop -------------------------------------------------
     def stop(self, *_: object) -> None:
@@ -291,12 +296,14 @@ class EngineWorker:
         producer = self.producer
         if not self.unsafe:
             producer.begin_transaction()
+        self._attempts += 1
+        self._batch_header = [(BATCH_HEADER, f"{self.worker_id}.{os.getpid()}.{self._attempts}".encode())]
         for task, credits, requests in batch:
             c0, r0 = task.next_credit, task.next_request
             c1 = credits[-1].offset() + 1 if credits else c0
             r1 = requests[-1].offset() + 1 if requests else r0
             task.end_position = (c1, r1)
-            self._produce(self.t_changelog, MANIFEST, orjson.dumps([c0, c1, r0, r1]), None, task.partition)
+            self._log_state(task, MANIFEST, orjson.dumps([c0, c1, r0, r1]))
         # a manifest is durable before any output it explains
         self._flush()
         self._freeze_for_test("after-manifest")
@@ -308,14 +315,13 @@ class EngineWorker:
                 self._apply_request(task, msg)
             accounts, marks = task.store.changes()
             for name, acct in accounts.items():
-                self._produce(self.t_changelog, b"a:" + name.encode(), orjson.dumps(acct.to_json()),
-                              None, task.partition)
+                self._log_state(task, b"a:" + name.encode(), orjson.dumps(acct.to_json()))
             self._maybe_crash()
             if marks:  # one record for all ids the batch applied: fewer records per transfer
-                self._produce(self.t_changelog, APPLIED_IDS, orjson.dumps(sorted(marks)), None,
-                              task.partition)
+                self._log_state(task, APPLIED_IDS, orjson.dumps(sorted(marks)))
         # every output is durable before END says the batch is whole
         self._flush()
+        self._freeze_for_test("before-end")
         self._transactions += 1
         every = self.settings.fault_abort_every
         injected = every and self._transactions % every == 0
@@ -363,7 +369,7 @@ class EngineWorker:
             else:
                 self._on_delivery(err, msg)
         self.producer.produce(self.t_changelog, key=END, value=orjson.dumps(list(task.end_position)),
-                              partition=task.partition, on_delivery=on_end)
+                              partition=task.partition, headers=self._batch_header, on_delivery=on_end)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -402,18 +408,24 @@ class EngineWorker:
         for p in self.tasks:
             for topic in (self.t_credits, self.t_requests):
                 self.consumer.seek(TopicPartition(topic, p, self._next_offset(topic, p)))
-
-    # -- per-record work -----------------------------------------------------
         self._alive_at = time.monotonic()
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes,
-                 ts: int | None, partition: int | None = None, shared: bool = False) -> None:
+    # -- per-record work -----------------------------------------------------
+    def _log_state(self, task: PartitionTask, key: bytes, value: bytes) -> None:
+        """A record of the open batch in the task's changelog partition, tagged with the batch."""
+        self._produce(self.t_changelog, key, value, None, task.partition, headers=self._batch_header)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes, ts: int | None,
+                 partition: int | None = None, shared: bool = False,
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
         producer = self.shared if shared else self.producer
         kwargs: dict[str, object] = {"key": key, "value": value}
         if partition is not None:
             kwargs["partition"] = partition
         if ts is not None:
             kwargs["timestamp"] = ts
+        if headers is not None:
+            kwargs["headers"] = headers
         while True:
             try:
                 producer.produce(topic, **kwargs)

@@ -1,6 +1,6 @@
 """`bank chaos --seconds S`: a steady load while faults are injected, then a verdict.
 
-Faults, round-robin, one every `--every` seconds:
+Faults, round-robin, `--every` seconds apart:
   kill-engine   SIGKILL an engine worker, restart it
   kill-views    SIGKILL a views worker, restart it
   add-engine    start one more engine worker (rebalance)
@@ -129,12 +129,13 @@ def run_chaos(settings: Settings, seconds: float, every: float, rate: float, acc
             if time.monotonic() >= next_fault:
                 fault = FAULTS[n % len(FAULTS)]
                 n += 1
-                next_fault += every
                 if fault == "pause-broker" and broker is None:
                     continue
                 _inject(fault, engine, views, broker, extra, settings, rng)
                 report.faults.append(fault)
                 log(f"chaos: t+{seconds - (end - time.monotonic()):.0f}s {fault}")
+                # counted from the end of the fault: a long one (zombie) is not followed by a burst
+                next_fault = time.monotonic() + every
             time.sleep(0.2)
         load.stop.set()
         load.join()

@@ -55,32 +55,33 @@ class ChangelogChain:
         self.position = position                     # (credits, requests) offsets reached
         self.records: list[tuple[bytes, bytes]] = []  # state records of applied batches
         self.applied: list[Manifest] = []            # the applied batches, in order
-        self.checkpoint: int | None = None           # changelog offset after the last applied batch
+        self.checkpoint: int | None = None           # changelog offset of the last applied batch's manifest
+        self.checkpoint_position = position          # input position at that manifest
         self._keep_records = keep_records
-        # batches begun and not ended, by batch id: their manifest and state records so far
-        self._open: dict[bytes | None, tuple[Manifest, list[tuple[bytes, bytes]]]] = {}
+        # batches begun and not ended, by batch id: manifest, its offset, state records so far
+        self._open: dict[bytes | None, tuple[Manifest, int, list[tuple[bytes, bytes]]]] = {}
 
     @property
     def replay(self) -> Manifest | None:
         """A cut-short batch that continues the position: the next owner must re-run exactly it."""
-        return next((m for m, _ in self._open.values() if (m[0], m[2]) == self.position), None)
+        return next((m for m, _, _ in self._open.values() if (m[0], m[2]) == self.position), None)
 
     def add(self, offset: int, key: bytes | None, value: bytes, batch: bytes | None = None) -> None:
         """Follow one changelog record; `batch` is its BATCH_HEADER (None: written without one)."""
         if key == MANIFEST:
             c0, c1, r0, r1 = orjson.loads(value)
             # a batch still open under this id was cut short: its records go
-            self._open[batch] = ((c0, c1, r0, r1), [])
+            self._open[batch] = ((c0, c1, r0, r1), offset, [])
         elif key == END:
             opened = self._open.pop(batch, None)
             if opened is None:
                 return
-            (c0, c1, r0, r1), pending = opened
+            (c0, c1, r0, r1), manifest_offset, pending = opened
             if (c0, r0) == self.position and tuple(orjson.loads(value)) == (c1, r1):
                 if self._keep_records:
                     self.records += pending
                 self.applied.append((c0, c1, r0, r1))
+                self.checkpoint, self.checkpoint_position = manifest_offset, (c0, r0)
                 self.position = (c1, r1)
-                self.checkpoint = offset + 1
         elif key is not None and batch in self._open:
-            self._open[batch][1].append((key, value))
+            self._open[batch][2].append((key, value))

@@ -34,7 +34,7 @@ from streams.store import PartitionStore
 
 log = logging.getLogger("bank.engine")
 
-FROZEN_EXIT_CODE = 75  # the worker noticed it had been frozen; restart it
+RESTART_EXIT_CODE = 75  # the worker left to be restarted with clean clients (frozen, or stuck abort)
 
 
 class InjectedAbort(Exception):
@@ -52,7 +52,8 @@ class PartitionTask:
     credits: list[Message] = field(default_factory=list)
     requests: list[Message] = field(default_factory=list)
     replay: Manifest | None = None        # a cut-short batch to re-run exactly
-    end_offset: int | None = None         # changelog offset of the open batch's END marker
+    manifest_offset: int | None = None    # changelog offset of the open batch's MANIFEST
+    start_position: tuple[int, int] = (0, 0)  # input position at the start of the open batch
     end_position: tuple[int, int] = (0, 0)  # input position at the end of the open batch
 
     def take_batch(self, limit: int) -> tuple[list[Message], list[Message]] | None:
@@ -191,7 +192,10 @@ class EngineWorker:
             records, position, replay = chain.records, chain.position, chain.replay
             if self.unsafe:
                 records, position, replay = unsafe_records[task.partition], unsafe_positions[task.partition], None
-            task.store.restore(records, chain.checkpoint or task.store.checkpoint, position)
+            if chain.checkpoint is None:   # no batch completed past the store's checkpoint
+                task.store.restore(records, task.store.checkpoint, task.store.position)
+            else:
+                task.store.restore(records, chain.checkpoint, chain.checkpoint_position)
             task.next_credit, task.next_request = position
             task.replay = replay
             task.credits.clear()
@@ -254,7 +258,7 @@ class EngineWorker:
             log.error("worker %s was frozen for %.1f s: its partitions may have moved; exiting "
                       "without writing more", self.worker_id, now - self._alive_at)
             logging.shutdown()
-            os._exit(FROZEN_EXIT_CODE)
+            os._exit(RESTART_EXIT_CODE)
         self._alive_at = now
 
     def _freeze_for_test(self, point: str) -> None:
@@ -285,8 +289,7 @@ class EngineWorker:
             self._recover(exc)
             return
         for task, credits, requests in batch:
-            task.store.commit(task.end_offset + 1 if task.end_offset is not None else None,
-                              task.end_position)
+            task.store.commit(task.manifest_offset, task.start_position)
             task.next_credit, task.next_request = task.end_position
             self.stats["credits"] += len(credits)
             self.stats["requests"] += len(requests)
@@ -302,8 +305,8 @@ class EngineWorker:
             c0, r0 = task.next_credit, task.next_request
             c1 = credits[-1].offset() + 1 if credits else c0
             r1 = requests[-1].offset() + 1 if requests else r0
-            task.end_position = (c1, r1)
-            self._log_state(task, MANIFEST, orjson.dumps([c0, c1, r0, r1]))
+            task.start_position, task.end_position = (c0, r0), (c1, r1)
+            self._produce_manifest(task, [c0, c1, r0, r1])
         # a manifest is durable before any output it explains
         self._flush()
         self._freeze_for_test("after-manifest")
@@ -360,16 +363,25 @@ class EngineWorker:
             log.warning("worker %s injected crash mid-batch", self.worker_id)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _produce_end(self, task: PartitionTask) -> None:
-        task.end_offset = None
+    def _produce_manifest(self, task: PartitionTask, manifest: list[int]) -> None:
+        """The batch's MANIFEST; its offset becomes the store's checkpoint once the batch commits.
 
-        def on_end(err: KafkaError | None, msg: Message) -> None:
+        The checkpoint is the manifest, not the END: a restore from there meets the batch again
+        and follows whoever really continued it (this worker's END may be a zombie's late one).
+        """
+        task.manifest_offset = None
+
+        def on_manifest(err: KafkaError | None, msg: Message) -> None:
             if err is None:
-                task.end_offset = msg.offset()
+                task.manifest_offset = msg.offset()
             else:
                 self._on_delivery(err, msg)
+        self.producer.produce(self.t_changelog, key=MANIFEST, value=orjson.dumps(manifest),
+                              partition=task.partition, headers=self._batch_header, on_delivery=on_manifest)
+
+    def _produce_end(self, task: PartitionTask) -> None:
         self.producer.produce(self.t_changelog, key=END, value=orjson.dumps(list(task.end_position)),
-                              partition=task.partition, headers=self._batch_header, on_delivery=on_end)
+                              partition=task.partition, headers=self._batch_header)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -389,13 +401,21 @@ class EngineWorker:
 
     def _recover(self, exc: Exception) -> None:
         """Abort, fence with a fresh producer, and rewind every task to its changelog."""
+        # a batch that failed because the worker was frozen in it (its partitions may have
+        # moved): leave, as at any other step
+        self._exit_if_frozen()
         self.stats["aborts"] += 1
         log.warning("worker %s aborting transaction: %s", self.worker_id, exc)
         try:
             if not self.unsafe:
                 self.producer.abort_transaction(30)
         except KafkaException as abort_exc:
-            log.warning("abort_transaction failed: %s", abort_exc)
+            # seen after a long freeze: the old producer then retries its id for good and the
+            # worker, though assigned, processed nothing more; a restart starts clean
+            log.error("worker %s: abort_transaction failed (%s); exiting to be restarted",
+                      self.worker_id, abort_exc)
+            logging.shutdown()
+            os._exit(RESTART_EXIT_CODE)
         for task in self.tasks.values():
             task.store.discard()
         # the embedded broker mishandles a producer's next transaction after an abort,

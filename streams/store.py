@@ -3,13 +3,14 @@
 Like a Kafka Streams state store with its changelog: the engine reads and
 writes through this class during a batch; the changes stay in memory until
 the batch's Kafka transaction has committed, then go to RocksDB in one atomic
-write together with the checkpoint (the next changelog offset the store does
-not yet reflect). A crash before that write loses nothing: the restore reads
-the changelog from the checkpoint on.
+write together with the checkpoint: the changelog offset of the last applied
+batch's MANIFEST, from which a restore reads (it meets that batch again, which
+rewrites identical state, and follows whoever really continued it). A crash
+before that write loses nothing.
 
 Keys: b"a:<account>" -> Account json; b"<k>:<id>" -> b"1" for applied ids;
-b"__checkpoint" -> the changelog offset after the last batch applied here, and
-b"__position" -> the input offsets [credits, requests] that batch ended at.
+b"__checkpoint" -> the changelog offset of the last applied batch's manifest,
+and b"__position" -> the input offsets [credits, requests] that batch started at.
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ class PartitionStore:
             wb.put(marker.encode(), b"1")
         if checkpoint is not None:
             wb.put(_CHECKPOINT, str(checkpoint).encode())
-        wb.put(_POSITION, orjson.dumps(position))
+            wb.put(_POSITION, orjson.dumps(position))
         self._db.write(wb)
         self._cache.update(self._dirty)
         self._dirty = {}

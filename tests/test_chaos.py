@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 def test_a_short_chaos_run_loses_nothing_and_applies_nothing_twice(settings, tmp_path):
     # the embedded broker of the test session is shared, so it is not paused here
-    report = run_chaos(settings, seconds=40, every=4, rate=200, accounts=100, broker=None,
+    report = run_chaos(settings, seconds=46, every=4, rate=200, accounts=100, broker=None,
                        log_dir=str(tmp_path))
     assert len(report.faults) >= 8, report.render()
     assert {"kill-engine", "kill-views", "add-engine", "zombie", "remove-engine"} <= set(report.faults)

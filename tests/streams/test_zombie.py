@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from replay.verify import verify
-from streams.engine import FROZEN_EXIT_CODE
+from streams.engine import RESTART_EXIT_CODE
 from tests.workload import Workload, assert_invariants
 
 pytestmark = pytest.mark.slow
@@ -51,7 +51,7 @@ def test_a_zombie_woken_after_its_partitions_moved_writes_nothing(settings, pool
         assert wl.wait(120)
         sender, zombie = _freeze_worker_1(settings, pool, wl, names, point, fenced)
         if fenced:
-            assert zombie.wait(30) == FROZEN_EXIT_CODE
+            assert zombie.wait(30) == RESTART_EXIT_CODE
         sender.join()
         assert wl.wait(240)
         if fenced:

@@ -42,6 +42,9 @@ class Settings:
         "help": "views: write each table changelog record as its own batch; `bank up` and the tests "
                 "turn it on for the embedded broker, whose end offsets (ListOffsets) are the last "
                 "batch's base offset + 1, which Faust's table recovery trusts"})
+    log_level: str = field(default="WARNING", metadata={
+        "env": "BANK_LOG_LEVEL",
+        "help": "log level of the views workers (INFO shows table recovery and where sources resume)"})
     state_dir: str = field(default=".state", metadata={
         "env": "BANK_STATE_DIR",
         "help": "directory for the RocksDB state stores"})
@@ -95,6 +98,10 @@ class Settings:
         "help": "testing: where BANK_FAULT_FREEZE_AT_BATCH stops the worker: before-batch (requests "
                 "fetched, nothing written), after-manifest (manifest durable, no outputs yet) or "
                 "before-end (outputs durable, END not written: past every fence check)"})
+    unsafe_views_keep_state: bool = field(default=False, metadata={
+        "env": "BANK_UNSAFE_VIEWS_KEEP_STATE",
+        "help": "testing: a views worker keeps its local RocksDB files when it starts (writes its "
+                "changelog never received then go missing once its partitions move)"})
     unsafe_no_transactions: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_NO_TRANSACTIONS",
         "help": "testing: no transactions; offsets committed after the outputs, every changelog "

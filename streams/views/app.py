@@ -1,26 +1,46 @@
-"""The views worker: a Faust app folding ledger.events and transfers.outcomes into tables.
+"""The views worker: a Faust app folding ledger.events and transfers.outcomes into one table.
 
-Tables (RocksDB via rocksdict, each backed by a Faust changelog topic):
+One Faust table, `views` (RocksDB via rocksdict, backed by one changelog
+topic), holds every view, told apart by a key prefix (see ViewKeys):
   accounts  account -> AccountView (balance, seq, limits)
   history   (account, seq) -> the ledger event, raw bytes
-  totals    "p<partition>" -> PartitionTotals of that ledger partition
+  totals    ledger partition -> PartitionTotals, whose `offset` is also how
+            far that ledger partition has been folded
   status    request_id -> furthest-along status (from transfers.outcomes,
             which is keyed by request_id, so a status lives on the partition
             a router finds from the request_id alone)
+  outcomes position  outcomes partition -> next offset to fold
 
-Every table is partitioned like its source topic, so one worker owns every
-view of an account and the router sends a query to that worker. The app
-runs at_least_once (Faust's exactly_once cannot start on the embedded
-broker); the folds in streams.views.fold make re-deliveries harmless.
+Why one table: a write goes to the changelog partition of the source record
+being folded, so everything derived from source partition p, *and the
+position reached in it*, is one ordered log. Whatever a crash cuts off, a
+worker that recovers partition p from the changelog gets a state that is
+exactly "every record up to the recorded position", and resumes the sources
+there (ResumeFromViews), not at the consumer group's committed offsets,
+which CI saw disagree with recovered tables after a SIGKILL (missing
+accounts, ledger gaps, totals counting a duplicate). Separate tables would
+be separate logs with no such guarantee between them.
+
+Local RocksDB files are deleted when a worker starts: a killed worker's
+files may hold writes its changelog never received, and a state that the
+changelog cannot reproduce must not be resumed from. So a restart recovers
+from the changelog (standby replicas keep failover between live workers
+fast).
+
+The app runs at_least_once (Faust's exactly_once cannot start on the
+embedded broker); the folds in streams.views.fold make re-deliveries
+harmless.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterable
+import shutil
+from typing import Any, Iterable, Mapping
 
 import faust
 import orjson
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
 from streams import topics
@@ -34,15 +54,67 @@ from streams.views.metrics import ViewsMetrics
 log = logging.getLogger("bank.views")
 
 VIEWS_APP = "bank-views"
+VIEWS_TABLE = "views"
 
 
-def _raw_table(app: faust.App, name: str, partitions: int) -> Any:
-    """A table of raw bytes (the app's default serializers are raw; we encode with orjson)."""
-    return app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
+class ViewKeys:
+    """Keys of the one views table: a prefix per view, so the views cannot collide."""
+
+    @staticmethod
+    def account(account: str) -> bytes:
+        return b"a\x00" + account.encode("utf-8", "surrogatepass")
+
+    @staticmethod
+    def history(account: str, seq: int) -> bytes:
+        return b"h\x00" + history_key(account, seq)
+
+    @staticmethod
+    def totals(partition: int) -> bytes:
+        return b"t\x00%d" % partition
+
+    @staticmethod
+    def status(request_id: str) -> bytes:
+        return b"s\x00" + request_id.encode("utf-8", "surrogatepass")
+
+    @staticmethod
+    def outcomes_position(partition: int) -> bytes:
+        return b"o\x00%d" % partition
+
+
+class ResumeFromViews(AIOKafkaConsumer):
+    """Faust's consumer, but source partitions resume where the recovered table says.
+
+    Faust calls seek_to_committed once table recovery is complete and before
+    any source record is delivered; the app's `source_positions` reads the
+    positions out of the recovered table.
+    """
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        offsets = dict(await super().seek_to_committed())
+        for tp, offset in self.app.source_positions(self.assignment()).items():  # type: ignore[attr-defined]
+            if offsets.get(tp) != offset:
+                log.info("resuming %s at %d from the views table (group committed %s)",
+                         tp, offset, offsets.get(tp))
+                await self.seek(tp, offset)
+            offsets[tp] = offset
+        return offsets
+
+
+class ViewsApp(faust.App):
+    """A Faust app whose consumer is ResumeFromViews."""
+
+    source_positions: Any = None  # set by ViewsWorker: assignment -> {source tp: offset}
+
+    def _new_consumer(self) -> Any:
+        transport = self.transport
+        return ResumeFromViews(
+            transport, callback=self.topics.on_message, loop=transport.loop,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned, beacon=self.beacon)
 
 
 class ViewsWorker:
-    """One views worker process: tables, agents and the web endpoint."""
+    """One views worker process: the table, agents and the web endpoint."""
 
     def __init__(self, settings: Settings, worker_id: str, web_port: int) -> None:
         self.settings = settings
@@ -59,8 +131,10 @@ class ViewsWorker:
         source = source_settings(settings, self.generation)
         app_id = settings.topic(VIEWS_APP) + ("" if self.generation == LIVE else f"-gen-{self.generation}")
         datadir = os.path.join(settings.state_dir, f"views-{worker_id}")
+        if not settings.unsafe_views_keep_state:
+            shutil.rmtree(datadir, ignore_errors=True)  # see the module docstring
         os.makedirs(datadir, exist_ok=True)
-        self.app = faust.App(
+        self.app = ViewsApp(
             app_id,
             broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
             broker_credentials=faust_credentials(client_config(settings)),
@@ -80,11 +154,9 @@ class ViewsWorker:
             key_serializer="raw", value_serializer="raw",
             **({"producer_max_batch_size": 1} if settings.one_record_per_batch else {}),
         )
-        n = settings.partitions
-        self.accounts = _raw_table(self.app, "accounts", n)
-        self.history = _raw_table(self.app, "history", n)
-        self.totals = _raw_table(self.app, "totals", n)
-        self.status = _raw_table(self.app, "status", n)
+        self.app.source_positions = self.source_positions
+        self.views = self.app.Table(VIEWS_TABLE, partitions=settings.partitions,
+                                    key_type=bytes, value_type=bytes)
         self.ledger_topic = self.app.topic(source.topic(topics.LEDGER), key_type=bytes,
                                            value_type=bytes, key_serializer="raw",
                                            value_serializer="raw")
@@ -106,19 +178,32 @@ class ViewsWorker:
     async def _outcomes_agent(self, stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
-            self.apply_outcome_record(event.value)
+            self.apply_outcome_record(msg.partition, msg.offset, event.value)
             self.positions[msg.tp] = msg.offset + 1
 
+    def source_positions(self, assignment: Iterable[TP]) -> dict[TP, int]:
+        """Where each assigned source partition resumes: just past what the table has folded."""
+        ledger, outcomes = self.ledger_topic.get_topic_name(), self.outcomes_topic.get_topic_name()
+        positions = {}
+        for tp in assignment:
+            if tp.topic == ledger:
+                positions[tp] = self.partition_totals(tp.partition).offset + 1
+            elif tp.topic == outcomes:
+                stored = self.views.get(ViewKeys.outcomes_position(tp.partition))
+                positions[tp] = int(stored) if stored is not None else 0
+        return positions
+
     def apply_ledger_record(self, partition: int, offset: int, raw: bytes | None) -> None:
+        """Fold one ledger record; the totals, written last, record the position."""
         try:
             event = orjson.loads(raw or b"")
             account, seq = event["account"], event["seq"]
-            key = account.encode()
+            key = ViewKeys.account(account)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             log.error("malformed ledger event at %s@%d", partition, offset)
             self.metrics.ledger_events.labels("malformed").inc()
             return
-        stored = self.accounts.get(key)
+        stored = self.views.get(key)
         view = AccountView.from_bytes(stored) if stored is not None else None
         verdict = classify(view, seq, offset)
         self.metrics.ledger_events.labels(verdict.value).inc()
@@ -128,51 +213,55 @@ class ViewsWorker:
             log.error("ledger gap for %s: have seq %s, got %s at %d@%d",
                       account, view.seq if view else 0, seq, partition, offset)
             return
-        self.history[history_key(account, seq)] = raw
+        self.views[ViewKeys.history(account, seq)] = raw
         if verdict is Applied.NEW:
-            self.accounts[key] = apply_to_account(view, event, offset).to_bytes()
-        tkey = f"p{partition}".encode()
-        stored_totals = self.totals.get(tkey)
-        totals = PartitionTotals.from_bytes(stored_totals) if stored_totals else PartitionTotals()
+            self.views[key] = apply_to_account(view, event, offset).to_bytes()
+        totals = self.partition_totals(partition)
         if totals.count(event, offset, self.requests_topic):
-            self.totals[tkey] = totals.to_bytes()
+            self.views[ViewKeys.totals(partition)] = totals.to_bytes()
 
-    def apply_outcome_record(self, raw: bytes | None) -> None:
+    def apply_outcome_record(self, partition: int, offset: int, raw: bytes | None) -> None:
+        """Fold one outcome into its request's status; then record the position."""
         self.metrics.outcomes.inc()
         try:
             out = orjson.loads(raw or b"")
-            key = out["request_id"].encode()
+            key = ViewKeys.status(out["request_id"])
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             return
-        stored = self.status.get(key)
+        stored = self.views.get(key)
         new = merge_status(orjson.loads(stored) if stored is not None else None, out)
         if new is not None:
-            self.status[key] = orjson.dumps(new)
+            self.views[key] = orjson.dumps(new)
+            self.views[ViewKeys.outcomes_position(partition)] = b"%d" % (offset + 1)
 
     # -- reads used by the web endpoint --
 
     def account_view(self, account: str) -> AccountView | None:
-        stored = self.accounts.get(account.encode())
+        stored = self.views.get(ViewKeys.account(account))
         return AccountView.from_bytes(stored) if stored is not None else None
 
     def history_page(self, account: str, before_seq: int, limit: int) -> list[dict[str, Any]]:
         """Events with seq < before_seq, newest first."""
         out = []
         for seq in range(before_seq - 1, max(0, before_seq - 1 - limit), -1):
-            raw = self.history.get(history_key(account, seq))
+            raw = self.views.get(ViewKeys.history(account, seq))
             if raw is not None:
                 out.append(orjson.loads(raw))
         return out
 
     def local_totals_by_partition(self) -> list[tuple[int, PartitionTotals]]:
         """Totals of the ledger partitions this worker owns."""
-        parts = []
-        for tp in self.app.assignor.assigned_actives():
-            if tp.topic == self.ledger_topic.get_topic_name():
-                stored = self.totals.get(f"p{tp.partition}".encode())
-                parts.append((tp.partition,
-                              PartitionTotals.from_bytes(stored) if stored else PartitionTotals()))
-        return parts
+        return [(tp.partition, self.partition_totals(tp.partition))
+                for tp in self.app.assignor.assigned_actives()
+                if tp.topic == self.ledger_topic.get_topic_name()]
+
+    def partition_totals(self, partition: int) -> PartitionTotals:
+        stored = self.views.get(ViewKeys.totals(partition))
+        return PartitionTotals.from_bytes(stored) if stored is not None else PartitionTotals()
+
+    def request_status(self, request_id: str) -> dict[str, Any] | None:
+        stored = self.views.get(ViewKeys.status(request_id))
+        return orjson.loads(stored) if stored is not None else None
 
     def lag(self) -> Iterable[tuple[str, int, int]]:
         """(topic, partition, records behind) for the source partitions this worker reads."""
@@ -197,4 +286,4 @@ class ViewsWorker:
         """Run until SIGTERM/SIGINT (Faust's worker handles the signals)."""
         from faust.worker import Worker
 
-        Worker(self.app, loglevel="WARNING").execute_from_commandline()
+        Worker(self.app, loglevel=self.settings.log_level).execute_from_commandline()

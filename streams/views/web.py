@@ -121,12 +121,12 @@ class Router:
             raise HTTPError(503, "rebalancing", "partitions are moving between workers; retry",
                             retry_after=1)
 
-    async def route(self, request: aioweb.Request, table: Any, key: str,
+    async def route(self, request: aioweb.Request, key: str,
                     local: Callable[[], Awaitable[aioweb.Response]]) -> aioweb.Response:
         app = self.worker.app
         self._ready()
         try:
-            owner = app.router.key_store(table.name, key)
+            owner = app.router.key_store(self.worker.views.name, key)
         except KeyError:
             raise HTTPError(503, "rebalancing", "no worker owns this key yet; retry", retry_after=1) \
                 from None
@@ -262,11 +262,11 @@ def register_routes(worker: "ViewsWorker") -> None:
     class TransferStatus(View):
         async def get(self, request: aioweb.Request, request_id: str) -> aioweb.Response:
             async def local() -> aioweb.Response:
-                stored = worker.status.get(request_id.encode("utf-8", "surrogatepass"))
-                if stored is None:
+                status = worker.request_status(request_id)
+                if status is None:
                     raise HTTPError(404, "not_found", f"no outcome for request {request_id!r} (yet)")
-                return json_response(orjson.loads(stored))
-            return await router.route(request, worker.status, request_id, local)
+                return json_response(status)
+            return await router.route(request, request_id, local)
 
     async def account_view(request: aioweb.Request, account: str):  # noqa: ANN202
         """The account's view, waiting for min_seq (read-your-writes) if asked."""
@@ -289,7 +289,7 @@ def register_routes(worker: "ViewsWorker") -> None:
             async def local() -> aioweb.Response:
                 view = await account_view(request, account)
                 return json_response(view.public(account))
-            return await router.route(request, worker.accounts, account, local)
+            return await router.route(request, account, local)
 
     @app.page("/accounts/{account}/history")
     class History(View):
@@ -303,7 +303,7 @@ def register_routes(worker: "ViewsWorker") -> None:
                 return json_response({
                     "account": account, "seq": view.seq, "entries": entries,
                     "next_before_seq": last if last is not None and last > 1 else None})
-            return await router.route(request, worker.accounts, account, local)
+            return await router.route(request, account, local)
 
     @app.page("/stats")
     class Stats(View):
@@ -331,7 +331,7 @@ def register_routes(worker: "ViewsWorker") -> None:
                 "status": "ok", "worker": worker.worker_id, "generation": worker.generation,
                 "ledger_partitions": actives,
                 "rebalancing": bool(app.rebalancing), "accepting_requests": "producer" in intake,
-                "lag": lag})
+                "lag": lag, "changelog_backlog": app.producer.buffer.size})
 
     @app.page("/metrics")
     class Metrics(View):
@@ -350,7 +350,7 @@ async def gather_totals(worker: "ViewsWorker") -> list[PartitionTotals]:
     app = worker.app
     own = app.conf.canonical_url
     found: dict[int, PartitionTotals] = dict(worker.local_totals_by_partition())
-    for url in app.router.table_metadata(worker.totals.name):
+    for url in app.router.table_metadata(worker.views.name):
         target = aiohttp.client.URL(url)
         if (target.host, target.port) == (own.host, own.port):
             continue

@@ -16,6 +16,7 @@ import base64
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -257,9 +258,23 @@ class EngineWorker:
         if now - self._alive_at > self._freeze_limit_s and not self.settings.unsafe_no_freeze_fence:
             log.error("worker %s was frozen for %.1f s: its partitions may have moved; exiting "
                       "without writing more", self.worker_id, now - self._alive_at)
-            logging.shutdown()
-            os._exit(RESTART_EXIT_CODE)
+            self._leave_group_and_exit()
         self._alive_at = now
+
+    def _leave_group_and_exit(self) -> None:
+        """Exit to be restarted, after leaving the consumer group (best effort, at most 5 s).
+
+        Closing the consumer sends LeaveGroup and runs _on_revoke, which only
+        closes stores: nothing is written. Without it, the embedded broker
+        waited for good for a member that had rejoined a rebalance and then
+        vanished: CI saw a zombie wake, rejoin and exit, and no engine worker
+        get a partition for the next five minutes.
+        """
+        closer = threading.Thread(target=self.consumer.close, daemon=True)
+        closer.start()
+        closer.join(5.0)
+        logging.shutdown()
+        os._exit(RESTART_EXIT_CODE)
 
     def _freeze_for_test(self, point: str) -> None:
         """BANK_FAULT_FREEZE_AT_BATCH: stop this process once, at a chosen point of a batch."""
@@ -414,8 +429,7 @@ class EngineWorker:
             # worker, though assigned, processed nothing more; a restart starts clean
             log.error("worker %s: abort_transaction failed (%s); exiting to be restarted",
                       self.worker_id, abort_exc)
-            logging.shutdown()
-            os._exit(RESTART_EXIT_CODE)
+            self._leave_group_and_exit()
         for task in self.tasks.values():
             task.store.discard()
         # the embedded broker mishandles a producer's next transaction after an abort,

@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml streams/broker/pom.xml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python -m streams.broker install   # Apache Kafka's jars from Maven Central (needs Java 17+)
 	touch $(STAMP)
 
 install: $(STAMP)

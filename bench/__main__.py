@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import orjson
 
-from streams.broker import embedded_settings, kafka_cluster
+from streams.broker import kafka_cluster
 from streams.config import Settings, describe
 
 
@@ -45,13 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env(partitions=args.partitions)
     counts = [int(x) for x in args.scaling.split(",")] if args.scaling else [args.workers]
     log = sys.stderr
-    with kafka_cluster(settings.bootstrap_servers) as bootstrap:
+    state_dir = tempfile.mkdtemp(prefix="bank-bench-state-")
+    with kafka_cluster(settings.bootstrap_servers, data_dir=os.path.join(state_dir, "kafka")) as bootstrap:
         embedded = not settings.bootstrap_servers
-        settings = replace(settings, bootstrap_servers=bootstrap,
-                           state_dir=tempfile.mkdtemp(prefix="bank-bench-state-"))
-        if embedded:
-            settings = embedded_settings(settings)
-        print(f"broker: {'embedded Tansu' if embedded else bootstrap}; measuring raw throughput",
+        settings = replace(settings, bootstrap_servers=bootstrap, state_dir=state_dir)
+        print(f"broker: {'embedded Apache Kafka' if embedded else bootstrap}; measuring raw throughput",
               file=log, flush=True)
         raw = broker_raw_throughput(replace(settings, topic_prefix=f"bench-raw-{os.getpid()}-"),
                                     args.raw_messages)
@@ -83,10 +81,9 @@ def replay_main(args: argparse.Namespace) -> int:
     from bench.replay import replay_speed
 
     settings = Settings.from_env(partitions=args.partitions)
-    with kafka_cluster(settings.bootstrap_servers) as bootstrap:
+    data_dir = tempfile.mkdtemp(prefix="bank-bench-replay-")
+    with kafka_cluster(settings.bootstrap_servers, data_dir=data_dir) as bootstrap:
         settings = replace(settings, bootstrap_servers=bootstrap, topic_prefix=f"bench-replay-{os.getpid()}-")
-        if bootstrap != settings.bootstrap_servers or not Settings.from_env().bootstrap_servers:
-            settings = embedded_settings(settings)
         result = replay_speed(settings, args.replay_events, args.accounts)
     if args.json:
         print(orjson.dumps(result).decode())

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
-from streams.broker import EmbeddedBroker, embedded_settings, free_port
+from streams.broker import KafkaCluster, free_port
 from streams.client import OutcomeWatcher, RequestSender
 from streams.config import Settings, describe
 from streams.supervisor import WorkerPool, wait_for_views
@@ -34,6 +34,7 @@ from streams.topics import ensure_topics
 VIEWS_CATCH_UP_S = 90  # how long the views get to agree with the rebuilt ones after the load
 
 FAULTS = ["kill-engine", "kill-views", "add-engine", "zombie", "remove-engine", "pause-broker"]
+CLUSTER_FAULTS = ["kill-broker", "kill-controller"]   # --brokers 3 only
 
 
 @dataclass
@@ -98,7 +99,7 @@ class Load(threading.Thread):
 
 
 def run_chaos(settings: Settings, seconds: float, every: float, rate: float, accounts: int,
-              broker: EmbeddedBroker | None, log_dir: str, log=print) -> ChaosReport:  # noqa: ANN001
+              broker: KafkaCluster | None, log_dir: str, log=print) -> ChaosReport:  # noqa: ANN001
     rng = random.Random(11)
     report = ChaosReport()
     engine = WorkerPool(settings, 2, log_dir)
@@ -129,9 +130,10 @@ def run_chaos(settings: Settings, seconds: float, every: float, rate: float, acc
             for pool in (engine, views):
                 pool.restart_dead()
             if time.monotonic() >= next_fault:
-                fault = FAULTS[n % len(FAULTS)]
+                schedule = FAULTS + (CLUSTER_FAULTS if broker and len(broker.nodes) >= 3 else [])
+                fault = schedule[n % len(schedule)]
                 n += 1
-                if fault == "pause-broker" and broker is None:
+                if fault in ("pause-broker", *CLUSTER_FAULTS) and broker is None:
                     continue
                 _inject(fault, engine, views, broker, extra, settings, rng)
                 report.faults.append(fault)
@@ -157,7 +159,7 @@ def run_chaos(settings: Settings, seconds: float, every: float, rate: float, acc
     return report
 
 
-def _inject(fault: str, engine: WorkerPool, views: WorkerPool, broker: EmbeddedBroker | None,
+def _inject(fault: str, engine: WorkerPool, views: WorkerPool, broker: KafkaCluster | None,
             extra: list[str], settings: Settings, rng: random.Random) -> None:
     if fault == "kill-engine":
         victim = rng.choice(sorted(engine.procs))
@@ -179,10 +181,18 @@ def _inject(fault: str, engine: WorkerPool, views: WorkerPool, broker: EmbeddedB
         victim.send_signal(signal.SIGSTOP)
         time.sleep(settings.session_timeout_ms / 1000 * 2)  # long enough for its partitions to move
         victim.send_signal(signal.SIGCONT)
-    elif fault == "pause-broker" and broker is not None and broker.pid:
-        os.kill(broker.pid, signal.SIGSTOP)
-        time.sleep(2)
-        os.kill(broker.pid, signal.SIGCONT)
+    elif fault == "pause-broker" and broker is not None:
+        pid = broker.pid(rng.randint(1, len(broker.nodes)))
+        if pid:
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(2)
+            os.kill(pid, signal.SIGCONT)
+    elif fault in CLUSTER_FAULTS and broker is not None:
+        node = broker.active_controller() if fault == "kill-controller" else \
+            rng.randint(1, len(broker.nodes))
+        broker.kill_node(node)          # SIGKILL
+        time.sleep(3)
+        broker.start_node(node)         # and back, waiting until the cluster is whole
 
 
 def _check(settings: Settings, report: ChaosReport, urls: list[str], views: WorkerPool, log) -> None:  # noqa: ANN001
@@ -222,13 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=8, help="seconds between faults")
     parser.add_argument("--rate", type=float, default=300, help="transfers per second")
     parser.add_argument("--accounts", type=int, default=200)
+    parser.add_argument("--brokers", type=int, default=1, choices=(1, 3),
+                        help="embedded Kafka nodes; 3 adds broker and controller kills to the faults")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     log_dir = tempfile.mkdtemp(prefix="bank-chaos-logs-")
     broker = None
     if not settings.bootstrap_servers:
-        broker = EmbeddedBroker(log_path=os.path.join(log_dir, "broker.log")).start()
-        settings = embedded_settings(replace(settings, bootstrap_servers=broker.bootstrap_servers))
+        broker = KafkaCluster(os.path.join(log_dir, "kafka"), nodes=args.brokers).start()
+        settings = replace(settings, bootstrap_servers=broker.bootstrap_servers,
+                           replication_factor=3 if args.brokers >= 3 else 1)
     settings = replace(settings, state_dir=tempfile.mkdtemp(prefix="bank-chaos-state-"),
                        topic_prefix=settings.topic_prefix or f"chaos-{os.getpid()}-")
     try:

@@ -40,6 +40,11 @@ class LedgerFold:
             event = orjson.loads(raw)
             name, seq, kind, amount = event["account"], event["seq"], event["kind"], event["amount"]
             sign = BALANCE_SIGN[kind]
+            if not isinstance(name, str) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in (seq, amount, event["balance"])):
+                raise TypeError("account must be a string; seq, amount and balance integers")
+            if seq < 1:
+                raise TypeError(f"seq {seq} is not positive")
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             self.violations.append(f"{where}: malformed ledger event ({exc})")
             return None

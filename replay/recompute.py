@@ -29,7 +29,7 @@ from confluent_kafka import Message
 from replay.ledger import LedgerFold
 from replay.progress import Progress
 from streams import kafka, topics
-from streams.changelog import ChangelogChain, batch_id
+from streams.engine.changelog import BATCH_PREFIX, BatchRecord
 from streams.client import read_topic
 from streams.config import Settings
 from streams.decisions import (Decision, Rules, Undecodable, credit_marker, decide_credit,
@@ -47,14 +47,17 @@ def generation_settings(settings: Settings, generation: str) -> Settings:
 
 
 def applied_batches(settings: Settings) -> dict[int, list[Input]]:
-    """Per partition, the inputs the live engine applied, in its processing order."""
-    chains: dict[int, ChangelogChain] = defaultdict(lambda: ChangelogChain((0, 0), keep_records=False))
-    for msg in read_topic(settings, settings.topic(topics.CHANGELOG)):
-        chains[msg.partition()].add(msg.offset(), msg.key(), msg.value(), batch_id(msg))
+    """Per partition, the inputs the live engine applied, in its processing order.
+
+    The changelog's batch records are written in the engine's transactions, so a
+    read_committed reader sees exactly the committed batches, in commit order."""
     order: dict[int, list[Input]] = defaultdict(list)
-    for p, chain in chains.items():
-        for c0, c1, r0, r1 in chain.applied:
-            order[p] += [("c", o) for o in range(c0, c1)] + [("r", o) for o in range(r0, r1)]
+    for msg in read_topic(settings, settings.topic(topics.CHANGELOG)):
+        if msg.key() is None or not msg.key().startswith(BATCH_PREFIX):
+            continue
+        batch = BatchRecord.decode(msg.value())
+        (c0, c1), (r0, r1) = batch.credits, batch.requests
+        order[msg.partition()] += [("c", o) for o in range(c0, c1)] + [("r", o) for o in range(r0, r1)]
     return order
 
 
@@ -94,7 +97,7 @@ def simulate(settings: Settings, rules: Rules, show_progress: bool = True) -> Ge
     order = applied_batches(settings)
     requests = _index(settings, topics.REQUESTS)
     credits = _index(settings, topics.CREDITS)
-    # inputs after the last batch with an END (being processed, or still queued) come last,
+    # inputs after the last committed batch (being processed, or still queued) come last,
     # credits before requests as the engine takes them
     for p in {p for p, _ in requests} | {p for p, _ in credits}:
         seen = set(order[p])

@@ -192,8 +192,16 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
         gc.enable()
     progress.done()
     checks.finish(fold, report)
-    outcomes = fold_outcomes([orjson.loads(m.value())
-                              for m in read_topic(settings, settings.topic(topics.OUTCOMES))])
+    values = []
+    for msg in read_topic(settings, settings.topic(topics.OUTCOMES)):
+        try:
+            value = orjson.loads(msg.value())
+            if not isinstance(value, dict):
+                raise TypeError("not a JSON object")
+            values.append(value)
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            report.violations.append(f"{_Where(msg)}: malformed outcome ({exc})")
+    outcomes = fold_outcomes(values)
     request_ids: list[str] = []
     seen: set[str] = set()
     for msg in read_topic(settings, settings.topic(topics.REQUESTS)):

@@ -21,7 +21,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not settings.bootstrap_servers:
         print("bank worker needs KAFKA_BOOTSTRAP_SERVERS (bank up starts a broker)", file=sys.stderr)
         return 2
-    EngineWorker(settings, args.worker_id).run()
+    EngineWorker(settings, args.worker_id, args.metrics_port).run()
     return 0
 
 
@@ -39,7 +39,8 @@ def cmd_views(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from streams.supervisor import up
 
-    return up(_settings(args), args.workers, args.broker_port, args.demo, args.views, args.web_port)
+    return up(_settings(args), args.workers, args.broker_port, args.demo, args.views, args.web_port,
+              args.brokers, args.data_dir, args.clean)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -119,7 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="start the broker (unless KAFKA_BOOTSTRAP_SERVERS), topics and workers")
     p.add_argument("--workers", type=int, default=2, help="engine worker processes (default 2)")
-    p.add_argument("--broker-port", type=int, default=None, help="port of the embedded broker")
+    p.add_argument("--broker-port", type=int, default=None,
+                   help="port of the embedded broker (node i of a cluster: port + i); default: free ports")
+    p.add_argument("--brokers", type=int, default=1, choices=(1, 3),
+                   help="embedded Apache Kafka KRaft nodes: 1, or 3 (replication 3, min.insync.replicas 2)")
+    p.add_argument("--data-dir", default=None,
+                   help="embedded broker data, logs and the engine's stores (default $BANK_STATE_DIR/kafka); "
+                        "kept across restarts")
+    p.add_argument("--clean", action="store_true", help="delete --data-dir first: start from empty topics")
     p.add_argument("--demo", action="store_true", help="run a small demo workload and print results")
     p.add_argument("--views", type=int, default=2, help="views workers, each with a web server (default 2)")
     p.add_argument("--web-port", type=int, default=8080,
@@ -128,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run one engine worker in the consumer group")
     p.add_argument("--worker-id", default="0", help="stable id: names its transactional id and store")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("views", help="run one views worker: tables from the ledger, and the HTTP endpoint")
@@ -171,12 +180,22 @@ _DELEGATED = {"bench": cmd_bench, "replay": cmd_replay, "chaos": cmd_chaos}
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in _DELEGATED:
-        # these parse their own options (argparse.REMAINDER would not take leading ones)
-        key = f"{argv[0]}_args"
-        return _DELEGATED[argv[0]](argparse.Namespace(**{key: argv[1:]}))
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    from streams.broker import BrokerError
+    from streams.config import SettingsError
+    from streams.kafka import check_client_env
+
+    try:
+        if argv and argv[0] in _DELEGATED:
+            # these parse their own options (argparse.REMAINDER would not take leading ones)
+            key = f"{argv[0]}_args"
+            return _DELEGATED[argv[0]](argparse.Namespace(**{key: argv[1:]}))
+        args = build_parser().parse_args(argv)
+        Settings.from_env()
+        check_client_env()
+        return args.func(args)
+    except (SettingsError, BrokerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def _env(name: str, default: str) -> str:
 class Settings:
     bootstrap_servers: str = field(default="", metadata={
         "env": "KAFKA_BOOTSTRAP_SERVERS",
-        "help": "Kafka cluster to use; empty starts the embedded Tansu broker"})
+        "help": "Kafka cluster to use; empty: `bank up` starts the embedded Apache Kafka"})
     topic_prefix: str = field(default="", metadata={
         "env": "BANK_TOPIC_PREFIX",
         "help": "prefix for every topic and group name (isolates runs and generations)"})
@@ -28,22 +28,8 @@ class Settings:
     replication_factor: int = field(default=1, metadata={
         "env": "BANK_REPLICATION_FACTOR",
         "help": "replication factor for created topics (3 on a production cluster)"})
-    isolation_level: str = field(default="read_committed", metadata={
-        "env": "BANK_ISOLATION_LEVEL",
-        "help": "how every consumer reads; `bank up` and the tests use read_uncommitted on the "
-                "embedded broker, whose read_committed can stall behind committed transactions"})
-    shared_outputs_in_transaction: bool = field(default=True, metadata={
-        "env": "BANK_SHARED_OUTPUTS_IN_TRANSACTION",
-        "help": "write credits and outcomes (partitions every worker writes to) inside the "
-                "transaction; `bank up` and the tests turn it off on the embedded broker, which "
-                "loses records when transactions of several producers share a partition"})
-    one_record_per_batch: bool = field(default=False, metadata={
-        "env": "BANK_ONE_RECORD_PER_BATCH",
-        "help": "views: write each table changelog record as its own batch; `bank up` and the tests "
-                "turn it on for the embedded broker, whose end offsets (ListOffsets) are the last "
-                "batch's base offset + 1, which Faust's table recovery trusts"})
     log_level: str = field(default="WARNING", metadata={
-        "env": "BANK_LOG_LEVEL",
+        "env": "BANK_LOG_LEVEL", "choices": ("DEBUG", "INFO", "WARNING", "ERROR"),
         "help": "log level of the views workers (INFO shows table recovery and where sources resume)"})
     state_dir: str = field(default=".state", metadata={
         "env": "BANK_STATE_DIR",
@@ -84,7 +70,7 @@ class Settings:
     fault_crash_every: int = field(default=0, metadata={
         "env": "BANK_FAULT_CRASH_EVERY",
         "help": "testing: SIGKILL the worker itself in the middle of writing every Nth batch's "
-                "state changelog, after its outputs (0 = never)"})
+                "changelog, after its outputs and account states (0 = never)"})
     fault_commit_delay_ms: int = field(default=0, metadata={
         "env": "BANK_FAULT_COMMIT_DELAY_MS",
         "help": "testing: wait this long between producing a batch and committing it "
@@ -94,10 +80,12 @@ class Settings:
         "help": "testing: SIGSTOP the worker itself once, at its Nth batch or the first after it at "
                 "BANK_FAULT_FREEZE_POINT (someone else must SIGCONT it; 0 = never)"})
     fault_freeze_point: str = field(default="before-batch", metadata={
-        "env": "BANK_FAULT_FREEZE_POINT",
-        "help": "testing: where BANK_FAULT_FREEZE_AT_BATCH stops the worker: before-batch (requests "
-                "fetched, nothing written), after-manifest (manifest durable, no outputs yet) or "
-                "before-end (outputs durable, END not written: past every fence check)"})
+        "env": "BANK_FAULT_FREEZE_POINT", "choices": ("before-batch", "before-commit"),
+        "help": "testing: where BANK_FAULT_FREEZE_AT_BATCH stops the worker: before-batch (records "
+                "fetched, nothing written) or before-commit (outputs produced, not committed)"})
+    engine_metrics_port: int = field(default=0, metadata={
+        "env": "BANK_ENGINE_METRICS_PORT",
+        "help": "first port of the engine workers' Prometheus /metrics (worker i uses port + i; 0 = off)"})
     unsafe_views_keep_state: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_VIEWS_KEEP_STATE",
         "help": "testing: a views worker keeps its local RocksDB files when it starts (writes its "
@@ -109,27 +97,23 @@ class Settings:
     unsafe_no_dedupe: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_NO_DEDUPE",
         "help": "testing: disable the request-id idempotency guard (breaks exactly-once)"})
-    unsafe_no_freeze_fence: bool = field(default=False, metadata={
-        "env": "BANK_UNSAFE_NO_FREEZE_FENCE",
-        "help": "testing: a worker that was frozen past half a session timeout goes on writing "
-                "(breaks exactly-once on a broker that does not fence zombies)"})
+    unsafe_read_uncommitted: bool = field(default=False, metadata={
+        "env": "BANK_UNSAFE_READ_UNCOMMITTED",
+        "help": "testing: the engine reads its inputs read_uncommitted (applies credits of "
+                "aborted transactions)"})
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":
-        """Read every setting from the environment; keyword overrides win."""
+        """Read and validate every setting from the environment; keyword overrides win.
+
+        Raises SettingsError naming the variable and what it accepts."""
         values: dict[str, object] = {}
         for f in fields(cls):
-            raw = os.environ.get(f.metadata["env"])
+            name = f.metadata["env"]
+            raw = os.environ.get(name)
             if raw is None:
                 continue
-            if f.type in ("int", int):
-                values[f.name] = int(raw)
-            elif f.type in ("float", float):
-                values[f.name] = float(raw)
-            elif f.type in ("bool", bool):
-                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
-            else:
-                values[f.name] = raw
+            values[f.name] = _parse(name, f.type, raw, f.metadata.get("choices"))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
@@ -146,11 +130,45 @@ class Settings:
         return out
 
 
+class SettingsError(ValueError):
+    """An environment variable holds a value its setting cannot take."""
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def _parse(name: str, kind: object, raw: str, choices: tuple[str, ...] | None) -> object:
+    text = raw.strip()
+    if kind in ("int", int):
+        try:
+            value = int(text)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+        if value < 0:
+            raise SettingsError(f"{name} must not be negative, got {value}")
+        return value
+    if kind in ("float", float):
+        try:
+            return float(text)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if kind in ("bool", bool):
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise SettingsError(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
+    if choices and text not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
+    return text
+
+
 def describe() -> str:
     """A help table of every environment variable and its default."""
     lines = ["environment variables:"]
     for f in fields(Settings):
         lines.append(f"  {f.metadata['env']:<30} {f.metadata['help']} (default: {f.default!r})")
-    lines.append("  client security settings pass through: KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM,")
-    lines.append("  KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SSL_CA_LOCATION, ...: any KAFKA_X_Y becomes x.y")
+    lines.append("  client security settings: KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_* become")
+    lines.append("  librdkafka's security.protocol, sasl.*, ssl.* (KAFKA_SSL_CA_LOCATION -> ssl.ca.location);")
+    lines.append("  other KAFKA_* variables (KAFKA_HEAP_OPTS, KAFKA_OPTS, ...) are not client settings: ignored")
     return "\n".join(lines)

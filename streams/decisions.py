@@ -109,9 +109,14 @@ def parse_json(raw: bytes) -> Any:
         # orjson refuses integers beyond 64 bits; the stdlib parses them so the
         # request can be rejected with a reason instead of dead-lettered.
         try:
-            return json.loads(raw.decode("utf-8"))
+            body = json.loads(raw.decode("utf-8"))
         except RecursionError:
             raise ValueError("JSON nested too deeply") from None
+        try:
+            orjson.dumps(body)   # the stdlib accepts lone UTF-16 surrogates ("\ud800"): refuse them
+        except orjson.JSONEncodeError as exc:
+            raise ValueError(f"not valid Unicode: {exc}") from None
+        return body
 
 
 def parse_request(key: bytes | None, value: bytes | None) -> Request:

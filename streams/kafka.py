@@ -3,22 +3,39 @@ from __future__ import annotations
 
 import os
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 
-from streams.config import Settings
+from streams.config import Settings, SettingsError
 
-# KAFKA_SECURITY_PROTOCOL -> security.protocol, KAFKA_SASL_USERNAME -> sasl.username, ...
-_PASSTHROUGH_PREFIX = "KAFKA_"
-_NOT_PASSED = {"KAFKA_BOOTSTRAP_SERVERS"}
+# Only these environment variables are client settings: KAFKA_SECURITY_PROTOCOL ->
+# security.protocol, KAFKA_SASL_USERNAME -> sasl.username, KAFKA_SSL_CA_LOCATION ->
+# ssl.ca.location. Kafka's own scripts' variables (KAFKA_HEAP_OPTS, KAFKA_OPTS, ...) are not.
+_CLIENT_PREFIXES = ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_", "KAFKA_SSL_",
+                    "KAFKA_ENABLE_SSL_CERTIFICATE_VERIFICATION")
+
+
+def _property(env_name: str) -> str:
+    return env_name[len("KAFKA_"):].lower().replace("_", ".")
 
 
 def client_config(settings: Settings) -> dict[str, object]:
     """Connection settings shared by every client, including TLS/SASL from the env."""
     conf: dict[str, object] = {"bootstrap.servers": settings.bootstrap_servers}
     for key, value in os.environ.items():
-        if key.startswith(_PASSTHROUGH_PREFIX) and key not in _NOT_PASSED:
-            conf[key[len(_PASSTHROUGH_PREFIX):].lower().replace("_", ".")] = value
+        if key.startswith(_CLIENT_PREFIXES):
+            conf[_property(key)] = value
     return conf
+
+
+def check_client_env() -> None:
+    """Refuse a misspelled KAFKA_SASL_*/KAFKA_SSL_* variable by name, before any client starts."""
+    for key, value in os.environ.items():
+        if not key.startswith(_CLIENT_PREFIXES):
+            continue
+        try:
+            Producer({_property(key): value, "bootstrap.servers": "127.0.0.1:9"})
+        except KafkaException as exc:
+            raise SettingsError(f"{key} is not a Kafka client setting ({_property(key)}): {exc}") from None
 
 
 def producer(settings: Settings, **extra: object) -> Producer:
@@ -28,11 +45,11 @@ def producer(settings: Settings, **extra: object) -> Producer:
 
 
 def consumer(settings: Settings, group_id: str | None = None, **extra: object) -> Consumer:
-    """A consumer (settings.isolation_level) that never commits on its own."""
+    """A read_committed consumer that never commits on its own."""
     conf: dict[str, object] = {
         **client_config(settings),
         "group.id": group_id or settings.topic("bank-reader"),
-        "isolation.level": settings.isolation_level,
+        "isolation.level": "read_committed",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",

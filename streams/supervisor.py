@@ -1,7 +1,9 @@
 """`bank up`: the embedded broker, the topics and the engine workers, kept alive.
 
-Workers are child processes (`bank worker`); one that dies is restarted.
-Everything started here is stopped on exit, Ctrl-C included.
+Workers are child processes (`bank worker`, `bank views`); one that dies is
+restarted after a backoff that doubles with each exit in quick succession
+(a crash loop shows as a growing delay and a crash count, not as a busy
+restart). Everything started here is stopped on exit, Ctrl-C included.
 """
 from __future__ import annotations
 
@@ -9,11 +11,10 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 
-from streams.broker import embedded_settings, kafka_cluster
+from streams.broker import kafka_cluster
 from streams.config import Settings
 from streams.topics import ensure_topics
 
@@ -28,6 +29,10 @@ class WorkerPool:
         self.command = command
         self.web_ports = web_ports or []
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.crashes: dict[str, int] = {}          # exits of each worker not asked for
+        self._started_at: dict[str, float] = {}
+        self._streak: dict[str, int] = {}          # exits in quick succession
+        self._restart_at: dict[str, float] = {}
         for i in range(count):
             self.start(str(i))
 
@@ -42,8 +47,12 @@ class WorkerPool:
         args = [sys.executable, "-m", "streams.cli", self.command, "--worker-id", worker_id]
         if self.web_ports:
             args += ["--web-port", str(self.web_ports[int(worker_id)])]
+        if self.command == "worker" and self.settings.engine_metrics_port:
+            args += ["--metrics-port", str(self.settings.engine_metrics_port + int(worker_id))]
         proc = subprocess.Popen(args, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
         self.procs[worker_id] = proc
+        self._started_at[worker_id] = time.monotonic()
+        self._restart_at.pop(worker_id, None)
         return proc
 
     def kill(self, worker_id: str, sig: int = signal.SIGKILL) -> None:
@@ -63,15 +72,38 @@ class WorkerPool:
                 proc.kill()
                 proc.wait()
 
-    def restart_dead(self) -> list[str]:
-        dead = [wid for wid, p in self.procs.items() if p.poll() is not None]
-        for wid in dead:
-            self.start(wid)
-        return dead
+    def restart_dead(self, backoff: bool = False) -> list[str]:
+        """Restart workers that exited; with `backoff`, after 0.5 s doubling up to 30 s
+        while they keep exiting within a minute of their start."""
+        restarted = []
+        now = time.monotonic()
+        for wid, proc in list(self.procs.items()):
+            if proc.poll() is None:
+                continue
+            if wid not in self._restart_at:
+                self.crashes[wid] = self.crashes.get(wid, 0) + 1
+                quick = now - self._started_at.get(wid, now) < 60
+                self._streak[wid] = self._streak.get(wid, 0) + 1 if quick else 1
+                delay = min(30.0, 0.5 * 2 ** (self._streak[wid] - 1)) if backoff else 0.0
+                self._restart_at[wid] = now + delay
+                print(f"{self.command} {wid} exited ({exit_reason(proc.returncode)}); crash "
+                      f"{self.crashes[wid]}, restarting in {delay:.1f} s", flush=True)
+            if now >= self._restart_at[wid]:
+                self.start(wid)
+                restarted.append(wid)
+        return restarted
 
     def stop_all(self) -> None:
         for wid in list(self.procs):
             self.stop(wid)
+
+
+def exit_reason(code: int | None) -> str:
+    if code is None:
+        return "running"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
 def wait_for_views(urls: list[str], partitions: int, timeout_s: float = 120.0) -> bool:
@@ -100,7 +132,8 @@ def wait_for_views(urls: list[str], partitions: int, timeout_s: float = 120.0) -
 
 
 def up(settings: Settings, workers: int, broker_port: int | None, demo: bool,
-       views: int = 2, web_port: int = 8080) -> int:
+       views: int = 2, web_port: int = 8080, brokers: int = 1, data_dir: str | None = None,
+       clean: bool = False) -> int:
     """Start everything, optionally show a demo, and serve until Ctrl-C."""
     stopping = False
 
@@ -110,18 +143,23 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: bool,
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with kafka_cluster(settings.bootstrap_servers, broker_port) as bootstrap:
-        if not settings.bootstrap_servers:
-            # the embedded broker starts empty: so must the local stores
-            state_dir = tempfile.mkdtemp(prefix="bank-state-", dir=settings.state_dir
-                                         if os.path.isdir(settings.state_dir) else None)
-            settings = embedded_settings(replace(settings, state_dir=state_dir))
-            print(f"embedded broker on {bootstrap} (memory only)", flush=True)
+    data_dir = data_dir or os.path.join(settings.state_dir, "kafka")
+    started = time.monotonic()
+    embedded = not settings.bootstrap_servers
+    with kafka_cluster(settings.bootstrap_servers, broker_port, brokers, data_dir, clean) as bootstrap:
+        if embedded:
+            # the stores live beside the broker's data: they survive and go together
+            settings = replace(settings, state_dir=os.path.join(data_dir, "stores"),
+                               replication_factor=3 if brokers >= 3 else 1)
+            print(f"Apache Kafka ({brokers} KRaft node{'s' if brokers > 1 else ''}) ready on "
+                  f"{bootstrap} in {time.monotonic() - started:.1f} s; data and logs in {data_dir}",
+                  flush=True)
         settings = replace(settings, bootstrap_servers=bootstrap)
         counts = ensure_topics(settings)
         print(f"topics ready: {', '.join(f'{t}[{n}]' for t, n in counts.items())}", flush=True)
-        pools = [WorkerPool(settings, workers),
-                 WorkerPool(settings, views, command="views",
+        log_dir = os.path.join(data_dir, "logs") if embedded else None
+        pools = [WorkerPool(settings, workers, log_dir),
+                 WorkerPool(settings, views, log_dir, command="views",
                             web_ports=[web_port + i for i in range(views)])]
         print(f"{workers} engine worker(s) started; KAFKA_BOOTSTRAP_SERVERS={bootstrap}", flush=True)
         urls = [pools[1].url(str(i)) for i in range(views)]
@@ -139,8 +177,7 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: bool,
             print("serving; Ctrl-C to stop", flush=True)
             while not stopping:
                 for pool in pools:
-                    for wid in pool.restart_dead():
-                        print(f"{pool.command} {wid} died; restarted", flush=True)
+                    pool.restart_dead(backoff=True)
                 time.sleep(0.5)
         finally:
             print("stopping workers", flush=True)

@@ -57,6 +57,11 @@ def load_specs(settings: Settings) -> list[TopicSpec]:
     return specs
 
 
+def min_insync_replicas(settings: Settings) -> int:
+    """2 on a replicated cluster (a write survives one broker's loss), else 1."""
+    return 2 if settings.replication_factor >= 3 else 1
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
     """Create missing topics; refuse if the co-partitioned ones disagree.
 
@@ -65,7 +70,9 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
     admin = AdminClient(client_config(settings))
     specs = load_specs(settings)
     futures = admin.create_topics(
-        [NewTopic(s.name, s.partitions, settings.replication_factor, config=s.config) for s in specs],
+        [NewTopic(s.name, s.partitions, settings.replication_factor,
+                  config={**s.config, "min.insync.replicas": str(min_insync_replicas(settings))})
+         for s in specs],
         request_timeout=timeout_s)
     for name, future in futures.items():
         try:

@@ -1,7 +1,8 @@
 """Shared fixtures: one real broker per test session, fresh topics per test.
 
-KAFKA_BOOTSTRAP_SERVERS points the suite at another cluster; otherwise the
-embedded broker is started on a free loopback port and stopped at the end.
+KAFKA_BOOTSTRAP_SERVERS points the suite at another cluster; otherwise an
+embedded Apache Kafka node is started on a free loopback port and stopped at
+the end (the cluster tests start a 3-node cluster of their own).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from streams.broker import EmbeddedBroker, embedded_settings, free_port
+from streams.broker import KafkaCluster, free_port
 from streams.config import Settings
 from streams.supervisor import WorkerPool, wait_for_views
 from streams.topics import ensure_topics
@@ -23,18 +24,15 @@ def bootstrap_servers(tmp_path_factory) -> str:
     if external:
         yield external
         return
-    log = tmp_path_factory.mktemp("broker") / "tansu.log"
-    broker = EmbeddedBroker(log_path=str(log)).start()
-    yield broker.bootstrap_servers
-    broker.stop()
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka"), nodes=1).start()
+    yield cluster.bootstrap_servers
+    cluster.stop()
 
 
 @pytest.fixture
 def settings(bootstrap_servers: str, tmp_path) -> Settings:
     """Settings for one test: its own topic prefix and state directory, topics created."""
     base = Settings.from_env()
-    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        base = embedded_settings(base)
     s = replace(base, bootstrap_servers=bootstrap_servers,
                 topic_prefix=f"t{uuid.uuid4().hex[:10]}-", state_dir=str(tmp_path / "state"),
                 partitions=8)

@@ -72,6 +72,15 @@ def ledger(settings: Settings) -> LedgerFold:
     return fold
 
 
+def hidden_records(settings: Settings, logical_topic: str) -> int:
+    """Records of a topic that read_uncommitted readers see and read_committed ones do not:
+    the outputs of aborted transactions (a killed, aborted or fenced batch)."""
+    topic = settings.topic(logical_topic)
+    seen = {iso: sum(1 for _ in read_topic(settings, topic, isolation=iso))
+            for iso in ("read_uncommitted", "read_committed")}
+    return seen["read_uncommitted"] - seen["read_committed"]
+
+
 def assert_invariants(settings: Settings, workload: Workload) -> VerifyReport:
     """Money conserved, nothing lost, nothing applied twice, sequences gap-free."""
     report = verify(settings, require_final=True)

@@ -27,9 +27,8 @@ changelog cannot reproduce must not be resumed from. So a restart recovers
 from the changelog (standby replicas keep failover between live workers
 fast).
 
-The app runs at_least_once (Faust's exactly_once cannot start on the
-embedded broker); the folds in streams.views.fold make re-deliveries
-harmless.
+The app runs at_least_once and reads read_committed (ReadCommittedThread);
+the folds in streams.views.fold make re-deliveries harmless.
 """
 from __future__ import annotations
 
@@ -40,6 +39,7 @@ from typing import Any, Iterable, Mapping
 
 import faust
 import orjson
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
@@ -81,6 +81,20 @@ class ViewKeys:
         return b"o\x00%d" % partition
 
 
+class ReadCommittedThread(AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread, reading read_committed.
+
+    Faust reads read_uncommitted unless the app itself is exactly_once; the
+    views must not see the engine's aborted transactions (or a fenced
+    zombie's writes), so they read committed records only.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._isolation_level = "read_committed"
+        return consumer
+
+
 class ResumeFromViews(AIOKafkaConsumer):
     """Faust's consumer, but source partitions resume where the recovered table says.
 
@@ -88,6 +102,9 @@ class ResumeFromViews(AIOKafkaConsumer):
     any source record is delivered; the app's `source_positions` reads the
     positions out of the recovered table.
     """
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         offsets = dict(await super().seek_to_committed())
@@ -152,7 +169,6 @@ class ViewsWorker:
             web_application_options={"client_max_size": settings.web_max_body_bytes,
                                      "middlewares": [observe_middleware(self)]},
             key_serializer="raw", value_serializer="raw",
-            **({"producer_max_batch_size": 1} if settings.one_record_per_batch else {}),
         )
         self.app.source_positions = self.source_positions
         self.views = self.app.Table(VIEWS_TABLE, partitions=settings.partitions,

@@ -111,7 +111,10 @@ class OutcomeWaiter:
                     out: dict[str, Any] = orjson.loads(msg.value())
                     final = STATUS_RANK[out["status"]] == 2
                     rid = out["request_id"]
+                    if not isinstance(rid, str):
+                        raise TypeError("request_id is not a string")
                 except (orjson.JSONDecodeError, KeyError, TypeError):
+                    self.malformed += 1   # counted, skipped: the reader must outlive bad records
                     continue
                 if not final:
                     continue

@@ -83,3 +83,17 @@ def test_as_of_shows_the_account_at_a_point_in_the_log(finished_run):
     before, _ = account_as_of(settings, "alice", offset=debit.offset())
     assert before.accounts["alice"].seq == event["seq"] - 1
     assert before.accounts["alice"].balance == event["balance"] + event["amount"]
+
+
+def test_malformed_ledger_events_are_named_violations_and_the_fold_goes_on():
+    from replay.ledger import LedgerFold
+
+    fold = LedgerFold()
+    good = {"account": "a", "seq": 1, "request_id": "r", "kind": "opened", "amount": 0,
+            "counterparty": None, "balance": 0, "ts": 1}
+    for raw in (b"not json", b"[1]", orjson.dumps({**good, "seq": "1"}), orjson.dumps({**good, "seq": None}),
+                orjson.dumps({**good, "seq": 0}), orjson.dumps({**good, "amount": 1.5}),
+                orjson.dumps({**good, "account": ["a"]})):
+        assert fold.apply(raw, "here") is None
+    assert len(fold.violations) == 7 and all("malformed" in v for v in fold.violations)
+    assert fold.apply(orjson.dumps(good), "here") is not None   # and it still folds good events

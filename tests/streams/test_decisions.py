@@ -133,3 +133,60 @@ def test_unknown_fields_and_types_are_invalid():
                  {"type": "steal", "request_id": "x", "account": "a"}):
         d = decide_request(req(body, key="a"), Account(seq=1), False, TS, POS)
         assert d.outcomes[0]["reason"] == "invalid"
+
+
+# -- the request parser never raises anything but its own error ---------------------------
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+import json as _json  # noqa: E402
+
+# any text, lone surrogates included (JSON can carry them as \ud800 escapes)
+hostile_text = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=40)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**80, 2**80) | st.floats(allow_nan=False) | hostile_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(hostile_text, inner, max_size=4),
+    max_leaves=12)
+requests_with_hostile_fields = st.tuples(
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["open_account", "deposit", "withdraw", "transfer"]) | hostile_text,
+         "request_id": hostile_text},
+        optional={"account": hostile_text, "from": hostile_text, "to": hostile_text,
+                  "amount": json_values, "daily_limit": json_values}),
+    st.dictionaries(hostile_text, json_values, max_size=2),
+).map(lambda parts: {**parts[1], **parts[0]})
+
+
+def _decide_and_encode(key: bytes | None, raw: bytes) -> None:
+    try:
+        req = parse_request(key, raw)
+    except Undecodable:
+        return
+    decision = decide_request(req, Account(balance=100), False, 1, Position("t", 0, 0))
+    # everything the engine would write must encode
+    if decision.event is not None:
+        orjson.dumps(decision.event)
+        (decision.account or "").encode()
+    for out in decision.outcomes:
+        orjson.dumps(out)
+        out["request_id"].encode()
+    for key_name, message in decision.messages:
+        key_name.encode()
+        orjson.dumps(message)
+
+
+@hsettings(max_examples=1500, deadline=None)
+@given(body=requests_with_hostile_fields, key=st.one_of(st.none(), st.binary(max_size=20), hostile_text))
+def test_no_request_makes_the_parser_or_the_outputs_raise(body, key):
+    raw = _json.dumps(body, ensure_ascii=True).encode()   # \\ud800 escapes, as any producer may send
+    key_bytes = key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key
+    _decide_and_encode(key_bytes, raw)
+    # the same with the deciding account as key (the path that reaches the state)
+    account = body.get("from") if body.get("type") == "transfer" else body.get("account")
+    if isinstance(account, str):
+        _decide_and_encode(account.encode("utf-8", "surrogatepass"), raw)
+
+
+@hsettings(max_examples=1500, deadline=None)
+@given(raw=st.binary(max_size=200))
+def test_no_bytes_make_the_parser_raise_anything_but_undecodable(raw):
+    _decide_and_encode(b"k", raw)

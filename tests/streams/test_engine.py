@@ -13,12 +13,8 @@ from streams.client import read_json
 from tests.workload import Workload, assert_invariants, ledger
 
 
-@pytest.mark.parametrize("workers,all_in_transaction", [(2, False), (1, True)])
-def test_transfers_across_partitions_give_exact_balances_and_histories(settings, pool_factory, workers,
-                                                                     all_in_transaction):
-    # (1, True): the real-cluster mode, credits, outcomes and offsets in the transaction;
-    # one worker, since the embedded broker loses records of concurrent transactions
-    settings = replace(settings, shared_outputs_in_transaction=all_in_transaction)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_transfers_across_partitions_give_exact_balances_and_histories(settings, pool_factory, workers):
     pool_factory(settings, workers)
     names = [f"user-{i}" for i in range(12)]
     wl = Workload(settings)
@@ -86,6 +82,13 @@ def test_bad_input_is_rejected_or_dead_lettered_and_the_worker_goes_on(settings,
              "b11", "invalid"),                                              # a 500 kB record
             (b"alice", b'{"type":"deposit","request_id":"b12","account":"alice","amount":1e3}', "b12", "invalid"),
             (b"alice", b'{"type":"deposit","request_id":"b13","account":"alice","amount":true}', "b13", "invalid"),
+            # lone UTF-16 surrogates: valid JSON escapes that no output could encode (poison pills)
+            (b"alice", b'{"type":"deposit","request_id":"x","account":"\\ud800","amount":5}', None, "dead"),
+            (b"alice", b'{"type":"deposit","request_id":"\\udfff","account":"alice","amount":5}', None, "dead"),
+            (b"alice", b'{"type":"transfer","request_id":"s1","from":"alice","to":"\\ud800","amount":5}',
+             None, "dead"),
+            (b"alice", b'{"type":"deposit","request_id":"s2","account":"alice","amount":5,"\\ud800":1}',
+             None, "dead"),
         ]
         for key, value, _, _ in bad:
             wl.sender.send_raw(key, value)
@@ -106,4 +109,59 @@ def test_bad_input_is_rejected_or_dead_lettered_and_the_worker_goes_on(settings,
     # 500 + 500 deposited; the refund of b10 returned alice's 5; good moved 100
     assert fold.accounts["alice"].balance == 400 and fold.accounts["bob"].balance == 600
     assert pool.procs["0"].poll() is None, "the worker must still be running"
+    assert_invariants(settings, wl)
+
+
+def test_records_on_the_wrong_partition_are_forwarded_to_their_accounts_partition(settings, pool_factory,
+                                                                                  tmp_path):
+    """Clients with librdkafka's default partitioner (consistent_random) or a hand-picked
+    partition: every account still has one state, one seq chain, exact balances."""
+    from confluent_kafka import Producer
+
+    from streams.kafka import client_config
+    from streams.partitioning import partition_for
+
+    pool_factory(settings, 2)
+    names = [f"p-{i}" for i in range(6)]
+    wl = Workload(settings)
+    topic = settings.topic(topics.REQUESTS)
+    default_client = Producer(client_config(settings))      # librdkafka's consistent_random
+    expected = {n: 0 for n in names}
+    try:
+        sent = []
+        for i, name in enumerate(names):
+            wrong = (partition_for(name, settings.partitions) + 1 + i) % settings.partitions
+            for req, part in (({"type": "open_account", "request_id": f"o-{name}", "account": name}, wrong),
+                              ({"type": "deposit", "request_id": f"d-{name}", "account": name,
+                                "amount": 1_000}, None)):
+                kwargs = {"partition": part} if part is not None else {}
+                default_client.produce(topic, key=name.encode(), value=orjson.dumps(req), **kwargs)
+                sent.append(req["request_id"])
+            expected[name] += 1_000
+            wl.deposits += 1_000
+        default_client.flush(30)
+        wl.request_ids += sent
+        assert wl.wait(60)
+        rng = random.Random(4)
+        for i in range(60):
+            src, dst = rng.sample(names, 2)
+            req = {"type": "transfer", "request_id": f"w{i}", "from": src, "to": dst, "amount": 7}
+            # a hand-picked wrong partition for every other one
+            part = (partition_for(src, settings.partitions) + 3) % settings.partitions if i % 2 else None
+            default_client.produce(topic, key=src.encode(), value=orjson.dumps(req),
+                                   **({"partition": part} if part is not None else {}))
+            wl.request_ids.append(req["request_id"])
+            expected[src] -= 7
+            expected[dst] += 7
+        default_client.flush(30)
+        assert wl.wait(60)
+    finally:
+        wl.close()
+    fold = ledger(settings)
+    assert {n: a.balance for n, a in fold.accounts.items()} == expected
+    for name in names:
+        events = [orjson.loads(raw) for raw in fold.accounts[name].events]
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        assert {e["source"]["partition"] for e in events} == {partition_for(name, settings.partitions)}
+    assert all(o["status"] == "completed" for o in read_json(settings, topics.OUTCOMES))
     assert_invariants(settings, wl)

@@ -1,0 +1,41 @@
+"""Prometheus metrics of an engine worker, served on BANK_ENGINE_METRICS_PORT (0: off)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from streams.engine.worker import EngineWorker
+
+
+class EngineMetrics:
+    def __init__(self, worker: "EngineWorker", port: int | None) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.batches = Counter("bank_engine_batches", "transactions committed", registry=r)
+        self.records = Counter("bank_engine_input_records", "input records committed", registry=r)
+        self.aborts = Counter("bank_engine_aborts", "transactions aborted, by cause", ["cause"],
+                              registry=r)
+        self.commit_seconds = Histogram(
+            "bank_engine_batch_seconds", "time from a batch's first record to its commit",
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
+        self.consume_errors = Counter("bank_engine_consume_errors", "consumer errors", registry=r)
+        self.restores = Counter("bank_engine_restored_partitions", "partitions restored", registry=r)
+        self.restore_seconds = Counter("bank_engine_restore_seconds", "time spent restoring", registry=r)
+        owned = Gauge("bank_engine_owned_partitions", "partitions this worker owns", registry=r)
+        owned.set_function(lambda: len(worker.tasks))
+        if port:
+            start_http_server(port, addr="127.0.0.1", registry=r)
+
+    def committed(self, partitions: int, records: int, seconds: float) -> None:
+        self.batches.inc()
+        self.records.inc(records)
+        self.commit_seconds.observe(seconds)
+
+    def aborted(self, cause: str) -> None:
+        self.aborts.labels(cause).inc()
+
+    def restored(self, partitions: int, seconds: float) -> None:
+        self.restores.inc(partitions)
+        self.restore_seconds.inc(seconds)

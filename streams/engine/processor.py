@@ -1,0 +1,198 @@
+"""Processing one partition's batch: input records -> decisions -> records of the transaction.
+
+The decisions are streams.decisions' pure functions; this module only reads
+state from the task's store, writes the decisions' outputs through the
+transaction, and writes the changelog (account states, then the batch record).
+It never commits or aborts: the worker does, through EngineTransaction.
+
+A record on a partition its key does not map to (a producer with another
+partitioner, or a hand-picked partition) is forwarded, unchanged and inside
+the same transaction, to the partition that owns its key, as Kafka Streams
+repartitions: every account's state lives on exactly one partition whatever
+client wrote the request.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass, field
+
+import orjson
+from confluent_kafka import KafkaError, Message
+
+from streams.config import Settings
+from streams.decisions import (Decision, Rules, Undecodable, credit_marker, decide_credit,
+                               decide_request, parse_request)
+from streams.engine.changelog import BatchRecord, account_key
+from streams.engine.state import PartitionStore
+from streams.engine.transaction import EngineTransaction
+from streams.model import Position
+from streams.partitioning import partition_for
+
+log = logging.getLogger("bank.engine")
+
+FORWARDED_FROM = "bank-forwarded-from"   # header of a forwarded record: "topic/partition/offset"
+
+
+@dataclass
+class PartitionTask:
+    """Everything a worker holds for one owned partition."""
+
+    partition: int
+    store: PartitionStore
+    next_credit: int | None = None     # next transfers.credits offset (None: from the start)
+    next_request: int | None = None    # next transfers.requests offset
+    credits: list[Message] = field(default_factory=list)
+    requests: list[Message] = field(default_factory=list)
+    changelog_next: int = 0            # next changelog offset after this batch's records
+
+    def take(self, limit: int) -> tuple[list[Message], list[Message]]:
+        """Up to `limit` buffered records, credits first (money in flight lands first)."""
+        credits = self.credits[:limit]
+        requests = self.requests[:max(0, limit - len(credits))]
+        del self.credits[:len(credits)]
+        del self.requests[:len(requests)]
+        return credits, requests
+
+    def clear(self) -> None:
+        self.credits.clear()
+        self.requests.clear()
+        self.store.discard()
+
+
+@dataclass
+class Topics:
+    requests: str
+    credits: str
+    ledger: str
+    outcomes: str
+    deadletter: str
+    changelog: str
+
+
+@dataclass
+class ProcessorStats:
+    requests: int = 0
+    credits: int = 0
+    forwarded: int = 0
+    deadletters: int = 0
+
+
+class BatchProcessor:
+    """Decides one partition's batch and sends every resulting record."""
+
+    def __init__(self, settings: Settings, topics: Topics, partitions: int,
+                 out: EngineTransaction) -> None:
+        self.settings = settings
+        self.rules = Rules.from_settings(settings)
+        self.topics = topics
+        self.partitions = partitions
+        self.out = out
+        self.dedupe = not settings.unsafe_no_dedupe
+        self.stats = ProcessorStats()
+
+    def run(self, task: PartitionTask, credits: list[Message], requests: list[Message],
+            mid_changelog=None) -> tuple[tuple[int, int], tuple[int, int]]:  # noqa: ANN001
+        """Process the records; returns the input ranges (credits, requests) it covered."""
+        c0 = credits[0].offset() if credits else (task.next_credit or 0)
+        r0 = requests[0].offset() if requests else (task.next_request or 0)
+        for msg in credits:
+            self._guarded(task, msg, self._apply_credit)
+        for msg in requests:
+            self._guarded(task, msg, self._apply_request)
+        c1 = credits[-1].offset() + 1 if credits else c0
+        r1 = requests[-1].offset() + 1 if requests else r0
+        accounts, marks = task.store.changes()
+        for name, acct in accounts.items():
+            self._changelog(task, account_key(name), orjson.dumps(acct.to_json()))
+        if mid_changelog is not None:
+            mid_changelog()
+        record = BatchRecord((c0, c1), (r0, r1), tuple(marks))
+        self._changelog(task, record.key, record.encode())
+        self.stats.credits += len(credits)
+        self.stats.requests += len(requests)
+        return (c0, c1), (r0, r1)
+
+    # -- per record ------------------------------------------------------------
+    def _guarded(self, task: PartitionTask, msg: Message, apply) -> None:  # noqa: ANN001
+        """Apply one record; a record that fails in any unforeseen way is dead-lettered
+        rather than stopping the partition (the decisions are pure: nothing was written)."""
+        if self._forward_if_misrouted(task, msg):
+            return
+        try:
+            apply(task, msg)
+        except Exception as exc:  # noqa: BLE001 - a poison record must not halt the partition
+            log.exception("record %s[%d]@%d failed; dead-lettered", msg.topic(), msg.partition(),
+                          msg.offset())
+            self._dead_letter(msg, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _forward_if_misrouted(self, task: PartitionTask, msg: Message) -> bool:
+        key = msg.key()
+        if key is None:
+            return False   # nowhere to route it: the request parser rejects it with a reason
+        owner = partition_for(key, self.partitions)
+        if owner == task.partition:
+            return False
+        headers = [(FORWARDED_FROM, f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode())]
+        self.out.send(msg.topic(), key, msg.value(), owner, msg.timestamp()[1], headers=headers)
+        self.stats.forwarded += 1
+        return True
+
+    def _emit(self, task: PartitionTask, decision: Decision, ts: int) -> None:
+        if decision.state is not None:
+            task.store.put_account(decision.account, decision.state)
+        if decision.marker is not None:
+            task.store.mark_applied(decision.marker)
+        if decision.event is not None:
+            self.out.send(self.topics.ledger, decision.account.encode(),
+                          orjson.dumps(decision.event), task.partition, ts)
+        for out in decision.outcomes:
+            self.out.send(self.topics.outcomes, out["request_id"].encode(), orjson.dumps(out),
+                          timestamp=ts)
+        for key, message in decision.messages:
+            self.out.send(self.topics.credits, key.encode(), orjson.dumps(message), timestamp=ts)
+
+    def _dead_letter(self, msg: Message, error: str) -> None:
+        self.stats.deadletters += 1
+        record = {"error": error, "topic": msg.topic(), "partition": msg.partition(),
+                  "offset": msg.offset(), "key": base64.b64encode(msg.key() or b"").decode(),
+                  "value": base64.b64encode(msg.value() or b"").decode()}
+        self.out.send(self.topics.deadletter, msg.key(), orjson.dumps(record),
+                      timestamp=msg.timestamp()[1])
+
+    def _apply_request(self, task: PartitionTask, msg: Message) -> None:
+        ts = msg.timestamp()[1]
+        try:
+            req = parse_request(msg.key(), msg.value())
+        except Undecodable as exc:
+            self._dead_letter(msg, str(exc))
+            return
+        store = task.store
+        acct = store.account(req.account) if req.account is not None else None
+        applied = self.dedupe and store.is_applied("r:" + req.request_id)
+        pos = Position(msg.topic(), msg.partition(), msg.offset())
+        self._emit(task, decide_request(req, acct, applied, ts, pos, self.rules), ts)
+
+    def _apply_credit(self, task: PartitionTask, msg: Message) -> None:
+        ts = msg.timestamp()[1]
+        store = task.store
+        pos = Position(msg.topic(), msg.partition(), msg.offset())
+        try:
+            message = orjson.loads(msg.value())
+            name = message["account"]
+            if not isinstance(name, str) or msg.key() != name.encode():
+                raise ValueError("credit key does not match its account")
+            applied = self.dedupe and store.is_applied(credit_marker(message))
+            decision = decide_credit(message, store.account(name), applied, ts, pos)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            self._dead_letter(msg, f"bad credit message: {exc}")
+            return
+        self._emit(task, decision, ts)
+
+    def _changelog(self, task: PartitionTask, key: bytes, value: bytes) -> None:
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                task.changelog_next = max(task.changelog_next, msg.offset() + 1)
+            else:
+                self.out.record_delivery(err, msg)
+        self.out.send(self.topics.changelog, key, value, task.partition, on_delivery=delivered)

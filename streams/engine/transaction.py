@@ -1,0 +1,142 @@
+"""The one owner of the engine's Kafka transaction (rule 1 of shared/ENGINE-ANCHORS.md).
+
+Every output of a batch (ledger events, outcomes, credits, dead letters,
+changelog records) goes through `send`; `commit` flushes, fails if any record
+was not delivered, then commits together with the input offsets and the
+consumer's group metadata (KIP-447), so a worker whose partitions moved is
+fenced by the broker: its commit fails and nothing it wrote becomes visible
+to read_committed readers. Errors are sorted into TransactionAborted (abort,
+rewind, go on) and WorkerFenced (a newer incarnation or owner exists: drop
+every task and rejoin with a new producer).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from streams import kafka
+from streams.config import Settings
+
+log = logging.getLogger("bank.engine")
+
+_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+           KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
+           KafkaError.FENCED_INSTANCE_ID, KafkaError.REBALANCE_IN_PROGRESS}
+
+
+class TransactionAborted(Exception):
+    """The batch did not commit; nothing of it is visible. Rewind and retry."""
+
+
+class WorkerFenced(TransactionAborted):
+    """The broker fenced this worker (its producer or its group generation)."""
+
+
+class EngineTransaction:
+    """A transactional producer with a stable transactional.id per worker."""
+
+    def __init__(self, settings: Settings, worker_id: str, transactional: bool = True) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.transactional = transactional
+        self._errors: list[str] = []
+        self._open = False
+        self.producer = self._new_producer()
+
+    def _new_producer(self) -> Producer:
+        conf: dict[str, object] = {
+            "linger.ms": 5, "batch.num.messages": 10000, "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 1_048_576,
+            "client.id": f"engine-{self.worker_id}", "on_delivery": self.record_delivery}
+        if not self.transactional:   # BANK_UNSAFE_NO_TRANSACTIONS, for the negative controls
+            return kafka.producer(self.settings, **conf)
+        producer = kafka.producer(self.settings, **conf, **{
+            "transactional.id": self.settings.topic(f"bank-engine-{self.worker_id}"),
+            "transaction.timeout.ms": self.settings.transaction_timeout_ms})
+        producer.init_transactions(60)   # fences an earlier incarnation of this worker
+        return producer
+
+    def record_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
+    def begin(self) -> None:
+        if self.transactional:
+            self._run(self.producer.begin_transaction)
+        self._open = True
+
+    def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
+             timestamp: int | None = None,
+             on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+             headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Queue one record of the open transaction (waits while the local queue is full)."""
+        kwargs: dict[str, object] = {"key": key, "value": value}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if timestamp is not None:
+            kwargs["timestamp"] = timestamp
+        if on_delivery is not None:
+            kwargs["on_delivery"] = on_delivery
+        if headers is not None:
+            kwargs["headers"] = headers
+        while True:
+            try:
+                self.producer.produce(topic, **kwargs)
+                return
+            except BufferError:
+                self.producer.poll(0.01)
+
+    def flush(self) -> None:
+        """Every queued record acknowledged, or TransactionAborted."""
+        if self.producer.flush(30):
+            raise TransactionAborted("records not acknowledged within 30 s")
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise TransactionAborted(f"not delivered: {errors[:3]}")
+
+    def commit(self, offsets: list[TopicPartition], consumer) -> None:  # noqa: ANN001
+        """Commit the open transaction with the input offsets (or, unsafe: after it)."""
+        self.flush()
+        if not self.transactional:
+            consumer.commit(offsets=offsets, asynchronous=False)
+            self._open = False
+            return
+        self._run(self.producer.send_offsets_to_transaction, offsets,
+                  consumer.consumer_group_metadata(), 30)
+        self._run(self.producer.commit_transaction, 30)
+        self._open = False
+
+    def abort(self) -> None:
+        """Abort the open transaction, or replace a producer that can no longer abort."""
+        if not self._open:
+            return
+        self._open = False
+        self._errors = []
+        if not self.transactional:
+            return
+        try:
+            self.producer.abort_transaction(30)
+        except KafkaException as exc:
+            log.warning("worker %s: abort failed (%s); starting a new producer", self.worker_id, exc)
+            self.renew()
+
+    def renew(self) -> None:
+        """A fresh producer (after fencing or a fatal error); init_transactions fences the old."""
+        self._open = False
+        self._errors = []
+        self.producer = self._new_producer()
+
+    def _run(self, call: Callable[..., object], *args: object) -> None:
+        """Run a transactional call; sort its error (retriable ones are retried by librdkafka)."""
+        try:
+            call(*args)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is not None and (err.code() in _FENCED or err.fatal()):
+                raise WorkerFenced(str(err)) from exc
+            raise TransactionAborted(str(exc)) from exc
+
+    def close(self) -> None:
+        self.producer.flush(10)

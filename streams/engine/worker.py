@@ -1,0 +1,232 @@
+"""The engine worker: the poll loop and the rebalance callbacks.
+
+One process joins the engine consumer group over the co-partitioned topics
+transfers.requests and transfers.credits (range assignment: partition p of
+both goes to one worker), so it owns every record and all state of the
+accounts in its partitions. Each cycle is one Kafka transaction over every
+owned partition that has input (BatchProcessor sends the records,
+EngineTransaction commits them with the input offsets), and only then are
+the stores written. On assignment a partition resumes at the group's
+committed offset (read with require_stable: librdkafka asks for stable
+offsets when reading read_committed, so a pending transaction of the
+previous owner is waited for) with its store restored to the changelog's
+end. A failed or fenced transaction rewinds every task to its last commit.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from streams import kafka, topics
+from streams.config import Settings
+from streams.engine.faults import EngineFaults, InjectedAbort
+from streams.engine.metrics import EngineMetrics
+from streams.engine.processor import BatchProcessor, PartitionTask, Topics
+from streams.engine.restore import restore
+from streams.engine.state import PartitionStore
+from streams.engine.transaction import EngineTransaction, TransactionAborted, WorkerFenced
+
+log = logging.getLogger("bank.engine")
+
+
+class EngineWorker:
+    """One engine process; `run()` until SIGTERM/SIGINT."""
+
+    def __init__(self, settings: Settings, worker_id: str, metrics_port: int | None = None) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.topics = Topics(*(settings.topic(t) for t in (
+            topics.REQUESTS, topics.CREDITS, topics.LEDGER, topics.OUTCOMES, topics.DEADLETTER,
+            topics.CHANGELOG)))
+        self.faults = EngineFaults(settings)
+        self.tasks: dict[int, PartitionTask] = {}
+        self.batches = 0
+        self.aborts = 0
+        self._stopping = False
+        self.consumer = kafka.consumer(
+            settings, settings.topic(topics.ENGINE_GROUP),
+            **{"partition.assignment.strategy": "range", "fetch.wait.max.ms": 10,
+               "client.id": f"engine-{worker_id}",
+               "isolation.level": "read_uncommitted" if settings.unsafe_read_uncommitted
+               else "read_committed"})
+        self.restorer = kafka.consumer(settings, settings.topic("bank-engine-restore"),
+                                       **{"client.id": f"engine-{worker_id}-restore",
+                                          "enable.partition.eof": True})
+        self.txn = EngineTransaction(settings, worker_id, not settings.unsafe_no_transactions)
+        meta = self.consumer.list_topics(self.topics.requests, timeout=30)
+        partitions = len(meta.topics[self.topics.requests].partitions)
+        self.processor = BatchProcessor(settings, self.topics, partitions, self.txn)
+        self.metrics = EngineMetrics(self, metrics_port)
+
+    # -- partition assignment -------------------------------------------------
+    def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:  # noqa: ANN001
+        owned = sorted({tp.partition for tp in partitions})
+        log.info("worker %s assigned partitions %s", self.worker_id, owned)
+        fresh = [self._open_task(p) for p in owned if p not in self.tasks]
+        self._resume(fresh)
+        consumer.assign([TopicPartition(tp.topic, tp.partition, self._position(tp.topic, tp.partition))
+                         for tp in partitions])
+
+    def _open_task(self, partition: int) -> PartitionTask:
+        # the changelog's name is part of the path: a store never meets another topic
+        path = os.path.join(self.settings.state_dir, self.topics.changelog,
+                            f"engine-{self.worker_id}", f"p{partition}")
+        task = self.tasks[partition] = PartitionTask(partition, PartitionStore(path))
+        return task
+
+    def _resume(self, tasks: list[PartitionTask]) -> None:
+        """Committed offsets first (stable: no pending transaction), then the stores."""
+        if not tasks:
+            return
+        t0 = time.monotonic()
+        wanted = [TopicPartition(t, task.partition) for task in tasks
+                  for t in (self.topics.credits, self.topics.requests)]
+        for tp in self.consumer.committed(wanted, timeout=60):
+            task = self.tasks[tp.partition]
+            offset = tp.offset if tp.offset >= 0 else None
+            if tp.topic == self.topics.credits:
+                task.next_credit = offset
+            else:
+                task.next_request = offset
+        restore(self.restorer, self.topics.changelog, tasks)
+        self.metrics.restored(len(tasks), time.monotonic() - t0)
+        for task in tasks:
+            task.clear()
+            log.info("worker %s resumes p%d at credits %s, requests %s (changelog %d)",
+                     self.worker_id, task.partition, task.next_credit, task.next_request,
+                     task.store.changelog_offset)
+
+    def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:  # noqa: ANN001
+        # every batch commits before the loop polls again: nothing is pending here
+        log.info("worker %s revoked partitions %s", self.worker_id,
+                 sorted({tp.partition for tp in partitions}))
+        for p in {tp.partition for tp in partitions}:
+            task = self.tasks.pop(p, None)
+            if task is not None:
+                task.store.close()
+        consumer.unassign()
+
+    def _position(self, topic: str, partition: int) -> int:
+        task = self.tasks[partition]
+        offset = task.next_credit if topic == self.topics.credits else task.next_request
+        return OFFSET_BEGINNING if offset is None else offset
+
+    # -- the processing loop -------------------------------------------------
+    def stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        self.consumer.subscribe([self.topics.requests, self.topics.credits],
+                                on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+        last_report = time.monotonic()
+        try:
+            while not self._stopping:
+                received = self.consumer.consume(self.settings.batch_max_records,
+                                                 self.settings.batch_max_ms / 1000)
+                for msg in received:
+                    err = msg.error()
+                    if err is not None:
+                        self._on_consume_error(err)
+                        continue
+                    task = self.tasks.get(msg.partition())
+                    if task is not None:
+                        (task.credits if msg.topic() == self.topics.credits else task.requests).append(msg)
+                if received:
+                    self.faults.before_batch(self.batches + 1)
+                self._run_batch()
+                if time.monotonic() - last_report > 5:
+                    log.info("worker %s batches=%d aborts=%d %s", self.worker_id, self.batches,
+                             self.aborts, self.processor.stats)
+                    last_report = time.monotonic()
+        finally:
+            self._close()
+
+    def _on_consume_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            raise RuntimeError(f"fatal consumer error: {err}")
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consume error: %s", err)
+            self.metrics.consume_errors.inc()
+
+    def _close(self) -> None:
+        closer = threading.Thread(target=self.consumer.close, daemon=True)
+        closer.start()
+        closer.join(10)
+        self.restorer.close()
+        self.txn.close()
+        for task in self.tasks.values():
+            task.store.close()
+
+    def _run_batch(self) -> None:
+        """One transaction over every owned partition that has input."""
+        room = self.settings.batch_max_records
+        batch: list[tuple[PartitionTask, list, list]] = []
+        for task in self.tasks.values():
+            if room <= 0:
+                break
+            credits, requests = task.take(room)
+            if credits or requests:
+                batch.append((task, credits, requests))
+                room -= len(credits) + len(requests)
+        if not batch:
+            return
+        batch_no = self.batches + 1
+        t0 = time.monotonic()
+        offsets: list[TopicPartition] = []
+        try:
+            self.txn.begin()
+            for task, credits, requests in batch:
+                (c0, c1), (r0, r1) = self.processor.run(
+                    task, credits, requests,
+                    mid_changelog=lambda: self.faults.mid_changelog(batch_no, self.txn.flush))
+                if credits:
+                    offsets.append(TopicPartition(self.topics.credits, task.partition, c1))
+                if requests:
+                    offsets.append(TopicPartition(self.topics.requests, task.partition, r1))
+            self.faults.before_commit(batch_no)
+            self.txn.commit(offsets, self.consumer)
+        except (TransactionAborted, InjectedAbort) as exc:
+            self._rewind(exc)
+            return
+        for task, credits, requests in batch:
+            task.store.commit(task.changelog_next)
+            if credits:
+                task.next_credit = credits[-1].offset() + 1
+            if requests:
+                task.next_request = requests[-1].offset() + 1
+        self.batches += 1
+        self.metrics.committed(len(batch), sum(len(c) + len(r) for _, c, r in batch),
+                               time.monotonic() - t0)
+
+    def _rewind(self, exc: Exception) -> None:
+        """Abort; every task goes back to its last commit (fenced: re-restore its store too)."""
+        self.aborts += 1
+        self.metrics.aborted(type(exc).__name__)
+        fenced = isinstance(exc, WorkerFenced)
+        log.warning("worker %s aborting transaction%s: %s", self.worker_id,
+                    " (fenced)" if fenced else "", exc)
+        if fenced:
+            self.txn.renew()
+        else:
+            self.txn.abort()
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.clear()
+        if fenced:
+            # another owner may have written since: start over from what is committed
+            self._resume(tasks)
+        for task in tasks:
+            for topic in (self.topics.credits, self.topics.requests):
+                try:
+                    self.consumer.seek(TopicPartition(topic, task.partition,
+                                                      self._position(topic, task.partition)))
+                except Exception as seek_exc:  # noqa: BLE001 - revoked meanwhile: the rebalance resumes it
+                    log.info("seek p%d: %s", task.partition, seek_exc)

@@ -1,0 +1,93 @@
+"""Losing brokers under load, on a 3-node KRaft cluster (replication 3, min.insync.replicas 2).
+
+SIGKILL a broker, then the active controller, then the leader of a partition while
+transactions are open on it; each comes back before the next. Nothing may be lost or
+applied twice, money is conserved, verify is OK and the views equal the ledger.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from dataclasses import replace
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from replay.views import compare, rebuild
+from streams import topics
+from streams.broker import KafkaCluster, free_port
+from streams.config import Settings
+from streams.supervisor import wait_for_views
+from streams.topics import ensure_topics
+from tests.workload import Workload, assert_invariants
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
+                                 reason="starts an embedded 3-node cluster of its own")]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = KafkaCluster(tmp_path_factory.mktemp("kafka3"), nodes=3).start()
+    yield c
+    c.stop()
+
+
+def _leader(settings: Settings, logical_topic: str, partition: int) -> int:
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    return admin.list_topics(settings.topic(logical_topic), timeout=10) \
+        .topics[settings.topic(logical_topic)].partitions[partition].leader
+
+
+def test_killing_brokers_controller_and_a_leader_mid_transaction_loses_nothing(
+        cluster, pool_factory, views_factory, tmp_path):
+    settings = replace(Settings.from_env(), bootstrap_servers=cluster.bootstrap_servers,
+                       topic_prefix=f"c{uuid.uuid4().hex[:8]}-", state_dir=str(tmp_path / "state"),
+                       partitions=8, replication_factor=3,
+                       fault_commit_delay_ms=20)   # transactions stay open a while: kills land in them
+    ensure_topics(settings)
+    engine = pool_factory(settings, 2)
+    views = views_factory(settings, 1)
+    names = [f"acct-{i}" for i in range(200)]
+    wl = Workload(settings)
+    kills: list[str] = []
+    try:
+        wl.open_accounts(names, 5_000)
+        sender = threading.Thread(target=wl.random_transfers, args=(names, 9_000, "t", 2_000),
+                                  kwargs={"duplicate_every": 50, "rate_per_s": 300})
+        sender.start()
+        controller = cluster.active_controller()
+        plain = next(n.node_id for n in cluster.nodes if n.node_id != controller)
+        for what, node in (("broker", lambda: plain),
+                           ("controller", cluster.active_controller),
+                           ("leader of ledger.events[0]", lambda: _leader(settings, topics.LEDGER, 0))):
+            wl.watcher.wait(wl.request_ids[:len(wl.request_ids) // 2], 20)  # under load
+            victim = node()
+            cluster.kill_node(victim)                    # SIGKILL
+            kills.append(f"{what}: node {victim}")
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:           # the engine carries on without it
+                engine.restart_dead()
+                wl.watcher.wait(wl.request_ids, 0.5)
+            cluster.start_node(victim)                   # back, and the cluster whole again
+        sender.join()
+        deadline = time.monotonic() + 300
+        while wl.watcher.finished(wl.request_ids) < len(wl.request_ids):
+            assert time.monotonic() < deadline, "requests left unfinished after the broker kills"
+            engine.restart_dead()
+            wl.watcher.wait(wl.request_ids, 1)
+        urls = [views.url(w) for w in views.procs]
+        assert wait_for_views(urls, settings.partitions)
+        report = assert_invariants(settings, wl)
+    finally:
+        wl.close()
+    assert len(kills) == 3, kills
+    rebuilt = rebuild(settings, str(tmp_path / "rebuilt"), show_progress=False)
+    assert rebuilt.events == report.events
+    deadline = time.monotonic() + 60
+    while (diffs := asyncio.run(compare(rebuilt, urls[0], settings.partitions, show_progress=False))):
+        assert time.monotonic() < deadline, diffs[:10]
+        time.sleep(1)

@@ -269,11 +269,11 @@ class KafkaCluster:
                     raise BrokerError(f"Kafka node {node.node_id} exited with code {node.proc.returncode}; "
                                       f"see {node.log_path}")
             try:
-                admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+                quiet = {"bootstrap.servers": self.bootstrap_servers, "log_level": 2}  # not yet up: no noise
+                admin = AdminClient(quiet)
                 brokers = set(admin.list_topics(timeout=2).brokers)
                 if brokers >= running:
-                    producer = Producer({"bootstrap.servers": self.bootstrap_servers,
-                                         "transactional.id": "bank-readiness-probe"})
+                    producer = Producer({**quiet, "transactional.id": "bank-readiness-probe"})
                     producer.init_transactions(max(1.0, deadline - time.monotonic()))
                     return
                 last = f"brokers {sorted(brokers)} of {sorted(running)}"

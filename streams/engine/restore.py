@@ -1,13 +1,16 @@
 """Recovery of a partition's store from engine.changelog, its own component.
 
-A store's RocksDB holds only committed data and the changelog offset it
-reflects; a restore reads the changelog (read_committed, so aborted and
-open transactions are invisible) from there to the end, the end being the
-partition-EOF event (transaction markers take offsets, so "the last record
-seen" is not the test). The changelog is compacted, so a worker with no
+A store's RocksDB holds only committed data, the changelog offset and the
+input position it reflects; a restore reads the changelog (read_committed,
+so aborted and open transactions are invisible) from that offset until the
+store's input position has reached the group's committed offsets. That is
+the "done" test, not the partition-EOF alone: EndTxn returns before the
+coordinator has written the commit markers to every partition, so a new
+owner can see the previous owner's offsets committed while the changelog's
+last stable offset is still before that transaction's records; it keeps
+reading until they appear. The changelog is compacted, so a worker with no
 local state reads one record per account plus the batch records, not the
-whole history. A store whose offset is past the changelog's end belongs to
-another cluster (or an older topic of the same name): it is wiped.
+whole history.
 """
 from __future__ import annotations
 
@@ -17,26 +20,16 @@ import time
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streams.engine.processor import PartitionTask
-from streams.engine.state import PartitionStore
 
 log = logging.getLogger("bank.engine")
 
 
 def restore(restorer: Consumer, changelog: str, tasks: list[PartitionTask],
             timeout_s: float = 300.0) -> None:
-    """Bring each task's store up to the end of its changelog partition."""
+    """Bring each task's store up to its committed input offsets (task.next_credit/next_request)."""
     if not tasks:
         return
     by_partition = {t.partition: t for t in tasks}
-    for task in tasks:
-        _, high = restorer.get_watermark_offsets(TopicPartition(changelog, task.partition), 30)
-        if task.store.changelog_offset > high:
-            log.warning("store of p%d is past its changelog's end (%d > %d): wiping it",
-                        task.partition, task.store.changelog_offset, high)
-            path = task.store.path
-            task.store.close()
-            PartitionStore.wipe(path)
-            task.store = PartitionStore(path)
     pending: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in by_partition}
     remaining = set(by_partition)
     restorer.assign([TopicPartition(changelog, t.partition, t.store.changelog_offset) for t in tasks])
@@ -48,14 +41,29 @@ def restore(restorer: Consumer, changelog: str, tasks: list[PartitionTask],
             for msg in restorer.consume(10000, 0.1):
                 err = msg.error()
                 p = msg.partition()
-                if err is None and p in remaining:
+                if p not in remaining:
+                    continue
+                if err is None:
                     pending[p].append((msg.key(), msg.value()))
-                elif err.code() == KafkaError._PARTITION_EOF and p in remaining:
-                    remaining.discard(p)
-                    by_partition[p].store.apply_changelog(pending.pop(p), msg.offset())
-                    by_partition[p].changelog_next = msg.offset()
-                    log.info("restored p%d to changelog offset %d", p, msg.offset())
-                elif err.code() != KafkaError._PARTITION_EOF:
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    task = by_partition[p]
+                    task.store.apply_changelog(pending[p], msg.offset())
+                    pending[p] = []
+                    task.changelog_next = msg.offset()
+                    if _caught_up(task):
+                        remaining.discard(p)
+                        log.info("restored p%d to changelog offset %d", p, msg.offset())
+                    else:
+                        log.info("p%d: changelog at %d reflects inputs %s, committed %s: waiting for "
+                                 "the commit markers", p, msg.offset(), task.store.position,
+                                 (task.next_credit, task.next_request))
+                else:
                     log.warning("restore: %s", err)
     finally:
         restorer.unassign()
+
+
+def _caught_up(task: PartitionTask) -> bool:
+    credits, requests = task.store.position
+    return ((task.next_credit is None or credits >= task.next_credit)
+            and (task.next_request is None or requests >= task.next_request))

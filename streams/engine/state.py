@@ -8,7 +8,10 @@ before that write loses nothing: the restore reads the changelog from that
 offset and finds the batch there.
 
 Keys: b"a:<account>" -> Account json; the applied-id marker (b"r:<id>",
-b"c:<id>", ...) -> b"1"; b"__changelog" -> the next changelog offset to read.
+b"c:<id>", ...) -> b"1"; b"__changelog" -> the next changelog offset to read;
+b"__position" -> the input offsets [credits, requests] the state reflects (the
+end of the last batch applied), which a restore compares with the group's
+committed offsets.
 """
 from __future__ import annotations
 
@@ -23,7 +26,12 @@ from streams.engine.changelog import ACCOUNT_PREFIX, BATCH_PREFIX, BatchRecord, 
 from streams.model import Account
 
 _CHANGELOG_OFFSET = b"__changelog"
+_POSITION = b"__position"
 _CACHE_ACCOUNTS = 200_000  # decoded accounts kept in memory, most recently used
+
+
+def _max_position(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    return (max(a[0], b[0]), max(a[1], b[1]))
 
 
 class PartitionStore:
@@ -66,9 +74,11 @@ class PartitionStore:
         return self._dirty, self._dirty_marks
 
     # -- batch boundaries ----------------------------------------------------
-    def commit(self, changelog_offset: int) -> None:
-        """The batch's transaction committed: persist its changes with the changelog offset."""
+    def commit(self, changelog_offset: int, position: tuple[int, int]) -> None:
+        """The batch's transaction committed: persist its changes with the changelog offset
+        and the input position it reached."""
         wb = WriteBatch(raw_mode=True)
+        wb.put(_POSITION, orjson.dumps(_max_position(self.position, position)))
         for name, acct in self._dirty.items():
             wb.put(account_key(name), orjson.dumps(acct.to_json()))
         for marker in self._dirty_marks:
@@ -90,16 +100,26 @@ class PartitionStore:
         raw = self._db.get(_CHANGELOG_OFFSET)
         return int(raw) if raw is not None else 0
 
+    @property
+    def position(self) -> tuple[int, int]:
+        """The input offsets (credits, requests) the stored state reflects."""
+        raw = self._db.get(_POSITION)
+        return tuple(orjson.loads(raw)) if raw is not None else (0, 0)  # type: ignore[return-value]
+
     def apply_changelog(self, records: list[tuple[bytes, bytes]], next_offset: int) -> None:
         """Write committed changelog records (key, value) read up to next_offset."""
         wb = WriteBatch(raw_mode=True)
+        position = self.position
         for key, value in records:
             if key.startswith(ACCOUNT_PREFIX):
                 wb.put(key, value)
             elif key.startswith(BATCH_PREFIX):
-                for marker in BatchRecord.decode(value).applied:
+                batch = BatchRecord.decode(value)
+                for marker in batch.applied:
                     wb.put(marker.encode(), b"1")
+                position = _max_position(position, (batch.credits[1], batch.requests[1]))
         wb.put(_CHANGELOG_OFFSET, str(next_offset).encode())
+        wb.put(_POSITION, orjson.dumps(position))
         self._db.write(wb)
         self._cache.clear()
         self.discard()

@@ -100,8 +100,8 @@ class EngineTransaction:
         """Commit the open transaction with the input offsets (or, unsafe: after it)."""
         self.flush()
         if not self.transactional:
-            consumer.commit(offsets=offsets, asynchronous=False)
             self._open = False
+            self._run(lambda: consumer.commit(offsets=offsets, asynchronous=False))
             return
         self._run(self.producer.send_offsets_to_transaction, offsets,
                   consumer.consumer_group_metadata(), 30)

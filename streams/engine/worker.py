@@ -60,6 +60,7 @@ class EngineWorker:
         self.txn = EngineTransaction(settings, worker_id, not settings.unsafe_no_transactions)
         meta = self.consumer.list_topics(self.topics.requests, timeout=30)
         partitions = len(meta.topics[self.topics.requests].partitions)
+        self.cluster_id = meta.cluster_id or "unknown-cluster"
         self.processor = BatchProcessor(settings, self.topics, partitions, self.txn)
         self.metrics = EngineMetrics(self, metrics_port)
 
@@ -73,8 +74,9 @@ class EngineWorker:
                          for tp in partitions])
 
     def _open_task(self, partition: int) -> PartitionTask:
-        # the changelog's name is part of the path: a store never meets another topic
-        path = os.path.join(self.settings.state_dir, self.topics.changelog,
+        # the cluster's id and the changelog's name are in the path: a store never meets
+        # another cluster or topic
+        path = os.path.join(self.settings.state_dir, self.cluster_id, self.topics.changelog,
                             f"engine-{self.worker_id}", f"p{partition}")
         task = self.tasks[partition] = PartitionTask(partition, PartitionStore(path))
         return task
@@ -197,11 +199,11 @@ class EngineWorker:
             self._rewind(exc)
             return
         for task, credits, requests in batch:
-            task.store.commit(task.changelog_next)
             if credits:
                 task.next_credit = credits[-1].offset() + 1
             if requests:
                 task.next_request = requests[-1].offset() + 1
+            task.store.commit(task.changelog_next, (task.next_credit or 0, task.next_request or 0))
         self.batches += 1
         self.metrics.committed(len(batch), sum(len(c) + len(r) for _, c, r in batch),
                                time.monotonic() - t0)

@@ -22,9 +22,10 @@ def _stopped(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
-def _owns_every_partition(log_path, partitions: int) -> bool:
+def _full_assignments(log_path, partitions: int) -> int:
+    """How often the worker was assigned every partition."""
     text = log_path.read_text() if log_path.exists() else ""
-    return f"assigned partitions {list(range(partitions))}" in text
+    return text.count(f"assigned partitions {list(range(partitions))}")
 
 
 def _freeze_worker_1(settings, pool, wl, names, point: str, logs, transfers: int = 9_000):
@@ -38,8 +39,9 @@ def _freeze_worker_1(settings, pool, wl, names, point: str, logs, transfers: int
     while not _stopped(zombie.pid):
         assert zombie.poll() is None and time.monotonic() < deadline, "the worker never froze"
         time.sleep(0.05)
+    taken_over = _full_assignments(logs / "worker-0.log", settings.partitions)
     deadline = time.monotonic() + 60
-    while not _owns_every_partition(logs / "worker-0.log", settings.partitions):
+    while _full_assignments(logs / "worker-0.log", settings.partitions) == taken_over:
         assert time.monotonic() < deadline, "worker 0 never took over the frozen worker's partitions"
         time.sleep(0.1)
     zombie.send_signal(signal.SIGCONT)

@@ -40,7 +40,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from streams.supervisor import up
 
     return up(_settings(args), args.workers, args.broker_port, args.demo, args.views, args.web_port,
-              args.brokers, args.data_dir, args.clean)
+              args.brokers, args.data_dir, args.clean, args.once)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedded broker data, logs and the engine's stores (default $BANK_STATE_DIR/kafka); "
                         "kept across restarts")
     p.add_argument("--clean", action="store_true", help="delete --data-dir first: start from empty topics")
+    p.add_argument("--once", action="store_true",
+                   help="with --demo: stop everything after the demo (exit 1 if its checks failed)")
     p.add_argument("--demo", action="store_true", help="run a small demo workload and print results")
     p.add_argument("--views", type=int, default=2, help="views workers, each with a web server (default 2)")
     p.add_argument("--web-port", type=int, default=8080,

@@ -19,17 +19,22 @@ def _progress(label: str):
 
 
 def run_demo(settings: Settings, web_url: str | None = None, accounts: int = 200,
-             transfers: int = 5000, seed: int = 7) -> None:
+             transfers: int = 5000, seed: int = 7) -> bool:
+    """Run the demo workload; True if every request finished and the ledger checks pass.
+
+    Request ids are unique per run, so a second `make run` on the same data
+    adds to the first (its open_account requests are rejected account_exists)."""
     rng = random.Random(seed)
+    run = f"{int(time.time())}"
     names = [f"acct-{i:04d}" for i in range(accounts)]
     watcher = OutcomeWatcher(settings)
     sender = RequestSender(settings)
     try:
         setup = []
         for name in names:
-            for req in ({"type": "open_account", "request_id": f"open-{name}", "account": name,
+            for req in ({"type": "open_account", "request_id": f"{run}-open-{name}", "account": name,
                          "daily_limit": 1_000_000},
-                        {"type": "deposit", "request_id": f"dep-{name}", "account": name,
+                        {"type": "deposit", "request_id": f"{run}-dep-{name}", "account": name,
                          "amount": 10_000}):
                 sender.send(req)
                 setup.append(req["request_id"])
@@ -37,12 +42,12 @@ def run_demo(settings: Settings, web_url: str | None = None, accounts: int = 200
         print(f"demo: opening {accounts} accounts with 100.00 each")
         if not watcher.wait(setup, 120, _progress("set-up requests finished")):
             print("demo: set-up did not finish in 120 s", flush=True)
-            return
+            return False
         ids = []
         start = time.monotonic()
         for i in range(transfers):
             src, dst = rng.sample(names, 2)
-            req = {"type": "transfer", "request_id": f"t-{i}", "from": src, "to": dst,
+            req = {"type": "transfer", "request_id": f"{run}-t-{i}", "from": src, "to": dst,
                    "amount": rng.randint(1, 4_000)}
             sender.send(req)
             ids.append(req["request_id"])
@@ -62,6 +67,7 @@ def run_demo(settings: Settings, web_url: str | None = None, accounts: int = 200
     print("demo: ledger check")
     print("  " + report.render().replace("\n", "\n  "))
     _print_balances(settings, names[:5], web_url)
+    return ok and report.ok
 
 
 def _print_balances(settings: Settings, names: list[str], web_url: str | None) -> None:

@@ -133,7 +133,7 @@ def wait_for_views(urls: list[str], partitions: int, timeout_s: float = 120.0) -
 
 def up(settings: Settings, workers: int, broker_port: int | None, demo: bool,
        views: int = 2, web_port: int = 8080, brokers: int = 1, data_dir: str | None = None,
-       clean: bool = False) -> int:
+       clean: bool = False, once: bool = False) -> int:
     """Start everything, optionally show a demo, and serve until Ctrl-C."""
     stopping = False
 
@@ -173,7 +173,9 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: bool,
                           f"{urls[0]}/openapi.yaml)", flush=True)
             if demo:
                 from streams.demo import run_demo
-                run_demo(settings, urls[0] if views else None)
+                ok = run_demo(settings, urls[0] if views else None)
+                if once:
+                    return 0 if ok else 1
             print("serving; Ctrl-C to stop", flush=True)
             while not stopping:
                 for pool in pools:

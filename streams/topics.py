@@ -1,6 +1,7 @@
 """Topic names, the topics.yaml catalogue, and idempotent topic creation."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -57,6 +58,22 @@ def load_specs(settings: Settings) -> list[TopicSpec]:
     return specs
 
 
+def _partition_counts(admin: AdminClient, names: list[str], timeout_s: float) -> dict[str, int]:
+    """Partition counts once every topic is in the metadata (a broker learns of a topic the
+    controller created a moment later) with a leader for every partition."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        ready = {n: t for n, t in topics.items() if n in names and t.error is None
+                 and t.partitions and all(p.leader >= 0 for p in t.partitions.values())}
+        if len(ready) == len(names):
+            return {n: len(ready[n].partitions) for n in names}
+        if time.monotonic() > deadline:
+            raise TopicLayoutError(f"topics not ready after {timeout_s:.0f} s: "
+                                   f"{sorted(set(names) - set(ready))}")
+        time.sleep(0.1)
+
+
 def min_insync_replicas(settings: Settings) -> int:
     """2 on a replicated cluster (a write survives one broker's loss), else 1."""
     return 2 if settings.replication_factor >= 3 else 1
@@ -81,8 +98,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
             err = exc.args[0] if exc.args else None
             if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
                 raise
-    metadata = admin.list_topics(timeout=timeout_s)
-    counts = {s.name: len(metadata.topics[s.name].partitions) for s in specs}
+    counts = _partition_counts(admin, [s.name for s in specs], timeout_s)
     co_counts = {s.name: counts[s.name] for s in specs if s.co_partitioned}
     if len(set(co_counts.values())) != 1:
         raise TopicLayoutError(

@@ -92,3 +92,16 @@ def assert_invariants(settings: Settings, workload: Workload) -> VerifyReport:
     assert report.deposits == workload.deposits
     assert report.requests == len(set(workload.request_ids))
     return report
+
+
+def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.1) -> None:  # noqa: ANN001
+    """Poll `condition()` until it is true; fail naming `what` after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
+        time.sleep(poll_s)
+
+
+def log_count(path, text: str) -> int:  # noqa: ANN001 - a pathlib.Path
+    """How often `text` occurs in a worker's log file (0 if it has none yet)."""
+    return path.read_text().count(text) if path.exists() else 0

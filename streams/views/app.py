@@ -49,7 +49,7 @@ from streams.kafka import client_config
 from streams.views.credentials import faust_credentials
 from streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
                                 history_key, merge_status)
-from streams.views.metrics import ViewsMetrics
+from streams.views.metrics import LagUnavailable, ViewsMetrics
 
 log = logging.getLogger("bank.views")
 
@@ -285,8 +285,8 @@ class ViewsWorker:
         try:
             consumer = self.app.consumer
             assigned = [tp for tp in consumer.assignment() if tp.topic in sources]
-        except Exception:  # noqa: BLE001 - not started or rebalancing: no figures
-            return []
+        except Exception as exc:  # noqa: BLE001 - not started, or rebalancing
+            raise LagUnavailable(f"{type(exc).__name__}: {exc}") from None
         rows = []
         for tp in assigned:
             high = consumer.highwater(tp)

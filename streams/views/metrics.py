@@ -10,6 +10,10 @@ from prometheus_client.registry import Collector
 LagSource = Callable[[], Iterable[tuple[str, int, int]]]  # (topic, partition, lag)
 
 
+class LagUnavailable(RuntimeError):
+    """The consumer's position or the partitions' ends cannot be read right now."""
+
+
 class _LagCollector(Collector):
     """Consumer lag per partition, read when scraped."""
 
@@ -20,7 +24,11 @@ class _LagCollector(Collector):
         family = GaugeMetricFamily("bank_views_consumer_lag",
                                    "records between the views' position and the partition's end",
                                    labels=["topic", "partition"])
-        for topic, partition, lag in self._source():
+        try:
+            rows = list(self._source())
+        except LagUnavailable:   # no figures rather than zeros
+            rows = []
+        for topic, partition, lag in rows:
             family.add_metric([topic, str(partition)], lag)
         yield family
 

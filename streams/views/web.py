@@ -23,6 +23,7 @@ from faust.web import View
 from streams.decisions import Undecodable, parse_json, parse_request
 from streams.views.fold import global_figures, PartitionTotals
 from streams.views.intake import OutcomeWaiter, Overloaded, RequestProducer, is_duplicate
+from streams.views.metrics import LagUnavailable
 
 if TYPE_CHECKING:
     from streams.views.app import ViewsWorker
@@ -324,11 +325,16 @@ def register_routes(worker: "ViewsWorker") -> None:
     @app.page("/health")
     class Health(View):
         async def get(self, request: aioweb.Request) -> aioweb.Response:
-            lag = sum(row[2] for row in worker.lag())
+            status, reason = "ok", None
+            try:
+                lag: int | None = sum(row[2] for row in worker.lag())
+            except LagUnavailable as exc:   # not 0: a lag that cannot be read is not "no lag"
+                lag, status, reason = None, "degraded", f"consumer lag unavailable: {exc}"
             actives = sorted(tp.partition for tp in app.assignor.assigned_actives()
                              if tp.topic == worker.ledger_topic.get_topic_name())
             return json_response({
-                "status": "ok", "worker": worker.worker_id, "generation": worker.generation,
+                "status": status, **({"reason": reason} if reason else {}),
+                "worker": worker.worker_id, "generation": worker.generation,
                 "ledger_partitions": actives,
                 "rebalancing": bool(app.rebalancing), "accepting_requests": "producer" in intake,
                 "lag": lag, "changelog_backlog": app.producer.buffer.size})

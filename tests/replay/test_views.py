@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from replay.views import compare, rebuild
 from streams.supervisor import wait_for_views
-from tests.workload import Workload, assert_invariants
+from tests.workload import Workload, assert_invariants, wait_until
 
 
 def test_rebuilt_views_equal_the_live_ones_after_crashes(settings, pool_factory, views_factory, tmp_path):
@@ -26,7 +26,8 @@ def test_rebuilt_views_equal_the_live_ones_after_crashes(settings, pool_factory,
         sender = threading.Thread(target=wl.random_transfers, args=(names, 1_000, "t", 2_500),
                                   kwargs={"duplicate_every": 20, "rate_per_s": 200})
         sender.start()
-        time.sleep(1.0)
+        wait_until(lambda: wl.watcher.finished(list(wl.request_ids)) >= 2 * len(names) + 100, 120,
+                   "the first transfers to finish")
         views.kill("1")  # and a views worker dies mid-stream too
         views.start("1")
         deadline = time.monotonic() + 240

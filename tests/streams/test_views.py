@@ -11,7 +11,7 @@ import pytest
 from replay.ledger import LedgerFold
 from streams.supervisor import wait_for_views
 from tests.http import get_json
-from tests.workload import Workload, assert_invariants, ledger
+from tests.workload import Workload, assert_invariants, ledger, wait_until
 
 
 def assert_views_match_ledger(url: str, fold: LedgerFold) -> None:
@@ -134,7 +134,8 @@ def test_a_views_worker_killed_while_its_changelog_lags_loses_nothing(settings, 
         assert wait_for_views([url], settings.partitions)
         fold = ledger(settings)
         assert_views_match_ledger(url, fold)  # the restarted worker itself answers right either way
-        time.sleep(10.0)  # its own changelog writes have drained
+        wait_until(lambda: lag_and_changelog_backlog(url)[1] == 0, 60,
+                   "the restarted worker's own changelog writes to drain")
         views.kill("0")
         shutil.rmtree(os.path.join(settings.state_dir, "views-0"))  # its partitions move to a new machine
         views.start("0")

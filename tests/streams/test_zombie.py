@@ -58,8 +58,10 @@ def test_a_zombie_woken_after_its_partitions_moved_is_fenced(settings, pool_fact
         sender, zombie = _freeze_worker_1(settings, pool, wl, names, point, tmp_path / "logs")
         sender.join()
         assert wl.wait(240)
-        assert_invariants(settings, wl)
+        report = assert_invariants(settings, wl)
         assert zombie.poll() is None, "the fenced worker should rejoin, not exit"
+        # nothing the zombie wrote reached a read_committed reader: not even an identical copy
+        assert report.duplicates_dropped == 0, report.render()
     finally:
         wl.close()
     log1 = (tmp_path / "logs" / "worker-1.log").read_text()
@@ -70,8 +72,9 @@ def test_a_zombie_woken_after_its_partitions_moved_is_fenced(settings, pool_fact
         assert hidden_records(settings, topics.LEDGER) > 0
 
 
-def test_negative_control_without_transactions_a_zombie_writes_conflicting_events(
-        settings, pool_factory, tmp_path):
+def test_negative_control_without_transactions_a_zombies_writes_are_read(settings, pool_factory, tmp_path):
+    """Without transactions nothing fences the zombie's writes: read_committed readers see the
+    batch it finished after waking (the ledger's dedupe by seq is what then catches them)."""
     from dataclasses import replace
 
     settings = replace(settings, unsafe_no_transactions=True)
@@ -86,4 +89,4 @@ def test_negative_control_without_transactions_a_zombie_writes_conflicting_event
         report = verify(settings, require_final=False)
     finally:
         wl.close()
-    assert report.applied_twice > 0 or any("seq" in v for v in report.violations), report.render()
+    assert report.duplicates_dropped > 0 or report.applied_twice > 0 or report.violations, report.render()

@@ -1,0 +1,44 @@
+"""The built wheel is complete: installed into a fresh virtualenv (as the container image
+installs it), its `bank` finds topics.yaml and the broker's pom.xml and Maven Wrapper, starts
+the embedded Kafka and runs the demo, from a directory with no source tree in it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streams.broker import free_port
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
+                                 reason="starts the embedded broker")]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BANK_", "PYTHON"))}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, f"{cmd} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def test_the_wheel_installs_and_runs_the_demo_on_its_own(tmp_path):
+    dist = tmp_path / "dist"
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)], tmp_path, 300)
+    wheel = next(dist.glob("kbank-*.whl"))
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", str(venv)], tmp_path, 120)
+    _run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], tmp_path, 600)
+    bank = str(venv / "bin" / "bank")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert "create the topics" in _run([bank, "--help"], elsewhere, 60).stdout
+    _run([bank, "topics", "--help"], elsewhere, 60)
+    out = _run([bank, "up", "--demo", "--once", "--views", "1", "--web-port", str(free_port()),
+                "--data-dir", str(tmp_path / "kafka")], elsewhere, 600).stdout
+    assert "verify: OK" in out and "Apache Kafka (1 KRaft node) ready" in out, out[-2000:]

@@ -86,8 +86,10 @@ class WorkerPool:
                 self._streak[wid] = self._streak.get(wid, 0) + 1 if quick else 1
                 delay = min(30.0, 0.5 * 2 ** (self._streak[wid] - 1)) if backoff else 0.0
                 self._restart_at[wid] = now + delay
-                print(f"{self.command} {wid} exited ({exit_reason(proc.returncode)}); crash "
+                reason = exit_reason(proc.returncode)
+                print(f"{self.command} {wid} exited ({reason}); crash "
                       f"{self.crashes[wid]}, restarting in {delay:.1f} s", flush=True)
+                record_crash(self.settings.state_dir, self.command, wid, self.crashes[wid], reason)
             if now >= self._restart_at[wid]:
                 self.start(wid)
                 restarted.append(wid)
@@ -96,6 +98,38 @@ class WorkerPool:
     def stop_all(self) -> None:
         for wid in list(self.procs):
             self.stop(wid)
+
+
+CRASHES_FILE = "worker-crashes.json"
+
+
+def record_crash(state_dir: str, command: str, worker_id: str, crashes: int, reason: str) -> None:
+    """Keep each worker's crash count and last exit reason where the views' /health and
+    /metrics read them (BANK_STATE_DIR/worker-crashes.json)."""
+    import orjson
+
+    path = os.path.join(state_dir, CRASHES_FILE)
+    try:
+        with open(path, "rb") as f:
+            data = orjson.loads(f.read())
+    except (OSError, ValueError):
+        data = {}
+    data.setdefault(command, {})[worker_id] = {"crashes": crashes, "last_exit": reason}
+    os.makedirs(state_dir, exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        f.write(orjson.dumps(data))
+    os.replace(path + ".tmp", path)
+
+
+def read_crashes(state_dir: str) -> dict:
+    """What record_crash wrote: {command: {worker_id: {crashes, last_exit}}} ({} if none)."""
+    import orjson
+
+    try:
+        with open(os.path.join(state_dir, CRASHES_FILE), "rb") as f:
+            return orjson.loads(f.read())
+    except (OSError, ValueError):
+        return {}
 
 
 def exit_reason(code: int | None) -> str:

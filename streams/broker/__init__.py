@@ -297,9 +297,21 @@ class KafkaCluster:
             raise BrokerError("no active controller found in the nodes' logs")
         return best[0]
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM every node at once (a clean shutdown of each), SIGKILL what is left after
+        the timeout: stopped one by one, the last nodes of a quorum wait for the gone ones."""
+        procs = [n.proc for n in self.nodes if n.proc is not None and n.proc.poll() is None]
         for node in self.nodes:
-            self.kill_node(node.node_id, signal.SIGTERM)
+            node.proc = None
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def default_data_dir() -> str:

@@ -139,7 +139,7 @@ class ViewsWorker:
         self.web_port = web_port
         self.requests_topic = settings.topic(topics.REQUESTS)
         self.positions: dict[TP, int] = {}  # next offset to read, per source partition
-        self.metrics = ViewsMetrics(self.lag)
+        self.metrics = ViewsMetrics(self.lag, settings.state_dir)
         from streams.views.web import observe_middleware, register_routes
 
         from replay.generations import LIVE, live_generation, source_settings

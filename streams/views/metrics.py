@@ -33,8 +33,25 @@ class _LagCollector(Collector):
         yield family
 
 
+class _CrashCollector(Collector):
+    """Worker exits that the supervisor restarted, read when scraped."""
+
+    def __init__(self, state_dir: str) -> None:
+        self._state_dir = state_dir
+
+    def collect(self):  # noqa: ANN201 - prometheus_client protocol
+        from streams.supervisor import read_crashes
+
+        family = GaugeMetricFamily("bank_worker_crashes", "exits of workers that bank up restarted",
+                                   labels=["kind", "worker"])
+        for kind, workers in read_crashes(self._state_dir).items():
+            for wid, info in workers.items():
+                family.add_metric([kind, wid], info.get("crashes", 0))
+        yield family
+
+
 class ViewsMetrics:
-    def __init__(self, lag_source: LagSource) -> None:
+    def __init__(self, lag_source: LagSource, state_dir: str = ".state") -> None:
         self.registry = CollectorRegistry()
         self.ledger_events = Counter(
             "bank_views_ledger_events", "ledger events consumed, by what the views did with them",
@@ -46,6 +63,7 @@ class ViewsMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry)
         self.registry.register(_LagCollector(lag_source))
+        self.registry.register(_CrashCollector(state_dir))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

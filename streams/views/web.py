@@ -23,6 +23,7 @@ from faust.web import View
 from streams.decisions import Undecodable, parse_json, parse_request
 from streams.views.fold import global_figures, PartitionTotals
 from streams.views.intake import OutcomeWaiter, Overloaded, RequestProducer, is_duplicate
+from streams.supervisor import read_crashes
 from streams.views.metrics import LagUnavailable
 
 if TYPE_CHECKING:
@@ -337,7 +338,8 @@ def register_routes(worker: "ViewsWorker") -> None:
                 "worker": worker.worker_id, "generation": worker.generation,
                 "ledger_partitions": actives,
                 "rebalancing": bool(app.rebalancing), "accepting_requests": "producer" in intake,
-                "lag": lag, "changelog_backlog": app.producer.buffer.size})
+                "lag": lag, "changelog_backlog": app.producer.buffer.size,
+                "worker_crashes": read_crashes(worker.settings.state_dir)})
 
     @app.page("/metrics")
     class Metrics(View):

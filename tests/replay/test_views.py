@@ -26,8 +26,11 @@ def test_rebuilt_views_equal_the_live_ones_after_crashes(settings, pool_factory,
         sender = threading.Thread(target=wl.random_transfers, args=(names, 1_000, "t", 2_500),
                                   kwargs={"duplicate_every": 20, "rate_per_s": 200})
         sender.start()
-        wait_until(lambda: wl.watcher.finished(list(wl.request_ids)) >= 2 * len(names) + 100, 120,
-                   "the first transfers to finish")
+        def first_transfers_finished() -> bool:
+            engine.restart_dead()   # the workers kill themselves every 3rd batch
+            return wl.watcher.finished(list(wl.request_ids)) >= 2 * len(names) + 100
+
+        wait_until(first_transfers_finished, 120, "the first transfers to finish")
         views.kill("1")  # and a views worker dies mid-stream too
         views.start("1")
         deadline = time.monotonic() + 240

@@ -1,0 +1,30 @@
+"""`bank up`'s supervisor: a worker in a crash loop is restarted with a growing backoff, and
+its crashes and exit reason are recorded where /health and /metrics read them."""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from streams.config import Settings
+from streams.supervisor import WorkerPool, read_crashes
+
+
+def test_a_crash_looping_worker_is_restarted_with_backoff_and_counted(tmp_path):
+    # without a broker to point at, `bank worker` exits at once with code 2: a crash loop
+    settings = replace(Settings(), bootstrap_servers="", state_dir=str(tmp_path))
+    pool = WorkerPool(settings, 1, str(tmp_path))
+    restarts: list[float] = []
+    deadline = time.monotonic() + 30
+    try:
+        while len(restarts) < 4:
+            assert time.monotonic() < deadline, f"only {len(restarts)} restarts"
+            restarts += [time.monotonic()] * len(pool.restart_dead(backoff=True))
+            time.sleep(0.02)
+    finally:
+        pool.stop_all()
+    gaps = [b - a for a, b in zip(restarts, restarts[1:])]
+    # each delay doubles (1, 2, 4 s after the first 0.5 s), plus the worker's own start time
+    assert gaps[0] >= 0.95 and gaps[1] >= 1.95 and gaps[2] >= 3.95, gaps
+    assert pool.crashes["0"] >= 4
+    crashes = read_crashes(str(tmp_path))["worker"]["0"]
+    assert crashes["crashes"] >= 4 and crashes["last_exit"] == "exit code 2"

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import orjson
 
-from streams.broker import kafka_cluster
+from streams.broker import KAFKA_VERSION, KafkaCluster, kafka_cluster
 from streams.config import Settings, describe
 
 
@@ -46,11 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(x) for x in args.scaling.split(",")] if args.scaling else [args.workers]
     log = sys.stderr
     state_dir = tempfile.mkdtemp(prefix="bank-bench-state-")
-    with kafka_cluster(settings.bootstrap_servers, data_dir=os.path.join(state_dir, "kafka")) as bootstrap:
-        embedded = not settings.bootstrap_servers
+    embedded = not settings.bootstrap_servers
+    cluster = KafkaCluster(os.path.join(state_dir, "kafka")).start() if embedded else None
+    try:
+        bootstrap = cluster.bootstrap_servers if cluster else settings.bootstrap_servers
+        broker_pids = [n.proc.pid for n in cluster.nodes if n.proc] if cluster else []
         settings = replace(settings, bootstrap_servers=bootstrap, state_dir=state_dir)
-        print(f"broker: {'embedded Apache Kafka' if embedded else bootstrap}; measuring raw throughput",
-              file=log, flush=True)
+        print(f"broker: {'embedded Apache Kafka ' + KAFKA_VERSION if embedded else bootstrap}; "
+              "measuring raw throughput", file=log, flush=True)
         raw = broker_raw_throughput(replace(settings, topic_prefix=f"bench-raw-{os.getpid()}-"),
                                     args.raw_messages)
         print(f"  raw: produce {raw['produce_msgs_per_s']:,.0f} msgs/s, consume "
@@ -62,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_bench(settings, workers=workers, accounts=args.accounts,
                                      seconds=args.seconds, warmup=args.warmup, rate=args.rate,
                                      inflight=args.inflight, zipf=args.zipf,
-                                     raw_msgs_per_s=raw["msgs_per_s"]))
+                                     raw_msgs_per_s=raw["msgs_per_s"], broker_pids=broker_pids))
+    finally:
+        if cluster:
+            cluster.stop()
     shutil.rmtree(settings.state_dir, ignore_errors=True)
     if args.json:
         for r in results:

@@ -8,6 +8,7 @@ rejection) was written by the engine.
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import sys
 import threading
@@ -19,6 +20,7 @@ from functools import partial
 import orjson
 from confluent_kafka import OFFSET_END, TopicPartition
 
+from bench.cpu import CpuMeter
 from streams import kafka, topics
 from streams.client import RequestSender
 from streams.config import Settings
@@ -43,6 +45,7 @@ class BenchResult:
     completed: int = 0
     unfinished: int = 0
     mode: str = ""
+    cpu_us_per_transfer: dict[str, float] = field(default_factory=dict)
     initiation_ms: list[float] = field(default_factory=list, repr=False)
     completion_ms: list[float] = field(default_factory=list, repr=False)
 
@@ -157,8 +160,10 @@ def open_accounts(settings: Settings, sender: RequestSender, clock: OutcomeClock
 
 
 def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float, warmup: float,
-          rate: float | None, inflight: int, zipf: float | None, seed: int = 1) -> BenchResult:
-    """Send transfers for warmup + seconds; measure the window after the warm-up."""
+          rate: float | None, inflight: int, zipf: float | None, seed: int = 1,
+          meter: CpuMeter | None = None) -> BenchResult:
+    """Send transfers for warmup + seconds; measure the window after the warm-up (and the
+    CPU each kind of process used in it, with `meter`)."""
     rng = random.Random(seed)
     pick = _account_picker(accounts, zipf, rng)
     sender = RequestSender(settings, **{"linger.ms": 2, "acks": "all"})
@@ -176,9 +181,15 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
     bar = Progress("driving transfers", int(total))
     finished_before = len(clock.final_at)  # the opening requests
     i = 0
+    metering = False
     while True:
         now = time.perf_counter()
+        if meter is not None and not metering and now >= window_start:
+            meter.start()
+            metering = True
         if now >= window_end:
+            if meter is not None:
+                meter.stop()
             break
         if rate:
             due = int((now - start) * rate)
@@ -232,12 +243,13 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
         duration_s=seconds, rejected=clock.rejected, sent=len(sent_at),
         completed=finished - clock.rejected, unfinished=len(sent_at) - finished,
         mode=f"open-loop {rate:,.0f}/s" if rate else f"closed-loop, {inflight:,} in flight",
+        cpu_us_per_transfer=meter.per_transfer_us(finals_in_window) if meter else {},
         initiation_ms=init, completion_ms=comp)
 
 
 def run_bench(settings: Settings, *, workers: int, accounts: int, seconds: float, warmup: float,
               rate: float | None, inflight: int, zipf: float | None, raw_msgs_per_s: float,
-              log_dir: str | None = None) -> BenchResult:
+              log_dir: str | None = None, broker_pids: list[int] | None = None) -> BenchResult:
     """One benchmark run on fresh topics with `workers` engine processes."""
     settings = replace(settings, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}-")
     ensure_topics(settings)
@@ -248,7 +260,10 @@ def run_bench(settings: Settings, *, workers: int, accounts: int, seconds: float
         open_accounts(settings, sender, clock, accounts, deposit=10_000_000)
         # the opening requests are not part of the measurement
         clock.rejected = 0
-        result = drive(settings, clock, accounts, seconds, warmup, rate, inflight, zipf)
+        meter = CpuMeter({"engine": [p.pid for p in pool.procs.values()],
+                          "broker": broker_pids or [],
+                          "load generator": [os.getpid()]})
+        result = drive(settings, clock, accounts, seconds, warmup, rate, inflight, zipf, meter=meter)
     finally:
         clock.close()
         pool.stop_all()

@@ -25,7 +25,7 @@ from streams.decisions import (Decision, Rules, Undecodable, credit_marker, deci
                                decide_request, parse_request)
 from streams.engine.changelog import BatchRecord, account_key
 from streams.engine.state import PartitionStore
-from streams.engine.transaction import EngineTransaction
+from streams.engine.transaction import EngineTransaction, TransactionAborted
 from streams.model import Position
 from streams.partitioning import partition_for
 
@@ -121,6 +121,8 @@ class BatchProcessor:
             return
         try:
             apply(task, msg)
+        except TransactionAborted:
+            raise   # the output path failed, not the record: the whole batch aborts
         except Exception as exc:  # noqa: BLE001 - a poison record must not halt the partition
             log.exception("record %s[%d]@%d failed; dead-lettered", msg.topic(), msg.partition(),
                           msg.offset())

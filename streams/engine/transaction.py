@@ -83,7 +83,7 @@ class EngineTransaction:
             kwargs["headers"] = headers
         while True:
             try:
-                self.producer.produce(topic, **kwargs)
+                self._run(self.producer.produce, topic, **kwargs)
                 return
             except BufferError:
                 self.producer.poll(0.01)
@@ -128,10 +128,11 @@ class EngineTransaction:
         self._errors = []
         self.producer = self._new_producer()
 
-    def _run(self, call: Callable[..., object], *args: object) -> None:
-        """Run a transactional call; sort its error (retriable ones are retried by librdkafka)."""
+    def _run(self, call: Callable[..., object], *args: object, **kwargs: object) -> None:
+        """Run a producer call; sort its error (retriable ones are retried by librdkafka). A
+        produce refused because the transaction is in an error state aborts the batch too."""
         try:
-            call(*args)
+            call(*args, **kwargs)
         except KafkaException as exc:
             err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
             if err is not None and (err.code() in _FENCED or err.fatal()):

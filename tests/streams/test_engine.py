@@ -13,6 +13,18 @@ from streams.client import read_json
 from tests.workload import Workload, assert_invariants, ledger
 
 
+def exact_histories(settings, expected: dict[str, int]) -> dict[str, list[dict]]:
+    """Each account's ledger events, after checking its balance and its gap-free seqs."""
+    fold = ledger(settings)
+    assert {n: a.balance for n, a in fold.accounts.items()} == expected
+    histories = {}
+    for name in expected:
+        events = [orjson.loads(raw) for raw in fold.accounts[name].events]
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), name
+        histories[name] = events
+    return histories
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_transfers_across_partitions_give_exact_balances_and_histories(settings, pool_factory, workers):
     pool_factory(settings, workers)
@@ -36,14 +48,12 @@ def test_transfers_across_partitions_give_exact_balances_and_histories(settings,
         assert all(wl.watcher.status[f"t{i}"] == "completed" for i in range(300))
     finally:
         wl.close()
-    fold = ledger(settings)
-    assert {n: a.balance for n, a in fold.accounts.items()} == expected
+    histories = exact_histories(settings, expected)
     for name in names:
-        events = [orjson.loads(raw) for raw in fold.accounts[name].events]
-        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        events = histories[name]
         got = Counter((e["kind"], e["amount"], e["counterparty"]) for e in events)
         assert got == history[name], name
-    partitions = {orjson.loads(m)["source"]["partition"] for a in fold.accounts.values() for m in a.events}
+    partitions = {e["source"]["partition"] for events in histories.values() for e in events}
     assert len(partitions) >= 4, "the accounts should span several partitions"
     assert_invariants(settings, wl)
 
@@ -159,11 +169,7 @@ def test_records_on_the_wrong_partition_are_forwarded_to_their_accounts_partitio
         assert wl.wait(60)
     finally:
         wl.close()
-    fold = ledger(settings)
-    assert {n: a.balance for n, a in fold.accounts.items()} == expected
-    for name in names:
-        events = [orjson.loads(raw) for raw in fold.accounts[name].events]
-        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    for name, events in exact_histories(settings, expected).items():
         assert {e["source"]["partition"] for e in events} == {partition_for(name, settings.partitions)}
     from replay.verify import fold_outcomes
 

@@ -94,8 +94,13 @@ def install_jars(quiet: bool = True) -> Path:
 
 
 def _cluster_id() -> str:
-    """A 22-character URL-safe base64 UUID, as `kafka-storage random-uuid` makes."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A 22-character URL-safe base64 UUID, as `kafka-storage random-uuid` makes: like Kafka's
+    Uuid.randomUuid, never one starting with "-", which the tool's argument parser would take
+    for an option (1 in 64 ids; CI met one)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 _LOG4J = """Configuration:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from typing import Any, Iterable, Mapping
 
 import faust
@@ -209,8 +210,13 @@ class ViewsWorker:
                 positions[tp] = int(stored) if stored is not None else 0
         return positions
 
-    def apply_ledger_record(self, partition: int, offset: int, raw: bytes | None) -> None:
-        """Fold one ledger record; the totals, written last, record the position."""
+    def apply_ledger_record(self, partition: int, offset: int, raw: bytes | None,
+                            heal: bool = True) -> None:
+        """Fold one ledger record; the totals, written last, record the position.
+
+        A gap (the account's view is behind the event's seq) means the table lost events
+        that the ledger has: they are read back from the ledger, from just after the
+        account's last applied event up to this one, and folded first (`heal_gap`)."""
         try:
             event = orjson.loads(raw or b"")
             account, seq = event["account"], event["seq"]
@@ -225,6 +231,15 @@ class ViewsWorker:
         self.metrics.ledger_events.labels(verdict.value).inc()
         if verdict is Applied.DUPLICATE:
             return
+        if verdict is Applied.GAP and heal:
+            start = view.offset + 1 if view is not None else 0
+            log.warning("ledger gap for %s: have seq %s, got %s at %d@%d; reading %d@%d.. back",
+                        account, view.seq if view else 0, seq, partition, offset, partition, start)
+            self.heal_gap(partition, start, offset)
+            self.metrics.ledger_events.labels("healed").inc()
+            stored = self.views.get(key)
+            view = AccountView.from_bytes(stored) if stored is not None else None
+            verdict = classify(view, seq, offset)
         if verdict is Applied.GAP:
             log.error("ledger gap for %s: have seq %s, got %s at %d@%d",
                       account, view.seq if view else 0, seq, partition, offset)
@@ -235,6 +250,32 @@ class ViewsWorker:
         totals = self.partition_totals(partition)
         if totals.count(event, offset, self.requests_topic):
             self.views[ViewKeys.totals(partition)] = totals.to_bytes()
+
+    def heal_gap(self, partition: int, start: int, end: int) -> None:
+        """Fold the ledger records [start, end) of a partition again, read straight from the
+        log (read_committed): the fold skips what it has and applies what it lacks."""
+        from confluent_kafka import TopicPartition
+
+        from streams import kafka
+        from streams.client import BULK_READ
+
+        topic = self.ledger_topic.get_topic_name()
+        consumer = kafka.consumer(self.settings, self.settings.topic("bank-views-heal"), **BULK_READ)
+        try:
+            consumer.assign([TopicPartition(topic, partition, start)])
+            done = start >= end
+            deadline = time.monotonic() + 60
+            while not done and time.monotonic() < deadline:
+                for msg in consumer.consume(1000, 1.0):
+                    if msg.error() is not None:
+                        done = True     # end of the partition (EOF) or an error: stop here
+                        break
+                    if msg.offset() >= end:
+                        done = True
+                        break
+                    self.apply_ledger_record(partition, msg.offset(), msg.value(), heal=False)
+        finally:
+            consumer.close()
 
     def apply_outcome_record(self, partition: int, offset: int, raw: bytes | None) -> None:
         """Fold one outcome into its request's status; then record the position."""

@@ -14,6 +14,7 @@ end. A failed or fenced transaction rewinds every task to its last commit.
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -32,6 +33,8 @@ from streams.engine.state import PartitionStore
 from streams.engine.transaction import EngineTransaction, TransactionAborted, WorkerFenced
 
 log = logging.getLogger("bank.engine")
+
+STALL_REPORT_S = 60.0
 
 
 class EngineWorker:
@@ -131,6 +134,9 @@ class EngineWorker:
         last_report = time.monotonic()
         try:
             while not self._stopping:
+                # a loop step that takes over a minute prints every thread's stack to the log
+                # (a stall after broker kills was seen once and not explained: this is for the next)
+                faulthandler.dump_traceback_later(STALL_REPORT_S, repeat=True)
                 received = self.consumer.consume(self.settings.batch_max_records,
                                                  self.settings.batch_max_ms / 1000)
                 for msg in received:
@@ -149,6 +155,7 @@ class EngineWorker:
                              self.aborts, self.processor.stats)
                     last_report = time.monotonic()
         finally:
+            faulthandler.cancel_dump_traceback_later()
             self._close()
 
     def _on_consume_error(self, err: KafkaError) -> None:

@@ -119,9 +119,22 @@ class ResumeFromViews(AIOKafkaConsumer):
 
 
 class ViewsApp(faust.App):
-    """A Faust app whose consumer is ResumeFromViews."""
+    """A Faust app whose consumer is ResumeFromViews, and whose revocations wait until every
+    table write is in the changelog.
+
+    Faust at_least_once flushes its producer buffer on revocation for at most a moment
+    (flush_atmost gives up after 0.1 s without a send), so a worker losing a partition could
+    still be writing that partition's changelog after the new owner had recovered it and
+    written fresher values: a stale status or account view then lands last in the changelog,
+    and the next recovery (last writer wins) brings it back. Draining before the
+    revocation returns keeps one writer per changelog partition at a time.
+    """
 
     source_positions: Any = None  # set by ViewsWorker: assignment -> {source tp: offset}
+
+    async def _on_partitions_revoked(self, revoked: Any) -> None:
+        await super()._on_partitions_revoked(revoked)
+        await drain_table_writes(self.producer)
 
     def _new_consumer(self) -> Any:
         transport = self.transport
@@ -129,6 +142,19 @@ class ViewsApp(faust.App):
             transport, callback=self.topics.on_message, loop=transport.loop,
             on_partitions_revoked=self._on_partitions_revoked,
             on_partitions_assigned=self._on_partitions_assigned, beacon=self.beacon)
+
+
+async def drain_table_writes(producer: Any, timeout_s: float = 30.0) -> None:
+    """Wait until every buffered table write was handed to the client and acknowledged."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    while producer.buffer.size and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    try:
+        await asyncio.wait_for(producer.flush(), max(1.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        log.error("table writes not acknowledged within %.0f s of a revocation", timeout_s)
 
 
 class ViewsWorker:

@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from replay.verify import verify
 from streams import topics
 from tests.workload import Workload, assert_invariants, hidden_records
 
@@ -70,23 +69,3 @@ def test_a_zombie_woken_after_its_partitions_moved_is_fenced(settings, pool_fact
         # its batch was produced and then fenced: the records exist, invisible when committed-read
         assert "aborting transaction" in log1
         assert hidden_records(settings, topics.LEDGER) > 0
-
-
-def test_negative_control_without_transactions_a_zombies_writes_are_read(settings, pool_factory, tmp_path):
-    """Without transactions nothing fences the zombie's writes: read_committed readers see the
-    batch it finished after waking (the ledger's dedupe by seq is what then catches them)."""
-    from dataclasses import replace
-
-    settings = replace(settings, unsafe_no_transactions=True)
-    pool = pool_factory(settings, 1)
-    names = [f"acct-{i}" for i in range(20)]
-    wl = Workload(settings)
-    try:
-        wl.open_accounts(names, 10_000)
-        sender, _ = _freeze_worker_1(settings, pool, wl, names, "before-commit", tmp_path / "logs")
-        sender.join()
-        wl.wait(120)
-        report = verify(settings, require_final=False)
-    finally:
-        wl.close()
-    assert report.duplicates_dropped > 0 or report.applied_twice > 0 or report.violations, report.render()

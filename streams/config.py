@@ -90,6 +90,10 @@ class Settings:
         "env": "BANK_UNSAFE_VIEWS_KEEP_STATE",
         "help": "testing: a views worker keeps its local RocksDB files when it starts (writes its "
                 "changelog never received then go missing once its partitions move)"})
+    unsafe_views_last_write_wins: bool = field(default=False, metadata={
+        "env": "BANK_UNSAFE_VIEWS_LAST_WRITE_WINS",
+        "help": "testing: a views worker recovering its table lets the changelog's last write of a "
+                "key win, as plain Faust does (a late, stale write then comes back)"})
     unsafe_no_transactions: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_NO_TRANSACTIONS",
         "help": "testing: no transactions; offsets committed after the outputs, every changelog "

@@ -28,7 +28,8 @@ from the changelog (standby replicas keep failover between live workers
 fast).
 
 The app runs at_least_once and reads read_committed (ReadCommittedThread);
-the folds in streams.views.fold make re-deliveries harmless.
+the folds in streams.views.fold make re-deliveries harmless, and the table's
+store (streams.views.store) makes a late, stale changelog write harmless.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import time
 from typing import Any, Iterable, Mapping
 
 import faust
+from aiokafka.structs import TopicPartition
 import orjson
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
@@ -49,37 +51,14 @@ from streams.config import Settings
 from streams.kafka import client_config
 from streams.views.credentials import faust_credentials
 from streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
-                                history_key, merge_status)
+                                merge_status)
 from streams.views.metrics import LagUnavailable, ViewsMetrics
+from streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys
 
 log = logging.getLogger("bank.views")
 
 VIEWS_APP = "bank-views"
 VIEWS_TABLE = "views"
-
-
-class ViewKeys:
-    """Keys of the one views table: a prefix per view, so the views cannot collide."""
-
-    @staticmethod
-    def account(account: str) -> bytes:
-        return b"a\x00" + account.encode("utf-8", "surrogatepass")
-
-    @staticmethod
-    def history(account: str, seq: int) -> bytes:
-        return b"h\x00" + history_key(account, seq)
-
-    @staticmethod
-    def totals(partition: int) -> bytes:
-        return b"t\x00%d" % partition
-
-    @staticmethod
-    def status(request_id: str) -> bytes:
-        return b"s\x00" + request_id.encode("utf-8", "surrogatepass")
-
-    @staticmethod
-    def outcomes_position(partition: int) -> bytes:
-        return b"o\x00%d" % partition
 
 
 class ReadCommittedThread(AIOKafkaConsumerThread):
@@ -99,22 +78,44 @@ class ReadCommittedThread(AIOKafkaConsumerThread):
 class ResumeFromViews(AIOKafkaConsumer):
     """Faust's consumer, but source partitions resume where the recovered table says.
 
-    Faust calls seek_to_committed once table recovery is complete and before
-    any source record is delivered; the app's `source_positions` reads the
-    positions out of the recovered table.
+    The table's positions can lie behind the group's committed offsets (Faust commits what
+    its agents processed while their table writes may still be in the producer's buffer) or
+    ahead of them. A record delivered from the committed offset before the seek would skip
+    what the table lacks, and its own position write would hide the skip from the seek. So
+    the sources are sought as soon as recovery completes, while they are still paused
+    (`seek_sources_to_table`, on Faust's on_rebalance_complete), and again where Faust seeks
+    to committed offsets, never to the group's committed offsets.
     """
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def seek_sources_to_table(self, *_: Any, **__: Any) -> dict[TP, int]:
+        """Seek each assigned source partition to just past what the table has folded."""
+        positions = self.app.source_positions(self.assignment())  # type: ignore[attr-defined]
+        await self._thread.call_thread(self._seek_in_consumer_thread, positions)
+        for tp, offset in positions.items():
+            log.info("resuming %s at %d from the views table", tp, offset)
+            self._read_offset[tp] = offset or None
+        return positions
+
+    def _seek_in_consumer_thread(self, positions: Mapping[TP, int]) -> None:
+        """aiokafka's consumer is not thread-safe: a seek from the app's thread raced its fetcher
+        (a KeyError in fetched_records), so seeks run on the consumer's own thread."""
+        consumer = self._thread._ensure_consumer()
+        for tp, offset in positions.items():
+            consumer.seek(TopicPartition(tp.topic, tp.partition), offset)
+
     async def seek_to_committed(self) -> Mapping[TP, int]:
-        offsets = dict(await super().seek_to_committed())
-        for tp, offset in self.app.source_positions(self.assignment()).items():  # type: ignore[attr-defined]
-            if offsets.get(tp) != offset:
-                log.info("resuming %s at %d from the views table (group committed %s)",
-                         tp, offset, offsets.get(tp))
-                await self.seek(tp, offset)
-            offsets[tp] = offset
+        positions = await self.seek_sources_to_table()
+        others = [TopicPartition(tp.topic, tp.partition)
+                  for tp in self.assignment() if tp not in positions]
+        offsets: dict[TP, int] = {}
+        if others:  # with no partitions named, aiokafka would seek every assigned partition
+            thread = self._thread
+            offsets.update(await thread.call_thread(thread._ensure_consumer().seek_to_committed,
+                                                    *others))
+        offsets.update(positions)
         return offsets
 
 
@@ -138,10 +139,12 @@ class ViewsApp(faust.App):
 
     def _new_consumer(self) -> Any:
         transport = self.transport
-        return ResumeFromViews(
+        consumer = ResumeFromViews(
             transport, callback=self.topics.on_message, loop=transport.loop,
             on_partitions_revoked=self._on_partitions_revoked,
             on_partitions_assigned=self._on_partitions_assigned, beacon=self.beacon)
+        self.on_rebalance_complete.connect(consumer.seek_sources_to_table)
+        return consumer
 
 
 async def drain_table_writes(producer: Any, timeout_s: float = 30.0) -> None:
@@ -182,7 +185,7 @@ class ViewsWorker:
             app_id,
             broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
             broker_credentials=faust_credentials(client_config(settings)),
-            store="rocksdb://",
+            store=STORE_URL,
             datadir=datadir,
             processing_guarantee="at_least_once",
             topic_partitions=settings.partitions,
@@ -198,6 +201,7 @@ class ViewsWorker:
             key_serializer="raw", value_serializer="raw",
         )
         self.app.source_positions = self.source_positions
+        MonotoneRocksDBStore.last_write_wins = settings.unsafe_views_last_write_wins
         self.views = self.app.Table(VIEWS_TABLE, partitions=settings.partitions,
                                     key_type=bytes, value_type=bytes)
         self.ledger_topic = self.app.topic(source.topic(topics.LEDGER), key_type=bytes,

@@ -67,6 +67,10 @@ class Settings:
     fault_abort_every: int = field(default=0, metadata={
         "env": "BANK_FAULT_ABORT_EVERY",
         "help": "testing: abort every Nth engine transaction after its outputs were produced (0 = never)"})
+    fault_unknown_commit_every: int = field(default=0, metadata={
+        "env": "BANK_FAULT_UNKNOWN_COMMIT_EVERY",
+        "help": "testing: every Nth engine batch commits, then its commit is reported as of unknown "
+                "outcome, as after a commit timeout (0 = never)"})
     fault_crash_every: int = field(default=0, metadata={
         "env": "BANK_FAULT_CRASH_EVERY",
         "help": "testing: SIGKILL the worker itself in the middle of writing every Nth batch's "
@@ -83,6 +87,11 @@ class Settings:
         "env": "BANK_FAULT_FREEZE_POINT", "choices": ("before-batch", "before-commit"),
         "help": "testing: where BANK_FAULT_FREEZE_AT_BATCH stops the worker: before-batch (records "
                 "fetched, nothing written) or before-commit (outputs produced, not committed)"})
+    engine_stall_exit_s: float = field(default=120.0, metadata={
+        "env": "BANK_ENGINE_STALL_EXIT_S",
+        "help": "an engine worker whose poll loop makes no step for this long prints every "
+                "thread's stack to its log and exits, to be restarted (a client call stuck on a "
+                "lost broker must not stall its partitions forever; 0 = never)"})
     engine_metrics_port: int = field(default=0, metadata={
         "env": "BANK_ENGINE_METRICS_PORT",
         "help": "first port of the engine workers' Prometheus /metrics (worker i uses port + i; 0 = off)"})
@@ -98,6 +107,10 @@ class Settings:
         "env": "BANK_UNSAFE_NO_TRANSACTIONS",
         "help": "testing: no transactions; offsets committed after the outputs, every changelog "
                 "record trusted (breaks exactly-once)"})
+    unsafe_rerun_unknown_commit: bool = field(default=False, metadata={
+        "env": "BANK_UNSAFE_RERUN_UNKNOWN_COMMIT",
+        "help": "testing: a commit of unknown outcome is taken as aborted and its batch re-run "
+                "from memory (applies it twice when it had committed)"})
     unsafe_no_dedupe: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_NO_DEDUPE",
         "help": "testing: disable the request-id idempotency guard (breaks exactly-once)"})

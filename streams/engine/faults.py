@@ -13,6 +13,7 @@ import signal
 import time
 
 from streams.config import Settings
+from streams.engine.transaction import CommitOutcomeUnknown
 
 log = logging.getLogger("bank.engine")
 
@@ -23,11 +24,16 @@ class InjectedAbort(Exception):
     """Raised to abort a transaction after its outputs were produced."""
 
 
+class InjectedUnknownCommit(CommitOutcomeUnknown):
+    """Raised after a transaction committed, as if its commit had timed out."""
+
+
 class EngineFaults:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._frozen_once = False
         self._commits = 0
+        self._committed = 0
 
     def _freeze(self, point: str, batch_no: int) -> None:
         """Stop this process (SIGSTOP) once, at the configured point and batch."""
@@ -58,3 +64,10 @@ class EngineFaults:
         every = self.settings.fault_abort_every
         if every and self._commits % every == 0:
             raise InjectedAbort(f"injected abort of batch {batch_no}")
+
+    def after_commit(self, batch_no: int) -> None:
+        """Every Nth committed batch: report its outcome as unknown (as a commit timeout does)."""
+        self._committed += 1
+        every = self.settings.fault_unknown_commit_every
+        if every and self._committed % every == 0:
+            raise InjectedUnknownCommit(f"injected unknown outcome of committed batch {batch_no}")

@@ -6,12 +6,15 @@ was not delivered, then commits together with the input offsets and the
 consumer's group metadata (KIP-447), so a worker whose partitions moved is
 fenced by the broker: its commit fails and nothing it wrote becomes visible
 to read_committed readers. Errors are sorted into TransactionAborted (abort,
-rewind, go on) and WorkerFenced (a newer incarnation or owner exists: drop
-every task and rejoin with a new producer).
+rewind, go on), WorkerFenced (a newer incarnation or owner exists: drop
+every task and rejoin with a new producer) and CommitOutcomeUnknown (the
+commit failed without saying whether it happened: a new producer settles it
+on the broker, and the worker resumes from what was committed).
 """
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -32,6 +35,13 @@ class TransactionAborted(Exception):
 
 class WorkerFenced(TransactionAborted):
     """The broker fenced this worker (its producer or its group generation)."""
+
+
+class CommitOutcomeUnknown(TransactionAborted):
+    """commit_transaction failed without an abortable error (a timeout, a lost coordinator):
+    the transaction may have committed. Re-running the batch from memory could apply it twice,
+    so the worker takes a new producer (whose init_transactions makes the coordinator finish
+    or abort it) and resumes from the committed offsets and changelog, as when fenced."""
 
 
 class EngineTransaction:
@@ -105,7 +115,15 @@ class EngineTransaction:
             return
         self._run(self.producer.send_offsets_to_transaction, offsets,
                   consumer.consumer_group_metadata(), 30)
-        self._run(self.producer.commit_transaction, 30)
+        try:
+            self._run(self.producer.commit_transaction, 30)
+        except WorkerFenced:
+            raise
+        except TransactionAborted as exc:
+            cause = exc.__cause__.args[0] if isinstance(exc.__cause__, KafkaException) else None
+            if not (isinstance(cause, KafkaError) and cause.txn_requires_abort()):
+                raise CommitOutcomeUnknown(str(exc)) from exc
+            raise
         self._open = False
 
     def abort(self) -> None:
@@ -123,9 +141,13 @@ class EngineTransaction:
             self.renew()
 
     def renew(self) -> None:
-        """A fresh producer (after fencing or a fatal error); init_transactions fences the old."""
+        """A fresh producer (after fencing, a fatal error or an unknown commit outcome);
+        init_transactions fences the old one, which is destroyed on a thread of its own (its
+        destruction can wait for a coordinator that is gone)."""
         self._open = False
         self._errors = []
+        retired = [self.producer]
+        threading.Thread(target=retired.clear, name="retire-producer", daemon=True).start()
         self.producer = self._new_producer()
 
     def _run(self, call: Callable[..., object], *args: object, **kwargs: object) -> None:

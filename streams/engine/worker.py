@@ -30,12 +30,10 @@ from streams.engine.metrics import EngineMetrics
 from streams.engine.processor import BatchProcessor, PartitionTask, Topics
 from streams.engine.restore import restore
 from streams.engine.state import PartitionStore
-from streams.engine.transaction import EngineTransaction, TransactionAborted, WorkerFenced
+from streams.engine.transaction import (CommitOutcomeUnknown, EngineTransaction, TransactionAborted,
+                                        WorkerFenced)
 
 log = logging.getLogger("bank.engine")
-
-STALL_REPORT_S = 60.0
-
 
 class EngineWorker:
     """One engine process; `run()` until SIGTERM/SIGINT."""
@@ -134,9 +132,10 @@ class EngineWorker:
         last_report = time.monotonic()
         try:
             while not self._stopping:
-                # a loop step that takes over a minute prints every thread's stack to the log
-                # (a stall after broker kills was seen once and not explained: this is for the next)
-                faulthandler.dump_traceback_later(STALL_REPORT_S, repeat=True)
+                # liveness backstop: librdkafka can wait on a coordinator it no longer queries
+                # after a broker loss (confluentinc/librdkafka#5511); a crash is a fault we handle
+                if self.settings.engine_stall_exit_s > 0:
+                    faulthandler.dump_traceback_later(self.settings.engine_stall_exit_s, exit=True)
                 received = self.consumer.consume(self.settings.batch_max_records,
                                                  self.settings.batch_max_ms / 1000)
                 for msg in received:
@@ -202,6 +201,7 @@ class EngineWorker:
                     offsets.append(TopicPartition(self.topics.requests, task.partition, r1))
             self.faults.before_commit(batch_no)
             self.txn.commit(offsets, self.consumer)
+            self.faults.after_commit(batch_no)
         except (TransactionAborted, InjectedAbort) as exc:
             self._rewind(exc)
             return
@@ -216,12 +216,14 @@ class EngineWorker:
                                time.monotonic() - t0)
 
     def _rewind(self, exc: Exception) -> None:
-        """Abort; every task goes back to its last commit (fenced: re-restore its store too)."""
+        """Abort; every task goes back to its last commit. Fenced, or not knowing whether the
+        batch committed: a new producer, and the committed offsets and stores read again."""
         self.aborts += 1
         self.metrics.aborted(type(exc).__name__)
-        fenced = isinstance(exc, WorkerFenced)
+        fenced = isinstance(exc, WorkerFenced) or (
+            isinstance(exc, CommitOutcomeUnknown) and not self.settings.unsafe_rerun_unknown_commit)
         log.warning("worker %s aborting transaction%s: %s", self.worker_id,
-                    " (fenced)" if fenced else "", exc)
+                    " (fenced or outcome unknown)" if fenced else "", exc)
         if fenced:
             self.txn.renew()
         else:

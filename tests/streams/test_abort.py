@@ -60,3 +60,34 @@ def test_aborted_credits_read_uncommitted_without_dedupe_are_applied_twice(setti
     finally:
         wl.close()
     assert report.applied_twice > 0, report.render()
+
+
+def transfers_with_unknown_commits(settings, pool_factory, **unsafe):
+    """Transfers whose every 4th engine commit succeeds but is reported as of unknown outcome."""
+    return transfers_with_aborts(replace(settings, fault_unknown_commit_every=4), pool_factory,
+                                 client_duplicates=False, **unsafe)
+
+
+def test_a_commit_of_unknown_outcome_is_settled_by_the_broker_not_rerun(settings, pool_factory,
+                                                                         tmp_path):
+    """A commit that times out may have happened: the worker takes a new producer and resumes
+    from the committed offsets and its changelog, so a committed batch is never run again."""
+    wl, expected = transfers_with_unknown_commits(settings, pool_factory)
+    try:
+        assert wl.wait(180)
+        assert_invariants(settings, wl)
+    finally:
+        wl.close()
+    assert {n: a.balance for n, a in ledger(settings).accounts.items()} == expected
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
+    assert logs.count("injected unknown outcome") >= 6
+
+
+def test_a_commit_of_unknown_outcome_rerun_from_memory_applies_batches_twice(settings, pool_factory):
+    wl, _ = transfers_with_unknown_commits(settings, pool_factory, unsafe_rerun_unknown_commit=True)
+    try:
+        wl.wait(120)
+        report = verify(settings, require_final=False)
+    finally:
+        wl.close()
+    assert report.applied_twice > 0, report.render()

@@ -137,6 +137,8 @@ def test_a_views_worker_killed_while_its_changelog_lags_loses_nothing(settings, 
         assert wl.wait(180)
         views = views_factory(settings, 1)
         url = views.url("0")
+        wait_until(lambda: lag_and_changelog_backlog(url)[0] > 0, 60,
+                   "the views to see their backlog (lag is known once a source is fetched)")
         while True:  # kill it well into the backlog, with table writes not yet sent
             lag, unsent = lag_and_changelog_backlog(url)
             assert lag > 0, "the views caught up before they could be killed mid-backlog"

@@ -24,16 +24,9 @@ from streams.supervisor import wait_for_views
 from streams.topics import ensure_topics
 from tests.workload import Workload, assert_invariants
 
-# Opt-in (BANK_CLUSTER_TESTS=1) until a known liveness defect is fixed: in 2 of 7 fresh-clone
-# runs an engine worker hung in commit_transaction after the transaction coordinator's broker
-# was killed (stack dumped by the engine's watchdog; its peer was fenced "by a newer instance"
-# though none existed). Money was never at stake in those runs' logs; the test hangs, not fails.
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
-                                 reason="starts an embedded 3-node cluster of its own"),
-              pytest.mark.skipif(os.environ.get("BANK_CLUSTER_TESTS") != "1",
-                                 reason="opt-in (BANK_CLUSTER_TESTS=1): known commit_transaction "
-                                        "hang after a coordinator kill, see README")]
+                                 reason="starts an embedded 3-node cluster of its own")]
 
 
 @pytest.fixture(scope="module")

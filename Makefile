@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install browser run test bench clean
 
 $(STAMP): pyproject.toml streams/broker/pom.xml
 	$(PY) -m venv $(VENV)
@@ -18,7 +20,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/bank up --demo
 
-test: $(STAMP)
+# the console's browser tests drive Debian's Chromium (never a downloaded browser)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -ra
 
 bench: $(STAMP)

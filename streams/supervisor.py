@@ -205,6 +205,7 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: bool,
                 else:
                     print(f"web endpoint ready: {urls[0]}  (try {urls[0]}/stats, "
                           f"{urls[0]}/openapi.yaml)", flush=True)
+                    print(f"operator's console: {urls[0]}/  (open it in a browser)", flush=True)
             if demo:
                 from streams.demo import run_demo
                 ok = run_demo(settings, urls[0] if views else None)

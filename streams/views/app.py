@@ -48,6 +48,7 @@ from faust.types import TP
 
 from streams import topics
 from streams.config import Settings
+from streams.model import COMPLETED, REJECTED_STATUS
 from streams.kafka import client_config
 from streams.views.credentials import faust_credentials
 from streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
@@ -58,7 +59,17 @@ from streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys
 log = logging.getLogger("bank.views")
 
 VIEWS_APP = "bank-views"
+LOG_APPEND_TIME = 1          # a record's timestamp type when the broker stamped it
+FINAL_STATUSES = {COMPLETED, REJECTED_STATUS}
 VIEWS_TABLE = "views"
+
+
+def split_history_value(stored: bytes) -> tuple[int | None, bytes]:
+    """A history value is `<ledger offset> <event JSON>` (older tables: the event alone)."""
+    if stored.startswith(b"{"):
+        return None, stored
+    offset, _, raw = stored.partition(b" ")
+    return int(offset), raw
 
 
 class ReadCommittedThread(AIOKafkaConsumerThread):
@@ -225,7 +236,8 @@ class ViewsWorker:
     async def _outcomes_agent(self, stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
-            self.apply_outcome_record(msg.partition, msg.offset, event.value)
+            appended = msg.timestamp if msg.timestamp_type == LOG_APPEND_TIME else None
+            self.apply_outcome_record(msg.partition, msg.offset, event.value, appended)
             self.positions[msg.tp] = msg.offset + 1
 
     def source_positions(self, assignment: Iterable[TP]) -> dict[TP, int]:
@@ -274,7 +286,7 @@ class ViewsWorker:
             log.error("ledger gap for %s: have seq %s, got %s at %d@%d",
                       account, view.seq if view else 0, seq, partition, offset)
             return
-        self.views[ViewKeys.history(account, seq)] = raw
+        self.views[ViewKeys.history(account, seq)] = b"%d " % offset + raw  # its ledger offset, then it
         if verdict is Applied.NEW:
             self.views[key] = apply_to_account(view, event, offset).to_bytes()
         totals = self.partition_totals(partition)
@@ -307,8 +319,10 @@ class ViewsWorker:
         finally:
             consumer.close()
 
-    def apply_outcome_record(self, partition: int, offset: int, raw: bytes | None) -> None:
-        """Fold one outcome into its request's status; then record the position."""
+    def apply_outcome_record(self, partition: int, offset: int, raw: bytes | None,
+                             appended_s: float | None = None) -> None:
+        """Fold one outcome into its request's status; then record the position. A status
+        that moves is timed (request timestamp to the outcome's append time, when known)."""
         self.metrics.outcomes.inc()
         try:
             out = orjson.loads(raw or b"")
@@ -316,10 +330,17 @@ class ViewsWorker:
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             return
         stored = self.views.get(key)
-        new = merge_status(orjson.loads(stored) if stored is not None else None, out)
+        current = orjson.loads(stored) if stored is not None else None
+        new = merge_status(current, out)
         if new is not None:
             self.views[key] = orjson.dumps(new)
             self.views[ViewKeys.outcomes_position(partition)] = b"%d" % (offset + 1)
+            if appended_s is not None and isinstance(out.get("ts"), int):
+                took = max(0.0, appended_s - out["ts"] / 1000)
+                if current is None:
+                    self.metrics.initiation.observe(took)
+                if new["status"] in FINAL_STATUSES:
+                    self.metrics.completion.observe(took)
 
     # -- reads used by the web endpoint --
 
@@ -327,13 +348,14 @@ class ViewsWorker:
         stored = self.views.get(ViewKeys.account(account))
         return AccountView.from_bytes(stored) if stored is not None else None
 
-    def history_page(self, account: str, before_seq: int, limit: int) -> list[dict[str, Any]]:
-        """Events with seq < before_seq, newest first."""
+    def history_page(self, account: str, before_seq: int, limit: int) -> list[tuple[dict[str, Any], int | None]]:
+        """Events with seq < before_seq, newest first, each with its ledger offset."""
         out = []
         for seq in range(before_seq - 1, max(0, before_seq - 1 - limit), -1):
-            raw = self.views.get(ViewKeys.history(account, seq))
-            if raw is not None:
-                out.append(orjson.loads(raw))
+            stored = self.views.get(ViewKeys.history(account, seq))
+            if stored is not None:
+                offset, raw = split_history_value(stored)
+                out.append((orjson.loads(raw), offset))
         return out
 
     def local_totals_by_partition(self) -> list[tuple[int, PartitionTotals]]:

@@ -7,6 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
+                   0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
+
 LagSource = Callable[[], Iterable[tuple[str, int, int]]]  # (topic, partition, lag)
 
 
@@ -62,8 +65,22 @@ class ViewsMetrics:
             "bank_http_request_duration_seconds", "HTTP request latency", ["method", "route", "status"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry)
+        # from the request's timestamp to the outcome's append time (transfers.outcomes is
+        # LogAppendTime): to its first decision, and to its final status
+        self.initiation = Histogram(
+            "bank_request_initiation_seconds", "request timestamp to its first outcome",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.completion = Histogram(
+            "bank_request_completion_seconds", "request timestamp to its final outcome",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(_LagCollector(lag_source))
         self.registry.register(_CrashCollector(state_dir))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    @staticmethod
+    def cumulative_buckets(histogram: Histogram) -> list[float]:
+        """The histogram's cumulative counts, one per bucket of LATENCY_BUCKETS and +Inf."""
+        return [sample.value for metric in histogram.collect() for sample in metric.samples
+                if sample.name.endswith("_bucket")]

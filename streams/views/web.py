@@ -21,6 +21,8 @@ from aiohttp import web as aioweb
 from faust.web import View
 
 from streams.decisions import Undecodable, parse_json, parse_request
+from streams.partitioning import partition_for
+from streams.views.console import EngineLag, register_console
 from streams.views.fold import global_figures, PartitionTotals
 from streams.views.intake import OutcomeWaiter, Overloaded, RequestProducer, is_duplicate
 from streams.supervisor import read_crashes
@@ -300,10 +302,14 @@ def register_routes(worker: "ViewsWorker") -> None:
                 view = await account_view(request, account)
                 limit = _query_int(request, "limit", 50, 1, MAX_HISTORY_PAGE)
                 before = _query_int(request, "before_seq", view.seq + 1, 1, 2**62)
-                entries = worker.history_page(account, min(before, view.seq + 1), limit)
+                page = worker.history_page(account, min(before, view.seq + 1), limit)
+                entries = [entry for entry, _ in page]
+                ledger_partition = partition_for(account, settings.partitions)
                 last = entries[-1]["seq"] if entries else None
                 return json_response({
                     "account": account, "seq": view.seq, "entries": entries,
+                    "positions": [{"partition": ledger_partition, "offset": offset}
+                                  for _, offset in page],
                     "next_before_seq": last if last is not None and last > 1 else None})
             return await router.route(request, account, local)
 
@@ -346,6 +352,8 @@ def register_routes(worker: "ViewsWorker") -> None:
         async def get(self, request: aioweb.Request) -> aioweb.Response:
             return aioweb.Response(body=worker.metrics.render(),
                                    content_type="text/plain", charset="utf-8")
+
+    register_console(worker, EngineLag(worker))
 
     @app.page("/openapi.yaml")
     class OpenAPI(View):

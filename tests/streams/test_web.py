@@ -14,7 +14,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from replay.verify import verify
+from streams.partitioning import partition_for
 from tests.http import get_json, request
+from tests.workload import wait_until
 
 OPENAPI = yaml.safe_load((Path(__file__).parents[2] / "streams" / "views" / "openapi.yaml").read_text())
 
@@ -87,9 +89,21 @@ def test_every_route_answers_as_the_openapi_document_says(web):
     rest = check("GET", url, "/accounts/alice/history?before_seq=4", expect=200).json()
     assert [e["kind"] for e in rest["entries"]] == ["debited", "deposited", "opened"]
     assert rest["next_before_seq"] is None
+    assert hist["positions"] == [{"partition": partition_for("alice", settings.partitions),
+                                  "offset": o["offset"]} for o in hist["positions"]]
+    assert hist["positions"][0]["offset"] > hist["positions"][1]["offset"]
     check("GET", url, "/transfers/t1", expect=200)
     check("GET", url, "/stats", expect=200)
     check("GET", url, "/health", expect=200)
+
+    # the console's page and its overview: conservation, latencies of the requests above
+    assert check("GET", url, "/", expect=200).body.startswith(b"<!doctype html>")
+    wait_until(lambda: get_json(f"{url}/overview")["latency"]["completion"]["count"] >= 6, 30,
+               "the six decided requests above to be timed")
+    overview = check("GET", url, "/overview", expect=200).json()
+    assert overview["conservation"]["ok"] and overview["stats"] == get_json(f"{url}/stats")
+    assert [w["ok"] for w in overview["workers"]] == [True]
+    assert [r["partition"] for r in overview["engine_lag"]] == list(range(settings.partitions))
 
     # errors: JSON bodies with a reason
     assert check("GET", url, "/accounts/nobody", expect=404).json()["error"] == "not_found"

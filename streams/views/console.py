@@ -1,0 +1,200 @@
+"""The operator's console: a page at `/` and the one endpoint it needs beyond the public API.
+
+The page (streams/views/static/) is plain HTML with a little JavaScript and reads
+only the HTTP API: /overview, /accounts/{id}, /accounts/{id}/history,
+/transfers/{id} and POST /transfers. /overview gathers what no single worker
+knows: the global figures (as /stats), the conservation check, request
+latencies merged over every views worker's histograms, and the lag of the
+engine's and the views' consumers per partition. Any worker serves it.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+from aiohttp import web as aioweb
+from faust.web import View
+
+from streams import topics
+from streams.views.fold import global_figures
+from streams.views.metrics import LATENCY_BUCKETS, LagUnavailable, ViewsMetrics
+
+if TYPE_CHECKING:
+    from streams.views.app import ViewsWorker
+
+STATIC_DIR = Path(__file__).with_name("static")
+STATIC_FILES = {"console.js": "application/javascript", "console.css": "text/css"}
+PEER_TIMEOUT_S = 3.0
+
+
+def histogram_quantile(q: float, cumulative: list[float], bounds: tuple[float, ...] = LATENCY_BUCKETS
+                       ) -> float | None:
+    """The q-quantile of a histogram given as cumulative counts per bucket (the last is +Inf),
+    interpolated linearly within its bucket as Prometheus' histogram_quantile does; None if
+    empty. A quantile in the +Inf bucket is reported as the largest finite bound."""
+    total = cumulative[-1] if cumulative else 0
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for i, count in enumerate(cumulative):
+        if count >= rank:
+            if i >= len(bounds):
+                return bounds[-1]
+            upper = bounds[i]
+            inside = count - below
+            return lower + (upper - lower) * ((rank - below) / inside if inside else 1.0)
+        lower = bounds[i] if i < len(bounds) else lower
+        below = count
+    return bounds[-1]
+
+
+def merge_cumulative(histograms: list[list[float]]) -> list[float]:
+    """Bucket-wise sum of histograms with the same buckets."""
+    width = len(LATENCY_BUCKETS) + 1
+    return [sum(h[i] for h in histograms if len(h) == width) for i in range(width)]
+
+
+def latency_summary(cumulative: list[float]) -> dict[str, Any]:
+    def ms(q: float) -> float | None:
+        value = histogram_quantile(q, cumulative)
+        return None if value is None else round(value * 1000, 1)
+    return {"p50_ms": ms(0.5), "p99_ms": ms(0.99), "count": int(cumulative[-1]) if cumulative else 0}
+
+
+class EngineLag:
+    """Records not yet processed by the engine, per partition (its group's committed offsets
+    against the ends of transfers.requests and transfers.credits), read at most once a second."""
+
+    def __init__(self, worker: "ViewsWorker") -> None:
+        self.settings = worker.settings
+        self._consumer: Any = None
+        self._lock = threading.Lock()
+        self._cached: tuple[float, list[dict[str, Any]]] = (0.0, [])
+
+    def read(self) -> list[dict[str, Any]]:
+        from confluent_kafka import TopicPartition
+
+        from streams import kafka
+
+        with self._lock:
+            at, rows = self._cached
+            if time.monotonic() - at < 1.0:
+                return rows
+            if self._consumer is None:
+                self._consumer = kafka.consumer(self.settings, self.settings.topic(topics.ENGINE_GROUP))
+            names = {"requests": self.settings.topic(topics.REQUESTS),
+                     "credits": self.settings.topic(topics.CREDITS)}
+            wanted = [TopicPartition(t, p) for t in names.values() for p in range(self.settings.partitions)]
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in self._consumer.committed(wanted, timeout=5)}
+            rows = []
+            for p in range(self.settings.partitions):
+                row: dict[str, Any] = {"partition": p}
+                for label, topic in names.items():
+                    low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+                    done = committed.get((topic, p), -1)
+                    row[label] = max(0, high - (done if done >= 0 else low))
+                rows.append(row)
+            self._cached = (time.monotonic(), rows)
+            return rows
+
+
+def local_overview(worker: "ViewsWorker") -> dict[str, Any]:
+    """What this worker alone knows: its latency histograms and its consumers' lag."""
+    try:
+        lag: list[Any] | None = [list(row) for row in worker.lag()]
+        reason = None
+    except LagUnavailable as exc:
+        lag, reason = None, str(exc)
+    metrics = worker.metrics
+    return {"worker": worker.worker_id, "url": str(worker.app.conf.canonical_url),
+            "initiation": ViewsMetrics.cumulative_buckets(metrics.initiation),
+            "completion": ViewsMetrics.cumulative_buckets(metrics.completion),
+            "lag": lag, **({"reason": reason} if reason else {})}
+
+
+async def gather_overviews(worker: "ViewsWorker") -> list[dict[str, Any]]:
+    """local_overview of every views worker the table's router knows (this one included); a
+    worker that does not answer is listed with `"ok": false` and the reason."""
+    app = worker.app
+    own = app.conf.canonical_url
+    found = [{**local_overview(worker), "ok": True}]
+    for url in sorted(set(app.router.table_metadata(worker.views.name))):
+        target = aiohttp.client.URL(url)
+        if (target.host, target.port) == (own.host, own.port):
+            continue
+        try:
+            async with app.http_client.get(target.with_path("/internal/overview"),
+                                           timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)) as resp:
+                found.append({**(await resp.json(loads=orjson.loads)), "ok": True})
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            found.append({"url": url, "ok": False,
+                          "reason": f"did not answer: {type(exc).__name__} {exc}".strip()})
+    return found
+
+
+def register_console(worker: "ViewsWorker", engine_lag: EngineLag) -> None:
+    from streams.views.web import HTTPError, gather_totals, json_response
+
+    app = worker.app
+    settings = worker.settings
+
+    @app.page("/")
+    class Console(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            return aioweb.Response(body=(STATIC_DIR / "console.html").read_bytes(),
+                                   content_type="text/html", charset="utf-8")
+
+    @app.page("/favicon.ico")
+    class Favicon(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            return aioweb.Response(status=204)
+
+    @app.page("/console/{name}")
+    class Static(View):
+        async def get(self, request: aioweb.Request, name: str) -> aioweb.Response:
+            if name not in STATIC_FILES:
+                raise HTTPError(404, "not_found", f"no console file {name!r}")
+            return aioweb.Response(body=(STATIC_DIR / name).read_bytes(),
+                                   content_type=STATIC_FILES[name], charset="utf-8")
+
+    @app.page("/internal/overview")
+    class InternalOverview(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            return json_response(local_overview(worker))
+
+    @app.page("/overview")
+    class Overview(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            parts, workers = await asyncio.gather(gather_totals(worker), gather_overviews(worker))
+            complete = len(parts) == settings.partitions
+            stats = global_figures(parts) if complete else None
+            try:
+                engine = await asyncio.get_running_loop().run_in_executor(None, engine_lag.read)
+                engine_reason = None
+            except Exception as exc:  # noqa: BLE001 - shown on the page, never a 500
+                engine, engine_reason = None, f"{type(exc).__name__}: {exc}"
+            answered = [w for w in workers if w["ok"]]
+            return json_response({
+                "ts": int(time.time() * 1000),
+                "stats": stats,
+                "partitions_answered": len(parts), "partitions": settings.partitions,
+                "conservation": None if stats is None else {
+                    "ok": stats["total_balance"] + stats["money_in_flight"]
+                    == stats["deposits"] - stats["withdrawals"],
+                    "deposits_minus_withdrawals": stats["deposits"] - stats["withdrawals"],
+                    "balances_plus_in_flight": stats["total_balance"] + stats["money_in_flight"]},
+                "latency": {kind: latency_summary(merge_cumulative([w[kind] for w in answered]))
+                            for kind in ("initiation", "completion")},
+                "engine_lag": engine, **({"engine_lag_reason": engine_reason} if engine_reason else {}),
+                "views_lag": [{"worker": w["worker"], "topic": t, "partition": p, "lag": n}
+                              for w in answered for t, p, n in (w.get("lag") or [])],
+                "workers": [{k: w[k] for k in ("worker", "url", "ok", "reason") if k in w}
+                            for w in workers],
+            })

@@ -93,6 +93,11 @@ def test_the_console_shows_the_system_live_and_moves_money(settings, pool_factor
         wait_until(lambda: text(browser, "history-page").startswith(f"seq {view['seq'] - 20} to"), 30,
                    "the second history page")
         shoot(browser, tmp_path, "account")
+        browser.set_window_size(400, 800)     # a narrow window: nothing wider than the page
+        assert browser.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth")
+        shoot(browser, tmp_path, "account-narrow")
+        browser.set_window_size(1280, 800)
         browser.find_element(By.ID, "history-newer").send_keys(Keys.ENTER)   # works by keyboard
         wait_until(lambda: text(browser, "history-page").startswith(f"seq {view['seq']} to"), 30,
                    "back to the first page")

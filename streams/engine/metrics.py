@@ -3,10 +3,43 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from streams.engine.worker import EngineWorker
+
+
+class _WorkerCollector(Collector):
+    """Figures read off the worker when scraped: records decided by kind, and the lag of
+    each owned input partition (its end, as last fetched, minus the consumer's position)."""
+
+    def __init__(self, worker: "EngineWorker") -> None:
+        self.worker = worker
+
+    def collect(self):  # noqa: ANN201 - prometheus_client protocol
+        stats = self.worker.processor.stats
+        decided = CounterMetricFamily("bank_engine_records_decided",
+                                      "input records decided (committed or not), by kind", labels=["kind"])
+        for kind in ("requests", "credits", "forwarded", "deadletters"):
+            decided.add_metric([kind], getattr(stats, kind))
+        yield decided
+        lag = GaugeMetricFamily("bank_engine_consumer_lag", "records between the engine's position "
+                                "and the partition's end", labels=["topic", "partition"])
+        consumer = self.worker.consumer
+        for p in list(self.worker.tasks):
+            for topic in (self.worker.topics.requests, self.worker.topics.credits):
+                try:
+                    tp = TopicPartition(topic, p)
+                    position = consumer.position([tp])[0].offset
+                    _, high = consumer.get_watermark_offsets(tp, cached=True)
+                except Exception:  # noqa: BLE001 - revoked meanwhile, or not fetched yet: no figure
+                    continue
+                if position >= 0 and high >= 0:
+                    lag.add_metric([topic, str(p)], max(0, high - position))
+        yield lag
 
 
 class EngineMetrics:
@@ -23,6 +56,11 @@ class EngineMetrics:
         self.consume_errors = Counter("bank_engine_consume_errors", "consumer errors", registry=r)
         self.restores = Counter("bank_engine_restored_partitions", "partitions restored", registry=r)
         self.restore_seconds = Counter("bank_engine_restore_seconds", "time spent restoring", registry=r)
+        self.restore_records = Counter("bank_engine_restore_records",
+                                       "changelog records applied while restoring", registry=r)
+        self.restoring = Gauge("bank_engine_restoring_partitions", "partitions being restored now",
+                               registry=r)
+        r.register(_WorkerCollector(worker))
         owned = Gauge("bank_engine_owned_partitions", "partitions this worker owns", registry=r)
         owned.set_function(lambda: len(worker.tasks))
         if port:

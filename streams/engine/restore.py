@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import time
 
+from typing import Callable
+
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streams.engine.processor import PartitionTask
@@ -25,8 +27,9 @@ log = logging.getLogger("bank.engine")
 
 
 def restore(restorer: Consumer, changelog: str, tasks: list[PartitionTask],
-            timeout_s: float = 300.0) -> None:
-    """Bring each task's store up to its committed input offsets (task.next_credit/next_request)."""
+            timeout_s: float = 300.0, progress: Callable[[int], None] | None = None) -> None:
+    """Bring each task's store up to its committed input offsets (task.next_credit/next_request);
+    `progress` is told how many changelog records each step applied."""
     if not tasks:
         return
     by_partition = {t.partition: t for t in tasks}
@@ -48,6 +51,8 @@ def restore(restorer: Consumer, changelog: str, tasks: list[PartitionTask],
                 elif err.code() == KafkaError._PARTITION_EOF:
                     task = by_partition[p]
                     task.store.apply_changelog(pending[p], msg.offset())
+                    if progress is not None:
+                        progress(len(pending[p]))
                     pending[p] = []
                     task.changelog_next = msg.offset()
                     if _caught_up(task):

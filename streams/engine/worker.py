@@ -96,7 +96,11 @@ class EngineWorker:
                 task.next_credit = offset
             else:
                 task.next_request = offset
-        restore(self.restorer, self.topics.changelog, tasks)
+        self.metrics.restoring.set(len(tasks))
+        try:
+            restore(self.restorer, self.topics.changelog, tasks, progress=self.metrics.restore_records.inc)
+        finally:
+            self.metrics.restoring.set(0)
         self.metrics.restored(len(tasks), time.monotonic() - t0)
         for task in tasks:
             task.clear()

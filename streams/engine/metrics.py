@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -13,8 +12,9 @@ if TYPE_CHECKING:
 
 
 class _WorkerCollector(Collector):
-    """Figures read off the worker when scraped: records decided by kind, and the lag of
-    each owned input partition (its end, as last fetched, minus the consumer's position)."""
+    """Figures read off the worker when scraped: records decided by kind, and the lag of each
+    owned input partition that its poll loop last read (the consumer is not asked from this
+    thread: a call beside a running consume() blocked until the scrape timed out)."""
 
     def __init__(self, worker: "EngineWorker") -> None:
         self.worker = worker
@@ -27,18 +27,10 @@ class _WorkerCollector(Collector):
             decided.add_metric([kind], getattr(stats, kind))
         yield decided
         lag = GaugeMetricFamily("bank_engine_consumer_lag", "records between the engine's position "
-                                "and the partition's end", labels=["topic", "partition"])
-        consumer = self.worker.consumer
-        for p in list(self.worker.tasks):
-            for topic in (self.worker.topics.requests, self.worker.topics.credits):
-                try:
-                    tp = TopicPartition(topic, p)
-                    position = consumer.position([tp])[0].offset
-                    _, high = consumer.get_watermark_offsets(tp, cached=True)
-                except Exception:  # noqa: BLE001 - revoked meanwhile, or not fetched yet: no figure
-                    continue
-                if position >= 0 and high >= 0:
-                    lag.add_metric([topic, str(p)], max(0, high - position))
+                                "and the partition's end (read by the poll loop, at most 1 s old)",
+                                labels=["topic", "partition"])
+        for (topic, p), behind in sorted(self.worker.lag.items()):
+            lag.add_metric([topic, str(p)], behind)
         yield lag
 
 

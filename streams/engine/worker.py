@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from streams import kafka, topics
 from streams.config import Settings
@@ -45,6 +45,8 @@ class EngineWorker:
             topics.REQUESTS, topics.CREDITS, topics.LEDGER, topics.OUTCOMES, topics.DEADLETTER,
             topics.CHANGELOG)))
         self.faults = EngineFaults(settings)
+        self.lag: dict[tuple[str, int], int] = {}   # (topic, partition) -> records behind
+        self._lag_read_at = 0.0
         self.tasks: dict[int, PartitionTask] = {}
         self.batches = 0
         self.aborts = 0
@@ -153,6 +155,8 @@ class EngineWorker:
                 if received:
                     self.faults.before_batch(self.batches + 1)
                 self._run_batch()
+                if time.monotonic() - self._lag_read_at > 1.0:
+                    self._read_lag()
                 if time.monotonic() - last_report > 5:
                     log.info("worker %s batches=%d aborts=%d %s", self.worker_id, self.batches,
                              self.aborts, self.processor.stats)
@@ -160,6 +164,24 @@ class EngineWorker:
         finally:
             faulthandler.cancel_dump_traceback_later()
             self._close()
+
+    def _read_lag(self) -> None:
+        """Records behind the end of each owned input partition (the ends as last fetched)."""
+        self._lag_read_at = time.monotonic()
+        owned = [TopicPartition(topic, p) for p in self.tasks
+                 for topic in (self.topics.requests, self.topics.credits)]
+        lag = {}
+        try:
+            for tp in self.consumer.position(owned):
+                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                # nothing fetched yet: from where the partition resumes (its start if new)
+                at = tp.offset if tp.offset >= 0 else max(self._position(tp.topic, tp.partition), low)
+                if high >= 0:
+                    lag[(tp.topic, tp.partition)] = max(0, high - at)
+        except KafkaException as exc:   # revoked meanwhile: read again next time
+            log.debug("lag not read: %s", exc)
+            return
+        self.lag = lag
 
     def _on_consume_error(self, err: KafkaError) -> None:
         if err.fatal():

@@ -117,6 +117,11 @@ def test_the_console_shows_the_system_live_and_moves_money(settings, pool_factor
         after = {n: get_json(f"{url}/accounts/{n}?min_seq={settled[n].seq + 1}")["balance"]
                  for n in (src, dst)}
         assert (after[src], after[dst]) == (before[src] - 1234, before[dst] + 1234)
+        for n in (src, dst):        # and the account pages show the new balances
+            browser.get(f"{url}/#/account/{n}")
+            wait_until(lambda n=n: text(browser, "acct-balance") == f"{after[n] // 100:,}.{after[n] % 100:02d}",
+                       30, f"{n}'s page to show its new balance")
+        browser.get(f"{url}/#/new")
         shoot(browser, tmp_path, "new-transfer")
 
         # its page: lifecycle and the ledger events on both sides

@@ -166,20 +166,24 @@ class EngineWorker:
             self._close()
 
     def _read_lag(self) -> None:
-        """Records behind the end of each owned input partition (the ends as last fetched)."""
+        """Records behind the end of each owned input partition, counted from what the worker
+        has committed (the ends as last fetched, or asked of the broker when none is cached)."""
         self._lag_read_at = time.monotonic()
-        owned = [TopicPartition(topic, p) for p in self.tasks
-                 for topic in (self.topics.requests, self.topics.credits)]
         lag = {}
         try:
-            for tp in self.consumer.position(owned):
-                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-                # nothing fetched yet: from where the partition resumes (its start if new)
-                at = tp.offset if tp.offset >= 0 else max(self._position(tp.topic, tp.partition), low)
-                if high >= 0:
-                    lag[(tp.topic, tp.partition)] = max(0, high - at)
-        except KafkaException as exc:   # revoked meanwhile: read again next time
-            log.debug("lag not read: %s", exc)
+            for p, task in list(self.tasks.items()):
+                for topic, done, buffered in ((self.topics.requests, task.next_request, task.requests),
+                                              (self.topics.credits, task.next_credit, task.credits)):
+                    tp = TopicPartition(topic, p)
+                    low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                    if high < 0:
+                        low, high = self.consumer.get_watermark_offsets(tp, timeout=0.5)
+                    at = done if done is not None else low
+                    if not buffered:   # all fetched is processed: the position also skips
+                        at = max(at, self.consumer.position([tp])[0].offset)  # commit markers
+                    lag[(topic, p)] = max(0, high - at)
+        except KafkaException as exc:   # no answer in time: read again next time
+            log.warning("worker %s: lag not read: %s", self.worker_id, exc)
             return
         self.lag = lag
 

@@ -29,6 +29,9 @@ def test_engine_metrics_count_batches_decisions_lag_and_restores(settings, pool_
     port = settings.engine_metrics_port
     wait_until(lambda: scrape(port).get('bank_engine_records_decided_total{kind="requests"}', 0) >= 320,
                30, "the worker's decisions to be counted")
+    lag_rows = 2 * settings.partitions   # requests and credits of every owned partition
+    wait_until(lambda: sum(k.startswith("bank_engine_consumer_lag{") for k in scrape(port)) == lag_rows,
+               30, "the lag of every owned partition (read by the poll loop once a second)")
     figures = scrape(port)
     assert figures["bank_engine_batches_total"] > 0
     assert figures['bank_engine_records_decided_total{kind="credits"}'] > 0
@@ -37,5 +40,7 @@ def test_engine_metrics_count_batches_decisions_lag_and_restores(settings, pool_
     assert "bank_engine_restore_records_total" in figures
     assert figures["bank_engine_restoring_partitions"] == 0
     lags = {k: v for k, v in figures.items() if k.startswith("bank_engine_consumer_lag{")}
-    assert len(lags) == 2 * settings.partitions and all(v >= 0 for v in lags.values())
+    assert len(lags) == lag_rows
+    wait_until(lambda: sum(v for k, v in scrape(port).items() if k.startswith("bank_engine_consumer_lag{")) == 0,
+               30, "an idle worker's lag to read 0 (commit markers are not records behind)")
     assert figures["bank_engine_batch_seconds_count"] == figures["bank_engine_batches_total"]

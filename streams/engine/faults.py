@@ -56,13 +56,14 @@ class EngineFaults:
             logging.shutdown()
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def before_commit(self, batch_no: int) -> None:
+    def before_commit(self, batch_no: int, flush) -> None:  # noqa: ANN001 - a callable
         if self.settings.fault_commit_delay_ms:
             time.sleep(self.settings.fault_commit_delay_ms / 1000)
         self._freeze("before-commit", batch_no)
         self._commits += 1
         every = self.settings.fault_abort_every
         if every and self._commits % every == 0:
+            flush()   # the outputs reach the broker first: the abort must hide them, not purge them
             raise InjectedAbort(f"injected abort of batch {batch_no}")
 
     def after_commit(self, batch_no: int) -> None:

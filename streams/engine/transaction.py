@@ -53,13 +53,16 @@ class EngineTransaction:
         self.transactional = transactional
         self._errors: list[str] = []
         self._open = False
+        # delivery reports of an aborted transaction, or of a retired producer, arrive later
+        # (records purged by the abort or the destruction): they must not fail the next batch
+        self._attempt = 0
         self.producer = self._new_producer()
 
     def _new_producer(self) -> Producer:
         conf: dict[str, object] = {
             "linger.ms": 5, "batch.num.messages": 10000, "batch.size": 1_000_000,
             "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 1_048_576,
-            "client.id": f"engine-{self.worker_id}", "on_delivery": self.record_delivery}
+            "client.id": f"engine-{self.worker_id}"}
         if not self.transactional:   # BANK_UNSAFE_NO_TRANSACTIONS, for the negative controls
             return kafka.producer(self.settings, **conf)
         producer = kafka.producer(self.settings, **conf, **{
@@ -71,6 +74,16 @@ class EngineTransaction:
     def record_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
+    def _current(self, callback: Callable[[KafkaError | None, Message], None]
+                 ) -> Callable[[KafkaError | None, Message], None]:
+        """`callback`, for records sent in this attempt only (see `_attempt`)."""
+        attempt = self._attempt
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            if attempt == self._attempt:
+                callback(err, msg)
+        return report
 
     def begin(self) -> None:
         if self.transactional:
@@ -87,8 +100,7 @@ class EngineTransaction:
             kwargs["partition"] = partition
         if timestamp is not None:
             kwargs["timestamp"] = timestamp
-        if on_delivery is not None:
-            kwargs["on_delivery"] = on_delivery
+        kwargs["on_delivery"] = self._current(on_delivery or self.record_delivery)
         if headers is not None:
             kwargs["headers"] = headers
         while True:
@@ -131,6 +143,7 @@ class EngineTransaction:
         if not self._open:
             return
         self._open = False
+        self._attempt += 1
         self._errors = []
         if not self.transactional:
             return
@@ -145,6 +158,7 @@ class EngineTransaction:
         init_transactions fences the old one, which is destroyed on a thread of its own (its
         destruction can wait for a coordinator that is gone)."""
         self._open = False
+        self._attempt += 1
         self._errors = []
         retired = [self.producer]
         threading.Thread(target=retired.clear, name="retire-producer", daemon=True).start()

@@ -229,7 +229,7 @@ class EngineWorker:
                     offsets.append(TopicPartition(self.topics.credits, task.partition, c1))
                 if requests:
                     offsets.append(TopicPartition(self.topics.requests, task.partition, r1))
-            self.faults.before_commit(batch_no)
+            self.faults.before_commit(batch_no, self.txn.flush)
             self.txn.commit(offsets, self.consumer)
             self.faults.after_commit(batch_no)
         except (TransactionAborted, InjectedAbort) as exc:

@@ -161,6 +161,7 @@ class EngineTransaction:
         self._attempt += 1
         self._errors = []
         retired = [self.producer]
+        self.producer = None  # type: ignore[assignment]  # the thread's list holds the last reference
         threading.Thread(target=retired.clear, name="retire-producer", daemon=True).start()
         self.producer = self._new_producer()
 

@@ -26,15 +26,17 @@ def test_rebuilt_views_equal_the_live_ones_after_crashes(settings, pool_factory,
         sender = threading.Thread(target=wl.random_transfers, args=(names, 1_000, "t", 2_500),
                                   kwargs={"duplicate_every": 20, "rate_per_s": 200})
         sender.start()
+        crashes = 0
+
         def first_transfers_finished() -> bool:
-            engine.restart_dead()   # the workers kill themselves every 3rd batch
+            nonlocal crashes
+            crashes += len(engine.restart_dead())   # the workers kill themselves every 3rd batch
             return wl.watcher.finished(list(wl.request_ids)) >= 2 * len(names) + 100
 
         wait_until(first_transfers_finished, 120, "the first transfers to finish")
         views.kill("1")  # and a views worker dies mid-stream too
         views.start("1")
         deadline = time.monotonic() + 240
-        crashes = 0
         while wl.watcher.finished(wl.request_ids) < len(wl.request_ids) or sender.is_alive():
             crashes += len(engine.restart_dead())
             assert time.monotonic() < deadline, "workload did not finish"

@@ -8,7 +8,10 @@ Reads ledger.events, transfers.requests and transfers.outcomes and checks:
   - every debit has exactly one credit or refund, or is still in flight;
   - money is conserved: sum of balances + in flight = deposits - withdrawals;
   - nothing is lost: every request with a request_id has an outcome
-    (with --complete: a final one).
+    (with --complete: a final one);
+  - holds: each is settled (posted, voided or expired) at most once, and then
+    posted + released equals what it reserved; every account's held amount
+    follows from its events and stays within its balance (available >= 0).
 """
 from __future__ import annotations
 
@@ -25,10 +28,11 @@ from streams import topics
 from streams.client import read_topic
 from streams.decisions import parse_json
 from streams.config import Settings
-from streams.model import (COMPLETED, CREDITED, DEBITED, DEPOSITED, DUPLICATE, OPENED, REFUNDED,
-                           REJECTED_STATUS, STATUS_RANK, WITHDRAWN)
+from streams.model import (COMPLETED, CREDITED, DEBITED, DEPOSITED, DUPLICATE, EXPIRED, HELD,
+                           HOLD_RELEASED, HOLD_SETTLING, OPENED, POSTED, REFUNDED, REJECTED_STATUS,
+                           STATUS_RANK, WITHDRAWN)
 
-_DECIDING = {OPENED, DEPOSITED, WITHDRAWN, DEBITED}
+_DECIDING = {OPENED, DEPOSITED, WITHDRAWN, DEBITED, HELD, POSTED, HOLD_RELEASED, EXPIRED}
 
 
 @dataclass
@@ -48,6 +52,7 @@ class VerifyReport:
     rejected: int = 0
     applied_twice: int = 0
     lost: int = 0
+    holds: Counter[str] = field(default_factory=Counter)   # made, posted, voided, expired, pending
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -66,6 +71,9 @@ class VerifyReport:
             f"{self.requests_final} final ({self.completed} completed, {self.rejected} rejected)",
             f"lost                 {self.lost}",
             f"applied twice        {self.applied_twice}",
+            f"holds                {self.holds['made']} made: {self.holds[POSTED]} posted, "
+            f"{self.holds[HOLD_RELEASED]} voided, {self.holds[EXPIRED]} expired, "
+            f"{self.holds['pending']} pending ({self.holds['pending_amount']} reserved)",
             f"money                balances {self.total_balance} + in flight {self.in_flight} "
             f"({self.in_flight_transfers} transfers) vs deposits {self.deposits} - withdrawals "
             f"{self.withdrawals}: {'conserved' if self.money_conserved else 'NOT CONSERVED'}",
@@ -87,6 +95,10 @@ class LedgerChecks:
         self.refunds: Counter[str] = Counter()
         self.debits: dict[str, int] = {}
         self.deposits = self.withdrawals = 0
+        self.reserved: dict[str, int] = {}                       # hold_id -> amount held
+        self.settled: dict[str, list[tuple[str, int]]] = {}      # hold_id -> [(kind, posted+released)]
+        self.held: Counter[str] = Counter()                      # account -> held, from its events
+        self.violations: list[str] = []
 
     def add(self, ev: dict) -> None:
         kind = ev["kind"]
@@ -97,16 +109,58 @@ class LedgerChecks:
                 self.deposits += ev["amount"]
             elif kind == WITHDRAWN:
                 self.withdrawals += ev["amount"]
-            elif kind == DEBITED:
+            elif kind in (DEBITED, POSTED):
                 self.debits[rid] = ev["amount"]
+            if kind == HELD or kind in HOLD_SETTLING:
+                self._hold_step(ev)
         elif kind == CREDITED:
             self.returned[ev["request_id"]] += 1
         elif kind == REFUNDED:
             self.returned[ev["request_id"]] += 1
             self.refunds[ev["request_id"]] += 1
 
+    def _hold_step(self, ev: dict) -> None:
+        """A sender's hold event: the hold's life, and the account's held amount."""
+        kind, name, amount = ev["kind"], ev["account"], ev["amount"]
+        hold_id = ev.get("hold_id")
+        if kind == HELD:
+            self.reserved[hold_id] = amount
+            self.held[name] += amount
+        else:
+            settled = amount + ev.get("released", 0) if kind == POSTED else amount
+            self.settled.setdefault(hold_id, []).append((kind, settled))
+            self.held[name] -= settled
+        if ev.get("held", 0) != self.held[name]:
+            self.violations.append(f"account {name} seq {ev['seq']}: held {ev.get('held', 0)}, "
+                                   f"its hold events give {self.held[name]}")
+        if not 0 <= self.held[name] <= ev["balance"]:
+            self.violations.append(f"account {name} seq {ev['seq']}: held {self.held[name]} "
+                                   f"outside 0..balance {ev['balance']} (available < 0)")
+
+    def _finish_holds(self, report: VerifyReport) -> None:
+        report.holds["made"] = len(self.reserved)
+        for hold_id, steps in self.settled.items():
+            if hold_id not in self.reserved:
+                report.violations.append(f"hold {hold_id} settled but never made")
+                continue
+            if len(steps) > 1:
+                report.applied_twice += 1
+                report.violations.append(f"hold {hold_id} settled {len(steps)} times: "
+                                         f"{[k for k, _ in steps]}")
+            kind, amount = steps[0]
+            report.holds[kind] += 1
+            if amount != self.reserved[hold_id]:
+                report.violations.append(f"hold {hold_id}: posted + released {amount} != "
+                                         f"reserved {self.reserved[hold_id]}")
+        for hold_id, amount in self.reserved.items():
+            if hold_id not in self.settled:
+                report.holds["pending"] += 1
+                report.holds["pending_amount"] += amount
+
     def finish(self, fold: LedgerFold, report: VerifyReport) -> None:
         report.deposits, report.withdrawals = self.deposits, self.withdrawals
+        report.violations += self.violations
+        self._finish_holds(report)
         for rid, n in self.deciding.items():
             if n > 1:
                 report.applied_twice += 1

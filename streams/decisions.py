@@ -17,6 +17,25 @@ A rejection changes no balance; it is a `rejected` event on every involved
 account that exists. Balances never go below 0. A request_id already decided
 on this partition is a duplicate: nothing changes.
 
+Two-phase transfers (holds), all decided on the sender's partition:
+  hold          reserves amount if the available balance (balance - held) and
+                the daily limit allow (a hold counts toward the day's outflow)
+                -> held, outcome held; the receiver is told (-> incoming_held
+                if it exists). Nothing moves yet.
+  post          moves all or part of a pending hold with the transfer's
+                debit-then-credit path (-> posted, then credited or refunded);
+                the rest is released (and no longer counts toward the day's
+                outflow if still that day). The hold's own outcome: posted.
+  void          releases a pending hold -> hold_released; the hold: voided.
+  expire        written by the engine itself once a hold's deadline has passed
+                (its record timestamp is the log's clock, never earlier than
+                the deadline) -> expired; the hold: expired. An expire request
+                before the deadline is rejected, so replay decides the same.
+Posting or voiding a hold that is not pending is rejected hold_closed; posting
+more than was held, hold_exceeded; a hold_id the sender never made,
+unknown_hold. Available never goes below 0, and held + posted + released
+equals what was reserved.
+
 Rules that operators may change (Rules, from settings) are parameters, so
 `bank replay recompute` can show what a change would have decided.
 """
@@ -30,24 +49,50 @@ import orjson
 
 from streams.model import (
     ACCOUNT_EXISTS, CREDIT, CREDITED, COMPLETED, DAY_MS, DEBITED, DEBITED_STATUS, DEPOSITED,
-    DUPLICATE, INSUFFICIENT_FUNDS, INVALID, LIMIT_EXCEEDED, MAX_AMOUNT, OPENED, REFUND,
-    REFUNDED, REJECT_NOTICE, REJECTED, REJECTED_STATUS, UNKNOWN_ACCOUNT, WITHDRAWN, Account,
+    DUPLICATE, EXPIRED, EXPIRED_STATUS, HELD, HELD_STATUS, HOLD_CLOSED, HOLD_EXCEEDED,
+    HOLD_EXPIRED, HOLD_NOTICE, HOLD_POSTED, HOLD_RELEASED, HOLD_VOIDED, INCOMING_HELD,
+    INCOMING_RELEASED, INSUFFICIENT_FUNDS, INVALID, LIMIT_EXCEEDED, MAX_AMOUNT, OPENED, PENDING,
+    POSTED, POSTED_STATUS, REFUND, REFUNDED, REJECT_NOTICE, REJECTED, REJECTED_STATUS,
+    RELEASE_NOTICE, UNKNOWN_ACCOUNT, UNKNOWN_HOLD, VOIDED_STATUS, WITHDRAWN, Account, Hold,
     Position, ledger_event, outcome,
 )
 
 MAX_NAME = 128
+MAX_HOLD_TIMEOUT_S = 366 * 86_400
 _FIELDS = {
     "open_account": {"type", "request_id", "account", "daily_limit"},
     "deposit": {"type", "request_id", "account", "amount"},
     "withdraw": {"type", "request_id", "account", "amount"},
     "transfer": {"type", "request_id", "from", "to", "amount"},
+    "hold": {"type", "request_id", "from", "to", "amount", "timeout_s"},
+    "post": {"type", "request_id", "hold_id", "from", "amount"},
+    "void": {"type", "request_id", "hold_id", "from"},
+    "expire": {"type", "request_id", "hold_id", "from"},
 }
 _REQUIRED = {
     "open_account": {"type", "request_id", "account"},
     "deposit": {"type", "request_id", "account", "amount"},
     "withdraw": {"type", "request_id", "account", "amount"},
     "transfer": {"type", "request_id", "from", "to", "amount"},
+    "hold": {"type", "request_id", "from", "to", "amount", "timeout_s"},
+    "post": {"type", "request_id", "hold_id", "from"},
+    "void": {"type", "request_id", "hold_id", "from"},
+    "expire": {"type", "request_id", "hold_id", "from"},
 }
+_SENT_FROM = frozenset({"transfer", "hold", "post", "void", "expire"})   # keyed by `from`
+_TO_ANOTHER = frozenset({"transfer", "hold"})                             # have a `to`
+_SETTLING = frozenset({"post", "void", "expire"})                         # name a hold_id
+
+
+def deciding_account(body: dict[str, Any]) -> Any:
+    """The field naming the account that decides a request (and keys its record)."""
+    return body.get("from") if body.get("type") in _SENT_FROM else body.get("account")
+
+
+def expiry_request(hold_id: str, hold: Hold) -> dict[str, Any]:
+    """The request the engine writes to its own input once a hold's deadline has passed."""
+    return {"type": "expire", "request_id": f"expire:{hold_id}", "hold_id": hold_id,
+            "from": hold.sender}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +130,7 @@ class Decision:
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (key, credit msg)
     marker: str | None = None             # id to remember as applied
+    hold: tuple[str, Hold] | None = None  # (hold_id, its new state) on the sender's partition
 
 
 def _valid_name(value: Any) -> bool:
@@ -133,7 +179,7 @@ def parse_request(key: bytes | None, value: bytes | None) -> Request:
     if not _valid_name(request_id):
         raise Undecodable("request_id must be a string of 1 to 128 characters")
     kind = body.get("type")
-    account = body.get("from") if kind == "transfer" else body.get("account")
+    account = deciding_account(body)
     account = account if _valid_name(account) else None
     req = Request(body, request_id, account)
     if kind not in _FIELDS:
@@ -144,10 +190,18 @@ def parse_request(key: bytes | None, value: bytes | None) -> Request:
         req.problem = f"missing fields: {sorted(missing)}"
     elif account is None:
         req.problem = "account names must be strings of 1 to 128 characters"
-    elif kind == "transfer" and not _valid_name(body["to"]):
+    elif kind in _TO_ANOTHER and not _valid_name(body["to"]):
         req.problem = "account names must be strings of 1 to 128 characters"
-    elif kind == "transfer" and body["from"] == body["to"]:
+    elif kind in _TO_ANOTHER and body["from"] == body["to"]:
         req.problem = "from and to are the same account"
+    elif kind in _SETTLING and not _valid_name(body["hold_id"]):
+        req.problem = "hold_id must be a string of 1 to 128 characters"
+    elif kind == "hold" and (not isinstance(body["timeout_s"], int)
+                             or isinstance(body["timeout_s"], bool)
+                             or not 1 <= body["timeout_s"] <= MAX_HOLD_TIMEOUT_S):
+        req.problem = f"timeout_s must be an integer from 1 to {MAX_HOLD_TIMEOUT_S}"
+    elif kind in ("void", "expire") or (kind == "post" and body.get("amount") is None):
+        pass
     elif kind == "open_account":
         limit = body.get("daily_limit")
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
@@ -162,25 +216,33 @@ def parse_request(key: bytes | None, value: bytes | None) -> Request:
 
 
 def _spend(acct: Account, amount: int, ts: int) -> str | None:
-    """Check funds and the daily limit for an outflow; apply it if allowed."""
-    if acct.balance < amount:
+    """Check the available balance and the daily limit for an outflow (a withdrawal, a
+    debit or a hold) and count it toward the day; the caller moves or reserves it."""
+    if acct.available < amount:
         return INSUFFICIENT_FUNDS
     day = ts // DAY_MS
     spent = acct.spent if acct.day == day else 0
     if acct.daily_limit is not None and spent + amount > acct.daily_limit:
         return LIMIT_EXCEEDED
-    acct.balance -= amount
     acct.day, acct.spent = day, spent + amount
     return None
 
 
+def _unspend(acct: Account, amount: int, day: int) -> None:
+    """An outflow counted on `day` did not happen after all (refund, released hold)."""
+    if acct.day == day:
+        acct.spent = max(0, acct.spent - amount)
+
+
 def _event(d: Decision, name: str, acct: Account, request_id: str, kind: str, amount: int,
-           counterparty: str | None, ts: int, pos: Position, reason: str | None = None) -> None:
+           counterparty: str | None, ts: int, pos: Position, reason: str | None = None,
+           hold_id: str | None = None, released: int | None = None) -> None:
     """Advance the account's sequence and attach its ledger event to the decision."""
     acct.seq += 1
     d.account, d.state = name, acct
     d.event = ledger_event(name, acct.seq, request_id, kind, amount, counterparty,
-                           acct.balance, ts, pos, reason, acct.daily_limit)
+                           acct.balance, ts, pos, reason, acct.daily_limit, acct.held,
+                           acct.pending_in, hold_id, released)
 
 
 def _reject(d: Decision, req: Request, acct: Account | None, reason: str, ts: int,
@@ -202,8 +264,10 @@ def _reject(d: Decision, req: Request, acct: Account | None, reason: str, ts: in
 
 
 def decide_request(req: Request, acct: Account | None, already_applied: bool,
-                   ts: int, pos: Position, rules: Rules = Rules()) -> Decision:
-    """Decide a client request against the deciding account's state."""
+                   ts: int, pos: Position, rules: Rules = Rules(),
+                   hold: Hold | None = None) -> Decision:
+    """Decide a client request against the deciding account's state (and, for post, void
+    and expire, the state of the hold it names, as the sender's partition keeps it)."""
     d = Decision()
     if already_applied:
         d.outcomes.append(outcome(req.request_id, REJECTED_STATUS, ts, DUPLICATE))
@@ -223,6 +287,8 @@ def decide_request(req: Request, acct: Account | None, already_applied: bool,
         return d
     if acct is None:
         return _reject(d, req, None, UNKNOWN_ACCOUNT, ts, pos)
+    if kind in _SETTLING:
+        return _settle(d, req, acct, hold, ts, pos)
     amount: int = body["amount"]
     new = acct.copy()
     if kind == "deposit":
@@ -232,11 +298,14 @@ def decide_request(req: Request, acct: Account | None, already_applied: bool,
         _event(d, name, new, req.request_id, DEPOSITED, amount, None, ts, pos)
         d.outcomes.append(outcome(req.request_id, COMPLETED, ts))
         return d
-    if kind == "transfer" and rules.max_transfer_amount and amount > rules.max_transfer_amount:
+    if kind in _TO_ANOTHER and rules.max_transfer_amount and amount > rules.max_transfer_amount:
         return _reject(d, req, acct, LIMIT_EXCEEDED, ts, pos,
                        f"above the single-transfer cap of {rules.max_transfer_amount}")
     if (reason := _spend(new, amount, ts)) is not None:
         return _reject(d, req, acct, reason, ts, pos)
+    if kind == "hold":
+        return _hold(d, req, new, ts, pos)
+    new.balance -= amount
     if kind == "withdraw":
         _event(d, name, new, req.request_id, WITHDRAWN, amount, None, ts, pos)
         d.outcomes.append(outcome(req.request_id, COMPLETED, ts))
@@ -249,7 +318,76 @@ def decide_request(req: Request, acct: Account | None, already_applied: bool,
     return d
 
 
-_MARKER_PREFIX = {CREDIT: "c:", REFUND: "f:", REJECT_NOTICE: "n:"}  # requests use "r:"
+def _hold(d: Decision, req: Request, new: Account, ts: int, pos: Position) -> Decision:
+    """Reserve the amount (funds and limit already checked and counted)."""
+    body, name, hold_id = req.body, req.account, req.request_id
+    assert name is not None
+    amount, to = body["amount"], body["to"]
+    new.held += amount
+    hold = Hold(name, to, amount, ts + body["timeout_s"] * 1000, new.day)
+    _event(d, name, new, hold_id, HELD, amount, to, ts, pos, hold_id=hold_id)
+    d.hold = (hold_id, hold)
+    d.messages.append((to, {"kind": HOLD_NOTICE, "request_id": hold_id, "account": to,
+                            "counterparty": name, "amount": amount, "hold_id": hold_id}))
+    d.outcomes.append(outcome(hold_id, HELD_STATUS, ts, hold={
+        "from": name, "to": to, "amount": amount, "expires_at": hold.deadline}))
+    return d
+
+
+_SETTLED = {"post": (POSTED, HOLD_POSTED, POSTED_STATUS),
+            "void": (HOLD_RELEASED, HOLD_VOIDED, VOIDED_STATUS),
+            "expire": (EXPIRED, HOLD_EXPIRED, EXPIRED_STATUS)}
+
+
+def _settle(d: Decision, req: Request, acct: Account, hold: Hold | None, ts: int,
+            pos: Position) -> Decision:
+    """Post, void or expire a pending hold of the sender."""
+    body, name = req.body, req.account
+    assert name is not None
+    kind, hold_id = body["type"], body["hold_id"]
+    if hold is None:
+        return _reject(d, req, acct, UNKNOWN_HOLD, ts, pos, f"no hold {hold_id!r} from {name!r}")
+    if hold.sender != name:
+        return _reject(d, req, acct, INVALID, ts, pos, "the hold was made by another account")
+    if hold.state != PENDING:
+        return _reject(d, req, acct, HOLD_CLOSED, ts, pos, f"the hold is {hold.state}")
+    if kind == "expire" and ts < hold.deadline:
+        return _reject(d, req, acct, INVALID, ts, pos, "the hold is not due to expire yet")
+    amount = body.get("amount")
+    amount = hold.amount if kind == "post" and amount is None else amount
+    if kind == "post" and amount > hold.amount:
+        return _reject(d, req, acct, HOLD_EXCEEDED, ts, pos,
+                       f"posting {amount} of a hold of {hold.amount}")
+    event_kind, state, status = _SETTLED[kind]
+    posted = amount if kind == "post" else 0
+    released = hold.amount - posted
+    new = acct.copy()
+    new.held -= hold.amount
+    new.balance -= posted
+    _unspend(new, released, hold.day)
+    d.hold = (hold_id, Hold(hold.sender, hold.receiver, hold.amount, hold.deadline, hold.day,
+                            state))
+    to = hold.receiver
+    if kind == "post":
+        _event(d, name, new, req.request_id, POSTED, posted, to, ts, pos, hold_id=hold_id,
+               released=released)
+        d.messages.append((to, {"kind": CREDIT, "request_id": req.request_id, "account": to,
+                                "counterparty": name, "amount": posted, "hold_id": hold_id,
+                                "held": hold.amount}))
+        d.outcomes.append(outcome(req.request_id, DEBITED_STATUS, ts))
+    else:
+        _event(d, name, new, req.request_id, event_kind, released, to, ts, pos, hold_id=hold_id)
+        d.messages.append((to, {"kind": RELEASE_NOTICE, "request_id": req.request_id,
+                                "account": to, "counterparty": name, "amount": hold.amount,
+                                "hold_id": hold_id}))
+        d.outcomes.append(outcome(req.request_id, COMPLETED, ts))
+    d.outcomes.append(outcome(hold_id, status, ts, hold={
+        "posted": posted, "released": released, "by": req.request_id}))
+    return d
+
+
+_MARKER_PREFIX = {CREDIT: "c:", REFUND: "f:", REJECT_NOTICE: "n:", HOLD_NOTICE: "h:",
+                  RELEASE_NOTICE: "u:"}  # requests use "r:"
 
 
 def credit_marker(msg: dict[str, Any]) -> str:
@@ -257,15 +395,40 @@ def credit_marker(msg: dict[str, Any]) -> str:
     return _MARKER_PREFIX[msg["kind"]] + msg["request_id"]
 
 
+def incoming_marker(hold_id: str) -> str:
+    """The applied-id of a hold's notice, set only if the receiver counted it as pending-in
+    (a receiver opened after the hold has nothing to release when it is settled)."""
+    return _MARKER_PREFIX[HOLD_NOTICE] + hold_id
+
+
 def decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bool,
-                  ts: int, pos: Position) -> Decision:
-    """Apply a message from transfers.credits to the receiving account."""
+                  ts: int, pos: Position, incoming_recorded: bool = False) -> Decision:
+    """Apply a message from transfers.credits to the receiving account.
+
+    `incoming_recorded`: for a message about a hold (a post's credit, a release), whether
+    this account counted the hold as pending-in (its incoming_marker is applied)."""
     d = Decision()
     if already_applied:
         return d  # a re-delivered credit: applied once already
-    d.marker = credit_marker(msg)
     kind, request_id, name = msg["kind"], msg["request_id"], msg["account"]
     amount, other = msg["amount"], msg["counterparty"]
+    if kind == HOLD_NOTICE:
+        if acct is not None:
+            d.marker = credit_marker(msg)
+            new = acct.copy()
+            new.pending_in += amount
+            _event(d, name, new, request_id, INCOMING_HELD, amount, other, ts, pos,
+                   hold_id=msg["hold_id"])
+        return d
+    d.marker = credit_marker(msg)
+    incoming = msg.get("held", amount) if incoming_recorded and acct is not None else 0
+    if kind == RELEASE_NOTICE:
+        if incoming:
+            new = acct.copy()
+            new.pending_in -= incoming
+            _event(d, name, new, request_id, INCOMING_RELEASED, amount, other, ts, pos,
+                   hold_id=msg["hold_id"])
+        return d
     if kind == REJECT_NOTICE:
         if acct is not None:
             _event(d, name, acct.copy(), request_id, REJECTED, amount, other, ts, pos, msg["reason"])
@@ -274,8 +437,7 @@ def decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bo
         # the sender was debited by this request, so the account exists
         new = (acct or Account()).copy()
         new.balance += amount
-        if new.day == ts // DAY_MS:
-            new.spent = max(0, new.spent - amount)
+        _unspend(new, amount, ts // DAY_MS)
         _event(d, name, new, request_id, REFUNDED, amount, other, ts, pos, msg["reason"])
         d.outcomes.append(outcome(request_id, REJECTED_STATUS, ts, msg["reason"]))
         return d
@@ -285,9 +447,15 @@ def decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bo
         reason = UNKNOWN_ACCOUNT if acct is None else INVALID
         d.messages.append((other, {"kind": REFUND, "request_id": request_id, "account": other,
                                    "counterparty": name, "amount": amount, "reason": reason}))
+        if incoming:   # the posted hold is no longer pending here, though the money goes back
+            new = acct.copy()
+            new.pending_in -= incoming
+            _event(d, name, new, request_id, INCOMING_RELEASED, incoming, other, ts, pos,
+                   hold_id=msg["hold_id"])
         return d
     new = acct.copy()
     new.balance += amount
-    _event(d, name, new, request_id, CREDITED, amount, other, ts, pos)
+    new.pending_in -= incoming
+    _event(d, name, new, request_id, CREDITED, amount, other, ts, pos, hold_id=msg.get("hold_id"))
     d.outcomes.append(outcome(request_id, COMPLETED, ts))
     return d

@@ -17,14 +17,27 @@ DAY_MS = 86_400_000
 # ledger event kinds; `refunded` returns a debited amount whose receiver did not exist
 OPENED, DEPOSITED, WITHDRAWN, DEBITED, CREDITED, REFUNDED, REJECTED = (
     "opened", "deposited", "withdrawn", "debited", "credited", "refunded", "rejected")
+# two-phase transfers: on the sender, `held` reserves, then exactly one of `posted` (moves
+# part or all of it, releasing the rest), `hold_released` (voided) or `expired`; on the
+# receiver, `incoming_held` and `incoming_released` show money on its way (a post credits it)
+HELD, POSTED, HOLD_RELEASED, EXPIRED, INCOMING_HELD, INCOMING_RELEASED = (
+    "held", "posted", "hold_released", "expired", "incoming_held", "incoming_released")
+HOLD_SETTLING = (POSTED, HOLD_RELEASED, EXPIRED)
 
 # how each kind of event moves the balance
 BALANCE_SIGN = {OPENED: 0, DEPOSITED: 1, WITHDRAWN: -1, DEBITED: -1, CREDITED: 1,
-                REFUNDED: 1, REJECTED: 0}
+                REFUNDED: 1, REJECTED: 0, HELD: 0, POSTED: -1, HOLD_RELEASED: 0, EXPIRED: 0,
+                INCOMING_HELD: 0, INCOMING_RELEASED: 0}
 
-# outcome statuses, in the order a transfer moves through them
+# outcome statuses, in the order a request moves through them. A hold's own request_id
+# goes accepted -> held -> posted | voided | expired (or rejected).
 ACCEPTED, DEBITED_STATUS, COMPLETED, REJECTED_STATUS = "accepted", "debited", "completed", "rejected"
-STATUS_RANK = {ACCEPTED: 0, DEBITED_STATUS: 1, COMPLETED: 2, REJECTED_STATUS: 2}
+HELD_STATUS, POSTED_STATUS, VOIDED_STATUS, EXPIRED_STATUS = "held", "posted", "voided", "expired"
+STATUS_RANK = {ACCEPTED: 0, DEBITED_STATUS: 1, HELD_STATUS: 1, COMPLETED: 2, REJECTED_STATUS: 2,
+               POSTED_STATUS: 2, VOIDED_STATUS: 2, EXPIRED_STATUS: 2}
+# where a client's `?wait=completed` stops: the request's own decision is known
+DECIDED_STATUSES = frozenset({COMPLETED, REJECTED_STATUS, HELD_STATUS, POSTED_STATUS,
+                              VOIDED_STATUS, EXPIRED_STATUS})
 
 # rejection reasons
 INSUFFICIENT_FUNDS = "insufficient_funds"
@@ -33,9 +46,13 @@ UNKNOWN_ACCOUNT = "unknown_account"
 INVALID = "invalid"
 DUPLICATE = "duplicate"
 ACCOUNT_EXISTS = "account_exists"
+UNKNOWN_HOLD = "unknown_hold"
+HOLD_CLOSED = "hold_closed"       # posted, voided or expired already
+HOLD_EXCEEDED = "hold_exceeded"   # a post of more than was held
 
 # messages on transfers.credits
 CREDIT, REFUND, REJECT_NOTICE = "credit", "refund", "reject_notice"
+HOLD_NOTICE, RELEASE_NOTICE = "hold_notice", "release_notice"   # the receiver's pending-in
 
 
 @dataclass(slots=True)
@@ -46,17 +63,50 @@ class Account:
     seq: int = 0                  # seq of the account's latest ledger event
     daily_limit: int | None = None  # most outflow (withdrawals + debits) per UTC day
     day: int = 0                  # UTC day number that `spent` counts
-    spent: int = 0                # outflow on `day`
+    spent: int = 0                # outflow on `day` (holds count when made)
+    held: int = 0                 # reserved by this account's pending holds (pending out)
+    pending_in: int = 0           # held for this account by other accounts' pending holds
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
 
     def to_json(self) -> list[Any]:
-        return [self.balance, self.seq, self.daily_limit, self.day, self.spent]
+        row = [self.balance, self.seq, self.daily_limit, self.day, self.spent]
+        return row + [self.held, self.pending_in] if self.held or self.pending_in else row
 
     @classmethod
     def from_json(cls, raw: list[Any]) -> "Account":
         return cls(*raw)
 
     def copy(self) -> "Account":
-        return Account(self.balance, self.seq, self.daily_limit, self.day, self.spent)
+        return Account(self.balance, self.seq, self.daily_limit, self.day, self.spent,
+                       self.held, self.pending_in)
+
+
+PENDING, HOLD_POSTED, HOLD_VOIDED, HOLD_EXPIRED = "pending", "posted", "voided", "expired"
+
+
+@dataclass(slots=True)
+class Hold:
+    """A pending (or settled) hold, kept by the engine on its sender's partition.
+
+    Its id is the request_id of the `hold` request that made it.
+    """
+
+    sender: str
+    receiver: str
+    amount: int
+    deadline: int                 # ms since the epoch, by the log's clock
+    day: int                      # UTC day the hold counted toward the daily limit
+    state: str = PENDING
+
+    def to_json(self) -> list[Any]:
+        return [self.sender, self.receiver, self.amount, self.deadline, self.day, self.state]
+
+    @classmethod
+    def from_json(cls, raw: list[Any]) -> "Hold":
+        return cls(*raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +123,16 @@ class Position:
 
 def ledger_event(account: str, seq: int, request_id: str, kind: str, amount: int,
                  counterparty: str | None, balance: int, ts: int, source: Position,
-                 reason: str | None = None, daily_limit: int | None = None) -> dict[str, Any]:
+                 reason: str | None = None, daily_limit: int | None = None,
+                 held: int = 0, pending_in: int = 0, hold_id: str | None = None,
+                 released: int | None = None) -> dict[str, Any]:
     """A ledger.events record, with a fixed key order so re-encodings are identical.
 
     An `opened` event also carries the account's daily_limit, so that the
-    limits view can be derived from the ledger alone.
+    limits view can be derived from the ledger alone. Like `balance`, `held`
+    and `pending_in` are the account's figures after the event (left out while
+    both are 0); events of a hold name it (`hold_id`), and a `posted` event
+    says how much of the hold it `released` back to the sender.
     """
     event: dict[str, Any] = {
         "account": account, "seq": seq, "request_id": request_id, "kind": kind,
@@ -88,17 +143,25 @@ def ledger_event(account: str, seq: int, request_id: str, kind: str, amount: int
         event["reason"] = reason
     if kind == OPENED:
         event["daily_limit"] = daily_limit
+    if held or pending_in:
+        event["held"], event["pending_in"] = held, pending_in
+    if hold_id is not None:
+        event["hold_id"] = hold_id
+    if released is not None:
+        event["released"] = released
     return event
 
 
 def outcome(request_id: str, status: str, ts: int, reason: str | None = None,
-            detail: str | None = None) -> dict[str, Any]:
-    """A transfers.outcomes record."""
+            detail: str | None = None, hold: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A transfers.outcomes record; a hold's outcomes carry what GET /holds/{id} shows."""
     out: dict[str, Any] = {"request_id": request_id, "status": status}
     if reason is not None:
         out["reason"] = reason
     if detail is not None:
         out["detail"] = detail
+    if hold is not None:
+        out["hold"] = hold
     out["ts"] = ts
     return out
 

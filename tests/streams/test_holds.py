@@ -1,0 +1,256 @@
+"""Two-phase transfers in the pure decision logic: examples of each rule, then a property test
+that drives random holds, posts, voids, expiries, transfers and re-deliveries through the
+decisions and checks the invariants with the same checks as `bank replay verify`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+from hypothesis import given, settings, strategies as st
+
+from replay.ledger import LedgerFold
+from replay.verify import LedgerChecks, VerifyReport
+from streams.decisions import (Undecodable, credit_marker, decide_credit, decide_request,
+                               deciding_account, expiry_request, incoming_marker, parse_request)
+from streams.model import (HOLD_CLOSED, HOLD_EXCEEDED, PENDING, UNKNOWN_HOLD, Account, Hold,
+                           Position)
+
+POS = Position("transfers.requests", 0, 0)
+T0 = 1_764_000_000_000
+
+
+@dataclass
+class Ledger:
+    """One partition's worth of engine state, with the credits topic as a queue."""
+
+    accounts: dict[str, Account] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)
+    applied: set[str] = field(default_factory=set)
+    pending: list[dict] = field(default_factory=list)
+    delivered: list[dict] = field(default_factory=list)
+    events: list[bytes] = field(default_factory=list)
+    outcomes: list[dict] = field(default_factory=list)
+    ts: int = T0
+
+    def emit(self, d) -> None:  # noqa: ANN001 - a Decision
+        if d.state is not None:
+            self.accounts[d.account] = d.state
+        if d.marker:
+            self.applied.add(d.marker)
+        if d.hold is not None:
+            self.holds[d.hold[0]] = d.hold[1]
+        if d.event is not None:
+            self.events.append(orjson.dumps(d.event))
+        self.outcomes += d.outcomes
+        self.pending += [m for _, m in d.messages]
+
+    def send(self, body: dict) -> list[dict]:
+        """Decide one request; returns its outcomes."""
+        key, value = deciding_account(body), orjson.dumps(body)
+        before = len(self.outcomes)
+        try:
+            req = parse_request(key.encode() if isinstance(key, str) else None, value)
+        except Undecodable:
+            return []
+        acct = self.accounts.get(req.account) if req.account else None
+        hold = self.holds.get(body.get("hold_id")) if isinstance(body.get("hold_id"), str) else None
+        self.emit(decide_request(req, acct, "r:" + req.request_id in self.applied, self.ts, POS,
+                                 hold=hold))
+        return self.outcomes[before:]
+
+    def deliver(self, i: int = 0, again: bool = False) -> None:
+        msg = self.delivered[i % len(self.delivered)] if again else self.pending.pop(i % len(self.pending))
+        self.delivered.append(msg)
+        recorded = "hold_id" in msg and incoming_marker(msg["hold_id"]) in self.applied
+        self.emit(decide_credit(msg, self.accounts.get(msg["account"]),
+                                credit_marker(msg) in self.applied, self.ts, POS, recorded))
+
+    def deliver_all(self) -> None:
+        while self.pending:
+            self.deliver()
+
+    def verify(self) -> VerifyReport:
+        fold, checks, report = LedgerFold(), LedgerChecks(), VerifyReport()
+        for raw in self.events:
+            ev = fold.apply(raw)
+            assert ev is not None, "every event is new: seqs gap-free, no copies"
+            checks.add(ev)
+        checks.finish(fold, report)
+        return report
+
+
+def _opened(*funded: tuple[str, int]) -> Ledger:
+    led = Ledger()
+    for name, amount in funded:
+        led.send({"type": "open_account", "request_id": f"open-{name}", "account": name})
+        if amount:
+            led.send({"type": "deposit", "request_id": f"dep-{name}", "account": name, "amount": amount})
+    return led
+
+
+def _hold(led: Ledger, rid: str, amount: int, sender: str = "a", to: str = "b",
+          timeout_s: int = 60) -> list[dict]:
+    return led.send({"type": "hold", "request_id": rid, "from": sender, "to": to,
+                     "amount": amount, "timeout_s": timeout_s})
+
+
+def test_a_hold_reserves_the_senders_funds_and_shows_the_receiver_the_pending_amount():
+    led = _opened(("a", 100), ("b", 0))
+    [out] = _hold(led, "h1", 70)
+    assert out["status"] == "held" and out["hold"] == {"from": "a", "to": "b", "amount": 70,
+                                                        "expires_at": T0 + 60_000}
+    led.deliver_all()
+    a, b = led.accounts["a"], led.accounts["b"]
+    assert (a.balance, a.held, a.available) == (100, 70, 30)
+    assert (b.balance, b.pending_in) == (0, 70)
+    # the reserved money cannot be spent twice
+    [out] = led.send({"type": "withdraw", "request_id": "w", "account": "a", "amount": 31})
+    assert out["reason"] == "insufficient_funds"
+    [out] = _hold(led, "h2", 31)
+    assert out["reason"] == "insufficient_funds"
+
+
+def test_a_partial_post_moves_part_and_releases_the_rest():
+    led = _opened(("a", 100), ("b", 0))
+    _hold(led, "h1", 70)
+    outs = led.send({"type": "post", "request_id": "p1", "hold_id": "h1", "from": "a", "amount": 50})
+    assert [(o["request_id"], o["status"]) for o in outs] == [("p1", "debited"), ("h1", "posted")]
+    assert outs[1]["hold"] == {"posted": 50, "released": 20, "by": "p1"}
+    led.deliver_all()
+    a, b = led.accounts["a"], led.accounts["b"]
+    assert (a.balance, a.held, b.balance, b.pending_in) == (50, 0, 50, 0)
+    assert led.outcomes[-1] == {"request_id": "p1", "status": "completed", "ts": led.ts}
+    report = led.verify()
+    assert report.ok and report.holds["posted"] == 1, report.render()
+
+
+def test_post_void_and_expire_reject_what_the_hold_does_not_allow():
+    led = _opened(("a", 100), ("b", 0), ("c", 10))
+    _hold(led, "h1", 40, timeout_s=10)
+
+    def reason(body: dict) -> str:
+        return led.send(body)[0].get("reason")
+
+    assert reason({"type": "post", "request_id": "p0", "hold_id": "h1", "from": "a",
+                   "amount": 41}) == HOLD_EXCEEDED
+    assert reason({"type": "void", "request_id": "v0", "hold_id": "nope", "from": "a"}) == UNKNOWN_HOLD
+    assert reason({"type": "void", "request_id": "v1", "hold_id": "h1", "from": "c"}) == "invalid"
+    assert reason({**expiry_request("h1", led.holds["h1"]), "request_id": "early"}) == "invalid"
+    assert led.send({"type": "void", "request_id": "v2", "hold_id": "h1", "from": "a"})[1]["status"] \
+        == "voided"
+    assert reason({"type": "post", "request_id": "p1", "hold_id": "h1", "from": "a"}) == HOLD_CLOSED
+    led.ts += 10_000
+    assert reason(expiry_request("h1", led.holds["h1"])) == HOLD_CLOSED
+    led.deliver_all()
+    assert (led.accounts["a"].available, led.accounts["b"].pending_in) == (100, 0)
+    assert led.verify().ok
+
+
+def test_a_hold_expires_only_once_its_deadline_has_passed_by_the_records_clock():
+    led = _opened(("a", 100), ("b", 0))
+    _hold(led, "h1", 40, timeout_s=10)
+    led.ts += 9_999
+    assert led.send({**expiry_request("h1", led.holds["h1"]), "request_id": "x1"})[0]["status"] \
+        == "rejected"
+    led.ts += 1
+    outs = led.send(expiry_request("h1", led.holds["h1"]))
+    assert [o["status"] for o in outs] == ["completed", "expired"]
+    assert led.holds["h1"].state == "expired"
+    assert led.send(expiry_request("h1", led.holds["h1"]))[0]["reason"] == "duplicate"
+
+
+def test_a_held_amount_counts_toward_the_daily_limit_until_released():
+    led = Ledger()
+    led.send({"type": "open_account", "request_id": "o", "account": "a", "daily_limit": 100})
+    led.send({"type": "open_account", "request_id": "ob", "account": "b"})
+    led.send({"type": "deposit", "request_id": "d", "account": "a", "amount": 1_000})
+    _hold(led, "h1", 80)
+    assert _hold(led, "h2", 30)[0]["reason"] == "limit_exceeded"
+    led.send({"type": "post", "request_id": "p", "hold_id": "h1", "from": "a", "amount": 60})
+    assert _hold(led, "h3", 40)[0]["status"] == "held"   # 20 of h1 released: 60 + 40 <= 100
+
+
+def test_a_receiver_opened_after_the_hold_never_had_it_pending():
+    led = _opened(("a", 100))
+    _hold(led, "h1", 30, to="late")
+    led.deliver_all()           # the notice finds no account
+    led.send({"type": "open_account", "request_id": "o-late", "account": "late"})
+    led.send({"type": "post", "request_id": "p", "hold_id": "h1", "from": "a"})
+    led.deliver_all()
+    late = led.accounts["late"]
+    assert (late.balance, late.pending_in) == (30, 0)
+    assert led.verify().ok
+
+
+def test_posting_to_an_account_that_does_not_exist_refunds_the_sender():
+    led = _opened(("a", 100))
+    _hold(led, "h1", 30, to="ghost")
+    led.send({"type": "post", "request_id": "p", "hold_id": "h1", "from": "a"})
+    led.deliver_all()
+    assert (led.accounts["a"].balance, led.accounts["a"].held) == (100, 0)
+    assert led.outcomes[-1]["status"] == "rejected" and led.outcomes[-1]["reason"] == "unknown_account"
+    assert led.verify().ok
+
+
+# -- property test ---------------------------------------------------------------------------
+NAMES = ["a", "b", "c"]
+actions = st.lists(st.tuples(
+    st.sampled_from(["hold", "hold", "post", "post", "void", "expire", "transfer", "withdraw",
+                     "deliver", "deliver", "redeliver", "resend", "tick"]),
+    st.sampled_from(NAMES), st.sampled_from(NAMES + ["ghost"]),
+    st.one_of(st.integers(1, 400), st.integers(-3, 3), st.none()),
+    st.integers(0, 10**6)), max_size=80)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=actions)
+def test_any_mix_of_holds_keeps_the_hold_invariants(steps):
+    led = _opened(("a", 500), ("b", 500), ("c", 500))
+    sent: list[dict] = []
+    for n, (action, sender, to, amount, pick) in enumerate(steps):
+        holds = sorted(led.holds)
+        hold_id = holds[pick % len(holds)] if holds and pick % 7 else "no-such-hold"
+        owner = led.holds[hold_id].sender if hold_id in led.holds and pick % 5 else sender
+        body = {"request_id": f"r{n}"}
+        if action == "hold":
+            body |= {"type": "hold", "from": sender, "to": to, "amount": amount,
+                     "timeout_s": 1 + pick % 120}
+        elif action == "post":
+            body |= {"type": "post", "hold_id": hold_id, "from": owner}
+            if amount is not None:
+                body["amount"] = amount
+        elif action in ("void", "expire"):
+            body |= {"type": action, "hold_id": hold_id, "from": owner}
+        elif action in ("transfer", "withdraw"):
+            body |= {"type": action, "from": sender, "to": to, "amount": amount} \
+                if action == "transfer" else {"type": action, "account": sender, "amount": amount}
+        elif action == "deliver" and led.pending:
+            led.deliver(pick)
+            body = None
+        elif action == "redeliver" and led.delivered:
+            led.deliver(pick, again=True)
+            body = None
+        elif action == "resend" and sent:
+            body = sent[pick % len(sent)]
+        elif action == "tick":
+            led.ts += pick * 100
+            body = None
+        else:
+            body = None
+        if body is not None:
+            sent.append(body)
+            led.send(body)
+        for name, acct in led.accounts.items():
+            assert acct.held >= 0 and acct.available >= 0 and acct.pending_in >= 0, name
+    led.deliver_all()
+    report = led.verify()
+    assert report.ok, report.render()
+    # the engine's state agrees with the holds it keeps
+    for name, acct in led.accounts.items():
+        pending = [h for h in led.holds.values() if h.state == PENDING]
+        assert acct.held == sum(h.amount for h in pending if h.sender == name)
+        assert acct.pending_in == sum(h.amount for i, h in led.holds.items() if h.state == PENDING
+                                      and h.receiver == name and incoming_marker(i) in led.applied)
+    assert report.holds["made"] == len(led.holds)
+    settled = {k: report.holds[k] for k in ("posted", "hold_released", "expired", "pending")}
+    assert sum(settled.values()) == len(led.holds)

@@ -33,8 +33,8 @@ from streams.engine.changelog import BATCH_PREFIX, BatchRecord
 from streams.client import read_topic
 from streams.config import Settings
 from streams.decisions import (Decision, Rules, Undecodable, credit_marker, decide_credit,
-                               decide_request, parse_request)
-from streams.model import DUPLICATE, STATUS_RANK, Account, Position
+                               decide_request, incoming_marker, parse_request)
+from streams.model import DUPLICATE, STATUS_RANK, Account, Hold, Position
 from streams.partitioning import partition_for
 from streams.topics import ensure_topics
 
@@ -70,6 +70,7 @@ class Generation:
     """The new generation's decisions, made by the simulation."""
 
     accounts: dict[str, Account] = field(default_factory=dict)
+    holds: dict[tuple[int, str], Hold] = field(default_factory=dict)  # (partition, hold_id)
     applied: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
     events: list[tuple[str, bytes]] = field(default_factory=list)       # (account, raw event)
     outcomes: list[tuple[str, bytes]] = field(default_factory=list)     # (request_id, raw outcome)
@@ -82,6 +83,8 @@ class Generation:
             self.accounts[decision.account] = decision.state
         if decision.marker is not None:
             self.applied[partition].add(decision.marker)
+        if decision.hold is not None:
+            self.holds[(partition, decision.hold[0])] = decision.hold[1]
         if decision.event is not None:
             self.events.append((decision.account, orjson.dumps(decision.event)))
         for out in decision.outcomes:
@@ -189,15 +192,19 @@ def _decide_request(gen: Generation, msg: Message, partition: int, rules: Rules)
         return  # dead-lettered live too
     acct = gen.accounts.get(req.account) if req.account is not None else None
     applied = "r:" + req.request_id in gen.applied[partition]
+    hold_id = req.body.get("hold_id")
+    hold = gen.holds.get((partition, hold_id)) if isinstance(hold_id, str) else None
     pos = Position(msg.topic(), partition, msg.offset())
-    gen.emit(decide_request(req, acct, applied, ts, pos, rules), partition, ts)
+    gen.emit(decide_request(req, acct, applied, ts, pos, rules, hold), partition, ts)
 
 
 def _decide_credit(gen: Generation, message: dict[str, Any], partition: int, ts: int,
                    pos: Position) -> None:
     applied = credit_marker(message) in gen.applied[partition]
-    gen.emit(decide_credit(message, gen.accounts.get(message["account"]), applied, ts, pos),
-             partition, ts)
+    hold_id = message.get("hold_id")
+    recorded = isinstance(hold_id, str) and incoming_marker(hold_id) in gen.applied[partition]
+    gen.emit(decide_credit(message, gen.accounts.get(message["account"]), applied, ts, pos,
+                           recorded), partition, ts)
 
 
 def final_outcomes(raw_outcomes: list[bytes]) -> dict[str, tuple[str, str | None]]:

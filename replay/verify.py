@@ -46,6 +46,7 @@ class VerifyReport:
     in_flight: int = 0
     in_flight_transfers: int = 0
     requests: int = 0
+    expiry_requests: int = 0          # of `requests`, the engine's own (type expire)
     requests_with_outcome: int = 0
     requests_final: int = 0
     completed: int = 0
@@ -260,12 +261,14 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
     seen: set[str] = set()
     for msg in read_topic(settings, settings.topic(topics.REQUESTS)):
         try:
-            rid = parse_json(msg.value()).get("request_id")
+            body = parse_json(msg.value())
+            rid = body.get("request_id")
         except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
             continue  # undecodable records are dead-lettered, not lost
         if isinstance(rid, str) and 0 < len(rid) <= 128 and rid not in seen:
             seen.add(rid)
             request_ids.append(rid)
+            report.expiry_requests += body.get("type") == "expire"
     check_requests(request_ids, outcomes, report, require_final)
     return report
 

@@ -12,11 +12,12 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 
 from streams import kafka, topics
 from streams.config import Settings
+from streams.decisions import deciding_account
 
 
 def routing_key(request: dict[str, Any]) -> str | None:
-    """The account whose partition decides the request (the sender of a transfer)."""
-    key = request.get("from") if request.get("type") == "transfer" else request.get("account")
+    """The account whose partition decides the request (the sender of a transfer or hold)."""
+    key = deciding_account(request)
     return key if isinstance(key, str) and key else None
 
 

@@ -386,7 +386,7 @@ def _settle(d: Decision, req: Request, acct: Account, hold: Hold | None, ts: int
     return d
 
 
-_MARKER_PREFIX = {CREDIT: "c:", REFUND: "f:", REJECT_NOTICE: "n:", HOLD_NOTICE: "h:",
+_MARKER_PREFIX = {CREDIT: "c:", REFUND: "f:", REJECT_NOTICE: "n:", HOLD_NOTICE: "i:",
                   RELEASE_NOTICE: "u:"}  # requests use "r:"
 
 
@@ -404,6 +404,9 @@ def incoming_marker(hold_id: str) -> str:
 def decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bool,
                   ts: int, pos: Position, incoming_recorded: bool = False) -> Decision:
     """Apply a message from transfers.credits to the receiving account.
+
+    A hold's notice reaches its receiver before the hold's settlement does: both go from
+    the sender's partition to the receiver's, in transactions committed one after another.
 
     `incoming_recorded`: for a message about a hold (a post's credit, a release), whether
     this account counted the hold as pending-in (its incoming_marker is applied)."""

@@ -58,6 +58,37 @@ class Workload:
                     time.sleep(ahead)
         self.sender.flush()
 
+    def random_holds(self, names: list[str], count: int, prefix: str, max_amount: int,
+                     rate_per_s: float | None = None) -> None:
+        """Holds, each later posted (whole or part), voided, posted and voided at once (one
+        of them wins), or left to expire (timeouts of 1 to 6 s)."""
+        rng = random.Random(self.rng.random())
+        start = time.monotonic()
+        open_holds: list[tuple[str, str, int]] = []
+        for i in range(count):
+            src, dst = rng.sample(names, 2)
+            hold_id, amount = f"{prefix}-{i}", rng.randint(1, max_amount)
+            self.send({"type": "hold", "request_id": hold_id, "from": src, "to": dst,
+                       "amount": amount, "timeout_s": rng.randint(1, 6)})
+            open_holds.append((hold_id, src, amount))
+            if len(open_holds) > 8:
+                hold_id, src, amount = open_holds.pop(rng.randrange(len(open_holds)))
+                post = {"type": "post", "request_id": f"post-{hold_id}", "hold_id": hold_id,
+                        "from": src}
+                if rng.random() < 0.5:
+                    post["amount"] = rng.randint(1, amount)
+                void = {"type": "void", "request_id": f"void-{hold_id}", "hold_id": hold_id,
+                        "from": src}
+                choice = rng.random()
+                for request in ([post] if choice < 0.35 else [void] if choice < 0.6
+                                else rng.sample([post, void], 2) if choice < 0.85 else []):
+                    self.send(request)
+            if rate_per_s and i % 20 == 0:
+                ahead = start + i / rate_per_s - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+        self.sender.flush()
+
     def wait(self, timeout_s: float = 180) -> bool:
         return self.watcher.wait(self.request_ids, timeout_s)
 
@@ -90,7 +121,8 @@ def assert_invariants(settings: Settings, workload: Workload) -> VerifyReport:
     assert report.in_flight == 0
     assert report.money_conserved, report.render()
     assert report.deposits == workload.deposits
-    assert report.requests == len(set(workload.request_ids))
+    assert report.requests - report.expiry_requests == len(set(workload.request_ids))
+    assert report.holds["pending"] == 0, report.render()
     return report
 
 

@@ -6,6 +6,8 @@ transactions, so a read_committed reader sees whole batches or nothing:
     a:<account>        -> the account's state after the batch (Account json); compaction
                           keeps the latest per account, so a restore is bounded by the
                           number of accounts, not by the length of the history
+    h:<hold_id>        -> a hold's state (Hold json), written when it is made and when it
+                          is settled; compaction keeps the latest
     b:<c0>:<r0>        -> one record per batch (BatchRecord): the exact input ranges
                           [c0, c1) of transfers.credits and [r0, r1) of transfers.requests
                           it processed, and the ids it applied. The key is unique, so
@@ -19,11 +21,16 @@ from dataclasses import dataclass
 import orjson
 
 ACCOUNT_PREFIX = b"a:"
+HOLD_PREFIX = b"h:"
 BATCH_PREFIX = b"b:"
 
 
 def account_key(name: str) -> bytes:
     return ACCOUNT_PREFIX + name.encode()
+
+
+def hold_key(hold_id: str) -> bytes:
+    return HOLD_PREFIX + hold_id.encode()
 
 
 @dataclass(frozen=True, slots=True)

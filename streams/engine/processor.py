@@ -14,6 +14,7 @@ client wrote the request.
 from __future__ import annotations
 
 import base64
+import heapq
 import logging
 from dataclasses import dataclass, field
 
@@ -22,11 +23,11 @@ from confluent_kafka import KafkaError, Message
 
 from streams.config import Settings
 from streams.decisions import (Decision, Rules, Undecodable, credit_marker, decide_credit,
-                               decide_request, parse_request)
-from streams.engine.changelog import BatchRecord, account_key
+                               decide_request, expiry_request, incoming_marker, parse_request)
+from streams.engine.changelog import BatchRecord, account_key, hold_key
 from streams.engine.state import PartitionStore
 from streams.engine.transaction import EngineTransaction, TransactionAborted
-from streams.model import Position
+from streams.model import PENDING, Hold, Position
 from streams.partitioning import partition_for
 
 log = logging.getLogger("bank.engine")
@@ -45,6 +46,32 @@ class PartitionTask:
     credits: list[Message] = field(default_factory=list)
     requests: list[Message] = field(default_factory=list)
     changelog_next: int = 0            # next changelog offset after this batch's records
+    deadlines: list[tuple[int, str]] = field(default_factory=list)  # heap of pending holds
+    expiring: list[tuple[int, str]] = field(default_factory=list)   # requested in the open batch
+
+    def track_holds(self) -> None:
+        """Index the committed pending holds by deadline (after a restore)."""
+        self.deadlines = list(self.store.pending_holds())
+        heapq.heapify(self.deadlines)
+        self.expiring = []
+
+    def due_holds(self, now_ms: int) -> list[tuple[str, Hold]]:
+        """The pending holds whose deadline has passed, taken off the index for this batch."""
+        due = []
+        while self.deadlines and self.deadlines[0][0] <= now_ms:
+            deadline, hold_id = heapq.heappop(self.deadlines)
+            hold = self.store.hold(hold_id)
+            if hold is not None and hold.state == PENDING:
+                self.expiring.append((deadline, hold_id))
+                due.append((hold_id, hold))
+        return due
+
+    def batch_committed(self, holds: dict[str, Hold]) -> None:
+        """Index the holds the committed batch made; its expiry requests are in the log."""
+        for hold_id, hold in holds.items():
+            if hold.state == PENDING:
+                heapq.heappush(self.deadlines, (hold.deadline, hold_id))
+        self.expiring = []
 
     def take(self, limit: int) -> tuple[list[Message], list[Message]]:
         """Up to `limit` buffered records, credits first (money in flight lands first)."""
@@ -55,9 +82,13 @@ class PartitionTask:
         return credits, requests
 
     def clear(self) -> None:
+        """The open batch aborted: forget its input, state and expiry requests."""
         self.credits.clear()
         self.requests.clear()
         self.store.discard()
+        for item in self.expiring:
+            heapq.heappush(self.deadlines, item)
+        self.expiring = []
 
 
 @dataclass
@@ -76,6 +107,7 @@ class ProcessorStats:
     credits: int = 0
     forwarded: int = 0
     deadletters: int = 0
+    expiries: int = 0
 
 
 class BatchProcessor:
@@ -102,9 +134,11 @@ class BatchProcessor:
             self._guarded(task, msg, self._apply_request)
         c1 = credits[-1].offset() + 1 if credits else c0
         r1 = requests[-1].offset() + 1 if requests else r0
-        accounts, marks = task.store.changes()
+        accounts, marks, holds = task.store.changes()
         for name, acct in accounts.items():
             self._changelog(task, account_key(name), orjson.dumps(acct.to_json()))
+        for hold_id, hold in holds.items():
+            self._changelog(task, hold_key(hold_id), orjson.dumps(hold.to_json()))
         if mid_changelog is not None:
             mid_changelog()
         record = BatchRecord((c0, c1), (r0, r1), tuple(marks))
@@ -112,6 +146,17 @@ class BatchProcessor:
         self.stats.credits += len(credits)
         self.stats.requests += len(requests)
         return (c0, c1), (r0, r1)
+
+    def request_expiries(self, task: PartitionTask, now_ms: int) -> int:
+        """Write an expire request for each due hold to the partition's own input, stamped
+        no earlier than the deadline: the log, not this clock, decides (replay agrees)."""
+        due = task.due_holds(now_ms)
+        for hold_id, hold in due:
+            self.out.send(self.topics.requests, hold.sender.encode(),
+                          orjson.dumps(expiry_request(hold_id, hold)), task.partition,
+                          max(now_ms, hold.deadline))
+        self.stats.expiries += len(due)
+        return len(due)
 
     # -- per record ------------------------------------------------------------
     def _guarded(self, task: PartitionTask, msg: Message, apply) -> None:  # noqa: ANN001
@@ -145,6 +190,8 @@ class BatchProcessor:
             task.store.put_account(decision.account, decision.state)
         if decision.marker is not None:
             task.store.mark_applied(decision.marker)
+        if decision.hold is not None:
+            task.store.put_hold(*decision.hold)
         if decision.event is not None:
             self.out.send(self.topics.ledger, decision.account.encode(),
                           orjson.dumps(decision.event), task.partition, ts)
@@ -172,8 +219,10 @@ class BatchProcessor:
         store = task.store
         acct = store.account(req.account) if req.account is not None else None
         applied = self.dedupe and store.is_applied("r:" + req.request_id)
+        hold_id = req.body.get("hold_id")
+        hold = store.hold(hold_id) if isinstance(hold_id, str) else None
         pos = Position(msg.topic(), msg.partition(), msg.offset())
-        self._emit(task, decide_request(req, acct, applied, ts, pos, self.rules), ts)
+        self._emit(task, decide_request(req, acct, applied, ts, pos, self.rules, hold), ts)
 
     def _apply_credit(self, task: PartitionTask, msg: Message) -> None:
         ts = msg.timestamp()[1]
@@ -185,7 +234,9 @@ class BatchProcessor:
             if not isinstance(name, str) or msg.key() != name.encode():
                 raise ValueError("credit key does not match its account")
             applied = self.dedupe and store.is_applied(credit_marker(message))
-            decision = decide_credit(message, store.account(name), applied, ts, pos)
+            hold_id = message.get("hold_id")
+            recorded = isinstance(hold_id, str) and store.is_applied(incoming_marker(hold_id))
+            decision = decide_credit(message, store.account(name), applied, ts, pos, recorded)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             self._dead_letter(msg, f"bad credit message: {exc}")
             return

@@ -7,7 +7,7 @@ the changelog offset they reflect (which never moves backwards). A crash
 before that write loses nothing: the restore reads the changelog from that
 offset and finds the batch there.
 
-Keys: b"a:<account>" -> Account json; the applied-id marker (b"r:<id>",
+Keys: b"a:<account>" -> Account json; b"h:<hold_id>" -> Hold json; the applied-id marker (b"r:<id>",
 b"c:<id>", ...) -> b"1"; b"__changelog" -> the next changelog offset to read;
 b"__position" -> the input offsets [credits, requests] the state reflects (the
 end of the last batch applied), which a restore compares with the group's
@@ -18,12 +18,14 @@ from __future__ import annotations
 import os
 import shutil
 from collections import OrderedDict
+from typing import Iterator
 
 import orjson
 from rocksdict import Options, Rdict, WriteBatch
 
-from streams.engine.changelog import ACCOUNT_PREFIX, BATCH_PREFIX, BatchRecord, account_key
-from streams.model import Account
+from streams.engine.changelog import (ACCOUNT_PREFIX, BATCH_PREFIX, HOLD_PREFIX, BatchRecord,
+                                      account_key, hold_key)
+from streams.model import PENDING, Account, Hold
 
 _CHANGELOG_OFFSET = b"__changelog"
 _POSITION = b"__position"
@@ -44,6 +46,7 @@ class PartitionStore:
         self._cache: OrderedDict[str, Account] = OrderedDict()  # committed accounts, decoded
         self._dirty: dict[str, Account] = {}       # accounts changed by the open batch
         self._dirty_marks: set[str] = set()        # ids applied by the open batch
+        self._dirty_holds: dict[str, Hold] = {}    # holds made or settled by the open batch
 
     # -- reads and writes of the open batch --------------------------------
     def account(self, name: str) -> Account | None:
@@ -69,9 +72,28 @@ class PartitionStore:
     def mark_applied(self, marker: str) -> None:
         self._dirty_marks.add(marker)
 
-    def changes(self) -> tuple[dict[str, Account], set[str]]:
-        """The open batch's changed accounts and applied ids (for the changelog)."""
-        return self._dirty, self._dirty_marks
+    def hold(self, hold_id: str) -> Hold | None:
+        hold = self._dirty_holds.get(hold_id)
+        if hold is not None:
+            return hold
+        raw = self._db.get(hold_key(hold_id))
+        return Hold.from_json(orjson.loads(raw)) if raw is not None else None
+
+    def put_hold(self, hold_id: str, hold: Hold) -> None:
+        self._dirty_holds[hold_id] = hold
+
+    def changes(self) -> tuple[dict[str, Account], set[str], dict[str, Hold]]:
+        """The open batch's changed accounts, applied ids and holds (for the changelog)."""
+        return self._dirty, self._dirty_marks, self._dirty_holds
+
+    def pending_holds(self) -> Iterator[tuple[int, str]]:
+        """(deadline, hold_id) of every committed pending hold: what may have to expire."""
+        for key, raw in self._db.items(from_key=HOLD_PREFIX):
+            if not key.startswith(HOLD_PREFIX):
+                break
+            hold = Hold.from_json(orjson.loads(raw))
+            if hold.state == PENDING:
+                yield hold.deadline, key[len(HOLD_PREFIX):].decode()
 
     # -- batch boundaries ----------------------------------------------------
     def commit(self, changelog_offset: int, position: tuple[int, int]) -> None:
@@ -83,6 +105,8 @@ class PartitionStore:
             wb.put(account_key(name), orjson.dumps(acct.to_json()))
         for marker in self._dirty_marks:
             wb.put(marker.encode(), b"1")
+        for hold_id, hold in self._dirty_holds.items():
+            wb.put(hold_key(hold_id), orjson.dumps(hold.to_json()))
         wb.put(_CHANGELOG_OFFSET, str(max(changelog_offset, self.changelog_offset)).encode())
         self._db.write(wb)
         self._cache.update(self._dirty)
@@ -92,6 +116,7 @@ class PartitionStore:
         """The batch's transaction aborted: forget its changes."""
         self._dirty = {}
         self._dirty_marks = set()
+        self._dirty_holds = {}
 
     # -- restore from the changelog -----------------------------------------
     @property
@@ -111,7 +136,7 @@ class PartitionStore:
         wb = WriteBatch(raw_mode=True)
         position = self.position
         for key, value in records:
-            if key.startswith(ACCOUNT_PREFIX):
+            if key.startswith(ACCOUNT_PREFIX) or key.startswith(HOLD_PREFIX):
                 wb.put(key, value)
             elif key.startswith(BATCH_PREFIX):
                 batch = BatchRecord.decode(value)

@@ -125,8 +125,9 @@ class EngineTransaction:
             self._open = False
             self._run(lambda: consumer.commit(offsets=offsets, asynchronous=False))
             return
-        self._run(self.producer.send_offsets_to_transaction, offsets,
-                  consumer.consumer_group_metadata(), 30)
+        if offsets:   # none when the batch only requested hold expiries
+            self._run(self.producer.send_offsets_to_transaction, offsets,
+                      consumer.consumer_group_metadata(), 30)
         try:
             self._run(self.producer.commit_transaction, 30)
         except WorkerFenced:

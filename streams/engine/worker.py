@@ -106,6 +106,7 @@ class EngineWorker:
         self.metrics.restored(len(tasks), time.monotonic() - t0)
         for task in tasks:
             task.clear()
+            task.track_holds()
             log.info("worker %s resumes p%d at credits %s, requests %s (changelog %d)",
                      self.worker_id, task.partition, task.next_credit, task.next_request,
                      task.store.changelog_offset)
@@ -204,7 +205,7 @@ class EngineWorker:
             task.store.close()
 
     def _run_batch(self) -> None:
-        """One transaction over every owned partition that has input."""
+        """One transaction over every owned partition that has input or a hold to expire."""
         room = self.settings.batch_max_records
         batch: list[tuple[PartitionTask, list, list]] = []
         for task in self.tasks.values():
@@ -214,13 +215,18 @@ class EngineWorker:
             if credits or requests:
                 batch.append((task, credits, requests))
                 room -= len(credits) + len(requests)
-        if not batch:
+        now_ms = int(time.time() * 1000)
+        due = [task for task in self.tasks.values()
+               if task.deadlines and task.deadlines[0][0] <= now_ms]
+        if not batch and not due:
             return
         batch_no = self.batches + 1
         t0 = time.monotonic()
         offsets: list[TopicPartition] = []
         try:
             self.txn.begin()
+            for task in due:
+                self.processor.request_expiries(task, now_ms)
             for task, credits, requests in batch:
                 (c0, c1), (r0, r1) = self.processor.run(
                     task, credits, requests,
@@ -240,7 +246,10 @@ class EngineWorker:
                 task.next_credit = credits[-1].offset() + 1
             if requests:
                 task.next_request = requests[-1].offset() + 1
+            task.batch_committed(task.store.changes()[2])
             task.store.commit(task.changelog_next, (task.next_credit or 0, task.next_request or 0))
+        for task in due:
+            task.expiring = []
         self.batches += 1
         self.metrics.committed(len(batch), sum(len(c) + len(r) for _, c, r in batch),
                                time.monotonic() - t0)

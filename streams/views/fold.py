@@ -22,10 +22,11 @@ from typing import Any
 
 import orjson
 
-from streams.model import (BALANCE_SIGN, CREDITED, DAY_MS, DEBITED, DEPOSITED, DUPLICATE, OPENED,
-                           REFUNDED, REJECTED, REJECTED_STATUS, STATUS_RANK, WITHDRAWN)
+from streams.model import (BALANCE_SIGN, CREDITED, DAY_MS, DEBITED, DEPOSITED, DUPLICATE, EXPIRED,
+                           HELD, HOLD_RELEASED, OPENED, POSTED, REFUNDED, REJECTED,
+                           REJECTED_STATUS, STATUS_RANK, WITHDRAWN)
 
-_OUTFLOW = {WITHDRAWN, DEBITED}
+_OUTFLOW = {WITHDRAWN, DEBITED, HELD}   # what counts toward the daily limit when it happens
 
 
 class Applied(Enum):
@@ -47,10 +48,13 @@ class AccountView:
     outflow: int = 0                 # withdrawals + debits - refunds on `day`
     opened_ts: int = 0
     updated_ts: int = 0
+    held: int = 0                    # reserved by its pending holds (pending out)
+    pending_in: int = 0              # held for it by other accounts' pending holds
 
     def to_bytes(self) -> bytes:
         return orjson.dumps([self.balance, self.seq, self.offset, self.daily_limit, self.day,
-                             self.outflow, self.opened_ts, self.updated_ts])
+                             self.outflow, self.opened_ts, self.updated_ts, self.held,
+                             self.pending_in])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "AccountView":
@@ -61,6 +65,8 @@ class AccountView:
         limit = self.daily_limit
         return {
             "account": account, "balance": self.balance, "seq": self.seq,
+            "available": self.balance - self.held, "pending_out": self.held,
+            "pending_in": self.pending_in,
             "limits": {"daily_limit": limit, "day": self.day, "outflow": self.outflow,
                        "remaining": None if limit is None else max(0, limit - self.outflow)},
             "opened_ts": self.opened_ts, "updated_ts": self.updated_ts,
@@ -83,6 +89,7 @@ def apply_to_account(view: AccountView | None, event: dict[str, Any], offset: in
     new = AccountView() if view is None else view
     kind, amount, ts = event["kind"], event["amount"], event["ts"]
     new.balance, new.seq, new.offset, new.updated_ts = event["balance"], event["seq"], offset, ts
+    new.held, new.pending_in = event.get("held", 0), event.get("pending_in", 0)
     if kind == OPENED:
         new.daily_limit, new.opened_ts, new.day = event.get("daily_limit"), ts, ts // DAY_MS
     elif kind in _OUTFLOW:
@@ -95,6 +102,9 @@ def apply_to_account(view: AccountView | None, event: dict[str, Any], offset: in
         if day != new.day:
             new.day, new.outflow = day, 0
         new.outflow = max(0, new.outflow - amount)
+    elif kind in (POSTED, HOLD_RELEASED, EXPIRED) and ts // DAY_MS == new.day:
+        released = event.get("released", 0) if kind == POSTED else amount
+        new.outflow = max(0, new.outflow - released)
     return new
 
 
@@ -117,9 +127,10 @@ class PartitionTotals:
     completed: int = 0      # transfers credited
     rejected: int = 0       # transfers rejected by the sender's side or refunded
     events: int = 0
+    held: int = 0           # reserved by pending holds
 
     FIELDS = ("offset", "accounts", "balance", "deposits", "withdrawals", "debited", "returned",
-              "completed", "rejected", "events")
+              "completed", "rejected", "events", "held")
 
     def to_bytes(self) -> bytes:
         return orjson.dumps([getattr(self, f) for f in self.FIELDS])
@@ -142,7 +153,7 @@ class PartitionTotals:
             self.deposits += amount
         elif kind == WITHDRAWN:
             self.withdrawals += amount
-        elif kind == DEBITED:
+        elif kind in (DEBITED, POSTED):
             self.debited += amount
         elif kind == CREDITED:
             self.returned += amount
@@ -153,6 +164,12 @@ class PartitionTotals:
         elif kind == REJECTED and event.get("counterparty") is not None \
                 and event["source"]["topic"] == requests_topic:
             self.rejected += 1  # the sender's side of a rejected transfer
+        if kind == HELD:
+            self.held += amount
+        elif kind == POSTED:
+            self.held -= amount + event.get("released", 0)
+        elif kind in (HOLD_RELEASED, EXPIRED):
+            self.held -= amount
         return True
 
 
@@ -169,6 +186,7 @@ def global_figures(parts: list[PartitionTotals]) -> dict[str, int]:
         "transfers_completed": sum(p.completed for p in parts),
         "transfers_rejected": sum(p.rejected for p in parts),
         "ledger_events": sum(p.events for p in parts),
+        "money_held": sum(p.held for p in parts),
         "partitions": len(parts),
     }
 
@@ -194,4 +212,15 @@ def merge_status(current: dict[str, Any] | None, outcome: dict[str, Any]) -> dic
         new["reason"] = outcome.get("reason")
         if outcome.get("detail") is not None:
             new["detail"] = outcome["detail"]
+    hold = {**(current or {}).get("hold", {}), **(outcome.get("hold") or {})}
+    if hold:
+        new["hold"] = hold
     return new
+
+
+def hold_view(status: dict[str, Any] | None) -> dict[str, Any] | None:
+    """GET /holds/{id}: a hold's state, from the status of the request that made it."""
+    if status is None or "hold" not in status:
+        return None
+    return {"hold_id": status["request_id"], "state": status["status"], **status["hold"],
+            "ts": status["ts"]}

@@ -16,7 +16,7 @@ from confluent_kafka import OFFSET_END, TopicPartition
 
 from streams import kafka, topics
 from streams.config import Settings
-from streams.model import DUPLICATE, STATUS_RANK
+from streams.model import DECIDED_STATUSES, DUPLICATE
 
 
 class Overloaded(Exception):
@@ -109,7 +109,7 @@ class OutcomeWaiter:
                     continue
                 try:
                     out: dict[str, Any] = orjson.loads(msg.value())
-                    final = STATUS_RANK[out["status"]] == 2
+                    final = out["status"] in DECIDED_STATUSES  # KeyError if absent
                     rid = out["request_id"]
                     if not isinstance(rid, str):
                         raise TypeError("request_id is not a string")

@@ -20,10 +20,11 @@ import orjson
 from aiohttp import web as aioweb
 from faust.web import View
 
-from streams.decisions import Undecodable, parse_json, parse_request
+from streams.decisions import Undecodable, deciding_account, parse_json, parse_request
 from streams.partitioning import partition_for
 from streams.views.console import EngineLag, register_console
-from streams.views.fold import global_figures, PartitionTotals
+from streams.model import DECIDED_STATUSES
+from streams.views.fold import PartitionTotals, global_figures, hold_view
 from streams.views.intake import OutcomeWaiter, Overloaded, RequestProducer, is_duplicate
 from streams.supervisor import read_crashes
 from streams.views.metrics import LagUnavailable
@@ -177,7 +178,7 @@ def register_routes(worker: "ViewsWorker") -> None:
                 async with app.http_client.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
                     if resp.status == 200:
                         found = await resp.json(loads=orjson.loads)
-                        if found.get("status") in ("completed", "rejected"):
+                        if found.get("status") in DECIDED_STATUSES:
                             return found
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 pass
@@ -200,7 +201,7 @@ def register_routes(worker: "ViewsWorker") -> None:
             if body["type"] != "transfer":
                 raise HTTPError(400, "invalid", "POST /transfers takes transfers; use POST /requests")
         body.setdefault("request_id", uuid.uuid4().hex)
-        key_name = body.get("from") if body.get("type") == "transfer" else body.get("account")
+        key_name = deciding_account(body)
         if not isinstance(key_name, str) or not key_name:
             raise HTTPError(400, "invalid", "the deciding account (account, or from) must be a string")
         key = key_name.encode("utf-8", "surrogatepass")
@@ -271,6 +272,16 @@ def register_routes(worker: "ViewsWorker") -> None:
                     raise HTTPError(404, "not_found", f"no outcome for request {request_id!r} (yet)")
                 return json_response(status)
             return await router.route(request, request_id, local)
+
+    @app.page("/holds/{hold_id}")
+    class HoldStatus(View):
+        async def get(self, request: aioweb.Request, hold_id: str) -> aioweb.Response:
+            async def local() -> aioweb.Response:
+                hold = hold_view(worker.request_status(hold_id))
+                if hold is None:
+                    raise HTTPError(404, "not_found", f"no hold {hold_id!r} (yet)")
+                return json_response(hold)
+            return await router.route(request, hold_id, local)
 
     async def account_view(request: aioweb.Request, account: str):  # noqa: ANN202
         """The account's view, waiting for min_seq (read-your-writes) if asked."""

@@ -59,7 +59,14 @@ class Ledger:
         return self.outcomes[before:]
 
     def deliver(self, i: int = 0, again: bool = False) -> None:
-        msg = self.delivered[i % len(self.delivered)] if again else self.pending.pop(i % len(self.pending))
+        """Deliver the oldest pending message of some receiver (transfers.credits keeps each
+        receiver's messages from one sender in order: a hold's notice precedes its settlement),
+        or deliver an earlier message again."""
+        if again:
+            msg = self.delivered[i % len(self.delivered)]
+        else:
+            heads = list({m["account"]: n for n, m in reversed(list(enumerate(self.pending)))}.values())
+            msg = self.pending.pop(heads[i % len(heads)])
         self.delivered.append(msg)
         recorded = "hold_id" in msg and incoming_marker(msg["hold_id"]) in self.applied
         self.emit(decide_credit(msg, self.accounts.get(msg["account"]),

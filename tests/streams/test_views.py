@@ -57,7 +57,7 @@ def assert_stats(url: str, fold: LedgerFold, wl: Workload) -> None:
         "accounts": len(fold.accounts), "total_balance": sum(a.balance for a in fold.accounts.values()),
         "money_in_flight": 0, "deposits": wl.deposits, "withdrawals": 0,
         "transfers_completed": completed, "transfers_rejected": rejected,
-        "ledger_events": fold.applied, "partitions": wl.settings.partitions}, url
+        "ledger_events": fold.applied, "money_held": 0, "partitions": wl.settings.partitions}, url
 
 
 def test_every_views_worker_answers_like_the_ledger(settings, pool_factory, views_factory):

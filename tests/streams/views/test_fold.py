@@ -41,6 +41,7 @@ def test_fold_follows_the_ledger():
     assert global_figures([totals]) == {
         "accounts": 1, "total_balance": 4_400, "money_in_flight": 500, "deposits": 5_000,
         "withdrawals": 100, "transfers_completed": 0, "transfers_rejected": 2, "ledger_events": 6,
+        "money_held": 0,
         "partitions": 1}
 
 

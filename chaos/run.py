@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
+from chaos.holds import HoldMix
 from streams.broker import KafkaCluster, free_port
 from streams.client import OutcomeWatcher, RequestSender
 from streams.config import Settings, describe
@@ -48,13 +49,15 @@ class ChaosReport:
     lost: int = 0
     applied_twice: int = 0
     money_conserved: bool = False
+    holds: dict[str, int] = field(default_factory=dict)   # verify's hold counts
+    hold_violations: int = 0
     views_differences: int = -1
     verify_text: str = ""
 
     @property
     def ok(self) -> bool:
         return (self.lost == 0 and self.applied_twice == 0 and self.money_conserved
-                and self.views_differences == 0)
+                and self.hold_violations == 0 and self.views_differences == 0)
 
     def render(self) -> str:
         return "\n".join([
@@ -64,18 +67,23 @@ class ChaosReport:
             f"lost                 {self.lost}",
             f"applied twice        {self.applied_twice}",
             f"money conserved      {'yes' if self.money_conserved else 'NO'}",
+            f"holds                {self.holds.get('made', 0)} made: {self.holds.get('posted', 0)} "
+            f"posted, {self.holds.get('hold_released', 0)} voided, {self.holds.get('expired', 0)} "
+            f"expired, {self.holds.get('pending', 0)} pending; {self.hold_violations} violation(s)",
             f"views vs ledger      {self.views_differences} difference(s)",
             "chaos: OK" if self.ok else "chaos: FAILED",
         ])
 
 
 class Load(threading.Thread):
-    """Transfers at a steady rate among opened accounts, every 30th sent twice."""
+    """Transfers at a steady rate among opened accounts, every 30th sent twice; every 10th
+    step also makes a hold and may post, void or race an earlier one (chaos.holds)."""
 
     def __init__(self, settings: Settings, names: list[str], rate: float, seed: int = 3) -> None:
         super().__init__(daemon=True)
         self.sender = RequestSender(settings)
         self.names, self.rate, self.rng = names, rate, random.Random(seed)
+        self.holds = HoldMix(names, "ch", 3_000, random.Random(seed + 1))
         self.ids: list[str] = []
         self.duplicates = 0
         self.stop = threading.Event()
@@ -91,6 +99,10 @@ class Load(threading.Thread):
                 self.sender.send(req)
                 self.duplicates += 1
             self.ids.append(req["request_id"])
+            if i % 10 == 0:
+                for hold_req in self.holds.step():
+                    self.sender.send(hold_req)
+                    self.ids.append(hold_req["request_id"])
             i += 1
             ahead = start + i / self.rate - time.monotonic()
             if ahead > 0:
@@ -206,6 +218,8 @@ def _check(settings: Settings, report: ChaosReport, urls: list[str], views: Work
     report.lost = result.lost + (result.requests - result.requests_final)
     report.applied_twice = result.applied_twice
     report.money_conserved = result.money_conserved and not result.violations
+    report.holds = dict(result.holds)
+    report.hold_violations = result.holds["pending"] + result.holds["violations"]
     log("chaos: verify\n  " + report.verify_text.replace("\n", "\n  "))
     if not wait_for_views(urls, settings.partitions):
         log("chaos: views not ready for the comparison")

@@ -99,7 +99,7 @@ class LedgerChecks:
         self.reserved: dict[str, int] = {}                       # hold_id -> amount held
         self.settled: dict[str, list[tuple[str, int]]] = {}      # hold_id -> [(kind, posted+released)]
         self.held: Counter[str] = Counter()                      # account -> held, from its events
-        self.violations: list[str] = []
+        self.violations: list[str] = []                         # of the holds' rules
 
     def add(self, ev: dict) -> None:
         kind = ev["kind"]
@@ -139,6 +139,8 @@ class LedgerChecks:
                                    f"outside 0..balance {ev['balance']} (available < 0)")
 
     def _finish_holds(self, report: VerifyReport) -> None:
+        before = len(report.violations)
+        report.violations += self.violations
         report.holds["made"] = len(self.reserved)
         for hold_id, steps in self.settled.items():
             if hold_id not in self.reserved:
@@ -157,10 +159,10 @@ class LedgerChecks:
             if hold_id not in self.settled:
                 report.holds["pending"] += 1
                 report.holds["pending_amount"] += amount
+        report.holds["violations"] = len(report.violations) - before
 
     def finish(self, fold: LedgerFold, report: VerifyReport) -> None:
         report.deposits, report.withdrawals = self.deposits, self.withdrawals
-        report.violations += self.violations
         self._finish_holds(report)
         for rid, n in self.deciding.items():
             if n > 1:

@@ -18,4 +18,5 @@ def test_a_short_chaos_run_loses_nothing_and_applies_nothing_twice(settings, tmp
     assert report.lost == 0, report.render() + "\n" + report.verify_text
     assert report.applied_twice == 0, report.verify_text
     assert report.money_conserved, report.verify_text
+    assert report.hold_violations == 0 and report.holds["made"] > 20, report.render()
     assert report.views_differences == 0, report.render()

@@ -5,6 +5,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from chaos.holds import HoldMix
 from replay.ledger import LedgerFold
 from replay.verify import VerifyReport, verify
 from streams import topics
@@ -60,29 +61,12 @@ class Workload:
 
     def random_holds(self, names: list[str], count: int, prefix: str, max_amount: int,
                      rate_per_s: float | None = None) -> None:
-        """Holds, each later posted (whole or part), voided, posted and voided at once (one
-        of them wins), or left to expire (timeouts of 1 to 6 s)."""
-        rng = random.Random(self.rng.random())
+        """Holds, each later posted, voided, raced or left to expire (chaos.holds.HoldMix)."""
+        mix = HoldMix(names, prefix, max_amount, random.Random(self.rng.random()))
         start = time.monotonic()
-        open_holds: list[tuple[str, str, int]] = []
         for i in range(count):
-            src, dst = rng.sample(names, 2)
-            hold_id, amount = f"{prefix}-{i}", rng.randint(1, max_amount)
-            self.send({"type": "hold", "request_id": hold_id, "from": src, "to": dst,
-                       "amount": amount, "timeout_s": rng.randint(1, 6)})
-            open_holds.append((hold_id, src, amount))
-            if len(open_holds) > 8:
-                hold_id, src, amount = open_holds.pop(rng.randrange(len(open_holds)))
-                post = {"type": "post", "request_id": f"post-{hold_id}", "hold_id": hold_id,
-                        "from": src}
-                if rng.random() < 0.5:
-                    post["amount"] = rng.randint(1, amount)
-                void = {"type": "void", "request_id": f"void-{hold_id}", "hold_id": hold_id,
-                        "from": src}
-                choice = rng.random()
-                for request in ([post] if choice < 0.35 else [void] if choice < 0.6
-                                else rng.sample([post, void], 2) if choice < 0.85 else []):
-                    self.send(request)
+            for request in mix.step():
+                self.send(request)
             if rate_per_s and i % 20 == 0:
                 ahead = start + i / rate_per_s - time.monotonic()
                 if ahead > 0:

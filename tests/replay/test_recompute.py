@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import orjson
 
+from chaos.holds import HoldMix
 from replay.ledger import LedgerFold
 from replay.recompute import diff, simulate, write_generation
 from streams import topics
@@ -42,6 +43,11 @@ def test_recompute_reproduces_the_live_ledger_and_names_what_a_rule_changes(sett
             transfers[f"t-{i}"] = (src, dst, amount)
             wl.send({"type": "transfer", "request_id": f"t-{i}", "from": src, "to": dst, "amount": amount},
                     duplicate=i % 25 == 0)
+        # holds posted, voided, raced and expired (below the cap: the changed rule spares them)
+        mix = HoldMix(names, "h", CAP, random.Random(4))
+        for _ in range(60):
+            for request in mix.step():
+                wl.send(request)
         # and one to an account that does not exist: debited, then refunded
         wl.send({"type": "transfer", "request_id": "t-ghost", "from": names[0], "to": "ghost", "amount": 4_000})
         wl.sender.flush()

@@ -25,7 +25,10 @@ def test_rebuilt_views_equal_the_live_ones_after_crashes(settings, pool_factory,
             wl.deposits += 5_000
         sender = threading.Thread(target=wl.random_transfers, args=(names, 1_000, "t", 2_500),
                                   kwargs={"duplicate_every": 20, "rate_per_s": 200})
+        holder = threading.Thread(target=wl.random_holds, args=(names, 150, "h", 1_000),
+                                  kwargs={"rate_per_s": 30})
         sender.start()
+        holder.start()
         crashes = 0
 
         def first_transfers_finished() -> bool:
@@ -37,16 +40,19 @@ def test_rebuilt_views_equal_the_live_ones_after_crashes(settings, pool_factory,
         views.kill("1")  # and a views worker dies mid-stream too
         views.start("1")
         deadline = time.monotonic() + 240
-        while wl.watcher.finished(wl.request_ids) < len(wl.request_ids) or sender.is_alive():
+        while wl.watcher.finished(wl.request_ids) < len(wl.request_ids) or sender.is_alive() \
+                or holder.is_alive():
             crashes += len(engine.restart_dead())
             assert time.monotonic() < deadline, "workload did not finish"
             time.sleep(0.3)
         sender.join()
+        holder.join()
         assert wait_for_views(urls, settings.partitions)
     finally:
         wl.close()
     assert crashes > 0, "the engine workers should have crashed themselves"
     report = assert_invariants(settings, wl)
+    assert min(report.holds[k] for k in ("posted", "hold_released", "expired")) > 0, report.render()
     views_rebuilt = rebuild(settings, str(tmp_path / "rebuilt"), show_progress=False)
     assert views_rebuilt.events == report.events
     for url in urls:

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.slow
 
 
 def crash_loop(settings: Settings, pool_factory, *, accounts: int, transfers: int, kills: int,
-               rate_per_s: float, seed: int = 11) -> Workload:
-    """Run transfers with duplicates while killing and restarting workers; wait for the end."""
+               rate_per_s: float, seed: int = 11, holds: int = 0) -> Workload:
+    """Run transfers with duplicates (and holds posted, voided, raced or left to expire)
+    while killing and restarting workers; wait for the end."""
     rng = random.Random(seed)
     # outputs reach the broker 30 ms before each commit, so most kills land mid-batch,
     # and every 6th batch a worker kills itself between account states and its batch record
@@ -36,9 +37,12 @@ def crash_loop(settings: Settings, pool_factory, *, accounts: int, transfers: in
     wl.open_accounts(names, 5_000)
     sender = threading.Thread(target=wl.random_transfers, args=(names, transfers, "t", 3_000),
                               kwargs={"duplicate_every": 40, "rate_per_s": rate_per_s})
+    holder = threading.Thread(target=wl.random_holds, args=(names, holds, "h", 500),
+                              kwargs={"rate_per_s": holds * rate_per_s / max(transfers, 1)})
     sender.start()
+    holder.start()
     done = 0
-    while done < kills or sender.is_alive():
+    while done < kills or sender.is_alive() or holder.is_alive():
         time.sleep(rng.uniform(0.5, 3.0))
         pool.restart_dead()        # the ones that killed themselves
         if done < kills:
@@ -47,6 +51,7 @@ def crash_loop(settings: Settings, pool_factory, *, accounts: int, transfers: in
             pool.start(victim)
             done += 1
     sender.join()
+    holder.join()
     return wl, pool
 
 
@@ -63,14 +68,16 @@ def wait_restarting(pool, wl: Workload, timeout_s: float) -> bool:
 
 def test_sigkill_loop_keeps_every_invariant(settings, pool_factory, tmp_path):
     wl, pool = crash_loop(settings, pool_factory, accounts=1_000, transfers=20_000, kills=10,
-                          rate_per_s=600)
+                          rate_per_s=600, holds=1_500)
     try:
         assert wait_restarting(pool, wl, 300), "requests left unfinished after the crashes"
         report = assert_invariants(settings, wl)
         statuses = {rid: wl.watcher.status[rid] for rid in wl.request_ids}
     finally:
         wl.close()
-    assert report.requests == 2 * 1_000 + 20_000
+    assert report.requests - report.expiry_requests == len(set(wl.request_ids)) > 2 * 1_000 + 20_000
+    assert report.holds["made"] > 1_000 and report.holds["pending"] == 0   # the rest: no funds
+    assert min(report.holds[k] for k in ("posted", "hold_released", "expired")) > 50, report.render()
     # every completed transfer: exactly one debit and one credit in the ledger
     kinds: dict[str, list[str]] = {}
     for acct in ledger(settings).accounts.values():

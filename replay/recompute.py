@@ -34,7 +34,7 @@ from streams.client import read_topic
 from streams.config import Settings
 from streams.decisions import (Decision, Rules, Undecodable, credit_marker, decide_credit,
                                decide_request, incoming_marker, parse_request)
-from streams.model import DUPLICATE, STATUS_RANK, Account, Hold, Position
+from streams.model import DUPLICATE, LINK_ACK, REFUND, STATUS_RANK, Account, Hold, Position
 from streams.partitioning import partition_for
 from streams.topics import ensure_topics
 
@@ -124,8 +124,10 @@ def simulate(settings: Settings, rules: Rules, show_progress: bool = True) -> Ge
         rid, account = message["request_id"], message["account"]
         if gen.messages[(rid, account)]:
             return True
-        if message["kind"] == "refund":  # produced by the credit slot on the receiver
+        if message["kind"] in (REFUND, LINK_ACK):  # produced by a credit slot on the receiver
             return (rid, message["counterparty"]) in slots_done
+        if "index" in message:   # a linked member's credit: sent by the sender's last answer
+            return False
         # the first decision of a request sends its message; copies of it never do
         return any(pos in decided for pos in request_positions.get(rid, []))
 
@@ -203,8 +205,9 @@ def _decide_credit(gen: Generation, message: dict[str, Any], partition: int, ts:
     applied = credit_marker(message) in gen.applied[partition]
     hold_id = message.get("hold_id")
     recorded = isinstance(hold_id, str) and incoming_marker(hold_id) in gen.applied[partition]
+    linked = gen.holds.get((partition, message["request_id"])) if message["kind"] == LINK_ACK else None
     gen.emit(decide_credit(message, gen.accounts.get(message["account"]), applied, ts, pos,
-                           recorded), partition, ts)
+                           recorded, linked), partition, ts)
 
 
 def final_outcomes(raw_outcomes: list[bytes]) -> dict[str, tuple[str, str | None]]:

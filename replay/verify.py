@@ -92,7 +92,7 @@ class LedgerChecks:
 
     def __init__(self) -> None:
         self.deciding: Counter[str] = Counter()
-        self.returned: Counter[str] = Counter()   # credits + refunds per request
+        self.returned: Counter[str] = Counter()   # amount credited + refunded per request
         self.refunds: Counter[str] = Counter()
         self.debits: dict[str, int] = {}
         self.deposits = self.withdrawals = 0
@@ -115,9 +115,9 @@ class LedgerChecks:
             if kind == HELD or kind in HOLD_SETTLING:
                 self._hold_step(ev)
         elif kind == CREDITED:
-            self.returned[ev["request_id"]] += 1
+            self.returned[ev["request_id"]] += ev["amount"]
         elif kind == REFUNDED:
-            self.returned[ev["request_id"]] += 1
+            self.returned[ev["request_id"]] += ev["amount"]
             self.refunds[ev["request_id"]] += 1
 
     def _hold_step(self, ev: dict) -> None:
@@ -168,16 +168,16 @@ class LedgerChecks:
             if n > 1:
                 report.applied_twice += 1
                 report.violations.append(f"request {rid} applied {n} times")
-        for rid, n in self.returned.items():
+        for rid, amount in self.returned.items():
             if rid not in self.debits:
                 report.violations.append(f"request {rid} credited/refunded without a debit")
-            if n > 1:
+            elif amount > self.debits[rid]:
                 report.applied_twice += 1
-                report.violations.append(f"request {rid} credited {n - self.refunds[rid]} and "
-                                         f"refunded {self.refunds[rid]} times")
+                report.violations.append(f"request {rid}: {amount} credited or refunded "
+                                         f"({self.refunds[rid]} refunds) of {self.debits[rid]} debited")
         for rid, amount in self.debits.items():
-            if self.returned[rid] == 0:
-                report.in_flight += amount
+            if self.returned[rid] < amount:   # a linked transfer's members land one by one
+                report.in_flight += amount - self.returned[rid]
                 report.in_flight_transfers += 1
         report.violations += fold.violations
         report.events = fold.applied

@@ -31,6 +31,15 @@ Two-phase transfers (holds), all decided on the sender's partition:
                 (its record timestamp is the log's clock, never earlier than
                 the deadline) -> expired; the hold: expired. An expire request
                 before the deadline is rejected, so replay decides the same.
+Linked transfers (`linked` {from, transfers: [{to, amount}, ...]}, each to a
+different account): all are applied or none is. The sender reserves the total
+(-> held, checked member by member, so a rejection names the member that
+failed) and asks each receiver's partition to confirm it exists (link_check);
+the answers (link_ack) come back to the sender, whose first refusal releases
+the reservation (-> hold_released, outcome rejected naming the member) and
+whose last confirmation debits the total (-> posted) and sends each member's
+credit, which can no longer fail for want of a receiver.
+
 Posting or voiding a hold that is not pending is rejected hold_closed; posting
 more than was held, hold_exceeded; a hold_id the sender never made,
 unknown_hold. Available never goes below 0, and held + posted + released
@@ -42,7 +51,7 @@ Rules that operators may change (Rules, from settings) are parameters, so
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -51,7 +60,8 @@ from streams.model import (
     ACCOUNT_EXISTS, CREDIT, CREDITED, COMPLETED, DAY_MS, DEBITED, DEBITED_STATUS, DEPOSITED,
     DUPLICATE, EXPIRED, EXPIRED_STATUS, HELD, HELD_STATUS, HOLD_CLOSED, HOLD_EXCEEDED,
     HOLD_EXPIRED, HOLD_NOTICE, HOLD_POSTED, HOLD_RELEASED, HOLD_VOIDED, INCOMING_HELD,
-    INCOMING_RELEASED, INSUFFICIENT_FUNDS, INVALID, LIMIT_EXCEEDED, MAX_AMOUNT, OPENED, PENDING,
+    INCOMING_RELEASED, INSUFFICIENT_FUNDS, INVALID, LIMIT_EXCEEDED, LINK_ACK, LINK_CHECK,
+    MAX_AMOUNT, OPENED, PENDING,
     POSTED, POSTED_STATUS, REFUND, REFUNDED, REJECT_NOTICE, REJECTED, REJECTED_STATUS,
     RELEASE_NOTICE, UNKNOWN_ACCOUNT, UNKNOWN_HOLD, VOIDED_STATUS, WITHDRAWN, Account, Hold,
     Position, ledger_event, outcome,
@@ -59,6 +69,7 @@ from streams.model import (
 
 MAX_NAME = 128
 MAX_HOLD_TIMEOUT_S = 366 * 86_400
+MAX_LINKED = 16
 _FIELDS = {
     "open_account": {"type", "request_id", "account", "daily_limit"},
     "deposit": {"type", "request_id", "account", "amount"},
@@ -68,6 +79,7 @@ _FIELDS = {
     "post": {"type", "request_id", "hold_id", "from", "amount"},
     "void": {"type", "request_id", "hold_id", "from"},
     "expire": {"type", "request_id", "hold_id", "from"},
+    "linked": {"type", "request_id", "from", "transfers"},
 }
 _REQUIRED = {
     "open_account": {"type", "request_id", "account"},
@@ -78,8 +90,9 @@ _REQUIRED = {
     "post": {"type", "request_id", "hold_id", "from"},
     "void": {"type", "request_id", "hold_id", "from"},
     "expire": {"type", "request_id", "hold_id", "from"},
+    "linked": {"type", "request_id", "from", "transfers"},
 }
-_SENT_FROM = frozenset({"transfer", "hold", "post", "void", "expire"})   # keyed by `from`
+_SENT_FROM = frozenset({"transfer", "hold", "post", "void", "expire", "linked"})  # keyed by `from`
 _TO_ANOTHER = frozenset({"transfer", "hold"})                             # have a `to`
 _SETTLING = frozenset({"post", "void", "expire"})                         # name a hold_id
 
@@ -200,6 +213,8 @@ def parse_request(key: bytes | None, value: bytes | None) -> Request:
                              or isinstance(body["timeout_s"], bool)
                              or not 1 <= body["timeout_s"] <= MAX_HOLD_TIMEOUT_S):
         req.problem = f"timeout_s must be an integer from 1 to {MAX_HOLD_TIMEOUT_S}"
+    elif kind == "linked":
+        req.problem = _members_problem(account, body["transfers"])
     elif kind in ("void", "expire") or (kind == "post" and body.get("amount") is None):
         pass
     elif kind == "open_account":
@@ -213,6 +228,27 @@ def parse_request(key: bytes | None, value: bytes | None) -> Request:
         req.problem = "record key must equal the deciding account"
         req.account = None  # its state lives on another partition: touch nothing here
     return req
+
+
+def _members_problem(sender: str, members: Any) -> str | None:
+    """What is wrong with a linked transfer's list of members, if anything."""
+    if not isinstance(members, list) or not 1 <= len(members) <= MAX_LINKED:
+        return f"transfers must be a list of 1 to {MAX_LINKED} transfers"
+    receivers = set()
+    for i, member in enumerate(members):
+        if not isinstance(member, dict) or set(member) != {"to", "amount"}:
+            return f"transfers[{i}] must be an object with exactly to and amount"
+        to = member["to"]
+        if not _valid_name(to):
+            return f"transfers[{i}]: account names must be strings of 1 to 128 characters"
+        if to == sender or to in receivers:
+            return f"transfers[{i}]: each transfer goes to a different account than the others and the sender"
+        receivers.add(to)
+        if (problem := _amount_problem(member["amount"])) is not None:
+            return f"transfers[{i}]: {problem}"
+    if sum(m["amount"] for m in members) > MAX_AMOUNT:
+        return "the transfers' total exceeds the 64-bit range"
+    return None
 
 
 def _spend(acct: Account, amount: int, ts: int) -> str | None:
@@ -289,6 +325,8 @@ def decide_request(req: Request, acct: Account | None, already_applied: bool,
         return _reject(d, req, None, UNKNOWN_ACCOUNT, ts, pos)
     if kind in _SETTLING:
         return _settle(d, req, acct, hold, ts, pos)
+    if kind == "linked":
+        return _link(d, req, acct, ts, pos, rules)
     amount: int = body["amount"]
     new = acct.copy()
     if kind == "deposit":
@@ -332,6 +370,30 @@ def _hold(d: Decision, req: Request, new: Account, ts: int, pos: Position) -> De
     d.outcomes.append(outcome(hold_id, HELD_STATUS, ts, hold={
         "from": name, "to": to, "amount": amount, "expires_at": hold.deadline}))
     return d
+
+
+def _link(d: Decision, req: Request, acct: Account, ts: int, pos: Position,
+          rules: Rules) -> Decision:
+    """Reserve a linked transfer's total, member by member, and ask each receiver to confirm."""
+    name, rid = req.account, req.request_id
+    assert name is not None
+    new = acct.copy()
+    members = [[m["to"], m["amount"]] for m in req.body["transfers"]]
+    for i, (to, amount) in enumerate(members):
+        cap = rules.max_transfer_amount
+        if cap and amount > cap:
+            return _reject(d, req, acct, LIMIT_EXCEEDED, ts, pos,
+                           f"transfers[{i}] to {to!r}: above the single-transfer cap of {cap}")
+        if (reason := _spend(new, amount, ts)) is not None:
+            return _reject(d, req, acct, reason, ts, pos, f"transfers[{i}] to {to!r}: {reason}")
+        new.held += amount
+    total = sum(amount for _, amount in members)
+    _event(d, name, new, rid, HELD, total, None, ts, pos, hold_id=rid)
+    d.hold = (rid, Hold(name, "", total, 0, new.day, PENDING, members))
+    for i, (to, amount) in enumerate(members):
+        d.messages.append((to, {"kind": LINK_CHECK, "request_id": rid, "account": to,
+                                "counterparty": name, "amount": amount, "index": i}))
+    return d   # no outcome until every receiver has answered
 
 
 _SETTLED = {"post": (POSTED, HOLD_POSTED, POSTED_STATUS),
@@ -388,10 +450,14 @@ def _settle(d: Decision, req: Request, acct: Account, hold: Hold | None, ts: int
 
 _MARKER_PREFIX = {CREDIT: "c:", REFUND: "f:", REJECT_NOTICE: "n:", HOLD_NOTICE: "i:",
                   RELEASE_NOTICE: "u:"}  # requests use "r:"
+# a linked transfer's messages, one per member: "<prefix><index>:<request_id>"
+_MEMBER_PREFIX = {CREDIT: "C:", REFUND: "F:", LINK_CHECK: "k:", LINK_ACK: "y:"}
 
 
 def credit_marker(msg: dict[str, Any]) -> str:
-    """The applied-id of a transfers.credits message (one per kind and request)."""
+    """The applied-id of a transfers.credits message (one per kind, request and member)."""
+    if "index" in msg:
+        return f"{_MEMBER_PREFIX[msg['kind']]}{msg['index']}:{msg['request_id']}"
     return _MARKER_PREFIX[msg["kind"]] + msg["request_id"]
 
 
@@ -402,14 +468,16 @@ def incoming_marker(hold_id: str) -> str:
 
 
 def decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bool,
-                  ts: int, pos: Position, incoming_recorded: bool = False) -> Decision:
+                  ts: int, pos: Position, incoming_recorded: bool = False,
+                  hold: Hold | None = None) -> Decision:
     """Apply a message from transfers.credits to the receiving account.
 
     A hold's notice reaches its receiver before the hold's settlement does: both go from
     the sender's partition to the receiver's, in transactions committed one after another.
 
     `incoming_recorded`: for a message about a hold (a post's credit, a release), whether
-    this account counted the hold as pending-in (its incoming_marker is applied)."""
+    this account counted the hold as pending-in (its incoming_marker is applied).
+    `hold`: for a linked transfer's answer (link_ack), the sender's record of it."""
     d = Decision()
     if already_applied:
         return d  # a re-delivered credit: applied once already
@@ -424,6 +492,17 @@ def decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bo
                    hold_id=msg["hold_id"])
         return d
     d.marker = credit_marker(msg)
+    if kind == LINK_CHECK:
+        reason = UNKNOWN_ACCOUNT if acct is None else \
+            INVALID if acct.balance + amount > MAX_AMOUNT else None
+        answer = {"kind": LINK_ACK, "request_id": request_id, "account": other,
+                  "counterparty": name, "index": msg["index"], "ok": reason is None}
+        if reason is not None:
+            answer["reason"] = reason
+        d.messages.append((other, answer))
+        return d
+    if kind == LINK_ACK:
+        return _linked_answer(d, msg, acct, hold, ts, pos)
     incoming = msg.get("held", amount) if incoming_recorded and acct is not None else 0
     if kind == RELEASE_NOTICE:
         if incoming:
@@ -448,8 +527,11 @@ def decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bo
         raise ValueError(f"unknown credit message kind {kind!r}")
     if acct is None or acct.balance + amount > MAX_AMOUNT:
         reason = UNKNOWN_ACCOUNT if acct is None else INVALID
-        d.messages.append((other, {"kind": REFUND, "request_id": request_id, "account": other,
-                                   "counterparty": name, "amount": amount, "reason": reason}))
+        refund = {"kind": REFUND, "request_id": request_id, "account": other,
+                  "counterparty": name, "amount": amount, "reason": reason}
+        if "index" in msg:
+            refund["index"] = msg["index"]
+        d.messages.append((other, refund))
         if incoming:   # the posted hold is no longer pending here, though the money goes back
             new = acct.copy()
             new.pending_in -= incoming
@@ -461,4 +543,37 @@ def decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bo
     new.pending_in -= incoming
     _event(d, name, new, request_id, CREDITED, amount, other, ts, pos, hold_id=msg.get("hold_id"))
     d.outcomes.append(outcome(request_id, COMPLETED, ts))
+    return d
+
+
+def _linked_answer(d: Decision, msg: dict[str, Any], acct: Account | None, hold: Hold | None,
+                   ts: int, pos: Position) -> Decision:
+    """A receiver's answer to a linked transfer: the first refusal releases it all, the last
+    confirmation debits the total and sends every member's credit."""
+    rid, name, index = msg["request_id"], msg["account"], msg["index"]
+    if hold is None or hold.members is None or hold.state != PENDING or acct is None:
+        return d   # decided already (a refusal came first)
+    new = acct.copy()
+    if not msg["ok"]:
+        to = hold.members[index][0]
+        new.held -= hold.amount
+        _unspend(new, hold.amount, hold.day)
+        _event(d, name, new, rid, HOLD_RELEASED, hold.amount, None, ts, pos, msg["reason"],
+               hold_id=rid)
+        d.hold = (rid, replace(hold, state=HOLD_VOIDED))
+        d.outcomes.append(outcome(rid, REJECTED_STATUS, ts, msg["reason"],
+                                  f"transfers[{index}] to {to!r}: {msg['reason']}"))
+        return d
+    confirmed = hold.confirmed + 1
+    if confirmed < len(hold.members):
+        d.hold = (rid, replace(hold, confirmed=confirmed))
+        return d
+    new.held -= hold.amount
+    new.balance -= hold.amount
+    _event(d, name, new, rid, POSTED, hold.amount, None, ts, pos, hold_id=rid, released=0)
+    d.hold = (rid, replace(hold, state=HOLD_POSTED, confirmed=confirmed))
+    for i, (to, amount) in enumerate(hold.members):
+        d.messages.append((to, {"kind": CREDIT, "request_id": rid, "account": to,
+                                "counterparty": name, "amount": amount, "index": i}))
+    d.outcomes.append(outcome(rid, DEBITED_STATUS, ts))
     return d

@@ -53,6 +53,7 @@ HOLD_EXCEEDED = "hold_exceeded"   # a post of more than was held
 # messages on transfers.credits
 CREDIT, REFUND, REJECT_NOTICE = "credit", "refund", "reject_notice"
 HOLD_NOTICE, RELEASE_NOTICE = "hold_notice", "release_notice"   # the receiver's pending-in
+LINK_CHECK, LINK_ACK = "link_check", "link_ack"   # a linked transfer asks each receiver first
 
 
 @dataclass(slots=True)
@@ -91,18 +92,23 @@ PENDING, HOLD_POSTED, HOLD_VOIDED, HOLD_EXPIRED = "pending", "posted", "voided",
 class Hold:
     """A pending (or settled) hold, kept by the engine on its sender's partition.
 
-    Its id is the request_id of the `hold` request that made it.
+    Its id is the request_id of the `hold` request that made it. A linked
+    transfer is kept as a hold too, with `members` ([receiver, amount], ...) in
+    place of the receiver and no deadline, until every receiver has confirmed.
     """
 
     sender: str
     receiver: str
     amount: int
-    deadline: int                 # ms since the epoch, by the log's clock
+    deadline: int                 # ms since the epoch, by the log's clock (0: never expires)
     day: int                      # UTC day the hold counted toward the daily limit
     state: str = PENDING
+    members: list[list[Any]] | None = None   # a linked transfer's [receiver, amount] pairs
+    confirmed: int = 0                       # receivers that confirmed so far
 
     def to_json(self) -> list[Any]:
-        return [self.sender, self.receiver, self.amount, self.deadline, self.day, self.state]
+        row = [self.sender, self.receiver, self.amount, self.deadline, self.day, self.state]
+        return row + [self.members, self.confirmed] if self.members is not None else row
 
     @classmethod
     def from_json(cls, raw: list[Any]) -> "Hold":

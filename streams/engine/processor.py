@@ -27,7 +27,7 @@ from streams.decisions import (Decision, Rules, Undecodable, credit_marker, deci
 from streams.engine.changelog import BatchRecord, account_key, hold_key
 from streams.engine.state import PartitionStore
 from streams.engine.transaction import EngineTransaction, TransactionAborted
-from streams.model import PENDING, Hold, Position
+from streams.model import LINK_ACK, PENDING, Hold, Position
 from streams.partitioning import partition_for
 
 log = logging.getLogger("bank.engine")
@@ -236,7 +236,9 @@ class BatchProcessor:
             applied = self.dedupe and store.is_applied(credit_marker(message))
             hold_id = message.get("hold_id")
             recorded = isinstance(hold_id, str) and store.is_applied(incoming_marker(hold_id))
-            decision = decide_credit(message, store.account(name), applied, ts, pos, recorded)
+            linked = store.hold(message["request_id"]) if message["kind"] == LINK_ACK else None
+            decision = decide_credit(message, store.account(name), applied, ts, pos, recorded,
+                                     linked)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             self._dead_letter(msg, f"bad credit message: {exc}")
             return

@@ -92,7 +92,7 @@ class PartitionStore:
             if not key.startswith(HOLD_PREFIX):
                 break
             hold = Hold.from_json(orjson.loads(raw))
-            if hold.state == PENDING:
+            if hold.state == PENDING and hold.members is None:   # linked ones never expire
                 yield hold.deadline, key[len(HOLD_PREFIX):].decode()
 
     # -- batch boundaries ----------------------------------------------------

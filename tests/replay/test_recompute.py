@@ -58,7 +58,7 @@ def test_recompute_reproduces_the_live_ledger_and_names_what_a_rule_changes(sett
             time.sleep(0.2)
     finally:
         wl.close()
-    assert_invariants(settings, wl)
+    assert_invariants(settings, wl, drained_by=engine)
     live = ledger(settings)
 
     # the rules as they are: the same decisions, byte for byte
@@ -101,7 +101,11 @@ def test_recompute_reproduces_the_live_ledger_and_names_what_a_rule_changes(sett
 
 def _first_difference(a: LedgerFold, b: LedgerFold) -> str:
     for name in a.accounts:
-        for x, y in zip(a.accounts[name].events, b.accounts[name].events):
+        ours, theirs = a.accounts[name].events, b.accounts[name].events
+        for x, y in zip(ours, theirs):
             if x != y:
                 return f"{x!r}\n{y!r}"
+        if len(ours) != len(theirs):
+            longer = ours if len(ours) > len(theirs) else theirs
+            return f"{name}: {len(ours)} events vs {len(theirs)}; next {longer[min(len(ours), len(theirs))]!r}"
     return ""

@@ -71,7 +71,7 @@ def test_sigkill_loop_keeps_every_invariant(settings, pool_factory, tmp_path):
                           rate_per_s=600, holds=1_500)
     try:
         assert wait_restarting(pool, wl, 300), "requests left unfinished after the crashes"
-        report = assert_invariants(settings, wl)
+        report = assert_invariants(settings, wl, drained_by=pool)
         statuses = {rid: wl.watcher.status[rid] for rid in wl.request_ids}
     finally:
         wl.close()

@@ -19,7 +19,7 @@ def _hold(wl: Workload, hold_id: str, src: str, dst: str, amount: int, timeout_s
 
 
 def test_holds_posted_voided_and_expired_show_in_the_views(settings, pool_factory, views_factory):
-    pool_factory(settings, 2)
+    engine = pool_factory(settings, 2)
     views = views_factory(settings, 1)
     url = views.url(next(iter(views.procs)))
     wl = Workload(settings)
@@ -63,7 +63,7 @@ def test_holds_posted_voided_and_expired_show_in_the_views(settings, pool_factor
         assert request("GET", f"{url}/holds/no-such-hold?timeout=0").status == 404
     finally:
         wl.close()
-    report = assert_invariants(settings, wl)
+    report = assert_invariants(settings, wl, drained_by=engine)
     assert report.holds["made"] == 4 and report.holds["expired"] == 1, report.render()
     balances = {n: a.balance for n, a in ledger(settings).accounts.items()}
     assert balances == {"alice": 750, "bob": 1_250, "carol": 1_000}
@@ -77,7 +77,7 @@ def test_holds_posted_voided_and_expired_show_in_the_views(settings, pool_factor
 
 
 def test_a_post_and_a_void_of_the_same_hold_racing_exactly_one_wins(settings, pool_factory):
-    pool_factory(settings, 2)
+    engine = pool_factory(settings, 2)
     names = [f"acct-{i}" for i in range(10)]
     wl = Workload(settings)
     try:
@@ -104,7 +104,7 @@ def test_a_post_and_a_void_of_the_same_hold_racing_exactly_one_wins(settings, po
         assert status[f"h{i}"] == ("posted" if i % 2 else "voided")  # the first in the log wins
         loser = "v" if winner == "p" else "p"
         assert status[f"{winner}{i}"] == "completed" and status[f"{loser}{i}"] == "rejected"
-    report = assert_invariants(settings, wl)
+    report = assert_invariants(settings, wl, drained_by=engine)
     assert report.holds["posted"] == 100 and report.holds["hold_released"] == 100
 
 
@@ -134,7 +134,7 @@ def test_a_hold_expires_once_when_its_engine_was_killed_past_the_deadline(settin
         assert wl.wait(120)
     finally:
         wl.close()
-    report = assert_invariants(settings, wl)
+    report = assert_invariants(settings, wl, drained_by=pool)
     assert report.holds["expired"] == 1 and report.expiry_requests == 1, report.render()
     dan = [orjson.loads(e) for e in ledger(settings).accounts["dan"].events]
     assert [e["kind"] for e in dan] == ["opened", "deposited", "held", "expired", "deposited"]

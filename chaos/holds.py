@@ -1,9 +1,11 @@
-"""A mix of two-phase transfers for load generators (`bank chaos`, the crash tests).
+"""A mix of two-phase and linked transfers for load generators (`bank chaos`, the crash tests).
 
 Each step makes a hold and may settle an earlier one: post it (whole or in
 part), void it, send a post and a void of it at once (exactly one may win), or
 leave it to expire; hold timeouts are short, so every hold ends one way or
-another within seconds of the load stopping.
+another within seconds of the load stopping. One step in four also sends a
+linked transfer to two or three receivers, one in five of which names an
+account that does not exist (so none of its members may be applied).
 """
 from __future__ import annotations
 
@@ -31,6 +33,14 @@ class HoldMix:
         self.open.append((hold_id, src, amount))
         if len(self.open) > self.window:
             requests += self._settle(*self.open.pop(rng.randrange(len(self.open))))
+        if rng.random() < 0.25:
+            receivers = rng.sample([n for n in self.names if n != src], rng.randint(2, 3))
+            if rng.random() < 0.2:
+                receivers[-1] = f"nobody-{self.made}"
+            requests.append({"type": "linked", "request_id": f"{self.prefix}-linked-{self.made}",
+                             "from": src, "transfers": [
+                                 {"to": to, "amount": rng.randint(1, self.max_amount // 3 + 1)}
+                                 for to in receivers]})
         return requests
 
     def _settle(self, hold_id: str, src: str, amount: int) -> list[dict[str, Any]]:

@@ -91,7 +91,7 @@ class LedgerChecks:
     """The cross-account checks, accumulated one applied (de-duplicated) event at a time."""
 
     def __init__(self) -> None:
-        self.deciding: Counter[str] = Counter()
+        self.deciding: Counter[tuple[str, str]] = Counter()   # (request_id, kind)
         self.returned: Counter[str] = Counter()   # amount credited + refunded per request
         self.refunds: Counter[str] = Counter()
         self.debits: dict[str, int] = {}
@@ -105,7 +105,7 @@ class LedgerChecks:
         kind = ev["kind"]
         if kind in _DECIDING:
             rid = ev["request_id"]
-            self.deciding[rid] += 1
+            self.deciding[(rid, kind)] += 1   # a linked transfer is held, then posted
             if kind == DEPOSITED:
                 self.deposits += ev["amount"]
             elif kind == WITHDRAWN:
@@ -164,7 +164,7 @@ class LedgerChecks:
     def finish(self, fold: LedgerFold, report: VerifyReport) -> None:
         report.deposits, report.withdrawals = self.deposits, self.withdrawals
         self._finish_holds(report)
-        for rid, n in self.deciding.items():
+        for (rid, _), n in self.deciding.items():
             if n > 1:
                 report.applied_twice += 1
                 report.violations.append(f"request {rid} applied {n} times")

@@ -496,7 +496,8 @@ def decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bo
         reason = UNKNOWN_ACCOUNT if acct is None else \
             INVALID if acct.balance + amount > MAX_AMOUNT else None
         answer = {"kind": LINK_ACK, "request_id": request_id, "account": other,
-                  "counterparty": name, "index": msg["index"], "ok": reason is None}
+                  "counterparty": name, "amount": amount, "index": msg["index"],
+                  "ok": reason is None}
         if reason is not None:
             answer["reason"] = reason
         d.messages.append((other, answer))

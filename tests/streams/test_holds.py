@@ -69,8 +69,9 @@ class Ledger:
             msg = self.pending.pop(heads[i % len(heads)])
         self.delivered.append(msg)
         recorded = "hold_id" in msg and incoming_marker(msg["hold_id"]) in self.applied
+        linked = self.holds.get(msg["request_id"]) if msg["kind"] == "link_ack" else None
         self.emit(decide_credit(msg, self.accounts.get(msg["account"]),
-                                credit_marker(msg) in self.applied, self.ts, POS, recorded))
+                                credit_marker(msg) in self.applied, self.ts, POS, recorded, linked))
 
     def deliver_all(self) -> None:
         while self.pending:
@@ -199,11 +200,54 @@ def test_posting_to_an_account_that_does_not_exist_refunds_the_sender():
     assert led.verify().ok
 
 
+def _linked(led: Ledger, rid: str, sender: str, *members: tuple[str, int]) -> list[dict]:
+    return led.send({"type": "linked", "request_id": rid, "from": sender,
+                     "transfers": [{"to": to, "amount": amount} for to, amount in members]})
+
+
+def test_a_linked_transfer_moves_every_member_once_all_receivers_confirmed():
+    led = _opened(("a", 100), ("b", 0), ("c", 0))
+    assert _linked(led, "l1", "a", ("b", 30), ("c", 20)) == []   # no outcome before the answers
+    assert (led.accounts["a"].available, led.accounts["a"].balance) == (50, 100)
+    led.deliver_all()
+    assert {n: a.balance for n, a in led.accounts.items()} == {"a": 50, "b": 30, "c": 20}
+    assert [o["status"] for o in led.outcomes if o["request_id"] == "l1"] == \
+        ["debited", "completed", "completed"]
+    report = led.verify()
+    assert report.ok and report.in_flight == 0, report.render()
+
+
+def test_a_linked_transfer_with_one_failing_member_applies_none():
+    led = _opened(("a", 100), ("b", 0), ("c", 0))
+    _linked(led, "l1", "a", ("b", 30), ("ghost", 20), ("c", 5))
+    led.deliver_all()
+    assert {n: (a.balance, a.held) for n, a in led.accounts.items()} == \
+        {"a": (100, 0), "b": (0, 0), "c": (0, 0)}
+    [out] = [o for o in led.outcomes if o["request_id"] == "l1"]
+    assert (out["status"], out["reason"], out["detail"]) == \
+        ("rejected", "unknown_account", "transfers[1] to 'ghost': unknown_account")
+    assert led.verify().ok
+    # the sender's own checks name the member too, and nothing is reserved
+    [out] = _linked(led, "l2", "a", ("b", 60), ("c", 41))
+    assert (out["reason"], out["detail"]) == ("insufficient_funds", "transfers[1] to 'c': insufficient_funds")
+    assert led.accounts["a"].held == 0
+
+
+def test_linked_transfers_refuse_malformed_member_lists():
+    led = _opened(("a", 100), ("b", 0))
+    for members, detail in (([], "transfers must be a list of 1 to 16 transfers"),
+                            ([("b", 1), ("b", 2)], "transfers[1]: each transfer goes to a different"),
+                            ([("a", 1)], "transfers[0]: each transfer goes to a different"),
+                            ([("b", 0)], "transfers[0]: amount must be positive")):
+        [out] = _linked(led, f"bad-{detail}", "a", *members)
+        assert out["reason"] == "invalid" and out["detail"].startswith(detail), out
+
+
 # -- property test ---------------------------------------------------------------------------
 NAMES = ["a", "b", "c"]
 actions = st.lists(st.tuples(
     st.sampled_from(["hold", "hold", "post", "post", "void", "expire", "transfer", "withdraw",
-                     "deliver", "deliver", "redeliver", "resend", "tick"]),
+                     "linked", "deliver", "deliver", "redeliver", "resend", "tick"]),
     st.sampled_from(NAMES), st.sampled_from(NAMES + ["ghost"]),
     st.one_of(st.integers(1, 400), st.integers(-3, 3), st.none()),
     st.integers(0, 10**6)), max_size=80)
@@ -228,6 +272,11 @@ def test_any_mix_of_holds_keeps_the_hold_invariants(steps):
                 body["amount"] = amount
         elif action in ("void", "expire"):
             body |= {"type": action, "hold_id": hold_id, "from": owner}
+        elif action == "linked":
+            receivers = [n for n in NAMES + ["ghost"] if n != sender][:1 + pick % 3]
+            body |= {"type": "linked", "from": sender, "transfers": [
+                {"to": r, "amount": amount if amount is not None else 1 + k}
+                for k, r in enumerate(receivers)]}
         elif action in ("transfer", "withdraw"):
             body |= {"type": action, "from": sender, "to": to, "amount": amount} \
                 if action == "transfer" else {"type": action, "account": sender, "amount": amount}
@@ -253,6 +302,8 @@ def test_any_mix_of_holds_keeps_the_hold_invariants(steps):
     report = led.verify()
     assert report.ok, report.render()
     # the engine's state agrees with the holds it keeps
+    assert all(h.state != PENDING for h in led.holds.values() if h.members is not None), \
+        "every linked transfer decided once all its messages are delivered"
     for name, acct in led.accounts.items():
         pending = [h for h in led.holds.values() if h.state == PENDING]
         assert acct.held == sum(h.amount for h in pending if h.sender == name)

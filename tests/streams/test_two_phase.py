@@ -138,3 +138,32 @@ def test_a_hold_expires_once_when_its_engine_was_killed_past_the_deadline(settin
     assert report.holds["expired"] == 1 and report.expiry_requests == 1, report.render()
     dan = [orjson.loads(e) for e in ledger(settings).accounts["dan"].events]
     assert [e["kind"] for e in dan] == ["opened", "deposited", "held", "expired", "deposited"]
+
+
+def test_linked_transfers_apply_all_or_none_across_partitions(settings, pool_factory):
+    engine = pool_factory(settings, 2)
+    names = [f"acct-{i}" for i in range(12)]
+    wl = Workload(settings)
+    try:
+        wl.open_accounts(names, 1_000)
+        wl.send({"type": "linked", "request_id": "pay+fee", "from": "acct-0", "transfers": [
+            {"to": "acct-5", "amount": 300}, {"to": "acct-9", "amount": 7}]})
+        wl.send({"type": "linked", "request_id": "one-bad", "from": "acct-1", "transfers": [
+            {"to": "acct-2", "amount": 100}, {"to": "acct-3", "amount": 100},
+            {"to": "nobody", "amount": 1}, {"to": "acct-4", "amount": 100}]})
+        wl.send({"type": "linked", "request_id": "too-much", "from": "acct-6", "transfers": [
+            {"to": "acct-7", "amount": 600}, {"to": "acct-8", "amount": 401}]})
+        wl.sender.flush()
+        assert wl.wait(120), {r: wl.watcher.status.get(r) for r in wl.request_ids[-3:]}
+        status = wl.watcher.status
+    finally:
+        wl.close()
+    assert [status[r] for r in ("pay+fee", "one-bad", "too-much")] == ["completed", "rejected", "rejected"]
+    outcomes = {o["request_id"]: o for o in read_json(settings, topics.OUTCOMES)
+                if o.get("status") == "rejected"}
+    assert outcomes["one-bad"]["detail"] == "transfers[2] to 'nobody': unknown_account"
+    assert outcomes["too-much"]["detail"] == "transfers[1] to 'acct-8': insufficient_funds"
+    report = assert_invariants(settings, wl, drained_by=engine)
+    assert report.holds["posted"] == 1 and report.holds["hold_released"] == 1, report.render()
+    balances = {n: a.balance for n, a in ledger(settings).accounts.items()}
+    assert balances == {**{n: 1_000 for n in names}, "acct-0": 693, "acct-5": 1_300, "acct-9": 1_007}

@@ -41,6 +41,12 @@ from streams.topics import ensure_topics
 Input = tuple[str, int]  # ("c" | "r", offset) on a partition
 
 
+def _slot(message: dict[str, Any]) -> tuple[str, str, int | None]:
+    """Which credit slot a message fills: its request, its account and, for a linked
+    transfer's messages, the member (several answers reach the same sender)."""
+    return message["request_id"], message["account"], message.get("index")
+
+
 def generation_settings(settings: Settings, generation: str) -> Settings:
     """Settings whose topics are the given generation's."""
     return replace(settings, topic_prefix=f"{settings.topic_prefix}gen-{generation}.")
@@ -74,7 +80,7 @@ class Generation:
     applied: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
     events: list[tuple[str, bytes]] = field(default_factory=list)       # (account, raw event)
     outcomes: list[tuple[str, bytes]] = field(default_factory=list)     # (request_id, raw outcome)
-    # credit messages the new logic sent, by (request_id, account): [key, message, ts, claimed]
+    # credit messages the new logic sent, by _slot: [key, message, ts, claimed]
     messages: dict[tuple[str, str], deque] = field(default_factory=lambda: defaultdict(deque))
     sent: list[list] = field(default_factory=list)    # the same, in creation order
 
@@ -91,7 +97,7 @@ class Generation:
             self.outcomes.append((out["request_id"], orjson.dumps(out)))
         for key, message in decision.messages:
             item = [key, message, ts, False]
-            self.messages[(message["request_id"], key)].append(item)
+            self.messages[_slot(message)].append(item)
             self.sent.append(item)
 
 
@@ -116,16 +122,16 @@ def simulate(settings: Settings, rules: Rules, show_progress: bool = True) -> Ge
             continue
         if isinstance(rid, str):
             request_positions[rid].append((p, off))
-    slots_done: set[tuple[str, str]] = set()
+    slots_done: set[tuple[str, str, int | None]] = set()
     progress = Progress("recompute: inputs", "inputs", enabled=show_progress)
     cursors = {p: 0 for p in order}
 
     def slot_ready(message: dict[str, Any]) -> bool:
-        rid, account = message["request_id"], message["account"]
-        if gen.messages[(rid, account)]:
+        rid, account, index = _slot(message)
+        if gen.messages[(rid, account, index)]:
             return True
         if message["kind"] in (REFUND, LINK_ACK):  # produced by a credit slot on the receiver
-            return (rid, message["counterparty"]) in slots_done
+            return (rid, message["counterparty"], index) in slots_done
         if "index" in message:   # a linked member's credit: sent by the sender's last answer
             return False
         # the first decision of a request sends its message; copies of it never do
@@ -144,9 +150,8 @@ def simulate(settings: Settings, rules: Rules, show_progress: bool = True) -> Ge
         message = orjson.loads(old.value())
         if not force and not slot_ready(message):
             return False
-        rid, account = message["request_id"], message["account"]
-        slots_done.add((rid, account))
-        queue = gen.messages[(rid, account)]
+        slots_done.add(_slot(message))
+        queue = gen.messages[_slot(message)]
         if queue:
             item = queue.popleft()
             item[3] = True
@@ -179,7 +184,7 @@ def simulate(settings: Settings, rules: Rules, show_progress: bool = True) -> Ge
         if claimed:
             continue
         gen.sent[i - 1][3] = True
-        gen.messages[(message["request_id"], key)].popleft()
+        gen.messages[_slot(message)].popleft()
         _decide_credit(gen, message, partition_for(key, settings.partitions), ts,
                        Position(settings.topic(topics.CREDITS), -1, -1))
     progress.done()

@@ -407,7 +407,7 @@ def _settle(d: Decision, req: Request, acct: Account, hold: Hold | None, ts: int
     body, name = req.body, req.account
     assert name is not None
     kind, hold_id = body["type"], body["hold_id"]
-    if hold is None:
+    if hold is None or hold.members is not None:   # a linked transfer is not a client's to settle
         return _reject(d, req, acct, UNKNOWN_HOLD, ts, pos, f"no hold {hold_id!r} from {name!r}")
     if hold.sender != name:
         return _reject(d, req, acct, INVALID, ts, pos, "the hold was made by another account")

@@ -7,6 +7,7 @@ import time
 
 from streams.client import OutcomeWatcher, RequestSender
 from streams.config import Settings
+from streams.model import DECIDED_STATUSES
 
 
 def _progress(label: str):
@@ -59,6 +60,7 @@ def run_demo(settings: Settings, web_url: str | None = None, accounts: int = 200
         print(f"demo: {statuses.count('completed')} completed, {statuses.count('rejected')} rejected "
               f"in {elapsed:.2f} s ({len(ids) / elapsed:,.0f} transfers/s end to end)"
               + ("" if ok else " [timed out]"))
+        ok = _two_phase(sender, watcher, run, names) and ok
     finally:
         watcher.close()
     from replay.verify import verify
@@ -68,6 +70,36 @@ def run_demo(settings: Settings, web_url: str | None = None, accounts: int = 200
     print("  " + report.render().replace("\n", "\n  "))
     _print_balances(settings, names[:5], web_url)
     return ok and report.ok
+
+
+def _two_phase(sender: RequestSender, watcher: OutcomeWatcher, run: str, names: list[str]) -> bool:
+    """A hold captured in part, and linked transfers: one applied whole, one refused whole."""
+    a, b, c, d, e = names[:5]
+    hold = f"{run}-hold"
+    steps = [
+        ({"type": "hold", "request_id": hold, "from": a, "to": b, "amount": 2_500, "timeout_s": 60},
+         "held"),
+        ({"type": "post", "request_id": f"{run}-capture", "hold_id": hold, "from": a,
+          "amount": 2_000}, "completed"),
+        ({"type": "linked", "request_id": f"{run}-linked", "from": c,
+          "transfers": [{"to": d, "amount": 1_000}, {"to": e, "amount": 50}]}, "completed"),
+        ({"type": "linked", "request_id": f"{run}-linked-bad", "from": c,
+          "transfers": [{"to": d, "amount": 1_000}, {"to": "no-such-account", "amount": 50}]},
+         "rejected"),
+    ]
+    print(f"demo: a hold of 25.00 from {a} to {b}, 20.00 of it captured; linked transfers from {c}")
+    ok = True
+    for request, want in steps:   # one at a time: the capture needs the hold decided
+        rid = request["request_id"]
+        sender.send(request)
+        sender.flush()
+        deadline = time.monotonic() + 60
+        while watcher.status.get(rid) not in DECIDED_STATUSES and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got = watcher.status.get(rid)
+        print(f"  {request['type']} {rid.removeprefix(run + '-')}: {got} (expected {want})")
+        ok = ok and got == want
+    return ok
 
 
 def _print_balances(settings: Settings, names: list[str], web_url: str | None) -> None:

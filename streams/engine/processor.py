@@ -69,7 +69,7 @@ class PartitionTask:
     def batch_committed(self, holds: dict[str, Hold]) -> None:
         """Index the holds the committed batch made; its expiry requests are in the log."""
         for hold_id, hold in holds.items():
-            if hold.state == PENDING:
+            if hold.state == PENDING and hold.members is None:   # linked ones never expire
                 heapq.heappush(self.deadlines, (hold.deadline, hold_id))
         self.expiring = []
 

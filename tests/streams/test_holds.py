@@ -233,6 +233,16 @@ def test_a_linked_transfer_with_one_failing_member_applies_none():
     assert led.accounts["a"].held == 0
 
 
+def test_a_linked_transfer_cannot_be_posted_voided_or_expired_as_a_hold():
+    led = _opened(("a", 100), ("b", 0), ("c", 0))
+    _linked(led, "l1", "a", ("b", 30), ("c", 20))
+    for kind in ("post", "void", "expire"):
+        [out] = led.send({"type": kind, "request_id": f"{kind}-l1", "hold_id": "l1", "from": "a"})
+        assert out["reason"] == UNKNOWN_HOLD, out
+    led.deliver_all()
+    assert {n: a.balance for n, a in led.accounts.items()} == {"a": 50, "b": 30, "c": 20}
+
+
 def test_linked_transfers_refuse_malformed_member_lists():
     led = _opened(("a", 100), ("b", 0))
     for members, detail in (([], "transfers must be a list of 1 to 16 transfers"),

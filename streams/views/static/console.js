@@ -116,6 +116,7 @@ async function refreshOverview() {
     $("rate-completed").textContent = rc === null ? "–" : rc.toFixed(1);
     $("rate-rejected").textContent = rr === null ? "–" : rr.toFixed(1);
     $("in-flight").textContent = money(s.money_in_flight);
+    $("held").textContent = money(s.money_held);
     $("accounts").textContent = s.accounts.toLocaleString("en-US");
     $("totals").textContent = `${s.transfers_completed.toLocaleString("en-US")} / ${s.transfers_rejected.toLocaleString("en-US")}`;
     const c = o.conservation;

@@ -6,11 +6,13 @@ both goes to one worker), so it owns every record and all state of the
 accounts in its partitions. Each cycle is one Kafka transaction over every
 owned partition that has input (BatchProcessor sends the records,
 EngineTransaction commits them with the input offsets), and only then are
-the stores written. On assignment a partition resumes at the group's
-committed offset (read with require_stable: librdkafka asks for stable
-offsets when reading read_committed, so a pending transaction of the
-previous owner is waited for) with its store restored to the changelog's
-end. A failed or fenced transaction rewinds every task to its last commit.
+the stores written. On assignment a partition's inputs are paused while the
+poll loop restores its store to the changelog's end (ChangelogRestore, a
+bounded step per cycle, so other partitions go on and the consumer keeps
+polling), then resume at the group's committed offset (read with
+require_stable: librdkafka asks for stable offsets when reading
+read_committed, so a pending transaction of the previous owner is waited
+for). A failed or fenced transaction rewinds every task to its last commit.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from streams.config import Settings
 from streams.engine.faults import EngineFaults, InjectedAbort
 from streams.engine.metrics import EngineMetrics
 from streams.engine.processor import BatchProcessor, PartitionTask, Topics
-from streams.engine.restore import restore
+from streams.engine.restore import ChangelogRestore
 from streams.engine.state import PartitionStore
 from streams.engine.transaction import (CommitOutcomeUnknown, EngineTransaction, TransactionAborted,
                                         WorkerFenced)
@@ -66,15 +68,19 @@ class EngineWorker:
         self.cluster_id = meta.cluster_id or "unknown-cluster"
         self.processor = BatchProcessor(settings, self.topics, partitions, self.txn)
         self.metrics = EngineMetrics(self, metrics_port)
+        self.restore = ChangelogRestore(self.restorer, self.topics.changelog,
+                                        progress=self.metrics.restore_records.inc)
+        self._restore_t0: dict[int, float] = {}
 
     # -- partition assignment -------------------------------------------------
     def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:  # noqa: ANN001
         owned = sorted({tp.partition for tp in partitions})
         log.info("worker %s assigned partitions %s", self.worker_id, owned)
         fresh = [self._open_task(p) for p in owned if p not in self.tasks]
-        self._resume(fresh)
+        self._read_committed(fresh)
         consumer.assign([TopicPartition(tp.topic, tp.partition, self._position(tp.topic, tp.partition))
                          for tp in partitions])
+        self._start_restore(fresh)
 
     def _open_task(self, partition: int) -> PartitionTask:
         # the cluster's id and the changelog's name are in the path: a store never meets
@@ -84,11 +90,10 @@ class EngineWorker:
         task = self.tasks[partition] = PartitionTask(partition, PartitionStore(path))
         return task
 
-    def _resume(self, tasks: list[PartitionTask]) -> None:
-        """Committed offsets first (stable: no pending transaction), then the stores."""
+    def _read_committed(self, tasks: list[PartitionTask]) -> None:
+        """The group's committed offsets (stable: no pending transaction) of these tasks."""
         if not tasks:
             return
-        t0 = time.monotonic()
         wanted = [TopicPartition(t, task.partition) for task in tasks
                   for t in (self.topics.credits, self.topics.requests)]
         for tp in self.consumer.committed(wanted, timeout=60):
@@ -98,23 +103,44 @@ class EngineWorker:
                 task.next_credit = offset
             else:
                 task.next_request = offset
-        self.metrics.restoring.set(len(tasks))
-        try:
-            restore(self.restorer, self.topics.changelog, tasks, progress=self.metrics.restore_records.inc)
-        finally:
-            self.metrics.restoring.set(0)
-        self.metrics.restored(len(tasks), time.monotonic() - t0)
+
+    def _inputs(self, partition: int) -> list[TopicPartition]:
+        return [TopicPartition(t, partition) for t in (self.topics.credits, self.topics.requests)]
+
+    def _start_restore(self, tasks: list[PartitionTask]) -> None:
+        """Pause the tasks' inputs and restore their stores from the poll loop (_restore_step)."""
+        if not tasks:
+            return
+        self.consumer.pause([tp for task in tasks for tp in self._inputs(task.partition)])
         for task in tasks:
             task.clear()
+            self._restore_t0[task.partition] = time.monotonic()
+        self.restore.add(tasks)
+        self.metrics.restoring.set(len(self.restore.tasks))
+
+    def _restore_step(self) -> None:
+        """Some changelog records; a task whose store has caught up resumes its inputs where the
+        group committed them (records fetched before the pause were dropped, not processed)."""
+        for task in self.restore.step(self.settings.batch_max_records):
+            p = task.partition
+            task.clear()
             task.track_holds()
+            for tp in self._inputs(p):
+                tp.offset = self._position(tp.topic, p)
+                self.consumer.seek(tp)
+            self.consumer.resume(self._inputs(p))
+            self.metrics.restored(1, time.monotonic() - self._restore_t0.pop(p, time.monotonic()))
             log.info("worker %s resumes p%d at credits %s, requests %s (changelog %d)",
-                     self.worker_id, task.partition, task.next_credit, task.next_request,
+                     self.worker_id, p, task.next_credit, task.next_request,
                      task.store.changelog_offset)
+        self.metrics.restoring.set(len(self.restore.tasks))
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:  # noqa: ANN001
         # every batch commits before the loop polls again: nothing is pending here
         log.info("worker %s revoked partitions %s", self.worker_id,
                  sorted({tp.partition for tp in partitions}))
+        self.restore.remove(sorted({tp.partition for tp in partitions}))
+        self.metrics.restoring.set(len(self.restore.tasks))
         for p in {tp.partition for tp in partitions}:
             task = self.tasks.pop(p, None)
             if task is not None:
@@ -151,10 +177,12 @@ class EngineWorker:
                         self._on_consume_error(err)
                         continue
                     task = self.tasks.get(msg.partition())
-                    if task is not None:
+                    if task is not None and msg.partition() not in self.restore.tasks:
                         (task.credits if msg.topic() == self.topics.credits else task.requests).append(msg)
                 if received:
                     self.faults.before_batch(self.batches + 1)
+                if self.restore.active:
+                    self._restore_step()
                 self._run_batch()
                 if time.monotonic() - self._lag_read_at > 1.0:
                     self._read_lag()
@@ -208,7 +236,8 @@ class EngineWorker:
         """One transaction over every owned partition that has input or a hold to expire."""
         room = self.settings.batch_max_records
         batch: list[tuple[PartitionTask, list, list]] = []
-        for task in self.tasks.values():
+        ready = [task for p, task in self.tasks.items() if p not in self.restore.tasks]
+        for task in ready:
             if room <= 0:
                 break
             credits, requests = task.take(room)
@@ -216,8 +245,7 @@ class EngineWorker:
                 batch.append((task, credits, requests))
                 room -= len(credits) + len(requests)
         now_ms = int(time.time() * 1000)
-        due = [task for task in self.tasks.values()
-               if task.deadlines and task.deadlines[0][0] <= now_ms]
+        due = [task for task in ready if task.deadlines and task.deadlines[0][0] <= now_ms]
         if not batch and not due:
             return
         batch_no = self.batches + 1
@@ -272,7 +300,8 @@ class EngineWorker:
             task.clear()
         if fenced:
             # another owner may have written since: start over from what is committed
-            self._resume(tasks)
+            self._read_committed(tasks)
+            self._start_restore(tasks)
         for task in tasks:
             for topic in (self.topics.credits, self.topics.requests):
                 try:

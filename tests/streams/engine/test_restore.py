@@ -1,0 +1,54 @@
+"""ChangelogRestore on the real broker: a restore advances in bounded steps (the poll loop calls
+it between batches, outside the rebalance callback), and is done only once the store reflects
+the group's committed offsets."""
+from __future__ import annotations
+
+import orjson
+
+from streams import kafka, topics
+from streams.engine.changelog import BatchRecord, account_key
+from streams.engine.processor import PartitionTask
+from streams.engine.restore import ChangelogRestore
+from streams.engine.state import PartitionStore
+from streams.model import Account
+
+
+def _write(settings, records: list[tuple[bytes, bytes]]) -> None:  # noqa: ANN001
+    producer = kafka.producer(settings)
+    for key, value in records:
+        producer.produce(settings.topic(topics.CHANGELOG), key=key, value=value, partition=0)
+    assert producer.flush(30) == 0
+
+
+def test_a_restore_goes_in_bounded_steps_until_the_committed_offsets_are_reflected(settings, tmp_path):
+    accounts = [(account_key(f"acct-{i}"), orjson.dumps(Account(balance=i, seq=1).to_json()))
+                for i in range(1_000)]
+    first = BatchRecord((0, 0), (0, 1_000), ("r:x",))
+    _write(settings, accounts + [(first.key, first.encode())])
+    task = PartitionTask(0, PartitionStore(str(tmp_path / "p0")), next_request=1_500)
+    restorer = kafka.consumer(settings, settings.topic("restore-test"), **{"enable.partition.eof": True})
+    applied: list[int] = []
+    restore = ChangelogRestore(restorer, settings.topic(topics.CHANGELOG), progress=applied.append)
+    restore.add([task])
+    steps = 0
+    while sum(applied) < 1_001:
+        assert restore.step(max_records=100) == []   # committed offsets not reflected yet
+        steps += 1
+        assert steps < 500, applied
+    assert max(applied) <= 100 and len(applied) >= 10, applied
+    for _ in range(20):   # at the changelog's end, still behind the committed offsets: waits
+        assert restore.step(max_records=100) == []
+    assert restore.active and task.store.position == (0, 1_000)
+    second = BatchRecord((0, 0), (1_000, 1_500), ())
+    _write(settings, [(account_key("acct-7"), orjson.dumps(Account(balance=70, seq=2).to_json())),
+                      (second.key, second.encode())])
+    done: list[PartitionTask] = []
+    while not done:
+        done = restore.step(max_records=100)
+    assert done == [task] and not restore.active
+    store = task.store
+    assert store.position == (0, 1_500) and store.changelog_offset == 1_003
+    assert (store.account("acct-7").balance, store.account("acct-999").balance) == (70, 999)
+    assert store.is_applied("r:x")
+    restorer.close()
+    store.close()

@@ -37,7 +37,8 @@ class Workload:
             self.sender.send(request)
             self.duplicates_sent += 1
 
-    def open_accounts(self, names: list[str], deposit: int) -> None:
+    def open_accounts(self, names: list[str], deposit: int, wait=None) -> None:  # noqa: ANN001
+        """Open and fund the accounts; `wait(timeout_s)` (default: the watcher's) until done."""
         for name in names:
             self.send({"type": "open_account", "request_id": f"open-{name}", "account": name})
         for name in names:
@@ -45,7 +46,7 @@ class Workload:
             self.deposits += deposit
         self.sender.flush()
         # a credit that overtakes its receiver's open_account is refunded, so wait
-        assert self.wait(self.setup_timeout_s), "accounts were not opened in time"
+        assert (wait or self.wait)(self.setup_timeout_s), "accounts were not opened in time"
 
     def random_transfers(self, names: list[str], count: int, prefix: str, max_amount: int,
                          duplicate_every: int = 0, rate_per_s: float | None = None) -> None:

@@ -34,7 +34,8 @@ def crash_loop(settings: Settings, pool_factory, *, accounts: int, transfers: in
     pool = pool_factory(settings, 2)
     names = [f"acct-{i}" for i in range(accounts)]
     wl = Workload(settings, rng=random.Random(seed + 1))
-    wl.open_accounts(names, 5_000)
+    # the workers kill themselves from their first batches on: restart them while waiting
+    wl.open_accounts(names, 5_000, wait=lambda timeout_s: wait_restarting(pool, wl, timeout_s))
     sender = threading.Thread(target=wl.random_transfers, args=(names, transfers, "t", 3_000),
                               kwargs={"duplicate_every": 40, "rate_per_s": rate_per_s})
     holder = threading.Thread(target=wl.random_holds, args=(names, holds, "h", 500),
@@ -103,8 +104,9 @@ def test_checks_fail_without_the_guard(settings, pool_factory, unsafe):
     # of the test's own kills) is run again, its offsets not committed: its events reach the
     # ledger twice, as copies or, if the re-run's batch differs, as conflicting seqs
     unsafe_settings = replace(settings, **{unsafe: True})
-    wl, pool = crash_loop(unsafe_settings, pool_factory, accounts=300, transfers=6_000, kills=10,
-                          rate_per_s=600, seed=5, crash_every=2)
+    wl, pool = crash_loop(unsafe_settings, pool_factory, accounts=300, transfers=3_000, kills=6,
+                          rate_per_s=600, seed=5,
+                          crash_every=2 if unsafe == "unsafe_no_transactions" else 6)
     try:
         wait_restarting(pool, wl, 120)
         report = verify(settings, require_final=False)

@@ -76,7 +76,11 @@ def _two_phase(sender: RequestSender, watcher: OutcomeWatcher, run: str, names: 
     """A hold captured in part, and linked transfers: one applied whole, one refused whole."""
     a, b, c, d, e = names[:5]
     hold = f"{run}-hold"
-    steps = [
+    steps = [   # fresh funds first: the random transfers left these balances anywhere
+        ({"type": "deposit", "request_id": f"{run}-fund-a", "account": a, "amount": 5_000},
+         "completed"),
+        ({"type": "deposit", "request_id": f"{run}-fund-c", "account": c, "amount": 3_000},
+         "completed"),
         ({"type": "hold", "request_id": hold, "from": a, "to": b, "amount": 2_500, "timeout_s": 60},
          "held"),
         ({"type": "post", "request_id": f"{run}-capture", "hold_id": hold, "from": a,

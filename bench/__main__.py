@@ -34,9 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay-events", type=int, default=0,
                         help="instead: time `replay views` and `replay verify` over this many "
                              "synthetic ledger events (among --accounts accounts)")
+    parser.add_argument("--restore-ids", type=int, default=0,
+                        help="instead: time a new engine worker's restore of one partition whose "
+                             "changelog holds --accounts accounts and this many applied request ids")
     args = parser.parse_args(argv)
     if args.replay_events:
         return replay_main(args)
+    if args.restore_ids:
+        return restore_main(args)
 
     from bench.driver import run_bench
     from bench.raw import broker_raw_throughput
@@ -99,6 +104,25 @@ def replay_main(args: argparse.Namespace) -> int:
         print(f"replay verify           {result['verify_events_per_s']:,.0f} events/s "
               f"({'OK' if result['verify_ok'] else 'FAILED'})")
     return 0 if result["verify_ok"] else 1
+
+
+def restore_main(args: argparse.Namespace) -> int:
+    from bench.restore import restore_speed
+
+    settings = Settings.from_env(partitions=1)
+    data_dir = tempfile.mkdtemp(prefix="bank-bench-restore-")
+    with kafka_cluster(settings.bootstrap_servers, data_dir=data_dir) as bootstrap:
+        settings = replace(settings, bootstrap_servers=bootstrap,
+                           topic_prefix=f"bench-restore-{os.getpid()}-")
+        result = restore_speed(settings, args.accounts, args.restore_ids)
+    if args.json:
+        print(orjson.dumps(result).decode())
+    else:
+        print(f"restored {result['changelog_records']:,} changelog records ({result['accounts']:,} "
+              f"accounts, {result['applied_ids']:,} applied ids) in {result['seconds']} s: "
+              f"{result['records_per_s']:,} records/s, {result['ids_per_s']:,} ids/s; "
+              f"{result['steps']} poll-loop steps, the longest {result['longest_step_ms']} ms")
+    return 0
 
 
 if __name__ == "__main__":

@@ -135,14 +135,23 @@ class BatchProcessor:
         c1 = credits[-1].offset() + 1 if credits else c0
         r1 = requests[-1].offset() + 1 if requests else r0
         accounts, marks, holds = task.store.changes()
+        changelog, partition, send = self.topics.changelog, task.partition, self.out.send
         for name, acct in accounts.items():
-            self._changelog(task, account_key(name), orjson.dumps(acct.to_json()))
+            send(changelog, account_key(name), orjson.dumps(acct.to_json()), partition)
         for hold_id, hold in holds.items():
-            self._changelog(task, hold_key(hold_id), orjson.dumps(hold.to_json()))
+            send(changelog, hold_key(hold_id), orjson.dumps(hold.to_json()), partition)
         if mid_changelog is not None:
             mid_changelog()
         record = BatchRecord((c0, c1), (r0, r1), tuple(marks))
-        self._changelog(task, record.key, record.encode())
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            """The batch record is the task's last changelog record of the batch: its offset
+            is where a restore of the committed store goes on."""
+            if err is None:
+                task.changelog_next = max(task.changelog_next, msg.offset() + 1)
+            else:
+                self.out.record_delivery(err, msg)
+        send(changelog, record.key, record.encode(), partition, on_delivery=delivered)
         self.stats.credits += len(credits)
         self.stats.requests += len(requests)
         return (c0, c1), (r0, r1)
@@ -243,11 +252,3 @@ class BatchProcessor:
             self._dead_letter(msg, f"bad credit message: {exc}")
             return
         self._emit(task, decision, ts)
-
-    def _changelog(self, task: PartitionTask, key: bytes, value: bytes) -> None:
-        def delivered(err: KafkaError | None, msg: Message) -> None:
-            if err is None:
-                task.changelog_next = max(task.changelog_next, msg.offset() + 1)
-            else:
-                self.out.record_delivery(err, msg)
-        self.out.send(self.topics.changelog, key, value, task.partition, on_delivery=delivered)

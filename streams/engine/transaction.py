@@ -56,6 +56,7 @@ class EngineTransaction:
         # delivery reports of an aborted transaction, or of a retired producer, arrive later
         # (records purged by the abort or the destruction): they must not fail the next batch
         self._attempt = 0
+        self._report_each: Callable[[KafkaError | None, Message], None] | None = None
         self.producer = self._new_producer()
 
     def _new_producer(self) -> Producer:
@@ -88,27 +89,29 @@ class EngineTransaction:
     def begin(self) -> None:
         if self.transactional:
             self._run(self.producer.begin_transaction)
+        # a transaction fails its commit if any of its records was not delivered, so its
+        # records need no delivery report each (a Python call per record, measured ~6% of
+        # the engine); without transactions (an unsafe negative control) every record has one
+        self._report_each = None if self.transactional else self._current(self.record_delivery)
         self._open = True
 
-    def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
-             timestamp: int | None = None,
+    def send(self, topic: str, key: bytes | None, value: bytes, partition: int = -1,
+             timestamp: int = 0,
              on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
              headers: list[tuple[str, bytes]] | None = None) -> None:
-        """Queue one record of the open transaction (waits while the local queue is full)."""
-        kwargs: dict[str, object] = {"key": key, "value": value}
-        if partition is not None:
-            kwargs["partition"] = partition
-        if timestamp is not None:
-            kwargs["timestamp"] = timestamp
-        kwargs["on_delivery"] = self._current(on_delivery or self.record_delivery)
-        if headers is not None:
-            kwargs["headers"] = headers
+        """Queue one record of the open transaction (waits while the local queue is full).
+        partition -1: by the key; timestamp 0: now; on_delivery: this record's report (its
+        error, if any, also fails the batch)."""
+        report = self._current(on_delivery) if on_delivery is not None else self._report_each
         while True:
             try:
-                self._run(self.producer.produce, topic, **kwargs)
+                self.producer.produce(topic, value, key, partition=partition, on_delivery=report,
+                                      timestamp=timestamp, headers=headers)
                 return
             except BufferError:
                 self.producer.poll(0.01)
+            except KafkaException as exc:
+                raise self._sorted(exc) from exc
 
     def flush(self) -> None:
         """Every queued record acknowledged, or TransactionAborted."""
@@ -167,15 +170,20 @@ class EngineTransaction:
         self.producer = self._new_producer()
 
     def _run(self, call: Callable[..., object], *args: object, **kwargs: object) -> None:
-        """Run a producer call; sort its error (retriable ones are retried by librdkafka). A
-        produce refused because the transaction is in an error state aborts the batch too."""
+        """Run a producer call, its error sorted (retriable ones are retried by librdkafka)."""
         try:
             call(*args, **kwargs)
         except KafkaException as exc:
-            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if err is not None and (err.code() in _FENCED or err.fatal()):
-                raise WorkerFenced(str(err)) from exc
-            raise TransactionAborted(str(exc)) from exc
+            raise self._sorted(exc) from exc
+
+    @staticmethod
+    def _sorted(exc: KafkaException) -> TransactionAborted:
+        """WorkerFenced for fencing or a fatal error, else TransactionAborted (a produce refused
+        because the transaction is in an error state aborts the batch too)."""
+        err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if err is not None and (err.code() in _FENCED or err.fatal()):
+            return WorkerFenced(str(err))
+        return TransactionAborted(str(exc))
 
     def close(self) -> None:
         self.producer.flush(10)

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="engine worker processes")
     parser.add_argument("--scaling", default="", help="comma-separated worker counts, e.g. 1,2: "
                         "one run each and a throughput-vs-workers plot")
+    parser.add_argument("--views", type=int, default=0, help="views workers folding the ledger "
+                        "during the run (their CPU is measured too; 0: the engine alone)")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30, help="measured window")
     parser.add_argument("--warmup", type=float, default=5)
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=log, flush=True)
             results.append(run_bench(settings, workers=workers, accounts=args.accounts,
                                      seconds=args.seconds, warmup=args.warmup, rate=args.rate,
-                                     inflight=args.inflight, zipf=args.zipf,
+                                     inflight=args.inflight, zipf=args.zipf, views=args.views,
                                      raw_msgs_per_s=raw["msgs_per_s"], broker_pids=broker_pids))
     finally:
         if cluster:

@@ -15,16 +15,17 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
 
 import orjson
 from confluent_kafka import OFFSET_END, TopicPartition
 
-from bench.cpu import CpuMeter
+from bench.histogram import LatencyHistogram
+from bench.procs import CpuMeter, Sampler, Timeline
+from streams.broker import free_port
 from streams import kafka, topics
 from streams.client import RequestSender
 from streams.config import Settings
-from streams.supervisor import WorkerPool
+from streams.supervisor import WorkerPool, wait_for_views
 from streams.topics import ensure_topics
 
 
@@ -45,22 +46,22 @@ class BenchResult:
     completed: int = 0
     unfinished: int = 0
     mode: str = ""
+    views: int = 0
     cpu_us_per_transfer: dict[str, float] = field(default_factory=dict)
-    initiation_ms: list[float] = field(default_factory=list, repr=False)
-    completion_ms: list[float] = field(default_factory=list, repr=False)
+    minute_transfers_per_s: list[float] = field(default_factory=list)
+    first_minute_transfers_per_s: float | None = None
+    second_minute_transfers_per_s: float | None = None
+    last_minute_transfers_per_s: float | None = None
+    rss_growth_pct: dict[str, float] = field(default_factory=dict)   # per process, after warm-up
+    initiation: LatencyHistogram = field(default_factory=LatencyHistogram, repr=False)
+    completion: LatencyHistogram = field(default_factory=LatencyHistogram, repr=False)
+    timeline: Timeline = field(default_factory=Timeline, repr=False)
 
     def summary(self) -> dict[str, object]:
         out = asdict(self)
-        out.pop("initiation_ms")
-        out.pop("completion_ms")
+        for name in ("initiation", "completion", "timeline"):
+            out.pop(name)
         return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Progress:
@@ -82,11 +83,16 @@ class Progress:
 
 
 class OutcomeClock:
-    """Tails transfers.outcomes and stamps the first final status of each request."""
+    """Tails transfers.outcomes: each request's first final status ends it. Memory stays flat
+    over a long run: only unfinished requests are kept (`sent_at`), latencies go to a
+    histogram."""
 
     def __init__(self, settings: Settings) -> None:
-        self.final_at: dict[bytes, float] = {}
+        self.sent_at: dict[bytes, float] = {}    # unfinished request id -> when it was sent
+        self.finished = 0
         self.rejected = 0
+        self.window = (float("inf"), float("inf"))   # completions of requests sent in it count
+        self.completion = LatencyHistogram()
         self._stop = threading.Event()
         self._consumer = kafka.consumer(settings, settings.topic("bench-clock"),
                                         **{"fetch.wait.max.ms": 5})
@@ -97,19 +103,23 @@ class OutcomeClock:
         self._thread.start()
 
     def _run(self) -> None:
-        final_at = self.final_at
+        sent_at, add = self.sent_at, self.completion.add
         while not self._stop.is_set():
             msgs = self._consumer.consume(20000, 0.05)
             now = time.perf_counter()
+            start, end = self.window
             for msg in msgs:
                 value = msg.value()
                 if msg.error() or value is None or b'"status":"debited"' in value:
                     continue
-                rid = msg.key()
-                if rid not in final_at:
-                    final_at[rid] = now
-                    if b'"status":"rejected"' in value:
-                        self.rejected += 1
+                sent = sent_at.pop(msg.key(), None)
+                if sent is None:
+                    continue   # not ours, or a second final status
+                self.finished += 1
+                if b'"status":"rejected"' in value:
+                    self.rejected += 1
+                if start <= sent < end:
+                    add(1000 * (now - sent))
         self._consumer.close()
 
     def close(self) -> None:
@@ -134,62 +144,60 @@ def _account_picker(accounts: int, zipf: float | None, rng: random.Random):
     return pick
 
 
-def open_accounts(settings: Settings, sender: RequestSender, clock: OutcomeClock, accounts: int,
-                  deposit: int) -> None:
-    ids = []
+def open_accounts(sender: RequestSender, clock: OutcomeClock, accounts: int, deposit: int) -> None:
     bar = Progress("opening accounts", 2 * accounts)
-    for i in range(accounts):
-        sender.send({"type": "open_account", "request_id": f"o{i}", "account": f"a{i}"})
-        ids.append(f"o{i}".encode())
-    sender.flush()
-    for i in range(accounts):
-        sender.send({"type": "deposit", "request_id": f"d{i}", "account": f"a{i}", "amount": deposit})
-        ids.append(f"d{i}".encode())
-    sender.flush()
+    for kind, fields in (("open_account", {}), ("deposit", {"amount": deposit})):
+        for i in range(accounts):
+            rid = f"{kind[0]}{i}"
+            clock.sent_at[rid.encode()] = time.perf_counter()
+            sender.send({"type": kind, "request_id": rid, "account": f"a{i}", **fields})
+        sender.flush()
     deadline = time.monotonic() + 600
-    while True:
-        done = sum(1 for r in ids if r in clock.final_at)
-        bar.show(done)
-        if done == len(ids):
-            break
+    while clock.sent_at:
+        bar.show(2 * accounts - len(clock.sent_at))
         if time.monotonic() > deadline:
             raise TimeoutError("accounts were not opened in 600 s")
         time.sleep(0.2)
-    bar.show(len(ids), force=True)
+    bar.show(2 * accounts, force=True)
     bar.done()
 
 
 def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float, warmup: float,
           rate: float | None, inflight: int, zipf: float | None, seed: int = 1,
-          meter: CpuMeter | None = None) -> BenchResult:
-    """Send transfers for warmup + seconds; measure the window after the warm-up (and the
-    CPU each kind of process used in it, with `meter`)."""
+          pids_by_kind: dict[str, list[int]] | None = None) -> BenchResult:
+    """Send transfers for warmup + seconds; measure the window after the warm-up: latencies,
+    throughput (per minute too), and the CPU and memory of each kind of process in it."""
     rng = random.Random(seed)
     pick = _account_picker(accounts, zipf, rng)
     sender = RequestSender(settings, **{"linger.ms": 2, "acks": "all"})
     producer, topic = sender.producer, sender.topic
-    sent_at: dict[bytes, float] = {}
-    acked_at: dict[bytes, float] = {}
-
-    def on_ack(rid: bytes, err, msg) -> None:  # noqa: ANN001
-        if err is None:
-            acked_at[rid] = time.perf_counter()
-
+    initiation = LatencyHistogram()
+    meter = CpuMeter(pids_by_kind or {})
+    sent_at, finished_before = clock.sent_at, clock.finished
     total = warmup + seconds
     start = time.perf_counter()
     window_start, window_end = start + warmup, start + total
+    clock.window = (window_start, window_end)
+
+    def on_ack(err, msg) -> None:  # noqa: ANN001 - confluent-kafka's delivery report
+        if err is None:
+            latency = msg.latency()   # produce() to acknowledgement, measured by librdkafka
+            if window_start <= time.perf_counter() - latency < window_end:
+                initiation.add(1000 * latency)
+
     bar = Progress("driving transfers", int(total))
-    finished_before = len(clock.final_at)  # the opening requests
+    sampler: Sampler | None = None
+    window_finished = 0
     i = 0
-    metering = False
     while True:
         now = time.perf_counter()
-        if meter is not None and not metering and now >= window_start:
+        if sampler is None and now >= window_start:
             meter.start()
-            metering = True
+            window_finished = clock.finished
+            sampler = Sampler(pids_by_kind or {}, lambda: clock.finished, now)
         if now >= window_end:
-            if meter is not None:
-                meter.stop()
+            meter.stop()
+            window_finished = clock.finished - window_finished
             break
         if rate:
             due = int((now - start) * rate)
@@ -197,7 +205,7 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
                 time.sleep(min(0.001, (i + 1) / rate - (now - start)))
                 producer.poll(0)
                 continue
-        elif i - (len(clock.final_at) - finished_before) > inflight:
+        elif len(sent_at) > inflight:
             producer.poll(0.0005)
             continue
         src, dst = pick()
@@ -207,7 +215,7 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
         sent_at[rid] = time.perf_counter()
         while True:
             try:
-                producer.produce(topic, key=b"a%d" % src, value=value, on_delivery=partial(on_ack, rid))
+                producer.produce(topic, value, b"a%d" % src, on_delivery=on_ack)
                 break
             except BufferError:
                 producer.poll(0.001)
@@ -215,58 +223,70 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
         if i % 256 == 0:
             producer.poll(0)
             bar.show(int(now - start), f"{i:,} sent")
+    timeline = sampler.stop() if sampler else Timeline()
     producer.flush(60)
     bar.show(int(total), f"{i:,} sent", force=True)
     bar.done()
     # drain: every request must reach a final outcome
     bar = Progress("waiting for the last outcomes", i)
     deadline = time.monotonic() + 120
-    while True:
-        done = sum(1 for r in sent_at if r in clock.final_at)
-        bar.show(done)
-        if done == len(sent_at) or time.monotonic() > deadline:
-            break
+    while sent_at and time.monotonic() < deadline:
+        bar.show(i - len(sent_at))
         time.sleep(0.2)
-    bar.show(done, force=True)
+    bar.show(i - len(sent_at), force=True)
     bar.done()
-    finals_in_window = sum(1 for r, t in clock.final_at.items() if window_start <= t < window_end
-                           and r in sent_at)
-    in_window = [r for r, t in sent_at.items() if window_start <= t < window_end]
-    init = [1000 * (acked_at[r] - sent_at[r]) for r in in_window if r in acked_at]
-    comp = [1000 * (clock.final_at[r] - sent_at[r]) for r in in_window if r in clock.final_at]
-    finished = sum(1 for r in sent_at if r in clock.final_at)
+    minutes = timeline.per_minute()
+    long_run = len(minutes) >= 2
     return BenchResult(
-        transfers_per_s=finals_in_window / seconds,
-        initiation_p50_ms=percentile(init, 0.50), initiation_p99_ms=percentile(init, 0.99),
-        completion_p50_ms=percentile(comp, 0.50), completion_p99_ms=percentile(comp, 0.99),
+        transfers_per_s=window_finished / seconds,
+        initiation_p50_ms=initiation.percentile(0.50), initiation_p99_ms=initiation.percentile(0.99),
+        completion_p50_ms=clock.completion.percentile(0.50),
+        completion_p99_ms=clock.completion.percentile(0.99),
         broker_raw_msgs_per_s=0.0, workers=0, partitions=settings.partitions, accounts=accounts,
-        duration_s=seconds, rejected=clock.rejected, sent=len(sent_at),
-        completed=finished - clock.rejected, unfinished=len(sent_at) - finished,
+        duration_s=seconds, rejected=clock.rejected, sent=i,
+        completed=clock.finished - finished_before - clock.rejected, unfinished=len(sent_at),
         mode=f"open-loop {rate:,.0f}/s" if rate else f"closed-loop, {inflight:,} in flight",
-        cpu_us_per_transfer=meter.per_transfer_us(finals_in_window) if meter else {},
-        initiation_ms=init, completion_ms=comp)
+        cpu_us_per_transfer=meter.per_transfer_us(window_finished),
+        minute_transfers_per_s=[round(m, 1) for m in minutes],
+        first_minute_transfers_per_s=round(minutes[0], 1) if long_run else None,
+        second_minute_transfers_per_s=round(minutes[1], 1) if long_run else None,
+        last_minute_transfers_per_s=round(minutes[-1], 1) if long_run else None,
+        # the first two minutes are warm-up for memory (caches and RocksDB memtables fill)
+        rss_growth_pct=timeline.memory_growth(120 if seconds >= 240 else 0),
+        initiation=initiation, completion=clock.completion, timeline=timeline)
 
 
 def run_bench(settings: Settings, *, workers: int, accounts: int, seconds: float, warmup: float,
               rate: float | None, inflight: int, zipf: float | None, raw_msgs_per_s: float,
-              log_dir: str | None = None, broker_pids: list[int] | None = None) -> BenchResult:
-    """One benchmark run on fresh topics with `workers` engine processes."""
+              views: int = 0, log_dir: str | None = None,
+              broker_pids: list[int] | None = None) -> BenchResult:
+    """One benchmark run on fresh topics with `workers` engine processes (and `views` views
+    workers folding the ledger meanwhile, their CPU measured too)."""
     settings = replace(settings, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}-")
     ensure_topics(settings)
-    pool = WorkerPool(settings, workers, log_dir)
+    pools = [WorkerPool(settings, workers, log_dir)]
+    if views:
+        pools.append(WorkerPool(settings, views, log_dir, command="views",
+                                web_ports=[free_port() for _ in range(views)]))
     clock = OutcomeClock(settings)
     try:
-        sender = RequestSender(settings)
-        open_accounts(settings, sender, clock, accounts, deposit=10_000_000)
+        if views and not wait_for_views([pools[1].url(str(i)) for i in range(views)],
+                                        settings.partitions):
+            raise TimeoutError("the views workers did not become ready in 120 s")
+        open_accounts(RequestSender(settings), clock, accounts, deposit=10_000_000)
         # the opening requests are not part of the measurement
         clock.rejected = 0
-        meter = CpuMeter({"engine": [p.pid for p in pool.procs.values()],
-                          "broker": broker_pids or [],
-                          "load generator": [os.getpid()]})
-        result = drive(settings, clock, accounts, seconds, warmup, rate, inflight, zipf, meter=meter)
+        pids = {"engine": [p.pid for p in pools[0].procs.values()], "broker": broker_pids or [],
+                "load generator": [os.getpid()]}
+        if views:
+            pids["views"] = [p.pid for p in pools[1].procs.values()]
+        result = drive(settings, clock, accounts, seconds, warmup, rate, inflight, zipf,
+                       pids_by_kind=pids)
     finally:
         clock.close()
-        pool.stop_all()
+        for pool in pools:
+            pool.stop_all()
     result.workers = workers
+    result.views = views
     result.broker_raw_msgs_per_s = raw_msgs_per_s
     return result

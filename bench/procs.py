@@ -1,0 +1,106 @@
+"""CPU time and resident memory of the benchmark's processes, by kind (engine, broker, load
+generator, views), from /proc: so the per-core comparison is honest, it is clear which part
+to optimise next, and a long run shows whether any process's memory keeps growing."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its reaped children so far (0 if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # fields[11..14] are utime, stime, cutime, cstime (stat fields 14-17)
+    return sum(int(v) for v in fields[11:15]) / _TICK
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:
+        return 0
+
+
+class CpuMeter:
+    """CPU seconds used by each kind of process between two snapshots."""
+
+    def __init__(self, pids_by_kind: dict[str, list[int]]) -> None:
+        self.pids_by_kind = pids_by_kind
+        self._start: dict[str, float] | None = None
+        self.used: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {kind: sum(cpu_seconds(p) for p in pids) for kind, pids in self.pids_by_kind.items()}
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> None:
+        end = self._now()
+        self.used = {kind: end[kind] - (self._start or {}).get(kind, 0.0) for kind in end}
+
+    def per_transfer_us(self, transfers: int) -> dict[str, float]:
+        return {kind: round(1e6 * used / transfers, 1) if transfers else float("nan")
+                for kind, used in self.used.items()}
+
+
+@dataclass
+class Timeline:
+    """One sample a second: transfers finished so far and each process's resident memory."""
+
+    t: list[float] = field(default_factory=list)             # seconds since the window opened
+    finished: list[int] = field(default_factory=list)
+    rss_mb: dict[str, list[float]] = field(default_factory=dict)  # "kind pid" -> MB per sample
+
+    def per_minute(self) -> list[float]:
+        """Transfers/s in each whole minute of the window."""
+        out, minute = [], 1
+        for i, t in enumerate(self.t):
+            if t >= 60 * minute:
+                start = next(j for j, u in enumerate(self.t) if u >= 60 * (minute - 1))
+                out.append((self.finished[i] - self.finished[start]) / (t - self.t[start]))
+                minute += 1
+        return out
+
+    def memory_growth(self, warmup_s: float) -> dict[str, float]:
+        """Each process's growth (%) from the end of the warm-up to its largest later sample."""
+        start = next((i for i, t in enumerate(self.t) if t >= warmup_s), None)
+        if start is None:
+            return {}
+        return {name: round(100 * (max(mb[start:]) / mb[start] - 1), 1)
+                for name, mb in self.rss_mb.items() if mb[start] > 0}
+
+
+class Sampler:
+    """Fills a Timeline from a thread until stopped; `finished` is read once a second."""
+
+    def __init__(self, pids_by_kind: dict[str, list[int]], finished, start: float) -> None:  # noqa: ANN001
+        self.timeline = Timeline()
+        self._names = {pid: f"{kind} {pid}" for kind, pids in pids_by_kind.items() for pid in pids}
+        self._finished, self._start = finished, start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        tl = self.timeline
+        while not self._stop.wait(max(0.0, self._start + len(tl.t) - time.perf_counter())):
+            tl.t.append(time.perf_counter() - self._start)
+            tl.finished.append(self._finished())
+            for pid, name in self._names.items():
+                tl.rss_mb.setdefault(name, []).append(rss_bytes(pid) / 2**20)
+
+    def stop(self) -> Timeline:
+        self._stop.set()
+        self._thread.join(5)
+        return self.timeline

@@ -61,6 +61,7 @@ class Timeline:
     t: list[float] = field(default_factory=list)             # seconds since the window opened
     finished: list[int] = field(default_factory=list)
     rss_mb: dict[str, list[float]] = field(default_factory=dict)  # "kind pid" -> MB per sample
+    cpu_s: dict[str, list[float]] = field(default_factory=dict)   # kind -> CPU seconds so far
 
     def per_minute(self) -> list[float]:
         """Transfers/s in each whole minute of the window."""
@@ -71,6 +72,21 @@ class Timeline:
                 out.append((self.finished[i] - self.finished[start]) / (t - self.t[start]))
                 minute += 1
         return out
+
+    def cores(self, kind: str, step: int) -> list[float]:
+        """CPU cores a kind of process used over each span of `step` samples."""
+        cpu = self.cpu_s[kind]
+        return [(cpu[i] - cpu[i - step]) / (self.t[i] - self.t[i - step])
+                for i in range(step, len(cpu), step)]
+
+    def last_minute_cpu_us(self) -> dict[str, float]:
+        """CPU us per transfer of each kind in the last whole minute (warm caches and JIT)."""
+        end = len(self.t) - 1
+        start = next((i for i in range(end, -1, -1) if self.t[end] - self.t[i] >= 60), None)
+        done = self.finished[end] - self.finished[start] if start is not None else 0
+        if not done:
+            return {}
+        return {kind: round(1e6 * (cpu[end] - cpu[start]) / done, 1) for kind, cpu in self.cpu_s.items()}
 
     def memory_growth(self, warmup_s: float) -> dict[str, float]:
         """Each process's growth (%) from the end of the warm-up to its largest later sample."""
@@ -87,6 +103,7 @@ class Sampler:
     def __init__(self, pids_by_kind: dict[str, list[int]], finished, start: float) -> None:  # noqa: ANN001
         self.timeline = Timeline()
         self._names = {pid: f"{kind} {pid}" for kind, pids in pids_by_kind.items() for pid in pids}
+        self._kinds = pids_by_kind
         self._finished, self._start = finished, start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -99,6 +116,8 @@ class Sampler:
             tl.finished.append(self._finished())
             for pid, name in self._names.items():
                 tl.rss_mb.setdefault(name, []).append(rss_bytes(pid) / 2**20)
+            for kind, pids in self._kinds.items():
+                tl.cpu_s.setdefault(kind, []).append(sum(cpu_seconds(p) for p in pids))
 
     def stop(self) -> Timeline:
         self._stop.set()

@@ -8,10 +8,10 @@ store) and `replay verify` over it.
 from __future__ import annotations
 
 import random
-import sys
 import tempfile
 import time
 
+from streams.progress import progress_bar
 from streams import kafka, topics
 from streams.config import Settings
 from streams.model import (CREDITED, DEBITED, DEPOSITED, OPENED, Position, dumps, ledger_event)
@@ -31,6 +31,7 @@ def write_synthetic_ledger(settings: Settings, events: int, accounts: int, seed:
     src = Position(settings.topic(topics.REQUESTS), 0, 0)
     written = 0
     ts = int(time.time() * 1000)
+    bar = progress_bar("synthetic ledger", total=events)
 
     def emit(name: str, rid: str, kind: str, amount: int, other: str | None) -> None:
         nonlocal written
@@ -43,9 +44,8 @@ def write_synthetic_ledger(settings: Settings, events: int, accounts: int, seed:
             except BufferError:
                 producer.poll(0.01)
         written += 1
-        if written % 100_000 == 0:
-            sys.stderr.write(f"\rsynthetic ledger: {written:,} events")
-            sys.stderr.flush()
+        if written % 10_000 == 0:
+            bar.update(10_000)
 
     for name in names:
         emit(name, f"open-{name}", OPENED, 0, None)
@@ -61,7 +61,8 @@ def write_synthetic_ledger(settings: Settings, events: int, accounts: int, seed:
         emit(b, f"t-{i}", CREDITED, amount, a)
         i += 1
     producer.flush(300)
-    sys.stderr.write("\n")
+    bar.update(written - bar.n)
+    bar.close()
     return written
 
 

@@ -29,8 +29,8 @@ def table(results: list[BenchResult], cores: int) -> str:
 
 
 def plot(results: list[BenchResult], out_dir: str) -> list[str]:
-    """latency.png (distributions of the last run), timeline.png (its throughput and each
-    process's memory over time) and, for several runs, scaling.png."""
+    """latency.png (distributions of the last run), timeline.png (its throughput, the CPU of
+    each kind of process and each process's memory over time) and, for several runs, scaling.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,7 +60,7 @@ def plot(results: list[BenchResult], out_dir: str) -> list[str]:
     plt.close(fig)
     tl = last.timeline
     if len(tl.t) > 10:
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+        fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(10, 10), sharex=True)
         step = 10   # throughput over 10-second spans
         xs = [tl.t[i] for i in range(step, len(tl.t), step)]
         ys = [(tl.finished[i] - tl.finished[i - step]) / (tl.t[i] - tl.t[i - step])
@@ -74,6 +74,11 @@ def plot(results: list[BenchResult], out_dir: str) -> list[str]:
         top.legend(loc="lower right")
         top.grid(alpha=0.3)
         top.set_title(f"throughput and memory over time ({last.workers} workers, {last.mode})")
+        kinds = sorted(tl.cpu_s)
+        middle.stackplot(xs, *[tl.cores(kind, step) for kind in kinds], labels=kinds, alpha=0.8)
+        middle.set_ylabel("CPU cores used")
+        middle.legend(loc="lower right", fontsize="small")
+        middle.grid(alpha=0.3)
         for name, mb in sorted(tl.rss_mb.items()):
             bottom.plot(tl.t[:len(mb)], mb, label=name)
         bottom.set_ylim(bottom=0)

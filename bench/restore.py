@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from replay.progress import Progress
+from streams.progress import progress_bar
 from streams import kafka, topics
 from streams.config import Settings
 from streams.engine.changelog import BatchRecord, account_key
@@ -53,7 +53,7 @@ def restore_speed(settings: Settings, accounts: int, ids: int) -> dict[str, Any]
     task = PartitionTask(0, PartitionStore(os.path.join(tempfile.mkdtemp(prefix="bank-bench-restore-"), "p0")),
                          next_request=batches * IDS_PER_BATCH)
     restorer = kafka.consumer(settings, settings.topic("bench-restore"), **{"enable.partition.eof": True})
-    progress = Progress("restore: changelog records", "records")
+    progress = progress_bar("restore: changelog records", "records")
     restore = ChangelogRestore(restorer, topic, progress=progress.update)
     started, steps, longest = time.monotonic(), 0, 0.0
     restore.add([task])
@@ -63,7 +63,7 @@ def restore_speed(settings: Settings, accounts: int, ids: int) -> dict[str, Any]
         steps += 1
         longest = max(longest, time.monotonic() - t0)
     elapsed = time.monotonic() - started
-    progress.done()
+    progress.close()
     restorer.close()
     task.store.close()
     records = accounts + batches

@@ -27,7 +27,7 @@ import orjson
 from confluent_kafka import Message
 
 from replay.ledger import LedgerFold
-from replay.progress import Progress
+from streams.progress import progress_bar
 from streams import kafka, topics
 from streams.engine.changelog import BATCH_PREFIX, BatchRecord
 from streams.client import read_topic
@@ -123,7 +123,7 @@ def simulate(settings: Settings, rules: Rules, show_progress: bool = True) -> Ge
         if isinstance(rid, str):
             request_positions[rid].append((p, off))
     slots_done: set[tuple[str, str, int | None]] = set()
-    progress = Progress("recompute: inputs", "inputs", enabled=show_progress)
+    progress = progress_bar("recompute: inputs", "inputs", enabled=show_progress)
     cursors = {p: 0 for p in order}
 
     def slot_ready(message: dict[str, Any]) -> bool:
@@ -187,7 +187,7 @@ def simulate(settings: Settings, rules: Rules, show_progress: bool = True) -> Ge
         gen.messages[_slot(message)].popleft()
         _decide_credit(gen, message, partition_for(key, settings.partitions), ts,
                        Position(settings.topic(topics.CREDITS), -1, -1))
-    progress.done()
+    progress.close()
     return gen
 
 

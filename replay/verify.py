@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from replay.ledger import LedgerFold
-from replay.progress import Progress
+from streams.progress import progress_bar
 from streams import topics
 from streams.client import read_topic
 from streams.decisions import parse_json
@@ -237,7 +237,7 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
     report = VerifyReport()
     fold = LedgerFold()
     checks = LedgerChecks()
-    progress = Progress("verify: ledger.events", enabled=show_progress)
+    progress = progress_bar("verify: ledger.events", enabled=show_progress)
     gc.disable()  # the fold keeps many objects alive; generational GC would rescan them all
     try:
         for msg in read_topic(settings, settings.topic(topics.LEDGER)):
@@ -247,7 +247,7 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
                 checks.add(ev)
     finally:
         gc.enable()
-    progress.done()
+    progress.close()
     checks.finish(fold, report)
     values = []
     for msg in read_topic(settings, settings.topic(topics.OUTCOMES)):

@@ -12,13 +12,14 @@ import asyncio
 import gc
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from rocksdict import Rdict, WriteBatch
 
-from replay.progress import Progress
+from streams.progress import progress_bar
 from streams import topics
 from streams.client import read_topic
 from streams.config import Settings
@@ -51,9 +52,10 @@ class RebuiltViews:
 
 def rebuild(settings: Settings, store_dir: str, show_progress: bool = True) -> RebuiltViews:
     """Fold the ledger and the outcomes from the beginning into a fresh store."""
+    started = time.monotonic()
     views = RebuiltViews(Rdict(store_dir))
     requests_topic = settings.topic(topics.REQUESTS)
-    progress = Progress("rebuild views: ledger.events", enabled=show_progress)
+    progress = progress_bar("rebuild views: ledger.events", enabled=show_progress)
     batch = WriteBatch()
     gc.disable()  # many live objects: generational GC would rescan them all (measured: ~2x slower)
     try:
@@ -84,8 +86,8 @@ def rebuild(settings: Settings, store_dir: str, show_progress: bool = True) -> R
     for account, view in views.accounts.items():
         batch.put(b"a:" + account.encode(), view.to_bytes())
     views.store.write(batch)
-    progress.done()
-    outcomes = Progress("rebuild views: transfers.outcomes", "records", enabled=show_progress)
+    progress.close()
+    outcomes = progress_bar("rebuild views: transfers.outcomes", "records", enabled=show_progress)
     for msg in read_topic(settings, settings.topic(topics.OUTCOMES)):
         outcomes.update()
         try:
@@ -96,8 +98,8 @@ def rebuild(settings: Settings, store_dir: str, show_progress: bool = True) -> R
         new = merge_status(views.status.get(rid), out)
         if new is not None:
             views.status[rid] = new
-    outcomes.done()
-    views.seconds = progress.seconds + outcomes.seconds
+    outcomes.close()
+    views.seconds = time.monotonic() - started
     return views
 
 
@@ -107,7 +109,7 @@ async def compare(views: RebuiltViews, url: str, partitions: int, concurrency: i
     import aiohttp
 
     diffs: list[str] = []
-    progress = Progress("compare with live views", "queries", enabled=show_progress)
+    progress = progress_bar("compare with live views", "queries", enabled=show_progress)
     gate = asyncio.Semaphore(concurrency)
 
     async def get(session: aiohttp.ClientSession, path: str) -> tuple[int, Any]:
@@ -169,7 +171,7 @@ async def compare(views: RebuiltViews, url: str, partitions: int, concurrency: i
             await asyncio.sleep(0.2)
         if status != 200 or live != want:
             diffs.append(f"stats: rebuilt {want} != live ({status}) {live}")
-    progress.done()
+    progress.close()
     return diffs
 
 

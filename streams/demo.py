@@ -8,14 +8,19 @@ import time
 from streams.client import OutcomeWatcher, RequestSender
 from streams.config import Settings
 from streams.model import DECIDED_STATUSES
+from streams.progress import progress_bar
 
 
-def _progress(label: str):
+def _progress(label: str):  # noqa: ANN202 - OutcomeWatcher.wait's callback
+    bar = None
+
     def show(done: int, total: int) -> None:
-        sys.stdout.write(f"\r  {label}: {done}/{total}")
-        sys.stdout.flush()
+        nonlocal bar
+        if bar is None:
+            bar = progress_bar(f"  {label}", "requests", total=total, file=sys.stdout)
+        bar.update(done - bar.n)
         if done == total:
-            sys.stdout.write("\n")
+            bar.close()
     return show
 
 

@@ -66,7 +66,9 @@ class EngineWorker:
         self._stopping = False
         self.consumer = kafka.consumer(
             settings, settings.topic(topics.ENGINE_GROUP),
-            **{"partition.assignment.strategy": "range", "fetch.wait.max.ms": 10,
+            **{"partition.assignment.strategy": "range",
+               "fetch.wait.max.ms": settings.engine_fetch_wait_ms,
+               "fetch.min.bytes": settings.engine_fetch_min_bytes,
                "client.id": f"engine-{worker_id}",
                "isolation.level": "read_uncommitted" if settings.unsafe_read_uncommitted
                else "read_committed"})

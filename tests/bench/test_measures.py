@@ -1,0 +1,49 @@
+"""The benchmark's own measures: percentiles from the histogram, per-minute throughput and
+memory growth from the timeline (pure; the benchmark itself is run by `make bench`)."""
+from __future__ import annotations
+
+import math
+import random
+
+from bench.histogram import LatencyHistogram
+from bench.procs import Timeline
+
+
+def test_histogram_percentiles_are_within_one_percent_of_the_exact_ones():
+    rng = random.Random(3)
+    samples = [rng.lognormvariate(2, 1.2) for _ in range(50_000)] + [0.001, 3_600_000.0]
+    hist = LatencyHistogram()
+    for ms in samples:
+        hist.add(ms)
+    ordered = sorted(samples)
+    assert hist.count == len(samples)
+    for q in (0.5, 0.9, 0.99, 0.999):
+        exact = ordered[math.ceil(q * len(ordered)) - 1]
+        assert exact <= hist.percentile(q) <= exact * 1.0101, q
+    assert LatencyHistogram().percentile(0.5) != LatencyHistogram().percentile(0.5)  # nan
+
+
+def test_timeline_per_minute_throughput_and_memory_growth():
+    tl = Timeline()
+    rates = [100] * 60 + [200] * 60 + [150] * 60     # transfers/s in three minutes
+    done = 0
+    for t, rate in enumerate(rates + [150]):
+        tl.t.append(float(t))
+        tl.finished.append(done)
+        done += rate
+        tl.rss_mb.setdefault("engine 1", []).append(100.0 if t < 150 else 104.0)
+        tl.rss_mb.setdefault("engine 2", []).append(50.0 + t)   # keeps growing
+    assert tl.per_minute() == [100.0, 200.0, 150.0]
+    growth = tl.memory_growth(warmup_s=120)
+    assert growth["engine 1"] == 4.0
+    assert growth["engine 2"] == round(100 * (230 / 170 - 1), 1)
+
+
+def test_timeline_cpu_per_transfer_in_the_last_minute():
+    tl = Timeline()
+    for t in range(121):
+        tl.t.append(float(t))
+        tl.finished.append(1000 * t)                       # 1,000 transfers/s
+        tl.cpu_s.setdefault("engine", []).append(0.5 * t if t < 60 else 30 + 0.2 * (t - 60))
+    assert tl.last_minute_cpu_us() == {"engine": 200.0}    # 0.2 core / 1,000 per s
+    assert tl.cores("engine", 60) == [0.5, 0.2]

@@ -74,7 +74,7 @@ def plot(results: list[BenchResult], out_dir: str) -> list[str]:
         top.legend(loc="lower right")
         top.grid(alpha=0.3)
         top.set_title(f"throughput and memory over time ({last.workers} workers, {last.mode})")
-        kinds = sorted(tl.cpu_s)
+        kinds = sorted(k for k in tl.cpu_s if k != "broker JIT")   # a part of "broker"
         middle.stackplot(xs, *[tl.cores(kind, step) for kind in kinds], labels=kinds, alpha=0.8)
         middle.set_ylabel("CPU cores used")
         middle.legend(loc="lower right", fontsize="small")

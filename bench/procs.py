@@ -140,16 +140,21 @@ class Sampler:
         self._thread.start()
 
     def _run(self) -> None:
+        while not self._stop.wait(max(0.0, self._start + len(self.timeline.t) - time.perf_counter())):
+            self._sample()
+
+    def _sample(self) -> None:
         tl = self.timeline
-        while not self._stop.wait(max(0.0, self._start + len(tl.t) - time.perf_counter())):
-            tl.t.append(time.perf_counter() - self._start)
-            tl.finished.append(self._finished())
-            for pid, name in self._names.items():
-                tl.rss_mb.setdefault(name, []).append(rss_bytes(pid) / 2**20)
-            for kind, used in cpu_by_kind(self._kinds).items():
-                tl.cpu_s.setdefault(kind, []).append(used)
+        tl.t.append(time.perf_counter() - self._start)
+        tl.finished.append(self._finished())
+        for pid, name in self._names.items():
+            tl.rss_mb.setdefault(name, []).append(rss_bytes(pid) / 2**20)
+        for kind, used in cpu_by_kind(self._kinds).items():
+            tl.cpu_s.setdefault(kind, []).append(used)
 
     def stop(self) -> Timeline:
+        """Stop sampling, with a last sample at the end of the window."""
         self._stop.set()
         self._thread.join(5)
+        self._sample()
         return self.timeline

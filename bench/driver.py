@@ -53,6 +53,7 @@ class BenchResult:
     second_minute_transfers_per_s: float | None = None
     last_minute_transfers_per_s: float | None = None
     last_minute_cpu_us_per_transfer: dict[str, float] = field(default_factory=dict)
+    minute_cpu_us_per_transfer: dict[str, list[float]] = field(default_factory=dict)
     rss_growth_pct: dict[str, float] = field(default_factory=dict)   # per process, after warm-up
     initiation: LatencyHistogram = field(default_factory=LatencyHistogram, repr=False)
     completion: LatencyHistogram = field(default_factory=LatencyHistogram, repr=False)
@@ -241,6 +242,7 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
         second_minute_transfers_per_s=round(minutes[1], 1) if long_run else None,
         last_minute_transfers_per_s=round(minutes[-1], 1) if long_run else None,
         last_minute_cpu_us_per_transfer=timeline.last_minute_cpu_us() if minutes else {},
+        minute_cpu_us_per_transfer=timeline.minute_cpu_us(),
         # the first two minutes are warm-up for memory (caches and RocksDB memtables fill)
         rss_growth_pct=timeline.memory_growth(120 if seconds >= 240 else 0),
         initiation=initiation, completion=clock.completion, timeline=timeline)

@@ -109,6 +109,16 @@ class Timeline:
         return [(cpu[i] - cpu[i - step]) / (self.t[i] - self.t[i - step])
                 for i in range(step, len(cpu), step)]
 
+    def minute_cpu_us(self) -> dict[str, list[float]]:
+        """CPU us per transfer of each kind in each whole minute (where a slowdown comes from)."""
+        starts = [next(i for i, t in enumerate(self.t) if t >= 60 * m)
+                  for m in range(len(self.per_minute()) + 1)]
+        out: dict[str, list[float]] = {}
+        for kind, cpu in self.cpu_s.items():
+            out[kind] = [round(1e6 * (cpu[b] - cpu[a]) / max(1, self.finished[b] - self.finished[a]), 1)
+                         for a, b in zip(starts, starts[1:])]
+        return out
+
     def last_minute_cpu_us(self) -> dict[str, float]:
         """CPU us per transfer of each kind in the last whole minute (warm caches and JIT)."""
         end = len(self.t) - 1

@@ -47,3 +47,4 @@ def test_timeline_cpu_per_transfer_in_the_last_minute():
         tl.cpu_s.setdefault("engine", []).append(0.5 * t if t < 60 else 30 + 0.2 * (t - 60))
     assert tl.last_minute_cpu_us() == {"engine": 200.0}    # 0.2 core / 1,000 per s
     assert tl.cores("engine", 60) == [0.5, 0.2]
+    assert tl.minute_cpu_us() == {"engine": [500.0, 200.0]}

@@ -93,15 +93,21 @@ class Timeline:
     rss_mb: dict[str, list[float]] = field(default_factory=dict)  # "kind pid" -> MB per sample
     cpu_s: dict[str, list[float]] = field(default_factory=dict)   # kind -> CPU seconds so far
 
+    def _minute_bounds(self) -> list[int]:
+        """Indexes of the samples that start each minute and end the last whole one (the
+        last sample ends the window, a moment short of a whole minute of the sampler's clock)."""
+        bounds, minute = [0] if self.t else [], 1
+        for i, t in enumerate(self.t):
+            if t >= 60 * minute - 0.5:
+                bounds.append(i)
+                minute += 1
+        return bounds
+
     def per_minute(self) -> list[float]:
         """Transfers/s in each whole minute of the window."""
-        out, minute = [], 1
-        for i, t in enumerate(self.t):
-            if t >= 60 * minute:
-                start = next(j for j, u in enumerate(self.t) if u >= 60 * (minute - 1))
-                out.append((self.finished[i] - self.finished[start]) / (t - self.t[start]))
-                minute += 1
-        return out
+        b = self._minute_bounds()
+        return [(self.finished[j] - self.finished[i]) / (self.t[j] - self.t[i])
+                for i, j in zip(b, b[1:])]
 
     def cores(self, kind: str, step: int) -> list[float]:
         """CPU cores a kind of process used over each span of `step` samples."""
@@ -111,13 +117,10 @@ class Timeline:
 
     def minute_cpu_us(self) -> dict[str, list[float]]:
         """CPU us per transfer of each kind in each whole minute (where a slowdown comes from)."""
-        starts = [next(i for i, t in enumerate(self.t) if t >= 60 * m)
-                  for m in range(len(self.per_minute()) + 1)]
-        out: dict[str, list[float]] = {}
-        for kind, cpu in self.cpu_s.items():
-            out[kind] = [round(1e6 * (cpu[b] - cpu[a]) / max(1, self.finished[b] - self.finished[a]), 1)
-                         for a, b in zip(starts, starts[1:])]
-        return out
+        b = self._minute_bounds()
+        return {kind: [round(1e6 * (cpu[j] - cpu[i]) / max(1, self.finished[j] - self.finished[i]), 1)
+                       for i, j in zip(b, b[1:])]
+                for kind, cpu in self.cpu_s.items()}
 
     def last_minute_cpu_us(self) -> dict[str, float]:
         """CPU us per transfer of each kind in the last whole minute (warm caches and JIT)."""

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from typing import Iterator
 
 import orjson
-from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
+from rocksdict import Options, Rdict, WriteBatch
 
 from streams.engine.changelog import (ACCOUNT_PREFIX, BATCH_PREFIX, HOLD_PREFIX, BatchRecord,
                                       account_key, hold_key)
@@ -36,24 +36,13 @@ def _max_position(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
     return (max(a[0], b[0]), max(a[1], b[1]))
 
 
-def _options() -> Options:
-    """Bloom filters: nearly every lookup of an applied id is for one that is not there (a new
-    request), and the ids grow with history; a filter answers most of them without reading
-    a block."""
-    opts = Options(raw_mode=True)
-    table = BlockBasedOptions()
-    table.set_bloom_filter(10, False)
-    opts.set_block_based_table_factory(table)
-    return opts
-
-
 class PartitionStore:
     """State of one engine partition."""
 
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.path = path
-        self._db = Rdict(path, _options())
+        self._db = Rdict(path, Options(raw_mode=True))
         self._cache: OrderedDict[str, Account] = OrderedDict()  # committed accounts, decoded
         self._dirty: dict[str, Account] = {}       # accounts changed by the open batch
         self._dirty_marks: set[str] = set()        # ids applied by the open batch

@@ -48,3 +48,8 @@ def test_timeline_cpu_per_transfer_in_the_last_minute():
     assert tl.last_minute_cpu_us() == {"engine": 200.0}    # 0.2 core / 1,000 per s
     assert tl.cores("engine", 60) == [0.5, 0.2]
     assert tl.minute_cpu_us() == {"engine": [500.0, 200.0]}
+
+
+def test_the_last_sample_a_moment_short_of_the_minute_still_ends_it():
+    tl = Timeline(t=[0.0, 30.0, 59.8], finished=[0, 3000, 5980])
+    assert tl.per_minute() == [100.0]

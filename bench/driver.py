@@ -25,6 +25,7 @@ from streams import kafka, topics
 from streams.broker import free_port
 from streams.client import RequestSender
 from streams.config import Settings
+from streams.model import request_key
 from streams.supervisor import WorkerPool, wait_for_views
 from streams.topics import ensure_topics
 
@@ -138,7 +139,7 @@ def open_accounts(sender: RequestSender, clock: OutcomeClock, accounts: int, dep
     for kind, fields in (("open_account", {}), ("deposit", {"amount": deposit})):
         for i in range(accounts):
             rid = f"{kind[0]}{i}"
-            clock.sent_at[rid.encode()] = time.perf_counter()
+            clock.sent_at[request_key(f"a{i}", rid).encode()] = time.perf_counter()
             sender.send({"type": kind, "request_id": rid, "account": f"a{i}", **fields})
         sender.flush()
     deadline = time.monotonic() + 600
@@ -198,13 +199,14 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
             producer.poll(0.0005)
             continue
         src, dst = pick()
-        rid = b"x%d" % i
+        rid, sender_name = b"x%d" % i, b"a%d" % src
         value = orjson.dumps({"type": "transfer", "request_id": rid.decode(), "from": f"a{src}",
                               "to": f"a{dst}", "amount": rng.randint(1, 1000)})
-        sent_at[rid] = time.perf_counter()
+        # the outcome's record key: model.request_key(sender, request_id)
+        sent_at[b"%d:%s/%s" % (len(sender_name), sender_name, rid)] = time.perf_counter()
         while True:
             try:
-                producer.produce(topic, value, b"a%d" % src, on_delivery=on_ack)
+                producer.produce(topic, value, sender_name, on_delivery=on_ack)
                 break
             except BufferError:
                 producer.poll(0.001)

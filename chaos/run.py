@@ -94,15 +94,14 @@ class Load(threading.Thread):
             src, dst = self.rng.sample(self.names, 2)
             req = {"type": "transfer", "request_id": f"c-{i}", "from": src, "to": dst,
                    "amount": self.rng.randint(1, 3_000)}
-            self.sender.send(req)
+            key = self.sender.send(req)
             if i % 30 == 0:
                 self.sender.send(req)
                 self.duplicates += 1
-            self.ids.append(req["request_id"])
+            self.ids.append(key)
             if i % 10 == 0:
                 for hold_req in self.holds.step():
-                    self.sender.send(hold_req)
-                    self.ids.append(hold_req["request_id"])
+                    self.ids.append(self.sender.send(hold_req))
             i += 1
             ahead = start + i / self.rate - time.monotonic()
             if ahead > 0:
@@ -128,8 +127,7 @@ def run_chaos(settings: Settings, seconds: float, every: float, rate: float, acc
             for req in ({"type": "open_account", "request_id": f"open-{name}", "account": name},
                         {"type": "deposit", "request_id": f"dep-{name}", "account": name,
                          "amount": 100_000}):
-                setup.send(req)
-                ids.append(req["request_id"])
+                ids.append(setup.send(req))
         setup.flush()
         if not watcher.wait(ids, 120):
             raise RuntimeError("accounts were not opened")

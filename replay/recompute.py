@@ -32,9 +32,12 @@ from streams import kafka, topics
 from streams.engine.changelog import BATCH_PREFIX, BatchRecord
 from streams.client import read_topic
 from streams.config import Settings
-from streams.decisions import (Decision, Rules, Undecodable, credit_marker, decide_credit,
-                               decide_request, incoming_marker, parse_request)
-from streams.model import DUPLICATE, LINK_ACK, REFUND, STATUS_RANK, Account, Hold, Position
+from streams.decisions import (EXPIRE, BadMessage, Decision, FirstDecision, Rules, Undecodable,
+                               credit_marker, decide_credit, decide_request, deciding_account,
+                               incoming_marker, message_scope, parse_message, parse_request,
+                               request_marker)
+from streams.model import (LINK_ACK, REFUND, Account, Hold, Position, outcome_key, request_key,
+                           status_moves)
 from streams.partitioning import partition_for
 from streams.topics import ensure_topics
 
@@ -42,9 +45,10 @@ Input = tuple[str, int]  # ("c" | "r", offset) on a partition
 
 
 def _slot(message: dict[str, Any]) -> tuple[str, str, int | None]:
-    """Which credit slot a message fills: its request, its account and, for a linked
-    transfer's messages, the member (several answers reach the same sender)."""
-    return message["request_id"], message["account"], message.get("index")
+    """Which credit slot a message fills: its request (by request key), its account and,
+    for a linked transfer's messages, the member (several answers reach the same sender)."""
+    return (request_key(message_scope(message), message["request_id"]), message["account"],
+            message.get("index"))
 
 
 def generation_settings(settings: Settings, generation: str) -> Settings:
@@ -62,6 +66,8 @@ def applied_batches(settings: Settings) -> dict[int, list[Input]]:
         if msg.key() is None or not msg.key().startswith(BATCH_PREFIX):
             continue
         batch = BatchRecord.decode(msg.value())
+        if batch.part is not None:
+            continue   # more of a batch's ids; its own record gives the ranges
         (c0, c1), (r0, r1) = batch.credits, batch.requests
         order[msg.partition()] += [("c", o) for o in range(c0, c1)] + [("r", o) for o in range(r0, r1)]
     return order
@@ -76,10 +82,11 @@ class Generation:
     """The new generation's decisions, made by the simulation."""
 
     accounts: dict[str, Account] = field(default_factory=dict)
-    holds: dict[tuple[int, str], Hold] = field(default_factory=dict)  # (partition, hold_id)
-    applied: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
+    holds: dict[tuple[int, str], Hold] = field(default_factory=dict)  # (partition, hold key)
+    applied: dict[int, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+    supply: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     events: list[tuple[str, bytes]] = field(default_factory=list)       # (account, raw event)
-    outcomes: list[tuple[str, bytes]] = field(default_factory=list)     # (request_id, raw outcome)
+    outcomes: list[tuple[str, bytes]] = field(default_factory=list)     # (request key, raw outcome)
     # credit messages the new logic sent, by _slot: [key, message, ts, claimed]
     messages: dict[tuple[str, str], deque] = field(default_factory=lambda: defaultdict(deque))
     sent: list[list] = field(default_factory=list)    # the same, in creation order
@@ -88,13 +95,14 @@ class Generation:
         if decision.state is not None:
             self.accounts[decision.account] = decision.state
         if decision.marker is not None:
-            self.applied[partition].add(decision.marker)
+            self.applied[partition][decision.marker] = decision.marker_value
         if decision.hold is not None:
             self.holds[(partition, decision.hold[0])] = decision.hold[1]
+        self.supply[partition] += decision.supply
         if decision.event is not None:
             self.events.append((decision.account, orjson.dumps(decision.event)))
         for out in decision.outcomes:
-            self.outcomes.append((out["request_id"], orjson.dumps(out)))
+            self.outcomes.append((outcome_key(out), orjson.dumps(out)))
         for key, message in decision.messages:
             item = [key, message, ts, False]
             self.messages[_slot(message)].append(item)
@@ -114,14 +122,15 @@ def simulate(settings: Settings, rules: Rules, show_progress: bool = True) -> Ge
         order[p] += [("r", off) for (q, off) in sorted(requests) if q == p and ("r", off) not in seen]
     gen = Generation()
     decided: set[tuple[int, int]] = set()
-    request_positions: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    request_positions: dict[str, list[tuple[int, int]]] = defaultdict(list)   # by request key
     for (p, off), msg in requests.items():
         try:
-            rid = orjson.loads(msg.value()).get("request_id")
+            body = orjson.loads(msg.value())
+            rid, scope = body.get("request_id"), deciding_account(body)
         except (orjson.JSONDecodeError, TypeError, AttributeError):
             continue
-        if isinstance(rid, str):
-            request_positions[rid].append((p, off))
+        if isinstance(rid, str) and isinstance(scope, str):
+            request_positions[request_key(scope, rid)].append((p, off))
     slots_done: set[tuple[str, str, int | None]] = set()
     progress = progress_bar("recompute: inputs", "inputs", enabled=show_progress)
     cursors = {p: 0 for p in order}
@@ -147,7 +156,13 @@ def simulate(settings: Settings, rules: Rules, show_progress: bool = True) -> Ge
         old = credits.get((p, off))
         if old is None:
             return True
-        message = orjson.loads(old.value())
+        try:
+            message = parse_message(old.key(), old.value())
+        except BadMessage:
+            return True   # dead-lettered live too
+        if message["kind"] == EXPIRE:   # the engine's own clock wrote it: an input as it is
+            _decide_credit(gen, message, p, old.timestamp()[1], Position(old.topic(), p, off))
+            return True
         if not force and not slot_ready(message):
             return False
         slots_done.add(_slot(message))
@@ -198,37 +213,46 @@ def _decide_request(gen: Generation, msg: Message, partition: int, rules: Rules)
     except Undecodable:
         return  # dead-lettered live too
     acct = gen.accounts.get(req.account) if req.account is not None else None
-    applied = "r:" + req.request_id in gen.applied[partition]
+    first = None
+    if req.account is not None:
+        stored = gen.applied[partition].get(request_marker(req.account, req.request_id))
+        first = FirstDecision.decode(stored) if stored is not None else None
     hold_id = req.body.get("hold_id")
-    hold = gen.holds.get((partition, hold_id)) if isinstance(hold_id, str) else None
+    hold = gen.holds.get((partition, request_key(req.account, hold_id))) \
+        if isinstance(hold_id, str) and req.account is not None else None
     pos = Position(msg.topic(), partition, msg.offset())
-    gen.emit(decide_request(req, acct, applied, ts, pos, rules, hold), partition, ts)
+    gen.emit(decide_request(req, acct, first, ts, pos, rules, hold, gen.supply[partition]),
+             partition, ts)
 
 
 def _decide_credit(gen: Generation, message: dict[str, Any], partition: int, ts: int,
                    pos: Position) -> None:
     applied = credit_marker(message) in gen.applied[partition]
     hold_id = message.get("hold_id")
-    recorded = isinstance(hold_id, str) and incoming_marker(hold_id) in gen.applied[partition]
-    linked = gen.holds.get((partition, message["request_id"])) if message["kind"] == LINK_ACK else None
-    gen.emit(decide_credit(message, gen.accounts.get(message["account"]), applied, ts, pos,
-                           recorded, linked), partition, ts)
+    recorded = isinstance(hold_id, str) and \
+        incoming_marker(message_scope(message), hold_id) in gen.applied[partition]
+    linked = gen.holds.get((partition, request_key(message["account"], message["request_id"]))) \
+        if message["kind"] in (LINK_ACK, EXPIRE) else None
+    try:
+        decision = decide_credit(message, gen.accounts.get(message["account"]), applied, ts, pos,
+                                 recorded, linked)
+    except BadMessage:
+        return   # a record the engine could not have written: dead-lettered live too
+    gen.emit(decision, partition, ts)
 
 
 def final_outcomes(raw_outcomes: list[bytes]) -> dict[str, tuple[str, str | None]]:
-    """request_id -> (status, reason): the furthest along; a duplicate's rejection never overrides."""
+    """request key -> (status, reason): the furthest along (model.status_moves)."""
     result: dict[str, tuple[str, str | None]] = {}
     for raw in raw_outcomes:
         try:
             out = orjson.loads(raw)
-            rid, status = out["request_id"], out["status"]
-            rank = STATUS_RANK[status]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            key = outcome_key(out)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             continue
-        old = result.get(rid)
-        if old is not None and (out.get("reason") == DUPLICATE or rank <= STATUS_RANK[old[0]]):
-            continue
-        result[rid] = (status, out.get("reason"))
+        old = result.get(key)
+        if status_moves(old[0] if old else None, out):
+            result[key] = (out["status"], out.get("reason"))
     return result
 
 
@@ -304,7 +328,7 @@ def write_generation(settings: Settings, generation: str, gen: Generation) -> Se
 
 
 def main(settings: Settings, generation: str) -> int:
-    rules = Rules.from_settings(settings)
+    rules = Rules.from_settings(settings, settings.partitions)
     print(f"recompute: rules {rules}; new generation {generation!r}", flush=True)
     gen = simulate(settings, rules)
     target = write_generation(settings, generation, gen)

@@ -26,11 +26,11 @@ from replay.ledger import LedgerFold
 from streams.progress import progress_bar
 from streams import topics
 from streams.client import read_topic
-from streams.decisions import parse_json
+from streams.decisions import deciding_account, parse_json
 from streams.config import Settings
-from streams.model import (COMPLETED, CREDITED, DEBITED, DEPOSITED, DUPLICATE, EXPIRED, HELD,
-                           HOLD_RELEASED, HOLD_SETTLING, OPENED, POSTED, REFUNDED, REJECTED_STATUS,
-                           STATUS_RANK, WITHDRAWN)
+from streams.model import (COMPLETED, CREDITED, DEBITED, DEPOSITED, EXPIRED, HELD, HOLD_RELEASED,
+                           HOLD_SETTLING, OPENED, POSTED, REFUNDED, REJECTED_STATUS, WITHDRAWN,
+                           event_request_key, is_final, outcome_key, request_key, status_moves)
 
 _DECIDING = {OPENED, DEPOSITED, WITHDRAWN, DEBITED, HELD, POSTED, HOLD_RELEASED, EXPIRED}
 
@@ -46,7 +46,6 @@ class VerifyReport:
     in_flight: int = 0
     in_flight_transfers: int = 0
     requests: int = 0
-    expiry_requests: int = 0          # of `requests`, the engine's own (type expire)
     requests_with_outcome: int = 0
     requests_final: int = 0
     completed: int = 0
@@ -104,7 +103,7 @@ class LedgerChecks:
     def add(self, ev: dict) -> None:
         kind = ev["kind"]
         if kind in _DECIDING:
-            rid = ev["request_id"]
+            rid = event_request_key(ev)
             self.deciding[(rid, kind)] += 1   # a linked transfer is held, then posted
             if kind == DEPOSITED:
                 self.deposits += ev["amount"]
@@ -115,15 +114,15 @@ class LedgerChecks:
             if kind == HELD or kind in HOLD_SETTLING:
                 self._hold_step(ev)
         elif kind == CREDITED:
-            self.returned[ev["request_id"]] += ev["amount"]
+            self.returned[event_request_key(ev)] += ev["amount"]
         elif kind == REFUNDED:
-            self.returned[ev["request_id"]] += ev["amount"]
-            self.refunds[ev["request_id"]] += 1
+            self.returned[event_request_key(ev)] += ev["amount"]
+            self.refunds[event_request_key(ev)] += 1
 
     def _hold_step(self, ev: dict) -> None:
         """A sender's hold event: the hold's life, and the account's held amount."""
         kind, name, amount = ev["kind"], ev["account"], ev["amount"]
-        hold_id = ev.get("hold_id")
+        hold_id = request_key(name, ev["hold_id"])
         if kind == HELD:
             self.reserved[hold_id] = amount
             self.held[name] += amount
@@ -208,7 +207,7 @@ def check_requests(request_ids: list[str], outcomes: dict[str, str], report: Ver
             report.violations.append(f"request {rid} has no outcome (lost)")
             continue
         report.requests_with_outcome += 1
-        if STATUS_RANK[status] == 2:
+        if is_final(status):
             report.requests_final += 1
             report.completed += status == COMPLETED
             report.rejected += status == REJECTED_STATUS
@@ -217,18 +216,14 @@ def check_requests(request_ids: list[str], outcomes: dict[str, str], report: Ver
 
 
 def fold_outcomes(values: list[dict]) -> dict[str, str]:
-    """request_id -> status, the furthest along; a duplicate's rejection never overrides."""
+    """request key -> status, the furthest along (model.status_moves)."""
     status: dict[str, str] = {}
     for out in values:
-        rid, st = out.get("request_id"), out.get("status")
-        if not isinstance(rid, str) or st not in STATUS_RANK:
+        if not isinstance(out.get("request_id"), str):
             continue
-        if out.get("reason") == DUPLICATE:
-            status.setdefault(rid, st)
-            continue
-        old = status.get(rid)
-        if old is None or STATUS_RANK[st] > STATUS_RANK[old]:
-            status[rid] = st
+        key = outcome_key(out)
+        if status_moves(status.get(key), out):
+            status[key] = out["status"]
     return status
 
 
@@ -264,13 +259,18 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
     for msg in read_topic(settings, settings.topic(topics.REQUESTS)):
         try:
             body = parse_json(msg.value())
-            rid = body.get("request_id")
+            rid, scope = body.get("request_id"), deciding_account(body)
         except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
             continue  # undecodable records are dead-lettered, not lost
-        if isinstance(rid, str) and 0 < len(rid) <= 128 and rid not in seen:
-            seen.add(rid)
-            request_ids.append(rid)
-            report.expiry_requests += body.get("type") == "expire"
+        if not isinstance(rid, str) or not 0 < len(rid) <= 128:
+            continue
+        if not (isinstance(scope, str) and 0 < len(scope) <= 128
+                and msg.key() == scope.encode()):
+            scope = ""   # decided in no account's scope (rejected invalid)
+        key = request_key(scope, rid)
+        if key not in seen:
+            seen.add(key)
+            request_ids.append(key)
     check_requests(request_ids, outcomes, report, require_final)
     return report
 

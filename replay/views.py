@@ -23,9 +23,12 @@ from streams.progress import progress_bar
 from streams import topics
 from streams.client import read_topic
 from streams.config import Settings
-from streams.model import STATUS_RANK
+from urllib.parse import quote
+
+from streams.model import STATUS_RANK, outcome_key, split_request_key
 from streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
-                                global_figures, history_key, merge_status)
+                                global_figures, history_key, merge_status, parse_ledger_event,
+                                parse_outcome)
 
 _FLUSH_EVERY = 20_000
 
@@ -62,11 +65,10 @@ def rebuild(settings: Settings, store_dir: str, show_progress: bool = True) -> R
         for msg in read_topic(settings, settings.topic(topics.LEDGER)):
             progress.update()
             raw, offset, partition = msg.value(), msg.offset(), msg.partition()
-            try:
-                event = orjson.loads(raw)
-                account, seq = event["account"], event["seq"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                continue
+            event = parse_ledger_event(raw)
+            if event is None:
+                continue   # the live views count and skip it too
+            account, seq = event["account"], event["seq"]
             view = views.accounts.get(account)
             verdict = classify(view, seq, offset)
             if verdict is not Applied.NEW:
@@ -90,14 +92,13 @@ def rebuild(settings: Settings, store_dir: str, show_progress: bool = True) -> R
     outcomes = progress_bar("rebuild views: transfers.outcomes", "records", enabled=show_progress)
     for msg in read_topic(settings, settings.topic(topics.OUTCOMES)):
         outcomes.update()
-        try:
-            out = orjson.loads(msg.value())
-            rid = out["request_id"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        out = parse_outcome(msg.value())
+        if out is None:
             continue
-        new = merge_status(views.status.get(rid), out)
+        key = outcome_key(out)
+        new = merge_status(views.status.get(key), out)
         if new is not None:
-            views.status[rid] = new
+            views.status[key] = new
     outcomes.close()
     views.seconds = time.monotonic() - started
     return views
@@ -146,10 +147,12 @@ async def compare(views: RebuiltViews, url: str, partitions: int, concurrency: i
             diffs.append(f"account {name}: history differs from entry {first} (newest first): "
                          f"rebuilt {len(rebuilt)} entries, live {len(entries)}")
 
-    async def request_status(session: aiohttp.ClientSession, rid: str, want: dict[str, Any]) -> None:
+    async def request_status(session: aiohttp.ClientSession, key: str, want: dict[str, Any]) -> None:
         # like min_seq for accounts: a live status that is only behind gets time to catch up
+        account, rid = split_request_key(key)
         for _ in range(50):
-            status, live = await get(session, f"/transfers/{rid}")
+            status, live = await get(session, f"/transfers/{quote(rid, safe='')}"
+                                              f"?account={quote(account, safe='')}")
             behind = status == 404 or (status == 200 and STATUS_RANK.get(live.get("status"), 0)
                                        < STATUS_RANK[want["status"]])
             if not behind:

@@ -31,12 +31,16 @@ class RequestSender:
                                                     **extra})
 
     def send(self, request: dict[str, Any],
-             on_ack: Callable[[str | None, Message], None] | None = None) -> None:
-        """Queue one request; on_ack(error or None, message) runs once the broker answers."""
+             on_ack: Callable[[str | None, Message], None] | None = None) -> str:
+        """Queue one request; on_ack(error or None, message) runs once the broker answers.
+        Returns its request key (what OutcomeWatcher keys its status by)."""
+        from streams.model import request_key
+
         key = routing_key(request)
         if key is None:
             raise ValueError("request has no account (or from) to key it by")
         self.send_raw(key.encode(), orjson.dumps(request), on_ack)
+        return request_key(key, request["request_id"])
 
     def send_raw(self, key: bytes | None, value: bytes,
                  on_ack: Callable[[str | None, Message], None] | None = None) -> None:
@@ -117,7 +121,8 @@ def read_json(settings: Settings, logical_topic: str, timeout_s: float = 60.0) -
 class OutcomeWatcher:
     """Tails transfers.outcomes (from the end it has when started) in a thread.
 
-    Keeps the furthest-along status of every request_id it sees, so callers
+    Keeps the furthest-along status of every request it sees, by request key
+    (model.request_key: the deciding account's scope and the id), so callers
     can wait for requests to finish.
     """
 
@@ -138,7 +143,7 @@ class OutcomeWatcher:
         self._thread.start()
 
     def _run(self) -> None:
-        from streams.model import DUPLICATE, STATUS_RANK
+        from streams.model import is_final, outcome_key, status_moves
 
         while not self._stop.is_set():
             for msg in self._consumer.consume(10000, 0.1):
@@ -146,19 +151,21 @@ class OutcomeWatcher:
                     continue
                 try:
                     out = orjson.loads(msg.value())
-                    rid, status = out["request_id"], out["status"]
-                    rank = STATUS_RANK[status]
-                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    key = outcome_key(out)
+                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                     continue
                 with self._lock:
-                    old = self.status.get(rid)
-                    if out.get("reason") == DUPLICATE and old is not None:
-                        continue
-                    if old is None or rank > STATUS_RANK[old]:
-                        self.status[rid] = status
-                        if rank == 2:
-                            self.final_ts[rid] = time.monotonic()
+                    if status_moves(self.status.get(key), out):
+                        self.status[key] = out["status"]
+                        if is_final(out["status"]):
+                            self.final_ts[key] = time.monotonic()
         self._consumer.close()
+
+    def status_of(self, account: str, request_id: str) -> str | None:
+        from streams.model import request_key
+
+        with self._lock:
+            return self.status.get(request_key(account, request_id))
 
     def finished(self, request_ids: Iterable[str]) -> int:
         with self._lock:

@@ -42,8 +42,7 @@ def run_demo(settings: Settings, web_url: str | None = None, accounts: int = 200
                          "daily_limit": 1_000_000},
                         {"type": "deposit", "request_id": f"{run}-dep-{name}", "account": name,
                          "amount": 10_000}):
-                sender.send(req)
-                setup.append(req["request_id"])
+                setup.append(sender.send(req))
         sender.flush()
         print(f"demo: opening {accounts} accounts with 100.00 each")
         if not watcher.wait(setup, 120, _progress("set-up requests finished")):
@@ -55,8 +54,7 @@ def run_demo(settings: Settings, web_url: str | None = None, accounts: int = 200
             src, dst = rng.sample(names, 2)
             req = {"type": "transfer", "request_id": f"{run}-t-{i}", "from": src, "to": dst,
                    "amount": rng.randint(1, 4_000)}
-            sender.send(req)
-            ids.append(req["request_id"])
+            ids.append(sender.send(req))
         sender.flush()
         print(f"demo: sent {transfers} transfers between random accounts")
         ok = watcher.wait(ids, 120, _progress("transfers finished"))
@@ -100,12 +98,12 @@ def _two_phase(sender: RequestSender, watcher: OutcomeWatcher, run: str, names: 
     ok = True
     for request, want in steps:   # one at a time: the capture needs the hold decided
         rid = request["request_id"]
-        sender.send(request)
+        key = sender.send(request)
         sender.flush()
         deadline = time.monotonic() + 60
-        while watcher.status.get(rid) not in DECIDED_STATUSES and time.monotonic() < deadline:
+        while watcher.status.get(key) not in DECIDED_STATUSES and time.monotonic() < deadline:
             time.sleep(0.05)
-        got = watcher.status.get(rid)
+        got = watcher.status.get(key)
         print(f"  {request['type']} {rid.removeprefix(run + '-')}: {got} (expected {want})")
         ok = ok and got == want
     return ok

@@ -35,9 +35,24 @@ ACCEPTED, DEBITED_STATUS, COMPLETED, REJECTED_STATUS = "accepted", "debited", "c
 HELD_STATUS, POSTED_STATUS, VOIDED_STATUS, EXPIRED_STATUS = "held", "posted", "voided", "expired"
 STATUS_RANK = {ACCEPTED: 0, DEBITED_STATUS: 1, HELD_STATUS: 1, COMPLETED: 2, REJECTED_STATUS: 2,
                POSTED_STATUS: 2, VOIDED_STATUS: 2, EXPIRED_STATUS: 2}
+FINAL_RANK = 2
 # where a client's `?wait=completed` stops: the request's own decision is known
 DECIDED_STATUSES = frozenset({COMPLETED, REJECTED_STATUS, HELD_STATUS, POSTED_STATUS,
                               VOIDED_STATUS, EXPIRED_STATUS})
+
+
+def status_moves(current: str | None, outcome: dict[str, Any]) -> bool:
+    """The one rule of every status fold (views, verify, recompute, client tails): a status
+    only moves forward, and an answer to a re-sent request id (`retry`: the original
+    decision restated, or an idempotency_conflict) never moves it."""
+    status = outcome.get("status")
+    if status not in STATUS_RANK or outcome.get("retry"):
+        return False
+    return current is None or STATUS_RANK[status] > STATUS_RANK[current]
+
+
+def is_final(status: str | None) -> bool:
+    return status is not None and STATUS_RANK.get(status) == FINAL_RANK
 
 # rejection reasons
 INSUFFICIENT_FUNDS = "insufficient_funds"
@@ -49,6 +64,10 @@ ACCOUNT_EXISTS = "account_exists"
 UNKNOWN_HOLD = "unknown_hold"
 HOLD_CLOSED = "hold_closed"       # posted, voided or expired already
 HOLD_EXCEEDED = "hold_exceeded"   # a post of more than was held
+IDEMPOTENCY_CONFLICT = "idempotency_conflict"   # a request id reused with another body
+OVERFLOW = "overflow"             # the result would leave the signed 64-bit range
+# reasons that answer a re-sent request id: they never override the first decision's status
+RESENT_REASONS = frozenset({DUPLICATE, IDEMPOTENCY_CONFLICT})
 
 # messages on transfers.credits
 CREDIT, REFUND, REJECT_NOTICE = "credit", "refund", "reject_notice"
@@ -127,6 +146,53 @@ class Position:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
 
 
+def request_key(account: str, request_id: str) -> str:
+    """The idempotency key of a request: its id in the scope of its deciding account.
+
+    Request ids are scoped per deciding account (the sender of a transfer, hold or linked
+    transfer; the account of the others), as Stripe scopes idempotency keys to an account:
+    alice's `t1` and bob's `t1` are two requests. Every applied-id marker, every message
+    between partitions, the outcomes' record key and the status view use this key. The
+    account's length comes first, so no two (account, id) pairs share a key whatever
+    characters they hold."""
+    return f"{len(account)}:{account}/{request_id}"
+
+
+def split_request_key(key: str) -> tuple[str, str]:
+    """(account, request_id) of a request_key."""
+    length, rest = key.split(":", 1)
+    n = int(length)
+    return rest[:n], rest[n + 1:]
+
+
+# events an account gets about a request decided on another account's partition: the
+# request's scope is the event's counterparty (the sender)
+RECEIVED_KINDS = frozenset({CREDITED, INCOMING_HELD, INCOMING_RELEASED})
+
+
+def event_request_key(event: dict[str, Any], credits_topic_suffix: str = "transfers.credits") -> str:
+    """The request_key of the request a ledger event belongs to."""
+    kind = event["kind"]
+    received = kind in RECEIVED_KINDS or (
+        kind == REJECTED and event["source"]["topic"].endswith(credits_topic_suffix))
+    return request_key(event["counterparty"] if received else event["account"],
+                       event["request_id"])
+
+
+def outcome_key(out: dict[str, Any]) -> str:
+    """The request_key of an outcome (its record key on transfers.outcomes)."""
+    return request_key(out.get("account") or "", out["request_id"])
+
+
+def check_account(acct: "Account") -> None:
+    """The invariants of an account state, asserted where the engine makes it (what
+    `bank replay verify` checks afterwards)."""
+    assert 0 <= acct.balance <= MAX_AMOUNT, acct
+    assert 0 <= acct.held <= acct.balance, acct
+    assert 0 <= acct.pending_in <= MAX_AMOUNT, acct
+    assert 0 <= acct.spent <= MAX_AMOUNT and acct.seq >= 0, acct
+
+
 def ledger_event(account: str, seq: int, request_id: str, kind: str, amount: int,
                  counterparty: str | None, balance: int, ts: int, source: Position,
                  reason: str | None = None, daily_limit: int | None = None,
@@ -158,16 +224,20 @@ def ledger_event(account: str, seq: int, request_id: str, kind: str, amount: int
     return event
 
 
-def outcome(request_id: str, status: str, ts: int, reason: str | None = None,
-            detail: str | None = None, hold: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A transfers.outcomes record; a hold's outcomes carry what GET /holds/{id} shows."""
-    out: dict[str, Any] = {"request_id": request_id, "status": status}
+def outcome(account: str, request_id: str, status: str, ts: int, reason: str | None = None,
+            detail: str | None = None, hold: dict[str, Any] | None = None,
+            retry: bool = False) -> dict[str, Any]:
+    """A transfers.outcomes record (keyed by request_key(account, request_id)); a hold's
+    outcomes carry what GET /holds/{id} shows; `retry` marks the answer to a re-sent id."""
+    out: dict[str, Any] = {"request_id": request_id, "account": account, "status": status}
     if reason is not None:
         out["reason"] = reason
     if detail is not None:
         out["detail"] = detail
     if hold is not None:
         out["hold"] = hold
+    if retry:
+        out["retry"] = True
     out["ts"] = ts
     return out
 

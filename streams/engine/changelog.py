@@ -8,11 +8,16 @@ transactions, so a read_committed reader sees whole batches or nothing:
                           number of accounts, not by the length of the history
     h:<hold_id>        -> a hold's state (Hold json), written when it is made and when it
                           is settled; compaction keeps the latest
+    s:                 -> the partition's money supply (deposits - withdrawals), which
+                          Rules.supply_cap bounds
     b:<c0>:<r0>        -> one record per batch (BatchRecord): the exact input ranges
                           [c0, c1) of transfers.credits and [r0, r1) of transfers.requests
-                          it processed, and the ids it applied. The key is unique, so
-                          compaction keeps every one: they are the applied-id set, and
-                          the processing order that recompute re-runs.
+                          it processed, and the ids it applied with their values (a
+                          request's FirstDecision). The key is unique, so compaction keeps
+                          every one: they are the applied-id set, and the processing order
+                          that recompute re-runs. A batch whose ids would make the record
+                          too large writes the excess first as parts, b:<c0>:<r0>:<n>,
+                          with the same ranges; the record without a part comes last.
 """
 from __future__ import annotations
 
@@ -23,14 +28,16 @@ import orjson
 ACCOUNT_PREFIX = b"a:"
 HOLD_PREFIX = b"h:"
 BATCH_PREFIX = b"b:"
+SUPPLY_KEY = b"s:"
 
 
 def account_key(name: str) -> bytes:
     return ACCOUNT_PREFIX + name.encode()
 
 
-def hold_key(hold_id: str) -> bytes:
-    return HOLD_PREFIX + hold_id.encode()
+def hold_key(key: str) -> bytes:
+    """A hold is kept under its request_key (sender, hold_id)."""
+    return HOLD_PREFIX + key.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,17 +46,36 @@ class BatchRecord:
 
     credits: tuple[int, int]
     requests: tuple[int, int]
-    applied: tuple[str, ...]
+    applied: dict[str, str]          # marker -> its value
+    part: int | None = None          # a continuation part of the batch's ids
 
     @property
     def key(self) -> bytes:
-        return BATCH_PREFIX + f"{self.credits[0]}:{self.requests[0]}".encode()
+        suffix = "" if self.part is None else f":{self.part}"
+        return BATCH_PREFIX + f"{self.credits[0]}:{self.requests[0]}{suffix}".encode()
 
     def encode(self) -> bytes:
-        return orjson.dumps({"in": [*self.credits, *self.requests], "ids": sorted(self.applied)})
+        body = {"in": [*self.credits, *self.requests], "ids": self.applied}
+        if self.part is not None:
+            body["part"] = self.part
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+    def split(self, max_bytes: int) -> list["BatchRecord"]:
+        """Records of at most about max_bytes each: parts, then the batch's own record."""
+        records, chunk, size = [], {}, 0
+        for marker in sorted(self.applied):
+            value = self.applied[marker]
+            item = len(marker.encode()) + len(value.encode()) + 16   # quotes, escapes, comma
+            if chunk and size + item > max_bytes // 2:   # an escaped character may double
+                records.append(BatchRecord(self.credits, self.requests, chunk, len(records)))
+                chunk, size = {}, 0
+            chunk[marker] = value
+            size += item
+        records.append(BatchRecord(self.credits, self.requests, chunk))
+        return records
 
     @classmethod
     def decode(cls, value: bytes) -> "BatchRecord":
         body = orjson.loads(value)
         c0, c1, r0, r1 = body["in"]
-        return cls((c0, c1), (r0, r1), tuple(body["ids"]))
+        return cls((c0, c1), (r0, r1), body["ids"], body.get("part"))

@@ -22,17 +22,22 @@ import orjson
 from confluent_kafka import KafkaError, Message
 
 from streams.config import Settings
-from streams.decisions import (Decision, Rules, Undecodable, credit_marker, decide_credit,
-                               decide_request, expiry_request, incoming_marker, parse_request)
-from streams.engine.changelog import BatchRecord, account_key, hold_key
+from streams.decisions import (EXPIRE, BadMessage, Decision, FirstDecision, Rules, Undecodable,
+                               credit_marker, decide_credit, decide_request, expiry_message,
+                               incoming_marker, message_scope, parse_message, parse_request,
+                               request_marker)
+from streams.engine.changelog import SUPPLY_KEY, BatchRecord, account_key, hold_key
 from streams.engine.state import PartitionStore
-from streams.engine.transaction import EngineTransaction, TransactionAborted
-from streams.model import LINK_ACK, PENDING, Hold, Position
+from streams.engine.transaction import EngineTransaction
+from streams.model import LINK_ACK, PENDING, Hold, Position, request_key, split_request_key
 from streams.partitioning import partition_for
 
 log = logging.getLogger("bank.engine")
 
 FORWARDED_FROM = "bank-forwarded-from"   # header of a forwarded record: "topic/partition/offset"
+MAX_FORWARD_BYTES = 65_536     # a larger misrouted record is dead-lettered, not copied
+DEADLETTER_COPY_BYTES = 4_096  # of a dead-lettered record's value, the rest is cut (and said so)
+MAX_OUTPUT_BYTES = 262_144     # no record the engine writes is larger (the broker's limit is 1 MB)
 
 
 @dataclass
@@ -56,14 +61,15 @@ class PartitionTask:
         self.expiring = []
 
     def due_holds(self, now_ms: int) -> list[tuple[str, Hold]]:
-        """The pending holds whose deadline has passed, taken off the index for this batch."""
+        """The pending holds (by hold key) whose deadline has passed, taken off the index for
+        this batch."""
         due = []
         while self.deadlines and self.deadlines[0][0] <= now_ms:
-            deadline, hold_id = heapq.heappop(self.deadlines)
-            hold = self.store.hold(hold_id)
+            deadline, key = heapq.heappop(self.deadlines)
+            hold = self.store.hold(key)
             if hold is not None and hold.state == PENDING:
-                self.expiring.append((deadline, hold_id))
-                due.append((hold_id, hold))
+                self.expiring.append((deadline, key))
+                due.append((key, hold))
         return due
 
     def batch_committed(self, holds: dict[str, Hold]) -> None:
@@ -116,7 +122,7 @@ class BatchProcessor:
     def __init__(self, settings: Settings, topics: Topics, partitions: int,
                  out: EngineTransaction) -> None:
         self.settings = settings
-        self.rules = Rules.from_settings(settings)
+        self.rules = Rules.from_settings(settings, partitions)
         self.topics = topics
         self.partitions = partitions
         self.out = out
@@ -138,11 +144,15 @@ class BatchProcessor:
         changelog, partition, send = self.topics.changelog, task.partition, self.out.send
         for name, acct in accounts.items():
             send(changelog, account_key(name), orjson.dumps(acct.to_json()), partition)
-        for hold_id, hold in holds.items():
-            send(changelog, hold_key(hold_id), orjson.dumps(hold.to_json()), partition)
+        for key, hold in holds.items():
+            send(changelog, hold_key(key), orjson.dumps(hold.to_json()), partition)
+        if task.store.supply_changed():
+            send(changelog, SUPPLY_KEY, orjson.dumps(task.store.supply()), partition)
         if mid_changelog is not None:
             mid_changelog()
-        record = BatchRecord((c0, c1), (r0, r1), tuple(marks))
+        *parts, record = BatchRecord((c0, c1), (r0, r1), dict(marks)).split(MAX_OUTPUT_BYTES)
+        for part in parts:
+            send(changelog, part.key, part.encode(), partition)
 
         def delivered(err: KafkaError | None, msg: Message) -> None:
             """The batch record is the task's last changelog record of the batch: its offset
@@ -160,27 +170,25 @@ class BatchProcessor:
         """Write an expire request for each due hold to the partition's own input, stamped
         no earlier than the deadline: the log, not this clock, decides (replay agrees)."""
         due = task.due_holds(now_ms)
-        for hold_id, hold in due:
-            self.out.send(self.topics.requests, hold.sender.encode(),
-                          orjson.dumps(expiry_request(hold_id, hold)), task.partition,
-                          max(now_ms, hold.deadline))
+        for key, hold in due:
+            self.out.send(self.topics.credits, hold.sender.encode(),
+                          orjson.dumps(expiry_message(split_request_key(key)[1], hold)),
+                          task.partition, max(now_ms, hold.deadline))
         self.stats.expiries += len(due)
         return len(due)
 
     # -- per record ------------------------------------------------------------
     def _guarded(self, task: PartitionTask, msg: Message, apply) -> None:  # noqa: ANN001
-        """Apply one record; a record that fails in any unforeseen way is dead-lettered
-        rather than stopping the partition (the decisions are pure: nothing was written)."""
+        """Apply one record. Bad input is dead-lettered by `apply` itself (only decoding and
+        validation errors are); anything else is a bug in the engine: it propagates, with
+        the record named, and aborts the batch and the worker, loudly."""
         if self._forward_if_misrouted(task, msg):
             return
         try:
             apply(task, msg)
-        except TransactionAborted:
-            raise   # the output path failed, not the record: the whole batch aborts
-        except Exception as exc:  # noqa: BLE001 - a poison record must not halt the partition
-            log.exception("record %s[%d]@%d failed; dead-lettered", msg.topic(), msg.partition(),
-                          msg.offset())
-            self._dead_letter(msg, f"internal error: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            exc.add_note(f"while deciding {msg.topic()}[{msg.partition()}]@{msg.offset()}")
+            raise
 
     def _forward_if_misrouted(self, task: PartitionTask, msg: Message) -> bool:
         key = msg.key()
@@ -189,33 +197,52 @@ class BatchProcessor:
         owner = partition_for(key, self.partitions)
         if owner == task.partition:
             return False
+        if len(msg.value() or b"") > MAX_FORWARD_BYTES:
+            self._dead_letter(msg, "misrouted and too large to forward")
+            return True
         headers = [(FORWARDED_FROM, f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode())]
         self.out.send(msg.topic(), key, msg.value(), owner, msg.timestamp()[1], headers=headers)
         self.stats.forwarded += 1
         return True
 
     def _emit(self, task: PartitionTask, decision: Decision, ts: int) -> None:
+        """Encode every output, then change the state: all or nothing. An output that cannot
+        be encoded, or is over the size bound, is a bug of the rules (they bound every field
+        they copy): it raises before anything is stored or sent."""
+        records = []
+        if decision.event is not None:
+            previous = task.store.account(decision.account)
+            assert decision.state is not None and decision.event["seq"] == (
+                previous.seq if previous is not None else 0) + 1, decision.event
+            records.append((self.topics.ledger, decision.account.encode(),
+                            orjson.dumps(decision.event), task.partition))
+        for out in decision.outcomes:
+            key = request_key(out["account"] or "", out["request_id"])
+            records.append((self.topics.outcomes, key.encode(), orjson.dumps(out), -1))
+        for key, message in decision.messages:
+            records.append((self.topics.credits, key.encode(), orjson.dumps(message), -1))
+        assert all(len(value) <= MAX_OUTPUT_BYTES for _, _, value, _ in records)
         if decision.state is not None:
             task.store.put_account(decision.account, decision.state)
         if decision.marker is not None:
-            task.store.mark_applied(decision.marker)
+            task.store.mark_applied(decision.marker, decision.marker_value)
         if decision.hold is not None:
             task.store.put_hold(*decision.hold)
-        if decision.event is not None:
-            self.out.send(self.topics.ledger, decision.account.encode(),
-                          orjson.dumps(decision.event), task.partition, ts)
-        for out in decision.outcomes:
-            self.out.send(self.topics.outcomes, out["request_id"].encode(), orjson.dumps(out),
-                          timestamp=ts)
-        for key, message in decision.messages:
-            self.out.send(self.topics.credits, key.encode(), orjson.dumps(message), timestamp=ts)
+        if decision.supply:
+            task.store.add_supply(decision.supply)
+        for topic, key, value, partition in records:
+            self.out.send(topic, key, value, partition, ts)
 
     def _dead_letter(self, msg: Message, error: str) -> None:
+        """The record, its key and at most DEADLETTER_COPY_BYTES of its value."""
         self.stats.deadletters += 1
+        value = msg.value() or b""
+        key = (msg.key() or b"")[:DEADLETTER_COPY_BYTES]
         record = {"error": error, "topic": msg.topic(), "partition": msg.partition(),
-                  "offset": msg.offset(), "key": base64.b64encode(msg.key() or b"").decode(),
-                  "value": base64.b64encode(msg.value() or b"").decode()}
-        self.out.send(self.topics.deadletter, msg.key(), orjson.dumps(record),
+                  "offset": msg.offset(), "key": base64.b64encode(key).decode(),
+                  "value": base64.b64encode(value[:DEADLETTER_COPY_BYTES]).decode(),
+                  "value_bytes": len(value), "truncated": len(value) > DEADLETTER_COPY_BYTES}
+        self.out.send(self.topics.deadletter, key, orjson.dumps(record),
                       timestamp=msg.timestamp()[1])
 
     def _apply_request(self, task: PartitionTask, msg: Message) -> None:
@@ -227,28 +254,33 @@ class BatchProcessor:
             return
         store = task.store
         acct = store.account(req.account) if req.account is not None else None
-        applied = self.dedupe and store.is_applied("r:" + req.request_id)
+        first = None
+        if self.dedupe and req.account is not None:
+            stored = store.applied(request_marker(req.account, req.request_id))
+            first = FirstDecision.decode(stored) if stored is not None else None
         hold_id = req.body.get("hold_id")
-        hold = store.hold(hold_id) if isinstance(hold_id, str) else None
+        hold = store.hold(request_key(req.account, hold_id)) \
+            if isinstance(hold_id, str) and req.account is not None else None
         pos = Position(msg.topic(), msg.partition(), msg.offset())
-        self._emit(task, decide_request(req, acct, applied, ts, pos, self.rules, hold), ts)
+        self._emit(task, decide_request(req, acct, first, ts, pos, self.rules, hold,
+                                        store.supply()), ts)
 
     def _apply_credit(self, task: PartitionTask, msg: Message) -> None:
         ts = msg.timestamp()[1]
         store = task.store
         pos = Position(msg.topic(), msg.partition(), msg.offset())
         try:
-            message = orjson.loads(msg.value())
+            message = parse_message(msg.key(), msg.value())
             name = message["account"]
-            if not isinstance(name, str) or msg.key() != name.encode():
-                raise ValueError("credit key does not match its account")
-            applied = self.dedupe and store.is_applied(credit_marker(message))
+            applied = self.dedupe and store.applied(credit_marker(message)) is not None
             hold_id = message.get("hold_id")
-            recorded = isinstance(hold_id, str) and store.is_applied(incoming_marker(hold_id))
-            linked = store.hold(message["request_id"]) if message["kind"] == LINK_ACK else None
+            recorded = isinstance(hold_id, str) and store.applied(
+                incoming_marker(message_scope(message), hold_id)) is not None
+            linked = store.hold(request_key(name, message["request_id"])) \
+                if message["kind"] in (LINK_ACK, EXPIRE) else None
             decision = decide_credit(message, store.account(name), applied, ts, pos, recorded,
                                      linked)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        except BadMessage as exc:
             self._dead_letter(msg, f"bad credit message: {exc}")
             return
         self._emit(task, decision, ts)

@@ -7,8 +7,9 @@ the changelog offset they reflect (which never moves backwards). A crash
 before that write loses nothing: the restore reads the changelog from that
 offset and finds the batch there.
 
-Keys: b"a:<account>" -> Account json; b"h:<hold_id>" -> Hold json; the applied-id marker (b"r:<id>",
-b"c:<id>", ...) -> b"1"; b"__changelog" -> the next changelog offset to read;
+Keys: b"a:<account>" -> Account json; b"h:<hold key>" -> Hold json; the applied-id marker
+(b"r:<request key>", b"c:<request key>", ...) -> its value (a request's FirstDecision, else
+b"1"); b"s:" -> the partition's money supply; b"__changelog" -> the next changelog offset to read;
 b"__position" -> the input offsets [credits, requests] the state reflects (the
 end of the last batch applied), which a restore compares with the group's
 committed offsets.
@@ -23,8 +24,8 @@ from typing import Iterator
 import orjson
 from rocksdict import Options, Rdict, WriteBatch
 
-from streams.engine.changelog import (ACCOUNT_PREFIX, BATCH_PREFIX, HOLD_PREFIX, BatchRecord,
-                                      account_key, hold_key)
+from streams.engine.changelog import (ACCOUNT_PREFIX, BATCH_PREFIX, HOLD_PREFIX, SUPPLY_KEY,
+                                      BatchRecord, account_key, hold_key)
 from streams.model import PENDING, Account, Hold
 
 _CHANGELOG_OFFSET = b"__changelog"
@@ -45,8 +46,9 @@ class PartitionStore:
         self._db = Rdict(path, Options(raw_mode=True))
         self._cache: OrderedDict[str, Account] = OrderedDict()  # committed accounts, decoded
         self._dirty: dict[str, Account] = {}       # accounts changed by the open batch
-        self._dirty_marks: set[str] = set()        # ids applied by the open batch
+        self._dirty_marks: dict[str, str] = {}     # ids applied by the open batch -> value
         self._dirty_holds: dict[str, Hold] = {}    # holds made or settled by the open batch
+        self._supply: int | None = None            # the open batch's supply, if it changed
 
     # -- reads and writes of the open batch --------------------------------
     def account(self, name: str) -> Account | None:
@@ -66,11 +68,29 @@ class PartitionStore:
     def put_account(self, name: str, acct: Account) -> None:
         self._dirty[name] = acct
 
-    def is_applied(self, marker: str) -> bool:
-        return marker in self._dirty_marks or self._db.get(marker.encode()) is not None
+    def applied(self, marker: str) -> str | None:
+        """The value of an applied-id marker, None if the id was never applied."""
+        value = self._dirty_marks.get(marker)
+        if value is not None:
+            return value
+        raw = self._db.get(marker.encode())
+        return raw.decode() if raw is not None else None
 
-    def mark_applied(self, marker: str) -> None:
-        self._dirty_marks.add(marker)
+    def mark_applied(self, marker: str, value: str) -> None:
+        self._dirty_marks[marker] = value
+
+    def supply(self) -> int:
+        """The partition's money supply (deposits - withdrawals), as of the open batch."""
+        if self._supply is not None:
+            return self._supply
+        raw = self._db.get(SUPPLY_KEY)
+        return orjson.loads(raw) if raw is not None else 0
+
+    def add_supply(self, amount: int) -> None:
+        self._supply = self.supply() + amount
+
+    def supply_changed(self) -> bool:
+        return self._supply is not None
 
     def hold(self, hold_id: str) -> Hold | None:
         hold = self._dirty_holds.get(hold_id)
@@ -82,7 +102,7 @@ class PartitionStore:
     def put_hold(self, hold_id: str, hold: Hold) -> None:
         self._dirty_holds[hold_id] = hold
 
-    def changes(self) -> tuple[dict[str, Account], set[str], dict[str, Hold]]:
+    def changes(self) -> tuple[dict[str, Account], dict[str, str], dict[str, Hold]]:
         """The open batch's changed accounts, applied ids and holds (for the changelog)."""
         return self._dirty, self._dirty_marks, self._dirty_holds
 
@@ -103,10 +123,12 @@ class PartitionStore:
         wb.put(_POSITION, orjson.dumps(_max_position(self.position, position)))
         for name, acct in self._dirty.items():
             wb.put(account_key(name), orjson.dumps(acct.to_json()))
-        for marker in self._dirty_marks:
-            wb.put(marker.encode(), b"1")
-        for hold_id, hold in self._dirty_holds.items():
-            wb.put(hold_key(hold_id), orjson.dumps(hold.to_json()))
+        for marker, value in self._dirty_marks.items():
+            wb.put(marker.encode(), value.encode())
+        for key, hold in self._dirty_holds.items():
+            wb.put(hold_key(key), orjson.dumps(hold.to_json()))
+        if self._supply is not None:
+            wb.put(SUPPLY_KEY, orjson.dumps(self._supply))
         wb.put(_CHANGELOG_OFFSET, str(max(changelog_offset, self.changelog_offset)).encode())
         self._db.write(wb)
         self._cache.update(self._dirty)
@@ -115,8 +137,9 @@ class PartitionStore:
     def discard(self) -> None:
         """The batch's transaction aborted: forget its changes."""
         self._dirty = {}
-        self._dirty_marks = set()
+        self._dirty_marks = {}
         self._dirty_holds = {}
+        self._supply = None
 
     # -- restore from the changelog -----------------------------------------
     @property
@@ -136,12 +159,12 @@ class PartitionStore:
         wb = WriteBatch(raw_mode=True)
         position = self.position
         for key, value in records:
-            if key.startswith(ACCOUNT_PREFIX) or key.startswith(HOLD_PREFIX):
+            if key.startswith(ACCOUNT_PREFIX) or key.startswith(HOLD_PREFIX) or key == SUPPLY_KEY:
                 wb.put(key, value)
             elif key.startswith(BATCH_PREFIX):
                 batch = BatchRecord.decode(value)
-                for marker in batch.applied:
-                    wb.put(marker.encode(), b"1")
+                for marker, marker_value in batch.applied.items():
+                    wb.put(marker.encode(), marker_value.encode())
                 position = _max_position(position, (batch.credits[1], batch.requests[1]))
         wb.put(_CHANGELOG_OFFSET, str(next_offset).encode())
         wb.put(_POSITION, orjson.dumps(position))

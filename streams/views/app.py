@@ -48,11 +48,11 @@ from faust.types import TP
 
 from streams import topics
 from streams.config import Settings
-from streams.model import COMPLETED, REJECTED_STATUS
+from streams.model import COMPLETED, REJECTED_STATUS, outcome_key
 from streams.kafka import client_config
 from streams.views.credentials import faust_credentials
 from streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
-                                merge_status)
+                                merge_status, parse_ledger_event, parse_outcome)
 from streams.views.metrics import LagUnavailable, ViewsMetrics
 from streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys
 
@@ -259,22 +259,23 @@ class ViewsWorker:
         A gap (the account's view is behind the event's seq) means the table lost events
         that the ledger has: they are read back from the ledger, from just after the
         account's last applied event up to this one, and folded first (`heal_gap`)."""
-        try:
-            event = orjson.loads(raw or b"")
-            account, seq = event["account"], event["seq"]
-            key = ViewKeys.account(account)
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            log.error("malformed ledger event at %s@%d", partition, offset)
+        event = parse_ledger_event(raw)
+        if event is None:
+            log.error("malformed ledger event at %s@%d: counted and skipped", partition, offset)
             self.metrics.ledger_events.labels("malformed").inc()
             return
+        account, seq = event["account"], event["seq"]
+        key = ViewKeys.account(account)
         stored = self.views.get(key)
         view = AccountView.from_bytes(stored) if stored is not None else None
         verdict = classify(view, seq, offset)
         self.metrics.ledger_events.labels(verdict.value).inc()
         if verdict is Applied.DUPLICATE:
             return
-        if verdict is Applied.GAP and heal:
-            start = view.offset + 1 if view is not None else 0
+        if verdict is Applied.GAP and heal and view is not None:
+            # an account the views know: read back from its last applied event (bounded by
+            # this partition's range); an unknown account's gap is never read from offset 0
+            start = view.offset + 1
             log.warning("ledger gap for %s: have seq %s, got %s at %d@%d; reading %d@%d.. back",
                         account, view.seq if view else 0, seq, partition, offset, partition, start)
             self.heal_gap(partition, start, offset)
@@ -324,11 +325,11 @@ class ViewsWorker:
         """Fold one outcome into its request's status; then record the position. A status
         that moves is timed (request timestamp to the outcome's append time, when known)."""
         self.metrics.outcomes.inc()
-        try:
-            out = orjson.loads(raw or b"")
-            key = ViewKeys.status(out["request_id"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        out = parse_outcome(raw)
+        if out is None:
+            log.error("malformed outcome at %s@%d: skipped", partition, offset)
             return
+        key = ViewKeys.status(outcome_key(out))
         stored = self.views.get(key)
         current = orjson.loads(stored) if stored is not None else None
         new = merge_status(current, out)
@@ -368,8 +369,9 @@ class ViewsWorker:
         stored = self.views.get(ViewKeys.totals(partition))
         return PartitionTotals.from_bytes(stored) if stored is not None else PartitionTotals()
 
-    def request_status(self, request_id: str) -> dict[str, Any] | None:
-        stored = self.views.get(ViewKeys.status(request_id))
+    def request_status(self, key: str) -> dict[str, Any] | None:
+        """The status of a request, by its request key (model.request_key)."""
+        stored = self.views.get(ViewKeys.status(key))
         return orjson.loads(stored) if stored is not None else None
 
     def lag(self) -> Iterable[tuple[str, int, int]]:

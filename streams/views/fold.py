@@ -22,9 +22,9 @@ from typing import Any
 
 import orjson
 
-from streams.model import (BALANCE_SIGN, CREDITED, DAY_MS, DEBITED, DEPOSITED, DUPLICATE, EXPIRED,
-                           HELD, HOLD_RELEASED, OPENED, POSTED, REFUNDED, REJECTED,
-                           REJECTED_STATUS, STATUS_RANK, WITHDRAWN)
+from streams.model import (BALANCE_SIGN, CREDITED, DAY_MS, DEBITED, DEPOSITED, EXPIRED, HELD,
+                           HOLD_RELEASED, MAX_AMOUNT, OPENED, POSTED, REFUNDED, REJECTED,
+                           REJECTED_STATUS, STATUS_RANK, WITHDRAWN, status_moves)
 
 _OUTFLOW = {WITHDRAWN, DEBITED, HELD}   # what counts toward the daily limit when it happens
 
@@ -96,7 +96,7 @@ def apply_to_account(view: AccountView | None, event: dict[str, Any], offset: in
         day = ts // DAY_MS
         if day != new.day:
             new.day, new.outflow = day, 0
-        new.outflow += amount
+        new.outflow = min(MAX_AMOUNT, new.outflow + amount)
     elif kind == REFUNDED:
         day = ts // DAY_MS
         if day != new.day:
@@ -194,20 +194,15 @@ def global_figures(parts: list[PartitionTotals]) -> dict[str, int]:
 def merge_status(current: dict[str, Any] | None, outcome: dict[str, Any]) -> dict[str, Any] | None:
     """The status of a request after an outcome; None if it changes nothing.
 
-    Statuses only move forward (accepted -> debited -> completed | rejected),
-    so re-deliveries and reordering cannot move one back; a `duplicate`
-    rejection (the same request_id sent again) never overrides the first
-    decision.
+    Statuses only move forward (accepted -> debited -> completed | rejected), so
+    re-deliveries and reordering cannot move one back, and the answer to a re-sent
+    request id never overrides the first decision (model.status_moves).
     """
-    status = outcome.get("status")
-    if status not in STATUS_RANK:
+    if not status_moves(current["status"] if current is not None else None, outcome):
         return None
-    if current is not None:
-        if outcome.get("reason") == DUPLICATE:
-            return None
-        if STATUS_RANK[status] <= STATUS_RANK[current["status"]]:
-            return None
-    new = {"request_id": outcome["request_id"], "status": status, "ts": outcome.get("ts")}
+    status = outcome["status"]
+    new = {"request_id": outcome["request_id"], "account": outcome.get("account"),
+           "status": status, "ts": outcome.get("ts")}
     if status == REJECTED_STATUS:
         new["reason"] = outcome.get("reason")
         if outcome.get("detail") is not None:
@@ -216,6 +211,55 @@ def merge_status(current: dict[str, Any] | None, outcome: dict[str, Any]) -> dic
     if hold:
         new["hold"] = hold
     return new
+
+
+def parse_outcome(raw: bytes | None) -> dict[str, Any] | None:
+    """A transfers.outcomes record whose fields the status view relies on, or None."""
+    try:
+        out = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(out, dict) or not _name(out.get("request_id")) \
+            or not (out.get("account") is None or _name(out.get("account"))) \
+            or out.get("status") not in STATUS_RANK \
+            or not (out.get("ts") is None or _int_in(out.get("ts"), 0, MAX_AMOUNT)) \
+            or not isinstance(out.get("hold", {}), dict):
+        return None
+    return out
+
+
+def _name(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 128
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+_EVENT_INTS = ("seq", "amount", "balance", "ts")
+
+
+def parse_ledger_event(raw: bytes | None) -> dict[str, Any] | None:
+    """A ledger.events record with every field the fold reads in range, or None: the
+    views count and skip anything else rather than fold it (or fail on it)."""
+    try:
+        ev = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(ev, dict) or not _name(ev.get("account")) \
+            or not _name(ev.get("request_id")) or ev.get("kind") not in BALANCE_SIGN \
+            or not all(_int_in(ev.get(f), 0, MAX_AMOUNT) for f in _EVENT_INTS) or ev["seq"] < 1 \
+            or not (ev.get("counterparty") is None or _name(ev["counterparty"])) \
+            or not all(_int_in(ev.get(f, 0), 0, MAX_AMOUNT) for f in ("held", "pending_in",
+                                                                       "released")) \
+            or not (ev.get("daily_limit") is None or _int_in(ev["daily_limit"], 0, MAX_AMOUNT)):
+        return None
+    source = ev.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("topic"), str) \
+            or not _int_in(source.get("partition"), -1, 2**31) \
+            or not _int_in(source.get("offset"), -1, 2**63 - 1):
+        return None
+    return ev
 
 
 def hold_view(status: dict[str, Any] | None) -> dict[str, Any] | None:

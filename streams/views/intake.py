@@ -16,7 +16,7 @@ from confluent_kafka import OFFSET_END, TopicPartition
 
 from streams import kafka, topics
 from streams.config import Settings
-from streams.model import DECIDED_STATUSES, DUPLICATE
+from streams.model import DECIDED_STATUSES, IDEMPOTENCY_CONFLICT, outcome_key
 
 
 class Overloaded(Exception):
@@ -72,11 +72,13 @@ class RequestProducer:
 class OutcomeWaiter:
     """Tails transfers.outcomes from its end and settles the futures of waiting requests.
 
-    Only requests someone waits for are remembered, so memory is bounded by
-    the number of open `?wait=completed` calls.
+    Only requests someone waits for are remembered (by request key), so memory
+    is bounded by the number of open `?wait=completed` calls. A record it cannot
+    read is counted (`malformed`) and skipped.
     """
 
     def __init__(self, settings: Settings) -> None:
+        self.malformed = 0
         self._waiting: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -87,20 +89,20 @@ class OutcomeWaiter:
         self._thread = threading.Thread(target=self._run, name="outcome-waiter", daemon=True)
         self._thread.start()
 
-    def register(self, request_id: str) -> asyncio.Future:
+    def register(self, key: str) -> asyncio.Future:
         """Call before producing the request, so its outcome cannot be missed."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         with self._lock:
-            self._waiting.setdefault(request_id, []).append((loop, fut))
+            self._waiting.setdefault(key, []).append((loop, fut))
         return fut
 
-    def forget(self, request_id: str, fut: asyncio.Future) -> None:
+    def forget(self, key: str, fut: asyncio.Future) -> None:
         with self._lock:
-            waiters = self._waiting.get(request_id, [])
-            self._waiting[request_id] = [w for w in waiters if w[1] is not fut]
-            if not self._waiting[request_id]:
-                del self._waiting[request_id]
+            waiters = self._waiting.get(key, [])
+            self._waiting[key] = [w for w in waiters if w[1] is not fut]
+            if not self._waiting[key]:
+                del self._waiting[key]
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -109,11 +111,10 @@ class OutcomeWaiter:
                     continue
                 try:
                     out: dict[str, Any] = orjson.loads(msg.value())
-                    final = out["status"] in DECIDED_STATUSES  # KeyError if absent
-                    rid = out["request_id"]
-                    if not isinstance(rid, str):
-                        raise TypeError("request_id is not a string")
-                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    # the request's own decision, or the answer to its re-sent id
+                    final = out["status"] in DECIDED_STATUSES or bool(out.get("retry"))
+                    rid = outcome_key(out)
+                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
                     self.malformed += 1   # counted, skipped: the reader must outlive bad records
                     continue
                 if not final:
@@ -134,5 +135,6 @@ def _settle(fut: asyncio.Future, value: Any) -> None:
         fut.set_result(value)
 
 
-def is_duplicate(outcome: dict[str, Any]) -> bool:
-    return outcome.get("reason") == DUPLICATE
+def is_conflict(outcome: dict[str, Any]) -> bool:
+    """The answer to a request id re-sent with another body."""
+    return bool(outcome.get("retry")) and outcome.get("reason") == IDEMPOTENCY_CONFLICT

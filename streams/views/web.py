@@ -23,9 +23,9 @@ from faust.web import View
 from streams.decisions import Undecodable, deciding_account, parse_json, parse_request
 from streams.partitioning import partition_for
 from streams.views.console import EngineLag, register_console
-from streams.model import DECIDED_STATUSES
+from streams.model import DECIDED_STATUSES, request_key
 from streams.views.fold import PartitionTotals, global_figures, hold_view
-from streams.views.intake import OutcomeWaiter, Overloaded, RequestProducer, is_duplicate
+from streams.views.intake import OutcomeWaiter, Overloaded, RequestProducer, is_conflict
 from streams.supervisor import read_crashes
 from streams.views.metrics import LagUnavailable
 
@@ -170,9 +170,12 @@ def register_routes(worker: "ViewsWorker") -> None:
         intake["waiter"] = await loop.run_in_executor(None, OutcomeWaiter, settings)
         intake["producer"] = RequestProducer(settings)
 
-    async def first_decision(request_id: str, deadline: float) -> dict[str, Any] | None:
-        """The final status of an earlier submission, from the status view (wherever it lives)."""
-        url = app.conf.canonical_url.with_path(f"/transfers/{request_id}")
+    async def first_decision(account: str, request_id: str,
+                             deadline: float) -> dict[str, Any] | None:
+        """The status of an earlier submission of this id, from the status view (wherever it
+        lives), once it is decided."""
+        url = app.conf.canonical_url.with_path(f"/transfers/{request_id}").with_query(
+            account=account)
         while True:
             try:
                 async with app.http_client.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
@@ -223,7 +226,8 @@ def register_routes(worker: "ViewsWorker") -> None:
         if "producer" not in intake:
             raise HTTPError(503, "starting", "worker is starting", retry_after=1)
         waiter: OutcomeWaiter = intake["waiter"]
-        fut = waiter.register(parsed.request_id) if wait else None
+        status_key = request_key(key_name, parsed.request_id)
+        fut = waiter.register(status_key) if wait else None
         try:
             try:
                 partition, offset = await intake["producer"].send(key, value)
@@ -233,8 +237,8 @@ def register_routes(worker: "ViewsWorker") -> None:
             except RuntimeError as exc:
                 raise HTTPError(503, "unavailable", f"broker did not accept the request: {exc}",
                                 retry_after=1) from None
-            accepted = {"request_id": parsed.request_id, "status": "accepted",
-                        "partition": partition, "offset": offset}
+            accepted = {"request_id": parsed.request_id, "account": key_name,
+                        "status": "accepted", "partition": partition, "offset": offset}
             if fut is None:
                 return json_response(accepted, 202)
             try:
@@ -243,11 +247,20 @@ def register_routes(worker: "ViewsWorker") -> None:
                 return json_response({**accepted, "status": "pending"}, 202)
         finally:
             if fut is not None:
-                waiter.forget(parsed.request_id, fut)
-        if is_duplicate(out):
-            first = await first_decision(parsed.request_id, deadline)
-            return json_response({**(first or out), "duplicate_submission": True})
-        result = {"request_id": out["request_id"], "status": out["status"]}
+                waiter.forget(status_key, fut)
+        if out.get("retry"):
+            # the id was used before: the original decision, as the status view has it now
+            first = await first_decision(key_name, parsed.request_id, deadline)
+            original = first or {k: v for k, v in out.items()
+                                 if k in ("request_id", "account", "status", "reason", "ts")}
+            if is_conflict(out):
+                return json_response({"error": "idempotency_conflict",
+                                      "reason": "this request id was used by another request "
+                                                "(another body) of this account",
+                                      "original": original}, 409)
+            return json_response({**original, "retry": True})
+        result = {"request_id": out["request_id"], "account": out["account"],
+                  "status": out["status"]}
         for extra in ("reason", "detail", "ts"):
             if out.get(extra) is not None:
                 result[extra] = out[extra]
@@ -263,25 +276,37 @@ def register_routes(worker: "ViewsWorker") -> None:
         async def post(self, request: aioweb.Request) -> aioweb.Response:
             return await submit(request, transfers_only=False)
 
+    def scope(request: aioweb.Request) -> str:
+        """The deciding account a request id belongs to (ids are scoped per account)."""
+        account = request.query.get("account")
+        if not account or len(account) > 128:
+            raise HTTPError(400, "invalid", "account is required: request ids are scoped to "
+                            "their deciding account (the sender of a transfer or hold)")
+        return account
+
     @app.page("/transfers/{request_id}")
     class TransferStatus(View):
         async def get(self, request: aioweb.Request, request_id: str) -> aioweb.Response:
+            key = request_key(scope(request), request_id)
+
             async def local() -> aioweb.Response:
-                status = worker.request_status(request_id)
+                status = worker.request_status(key)
                 if status is None:
                     raise HTTPError(404, "not_found", f"no outcome for request {request_id!r} (yet)")
                 return json_response(status)
-            return await router.route(request, request_id, local)
+            return await router.route(request, key, local)
 
     @app.page("/holds/{hold_id}")
     class HoldStatus(View):
         async def get(self, request: aioweb.Request, hold_id: str) -> aioweb.Response:
+            key = request_key(scope(request), hold_id)
+
             async def local() -> aioweb.Response:
-                hold = hold_view(worker.request_status(hold_id))
+                hold = hold_view(worker.request_status(key))
                 if hold is None:
                     raise HTTPError(404, "not_found", f"no hold {hold_id!r} (yet)")
                 return json_response(hold)
-            return await router.route(request, hold_id, local)
+            return await router.route(request, key, local)
 
     async def account_view(request: aioweb.Request, account: str):  # noqa: ANN202
         """The account's view, waiting for min_seq (read-your-writes) if asked."""

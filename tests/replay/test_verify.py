@@ -8,6 +8,7 @@ from replay.asof import account_as_of
 from replay.verify import verify
 from streams import kafka, topics
 from streams.client import read_topic
+from streams.model import request_key
 from streams.partitioning import partition_for
 from tests.workload import Workload, ledger
 
@@ -54,7 +55,8 @@ def test_verify_passes_then_names_a_forged_duplicate_credit(finished_run):
     report = verify(settings)
     assert not report.ok
     assert report.applied_twice == 1
-    assert any(f"request {credit['request_id']}: {2 * credit['amount']} credited or refunded" in v
+    key = request_key(credit["counterparty"], credit["request_id"])
+    assert any(f"request {key}: {2 * credit['amount']} credited or refunded" in v
                for v in report.violations), report.violations
     assert not report.money_conserved
 

@@ -6,8 +6,9 @@ import json
 import orjson
 import pytest
 
-from streams.decisions import Undecodable, credit_marker, decide_credit, decide_request, parse_request
-from streams.model import Account, Position
+from streams.decisions import (FirstDecision, Undecodable, credit_marker, decide_credit,
+                               decide_request, fingerprint, parse_request)
+from streams.model import Account, Position, outcome_key
 
 POS = Position("transfers.requests", 0, 1)
 TS = 1_764_000_000_000
@@ -25,7 +26,7 @@ def transfer(amount, src="alice", dst="bob", rid="t1"):
 
 
 def test_exact_balance_transfer_is_allowed():
-    d = decide_request(transfer(500), Account(balance=500, seq=2), False, TS, POS)
+    d = decide_request(transfer(500), Account(balance=500, seq=2), None, TS, POS)
     assert d.state.balance == 0 and d.state.seq == 3
     assert d.event["kind"] == "debited" and d.event["balance"] == 0 and d.event["seq"] == 3
     assert d.messages == [("bob", {"kind": "credit", "request_id": "t1", "account": "bob",
@@ -35,7 +36,7 @@ def test_exact_balance_transfer_is_allowed():
 
 def test_overdraft_is_rejected_and_changes_no_balance():
     alice = Account(balance=499, seq=2)
-    d = decide_request(transfer(500), alice, False, TS, POS)
+    d = decide_request(transfer(500), alice, None, TS, POS)
     assert alice.balance == 499 and alice.seq == 2          # input state untouched
     assert d.state.balance == 499                           # the rejected event keeps the balance
     assert d.event["kind"] == "rejected" and d.event["reason"] == "insufficient_funds"
@@ -49,35 +50,43 @@ def test_overdraft_is_rejected_and_changes_no_balance():
 
 
 def test_transfer_from_unknown_account_is_rejected():
-    d = decide_request(transfer(1), None, False, TS, POS)
+    d = decide_request(transfer(1), None, None, TS, POS)
     assert d.state is None and d.event is None
     assert d.outcomes[0]["reason"] == "unknown_account"
 
 
 def test_transfer_from_empty_account_is_rejected():
-    d = decide_request(transfer(1), Account(balance=0, seq=1), False, TS, POS)
+    d = decide_request(transfer(1), Account(balance=0, seq=1), None, TS, POS)
     assert d.outcomes[0]["reason"] == "insufficient_funds"
 
 
 @pytest.mark.parametrize("amount", [0, -5, 1.5, "100", True, None, 2**63, 2**70])
 def test_bad_amounts_are_invalid(amount):
-    d = decide_request(transfer(amount), Account(balance=10**6, seq=1), False, TS, POS)
+    d = decide_request(transfer(amount), Account(balance=10**6, seq=1), None, TS, POS)
     assert d.outcomes[0]["status"] == "rejected" and d.outcomes[0]["reason"] == "invalid"
     assert d.state.balance == 10**6
 
 
 def test_transfer_to_self_is_invalid():
-    d = decide_request(transfer(5, "alice", "alice"), Account(balance=100, seq=1), False, TS, POS)
+    d = decide_request(transfer(5, "alice", "alice"), Account(balance=100, seq=1), None, TS, POS)
     assert d.outcomes[0]["reason"] == "invalid" and d.state.balance == 100
 
 
-def test_same_request_id_twice_is_applied_once():
+def test_same_request_id_twice_is_applied_once_and_answered_with_the_first_decision():
     r = req({"type": "deposit", "request_id": "d1", "account": "alice", "amount": 70})
-    first = decide_request(r, Account(balance=0, seq=1), False, TS, POS)
-    assert first.state.balance == 70 and first.marker == "r:d1"
-    again = decide_request(r, first.state, True, TS, POS)
+    first = decide_request(r, Account(balance=0, seq=1), None, TS, POS)
+    assert first.state.balance == 70 and first.marker == "r:5:alice/d1"
+    prior = FirstDecision.decode(first.marker_value)
+    assert prior == FirstDecision(fingerprint(r.body), "completed")
+    again = decide_request(r, first.state, prior, TS, POS)
     assert again.state is None and again.event is None and again.marker is None
-    assert again.outcomes[0]["reason"] == "duplicate"
+    assert again.outcomes == [{"request_id": "d1", "account": "alice", "status": "completed",
+                               "detail": "the original decision of this request id",
+                               "retry": True, "ts": TS}]
+    other = req({"type": "deposit", "request_id": "d1", "account": "alice", "amount": 71})
+    conflict = decide_request(other, first.state, prior, TS, POS)
+    assert conflict.state is None and conflict.marker is None
+    assert conflict.outcomes[0]["reason"] == "idempotency_conflict" and conflict.outcomes[0]["retry"]
 
 
 def test_credit_applied_once_and_refunded_when_receiver_unknown():
@@ -91,33 +100,33 @@ def test_credit_applied_once_and_refunded_when_receiver_unknown():
     (key, msg), = refund.messages
     assert key == "alice" and msg["kind"] == "refund" and msg["reason"] == "unknown_account"
     # the refund lands on the sender's partition, where the request's own id is applied
-    assert credit_marker(msg) != "r:t1"
+    assert credit_marker(msg) == "f:5:alice/t1" != "r:5:alice/t1"
     back = decide_credit(msg, Account(balance=0, seq=4), False, TS, pos)
     assert back.state.balance == 40 and back.event["kind"] == "refunded"
-    assert back.outcomes[0] == {"request_id": "t1", "status": "rejected", "reason": "unknown_account",
-                                "ts": TS}
+    assert back.outcomes[0] == {"request_id": "t1", "account": "alice", "status": "rejected",
+                                "reason": "unknown_account", "ts": TS}
 
 
 def test_daily_limit():
     r = req({"type": "withdraw", "request_id": "w1", "account": "a", "amount": 60})
     acct = Account(balance=1000, seq=1, daily_limit=100)
-    first = decide_request(r, acct, False, TS, POS)
+    first = decide_request(r, acct, None, TS, POS)
     assert first.state.spent == 60
     r2 = req({"type": "withdraw", "request_id": "w2", "account": "a", "amount": 50})
-    assert decide_request(r2, first.state, False, TS, POS).outcomes[0]["reason"] == "limit_exceeded"
-    next_day = decide_request(r2, first.state, False, TS + 86_400_000, POS)
+    assert decide_request(r2, first.state, None, TS, POS).outcomes[0]["reason"] == "limit_exceeded"
+    next_day = decide_request(r2, first.state, None, TS + 86_400_000, POS)
     assert next_day.state.balance == 890
 
 
 def test_decisions_are_deterministic_to_the_byte():
-    a = decide_request(transfer(5), Account(balance=9, seq=1), False, TS, POS)
-    b = decide_request(transfer(5), Account(balance=9, seq=1), False, TS, POS)
+    a = decide_request(transfer(5), Account(balance=9, seq=1), None, TS, POS)
+    b = decide_request(transfer(5), Account(balance=9, seq=1), None, TS, POS)
     assert orjson.dumps(a.event) == orjson.dumps(b.event)
 
 
 def test_key_must_match_the_deciding_account():
     r = req({"type": "deposit", "request_id": "d1", "account": "alice", "amount": 5}, key="bob")
-    d = decide_request(r, None, False, TS, POS)
+    d = decide_request(r, None, None, TS, POS)
     assert r.account is None and d.event is None and d.outcomes[0]["reason"] == "invalid"
 
 
@@ -131,7 +140,7 @@ def test_records_without_request_id_are_undecodable(raw):
 def test_unknown_fields_and_types_are_invalid():
     for body in ({"type": "deposit", "request_id": "x", "account": "a", "amount": 1, "memo": "hi"},
                  {"type": "steal", "request_id": "x", "account": "a"}):
-        d = decide_request(req(body, key="a"), Account(seq=1), False, TS, POS)
+        d = decide_request(req(body, key="a"), Account(seq=1), None, TS, POS)
         assert d.outcomes[0]["reason"] == "invalid"
 
 
@@ -161,14 +170,14 @@ def _decide_and_encode(key: bytes | None, raw: bytes) -> None:
         req = parse_request(key, raw)
     except Undecodable:
         return
-    decision = decide_request(req, Account(balance=100), False, 1, Position("t", 0, 0))
+    decision = decide_request(req, Account(balance=100), None, 1, Position("t", 0, 0))
     # everything the engine would write must encode
     if decision.event is not None:
         orjson.dumps(decision.event)
         (decision.account or "").encode()
     for out in decision.outcomes:
         orjson.dumps(out)
-        out["request_id"].encode()
+        outcome_key(out).encode()
     for key_name, message in decision.messages:
         key_name.encode()
         orjson.dumps(message)

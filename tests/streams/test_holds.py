@@ -3,97 +3,11 @@ that drives random holds, posts, voids, expiries, transfers and re-deliveries th
 decisions and checks the invariants with the same checks as `bank replay verify`."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import orjson
 from hypothesis import given, settings, strategies as st
 
-from replay.ledger import LedgerFold
-from replay.verify import LedgerChecks, VerifyReport
-from streams.decisions import (Undecodable, credit_marker, decide_credit, decide_request,
-                               deciding_account, expiry_request, incoming_marker, parse_request)
-from streams.model import (HOLD_CLOSED, HOLD_EXCEEDED, PENDING, UNKNOWN_HOLD, Account, Hold,
-                           Position)
-
-POS = Position("transfers.requests", 0, 0)
-T0 = 1_764_000_000_000
-
-
-@dataclass
-class Ledger:
-    """One partition's worth of engine state, with the credits topic as a queue."""
-
-    accounts: dict[str, Account] = field(default_factory=dict)
-    holds: dict[str, Hold] = field(default_factory=dict)
-    applied: set[str] = field(default_factory=set)
-    pending: list[dict] = field(default_factory=list)
-    delivered: list[dict] = field(default_factory=list)
-    events: list[bytes] = field(default_factory=list)
-    outcomes: list[dict] = field(default_factory=list)
-    ts: int = T0
-
-    def emit(self, d) -> None:  # noqa: ANN001 - a Decision
-        if d.state is not None:
-            self.accounts[d.account] = d.state
-        if d.marker:
-            self.applied.add(d.marker)
-        if d.hold is not None:
-            self.holds[d.hold[0]] = d.hold[1]
-        if d.event is not None:
-            self.events.append(orjson.dumps(d.event))
-        self.outcomes += d.outcomes
-        self.pending += [m for _, m in d.messages]
-
-    def send(self, body: dict) -> list[dict]:
-        """Decide one request; returns its outcomes."""
-        key, value = deciding_account(body), orjson.dumps(body)
-        before = len(self.outcomes)
-        try:
-            req = parse_request(key.encode() if isinstance(key, str) else None, value)
-        except Undecodable:
-            return []
-        acct = self.accounts.get(req.account) if req.account else None
-        hold = self.holds.get(body.get("hold_id")) if isinstance(body.get("hold_id"), str) else None
-        self.emit(decide_request(req, acct, "r:" + req.request_id in self.applied, self.ts, POS,
-                                 hold=hold))
-        return self.outcomes[before:]
-
-    def deliver(self, i: int = 0, again: bool = False) -> None:
-        """Deliver the oldest pending message of some receiver (transfers.credits keeps each
-        receiver's messages from one sender in order: a hold's notice precedes its settlement),
-        or deliver an earlier message again."""
-        if again:
-            msg = self.delivered[i % len(self.delivered)]
-        else:
-            heads = list({m["account"]: n for n, m in reversed(list(enumerate(self.pending)))}.values())
-            msg = self.pending.pop(heads[i % len(heads)])
-        self.delivered.append(msg)
-        recorded = "hold_id" in msg and incoming_marker(msg["hold_id"]) in self.applied
-        linked = self.holds.get(msg["request_id"]) if msg["kind"] == "link_ack" else None
-        self.emit(decide_credit(msg, self.accounts.get(msg["account"]),
-                                credit_marker(msg) in self.applied, self.ts, POS, recorded, linked))
-
-    def deliver_all(self) -> None:
-        while self.pending:
-            self.deliver()
-
-    def verify(self) -> VerifyReport:
-        fold, checks, report = LedgerFold(), LedgerChecks(), VerifyReport()
-        for raw in self.events:
-            ev = fold.apply(raw)
-            assert ev is not None, "every event is new: seqs gap-free, no copies"
-            checks.add(ev)
-        checks.finish(fold, report)
-        return report
-
-
-def _opened(*funded: tuple[str, int]) -> Ledger:
-    led = Ledger()
-    for name, amount in funded:
-        led.send({"type": "open_account", "request_id": f"open-{name}", "account": name})
-        if amount:
-            led.send({"type": "deposit", "request_id": f"dep-{name}", "account": name, "amount": amount})
-    return led
+from streams.model import HOLD_CLOSED, HOLD_EXCEEDED, PENDING, UNKNOWN_HOLD, request_key
+from streams.decisions import incoming_marker
+from tests.rules_ledger import T0, Ledger, opened as _opened
 
 
 def _hold(led: Ledger, rid: str, amount: int, sender: str = "a", to: str = "b",
@@ -127,7 +41,7 @@ def test_a_partial_post_moves_part_and_releases_the_rest():
     led.deliver_all()
     a, b = led.accounts["a"], led.accounts["b"]
     assert (a.balance, a.held, b.balance, b.pending_in) == (50, 0, 50, 0)
-    assert led.outcomes[-1] == {"request_id": "p1", "status": "completed", "ts": led.ts}
+    assert led.outcomes[-1] == {"request_id": "p1", "account": "a", "status": "completed", "ts": led.ts}
     report = led.verify()
     assert report.ok and report.holds["posted"] == 1, report.render()
 
@@ -142,29 +56,38 @@ def test_post_void_and_expire_reject_what_the_hold_does_not_allow():
     assert reason({"type": "post", "request_id": "p0", "hold_id": "h1", "from": "a",
                    "amount": 41}) == HOLD_EXCEEDED
     assert reason({"type": "void", "request_id": "v0", "hold_id": "nope", "from": "a"}) == UNKNOWN_HOLD
-    assert reason({"type": "void", "request_id": "v1", "hold_id": "h1", "from": "c"}) == "invalid"
-    assert reason({**expiry_request("h1", led.holds["h1"]), "request_id": "early"}) == "invalid"
+    # holds live in their sender's scope: c has no hold h1
+    assert reason({"type": "void", "request_id": "v1", "hold_id": "h1", "from": "c"}) == UNKNOWN_HOLD
+    assert reason({"type": "expire", "request_id": "early", "hold_id": "h1", "from": "a"}) \
+        == "invalid"   # the engine's own: no client expires a hold
     assert led.send({"type": "void", "request_id": "v2", "hold_id": "h1", "from": "a"})[1]["status"] \
         == "voided"
     assert reason({"type": "post", "request_id": "p1", "hold_id": "h1", "from": "a"}) == HOLD_CLOSED
     led.ts += 10_000
-    assert reason(expiry_request("h1", led.holds["h1"])) == HOLD_CLOSED
+    before = len(led.events)
+    led.expire_due()   # voided already: the expiry changes nothing
+    assert len(led.events) == before
     led.deliver_all()
     assert (led.accounts["a"].available, led.accounts["b"].pending_in) == (100, 0)
     assert led.verify().ok
 
 
 def test_a_hold_expires_only_once_its_deadline_has_passed_by_the_records_clock():
+    from streams.decisions import expiry_message
+
     led = _opened(("a", 100), ("b", 0))
     _hold(led, "h1", 40, timeout_s=10)
+    key = request_key("a", "h1")
     led.ts += 9_999
-    assert led.send({**expiry_request("h1", led.holds["h1"]), "request_id": "x1"})[0]["status"] \
-        == "rejected"
+    led.deliver_message(expiry_message("h1", led.holds[key]))   # early: nothing happens
+    assert led.holds[key].state == "pending" and led.accounts["a"].held == 40
     led.ts += 1
-    outs = led.send(expiry_request("h1", led.holds["h1"]))
-    assert [o["status"] for o in outs] == ["completed", "expired"]
-    assert led.holds["h1"].state == "expired"
-    assert led.send(expiry_request("h1", led.holds["h1"]))[0]["reason"] == "duplicate"
+    before = len(led.outcomes)
+    led.expire_due()
+    assert [o["status"] for o in led.outcomes[before:]] == ["expired"]
+    assert led.holds[key].state == "expired" and led.accounts["a"].held == 0
+    led.expire_due()   # the hold is closed: a second expiry is a no-op
+    assert len(led.outcomes) == before + 1
 
 
 def test_a_held_amount_counts_toward_the_daily_limit_until_released():
@@ -236,9 +159,11 @@ def test_a_linked_transfer_with_one_failing_member_applies_none():
 def test_a_linked_transfer_cannot_be_posted_voided_or_expired_as_a_hold():
     led = _opened(("a", 100), ("b", 0), ("c", 0))
     _linked(led, "l1", "a", ("b", 30), ("c", 20))
-    for kind in ("post", "void", "expire"):
+    for kind in ("post", "void"):
         [out] = led.send({"type": kind, "request_id": f"{kind}-l1", "hold_id": "l1", "from": "a"})
         assert out["reason"] == UNKNOWN_HOLD, out
+    led.ts += 10**12
+    led.expire_due()   # linked transfers never expire
     led.deliver_all()
     assert {n: a.balance for n, a in led.accounts.items()} == {"a": 50, "b": 30, "c": 20}
 
@@ -270,8 +195,9 @@ def test_any_mix_of_holds_keeps_the_hold_invariants(steps):
     sent: list[dict] = []
     for n, (action, sender, to, amount, pick) in enumerate(steps):
         holds = sorted(led.holds)
-        hold_id = holds[pick % len(holds)] if holds and pick % 7 else "no-such-hold"
-        owner = led.holds[hold_id].sender if hold_id in led.holds and pick % 5 else sender
+        key = holds[pick % len(holds)] if holds and pick % 7 else None
+        hold_id = key.split("/", 1)[1] if key else "no-such-hold"
+        owner = led.holds[key].sender if key and pick % 5 else sender
         body = {"request_id": f"r{n}"}
         if action == "hold":
             body |= {"type": "hold", "from": sender, "to": to, "amount": amount,
@@ -280,8 +206,11 @@ def test_any_mix_of_holds_keeps_the_hold_invariants(steps):
             body |= {"type": "post", "hold_id": hold_id, "from": owner}
             if amount is not None:
                 body["amount"] = amount
-        elif action in ("void", "expire"):
+        elif action == "void":
             body |= {"type": action, "hold_id": hold_id, "from": owner}
+        elif action == "expire":
+            led.expire_due()
+            body = None
         elif action == "linked":
             receivers = [n for n in NAMES + ["ghost"] if n != sender][:1 + pick % 3]
             body |= {"type": "linked", "from": sender, "transfers": [
@@ -317,8 +246,9 @@ def test_any_mix_of_holds_keeps_the_hold_invariants(steps):
     for name, acct in led.accounts.items():
         pending = [h for h in led.holds.values() if h.state == PENDING]
         assert acct.held == sum(h.amount for h in pending if h.sender == name)
-        assert acct.pending_in == sum(h.amount for i, h in led.holds.items() if h.state == PENDING
-                                      and h.receiver == name and incoming_marker(i) in led.applied)
+        assert acct.pending_in == sum(
+            h.amount for i, h in led.holds.items() if h.state == PENDING and h.receiver == name
+            and incoming_marker(h.sender, i.split("/", 1)[1]) in led.applied)
     assert report.holds["made"] == len(led.holds)
     settled = {k: report.holds[k] for k in ("posted", "hold_released", "expired", "pending")}
     assert sum(settled.values()) == len(led.holds)

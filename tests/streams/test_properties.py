@@ -9,8 +9,8 @@ import orjson
 from hypothesis import given, settings, strategies as st
 
 from replay.ledger import LedgerFold
-from streams.decisions import Undecodable, credit_marker, decide_credit, decide_request, parse_request
-from streams.model import DEBITED, DEPOSITED, OPENED, WITHDRAWN, Account, Position
+from streams.model import DEBITED, DEPOSITED, OPENED, WITHDRAWN, Position
+from tests.rules_ledger import Ledger
 
 NAMES = ["a", "b", "c", "d"]
 POS = Position("transfers.requests", 0, 0)
@@ -47,67 +47,39 @@ def _named(body: dict, names: dict[str, str]) -> dict:
 @given(steps=steps, ts_step=st.sampled_from([1, 3_600_000, 50_000_000]), drawn=hostile_names)
 def test_any_interleaving_keeps_every_invariant(steps, ts_step, drawn):
     names = dict(zip(PLACEHOLDERS, drawn))
-    accounts: dict[str, Account] = {}
-    applied: set[str] = set()
-    pending: list[dict] = []
-    delivered: list[dict] = []
+    led = Ledger()
     sent: list[tuple[bytes, bytes]] = []
-    events: list[bytes] = []
-    ts = 1_764_000_000_000
-
-    def emit(d) -> None:  # noqa: ANN001
-        if d.state is not None:
-            accounts[d.account] = d.state
-        if d.marker:
-            applied.add(d.marker)
-        if d.event is not None:
-            events.append(orjson.dumps(d.event))
-        pending.extend(m for _, m in d.messages)
-
-    def send(key: bytes, value: bytes) -> None:
-        try:
-            req = parse_request(key, value)
-        except Undecodable:
-            return
-        acct = accounts.get(req.account) if req.account else None
-        emit(decide_request(req, acct, "r:" + req.request_id in applied, ts, POS))
-
-    def deliver(i: int, again: bool = False) -> None:
-        msg = delivered[i % len(delivered)] if again else pending.pop(i % len(pending))
-        delivered.append(msg)
-        emit(decide_credit(msg, accounts.get(msg["account"]), credit_marker(msg) in applied, ts, POS))
-
     prologue = [("send", {"type": "open_account", "account": n, "daily_limit": None}, 0) for n in NAMES[:3]]
     prologue += [("send", {"type": "deposit", "account": n, "amount": 1_000}, 0) for n in NAMES[:3]]
     for n, (action, body, pick) in enumerate(prologue + steps):
-        ts += ts_step
-        if action == "deliver" and pending:
-            deliver(pick)
-        elif action == "redeliver" and delivered:
-            deliver(pick, again=True)
+        led.ts += ts_step
+        if action == "deliver" and led.pending:
+            led.deliver(pick)
+        elif action == "redeliver" and led.delivered:
+            led.deliver(pick, again=True)
         elif action == "resend" and sent:
-            send(*sent[pick % len(sent)])
+            led.send_raw(*sent[pick % len(sent)])
         else:
             body = _named({**body, "request_id": f"r{n}"}, names)
             key = (body.get("from") if body["type"] == "transfer" else body.get("account")).encode()
             value = orjson.dumps(body) if not _too_big(body) else json.dumps(body).encode()
             sent.append((key, value))
-            send(key, value)
-    while pending:
-        deliver(0)
+            led.send_raw(key, value)
+    led.deliver_all()
 
     fold = LedgerFold()
-    for raw in events:
+    for raw in led.events:
         assert fold.apply(raw) is not None, "every event is new: seqs gap-free, no copies"
     assert fold.violations == []
+    accounts = led.accounts
     assert {n: a.balance for n, a in fold.accounts.items()} == {n: a.balance for n, a in accounts.items()}
     assert all(a.balance >= 0 for a in accounts.values())
     decided = Counter()
     flows = {DEPOSITED: 0, WITHDRAWN: 0, DEBITED: 0, "returned": 0}
-    for raw in events:
+    for raw in led.events:
         e = orjson.loads(raw)
         if e["kind"] in (OPENED, DEPOSITED, WITHDRAWN, DEBITED):
-            decided[e["request_id"]] += 1
+            decided[(e["account"], e["request_id"])] += 1
         if e["kind"] in flows:
             flows[e["kind"]] += e["amount"]
         if e["kind"] in ("credited", "refunded"):

@@ -279,7 +279,7 @@ async function showTransfer(requestId, sender) {
   showError("transfer-error", "");
   let st;
   try {
-    st = await api(`/transfers/${enc(requestId)}`);
+    st = await api(`/transfers/${enc(requestId)}?account=${enc(sender || "")}`);
   } catch (err) {
     $("transfer-body").hidden = true;
     showError("transfer-error", err.status === 404 ? `No outcome for request "${requestId}" (yet).` : `Cannot show "${requestId}": ${err.message}`);
@@ -350,7 +350,7 @@ $("new-form").addEventListener("submit", async (ev) => {
     });
     for (let i = 0; i < 20 && !["completed", "rejected"].includes(out.status); i++) {
       await new Promise((r) => setTimeout(r, 500));
-      out = await api(`/transfers/${enc(requestId)}`).catch(() => out);
+      out = await api(`/transfers/${enc(requestId)}?account=${enc(from)}`).catch(() => out);
     }
     const link = `#/transfer/${enc(`${requestId}@${from}`)}`;
     $("new-result").innerHTML = "";

@@ -41,7 +41,9 @@ def task(tmp_path):
     store.close()
 
 
-def test_a_record_that_fails_unforeseen_is_dead_lettered_and_the_batch_goes_on(task, monkeypatch):
+def test_a_bug_in_the_rules_is_not_dead_lettered_but_raised_with_the_record_named(task, monkeypatch):
+    """A bug is not bad input: it must stop the batch (and the worker) loudly, never turn a
+    request into a silent dead letter."""
     out = RecordingOutput()
     processor = BatchProcessor(Settings(), TOPICS, 8, out)  # type: ignore[arg-type]
     p = task.partition
@@ -54,12 +56,28 @@ def test_a_record_that_fails_unforeseen_is_dead_lettered_and_the_batch_goes_on(t
             raise RuntimeError("a bug")
         return real(req, *args)
     monkeypatch.setattr(module, "decide_request", explode_on_bad)
-    processor.run(task, [], [
-        _request(p, 0, b"alice", orjson.dumps({"type": "open_account", "request_id": "bad", "account": "alice"})),
+    with pytest.raises(RuntimeError, match="a bug") as raised:
+        processor.run(task, [], [
+            _request(p, 0, b"alice", orjson.dumps({"type": "open_account", "request_id": "ok", "account": "alice"})),
+            _request(p, 1, b"alice", orjson.dumps({"type": "open_account", "request_id": "bad", "account": "alice"})),
+        ])
+    assert f"while deciding req[{p}]@1" in raised.value.__notes__
+    assert processor.stats.deadletters == 0 and not any(t == "dead" for t, *_ in out.sent)
+
+
+def test_bad_input_is_dead_lettered_bounded_and_the_batch_goes_on(task):
+    out = RecordingOutput()
+    processor = BatchProcessor(Settings(), TOPICS, 8, out)  # type: ignore[arg-type]
+    p = task.partition
+    huge = b"x" * 500_000
+    processor.run(task, [Message(topic="cred", partition=p, offset=0, key=b"alice", value=huge,
+                                 timestamp=(1, 1_700_000_000_000))], [
+        _request(p, 0, b"alice", b"not json" + huge),
         _request(p, 1, b"alice", orjson.dumps({"type": "open_account", "request_id": "ok", "account": "alice"})),
     ])
     dead = [orjson.loads(v) for t, _, v, _ in out.sent if t == "dead"]
-    assert len(dead) == 1 and dead[0]["offset"] == 0 and "RuntimeError: a bug" in dead[0]["error"]
+    assert len(dead) == 2 and all(d["truncated"] and d["value_bytes"] >= 500_000 for d in dead)
+    assert all(len(v) < 8_192 for t, _, v, _ in out.sent if t == "dead")
     assert any(t == "ledger" for t, *_ in out.sent), "the next record was still decided"
 
 

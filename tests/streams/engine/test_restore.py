@@ -23,7 +23,7 @@ def _write(settings, records: list[tuple[bytes, bytes]]) -> None:  # noqa: ANN00
 def test_a_restore_goes_in_bounded_steps_until_the_committed_offsets_are_reflected(settings, tmp_path):
     accounts = [(account_key(f"acct-{i}"), orjson.dumps(Account(balance=i, seq=1).to_json()))
                 for i in range(1_000)]
-    first = BatchRecord((0, 0), (0, 1_000), ("r:x",))
+    first = BatchRecord((0, 0), (0, 1_000), {"r:x": "fp completed "})
     _write(settings, accounts + [(first.key, first.encode())])
     task = PartitionTask(0, PartitionStore(str(tmp_path / "p0")), next_request=1_500)
     restorer = kafka.consumer(settings, settings.topic("restore-test"), **{"enable.partition.eof": True})
@@ -39,7 +39,7 @@ def test_a_restore_goes_in_bounded_steps_until_the_committed_offsets_are_reflect
     for _ in range(20):   # at the changelog's end, still behind the committed offsets: waits
         assert restore.step(max_records=100) == []
     assert restore.active and task.store.position == (0, 1_000)
-    second = BatchRecord((0, 0), (1_000, 1_500), ())
+    second = BatchRecord((0, 0), (1_000, 1_500), {})
     _write(settings, [(account_key("acct-7"), orjson.dumps(Account(balance=70, seq=2).to_json())),
                       (second.key, second.encode())])
     done: list[PartitionTask] = []
@@ -49,6 +49,6 @@ def test_a_restore_goes_in_bounded_steps_until_the_committed_offsets_are_reflect
     store = task.store
     assert store.position == (0, 1_500) and store.changelog_offset == 1_003
     assert (store.account("acct-7").balance, store.account("acct-999").balance) == (70, 999)
-    assert store.is_applied("r:x")
+    assert store.applied("r:x") == "fp completed "
     restorer.close()
     store.close()

@@ -13,6 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from streams import kafka, topics
 from streams.client import BULK_READ, OutcomeWatcher, RequestSender, read_to_end, read_topic
 from streams.config import Settings
+from streams.model import split_request_key
 
 
 @dataclass
@@ -74,6 +75,14 @@ class Workload:
                 if ahead > 0:
                     time.sleep(ahead)
         self.sender.flush()
+
+    def statuses(self) -> dict[str, str]:
+        """Status by bare request id (the tests' ids are unique across accounts)."""
+        with self.watcher._lock:
+            return {split_request_key(key)[1]: st for key, st in self.watcher.status.items()}
+
+    def status(self, request_id: str) -> str | None:
+        return self.statuses().get(request_id)
 
     def wait(self, timeout_s: float = 180) -> bool:
         return self.watcher.wait(self.request_ids, timeout_s)
@@ -149,3 +158,11 @@ def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.1) -> N
 def log_count(path, text: str) -> int:  # noqa: ANN001 - a pathlib.Path
     """How often `text` occurs in a worker's log file (0 if it has none yet)."""
     return path.read_text().count(text) if path.exists() else 0
+
+
+def status_path(key: str) -> str:
+    """GET /transfers/{id}?account= of a request key."""
+    from urllib.parse import quote
+
+    account, rid = split_request_key(key)
+    return f"/transfers/{quote(rid, safe='')}?account={quote(account, safe='')}"

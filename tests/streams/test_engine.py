@@ -45,7 +45,7 @@ def test_transfers_across_partitions_give_exact_balances_and_histories(settings,
             history[dst][("credited", amount, src)] += 1
         wl.sender.flush()
         assert wl.wait(120), [(r, wl.watcher.status.get(r)) for r in wl.request_ids if r not in wl.watcher.final_ts][:10]
-        assert all(wl.watcher.status[f"t{i}"] == "completed" for i in range(300))
+        assert all(wl.status(f"t{i}") == "completed" for i in range(300))
     finally:
         wl.close()
     histories = exact_histories(settings, expected)

@@ -29,7 +29,7 @@ def test_holds_posted_voided_and_expired_show_in_the_views(settings, pool_factor
         _hold(wl, "h-void", "alice", "carol", 200, 600)
         _hold(wl, "h-expire", "bob", "carol", 100, 1)
         wl.sender.flush()
-        wait_until(lambda: all(wl.watcher.status.get(h) in ("held", "expired")
+        wait_until(lambda: all(wl.status(h) in ("held", "expired")
                                for h in ("h-post", "h-void", "h-expire")), 60, "the holds")
         # the sender's funds are reserved; the receiver sees them coming (incoming_held)
         alice = get_json(f"{url}/accounts/alice?min_seq=4&timeout=10")
@@ -50,17 +50,17 @@ def test_holds_posted_voided_and_expired_show_in_the_views(settings, pool_factor
         wl.send({"type": "void", "request_id": "v2", "hold_id": "h-http", "from": "carol"})
         wl.send({"type": "post", "request_id": "p-again", "hold_id": "h-void", "from": "alice"})
         wl.sender.flush()
-        assert wl.wait(120), {r: wl.watcher.status.get(r) for r in wl.request_ids}
-        status = wl.watcher.status
+        assert wl.wait(120), wl.statuses()
+        status = wl.statuses()
         assert [status[r] for r in ("h-post", "h-void", "h-expire", "p1", "v1")] == \
             ["posted", "voided", "expired", "completed", "completed"]
         assert status["p-again"] == "rejected"
-        assert get_json(f"{url}/holds/h-post") | {"ts": 0} == {
+        assert get_json(f"{url}/holds/h-post?account=alice") | {"ts": 0} == {
             "hold_id": "h-post", "state": "posted", "from": "alice", "to": "bob", "amount": 300,
-            "expires_at": get_json(f"{url}/holds/h-post")["expires_at"], "posted": 250,
+            "expires_at": get_json(f"{url}/holds/h-post?account=alice")["expires_at"], "posted": 250,
             "released": 50, "by": "p1", "ts": 0}
-        assert get_json(f"{url}/holds/h-expire")["state"] == "expired"
-        assert request("GET", f"{url}/holds/no-such-hold?timeout=0").status == 404
+        assert get_json(f"{url}/holds/h-expire?account=bob")["state"] == "expired"
+        assert request("GET", f"{url}/holds/no-such-hold?account=alice&timeout=0").status == 404
     finally:
         wl.close()
     report = assert_invariants(settings, wl, drained_by=engine)
@@ -86,7 +86,7 @@ def test_a_post_and_a_void_of_the_same_hold_racing_exactly_one_wins(settings, po
             src, dst = names[i % 10], names[(i * 3 + 1) % 10]
             _hold(wl, f"h{i}", src, dst, 1 + i, 600)
         wl.sender.flush()
-        wait_until(lambda: all(wl.watcher.status.get(f"h{i}") == "held" for i in range(200)), 120,
+        wait_until(lambda: all(wl.status(f"h{i}") == "held" for i in range(200)), 120,
                    "every hold held")
         for i in range(200):
             src = names[i % 10]
@@ -96,7 +96,7 @@ def test_a_post_and_a_void_of_the_same_hold_racing_exactly_one_wins(settings, po
                 wl.send(req)
         wl.sender.flush()
         assert wl.wait(120)
-        status = wl.watcher.status
+        status = wl.statuses()
     finally:
         wl.close()
     for i in range(200):
@@ -115,16 +115,16 @@ def test_a_hold_expires_once_when_its_engine_was_killed_past_the_deadline(settin
         wl.open_accounts(["dan", "eve"], 500)
         _hold(wl, "h-dead", "dan", "eve", 400, 2)
         wl.sender.flush()
-        wait_until(lambda: wl.watcher.status.get("h-dead") == "held", 60, "the hold")
+        wait_until(lambda: wl.status("h-dead") == "held", 60, "the hold")
         worker = next(iter(pool.procs))
         pool.kill(worker)          # SIGKILL: the deadline passes while no engine runs
         deadline_ms = max(o.get("hold", {}).get("expires_at", 0)
                           for o in read_json(settings, topics.OUTCOMES) if o["request_id"] == "h-dead")
         wait_until(lambda: time.time() * 1000 > deadline_ms + 500, 30, "the hold's deadline")
-        assert wl.watcher.status["h-dead"] == "held"
+        assert wl.status("h-dead") == "held"
         pool.start(worker)
-        assert wl.wait(120), wl.watcher.status.get("h-dead")
-        assert wl.watcher.status["h-dead"] == "expired"
+        assert wl.wait(120), wl.status("h-dead")
+        assert wl.status("h-dead") == "expired"
         # later cycles (and a second restart, which re-indexes the pending holds) add nothing
         pool.kill(worker)
         pool.start(worker)
@@ -154,8 +154,8 @@ def test_linked_transfers_apply_all_or_none_across_partitions(settings, pool_fac
         wl.send({"type": "linked", "request_id": "too-much", "from": "acct-6", "transfers": [
             {"to": "acct-7", "amount": 600}, {"to": "acct-8", "amount": 401}]})
         wl.sender.flush()
-        assert wl.wait(120), {r: wl.watcher.status.get(r) for r in wl.request_ids[-3:]}
-        status = wl.watcher.status
+        assert wl.wait(120), wl.statuses()
+        status = wl.statuses()
     finally:
         wl.close()
     assert [status[r] for r in ("pay+fee", "one-bad", "too-much")] == ["completed", "rejected", "rejected"]

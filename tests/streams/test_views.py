@@ -18,7 +18,8 @@ from streams.views.app import VIEWS_APP, VIEWS_TABLE
 from streams.views.fold import AccountView
 from streams.views.store import ViewKeys
 from tests.http import get_json
-from tests.workload import Workload, assert_invariants, ledger, wait_until
+from streams.model import split_request_key
+from tests.workload import Workload, assert_invariants, ledger, status_path, wait_until
 
 
 def assert_views_match_ledger(url: str, fold: LedgerFold) -> None:
@@ -41,12 +42,12 @@ def assert_statuses(url: str, wl: Workload, request_ids: list[str]) -> None:
     """Each request's status over HTTP equals its final outcome. transfers.outcomes is folded
     on its own, maybe a moment behind the ledger: a status may take a while to arrive."""
     for rid in request_ids:
-        wait_until(lambda: get_json(f"{url}/transfers/{rid}")["status"] == wl.watcher.status[rid],
+        wait_until(lambda: get_json(url + status_path(rid))["status"] == wl.watcher.status[rid],
                    30, f"{url} to show the final status of {rid}")
 
 
 def transfer_counts(wl: Workload, prefix: str) -> tuple[int, int]:
-    statuses = [s for rid, s in wl.watcher.status.items() if rid.startswith(prefix)]
+    statuses = [s for rid, s in wl.statuses().items() if rid.startswith(prefix)]
     return statuses.count("completed"), statuses.count("rejected")
 
 
@@ -74,7 +75,7 @@ def test_every_views_worker_answers_like_the_ledger(settings, pool_factory, view
     assert_invariants(settings, wl)
     fold = ledger(settings)
     urls = [views.url(w) for w in views.procs]
-    sample = [rid for rid in wl.request_ids if rid.startswith("t-")][::20]
+    sample = [key for key in wl.request_ids if split_request_key(key)[1].startswith("t-")][::20]
     for url in urls:
         assert_views_match_ledger(url, fold)
         assert_stats(url, fold, wl)
@@ -202,7 +203,7 @@ def test_a_stale_table_write_behind_a_fresher_one_does_not_come_back(settings, p
         assert wl.wait(120)
         fold = ledger(settings)
         assert_views_match_ledger(url, fold)
-        transfers = [rid for rid in wl.request_ids if rid.startswith("t-")]
+        transfers = [key for key in wl.request_ids if split_request_key(key)[1].startswith("t-")]
         assert_statuses(url, wl, transfers)
         wait_until(lambda: lag_and_changelog_backlog(url)[1] == 0, 60, "the views' own table writes to drain")
         write_stale_table_values(settings, names, transfers)
@@ -213,7 +214,7 @@ def test_a_stale_table_write_behind_a_fresher_one_does_not_come_back(settings, p
         wl.close()
     if last_write_wins:
         assert {get_json(f"{url}/accounts/{name}")["seq"] for name in names} == {1}
-        assert {get_json(f"{url}/transfers/{rid}")["status"] for rid in transfers} == {"accepted"}
+        assert {get_json(url + status_path(rid))["status"] for rid in transfers} == {"accepted"}
     else:
         assert_views_match_ledger(url, fold)
         assert_stats(url, fold, wl)

@@ -67,7 +67,7 @@ def test_every_route_answers_as_the_openapi_document_says(web):
               orjson.dumps({"type": "deposit", "account": name, "amount": 50_000}), 200)
     done = check("POST", url, "/transfers?wait=completed",
                  orjson.dumps({"request_id": "t1", "from": "alice", "to": "bob", "amount": 700}), 200).json()
-    assert done == {"request_id": "t1", "status": "completed", "ts": done["ts"]}
+    assert done == {"request_id": "t1", "account": "alice", "status": "completed", "ts": done["ts"]}
     over = check("POST", url, "/transfers?wait=completed",
                  orjson.dumps({"from": "alice", "to": "bob", "amount": 9_999}), 200).json()
     assert (over["status"], over["reason"]) == ("rejected", "limit_exceeded")
@@ -75,7 +75,11 @@ def test_every_route_answers_as_the_openapi_document_says(web):
     assert queued.json()["status"] == "accepted"
     again = check("POST", url, "/transfers?wait=completed",
                   orjson.dumps({"request_id": "t1", "from": "alice", "to": "bob", "amount": 700}), 200).json()
-    assert again["status"] == "completed" and again["duplicate_submission"] is True
+    assert again["status"] == "completed" and again["retry"] is True   # the original outcome
+    # the same id with another body: refused, with the original's status; nothing moves
+    conflict = check("POST", url, "/transfers?wait=completed",
+                     orjson.dumps({"request_id": "t1", "from": "alice", "to": "bob", "amount": 5}), 409).json()
+    assert conflict["error"] == "idempotency_conflict" and conflict["original"]["status"] == "completed"
 
     # opened, deposited, debited, rejected, credited (bob's 1)
     alice = get_json(f"{url}/accounts/alice?min_seq=5")
@@ -92,7 +96,12 @@ def test_every_route_answers_as_the_openapi_document_says(web):
     assert hist["positions"] == [{"partition": partition_for("alice", settings.partitions),
                                   "offset": o["offset"]} for o in hist["positions"]]
     assert hist["positions"][0]["offset"] > hist["positions"][1]["offset"]
-    check("GET", url, "/transfers/t1", expect=200)
+    # bob's own t1 is another request (ids are scoped per sending account): it is applied
+    bobs = check("POST", url, "/transfers?wait=completed",
+                 orjson.dumps({"request_id": "t1", "from": "bob", "to": "alice", "amount": 1}), 200).json()
+    assert (bobs["account"], bobs["status"]) == ("bob", "completed")
+    check("GET", url, "/transfers/t1?account=alice", expect=200)
+    check("GET", url, "/transfers/t1", expect=400)   # ids are scoped: the account is required
     check("GET", url, "/stats", expect=200)
     check("GET", url, "/health", expect=200)
 
@@ -107,7 +116,7 @@ def test_every_route_answers_as_the_openapi_document_says(web):
 
     # errors: JSON bodies with a reason
     assert check("GET", url, "/accounts/nobody", expect=404).json()["error"] == "not_found"
-    check("GET", url, "/transfers/never-sent", expect=404)
+    check("GET", url, "/transfers/never-sent?account=alice", expect=404)
     check("GET", url, "/accounts/alice?min_seq=abc", expect=400)
     check("GET", url, "/accounts/alice?min_seq=999&timeout=0.2", expect=503)
     check("GET", url, "/accounts/alice?timeout=99", expect=400)

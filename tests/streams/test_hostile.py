@@ -22,7 +22,9 @@ def test_hostile_requests_change_nothing_they_should_not(settings, pool_factory)
             wl.send({"type": "deposit", "request_id": f"huge-{i}", "account": name,
                      "amount": MAX_AMOUNT})
         # engine-only requests and ids
-        wl.send({"type": "expire", "request_id": "x", "hold_id": "h", "from": "alice"})
+        wl.sender.send_raw(b"alice", orjson.dumps(
+            {"type": "expire", "request_id": "x", "hold_id": "h", "from": "alice"}))
+        wl.request_ids.append(request_key("", "x"))   # no account decides it: no scope
         wl.send({"type": "deposit", "request_id": "expire:h", "account": "dave", "amount": 1})
         # a retry and a conflicting reuse
         wl.send({"type": "deposit", "request_id": "dep-dave", "account": "dave", "amount": 1_000})
@@ -38,7 +40,7 @@ def test_hostile_requests_change_nothing_they_should_not(settings, pool_factory)
         assert status[request_key("alice", "t1")] == status[request_key("bob", "t1")] == "completed"
         assert {status[request_key(n, f"huge-{i}")] for i, n in enumerate(["alice", "bob", "dave"])} \
             == {"rejected"}
-        assert status[request_key("alice", "x")] == "rejected"
+        assert status[request_key("", "x")] == "rejected"
         assert status[request_key("dave", "expire:h")] == "completed"
         assert status[request_key("dave", "big")] == "rejected"
         wl.deposits += 1   # the expire:h deposit

@@ -9,6 +9,8 @@ from urllib.parse import quote
 
 import jsonschema
 import orjson
+
+from streams.model import request_key
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
@@ -242,7 +244,7 @@ def test_a_full_producer_queue_answers_503_with_retry_after_and_loses_nothing(se
     assert all(a.headers.get("retry-after") == "1" and a.json()["error"] == "overloaded" for a in busy)
     assert views.procs["0"].poll() is None
     assert _rss_mb(pid) - rss_before < 100, "memory should stay bounded under overload"
-    accepted = [f"o-{i}" for i, a in enumerate(answers) if a.status == 202]
+    accepted = [request_key("ab"[i % 2], f"o-{i}") for i, a in enumerate(answers) if a.status == 202]
     watcher = OutcomeWatcher(settings, from_beginning=True)
     try:
         assert watcher.wait(accepted, 120), "an accepted request was lost"

@@ -6,6 +6,8 @@ from dataclasses import replace
 from collections import Counter
 
 import orjson
+
+from streams.model import request_key
 import pytest
 
 from streams import topics
@@ -103,7 +105,8 @@ def test_bad_input_is_rejected_or_dead_lettered_and_the_worker_goes_on(settings,
         for key, value, _, _ in bad:
             wl.sender.send_raw(key, value)
         expected = {rid: want for _, _, rid, want in bad if rid is not None}
-        wl.request_ids += list(expected)
+        wl.request_ids += [key for _, _, key, _ in ((k, v, _scoped(k, v), w) for k, v, r, w in bad)
+                           if key is not None]
         wl.send({"type": "transfer", "request_id": "good", "from": "alice", "to": "bob", "amount": 100})
         wl.sender.flush()
         assert wl.wait(60)
@@ -151,7 +154,7 @@ def test_records_on_the_wrong_partition_are_forwarded_to_their_accounts_partitio
                     expected[name] += 1_000
                     wl.deposits += 1_000
                 default_client.produce(topic, key=name.encode(), value=orjson.dumps(req), **kwargs)
-                wl.request_ids.append(req["request_id"])
+                wl.request_ids.append(request_key(name, req["request_id"]))
             default_client.flush(30)
             assert wl.wait(60)
         rng = random.Random(4)
@@ -162,7 +165,7 @@ def test_records_on_the_wrong_partition_are_forwarded_to_their_accounts_partitio
             part = (partition_for(src, settings.partitions) + 3) % settings.partitions if i % 2 else None
             default_client.produce(topic, key=src.encode(), value=orjson.dumps(req),
                                    **({"partition": part} if part is not None else {}))
-            wl.request_ids.append(req["request_id"])
+            wl.request_ids.append(request_key(src, req["request_id"]))
             expected[src] -= 7
             expected[dst] += 7
         default_client.flush(30)
@@ -176,3 +179,14 @@ def test_records_on_the_wrong_partition_are_forwarded_to_their_accounts_partitio
     statuses = fold_outcomes(list(read_json(settings, topics.OUTCOMES)))
     assert len(statuses) == len(wl.request_ids) and set(statuses.values()) == {"completed"}
     assert_invariants(settings, wl)
+
+
+def _scoped(key: bytes | None, value: bytes) -> str | None:
+    """The request key an outcome of this raw request has (None: dead-lettered, no outcome)."""
+    from streams.decisions import Undecodable, parse_request
+
+    try:
+        req = parse_request(key, value)
+    except Undecodable:
+        return None
+    return request_key(req.account or "", req.request_id)

@@ -43,7 +43,7 @@ def test_holds_posted_voided_and_expired_show_in_the_views(settings, pool_factor
             {"type": "hold", "request_id": "h-http", "from": "carol", "to": "alice",
              "amount": 10, "timeout_s": 600}))
         assert held.json()["status"] == "held", held.body   # the wait ends at the hold's decision
-        wl.request_ids += ["w-too-much", "h-http"]
+        wl.request_ids += ["5:alice/w-too-much", "5:carol/h-http"]
         wl.send({"type": "post", "request_id": "p1", "hold_id": "h-post", "from": "alice",
                  "amount": 250})
         wl.send({"type": "void", "request_id": "v1", "hold_id": "h-void", "from": "alice"})

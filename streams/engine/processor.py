@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import heapq
-import logging
 from dataclasses import dataclass, field
 
 import orjson
@@ -32,7 +31,6 @@ from streams.engine.transaction import EngineTransaction
 from streams.model import LINK_ACK, PENDING, Hold, Position, request_key, split_request_key
 from streams.partitioning import partition_for
 
-log = logging.getLogger("bank.engine")
 
 FORWARDED_FROM = "bank-forwarded-from"   # header of a forwarded record: "topic/partition/offset"
 MAX_FORWARD_BYTES = 65_536     # a larger misrouted record is dead-lettered, not copied

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 from confluent_kafka import KafkaError
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams.config import Settings
 from streams.kafka import client_config
@@ -24,7 +24,8 @@ ENGINE_GROUP = "bank-engine"
 
 
 class TopicLayoutError(RuntimeError):
-    """An existing topic breaks co-partitioning; starting would split accounts."""
+    """An existing topic breaks co-partitioning (starting would split accounts) or is
+    configured against the catalogue (the audit log could expire, a changelog lose state)."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,51 @@ def min_insync_replicas(settings: Settings) -> int:
     return 2 if settings.replication_factor >= 3 else 1
 
 
+def config_mismatches(spec: TopicSpec, actual: dict[str, str], replication_factor: int,
+                      settings: Settings) -> list[str]:
+    """What an existing topic gets wrong against the catalogue, one phrase per setting.
+
+    Every setting topics.yaml names must be exactly as written (a 7-day retention on the
+    audit log would silently expire it); replication factor and min.insync.replicas may be
+    stronger than this deployment asks for, never weaker.
+    """
+    wrong = [f"{key}={actual.get(key)!r} (topics.yaml says {want!r})"
+             for key, want in sorted(spec.config.items()) if actual.get(key) != want]
+    if replication_factor < settings.replication_factor:
+        wrong.append(f"replication factor {replication_factor} "
+                     f"(BANK_REPLICATION_FACTOR is {settings.replication_factor})")
+    want_isr = min_insync_replicas(settings)
+    isr = actual.get("min.insync.replicas")
+    if isr is None or not isr.isdigit() or int(isr) < want_isr:
+        wrong.append(f"min.insync.replicas={isr!r} (at least {want_isr})")
+    return wrong
+
+
+def _check_configs(admin: AdminClient, specs: list[TopicSpec], settings: Settings,
+                   timeout_s: float) -> None:
+    """Refuse to start on a topic whose settings break the catalogue, naming each one."""
+    metadata = admin.list_topics(timeout=timeout_s).topics
+    futures = admin.describe_configs(
+        [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in specs],
+        request_timeout=timeout_s)
+    by_name = {resource.name: future.result(timeout=timeout_s)
+               for resource, future in futures.items()}
+    problems = []
+    for spec in specs:
+        actual = {k: entry.value for k, entry in by_name[spec.name].items()}
+        replicas = min(len(p.replicas) for p in metadata[spec.name].partitions.values())
+        problems += [f"{spec.name}: {w}"
+                     for w in config_mismatches(spec, actual, replicas, settings)]
+    if problems:
+        raise TopicLayoutError(
+            "existing topics are configured against topics.yaml: " + "; ".join(problems)
+            + "; fix them with kafka-configs.sh (or recreate them) or use another "
+            "BANK_TOPIC_PREFIX")
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
-    """Create missing topics; refuse if the co-partitioned ones disagree.
+    """Create missing topics; refuse if the co-partitioned ones disagree or an existing
+    topic's settings break the catalogue.
 
     Returns the partition count of every topic.
     """
@@ -105,4 +149,5 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
             "co-partitioned topics must have the same partition count, found "
             + ", ".join(f"{n}={c}" for n, c in sorted(co_counts.items()))
             + "; recreate them or use another BANK_TOPIC_PREFIX")
+    _check_configs(admin, specs, settings, timeout_s)
     return counts

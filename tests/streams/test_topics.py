@@ -1,0 +1,56 @@
+"""ensure_topics refuses existing topics whose settings break topics.yaml."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.config import Settings
+from streams.kafka import client_config
+from streams.topics import (LEDGER, TopicLayoutError, TopicSpec, config_mismatches,
+                            ensure_topics, load_specs)
+
+SPEC = TopicSpec("ledger.events", 8, {"retention.ms": "-1", "cleanup.policy": "delete"}, True)
+
+
+def test_a_topic_as_the_catalogue_says_passes():
+    actual = {"retention.ms": "-1", "cleanup.policy": "delete", "min.insync.replicas": "1"}
+    assert config_mismatches(SPEC, actual, 1, Settings()) == []
+
+
+def test_each_wrong_setting_is_named():
+    actual = {"retention.ms": "604800000", "cleanup.policy": "compact",
+              "min.insync.replicas": "1"}
+    wrong = config_mismatches(SPEC, actual, 1, Settings())
+    assert len(wrong) == 2
+    assert wrong[0].startswith("cleanup.policy='compact'")
+    assert wrong[1].startswith("retention.ms='604800000'")
+
+
+def test_weaker_replication_is_refused_and_stronger_accepted():
+    three = Settings(replication_factor=3)
+    ok = {"retention.ms": "-1", "cleanup.policy": "delete", "min.insync.replicas": "2"}
+    assert config_mismatches(SPEC, ok, 3, three) == []
+    assert config_mismatches(SPEC, {**ok, "min.insync.replicas": "3"}, 5, three) == []
+    wrong = config_mismatches(SPEC, {**ok, "min.insync.replicas": "1"}, 1, three)
+    assert [w.split(" ")[0] for w in wrong] == ["replication", "min.insync.replicas='1'"]
+
+
+def test_an_audit_log_with_the_brokers_default_retention_is_refused(bootstrap_servers, tmp_path):
+    settings = replace(Settings.from_env(), bootstrap_servers=bootstrap_servers,
+                       topic_prefix=f"t{uuid.uuid4().hex[:10]}-", partitions=8,
+                       state_dir=str(tmp_path / "state"))
+    admin = AdminClient(client_config(settings))
+    ledger = settings.topic(LEDGER)
+    # created beforehand the way a user's tooling might: partitions right, retention 7 days
+    admin.create_topics([NewTopic(ledger, 8, 1, config={"retention.ms": "604800000"})])[
+        ledger].result(timeout=30)
+    with pytest.raises(TopicLayoutError) as refused:
+        ensure_topics(settings)
+    message = str(refused.value)
+    assert f"{ledger}: retention.ms='604800000'" in message
+    # every other topic was created as the catalogue says, so only the ledger is named
+    others = {s.name for s in load_specs(settings)} - {ledger}
+    assert others and not [name for name in others if f"{name}:" in message], message

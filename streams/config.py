@@ -25,6 +25,11 @@ class Settings:
     partitions: int = field(default=8, metadata={
         "env": "BANK_PARTITIONS",
         "help": "partition count of the co-partitioned topics when they are created"})
+    kafka_credentials: str = field(default="", metadata={
+        "env": "BANK_KAFKA_CREDENTIALS",
+        "help": "directory of one librdkafka properties file per Kafka principal (admin, engine, "
+                "views, intake, tools, client: see SECURITY.md); each process connects as its "
+                "role's principal. Empty: the KAFKA_SASL_*/KAFKA_SSL_* variables only"})
     replication_factor: int = field(default=1, metadata={
         "env": "BANK_REPLICATION_FACTOR",
         "help": "replication factor for created topics (3 on a production cluster)"})

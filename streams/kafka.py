@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, Producer
 
@@ -18,12 +19,33 @@ def _property(env_name: str) -> str:
     return env_name[len("KAFKA_"):].lower().replace("_", ".")
 
 
-def client_config(settings: Settings) -> dict[str, object]:
-    """Connection settings shared by every client, including TLS/SASL from the env."""
+ADMIN = "admin"   # the role that creates topics, users and ACLs (a super user)
+
+
+def client_config(settings: Settings, role: str | None = None) -> dict[str, object]:
+    """Connection settings shared by every client: TLS/SASL from the env, then, with a
+    `role` and BANK_KAFKA_CREDENTIALS, that role's principal from its properties file."""
     conf: dict[str, object] = {"bootstrap.servers": settings.bootstrap_servers}
     for key, value in os.environ.items():
         if key.startswith(_CLIENT_PREFIXES):
             conf[_property(key)] = value
+    if role is not None and settings.kafka_credentials:
+        path = Path(settings.kafka_credentials) / f"{role}.properties"
+        if not path.exists():
+            raise SettingsError(f"BANK_KAFKA_CREDENTIALS has no {path.name} for the {role} "
+                                f"principal: run `bank topics` with admin credentials")
+        conf.update(read_properties(path))
+    return conf
+
+
+def read_properties(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A librdkafka properties file: `key=value` lines, `#` comments."""
+    conf = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            conf[key.strip()] = value.strip()
     return conf
 
 

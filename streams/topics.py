@@ -11,7 +11,7 @@ from confluent_kafka import KafkaError
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams.config import Settings
-from streams.kafka import client_config
+from streams.kafka import ADMIN, client_config
 
 REQUESTS = "transfers.requests"
 CREDITS = "transfers.credits"
@@ -128,7 +128,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
 
     Returns the partition count of every topic.
     """
-    admin = AdminClient(client_config(settings))
+    admin = AdminClient(client_config(settings, ADMIN))
     specs = load_specs(settings)
     futures = admin.create_topics(
         [NewTopic(s.name, s.partitions, settings.replication_factor,

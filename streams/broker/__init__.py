@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Iterator
 
 KAFKA_VERSION = "4.4.0"  # keep in step with pom.xml
+ADMIN_USER = "admin"        # the secured broker's only super user
+SCRAM_MECHANISM = "SCRAM-SHA-512"
 _HERE = Path(__file__).resolve().parent
 _NODE_HEAP = "-Xmx512m"
 
@@ -135,17 +137,24 @@ class KafkaNode:
     def log_path(self) -> Path:
         return self.data_dir.parent / "logs" / f"server-{self.node_id}.log"
 
-    def properties(self, voters: str, replication: int) -> str:
+    def properties(self, voters: str, replication: int, admin_password: str | None = None) -> str:
+        """server.properties; with `admin_password`, secured (see _secured_properties)."""
         min_isr = min(2, replication)
+        if admin_password is None:
+            listeners = [
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            ]
+        else:
+            listeners = self._secured_properties(admin_password)
         return "\n".join([
             "process.roles=broker,controller",
             f"node.id={self.node_id}",
             f"controller.quorum.voters={voters}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            *listeners,
             f"log.dirs={self.data_dir / 'log'}",
             f"offsets.topic.replication.factor={replication}",
             f"transaction.state.log.replication.factor={replication}",
@@ -166,12 +175,41 @@ class KafkaNode:
             "",
         ])
 
+    def _secured_properties(self, admin_password: str) -> list[str]:
+        """SASL on every listener and Kafka's StandardAuthorizer, denying what no ACL allows.
+
+        Clients and brokers authenticate with SCRAM-SHA-512 (the admin's credential is
+        written into the metadata when storage is formatted, KIP-900); the controllers, for
+        which KRaft does not support SCRAM, with PLAIN and the same admin user. The admin is
+        the only super user: every other principal gets exactly its ACLs
+        (streams.principals)."""
+        scram = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
+                 f'username="{ADMIN_USER}" password="{admin_password}";')
+        plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
+                 f'username="{ADMIN_USER}" password="{admin_password}" '
+                 f'user_{ADMIN_USER}="{admin_password}";')
+        return [
+            f"listeners=SASL_PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{self.port}",
+            "inter.broker.listener.name=SASL_PLAINTEXT",
+            "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+            f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+            f"sasl.mechanism.inter.broker.protocol={SCRAM_MECHANISM}",
+            "sasl.mechanism.controller.protocol=PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+            f"listener.name.controller.plain.sasl.jaas.config={plain}",
+            f"listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config={scram}",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found=false",
+            f"super.users=User:{ADMIN_USER}",
+        ]
+
 
 class KafkaCluster:
     """One or three Apache Kafka KRaft nodes on 127.0.0.1, stopped on exit."""
 
     def __init__(self, data_dir: str | os.PathLike[str], nodes: int = 1, port: int | None = None,
-                 clean: bool = False) -> None:
+                 clean: bool = False, secured: bool = False) -> None:
         if nodes < 1:
             raise BrokerError("a cluster needs at least one node")
         self.data_dir = Path(data_dir).resolve()
@@ -182,12 +220,20 @@ class KafkaCluster:
         self.nodes = [KafkaNode(i + 1, ports[i], free_port(), self.data_dir / f"node-{i + 1}")
                       for i in range(nodes)]
         self.replication = 3 if nodes >= 3 else 1
+        self.admin_password = _admin_password(self.data_dir) if secured else None
         self.voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
         self.started_in_s = 0.0
 
     @property
     def bootstrap_servers(self) -> str:
         return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def admin_config(self) -> dict[str, str]:
+        """librdkafka settings of the super user (none on an unsecured cluster)."""
+        if self.admin_password is None:
+            return {}
+        return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": SCRAM_MECHANISM,
+                "sasl.username": ADMIN_USER, "sasl.password": self.admin_password}
 
     def start(self, timeout_s: float = 120.0) -> "KafkaCluster":
         """Install the jars if needed, format new storage, start every node, wait until ready."""
@@ -208,7 +254,8 @@ class KafkaCluster:
     def _config_path(self, node: KafkaNode) -> Path:
         path = node.data_dir / "server.properties"
         node.data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(node.properties(self.voters, self.replication))
+        path.write_text(node.properties(self.voters, self.replication, self.admin_password))
+        path.chmod(0o600)   # it holds the admin's password when secured
         (node.data_dir / "log4j2.yaml").write_text(_LOG4J.format(log=node.log_path))
         return path
 
@@ -223,6 +270,9 @@ class KafkaCluster:
         for node in fresh:
             cmd = [java_command(), "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
                    "-t", cluster_id, "-c", str(self._config_path(node))]
+            if self.admin_password is not None:
+                cmd += ["--add-scram", f"{SCRAM_MECHANISM}=[name={ADMIN_USER},"
+                                       f"password={self.admin_password}]"]
             done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
             if done.returncode != 0:
                 raise BrokerError(f"formatting node {node.node_id} failed: {done.stdout}{done.stderr}")
@@ -274,7 +324,8 @@ class KafkaCluster:
                     raise BrokerError(f"Kafka node {node.node_id} exited with code {node.proc.returncode}; "
                                       f"see {node.log_path}")
             try:
-                quiet = {"bootstrap.servers": self.bootstrap_servers, "log_level": 2}  # not yet up: no noise
+                quiet = {"bootstrap.servers": self.bootstrap_servers, "log_level": 2,  # not yet up: no noise
+                         **self.admin_config()}
                 admin = AdminClient(quiet)
                 brokers = set(admin.list_topics(timeout=2).brokers)
                 if brokers >= running:
@@ -317,6 +368,20 @@ class KafkaCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _admin_password(data_dir: Path) -> str:
+    """The super user's password: made with the cluster's storage, kept beside it (0600)."""
+    import secrets
+
+    path = data_dir / "admin.password"
+    if not path.exists():
+        if any(data_dir.glob("node-*/log/meta.properties")):
+            raise BrokerError(f"{data_dir} holds an unsecured cluster's storage: start with "
+                              "--clean or choose another --data-dir")
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24))
+    return path.read_text().strip()
 
 
 def default_data_dir() -> str:

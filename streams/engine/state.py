@@ -49,6 +49,7 @@ class PartitionStore:
         self._dirty_marks: dict[str, str] = {}     # ids applied by the open batch -> value
         self._dirty_holds: dict[str, Hold] = {}    # holds made or settled by the open batch
         self._supply: int | None = None            # the open batch's supply, if it changed
+        self._committed_supply: int | None = None  # the committed supply, once read
 
     # -- reads and writes of the open batch --------------------------------
     def account(self, name: str) -> Account | None:
@@ -83,8 +84,10 @@ class PartitionStore:
         """The partition's money supply (deposits - withdrawals), as of the open batch."""
         if self._supply is not None:
             return self._supply
-        raw = self._db.get(SUPPLY_KEY)
-        return orjson.loads(raw) if raw is not None else 0
+        if self._committed_supply is None:
+            raw = self._db.get(SUPPLY_KEY)
+            self._committed_supply = orjson.loads(raw) if raw is not None else 0
+        return self._committed_supply
 
     def add_supply(self, amount: int) -> None:
         self._supply = self.supply() + amount
@@ -129,6 +132,7 @@ class PartitionStore:
             wb.put(hold_key(key), orjson.dumps(hold.to_json()))
         if self._supply is not None:
             wb.put(SUPPLY_KEY, orjson.dumps(self._supply))
+            self._committed_supply = self._supply
         wb.put(_CHANGELOG_OFFSET, str(max(changelog_offset, self.changelog_offset)).encode())
         self._db.write(wb)
         self._cache.update(self._dirty)
@@ -170,6 +174,7 @@ class PartitionStore:
         wb.put(_POSITION, orjson.dumps(position))
         self._db.write(wb)
         self._cache.clear()
+        self._committed_supply = None
         self.discard()
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from streams.decisions import (FirstDecision, Undecodable, credit_marker, decide_credit,
-                               decide_request, fingerprint, parse_request)
+                               decide_request, fingerprint, parse_request, request_marker)
 from streams.model import Account, Position, outcome_key
 
 POS = Position("transfers.requests", 0, 1)
@@ -75,7 +75,7 @@ def test_transfer_to_self_is_invalid():
 def test_same_request_id_twice_is_applied_once_and_answered_with_the_first_decision():
     r = req({"type": "deposit", "request_id": "d1", "account": "alice", "amount": 70})
     first = decide_request(r, Account(balance=0, seq=1), None, TS, POS)
-    assert first.state.balance == 70 and first.marker == "r:5:alice/d1"
+    assert first.state.balance == 70 and first.marker == "r:d1\x00alice\x002"
     prior = FirstDecision.decode(first.marker_value)
     assert prior == FirstDecision(fingerprint(r.body), "completed")
     again = decide_request(r, first.state, prior, TS, POS)
@@ -100,7 +100,7 @@ def test_credit_applied_once_and_refunded_when_receiver_unknown():
     (key, msg), = refund.messages
     assert key == "alice" and msg["kind"] == "refund" and msg["reason"] == "unknown_account"
     # the refund lands on the sender's partition, where the request's own id is applied
-    assert credit_marker(msg) == "f:5:alice/t1" != "r:5:alice/t1"
+    assert credit_marker(msg) == "f:t1\x00alice\x002" != request_marker("alice", "t1")
     back = decide_credit(msg, Account(balance=0, seq=4), False, TS, pos)
     assert back.state.balance == 40 and back.event["kind"] == "refunded"
     assert back.outcomes[0] == {"request_id": "t1", "account": "alice", "status": "rejected",
@@ -199,3 +199,11 @@ def test_no_request_makes_the_parser_or_the_outputs_raise(body, key):
 @given(raw=st.binary(max_size=200))
 def test_no_bytes_make_the_parser_raise_anything_but_undecodable(raw):
     _decide_and_encode(b"k", raw)
+
+
+@hsettings(max_examples=500, deadline=None)
+@given(a=st.tuples(st.text(max_size=8), st.text(max_size=8)),
+       b=st.tuples(st.text(max_size=8), st.text(max_size=8)))
+def test_no_two_requests_share_a_marker(a, b):
+    """Whatever characters scopes and ids hold (NULs and digits included)."""
+    assert (request_marker(*a) == request_marker(*b)) == (a == b)

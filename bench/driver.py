@@ -84,7 +84,7 @@ class OutcomeClock:
         self.window = (float("inf"), float("inf"))   # completions of requests sent in it count
         self.completion = LatencyHistogram()
         self._stop = threading.Event()
-        self._consumer = kafka.consumer(settings, settings.topic("bench-clock"),
+        self._consumer = kafka.consumer(settings, kafka.ADMIN, settings.topic("bench-clock"),
                                         **_FEWER_FETCHES)
         topic = settings.topic(topics.OUTCOMES)
         parts = self._consumer.list_topics(topic, timeout=30).topics[topic].partitions

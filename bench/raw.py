@@ -14,10 +14,10 @@ from streams.config import Settings
 def broker_raw_throughput(settings: Settings, messages: int = 300_000, size: int = 100) -> dict[str, float]:
     """Produce then consume `messages` records of `size` bytes; msgs/s of each and of both."""
     topic = settings.topic("bench.raw")
-    admin = AdminClient(kafka.client_config(settings))
+    admin = AdminClient(kafka.client_config(settings, kafka.ADMIN))
     for future in admin.create_topics([NewTopic(topic, settings.partitions, settings.replication_factor)]).values():
         future.result()
-    producer = kafka.producer(settings, **{"linger.ms": 5, "batch.num.messages": 10000,
+    producer = kafka.producer(settings, kafka.ADMIN, **{"linger.ms": 5, "batch.num.messages": 10000,
                                            "queue.buffering.max.messages": 2_000_000,
                                            "enable.idempotence": False, "acks": 1})
     payload = b"x" * size
@@ -31,7 +31,7 @@ def broker_raw_throughput(settings: Settings, messages: int = 300_000, size: int
                 producer.poll(0.001)
     producer.flush(120)
     produced_s = time.perf_counter() - start
-    consumer = kafka.consumer(settings, settings.topic("bench-raw"), **{"enable.partition.eof": True})
+    consumer = kafka.consumer(settings, kafka.ADMIN, settings.topic("bench-raw"), **{"enable.partition.eof": True})
     start = time.perf_counter()
     count = sum(1 for _ in read_to_end(consumer, [TopicPartition(topic, p, OFFSET_BEGINNING)
                                                   for p in range(settings.partitions)]))

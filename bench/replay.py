@@ -21,7 +21,7 @@ from streams.topics import ensure_topics
 def write_synthetic_ledger(settings: Settings, events: int, accounts: int, seed: int = 5) -> int:
     """Produce about `events` ledger events; returns the number written."""
     rng = random.Random(seed)
-    producer = kafka.producer(settings, **{"linger.ms": 20, "batch.num.messages": 10000,
+    producer = kafka.producer(settings, kafka.ADMIN, **{"linger.ms": 20, "batch.num.messages": 10000,
                                            "queue.buffering.max.messages": 2_000_000,
                                            "compression.type": "lz4"})
     topic = settings.topic(topics.LEDGER)

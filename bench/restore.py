@@ -29,7 +29,7 @@ IDS_PER_BATCH = 100
 
 def restore_speed(settings: Settings, accounts: int, ids: int) -> dict[str, Any]:
     ensure_topics(settings)
-    producer = kafka.producer(settings, **{"linger.ms": 50, "queue.buffering.max.messages": 2_000_000,
+    producer = kafka.producer(settings, kafka.ADMIN, **{"linger.ms": 50, "queue.buffering.max.messages": 2_000_000,
                                            "compression.type": "lz4"})
     topic = settings.topic(topics.CHANGELOG)
     batches = max(1, ids // IDS_PER_BATCH)
@@ -52,7 +52,7 @@ def restore_speed(settings: Settings, accounts: int, ids: int) -> dict[str, Any]
         raise TimeoutError("the changelog was not written")
     task = PartitionTask(0, PartitionStore(os.path.join(tempfile.mkdtemp(prefix="bank-bench-restore-"), "p0")),
                          next_request=batches * IDS_PER_BATCH)
-    restorer = kafka.consumer(settings, settings.topic("bench-restore"), **{"enable.partition.eof": True})
+    restorer = kafka.consumer(settings, kafka.ADMIN, settings.topic("bench-restore"), **{"enable.partition.eof": True})
     progress = progress_bar("restore: changelog records", "records")
     restore = ChangelogRestore(restorer, topic, progress=progress.update)
     started, steps, longest = time.monotonic(), 0, 0.0

@@ -28,7 +28,7 @@ def account_as_of(settings: Settings, account: str, offset: int | None = None,
     """Fold the account's ledger events up to (excluding) `offset` of its partition,
     or up to and including events with ts <= time_ms. Returns the fold and the partition."""
     topic = settings.topic(topics.LEDGER)
-    consumer = kafka.consumer(settings, settings.topic("bank-replay"), **{"enable.partition.eof": True})
+    consumer = kafka.consumer(settings, kafka.TOOLS, settings.topic("bank-reader-as-of"), **{"enable.partition.eof": True})
     try:
         count = len(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
         partition = partition_for(account, count)

@@ -18,16 +18,19 @@ _KEY = b"views"
 
 def switch(settings: Settings, generation: str) -> None:
     topics.ensure_topics(settings)
-    producer = kafka.producer(settings)
+    producer = kafka.producer(settings, kafka.TOOLS)
     producer.produce(settings.topic(topics.VIEWS_GENERATION), key=_KEY, value=generation.encode())
     if producer.flush(30) > 0:
         raise TimeoutError("the generation switch was not acknowledged")
 
 
-def live_generation(settings: Settings) -> str:
-    """The generation the views should serve (the last pointer record), `live` if none."""
+def live_generation(settings: Settings, role: str = kafka.TOOLS) -> str:
+    """The generation the views should serve (the last pointer record), `live` if none;
+    read as `role` (the views read it when they start)."""
     current = LIVE
-    for msg in read_topic(settings, settings.topic(topics.VIEWS_GENERATION), timeout_s=30):
+    group = "bank-views-generation" if role == kafka.VIEWS else "bank-reader"
+    for msg in read_topic(settings, settings.topic(topics.VIEWS_GENERATION), timeout_s=30,
+                          role=role, group=group):
         if msg.key() == _KEY and msg.value():
             current = msg.value().decode()
     return current

@@ -305,7 +305,7 @@ def write_generation(settings: Settings, generation: str, gen: Generation) -> Se
 
     target = generation_settings(settings, generation)
     ensure_topics(target)
-    producer = kafka.producer(target, **{"linger.ms": 20, "queue.buffering.max.messages": 2_000_000})
+    producer = kafka.producer(target, kafka.TOOLS, **{"linger.ms": 20, "queue.buffering.max.messages": 2_000_000})
     for topic, rows in ((topics.LEDGER, gen.events), (topics.OUTCOMES, gen.outcomes)):
         for key, raw in rows:
             while True:

@@ -26,7 +26,7 @@ class RequestSender:
 
     def __init__(self, settings: Settings, **extra: object) -> None:
         self.topic = settings.topic(topics.REQUESTS)
-        self.producer = kafka.producer(settings, **{"linger.ms": 5, "acks": "all",
+        self.producer = kafka.producer(settings, kafka.CLIENT, **{"linger.ms": 5, "acks": "all",
                                                     "queue.buffering.max.messages": 1_000_000,
                                                     **extra})
 
@@ -97,9 +97,11 @@ def read_to_end(consumer: Consumer, assignment: list[TopicPartition],
 
 
 def read_topic(settings: Settings, topic: str, timeout_s: float = 120.0,
-               isolation: str = "read_committed") -> Iterator[Message]:
-    """Every record of a topic, from the start to its end at the time of reading."""
-    consumer = kafka.consumer(settings, settings.topic("bank-reader"),
+               isolation: str = "read_committed", role: str = kafka.TOOLS,
+               group: str = "bank-reader") -> Iterator[Message]:
+    """Every record of a topic, from the start to its end at the time of reading, read as
+    `role` (the tools by default) under one of its groups (it joins none, commits nothing)."""
+    consumer = kafka.consumer(settings, role, settings.topic(group),
                               **{**BULK_READ, "isolation.level": isolation})
     try:
         parts = sorted(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
@@ -134,7 +136,7 @@ class OutcomeWatcher:
         self.final_ts: dict[str, float] = {}  # monotonic time a final status was seen
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._consumer = kafka.consumer(settings, settings.topic("bank-watcher"))
+        self._consumer = kafka.consumer(settings, kafka.CLIENT, settings.topic("client-watcher"))
         topic = settings.topic(topics.OUTCOMES)
         parts = sorted(self._consumer.list_topics(topic, timeout=30).topics[topic].partitions)
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END

@@ -19,7 +19,9 @@ def _property(env_name: str) -> str:
     return env_name[len("KAFKA_"):].lower().replace("_", ".")
 
 
-ADMIN = "admin"   # the role that creates topics, users and ACLs (a super user)
+# the roles a client connects as (streams.principals says what each may do)
+ADMIN = "admin"   # creates topics, users and ACLs (the super user)
+ENGINE, VIEWS, INTAKE, TOOLS, CLIENT = "engine", "views", "intake", "tools", "client"
 
 
 def client_config(settings: Settings, role: str | None = None) -> dict[str, object]:
@@ -60,16 +62,17 @@ def check_client_env() -> None:
             raise SettingsError(f"{key} is not a Kafka client setting ({_property(key)}): {exc}") from None
 
 
-def producer(settings: Settings, **extra: object) -> Producer:
-    """A producer that partitions keys like the Java client (murmur2)."""
-    return Producer({**client_config(settings), "partitioner": "murmur2_random",
+def producer(settings: Settings, role: str, **extra: object) -> Producer:
+    """A producer, connected as `role`, that partitions keys like the Java client (murmur2)."""
+    return Producer({**client_config(settings, role), "partitioner": "murmur2_random",
                      "linger.ms": 2, "enable.idempotence": True, **extra})
 
 
-def consumer(settings: Settings, group_id: str | None = None, **extra: object) -> Consumer:
-    """A read_committed consumer that never commits on its own."""
+def consumer(settings: Settings, role: str, group_id: str | None = None,
+             **extra: object) -> Consumer:
+    """A read_committed consumer, connected as `role`, that never commits on its own."""
     conf: dict[str, object] = {
-        **client_config(settings),
+        **client_config(settings, role),
         "group.id": group_id or settings.topic("bank-reader"),
         "isolation.level": "read_committed",
         "enable.auto.commit": False,

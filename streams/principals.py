@@ -22,9 +22,8 @@ from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, 
 
 from streams import topics
 from streams.config import Settings
-from streams.kafka import ADMIN, read_properties
+from streams.kafka import ADMIN, CLIENT, ENGINE, INTAKE, TOOLS, VIEWS, read_properties
 
-ENGINE, VIEWS, INTAKE, TOOLS, CLIENT = "engine", "views", "intake", "tools", "client"
 ROLES = (ENGINE, VIEWS, INTAKE, TOOLS, CLIENT)
 SCRAM_ITERATIONS = 8192
 
@@ -65,7 +64,9 @@ GRANTS: tuple[Grant, ...] = (
           "its own table changelogs, which it creates and owns"),
     Grant(VIEWS, "group", "bank-views*", ("READ", "DESCRIBE"), "its consumer groups"),
     Grant(VIEWS, "group", topics.ENGINE_GROUP, ("DESCRIBE",),
-          "the engine's lag, read through the Admin API (never by joining the group)"),
+          "the engine's lag: its committed offsets (read, never by joining the group)"),
+    Grant(VIEWS, "topic", topics.REQUESTS, ("DESCRIBE",), "the engine's lag: the inputs' ends"),
+    Grant(VIEWS, "topic", topics.CREDITS, ("DESCRIBE",), "the engine's lag: the inputs' ends"),
     Grant(INTAKE, "topic", topics.REQUESTS, ("WRITE", "DESCRIBE"), "POST /transfers and /requests"),
     Grant(INTAKE, "topic", topics.OUTCOMES, ("READ", "DESCRIBE"), "answers ?wait=completed"),
     Grant(INTAKE, "group", "bank-web-outcomes*", ("READ",), "its outcome reader"),

@@ -110,8 +110,8 @@ def hidden_records(settings: Settings, logical_topic: str) -> int:
 def engine_backlog(settings: Settings) -> int:
     """Committed input records the engine group has not yet processed: a request's final outcome
     can come before the last of its messages (a settled hold's release notice) is applied."""
-    group = kafka.consumer(settings, settings.topic(topics.ENGINE_GROUP))
-    reader = kafka.consumer(settings, settings.topic("bank-backlog"), **BULK_READ)
+    group = kafka.consumer(settings, kafka.ADMIN, settings.topic(topics.ENGINE_GROUP))
+    reader = kafka.consumer(settings, kafka.ADMIN, settings.topic("bank-backlog"), **BULK_READ)
     try:
         wanted = []
         for logical in (topics.REQUESTS, topics.CREDITS):

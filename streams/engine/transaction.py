@@ -67,8 +67,8 @@ class EngineTransaction:
             "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 1_048_576,
             "client.id": f"engine-{self.worker_id}"}
         if not self.transactional:   # BANK_UNSAFE_NO_TRANSACTIONS, for the negative controls
-            return kafka.producer(self.settings, **conf)
-        producer = kafka.producer(self.settings, **conf, **{
+            return kafka.producer(self.settings, kafka.ENGINE, **conf)
+        producer = kafka.producer(self.settings, kafka.ENGINE, **conf, **{
             "transactional.id": self.settings.topic(f"bank-engine-{self.worker_id}"),
             "transaction.timeout.ms": self.settings.transaction_timeout_ms})
         producer.init_transactions(60)   # fences an earlier incarnation of this worker

@@ -65,14 +65,14 @@ class EngineWorker:
         self.aborts = 0
         self._stopping = False
         self.consumer = kafka.consumer(
-            settings, settings.topic(topics.ENGINE_GROUP),
+            settings, kafka.ENGINE, settings.topic(topics.ENGINE_GROUP),
             **{"partition.assignment.strategy": "range",
                "fetch.wait.max.ms": settings.engine_fetch_wait_ms,
                "fetch.min.bytes": settings.engine_fetch_min_bytes,
                "client.id": f"engine-{worker_id}",
                "isolation.level": "read_uncommitted" if settings.unsafe_read_uncommitted
                else "read_committed"})
-        self.restorer = kafka.consumer(settings, settings.topic("bank-engine-restore"),
+        self.restorer = kafka.consumer(settings, kafka.ENGINE, settings.topic("bank-engine-restore"),
                                        **{"client.id": f"engine-{worker_id}-restore",
                                           "enable.partition.eof": True})
         self.txn = EngineTransaction(settings, worker_id, not settings.unsafe_no_transactions)

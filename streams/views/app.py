@@ -46,7 +46,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
-from streams import topics
+from streams import kafka, topics
 from streams.config import Settings
 from streams.model import COMPLETED, REJECTED_STATUS, outcome_key
 from streams.kafka import client_config
@@ -185,7 +185,7 @@ class ViewsWorker:
 
         from replay.generations import LIVE, live_generation, source_settings
 
-        self.generation = live_generation(settings)
+        self.generation = live_generation(settings, kafka.VIEWS)
         source = source_settings(settings, self.generation)
         app_id = settings.topic(VIEWS_APP) + ("" if self.generation == LIVE else f"-gen-{self.generation}")
         datadir = os.path.join(settings.state_dir, f"views-{worker_id}")
@@ -195,7 +195,7 @@ class ViewsWorker:
         self.app = ViewsApp(
             app_id,
             broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
-            broker_credentials=faust_credentials(client_config(settings)),
+            broker_credentials=faust_credentials(client_config(settings, kafka.VIEWS)),
             store=STORE_URL,
             datadir=datadir,
             processing_guarantee="at_least_once",
@@ -299,11 +299,11 @@ class ViewsWorker:
         log (read_committed): the fold skips what it has and applies what it lacks."""
         from confluent_kafka import TopicPartition
 
-        from streams import kafka
         from streams.client import BULK_READ
 
         topic = self.ledger_topic.get_topic_name()
-        consumer = kafka.consumer(self.settings, self.settings.topic("bank-views-heal"), **BULK_READ)
+        consumer = kafka.consumer(self.settings, kafka.VIEWS, self.settings.topic("bank-views-heal"),
+                                  **BULK_READ)
         try:
             consumer.assign([TopicPartition(topic, partition, start)])
             done = start >= end

@@ -87,7 +87,8 @@ class EngineLag:
             if time.monotonic() - at < 1.0:
                 return rows
             if self._consumer is None:
-                self._consumer = kafka.consumer(self.settings, self.settings.topic(topics.ENGINE_GROUP))
+                self._consumer = kafka.consumer(self.settings, kafka.VIEWS,
+                                                self.settings.topic(topics.ENGINE_GROUP))
             names = {"requests": self.settings.topic(topics.REQUESTS),
                      "credits": self.settings.topic(topics.CREDITS)}
             wanted = [TopicPartition(t, p) for t in names.values() for p in range(self.settings.partitions)]

@@ -28,7 +28,7 @@ class RequestProducer:
 
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topic(topics.REQUESTS)
-        self._producer = kafka.producer(settings, **{
+        self._producer = kafka.producer(settings, kafka.INTAKE, **{
             "acks": "all", "linger.ms": 1,
             "queue.buffering.max.messages": settings.web_max_queued_requests})
         self._stop = threading.Event()
@@ -82,7 +82,7 @@ class OutcomeWaiter:
         self._waiting: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._consumer = kafka.consumer(settings, settings.topic("bank-web-outcomes"))
+        self._consumer = kafka.consumer(settings, kafka.INTAKE, settings.topic("bank-web-outcomes"))
         topic = settings.topic(topics.OUTCOMES)
         parts = sorted(self._consumer.list_topics(topic, timeout=30).topics[topic].partitions)
         self._consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])

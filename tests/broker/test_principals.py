@@ -6,8 +6,6 @@ broker; a client without credentials gets nothing, and only the super user delet
 from __future__ import annotations
 
 import re
-import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,25 +13,16 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams import topics
-from streams.broker import KafkaCluster
 from streams.config import Settings
 from streams.kafka import ADMIN, client_config
-from streams.principals import (CLIENT, ENGINE, GRANTS, INTAKE, ROLES, TOOLS, VIEWS, provision,
-                                write_admin_properties)
-from streams.topics import ensure_topics
+from streams.principals import CLIENT, ENGINE, GRANTS, INTAKE, ROLES, TOOLS, VIEWS
+from tests.broker.conftest import provisioned
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory) -> Settings:
-    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka-secured"), secured=True).start()
-    creds = tmp_path_factory.mktemp("credentials")
-    settings = replace(Settings(), bootstrap_servers=cluster.bootstrap_servers,
-                       topic_prefix=f"s{uuid.uuid4().hex[:8]}-", kafka_credentials=str(creds))
-    write_admin_properties(creds, cluster.admin_config(), cluster.bootstrap_servers)
-    provision(settings, client_config(settings, ADMIN), creds)
-    ensure_topics(settings)
-    yield settings
-    cluster.stop()
+def secured(secured_cluster, tmp_path_factory) -> Settings:
+    return provisioned(secured_cluster, tmp_path_factory.mktemp("credentials"),
+                       tmp_path_factory.mktemp("state"))
 
 
 def _produce(settings: Settings, role: str | None, topic: str) -> KafkaError | None:

@@ -30,7 +30,7 @@ def finished_run(settings, pool_factory):
 
 
 def _forge(settings, event: dict) -> None:
-    producer = kafka.producer(settings)
+    producer = kafka.producer(settings, kafka.ADMIN)
     topic = settings.topic(topics.LEDGER)
     count = len(producer.list_topics(topic, timeout=30).topics[topic].partitions)
     producer.produce(topic, key=event["account"].encode(), value=orjson.dumps(event),

@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.config import Settings
-from streams.kafka import client_config
+from streams.kafka import ADMIN, client_config
 from streams.topics import (LEDGER, TopicLayoutError, TopicSpec, config_mismatches,
                             ensure_topics, load_specs)
 
@@ -42,7 +42,7 @@ def test_an_audit_log_with_the_brokers_default_retention_is_refused(bootstrap_se
     settings = replace(Settings.from_env(), bootstrap_servers=bootstrap_servers,
                        topic_prefix=f"t{uuid.uuid4().hex[:10]}-", partitions=8,
                        state_dir=str(tmp_path / "state"))
-    admin = AdminClient(client_config(settings))
+    admin = AdminClient(client_config(settings, ADMIN))
     ledger = settings.topic(LEDGER)
     # created beforehand the way a user's tooling might: partitions right, retention 7 days
     admin.create_topics([NewTopic(ledger, 8, 1, config={"retention.ms": "604800000"})])[

@@ -173,7 +173,7 @@ def write_stale_table_values(settings: Settings, accounts: list[str], request_id
     """Append to the views changelog what a revoked worker's late writes look like: each account
     as it was at seq 1 and each request at `accepted`, behind the fresher values already there."""
     topic = f"{settings.topic(VIEWS_APP)}-{VIEWS_TABLE}-changelog"
-    producer = kafka.producer(settings)
+    producer = kafka.producer(settings, kafka.ADMIN)
     for name in accounts:
         producer.produce(topic, AccountView(balance=0, seq=1, offset=0).to_bytes(),
                          ViewKeys.account(name), partition=partition_for(name, settings.partitions))
@@ -223,7 +223,7 @@ def test_a_stale_table_write_behind_a_fresher_one_does_not_come_back(settings, p
 
 def source_ends(settings: Settings) -> dict[tuple[str, int], int]:
     """The high watermark of every partition of the views' two sources."""
-    consumer = kafka.consumer(settings)
+    consumer = kafka.consumer(settings, kafka.ADMIN)
     try:
         return {(topic, p): consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1]
                 for topic in (settings.topic(topics.LEDGER), settings.topic(topics.OUTCOMES))

@@ -14,7 +14,7 @@ from streams.model import Account
 
 
 def _write(settings, records: list[tuple[bytes, bytes]]) -> None:  # noqa: ANN001
-    producer = kafka.producer(settings)
+    producer = kafka.producer(settings, kafka.ADMIN)
     for key, value in records:
         producer.produce(settings.topic(topics.CHANGELOG), key=key, value=value, partition=0)
     assert producer.flush(30) == 0
@@ -26,7 +26,7 @@ def test_a_restore_goes_in_bounded_steps_until_the_committed_offsets_are_reflect
     first = BatchRecord((0, 0), (0, 1_000), {"r:x": "fp completed "})
     _write(settings, accounts + [(first.key, first.encode())])
     task = PartitionTask(0, PartitionStore(str(tmp_path / "p0")), next_request=1_500)
-    restorer = kafka.consumer(settings, settings.topic("restore-test"), **{"enable.partition.eof": True})
+    restorer = kafka.consumer(settings, kafka.ADMIN, settings.topic("restore-test"), **{"enable.partition.eof": True})
     applied: list[int] = []
     restore = ChangelogRestore(restorer, settings.topic(topics.CHANGELOG), progress=applied.append)
     restore.add([task])

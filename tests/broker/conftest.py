@@ -1,0 +1,33 @@
+"""A secured embedded broker (SASL/SCRAM, ACLs) for the tests of the principals."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from streams.broker import KafkaCluster
+from streams.config import Settings
+from streams.kafka import ADMIN, client_config
+from streams.principals import provision, write_admin_properties
+from streams.topics import ensure_topics
+
+
+@pytest.fixture(scope="session")
+def secured_cluster(tmp_path_factory) -> KafkaCluster:
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka-secured"), secured=True).start()
+    yield cluster
+    cluster.stop()
+
+
+def provisioned(cluster: KafkaCluster, credentials: Path, state_dir: Path) -> Settings:
+    """Settings of a fresh deployment on the secured cluster: its users, ACLs and topics,
+    every process connecting as its role's principal."""
+    settings = replace(Settings.from_env(), bootstrap_servers=cluster.bootstrap_servers,
+                       topic_prefix=f"s{uuid.uuid4().hex[:8]}-", partitions=8,
+                       kafka_credentials=str(credentials), state_dir=str(state_dir))
+    write_admin_properties(credentials, cluster.admin_config(), cluster.bootstrap_servers)
+    provision(settings, client_config(settings, ADMIN), credentials)
+    ensure_topics(settings)
+    return settings

@@ -7,6 +7,7 @@ import sys
 
 import orjson
 
+from streams import kafka
 from streams.config import Settings, describe
 
 
@@ -57,6 +58,26 @@ def cmd_topics(args: argparse.Namespace) -> int:
         return 1
     for name, n in counts.items():
         print(f"{name}\t{n} partitions")
+    if settings.kafka_credentials:
+        from streams.kafka import ADMIN, client_config
+        from streams.principals import provision
+
+        paths = provision(settings, client_config(settings, ADMIN), settings.kafka_credentials)
+        print(f"principals and ACLs made as the admin; credentials: "
+              f"{', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def cmd_kafka_config(args: argparse.Namespace) -> int:
+    """librdkafka properties of one principal, for a user's own producer or consumer."""
+    from streams.kafka import client_config
+
+    settings = _settings(args)
+    if not settings.kafka_credentials:
+        print("bank kafka-config needs BANK_KAFKA_CREDENTIALS (bank up prints it)", file=sys.stderr)
+        return 2
+    for key, value in client_config(settings, args.role).items():
+        print(f"{key}={value}")
     return 0
 
 
@@ -150,8 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default="-", help="file of JSON lines (default: stdin)")
     p.set_defaults(func=cmd_send)
 
-    p = sub.add_parser("topics", help="create the topics of topics.yaml (idempotent) and list them")
+    p = sub.add_parser("topics", help="create the topics of topics.yaml (idempotent) and list them; "
+                                      "with BANK_KAFKA_CREDENTIALS holding admin.properties, also "
+                                      "the principals and their ACLs (SECURITY.md)")
     p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("kafka-config", help="print the librdkafka properties of one Kafka principal")
+    p.add_argument("role", choices=(kafka.ADMIN, *kafka.ROLES),
+                   help="whose properties (a payments service of your own: client)")
+    p.set_defaults(func=cmd_kafka_config)
 
     p = sub.add_parser("replay", help="rebuild and verify from the logs (see bank replay --help)",
                        add_help=False)

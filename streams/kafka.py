@@ -22,6 +22,7 @@ def _property(env_name: str) -> str:
 # the roles a client connects as (streams.principals says what each may do)
 ADMIN = "admin"   # creates topics, users and ACLs (the super user)
 ENGINE, VIEWS, INTAKE, TOOLS, CLIENT = "engine", "views", "intake", "tools", "client"
+ROLES = (ENGINE, VIEWS, INTAKE, TOOLS, CLIENT)   # each a principal of its own
 
 
 def client_config(settings: Settings, role: str | None = None) -> dict[str, object]:

@@ -22,9 +22,8 @@ from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, 
 
 from streams import topics
 from streams.config import Settings
-from streams.kafka import ADMIN, CLIENT, ENGINE, INTAKE, TOOLS, VIEWS, read_properties
+from streams.kafka import ADMIN, CLIENT, ENGINE, INTAKE, ROLES, TOOLS, VIEWS, read_properties
 
-ROLES = (ENGINE, VIEWS, INTAKE, TOOLS, CLIENT)
 SCRAM_ITERATIONS = 8192
 
 

@@ -14,8 +14,12 @@ import sys
 import time
 from dataclasses import replace
 
-from streams.broker import kafka_cluster
+from contextlib import ExitStack
+
+from streams.broker import KafkaCluster
 from streams.config import Settings
+from streams.kafka import ADMIN, client_config
+from streams.principals import provision, write_admin_properties
 from streams.topics import ensure_topics
 
 
@@ -165,6 +169,18 @@ def wait_for_views(urls: list[str], partitions: int, timeout_s: float = 120.0) -
     return False
 
 
+def _provision(settings: Settings, cluster: KafkaCluster, credentials: str) -> Settings:
+    """The principals and ACLs of the secured embedded broker, and where their credentials
+    are: every process started here connects as its role's principal."""
+    write_admin_properties(credentials, cluster.admin_config(), cluster.bootstrap_servers)
+    settings = replace(settings, kafka_credentials=credentials)
+    provision(settings, client_config(settings, ADMIN), credentials)
+    print(f"Kafka is secured (SASL/SCRAM-SHA-512, ACLs, see SECURITY.md); each principal's "
+          f"librdkafka properties are in {credentials} (readable by you only): "
+          f"export BANK_KAFKA_CREDENTIALS={credentials} for other bank commands", flush=True)
+    return settings
+
+
 def up(settings: Settings, workers: int, broker_port: int | None, demo: bool,
        views: int = 2, web_port: int = 8080, brokers: int = 1, data_dir: str | None = None,
        clean: bool = False, once: bool = False) -> int:
@@ -180,15 +196,20 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: bool,
     data_dir = data_dir or os.path.join(settings.state_dir, "kafka")
     started = time.monotonic()
     embedded = not settings.bootstrap_servers
-    with kafka_cluster(settings.bootstrap_servers, broker_port, brokers, data_dir, clean) as bootstrap:
+    with ExitStack() as stack:
         if embedded:
+            cluster = KafkaCluster(data_dir, brokers, broker_port, clean, secured=True).start()
+            stack.callback(cluster.stop)
+            bootstrap = cluster.bootstrap_servers
             # the stores live beside the broker's data: they survive and go together
             settings = replace(settings, state_dir=os.path.join(data_dir, "stores"),
-                               replication_factor=3 if brokers >= 3 else 1)
+                               replication_factor=3 if brokers >= 3 else 1,
+                               bootstrap_servers=bootstrap)
             print(f"Apache Kafka ({brokers} KRaft node{'s' if brokers > 1 else ''}) ready on "
                   f"{bootstrap} in {time.monotonic() - started:.1f} s; data and logs in {data_dir}",
                   flush=True)
-        settings = replace(settings, bootstrap_servers=bootstrap)
+            settings = _provision(settings, cluster, os.path.join(data_dir, "credentials"))
+        bootstrap = settings.bootstrap_servers
         counts = ensure_topics(settings)
         print(f"topics ready: {', '.join(f'{t}[{n}]' for t, n in counts.items())}", flush=True)
         log_dir = os.path.join(data_dir, "logs") if embedded else None

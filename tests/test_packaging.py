@@ -42,3 +42,9 @@ def test_the_wheel_installs_and_runs_the_demo_on_its_own(tmp_path):
     out = _run([bank, "up", "--demo", "--once", "--views", "1", "--web-port", str(free_port()),
                 "--data-dir", str(tmp_path / "kafka")], elsewhere, 600).stdout
     assert "verify: OK" in out and "Apache Kafka (1 KRaft node) ready" in out, out[-2000:]
+    # the embedded broker is secured: the demo ran with every process as its own principal
+    assert "Kafka is secured" in out, out[-2000:]
+    credentials = tmp_path / "kafka" / "credentials"
+    assert sorted(p.name for p in credentials.iterdir()) == [
+        "admin.properties", "client.properties", "engine.properties", "intake.properties",
+        "tools.properties", "views.properties"]

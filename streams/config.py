@@ -67,6 +67,11 @@ class Settings:
     web_bind: str = field(default="127.0.0.1", metadata={
         "env": "BANK_WEB_BIND",
         "help": "address the views workers' web servers listen on (0.0.0.0 in containers)"})
+    web_allowed_hosts: str = field(default="", metadata={
+        "env": "BANK_WEB_ALLOWED_HOSTS",
+        "help": "comma-separated host names a request's Host header may name (a DNS-rebinding "
+                "page names its own: refused 421); empty: BANK_WEB_HOST, 127.0.0.1, localhost, "
+                "[::1]; * allows any"})
     web_max_body_bytes: int = field(default=65536, metadata={
         "env": "BANK_WEB_MAX_BODY_BYTES",
         "help": "largest request body the web endpoint accepts (larger: 413)"})

@@ -16,13 +16,15 @@ class Response:
         return orjson.loads(self.body)
 
 
-def request(method: str, url: str, body: bytes | None = None, timeout: float = 30.0) -> Response:
+def request(method: str, url: str, body: bytes | None = None, timeout: float = 30.0,
+            headers: dict[str, str] | None = None) -> Response:
+    """One request; a body goes as application/json unless `headers` say otherwise."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
         path = parts.path + (f"?{parts.query}" if parts.query else "")
-        conn.request(method, path, body=body,
-                     headers={"Content-Type": "application/json"} if body is not None else {})
+        sent = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers={**sent, **(headers or {})})
         resp = conn.getresponse()
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     finally:

@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web as aioweb
 from faust.web import View
 
+from streams.config import Settings
 from streams.decisions import Undecodable, deciding_account, parse_json, parse_request
 from streams.partitioning import partition_for
 from streams.views.console import EngineLag, register_console
@@ -82,14 +83,50 @@ def _query_timeout(request: aioweb.Request, cap: float) -> float:
     return value
 
 
+# on every response: nothing of ours runs framed, sniffed or with another site's scripts
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                               "form-action 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def allowed_hosts(settings: Settings) -> frozenset[str] | None:
+    """Host names a request may be addressed to (None: any)."""
+    if settings.web_allowed_hosts.strip() == "*":
+        return None
+    named = [h.strip().lower() for h in settings.web_allowed_hosts.split(",") if h.strip()]
+    return frozenset(named or [settings.web_host.lower(), "127.0.0.1", "localhost", "[::1]"])
+
+
+def _host_refused(request: aioweb.Request, hosts: frozenset[str] | None) -> bool:
+    if hosts is None:
+        return False
+    host = (request.host or "").lower()
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name not in hosts
+
+
 def observe_middleware(worker: "ViewsWorker") -> Callable:
-    """Latency metrics, and JSON bodies for every error (aiohttp's own included)."""
+    """Latency metrics, JSON bodies for every error (aiohttp's own included), the Host
+    check and the security headers."""
+    hosts = allowed_hosts(worker.settings)
 
     @aioweb.middleware
     async def observe(request: aioweb.Request, handler: Callable[..., Awaitable]) -> aioweb.StreamResponse:
+        response = await _observe(request, handler)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    async def _observe(request: aioweb.Request, handler: Callable[..., Awaitable]) -> aioweb.StreamResponse:
         start = time.perf_counter()
         status = 500
         try:
+            if _host_refused(request, hosts):
+                raise HTTPError(421, "misdirected", f"this server does not answer for host "
+                                f"{request.host!r} (BANK_WEB_ALLOWED_HOSTS)")
             response = await handler(request)
             status = response.status
             return response
@@ -190,6 +227,10 @@ def register_routes(worker: "ViewsWorker") -> None:
             await asyncio.sleep(0.05)
 
     async def submit(request: aioweb.Request, transfers_only: bool) -> aioweb.Response:
+        if request.content_type != "application/json":
+            # a cross-site form can post text/plain or form data, never application/json
+            raise HTTPError(415, "unsupported_media_type",
+                            "the body must be sent as Content-Type: application/json")
         raw = await request.read()
         if not raw:
             raise HTTPError(400, "invalid", "empty body: expected a JSON object")

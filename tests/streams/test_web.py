@@ -252,3 +252,30 @@ def test_a_full_producer_queue_answers_503_with_retry_after_and_loses_nothing(se
         watcher.close()
     report = verify(settings)
     assert report.violations == [] and report.money_conserved and report.lost == 0, report.render()
+
+
+def test_a_cross_site_page_can_neither_post_nor_frame_nor_rebind(web):
+    """CSRF: a form can post text/plain or form data, never application/json, so only JSON
+    bodies are taken (415 otherwise, and nothing moves). Every answer forbids framing,
+    sniffing and other sites' scripts; a Host the server does not answer for (a DNS-rebinding
+    page's own name) is refused 421."""
+    _, _, url = web
+    check("POST", url, "/requests?wait=completed",
+          orjson.dumps({"type": "open_account", "request_id": "o", "account": "victim"}), 200)
+    check("POST", url, "/requests?wait=completed",
+          orjson.dumps({"type": "deposit", "request_id": "d", "account": "victim", "amount": 100}), 200)
+    steal = orjson.dumps({"request_id": "csrf", "from": "victim", "to": "thief", "amount": 100})
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        refused = request("POST", f"{url}/transfers?wait=completed", steal,
+                          headers={"Content-Type": kind})
+        assert refused.status == 415 and refused.json()["error"] == "unsupported_media_type"
+    assert get_json(f"{url}/accounts/victim?min_seq=2")["balance"] == 100
+    assert request("GET", f"{url}/transfers/csrf?account=victim").status == 404
+    for path in ("/health", "/", "/accounts/victim", "/no-such-route"):
+        headers = request("GET", url + path).headers
+        assert headers["x-frame-options"] == "DENY", path
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert "default-src 'self'" in headers["content-security-policy"], path
+    rebound = request("GET", f"{url}/accounts/victim", headers={"Host": "attacker.example"})
+    assert rebound.status == 421 and rebound.json()["error"] == "misdirected"
+    assert request("GET", f"{url}/health", headers={"Host": "localhost"}).status == 200

@@ -31,9 +31,14 @@ def browser():
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--window-size=1280,800"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
+    # the console runs under the server's Content-Security-Policy without breaking it
+    refused = [e["message"] for e in driver.get_log("browser")
+               if "Content Security Policy" in e["message"]]
     driver.quit()
+    assert not refused, refused
 
 
 def text(driver, element_id: str) -> str:  # noqa: ANN001

@@ -134,13 +134,12 @@ def provision(settings: Settings, admin_conf: dict[str, object],
     """Make (or refresh) every role's SCRAM user and ACLs as the super user `admin_conf`;
     returns each role's properties file. A role that has a file keeps its password."""
     admin = AdminClient(admin_conf)
-    mechanism = admin_conf.get("sasl.mechanism", "SCRAM-SHA-512")
     paths, upserts = {}, []
     for role in ROLES:
         path = properties_path(credentials_dir, role)
         conf = read_properties(path) if path.exists() else {
             "security.protocol": str(admin_conf.get("security.protocol", "SASL_PLAINTEXT")),
-            "sasl.mechanism": str(mechanism),
+            "sasl.mechanism": "SCRAM-SHA-512",   # the users made here are SCRAM users
             "sasl.username": user_name(settings, role),
             "sasl.password": secrets.token_urlsafe(24)}
         upserts.append(UserScramCredentialUpsertion(

@@ -48,3 +48,31 @@ def test_the_wheel_installs_and_runs_the_demo_on_its_own(tmp_path):
     assert sorted(p.name for p in credentials.iterdir()) == [
         "admin.properties", "client.properties", "engine.properties", "intake.properties",
         "tools.properties", "views.properties"]
+
+
+def test_docker_compose_runs_the_tested_broker_secured():
+    """docker-compose.yml cannot run here (no Docker): check it says what the tests run."""
+    import re
+
+    import yaml
+
+    from streams.broker import KAFKA_VERSION
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    brokers = {n: s for n, s in compose["services"].items() if n.startswith("kafka-")}
+    assert len(brokers) == 3
+    for name, service in brokers.items():
+        env = service["environment"]
+        assert service["image"] == f"apache/kafka:{KAFKA_VERSION}"
+        assert "PLAINTEXT:PLAINTEXT" not in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+        assert all(p.split(":")[1] == "SASL_PLAINTEXT"
+                   for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+        assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+        assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+        assert env["KAFKA_SUPER_USERS"] == "User:admin"
+        assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}", env["CLUSTER_ID"])
+        assert "${BANK_KAFKA_ADMIN_PASSWORD:?" in env["KAFKA_LISTENER_NAME_INTERNAL_PLAIN_SASL_JAAS_CONFIG"]
+        assert any(v.endswith(":/var/lib/kafka/data") for v in service["volumes"]), name
+    for name in ("engine-0", "engine-1", "views-0", "views-1", "tools"):
+        env = compose["services"][name]["environment"]
+        assert env["BANK_KAFKA_CREDENTIALS"] == "/credentials", name

@@ -10,6 +10,7 @@ engine's and the views' consumers per partition. Any worker serves it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 from aiohttp import web as aioweb
+from confluent_kafka import KafkaException
 from faust.web import View
 
 from streams import topics
@@ -69,16 +71,19 @@ def latency_summary(cumulative: list[float]) -> dict[str, Any]:
 
 class EngineLag:
     """Records not yet processed by the engine, per partition (its group's committed offsets
-    against the ends of transfers.requests and transfers.credits), read at most once a second."""
+    against the ends of transfers.requests and transfers.credits), read at most once a second
+    through the Admin API: the views only describe the engine's group, never join it."""
 
     def __init__(self, worker: "ViewsWorker") -> None:
         self.settings = worker.settings
-        self._consumer: Any = None
+        self._admin: Any = None
         self._lock = threading.Lock()
         self._cached: tuple[float, list[dict[str, Any]]] = (0.0, [])
 
     def read(self) -> list[dict[str, Any]]:
-        from confluent_kafka import TopicPartition
+        """Raises KafkaException (or a timeout) when the broker does not answer."""
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+        from confluent_kafka.admin import AdminClient, OffsetSpec
 
         from streams import kafka
 
@@ -86,21 +91,26 @@ class EngineLag:
             at, rows = self._cached
             if time.monotonic() - at < 1.0:
                 return rows
-            if self._consumer is None:
-                self._consumer = kafka.consumer(self.settings, kafka.VIEWS,
-                                                self.settings.topic(topics.ENGINE_GROUP))
+            if self._admin is None:
+                self._admin = AdminClient(kafka.client_config(self.settings, kafka.VIEWS))
             names = {"requests": self.settings.topic(topics.REQUESTS),
                      "credits": self.settings.topic(topics.CREDITS)}
             wanted = [TopicPartition(t, p) for t in names.values() for p in range(self.settings.partitions)]
-            committed = {(tp.topic, tp.partition): tp.offset
-                         for tp in self._consumer.committed(wanted, timeout=5)}
+            group = self.settings.topic(topics.ENGINE_GROUP)
+            answer = self._admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group, wanted)], request_timeout=5)[group].result(10)
+            committed = {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions}
+
+            def offsets(spec: Any) -> dict[tuple[str, int], int]:
+                futures = self._admin.list_offsets({tp: spec for tp in wanted}, request_timeout=5)
+                return {(tp.topic, tp.partition): f.result(10).offset for tp, f in futures.items()}
+            low, high = offsets(OffsetSpec.earliest()), offsets(OffsetSpec.latest())
             rows = []
             for p in range(self.settings.partitions):
                 row: dict[str, Any] = {"partition": p}
                 for label, topic in names.items():
-                    low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
                     done = committed.get((topic, p), -1)
-                    row[label] = max(0, high - (done if done >= 0 else low))
+                    row[label] = max(0, high[(topic, p)] - (done if done >= 0 else low[(topic, p)]))
                 rows.append(row)
             self._cached = (time.monotonic(), rows)
             return rows
@@ -179,7 +189,7 @@ def register_console(worker: "ViewsWorker", engine_lag: EngineLag) -> None:
             try:
                 engine = await asyncio.get_running_loop().run_in_executor(None, engine_lag.read)
                 engine_reason = None
-            except Exception as exc:  # noqa: BLE001 - shown on the page, never a 500
+            except (KafkaException, concurrent.futures.TimeoutError) as exc:   # shown on the page
                 engine, engine_reason = None, f"{type(exc).__name__}: {exc}"
             answered = [w for w in workers if w["ok"]]
             return json_response({

@@ -28,3 +28,7 @@ def test_engine_views_clients_and_tools_run_with_least_privilege(secured_cluster
     for name, acct in fold.accounts.items():
         view = get_json(f"{url}/accounts/{name}?min_seq={acct.seq}&timeout=10")
         assert view["balance"] == acct.balance, (name, view)
+    # the console reads the engine's lag with no more than the views' ACLs
+    overview = get_json(f"{url}/overview")
+    assert overview["engine_lag"] is not None, overview.get("engine_lag_reason")
+    assert [(r["requests"], r["credits"]) for r in overview["engine_lag"]] == [(0, 0)] * 8

@@ -4,6 +4,10 @@ from __future__ import annotations
 import random
 import sys
 import time
+import urllib.error
+import urllib.request
+
+import orjson
 
 from streams.client import OutcomeWatcher, RequestSender
 from streams.config import Settings
@@ -111,10 +115,6 @@ def _two_phase(sender: RequestSender, watcher: OutcomeWatcher, run: str, names: 
 
 def _print_balances(settings: Settings, names: list[str], web_url: str | None) -> None:
     """Balances folded from the ledger, and the same read back over HTTP."""
-    import urllib.request
-
-    import orjson
-
     from replay.ledger import LedgerFold
     from streams import topics
     from streams.client import read_topic
@@ -131,8 +131,7 @@ def _print_balances(settings: Settings, names: list[str], web_url: str | None) -
         if web_url:
             url = f"{web_url}/accounts/{name}?min_seq={acct.seq}"
             try:
-                with urllib.request.urlopen(url, timeout=15) as resp:
-                    view = orjson.loads(resp.read())
+                view = _get_when_caught_up(url, deadline=time.monotonic() + 60)
                 line += f" | GET {url} -> balance {view['balance']}, seq {view['seq']}"
             except OSError as exc:
                 line += f" | GET {url} failed: {exc}"
@@ -140,3 +139,15 @@ def _print_balances(settings: Settings, names: list[str], web_url: str | None) -
     if web_url:
         with urllib.request.urlopen(f"{web_url}/stats", timeout=15) as resp:
             print(f"demo: GET {web_url}/stats -> {resp.read().decode()}")
+
+
+def _get_when_caught_up(url: str, deadline: float) -> dict:
+    """GET a view, asking again while the views answer 503 (still folding the demo's ledger,
+    each answer after waiting up to the server's own timeout) until the deadline."""
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=15) as resp:
+                return orjson.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or time.monotonic() > deadline:
+                raise

@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 from confluent_kafka import KafkaError
@@ -59,8 +60,8 @@ def load_specs(settings: Settings) -> list[TopicSpec]:
     return specs
 
 
-def _partition_counts(admin: AdminClient, names: list[str], timeout_s: float) -> dict[str, int]:
-    """Partition counts once every topic is in the metadata (a broker learns of a topic the
+def _ready_topics(admin: AdminClient, names: list[str], timeout_s: float) -> dict[str, Any]:
+    """Each topic's metadata once every topic is in it (a broker learns of a topic the
     controller created a moment later) with a leader for every partition."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -68,7 +69,7 @@ def _partition_counts(admin: AdminClient, names: list[str], timeout_s: float) ->
         ready = {n: t for n, t in topics.items() if n in names and t.error is None
                  and t.partitions and all(p.leader >= 0 for p in t.partitions.values())}
         if len(ready) == len(names):
-            return {n: len(ready[n].partitions) for n in names}
+            return {n: ready[n] for n in names}
         if time.monotonic() > deadline:
             raise TopicLayoutError(f"topics not ready after {timeout_s:.0f} s: "
                                    f"{sorted(set(names) - set(ready))}")
@@ -100,10 +101,9 @@ def config_mismatches(spec: TopicSpec, actual: dict[str, str], replication_facto
     return wrong
 
 
-def _check_configs(admin: AdminClient, specs: list[TopicSpec], settings: Settings,
-                   timeout_s: float) -> None:
+def _check_configs(admin: AdminClient, specs: list[TopicSpec], metadata: dict[str, Any],
+                   settings: Settings, timeout_s: float) -> None:
     """Refuse to start on a topic whose settings break the catalogue, naming each one."""
-    metadata = admin.list_topics(timeout=timeout_s).topics
     futures = admin.describe_configs(
         [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in specs],
         request_timeout=timeout_s)
@@ -142,12 +142,13 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
             err = exc.args[0] if exc.args else None
             if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
                 raise
-    counts = _partition_counts(admin, [s.name for s in specs], timeout_s)
+    metadata = _ready_topics(admin, [s.name for s in specs], timeout_s)
+    counts = {name: len(topic.partitions) for name, topic in metadata.items()}
     co_counts = {s.name: counts[s.name] for s in specs if s.co_partitioned}
     if len(set(co_counts.values())) != 1:
         raise TopicLayoutError(
             "co-partitioned topics must have the same partition count, found "
             + ", ".join(f"{n}={c}" for n, c in sorted(co_counts.items()))
             + "; recreate them or use another BANK_TOPIC_PREFIX")
-    _check_configs(admin, specs, settings, timeout_s)
+    _check_configs(admin, specs, metadata, settings, timeout_s)
     return counts

@@ -24,11 +24,11 @@ def switch(settings: Settings, generation: str) -> None:
         raise TimeoutError("the generation switch was not acknowledged")
 
 
-def live_generation(settings: Settings, role: str = kafka.TOOLS) -> str:
+def live_generation(settings: Settings, role: str = kafka.TOOLS,
+                    group: str = "bank-reader") -> str:
     """The generation the views should serve (the last pointer record), `live` if none;
-    read as `role` (the views read it when they start)."""
+    read as `role` under one of its groups (the views read it when they start)."""
     current = LIVE
-    group = "bank-views-generation" if role == kafka.VIEWS else "bank-reader"
     for msg in read_topic(settings, settings.topic(topics.VIEWS_GENERATION), timeout_s=30,
                           role=role, group=group):
         if msg.key() == _KEY and msg.value():

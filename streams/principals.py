@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient,
@@ -22,7 +22,8 @@ from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, 
 
 from streams import topics
 from streams.config import Settings
-from streams.kafka import ADMIN, CLIENT, ENGINE, INTAKE, ROLES, TOOLS, VIEWS, read_properties
+from streams.kafka import (ADMIN, CLIENT, ENGINE, INTAKE, ROLES, TOOLS, VIEWS, client_config,
+                           read_properties)
 
 SCRAM_ITERATIONS = 8192
 
@@ -111,12 +112,16 @@ def properties_path(credentials_dir: str | os.PathLike[str], role: str) -> Path:
     return Path(credentials_dir) / f"{role}.properties"
 
 
-def write_admin_properties(credentials_dir: str | os.PathLike[str], conf: dict[str, str],
-                           where: str) -> Path:
-    """The super user's file (`bank up` writes it for the embedded broker)."""
-    path = properties_path(credentials_dir, ADMIN)
-    _write_properties(path, conf, f"the super user of {where}: administration only")
-    return path
+def secure_deployment(settings: Settings, admin_conf: dict[str, str],
+                      credentials_dir: str | os.PathLike[str]) -> Settings:
+    """A deployment on a cluster whose super user is `admin_conf` (the embedded broker's):
+    the super user's properties file, then every role's user, ACLs and file; returns the
+    settings every process then connects with."""
+    _write_properties(properties_path(credentials_dir, ADMIN), admin_conf,
+                      f"the super user of {settings.bootstrap_servers}: administration only")
+    settings = replace(settings, kafka_credentials=str(credentials_dir))
+    provision(settings, client_config(settings, ADMIN), credentials_dir)
+    return settings
 
 
 def _write_properties(path: Path, conf: dict[str, str], comment: str) -> None:

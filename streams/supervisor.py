@@ -18,8 +18,7 @@ from contextlib import ExitStack
 
 from streams.broker import KafkaCluster
 from streams.config import Settings
-from streams.kafka import ADMIN, client_config
-from streams.principals import provision, write_admin_properties
+from streams.principals import secure_deployment
 from streams.topics import ensure_topics
 
 
@@ -172,9 +171,7 @@ def wait_for_views(urls: list[str], partitions: int, timeout_s: float = 120.0) -
 def _provision(settings: Settings, cluster: KafkaCluster, credentials: str) -> Settings:
     """The principals and ACLs of the secured embedded broker, and where their credentials
     are: every process started here connects as its role's principal."""
-    write_admin_properties(credentials, cluster.admin_config(), cluster.bootstrap_servers)
-    settings = replace(settings, kafka_credentials=credentials)
-    provision(settings, client_config(settings, ADMIN), credentials)
+    settings = secure_deployment(settings, cluster.admin_config(), credentials)
     print(f"Kafka is secured (SASL/SCRAM-SHA-512, ACLs, see SECURITY.md); each principal's "
           f"librdkafka properties are in {credentials} (readable by you only): "
           f"export BANK_KAFKA_CREDENTIALS={credentials} for other bank commands", flush=True)

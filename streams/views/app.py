@@ -185,7 +185,7 @@ class ViewsWorker:
 
         from replay.generations import LIVE, live_generation, source_settings
 
-        self.generation = live_generation(settings, kafka.VIEWS)
+        self.generation = live_generation(settings, kafka.VIEWS, "bank-views-generation")
         source = source_settings(settings, self.generation)
         app_id = settings.topic(VIEWS_APP) + ("" if self.generation == LIVE else f"-gen-{self.generation}")
         datadir = os.path.join(settings.state_dir, f"views-{worker_id}")

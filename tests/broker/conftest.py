@@ -9,8 +9,7 @@ import pytest
 
 from streams.broker import KafkaCluster
 from streams.config import Settings
-from streams.kafka import ADMIN, client_config
-from streams.principals import provision, write_admin_properties
+from streams.principals import secure_deployment
 from streams.topics import ensure_topics
 
 
@@ -26,8 +25,7 @@ def provisioned(cluster: KafkaCluster, credentials: Path, state_dir: Path) -> Se
     every process connecting as its role's principal."""
     settings = replace(Settings.from_env(), bootstrap_servers=cluster.bootstrap_servers,
                        topic_prefix=f"s{uuid.uuid4().hex[:8]}-", partitions=8,
-                       kafka_credentials=str(credentials), state_dir=str(state_dir))
-    write_admin_properties(credentials, cluster.admin_config(), cluster.bootstrap_servers)
-    provision(settings, client_config(settings, ADMIN), credentials)
+                       state_dir=str(state_dir))
+    settings = secure_deployment(settings, cluster.admin_config(), credentials)
     ensure_topics(settings)
     return settings

@@ -127,7 +127,7 @@ def test_a_batch_of_the_largest_ids_is_written_in_parts(settings, pool_factory):
         for body in bodies[:50]:
             wl.sender.send_raw(b"nobody", body)
         wl.sender.flush()
-        resent = {rid for rid in ids[:50]}
+        resent = set(ids[:50])
 
         def all_retries() -> bool:
             answered = {out["request_id"] for out in read_json(settings, topics.OUTCOMES)

@@ -29,6 +29,8 @@ from chaos.holds import HoldMix
 from streams.broker import KafkaCluster, free_port
 from streams.client import OutcomeWatcher, RequestSender
 from streams.config import Settings, describe
+from streams.apikeys import OPERATOR
+from streams.keystore import create_key
 from streams.supervisor import WorkerPool, wait_for_views
 from streams.topics import ensure_topics
 
@@ -116,6 +118,7 @@ def run_chaos(settings: Settings, seconds: float, every: float, rate: float, acc
     engine = WorkerPool(settings, 2, log_dir)
     views = WorkerPool(settings, 2, log_dir, command="views", web_ports=[free_port(), free_port()])
     urls = [views.url(w) for w in views.procs]
+    api_key = create_key(settings, OPERATOR, label="bank chaos: compares the views").token
     try:
         if not wait_for_views(urls, settings.partitions):
             raise RuntimeError("views workers did not start")
@@ -161,7 +164,7 @@ def run_chaos(settings: Settings, seconds: float, every: float, rate: float, acc
             time.sleep(0.5)
         watcher.close()
         report.sent, report.duplicates_sent = len(all_ids), load.duplicates
-        _check(settings, report, urls, views, log)
+        _check(settings, report, urls, views, log, api_key)
     finally:
         for pool in (engine, views):
             for wid in list(pool.procs):
@@ -205,7 +208,8 @@ def _inject(fault: str, engine: WorkerPool, views: WorkerPool, broker: KafkaClus
         broker.start_node(node)         # and back, waiting until the cluster is whole
 
 
-def _check(settings: Settings, report: ChaosReport, urls: list[str], views: WorkerPool, log) -> None:  # noqa: ANN001
+def _check(settings: Settings, report: ChaosReport, urls: list[str], views: WorkerPool, log,  # noqa: ANN001
+           api_key: str) -> None:
     from replay.verify import verify
     from replay.views import compare, rebuild
 
@@ -227,7 +231,8 @@ def _check(settings: Settings, report: ChaosReport, urls: list[str], views: Work
     # its table from the changelog first): differences must vanish within the deadline to pass
     deadline = time.monotonic() + VIEWS_CATCH_UP_S
     while True:
-        diffs = asyncio.run(compare(rebuilt, urls[0], settings.partitions, show_progress=False))
+        diffs = asyncio.run(compare(rebuilt, urls[0], settings.partitions, api_key,
+                                    show_progress=False))
         if not diffs or time.monotonic() > deadline:
             break
         log(f"chaos: {len(diffs)} view difference(s); asking again (views may still be catching up)")

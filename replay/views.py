@@ -104,9 +104,10 @@ def rebuild(settings: Settings, store_dir: str, show_progress: bool = True) -> R
     return views
 
 
-async def compare(views: RebuiltViews, url: str, partitions: int, concurrency: int = 32,
-                  show_progress: bool = True) -> list[str]:
-    """Every difference between the rebuilt views and what the live endpoint serves."""
+async def compare(views: RebuiltViews, url: str, partitions: int, api_key: str,
+                  concurrency: int = 32, show_progress: bool = True) -> list[str]:
+    """Every difference between the rebuilt views and what the live endpoint serves (asked
+    with an operator's or auditor's API key)."""
     import aiohttp
 
     diffs: list[str] = []
@@ -115,13 +116,15 @@ async def compare(views: RebuiltViews, url: str, partitions: int, concurrency: i
 
     async def get(session: aiohttp.ClientSession, path: str) -> tuple[int, Any]:
         async with gate:
-            for _ in range(50):  # 503: rebalancing or behind; wait and ask again
+            for _ in range(50):  # 503: rebalancing or behind; 429: over the key's rate
                 async with session.get(url + path) as resp:
                     body = await resp.read()
-                    if resp.status != 503:
+                    if resp.status not in (429, 503):
                         progress.update()
                         return resp.status, orjson.loads(body) if body else None
-                await asyncio.sleep(0.2)
+                    wait = float(resp.headers.get("Retry-After", "0.2")) \
+                        if resp.status == 429 else 0.2
+                await asyncio.sleep(wait)
             return 503, None
 
     async def account(session: aiohttp.ClientSession, name: str, view: AccountView) -> None:
@@ -161,7 +164,8 @@ async def compare(views: RebuiltViews, url: str, partitions: int, concurrency: i
         if status != 200 or live != want:
             diffs.append(f"request {rid}: rebuilt {want} != live ({status}) {live}")
 
-    async with aiohttp.ClientSession() as session:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with aiohttp.ClientSession(headers=headers) as session:
         jobs = [account(session, n, v) for n, v in views.accounts.items()]
         jobs += [request_status(session, rid, st) for rid, st in views.status.items()]
         for start in range(0, len(jobs), 2000):
@@ -185,7 +189,7 @@ def main(settings: Settings, url: str | None, store_dir: str | None) -> int:
           f"{len(views.status)} request statuses in {views.seconds:.1f} s into {store_dir}")
     if url is None:
         return 0
-    diffs = asyncio.run(compare(views, url.rstrip("/"), settings.partitions))
+    diffs = asyncio.run(compare(views, url.rstrip("/"), settings.partitions, settings.api_key))
     for line in diffs[:100]:
         print(f"  - {line}")
     if len(diffs) > 100:

@@ -8,6 +8,7 @@ import sys
 import orjson
 
 from streams import kafka
+from streams.apikeys import KEY_ROLES
 from streams.config import Settings, describe
 
 
@@ -121,6 +122,62 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def parse_expiry(text: str, now_ms: int) -> int:
+    """`30d`, `12h`, `45m` from now, or an ISO 8601 time (UTC unless it says), in ms."""
+    import datetime
+    import re
+
+    found = re.fullmatch(r"(\d+)([dhm])", text.strip())
+    if found:
+        unit = {"d": 86_400_000, "h": 3_600_000, "m": 60_000}[found.group(2)]
+        return now_ms + int(found.group(1)) * unit
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--expires takes 30d, 12h, 45m or an ISO time, "
+                                         f"not {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return int(when.timestamp() * 1000)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Make, list and revoke HTTP API keys (written as the Kafka admin: SECURITY.md)."""
+    import time
+
+    from streams import keystore
+    from streams.apikeys import InvalidKey
+
+    settings = _settings(args)
+    if not settings.bootstrap_servers:
+        print("bank keys needs KAFKA_BOOTSTRAP_SERVERS (and BANK_KAFKA_CREDENTIALS on a secured "
+              "cluster: bank up prints both)", file=sys.stderr)
+        return 2
+    if args.keys_command == "create":
+        accounts = tuple(a for a in (args.accounts or "").split(",") if a)
+        try:
+            expires = parse_expiry(args.expires, int(time.time() * 1000)) if args.expires else None
+            made = keystore.create_key(settings, args.role, accounts, args.account_prefix,
+                                       expires, args.label)
+        except (InvalidKey, argparse.ArgumentTypeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(orjson.dumps(made.record.public()).decode())
+        print(f"API key (shown once; send it as Authorization: Bearer <key>):\n{made.token}")
+        return 0
+    if args.keys_command == "list":
+        for key in keystore.list_keys(settings):
+            print(orjson.dumps(key.public()).decode())
+        return 0
+    try:
+        revoked = keystore.revoke_key(settings, args.key_id)
+    except keystore.KeyNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(revoked.public()).decode())
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from replay.__main__ import main as replay_main
 
@@ -180,6 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("role", choices=(kafka.ADMIN, *kafka.ROLES),
                    help="whose properties (a payments service of your own: client)")
     p.set_defaults(func=cmd_kafka_config)
+
+    p = sub.add_parser("keys", help="HTTP API keys: create (printed once), list, revoke")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    k = keys.add_parser("create", help="make a key and print it once")
+    k.add_argument("--role", required=True, choices=KEY_ROLES,
+                   help="operator: everything; client: its accounts only, no deposits or "
+                        "withdrawals; auditor: read everything, write nothing")
+    k.add_argument("--accounts", default="", help="client keys: comma-separated accounts it covers")
+    k.add_argument("--account-prefix", default=None,
+                   help="client keys: every account whose id starts with this")
+    k.add_argument("--expires", default=None, help="30d, 12h, 45m, or an ISO 8601 time (UTC)")
+    k.add_argument("--label", default="", help="what the key is for (shown by list)")
+    keys.add_parser("list", help="every key (never a secret), one JSON line each")
+    k = keys.add_parser("revoke", help="revoke a key: every views worker refuses it within seconds")
+    k.add_argument("key_id", help="the key's id (bank keys list)")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("replay", help="rebuild and verify from the logs (see bank replay --help)",
                        add_help=False)

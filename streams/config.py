@@ -81,6 +81,16 @@ class Settings:
     web_wait_timeout_s: float = field(default=10.0, metadata={
         "env": "BANK_WEB_WAIT_TIMEOUT_S",
         "help": "default and largest timeout of ?wait=completed and ?min_seq reads"})
+    api_key: str = field(default="", metadata={
+        "env": "BANK_API_KEY", "secret": True,
+        "help": "the HTTP API key bank's own tools send (bank replay views; bank up prints one)"})
+    web_rate_limit_per_s: float = field(default=2000.0, metadata={
+        "env": "BANK_WEB_RATE_LIMIT_PER_S",
+        "help": "requests per second one API key may make of one views worker, sustained (more: "
+                "429 + Retry-After), so one client cannot starve the rest"})
+    web_rate_burst: int = field(default=2000, metadata={
+        "env": "BANK_WEB_RATE_BURST",
+        "help": "requests one API key may make at once above BANK_WEB_RATE_LIMIT_PER_S"})
     fault_abort_every: int = field(default=0, metadata={
         "env": "BANK_FAULT_ABORT_EVERY",
         "help": "testing: abort every Nth engine transaction after its outputs were produced (0 = never)"})
@@ -120,6 +130,10 @@ class Settings:
         "env": "BANK_UNSAFE_VIEWS_LAST_WRITE_WINS",
         "help": "testing: a views worker recovering its table lets the changelog's last write of a "
                 "key win, as plain Faust does (a late, stale write then comes back)"})
+    unsafe_web_no_auth: bool = field(default=False, metadata={
+        "env": "BANK_UNSAFE_WEB_NO_AUTH",
+        "help": "testing: the views' HTTP routes ask for no API key (anyone who reaches the port "
+                "moves any account's money)"})
     unsafe_no_transactions: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_NO_TRANSACTIONS",
         "help": "testing: no transactions; offsets committed after the outputs, every changelog "

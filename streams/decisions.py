@@ -93,6 +93,11 @@ _REQUIRED = {
     "void": {"type", "request_id", "hold_id", "from"},
     "linked": {"type", "request_id", "from", "transfers"},
 }
+# who sent a request: set by the HTTP intake to the API key's principal (`key:<id>`), or by a
+# Kafka client of its own; carried into the ledger events, messages and outcomes it causes
+REQUESTED_BY = "requested_by"
+for _kind in _FIELDS:
+    _FIELDS[_kind].add(REQUESTED_BY)
 _SENT_FROM = frozenset({"transfer", "hold", "post", "void", "linked"})  # keyed by `from`
 _TO_ANOTHER = frozenset({"transfer", "hold"})                             # have a `to`
 _SETTLING = frozenset({"post", "void"})                                   # name a hold_id
@@ -113,9 +118,24 @@ def expiry_message(hold_id: str, hold: Hold) -> dict[str, Any]:
 
 
 def fingerprint(body: dict[str, Any]) -> str:
-    """What makes two requests with one id the same request: the whole body, in any key order."""
+    """What makes two requests with one id the same request: the whole body, in any key order,
+    but who sent it (a retry through a rotated key is still the same request)."""
+    if REQUESTED_BY in body:
+        body = {k: v for k, v in body.items() if k != REQUESTED_BY}
     return hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS),
                            digest_size=12).hexdigest()
+
+
+def _stamp(d: "Decision", requested_by: str | None) -> "Decision":
+    """Record who asked in everything a decision writes (nothing when no one is named)."""
+    if requested_by is not None:
+        if d.event is not None:
+            d.event[REQUESTED_BY] = requested_by
+        for out in d.outcomes:
+            out[REQUESTED_BY] = requested_by
+        for _, msg in d.messages:
+            msg[REQUESTED_BY] = requested_by
+    return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +280,8 @@ def parse_request(key: bytes | None, value: bytes | None) -> Request:
         req.problem = f"missing fields: {sorted(missing)}"
     elif account is None:
         req.problem = "account names must be strings of 1 to 128 characters"
+    elif REQUESTED_BY in body and not _valid_name(body[REQUESTED_BY]):
+        req.problem = "requested_by must be a string of 1 to 128 characters"
     elif kind in _TO_ANOTHER and not _valid_name(body["to"]):
         req.problem = "account names must be strings of 1 to 128 characters"
     elif kind in _TO_ANOTHER and body["from"] == body["to"]:
@@ -397,14 +419,19 @@ def decide_request(req: Request, acct: Account | None, first: FirstDecision | No
                                       IDEMPOTENCY_CONFLICT,
                                       f"request id already used by another request, which "
                                       f"was {first.status}", retry=True))
-        return d
-    d = _decide_new(req, acct, ts, pos, rules, hold, supply)
+        return _stamp(d, _requester(req.body))
+    d = _stamp(_decide_new(req, acct, ts, pos, rules, hold, supply), _requester(req.body))
     if req.account is not None:
         d.marker = request_marker(req.account, req.request_id)
         own = [o for o in d.outcomes if o["request_id"] == req.request_id]
         status, reason = (own[0]["status"], own[0].get("reason")) if own else (ACCEPTED, None)
         d.marker_value = FirstDecision(fingerprint(req.body), status, reason).encode()
     return d
+
+
+def _requester(body: dict[str, Any]) -> str | None:
+    by = body.get(REQUESTED_BY)
+    return by if _valid_name(by) else None
 
 
 def _decide_new(req: Request, acct: Account | None, ts: int, pos: Position, rules: Rules,
@@ -612,6 +639,9 @@ _MESSAGE_FIELDS = {
                {"reason"}),
     EXPIRE: ({"kind", "request_id", "account", "counterparty", "amount"}, set()),
 }
+for _kind, (_, _optional) in _MESSAGE_FIELDS.items():
+    if _kind != EXPIRE:   # the engine's own: no one requested it
+        _optional.add(REQUESTED_BY)
 
 
 def parse_message(key: bytes | None, value: bytes | None) -> dict[str, Any]:
@@ -646,6 +676,8 @@ def parse_message(key: bytes | None, value: bytes | None) -> dict[str, Any]:
         raise BadMessage("reason must be a short string")
     if "ok" in msg and not isinstance(msg["ok"], bool):
         raise BadMessage("ok must be true or false")
+    if REQUESTED_BY in msg and not _valid_name(msg[REQUESTED_BY]):
+        raise BadMessage(f"requested_by must be a string of 1 to {MAX_NAME} characters")
     return msg
 
 
@@ -664,6 +696,12 @@ def decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bo
     Raises BadMessage for a message the engine could not have written (a refund to an
     account that was never debited, an amount past the 64-bit range): in an honest ledger
     the partitions' supply caps bound every sum, so only a forged record gets here."""
+    return _stamp(_decide_credit(msg, acct, already_applied, ts, pos, incoming_recorded, hold),
+                  msg.get(REQUESTED_BY))
+
+
+def _decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bool,
+                   ts: int, pos: Position, incoming_recorded: bool, hold: Hold | None) -> Decision:
     d = Decision()
     if already_applied:
         return d  # a re-delivered credit: applied once already

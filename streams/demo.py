@@ -29,7 +29,7 @@ def _progress(label: str):  # noqa: ANN202 - OutcomeWatcher.wait's callback
 
 
 def run_demo(settings: Settings, web_url: str | None = None, accounts: int = 200,
-             transfers: int = 5000, seed: int = 7) -> bool:
+             transfers: int = 5000, seed: int = 7, api_key: str | None = None) -> bool:
     """Run the demo workload; True if every request finished and the ledger checks pass.
 
     Request ids are unique per run, so a second `make run` on the same data
@@ -75,7 +75,7 @@ def run_demo(settings: Settings, web_url: str | None = None, accounts: int = 200
     report = verify(settings)
     print("demo: ledger check")
     print("  " + report.render().replace("\n", "\n  "))
-    _print_balances(settings, names[:5], web_url)
+    _print_balances(settings, names[:5], web_url, api_key)
     return ok and report.ok
 
 
@@ -113,8 +113,10 @@ def _two_phase(sender: RequestSender, watcher: OutcomeWatcher, run: str, names: 
     return ok
 
 
-def _print_balances(settings: Settings, names: list[str], web_url: str | None) -> None:
-    """Balances folded from the ledger, and the same read back over HTTP."""
+def _print_balances(settings: Settings, names: list[str], web_url: str | None,
+                    api_key: str | None) -> None:
+    """Balances folded from the ledger, and the same read back over HTTP (with the
+    operator's API key)."""
     from replay.ledger import LedgerFold
     from streams import topics
     from streams.client import read_topic
@@ -131,22 +133,27 @@ def _print_balances(settings: Settings, names: list[str], web_url: str | None) -
         if web_url:
             url = f"{web_url}/accounts/{name}?min_seq={acct.seq}"
             try:
-                view = _get_when_caught_up(url, deadline=time.monotonic() + 60)
+                view = _get_when_caught_up(url, api_key, deadline=time.monotonic() + 60)
                 line += f" | GET {url} -> balance {view['balance']}, seq {view['seq']}"
             except OSError as exc:
                 line += f" | GET {url} failed: {exc}"
         print(line)
     if web_url:
-        with urllib.request.urlopen(f"{web_url}/stats", timeout=15) as resp:
+        with urllib.request.urlopen(_authorized(f"{web_url}/stats", api_key), timeout=15) as resp:
             print(f"demo: GET {web_url}/stats -> {resp.read().decode()}")
 
 
-def _get_when_caught_up(url: str, deadline: float) -> dict:
+def _authorized(url: str, api_key: str | None) -> urllib.request.Request:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return urllib.request.Request(url, headers=headers)
+
+
+def _get_when_caught_up(url: str, api_key: str | None, deadline: float) -> dict:
     """GET a view, asking again while the views answer 503 (still folding the demo's ledger,
     each answer after waiting up to the server's own timeout) until the deadline."""
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=15) as resp:
+            with urllib.request.urlopen(_authorized(url, api_key), timeout=15) as resp:
                 return orjson.loads(resp.read())
         except urllib.error.HTTPError as exc:
             if exc.code != 503 or time.monotonic() > deadline:

@@ -58,6 +58,8 @@ GRANTS: tuple[Grant, ...] = (
     Grant(VIEWS, "topic", topics.OUTCOMES, ("READ", "DESCRIBE"), "folds request statuses"),
     Grant(VIEWS, "topic", topics.VIEWS_GENERATION, ("READ", "DESCRIBE"),
           "which generation to serve"),
+    Grant(VIEWS, "topic", topics.KEYS, ("READ", "DESCRIBE"),
+          "checks every HTTP request's API key (hashed; written only by the super user)"),
     Grant(VIEWS, "topic", "gen-*", ("READ", "DESCRIBE"),
           "a recomputed generation's ledger and outcomes"),
     Grant(VIEWS, "topic", "bank-views*", ("ALL",),

@@ -178,6 +178,31 @@ def _provision(settings: Settings, cluster: KafkaCluster, credentials: str) -> S
     return settings
 
 
+def operator_key(settings: Settings, path: str) -> str:
+    """The operator API key `bank up` made for this data directory (made now if there is
+    none, or it no longer works), kept in `path`, readable by the user only."""
+    from streams.apikeys import OPERATOR, parse_token
+    from streams.keystore import create_key, list_keys
+
+    if os.path.exists(path):
+        token = open(path).read().strip()
+        parsed = parse_token(token)
+        keys = {k.id: k for k in list_keys(settings)}
+        found = keys.get(parsed[0]) if parsed else None
+        if found is not None and found.matches(parsed[1]) and \
+                found.refusal(int(time.time() * 1000)) is None:
+            return token
+    token = create_key(settings, OPERATOR, label="made by bank up for the operator").token
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = path + ".tmp"
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(token + "\n")
+    os.replace(tmp, path)
+    return token
+
+
 def up(settings: Settings, workers: int, broker_port: int | None, demo: bool,
        views: int = 2, web_port: int = 8080, brokers: int = 1, data_dir: str | None = None,
        clean: bool = False, once: bool = False) -> int:
@@ -209,6 +234,10 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: bool,
         bootstrap = settings.bootstrap_servers
         counts = ensure_topics(settings)
         print(f"topics ready: {', '.join(f'{t}[{n}]' for t, n in counts.items())}", flush=True)
+        key_path = os.path.join(data_dir, "credentials", "operator.key")
+        token = operator_key(settings, key_path)
+        print(f"operator API key (send it as Authorization: Bearer <key>; sign in to the console "
+              f"with it; kept in {key_path}):\n  {token}", flush=True)
         log_dir = os.path.join(data_dir, "logs") if embedded else None
         pools = [WorkerPool(settings, workers, log_dir),
                  WorkerPool(settings, views, log_dir, command="views",
@@ -226,7 +255,7 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: bool,
                     print(f"operator's console: {urls[0]}/  (open it in a browser)", flush=True)
             if demo:
                 from streams.demo import run_demo
-                ok = run_demo(settings, urls[0] if views else None)
+                ok = run_demo(settings, urls[0] if views else None, api_key=token)
                 if once:
                     return 0 if ok else 1
             print("serving; Ctrl-C to stop", flush=True)

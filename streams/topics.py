@@ -21,6 +21,8 @@ CHANGELOG = "engine.changelog"
 OUTCOMES = "transfers.outcomes"
 DEADLETTER = "transfers.deadletter"
 VIEWS_GENERATION = "views.generation"
+KEYS = "auth.keys"
+KEYS_AUDIT = "auth.audit"
 ENGINE_GROUP = "bank-engine"
 
 

@@ -14,8 +14,11 @@ import pytest
 
 from streams.broker import KafkaCluster, free_port
 from streams.config import Settings
+from streams.apikeys import OPERATOR
+from streams.keystore import create_key
 from streams.supervisor import WorkerPool, wait_for_views
 from streams.topics import ensure_topics
+from tests import http
 
 
 @pytest.fixture(scope="session")
@@ -60,10 +63,17 @@ def pool_factory(tmp_path):
 
 @pytest.fixture
 def views_factory(tmp_path):
-    """Start views worker processes (each with a web port); killed when the test ends."""
+    """Start views worker processes (each with a web port); killed when the test ends.
+
+    The first start makes an operator API key for the test's deployment, which tests.http
+    then sends (tests of other keys make their own)."""
     pools: list[WorkerPool] = []
+    keys: dict[str, str] = {}
 
     def start(settings: Settings, count: int) -> WorkerPool:
+        if settings.topic_prefix not in keys:
+            keys[settings.topic_prefix] = create_key(settings, OPERATOR, label="tests").token
+        http.use_key(keys[settings.topic_prefix])
         log_dir = tmp_path / "logs"
         log_dir.mkdir(exist_ok=True)
         pool = WorkerPool(settings, count, str(log_dir), command="views",
@@ -74,6 +84,7 @@ def views_factory(tmp_path):
         return pool
 
     yield start
+    http.use_key(None)
     for pool in pools:
         for wid in list(pool.procs):
             pool.kill(wid)

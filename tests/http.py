@@ -1,4 +1,7 @@
-"""A tiny HTTP client for tests (real HTTP over loopback, no client library quirks)."""
+"""A tiny HTTP client for tests (real HTTP over loopback, no client library quirks).
+
+Requests carry `Authorization: Bearer <key>` with the key of the views the test started
+(conftest's views_factory makes an operator key and calls use_key); `key=None` sends none."""
 from __future__ import annotations
 
 import http.client
@@ -6,6 +9,20 @@ import time
 from urllib.parse import urlsplit
 
 import orjson
+
+
+_DEFAULT = object()
+_key: str | None = None
+
+
+def use_key(token: str | None) -> None:
+    """The API key requests send from now on unless told otherwise."""
+    global _key
+    _key = token
+
+
+def current_key() -> str | None:
+    return _key
 
 
 class Response:
@@ -17,13 +34,17 @@ class Response:
 
 
 def request(method: str, url: str, body: bytes | None = None, timeout: float = 30.0,
-            headers: dict[str, str] | None = None) -> Response:
-    """One request; a body goes as application/json unless `headers` say otherwise."""
+            headers: dict[str, str] | None = None, key: object = _DEFAULT) -> Response:
+    """One request; a body goes as application/json unless `headers` say otherwise; with
+    the current key unless `key` names another (None: no Authorization header)."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         sent = {"Content-Type": "application/json"} if body is not None else {}
+        token = _key if key is _DEFAULT else key
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
         conn.request(method, path, body=body, headers={**sent, **(headers or {})})
         resp = conn.getresponse()
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
@@ -31,11 +52,11 @@ def request(method: str, url: str, body: bytes | None = None, timeout: float = 3
         conn.close()
 
 
-def get_json(url: str, timeout_s: float = 60.0):  # noqa: ANN201
+def get_json(url: str, timeout_s: float = 60.0, key: object = _DEFAULT):  # noqa: ANN201
     """GET a 200 JSON answer, retrying 503s (rebalancing, behind) until the timeout."""
     deadline = time.monotonic() + timeout_s
     while True:
-        resp = request("GET", url)
+        resp = request("GET", url, key=key)
         if resp.status == 200:
             return resp.json()
         if resp.status != 503 or time.monotonic() > deadline:

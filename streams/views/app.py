@@ -50,6 +50,7 @@ from streams import kafka, topics
 from streams.config import Settings
 from streams.model import COMPLETED, REJECTED_STATUS, outcome_key
 from streams.kafka import client_config
+from streams.keystore import KeyRing
 from streams.views.credentials import faust_credentials
 from streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
                                 merge_status, parse_ledger_event, parse_outcome)
@@ -181,6 +182,8 @@ class ViewsWorker:
         self.requests_topic = settings.topic(topics.REQUESTS)
         self.positions: dict[TP, int] = {}  # next offset to read, per source partition
         self.metrics = ViewsMetrics(self.lag, settings.state_dir)
+        # every API key, tailed from auth.keys (none with BANK_UNSAFE_WEB_NO_AUTH: no checks)
+        self.keys = None if settings.unsafe_web_no_auth else KeyRing(settings)
         from streams.views.web import observe_middleware, register_routes
 
         from replay.generations import LIVE, live_generation, source_settings

@@ -130,7 +130,7 @@ def local_overview(worker: "ViewsWorker") -> dict[str, Any]:
             "lag": lag, **({"reason": reason} if reason else {})}
 
 
-async def gather_overviews(worker: "ViewsWorker") -> list[dict[str, Any]]:
+async def gather_overviews(worker: "ViewsWorker", headers: dict[str, str]) -> list[dict[str, Any]]:
     """local_overview of every views worker the table's router knows (this one included); a
     worker that does not answer is listed with `"ok": false` and the reason."""
     app = worker.app
@@ -141,9 +141,12 @@ async def gather_overviews(worker: "ViewsWorker") -> list[dict[str, Any]]:
         if (target.host, target.port) == (own.host, own.port):
             continue
         try:
-            async with app.http_client.get(target.with_path("/internal/overview"),
+            async with app.http_client.get(target.with_path("/internal/overview"), headers=headers,
                                            timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)) as resp:
-                found.append({**(await resp.json(loads=orjson.loads)), "ok": True})
+                answer = await resp.json(loads=orjson.loads)
+                found.append({**answer, "ok": True} if resp.status == 200 else
+                             {"url": url, "ok": False,
+                              "reason": f"answered {resp.status}: {answer.get('reason')}"})
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             found.append({"url": url, "ok": False,
                           "reason": f"did not answer: {type(exc).__name__} {exc}".strip()})
@@ -151,7 +154,7 @@ async def gather_overviews(worker: "ViewsWorker") -> list[dict[str, Any]]:
 
 
 def register_console(worker: "ViewsWorker", engine_lag: EngineLag) -> None:
-    from streams.views.web import HTTPError, gather_totals, json_response
+    from streams.views.web import HTTPError, caller_headers, gather_totals, json_response
 
     app = worker.app
     settings = worker.settings
@@ -183,7 +186,9 @@ def register_console(worker: "ViewsWorker", engine_lag: EngineLag) -> None:
     @app.page("/overview")
     class Overview(View):
         async def get(self, request: aioweb.Request) -> aioweb.Response:
-            parts, workers = await asyncio.gather(gather_totals(worker), gather_overviews(worker))
+            headers = caller_headers(request)
+            parts, workers = await asyncio.gather(gather_totals(worker, headers),
+                                                  gather_overviews(worker, headers))
             complete = len(parts) == settings.partitions
             stats = global_figures(parts) if complete else None
             try:

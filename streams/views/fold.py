@@ -210,6 +210,9 @@ def merge_status(current: dict[str, Any] | None, outcome: dict[str, Any]) -> dic
     hold = {**(current or {}).get("hold", {}), **(outcome.get("hold") or {})}
     if hold:
         new["hold"] = hold
+    requested_by = (current or {}).get("requested_by") or outcome.get("requested_by")
+    if requested_by is not None:
+        new["requested_by"] = requested_by    # who asked: the first outcome that says
     return new
 
 
@@ -223,7 +226,8 @@ def parse_outcome(raw: bytes | None) -> dict[str, Any] | None:
             or not (out.get("account") is None or _name(out.get("account"))) \
             or out.get("status") not in STATUS_RANK \
             or not (out.get("ts") is None or _int_in(out.get("ts"), 0, MAX_AMOUNT)) \
-            or not isinstance(out.get("hold", {}), dict):
+            or not isinstance(out.get("hold", {}), dict) \
+            or not (out.get("requested_by") is None or _name(out["requested_by"])):
         return None
     return out
 

@@ -20,11 +20,13 @@ import orjson
 from aiohttp import web as aioweb
 from faust.web import View
 
+from streams.apikeys import submit_refusal
 from streams.config import Settings
 from streams.decisions import Undecodable, deciding_account, parse_json, parse_request
 from streams.partitioning import partition_for
 from streams.views.console import EngineLag, register_console
 from streams.model import DECIDED_STATUSES, request_key
+from streams.views.access import API_KEY, RateLimiter, Refused, authorize
 from streams.views.fold import PartitionTotals, global_figures, hold_view
 from streams.views.intake import OutcomeWaiter, Overloaded, RequestProducer, is_conflict
 from streams.supervisor import read_crashes
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bank.web")
 
 ROUTED_HEADER = "X-Bank-Routed-By"
+FORWARDED_HEADERS = ("Authorization",)   # a peer asked on a caller's behalf sees the caller's key
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 MAX_HISTORY_PAGE = 1000
 
@@ -53,9 +56,17 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
                            content_type="application/json")
 
 
-def error_response(exc: HTTPError) -> aioweb.Response:
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+def error_response(exc: HTTPError | Refused) -> aioweb.Response:
+    if isinstance(exc, Refused):
+        headers = exc.headers
+    else:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return json_response({"error": exc.error, "reason": exc.reason}, exc.status, headers)
+
+
+def caller_headers(request: aioweb.Request) -> dict[str, str]:
+    """The caller's credentials, for a request made to a peer on its behalf."""
+    return {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
 
 
 def _query_int(request: aioweb.Request, name: str, default: int | None, low: int,
@@ -111,8 +122,10 @@ def _host_refused(request: aioweb.Request, hosts: frozenset[str] | None) -> bool
 
 def observe_middleware(worker: "ViewsWorker") -> Callable:
     """Latency metrics, JSON bodies for every error (aiohttp's own included), the Host
-    check and the security headers."""
+    check, the API key check (streams.views.access) and the security headers."""
     hosts = allowed_hosts(worker.settings)
+    keys = worker.keys
+    limiter = RateLimiter(worker.settings.web_rate_limit_per_s, worker.settings.web_rate_burst)
 
     @aioweb.middleware
     async def observe(request: aioweb.Request, handler: Callable[..., Awaitable]) -> aioweb.StreamResponse:
@@ -127,10 +140,11 @@ def observe_middleware(worker: "ViewsWorker") -> Callable:
             if _host_refused(request, hosts):
                 raise HTTPError(421, "misdirected", f"this server does not answer for host "
                                 f"{request.host!r} (BANK_WEB_ALLOWED_HOSTS)")
+            request[API_KEY] = None if keys is None else authorize(request, keys, limiter)
             response = await handler(request)
             status = response.status
             return response
-        except HTTPError as exc:
+        except (HTTPError, Refused) as exc:
             status = exc.status
             return error_response(exc)
         except aioweb.HTTPException as exc:
@@ -180,7 +194,8 @@ class Router:
         url = request.url.with_host(owner.host).with_port(owner.port)
         try:
             async with app.http_client.request(
-                    request.method, url, headers={ROUTED_HEADER: self.worker.worker_id},
+                    request.method, url,
+                    headers={ROUTED_HEADER: self.worker.worker_id, **caller_headers(request)},
                     timeout=aiohttp.ClientTimeout(total=self.worker.settings.web_wait_timeout_s + 5),
             ) as resp:
                 body = await resp.read()
@@ -207,15 +222,16 @@ def register_routes(worker: "ViewsWorker") -> None:
         intake["waiter"] = await loop.run_in_executor(None, OutcomeWaiter, settings)
         intake["producer"] = RequestProducer(settings)
 
-    async def first_decision(account: str, request_id: str,
-                             deadline: float) -> dict[str, Any] | None:
+    async def first_decision(account: str, request_id: str, deadline: float,
+                             headers: dict[str, str]) -> dict[str, Any] | None:
         """The status of an earlier submission of this id, from the status view (wherever it
         lives), once it is decided."""
         url = app.conf.canonical_url.with_path(f"/transfers/{request_id}").with_query(
             account=account)
         while True:
             try:
-                async with app.http_client.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                async with app.http_client.get(url, headers=headers,
+                                               timeout=aiohttp.ClientTimeout(total=5)) as resp:
                     if resp.status == 200:
                         found = await resp.json(loads=orjson.loads)
                         if found.get("status") in DECIDED_STATUSES:
@@ -248,6 +264,13 @@ def register_routes(worker: "ViewsWorker") -> None:
         key_name = deciding_account(body)
         if not isinstance(key_name, str) or not key_name:
             raise HTTPError(400, "invalid", "the deciding account (account, or from) must be a string")
+        api_key = request[API_KEY]
+        if "requested_by" in body:
+            raise HTTPError(400, "invalid", "requested_by is set by the server: the API key's id")
+        if api_key is not None:
+            if (refusal := submit_refusal(api_key, body, key_name)) is not None:
+                raise HTTPError(403, "forbidden", refusal)
+            body["requested_by"] = api_key.principal
         key = key_name.encode("utf-8", "surrogatepass")
         try:
             value = orjson.dumps(body)
@@ -291,7 +314,8 @@ def register_routes(worker: "ViewsWorker") -> None:
                 waiter.forget(status_key, fut)
         if out.get("retry"):
             # the id was used before: the original decision, as the status view has it now
-            first = await first_decision(key_name, parsed.request_id, deadline)
+            first = await first_decision(key_name, parsed.request_id, deadline,
+                                         caller_headers(request))
             original = first or {k: v for k, v in out.items()
                                  if k in ("request_id", "account", "status", "reason", "ts")}
             if is_conflict(out):
@@ -394,7 +418,7 @@ def register_routes(worker: "ViewsWorker") -> None:
     class Stats(View):
         async def get(self, request: aioweb.Request) -> aioweb.Response:
             router._ready()
-            parts = await gather_totals(worker)
+            parts = await gather_totals(worker, caller_headers(request))
             if len(parts) != settings.partitions:
                 raise HTTPError(503, "rebalancing", f"{len(parts)} of {settings.partitions} "
                                 "partitions answered; retry", retry_after=1)
@@ -420,7 +444,9 @@ def register_routes(worker: "ViewsWorker") -> None:
                 "status": status, **({"reason": reason} if reason else {}),
                 "worker": worker.worker_id, "generation": worker.generation,
                 "ledger_partitions": actives,
-                "rebalancing": bool(app.rebalancing), "accepting_requests": "producer" in intake,
+                "rebalancing": bool(app.rebalancing), "accepting_requests": "producer" in intake and (
+                    worker.keys is None or worker.keys.ready.is_set()),
+                "auth": "off" if worker.keys is None else "api_keys",
                 "lag": lag, "changelog_backlog": app.producer.buffer.size,
                 "worker_crashes": read_crashes(worker.settings.state_dir)})
 
@@ -438,8 +464,9 @@ def register_routes(worker: "ViewsWorker") -> None:
             return aioweb.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/yaml")
 
 
-async def gather_totals(worker: "ViewsWorker") -> list[PartitionTotals]:
-    """Totals of every ledger partition, asked of the worker that owns each."""
+async def gather_totals(worker: "ViewsWorker", headers: dict[str, str]) -> list[PartitionTotals]:
+    """Totals of every ledger partition, asked of the worker that owns each (with the
+    caller's credentials, `headers`)."""
     app = worker.app
     own = app.conf.canonical_url
     found: dict[int, PartitionTotals] = dict(worker.local_totals_by_partition())
@@ -448,7 +475,7 @@ async def gather_totals(worker: "ViewsWorker") -> list[PartitionTotals]:
         if (target.host, target.port) == (own.host, own.port):
             continue
         try:
-            async with app.http_client.get(target.with_path("/internal/totals"),
+            async with app.http_client.get(target.with_path("/internal/totals"), headers=headers,
                                            timeout=aiohttp.ClientTimeout(total=5)) as resp:
                 rows = await resp.json(loads=orjson.loads) if resp.status == 200 else []
         except (aiohttp.ClientError, asyncio.TimeoutError):

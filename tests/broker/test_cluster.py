@@ -22,6 +22,7 @@ from streams.broker import KafkaCluster, free_port
 from streams.config import Settings
 from streams.supervisor import wait_for_views
 from streams.topics import ensure_topics
+from tests.http import current_key
 from tests.workload import Workload, assert_invariants
 
 pytestmark = [pytest.mark.slow,
@@ -88,6 +89,7 @@ def test_killing_brokers_controller_and_a_leader_mid_transaction_loses_nothing(
     rebuilt = rebuild(settings, str(tmp_path / "rebuilt"), show_progress=False)
     assert rebuilt.events == report.events
     deadline = time.monotonic() + 60
-    while (diffs := asyncio.run(compare(rebuilt, urls[0], settings.partitions, show_progress=False))):
+    while (diffs := asyncio.run(compare(rebuilt, urls[0], settings.partitions, current_key(),
+                                   show_progress=False))):
         assert time.monotonic() < deadline, diffs[:10]
         time.sleep(1)

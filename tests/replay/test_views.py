@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from replay.views import compare, rebuild
 from streams.supervisor import wait_for_views
+from tests.http import current_key
 from tests.workload import Workload, assert_invariants, wait_until
 
 
@@ -56,9 +57,11 @@ def test_rebuilt_views_equal_the_live_ones_after_crashes(settings, pool_factory,
     views_rebuilt = rebuild(settings, str(tmp_path / "rebuilt"), show_progress=False)
     assert views_rebuilt.events == report.events
     for url in urls:
-        assert asyncio.run(compare(views_rebuilt, url, settings.partitions, show_progress=False)) == []
+        assert asyncio.run(compare(views_rebuilt, url, settings.partitions, current_key(),
+                                   show_progress=False)) == []
     # the comparison can fail: a rebuilt view that disagrees is named
     victim = names[3]
     views_rebuilt.accounts[victim].balance += 1
-    diffs = asyncio.run(compare(views_rebuilt, urls[0], settings.partitions, show_progress=False))
+    diffs = asyncio.run(compare(views_rebuilt, urls[0], settings.partitions, current_key(),
+                                   show_progress=False))
     assert len(diffs) == 1 and diffs[0].startswith(f"account {victim}:"), diffs

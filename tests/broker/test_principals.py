@@ -120,3 +120,10 @@ def test_security_md_lists_every_grant():
             for line in text.splitlines() if re.match(r"^\| `?[a-z]", line)}
     for grant in GRANTS:
         assert (grant.role, grant.resource, grant.name, ", ".join(grant.operations)) in rows, grant
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_only_the_super_user_writes_api_keys(secured, role):
+    """A forged key record (an operator key of one's own) is refused for every principal."""
+    err = _produce(secured, role, topics.KEYS)
+    assert err is not None and err.code() == DENIED, err

@@ -119,7 +119,8 @@ def authorize(request: aioweb.Request, ring: KeyRing, limiter: RateLimiter) -> A
                       f"{limiter.rate:g} requests/s; retry later",
                       {"Retry-After": str(max(1, math.ceil(wait)))})
     if key.role not in rule.roles:
-        raise Refused(403, "forbidden", f"a {key.role} key may not use {request.method} "
+        article = "an" if key.role[0] in "aeiou" else "a"
+        raise Refused(403, "forbidden", f"{article} {key.role} key may not use {request.method} "
                       f"{request.path}")
     account = request.match_info.get("account") if rule.account == "path" else \
         request.query.get("account") if rule.account == "query" else None

@@ -37,6 +37,11 @@ function cell(row, text, href) {
 }
 
 // -- the API ---------------------------------------------------------------
+// the API key: this tab's sessionStorage, sent as a header (a cookie would ride along on
+// another site's requests); any 401 signs the console out
+const KEY_ITEM = "kbank.apiKey";
+const apiKey = () => sessionStorage.getItem(KEY_ITEM);
+
 class ApiError extends Error {
   constructor(status, body) {
     super(body && body.reason ? body.reason : `HTTP ${status}`);
@@ -49,7 +54,9 @@ async function api(path, options = {}) {
   const timer = setTimeout(() => ctrl.abort(), FETCH_TIMEOUT_MS + (options.extraMs || 0));
   let resp;
   try {
-    resp = await fetch(path, { ...options, signal: ctrl.signal });
+    const headers = { ...(options.headers || {}) };
+    if (apiKey()) headers.Authorization = `Bearer ${apiKey()}`;
+    resp = await fetch(path, { ...options, headers, signal: ctrl.signal });
   } catch (err) {
     throw new ApiError(0, { reason: err.name === "AbortError"
       ? "the views worker did not answer in time" : "the views worker cannot be reached" });
@@ -58,9 +65,41 @@ async function api(path, options = {}) {
   }
   let body = null;
   try { body = await resp.json(); } catch (_) { body = null; }
+  if (resp.status === 401) signOut(`Signed out: ${(body && body.reason) || "the key no longer works"}.`);
   if (!resp.ok && resp.status !== 202) throw new ApiError(resp.status, body);
   return body;
 }
+
+// -- signing in and out ----------------------------------------------------
+function showSession() {
+  const key = apiKey();
+  $("signin").hidden = !!key;
+  for (const id of ["main", "nav", "session"]) $(id).hidden = !key;
+  const m = key ? /^bk_([0-9a-f]{16})_/.exec(key) : null;
+  $("signed-in-as").textContent = m ? `API key ${m[1]}` : "";
+}
+function signOut(message) {
+  sessionStorage.removeItem(KEY_ITEM);
+  $("signin-error").hidden = !message;
+  $("signin-error").textContent = message || "";
+  showSession();
+}
+$("signin-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem(KEY_ITEM, $("signin-key").value.trim());
+  $("signin-key").value = "";
+  try {
+    await api("/openapi.yaml");     // any key that works may read it
+  } catch (err) {
+    if (err.status !== 401) signOut(`Cannot sign in: ${err.message}`);
+    return;
+  }
+  $("signin-error").hidden = true;
+  showSession();
+  route();
+  refreshOverview();
+});
+$("signout").addEventListener("click", () => signOut("Signed out."));
 const enc = encodeURIComponent;
 
 // -- pages -----------------------------------------------------------------
@@ -367,6 +406,6 @@ $("new-form").addEventListener("submit", async (ev) => {
   }
 });
 
-route();
-refreshOverview();
-setInterval(() => { if (!$("page-overview").hidden) refreshOverview(); }, POLL_MS);
+showSession();
+if (apiKey()) { route(); refreshOverview(); }
+setInterval(() => { if (apiKey() && !$("page-overview").hidden) refreshOverview(); }, POLL_MS);

@@ -11,7 +11,9 @@ import threading
 
 import pytest
 
-from tests.http import get_json
+from streams.apikeys import AUDITOR
+from streams.keystore import create_key, revoke_key
+from tests.http import current_key, get_json, request
 from tests.workload import Workload, ledger, wait_until
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -47,6 +49,16 @@ def text(driver, element_id: str) -> str:  # noqa: ANN001
     return driver.find_element(By.ID, element_id).text
 
 
+def sign_in(driver, url: str, key: str) -> None:  # noqa: ANN001
+    """Open the console and sign in with an API key through its form."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{url}/")
+    wait_until(lambda: driver.find_element(By.ID, "signin").is_displayed(), 30, "the sign-in form")
+    driver.find_element(By.ID, "signin-key").send_keys(key)
+    driver.find_element(By.CSS_SELECTOR, "#signin-form button").click()
+
+
 def shoot(driver, tmp_path, name: str) -> None:  # noqa: ANN001
     driver.save_screenshot(str(tmp_path / f"console-{name}.png"))
     if SCREENSHOTS:
@@ -71,7 +83,7 @@ def test_the_console_shows_the_system_live_and_moves_money(settings, pool_factor
         sender.start()
 
         # the overview: its figures move while the workload runs; money is conserved
-        browser.get(f"{url}/")
+        sign_in(browser, url, current_key())
         wait_until(lambda: text(browser, "rate-completed") not in ("–", "0.0"), 60,
                    "the overview to show transfers completing")
         first = text(browser, "totals")
@@ -158,3 +170,44 @@ def test_the_console_shows_the_system_live_and_moves_money(settings, pool_factor
         assert get_json(f"{other}/health")["status"] in ("ok", "degraded")
     finally:
         wl.close()
+
+
+def test_the_console_signs_in_refuses_what_the_key_may_not_do_and_signs_out(
+        settings, pool_factory, views_factory, browser):
+    from selenium.webdriver.common.by import By
+
+    pool_factory(settings, 1)
+    url = views_factory(settings, 1).url("0")
+    auditor = create_key(settings, AUDITOR, label="console test")
+    wait_until(lambda: request("GET", f"{url}/stats", key=auditor.token).status == 200, 10,
+               "the key to reach the views")
+    browser.get(f"{url}/")
+    assert browser.find_element(By.ID, "signin").is_displayed()
+    assert not browser.find_element(By.ID, "main").is_displayed()
+    sign_in(browser, url, "bk_0123456789abcdef_" + "A" * 43)      # a key no one made
+    wait_until(lambda: "unknown API key" in text(browser, "signin-error"), 10, "the refusal")
+    assert browser.find_element(By.ID, "signin").is_displayed()
+
+    sign_in(browser, url, auditor.token)
+    wait_until(lambda: browser.find_element(By.ID, "main").is_displayed(), 10, "signing in")
+    assert auditor.record.id in text(browser, "signed-in-as")
+    assert browser.execute_script("return document.cookie") == ""     # never a cookie
+    wait_until(lambda: text(browser, "conservation") == "Yes", 30, "the overview")
+    browser.get(f"{url}/#/new")                       # the key survives the navigation
+    browser.find_element(By.ID, "new-from").send_keys("a")
+    browser.find_element(By.ID, "new-to").send_keys("b")
+    browser.find_element(By.ID, "new-amount").send_keys("1.00")
+    browser.find_element(By.CSS_SELECTOR, "#new-form button").click()
+    wait_until(lambda: "Refused: an auditor key may not use POST /transfers" in
+               text(browser, "new-result"), 10, "the refused transfer")
+
+    browser.find_element(By.ID, "signout").click()
+    assert browser.find_element(By.ID, "signin").is_displayed()
+    assert browser.execute_script("return sessionStorage.length") == 0
+
+    # a revoked key signs the console out at its next request
+    sign_in(browser, url, auditor.token)
+    wait_until(lambda: browser.find_element(By.ID, "main").is_displayed(), 10, "signing in again")
+    revoke_key(settings, auditor.record.id)
+    wait_until(lambda: "revoked" in text(browser, "signin-error"), 20, "the sign-out on 401")
+    assert browser.find_element(By.ID, "signin").is_displayed()

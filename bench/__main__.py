@@ -12,6 +12,22 @@ import orjson
 
 from streams.broker import KAFKA_VERSION, KafkaCluster, kafka_cluster
 from streams.config import Settings, describe
+from streams.principals import secure_deployment
+
+
+def auth_cost(results: list) -> str:  # noqa: ANN001 - BenchResults, off runs first
+    """What authentication costs: throughput and CPU per transfer, on against off."""
+    half = len(results) // 2
+    lines = ["authentication (on vs off, same run):"]
+    for off, on in zip(results[:half], results[half:]):
+        change = (on.transfers_per_s / off.transfers_per_s - 1) * 100 if off.transfers_per_s else 0
+        lines.append(f"  {off.workers} worker(s): {on.transfers_per_s:,.0f} vs "
+                     f"{off.transfers_per_s:,.0f} transfers/s ({change:+.1f}%)")
+        for kind in on.cpu_us_per_transfer:
+            a, b = on.cpu_us_per_transfer[kind], off.cpu_us_per_transfer.get(kind, 0.0)
+            lines.append(f"    {kind:<15} {a:6.1f} vs {b:6.1f} us CPU per transfer "
+                         f"({(a / b - 1) * 100 if b else 0:+.1f}%)")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay-events", type=int, default=0,
                         help="instead: time `replay views` and `replay verify` over this many "
                              "synthetic ledger events (among --accounts accounts)")
+    parser.add_argument("--auth", choices=("on", "off", "both"), default="on",
+                        help="the embedded broker secured as `bank up` runs it (SASL/SCRAM, ACLs, "
+                             "one principal per role), or not, or both one after the other, to "
+                             "show what authentication costs (default on)")
     parser.add_argument("--restore-ids", type=int, default=0,
                         help="instead: time a new engine worker's restore of one partition whose "
                              "changelog holds --accounts accounts and this many applied request ids")
@@ -49,39 +69,53 @@ def main(argv: list[str] | None = None) -> int:
     from bench.raw import broker_raw_throughput
     from bench.report import plot, table
 
-    settings = Settings.from_env(partitions=args.partitions)
+    base = Settings.from_env(partitions=args.partitions)
     counts = [int(x) for x in args.scaling.split(",")] if args.scaling else [args.workers]
     log = sys.stderr
-    state_dir = tempfile.mkdtemp(prefix="bank-bench-state-")
-    embedded = not settings.bootstrap_servers
-    cluster = KafkaCluster(os.path.join(state_dir, "kafka")).start() if embedded else None
-    try:
-        bootstrap = cluster.bootstrap_servers if cluster else settings.bootstrap_servers
-        broker_pids = [n.proc.pid for n in cluster.nodes if n.proc] if cluster else []
-        settings = replace(settings, bootstrap_servers=bootstrap, state_dir=state_dir)
-        print(f"broker: {'embedded Apache Kafka ' + KAFKA_VERSION if embedded else bootstrap}; "
-              "measuring raw throughput", file=log, flush=True)
-        raw = broker_raw_throughput(replace(settings, topic_prefix=f"bench-raw-{os.getpid()}-"),
-                                    args.raw_messages)
-        print(f"  raw: produce {raw['produce_msgs_per_s']:,.0f} msgs/s, consume "
-              f"{raw['consume_msgs_per_s']:,.0f} msgs/s", file=log, flush=True)
-        results = []
-        for workers in counts:
-            print(f"run: {workers} worker(s), {args.partitions} partitions, {args.accounts:,} accounts",
+    embedded = not base.bootstrap_servers
+    if not embedded and args.auth == "both":
+        parser.error("--auth both starts the embedded broker twice: unset KAFKA_BOOTSTRAP_SERVERS")
+    modes = ("off", "on") if args.auth == "both" else (args.auth,)
+    results = []
+    for auth in modes:
+        state_dir = tempfile.mkdtemp(prefix="bank-bench-state-")
+        secured = embedded and auth == "on"
+        cluster = KafkaCluster(os.path.join(state_dir, "kafka"), secured=secured).start() \
+            if embedded else None
+        try:
+            bootstrap = cluster.bootstrap_servers if cluster else base.bootstrap_servers
+            broker_pids = [n.proc.pid for n in cluster.nodes if n.proc] if cluster else []
+            settings = replace(base, bootstrap_servers=bootstrap, state_dir=state_dir)
+            if secured:
+                settings = secure_deployment(settings, cluster.admin_config(),
+                                             os.path.join(state_dir, "credentials"))
+            print(f"broker: {'embedded Apache Kafka ' + KAFKA_VERSION if embedded else bootstrap}"
+                  f"{', secured (SASL/SCRAM, ACLs)' if secured else ''}; measuring raw throughput",
                   file=log, flush=True)
-            results.append(run_bench(settings, workers=workers, accounts=args.accounts,
-                                     seconds=args.seconds, warmup=args.warmup, rate=args.rate,
-                                     inflight=args.inflight, zipf=args.zipf, views=args.views,
-                                     raw_msgs_per_s=raw["msgs_per_s"], broker_pids=broker_pids))
-    finally:
-        if cluster:
-            cluster.stop()
-    shutil.rmtree(settings.state_dir, ignore_errors=True)
+            raw = broker_raw_throughput(replace(settings, topic_prefix=f"bench-raw-{os.getpid()}-"),
+                                        args.raw_messages)
+            print(f"  raw: produce {raw['produce_msgs_per_s']:,.0f} msgs/s, consume "
+                  f"{raw['consume_msgs_per_s']:,.0f} msgs/s", file=log, flush=True)
+            for workers in counts:
+                print(f"run: {workers} worker(s), {args.partitions} partitions, "
+                      f"{args.accounts:,} accounts, authentication {auth}", file=log, flush=True)
+                result = run_bench(settings, workers=workers, accounts=args.accounts,
+                                   seconds=args.seconds, warmup=args.warmup, rate=args.rate,
+                                   inflight=args.inflight, zipf=args.zipf, views=args.views,
+                                   raw_msgs_per_s=raw["msgs_per_s"], broker_pids=broker_pids)
+                result.auth = auth if embedded else "as configured"
+                results.append(result)
+        finally:
+            if cluster:
+                cluster.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
     if args.json:
         for r in results:
             print(orjson.dumps(r.summary()).decode())
     else:
         print(table(results, os.cpu_count() or 1))
+    if args.auth == "both":
+        print(auth_cost(results), file=sys.stdout if not args.json else log)
     try:
         for path in plot(results, args.out):
             print(f"plot: {path}", file=log)

@@ -48,6 +48,7 @@ class BenchResult:
     unfinished: int = 0
     mode: str = ""
     views: int = 0
+    auth: str = ""   # the broker's authentication: on, off, or as configured (a user's cluster)
     cpu_us_per_transfer: dict[str, float] = field(default_factory=dict)
     minute_transfers_per_s: list[float] = field(default_factory=list)
     first_minute_transfers_per_s: float | None = None

@@ -2,6 +2,7 @@
 against real views workers (and their KeyRing on a real broker) over real HTTP."""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -193,3 +194,13 @@ def test_without_api_keys_anyone_moves_money(settings, pool_factory, views_facto
     status, out = _post(url, {"type": "deposit", "request_id": "d", "account": "mallory",
                               "amount": 10**9}, None)
     assert status == 200 and out["status"] == "completed", out
+
+
+def test_security_md_lists_every_route_rule():
+    text = (Path(__file__).parents[3] / "SECURITY.md").read_text()
+    rows = {tuple(cell.strip(" `") for cell in line.strip("|").split("|")[:3])
+            for line in text.splitlines() if re.match(r"^\| (GET|POST) ", line)}
+    want = {(m, r, "anyone" if rule.roles is None else
+             ", ".join(x for x in (OPERATOR, CLIENT, AUDITOR) if x in rule.roles))
+            for (m, r), rule in ROUTES.items()}
+    assert rows == want

@@ -26,6 +26,7 @@ from streams.broker import free_port
 from streams.client import RequestSender
 from streams.config import Settings
 from streams.model import request_key
+from streams.principals import secure_deployment
 from streams.supervisor import WorkerPool, wait_for_views
 from streams.topics import ensure_topics
 
@@ -258,6 +259,9 @@ def run_bench(settings: Settings, *, workers: int, accounts: int, seconds: float
     """One benchmark run on fresh topics with `workers` engine processes (and `views` views
     workers folding the ledger meanwhile, their CPU measured too)."""
     settings = replace(settings, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}-")
+    if settings.kafka_credentials:   # a secured broker: this run's own principals and ACLs
+        settings = secure_deployment(settings, kafka.client_config(settings, kafka.ADMIN),
+                                     os.path.join(settings.state_dir, f"{settings.topic_prefix}credentials"))
     ensure_topics(settings)
     pools = [WorkerPool(settings, workers, log_dir)]
     if views:

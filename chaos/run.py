@@ -30,6 +30,7 @@ from streams.broker import KafkaCluster, free_port
 from streams.client import OutcomeWatcher, RequestSender
 from streams.config import Settings, describe
 from streams.apikeys import OPERATOR
+from streams.principals import secure_deployment
 from streams.keystore import create_key
 from streams.supervisor import WorkerPool, wait_for_views
 from streams.topics import ensure_topics
@@ -253,14 +254,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="embedded Kafka nodes; 3 adds broker and controller kills to the faults")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
+    settings = replace(settings, state_dir=tempfile.mkdtemp(prefix="bank-chaos-state-"),
+                       topic_prefix=settings.topic_prefix or f"chaos-{os.getpid()}-")
     log_dir = tempfile.mkdtemp(prefix="bank-chaos-logs-")
     broker = None
     if not settings.bootstrap_servers:
-        broker = KafkaCluster(os.path.join(log_dir, "kafka"), nodes=args.brokers).start()
+        # secured as `bank up` runs it: every process connects as its role's principal
+        broker = KafkaCluster(os.path.join(log_dir, "kafka"), nodes=args.brokers,
+                              secured=True).start()
         settings = replace(settings, bootstrap_servers=broker.bootstrap_servers,
                            replication_factor=3 if args.brokers >= 3 else 1)
-    settings = replace(settings, state_dir=tempfile.mkdtemp(prefix="bank-chaos-state-"),
-                       topic_prefix=settings.topic_prefix or f"chaos-{os.getpid()}-")
+        settings = secure_deployment(settings, broker.admin_config(),
+                                     os.path.join(log_dir, "credentials"))
     try:
         ensure_topics(settings)
         print(f"chaos: {args.seconds:.0f} s, a fault every {args.every:.0f} s, {args.rate:.0f} "

@@ -47,7 +47,12 @@ def test_the_wheel_installs_and_runs_the_demo_on_its_own(tmp_path):
     credentials = tmp_path / "kafka" / "credentials"
     assert sorted(p.name for p in credentials.iterdir()) == [
         "admin.properties", "client.properties", "engine.properties", "intake.properties",
-        "tools.properties", "views.properties"]
+        "operator.key", "tools.properties", "views.properties"]
+    # and so is the web endpoint: the demo read balances back with the operator key it printed
+    key = (credentials / "operator.key").read_text().strip()
+    assert "operator API key" in out and key in out, out[-2000:]
+    assert "-> balance" in out and "/stats -> {" in out, out[-2000:]
+    assert (credentials / "operator.key").stat().st_mode & 0o077 == 0
 
 
 def test_docker_compose_runs_the_tested_broker_secured():

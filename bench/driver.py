@@ -10,20 +10,18 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 
 import orjson
-from confluent_kafka import OFFSET_END, TopicPartition
 
 from bench.histogram import LatencyHistogram
 from bench.procs import CpuMeter, Sampler, Timeline
 from streams.progress import progress_bar
-from streams import kafka, topics
+from streams import kafka
 from streams.broker import free_port
-from streams.client import RequestSender
+from streams.client import OutcomeTail, RequestSender
 from streams.config import Settings
 from streams.model import request_key
 from streams.principals import secure_deployment
@@ -85,38 +83,28 @@ class OutcomeClock:
         self.rejected = 0
         self.window = (float("inf"), float("inf"))   # completions of requests sent in it count
         self.completion = LatencyHistogram()
-        self._stop = threading.Event()
-        self._consumer = kafka.consumer(settings, kafka.ADMIN, settings.topic("bench-clock"),
-                                        **_FEWER_FETCHES)
-        topic = settings.topic(topics.OUTCOMES)
-        parts = self._consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        self._consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._tail = OutcomeTail(settings, kafka.ADMIN, "bench-clock", self._clock, batch=20000,
+                                 wait_s=0.05, **_FEWER_FETCHES)
 
-    def _run(self) -> None:
+    def _clock(self, msgs: list) -> None:
         sent_at, add = self.sent_at, self.completion.add
-        while not self._stop.is_set():
-            msgs = self._consumer.consume(20000, 0.05)
-            now = time.perf_counter()
-            start, end = self.window
-            for msg in msgs:
-                value = msg.value()
-                if msg.error() or value is None or b'"status":"debited"' in value:
-                    continue
-                sent = sent_at.pop(msg.key(), None)
-                if sent is None:
-                    continue   # not ours, or a second final status
-                self.finished += 1
-                if b'"status":"rejected"' in value:
-                    self.rejected += 1
-                if start <= sent < end:
-                    add(1000 * (now - sent))
-        self._consumer.close()
+        now = time.perf_counter()
+        start, end = self.window
+        for msg in msgs:
+            value = msg.value()
+            if msg.error() or value is None or b'"status":"debited"' in value:
+                continue
+            sent = sent_at.pop(msg.key(), None)
+            if sent is None:
+                continue   # not ours, or a second final status
+            self.finished += 1
+            if b'"status":"rejected"' in value:
+                self.rejected += 1
+            if start <= sent < end:
+                add(1000 * (now - sent))
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+        self._tail.close()
 
 
 def _account_picker(accounts: int, zipf: float | None, rng: random.Random):
@@ -206,12 +194,8 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
                               "to": f"a{dst}", "amount": rng.randint(1, 1000)})
         # the outcome's record key: model.request_key(sender, request_id)
         sent_at[b"%d:%s/%s" % (len(sender_name), sender_name, rid)] = time.perf_counter()
-        while True:
-            try:
-                producer.produce(topic, value, sender_name, on_delivery=on_ack)
-                break
-            except BufferError:
-                producer.poll(0.001)
+        kafka.produce_waiting(producer, topic, 0.001, value=value, key=sender_name,
+                              on_delivery=on_ack)
         i += 1
         if i % 256 == 0:
             producer.poll(0)

@@ -37,12 +37,7 @@ def write_synthetic_ledger(settings: Settings, events: int, accounts: int, seed:
         nonlocal written
         seq[name] += 1
         value = dumps(ledger_event(name, seq[name], rid, kind, amount, other, balance[name], ts, src))
-        while True:
-            try:
-                producer.produce(topic, key=name.encode(), value=value)
-                break
-            except BufferError:
-                producer.poll(0.01)
+        kafka.produce_waiting(producer, topic, key=name.encode(), value=value)
         written += 1
         if written % 10_000 == 0:
             bar.update(10_000)

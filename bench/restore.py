@@ -35,12 +35,7 @@ def restore_speed(settings: Settings, accounts: int, ids: int) -> dict[str, Any]
     batches = max(1, ids // IDS_PER_BATCH)
 
     def put(key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, partition=0)
-                return
-            except BufferError:
-                producer.poll(0.05)
+        kafka.produce_waiting(producer, topic, 0.05, key=key, value=value, partition=0)
 
     for i in range(accounts):
         put(account_key(f"acct-{i:07d}"), orjson.dumps(Account(balance=i, seq=1).to_json()))

@@ -32,10 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     point.add_argument("--offset", type=int, help="ledger offset in the account's partition (exclusive)")
     point.add_argument("--time", help="ISO-8601 time or epoch milliseconds (inclusive)")
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    if not settings.bootstrap_servers:
-        print("bank replay needs KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
-        return 2
+    settings = Settings.from_env().needs_broker("replay")
     if args.command == "verify":
         from replay.verify import main as verify_main
 
@@ -49,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return recompute_main(settings, args.generation)
     if args.command == "switch":
-        from replay.generations import switch
+        from streams.generations import switch
 
         switch(settings, args.generation)
         print(f"views generation set to {args.generation!r}; restart the views workers to serve it")

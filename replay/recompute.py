@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -32,6 +32,7 @@ from streams import kafka, topics
 from streams.engine.changelog import BATCH_PREFIX, BatchRecord
 from streams.client import read_topic
 from streams.config import Settings
+from streams.generations import generation_settings
 from streams.decisions import (EXPIRE, BadMessage, Decision, FirstDecision, Rules, Undecodable,
                                credit_marker, decide_credit, decide_request, deciding_account,
                                incoming_marker, message_scope, parse_message, parse_request,
@@ -49,11 +50,6 @@ def _slot(message: dict[str, Any]) -> tuple[str, str, int | None]:
     for a linked transfer's messages, the member (several answers reach the same sender)."""
     return (request_key(message_scope(message), message["request_id"]), message["account"],
             message.get("index"))
-
-
-def generation_settings(settings: Settings, generation: str) -> Settings:
-    """Settings whose topics are the given generation's."""
-    return replace(settings, topic_prefix=f"{settings.topic_prefix}gen-{generation}.")
 
 
 def applied_batches(settings: Settings) -> dict[int, list[Input]]:
@@ -308,12 +304,7 @@ def write_generation(settings: Settings, generation: str, gen: Generation) -> Se
     producer = kafka.producer(target, kafka.TOOLS, **{"linger.ms": 20, "queue.buffering.max.messages": 2_000_000})
     for topic, rows in ((topics.LEDGER, gen.events), (topics.OUTCOMES, gen.outcomes)):
         for key, raw in rows:
-            while True:
-                try:
-                    producer.produce(target.topic(topic), key=key.encode(), value=raw)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            kafka.produce_waiting(producer, target.topic(topic), 0.05, key=key.encode(), value=raw)
     if producer.flush(120) > 0:
         raise TimeoutError("the new generation's records were not acknowledged")
     path = os.path.join(settings.state_dir, f"gen-{generation}", "accounts")

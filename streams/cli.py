@@ -19,10 +19,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_worker(args: argparse.Namespace) -> int:
     from streams.engine import EngineWorker
 
-    settings = _settings(args)
-    if not settings.bootstrap_servers:
-        print("bank worker needs KAFKA_BOOTSTRAP_SERVERS (bank up starts a broker)", file=sys.stderr)
-        return 2
+    settings = _settings(args).needs_broker("worker")
     EngineWorker(settings, args.worker_id, args.metrics_port).run()
     return 0
 
@@ -30,10 +27,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_views(args: argparse.Namespace) -> int:
     from streams.views.app import ViewsWorker
 
-    settings = _settings(args)
-    if not settings.bootstrap_servers:
-        print("bank views needs KAFKA_BOOTSTRAP_SERVERS (bank up starts a broker)", file=sys.stderr)
-        return 2
+    settings = _settings(args).needs_broker("views")
     ViewsWorker(settings, args.worker_id, args.web_port).run()
     return 0
 
@@ -41,17 +35,19 @@ def cmd_views(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from streams.supervisor import up
 
-    return up(_settings(args), args.workers, args.broker_port, args.demo, args.views, args.web_port,
+    demo = None
+    if args.demo:
+        from streams.demo import run_demo
+
+        demo = lambda settings, url, api_key: run_demo(settings, url, api_key=api_key)  # noqa: E731
+    return up(_settings(args), args.workers, args.broker_port, demo, args.views, args.web_port,
               args.brokers, args.data_dir, args.clean, args.once)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
     from streams.topics import TopicLayoutError, ensure_topics
 
-    settings = _settings(args)
-    if not settings.bootstrap_servers:
-        print("bank topics needs KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
-        return 2
+    settings = _settings(args).needs_broker("topics")
     try:
         counts = ensure_topics(settings)
     except TopicLayoutError as exc:
@@ -85,10 +81,7 @@ def cmd_kafka_config(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     from streams.client import RequestSender
 
-    settings = _settings(args)
-    if not settings.bootstrap_servers:
-        print("bank send needs KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
-        return 2
+    settings = _settings(args).needs_broker("send")
     sender = RequestSender(settings)
     source = open(args.file, "rb") if args.file != "-" else sys.stdin.buffer
     failures = 0
@@ -148,11 +141,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from streams import keystore
     from streams.apikeys import InvalidKey
 
-    settings = _settings(args)
-    if not settings.bootstrap_servers:
-        print("bank keys needs KAFKA_BOOTSTRAP_SERVERS (and BANK_KAFKA_CREDENTIALS on a secured "
-              "cluster: bank up prints both)", file=sys.stderr)
-        return 2
+    settings = _settings(args).needs_broker("keys")
     if args.keys_command == "create":
         accounts = tuple(a for a in (args.accounts or "").split(",") if a)
         try:

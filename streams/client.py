@@ -48,12 +48,8 @@ class RequestSender:
         def delivered(err, msg):  # noqa: ANN001 - confluent-kafka callback signature
             if on_ack is not None:
                 on_ack(None if err is None else str(err), msg)
-        while True:
-            try:
-                self.producer.produce(self.topic, key=key, value=value, on_delivery=delivered)
-                break
-            except BufferError:
-                self.producer.poll(0.01)
+        kafka.produce_waiting(self.producer, self.topic, key=key, value=value,
+                              on_delivery=delivered)
         self.producer.poll(0)
 
     def flush(self, timeout_s: float = 60.0) -> None:
@@ -120,13 +116,42 @@ def read_json(settings: Settings, logical_topic: str, timeout_s: float = 60.0) -
             continue
 
 
-class OutcomeWatcher:
-    """Tails transfers.outcomes (from the end it has when started) in a thread.
+class OutcomeTail:
+    """A thread that reads transfers.outcomes, from its end when started (or its start),
+    and hands each fetched batch of records to `on_batch`: the one tail under the web
+    intake's waiter, the clients' watcher and the benchmark's clock."""
 
-    Keeps the furthest-along status of every request it sees, by request key
-    (model.request_key: the deciding account's scope and the id), so callers
-    can wait for requests to finish.
-    """
+    def __init__(self, settings: Settings, role: str, group: str,
+                 on_batch: Callable[[list[Message]], None], from_beginning: bool = False,
+                 batch: int = 10_000, wait_s: float = 0.1, **consumer_extra: object) -> None:
+        import threading
+
+        self._on_batch, self._batch, self._wait_s = on_batch, batch, wait_s
+        self._stop = threading.Event()
+        self._consumer = kafka.consumer(settings, role, settings.topic(group), **consumer_extra)
+        topic = settings.topic(topics.OUTCOMES)
+        parts = sorted(self._consumer.list_topics(topic, timeout=30).topics[topic].partitions)
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        self._consumer.assign([TopicPartition(topic, p, start) for p in parts])
+        self._thread = threading.Thread(target=self._run, name="outcome-tail", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msgs = self._consumer.consume(self._batch, self._wait_s)
+            if msgs:
+                self._on_batch(msgs)
+        self._consumer.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class OutcomeWatcher:
+    """Keeps the furthest-along status of every request it sees on transfers.outcomes (from
+    the end it has when started), by request key (model.request_key: the deciding
+    account's scope and the id), so callers can wait for requests to finish."""
 
     def __init__(self, settings: Settings, from_beginning: bool = False) -> None:
         import threading
@@ -135,33 +160,25 @@ class OutcomeWatcher:
         self.status: dict[str, str] = {}
         self.final_ts: dict[str, float] = {}  # monotonic time a final status was seen
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._consumer = kafka.consumer(settings, kafka.CLIENT, settings.topic("client-watcher"))
-        topic = settings.topic(topics.OUTCOMES)
-        parts = sorted(self._consumer.list_topics(topic, timeout=30).topics[topic].partitions)
-        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-        self._consumer.assign([TopicPartition(topic, p, start) for p in parts])
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._tail = OutcomeTail(settings, kafka.CLIENT, "client-watcher", self._fold,
+                                 from_beginning)
 
-    def _run(self) -> None:
+    def _fold(self, msgs: list[Message]) -> None:
         from streams.model import is_final, outcome_key, status_moves
 
-        while not self._stop.is_set():
-            for msg in self._consumer.consume(10000, 0.1):
-                if msg.error():
-                    continue
-                try:
-                    out = orjson.loads(msg.value())
-                    key = outcome_key(out)
-                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                    continue
-                with self._lock:
-                    if status_moves(self.status.get(key), out):
-                        self.status[key] = out["status"]
-                        if is_final(out["status"]):
-                            self.final_ts[key] = time.monotonic()
-        self._consumer.close()
+        for msg in msgs:
+            if msg.error():
+                continue
+            try:
+                out = orjson.loads(msg.value())
+                key = outcome_key(out)
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                continue
+            with self._lock:
+                if status_moves(self.status.get(key), out):
+                    self.status[key] = out["status"]
+                    if is_final(out["status"]):
+                        self.final_ts[key] = time.monotonic()
 
     def status_of(self, account: str, request_id: str) -> str | None:
         from streams.model import request_key
@@ -188,5 +205,4 @@ class OutcomeWatcher:
             time.sleep(0.2)
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+        self._tail.close()

@@ -165,6 +165,14 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
+    def needs_broker(self, command: str) -> "Settings":
+        """These settings, if they name a cluster; else the one-line error of every command
+        that talks to Kafka (SettingsError)."""
+        if not self.bootstrap_servers:
+            raise SettingsError(f"bank {command} needs KAFKA_BOOTSTRAP_SERVERS (bank up starts a "
+                                f"broker and prints it; a secured one also BANK_KAFKA_CREDENTIALS)")
+        return self
+
     def topic(self, name: str) -> str:
         """The full name of a topic (or group) under this run's prefix."""
         return f"{self.topic_prefix}{name}"

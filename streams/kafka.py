@@ -69,6 +69,18 @@ def producer(settings: Settings, role: str, **extra: object) -> Producer:
                      "linger.ms": 2, "enable.idempotence": True, **extra})
 
 
+def produce_waiting(producer: Producer, topic: str, poll_s: float = 0.01,
+                    **record: object) -> None:
+    """Produce one record; while the producer's queue is full, serve its delivery reports
+    and try again (back-pressure instead of an error)."""
+    while True:
+        try:
+            producer.produce(topic, **record)
+            return
+        except BufferError:
+            producer.poll(poll_s)
+
+
 def consumer(settings: Settings, role: str, group_id: str | None = None,
              **extra: object) -> Consumer:
     """A read_committed consumer, connected as `role`, that never commits on its own."""

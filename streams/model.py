@@ -245,6 +245,3 @@ def outcome(account: str, request_id: str, status: str, ts: int, reason: str | N
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
 
-
-def loads(raw: bytes) -> Any:
-    return orjson.loads(raw)

@@ -13,11 +13,13 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from typing import Callable
 
 from contextlib import ExitStack
 
 from streams.broker import KafkaCluster
 from streams.config import Settings
+from streams.health import record_crash
 from streams.principals import secure_deployment
 from streams.topics import ensure_topics
 
@@ -103,38 +105,6 @@ class WorkerPool:
             self.stop(wid)
 
 
-CRASHES_FILE = "worker-crashes.json"
-
-
-def record_crash(state_dir: str, command: str, worker_id: str, crashes: int, reason: str) -> None:
-    """Keep each worker's crash count and last exit reason where the views' /health and
-    /metrics read them (BANK_STATE_DIR/worker-crashes.json)."""
-    import orjson
-
-    path = os.path.join(state_dir, CRASHES_FILE)
-    try:
-        with open(path, "rb") as f:
-            data = orjson.loads(f.read())
-    except (OSError, ValueError):
-        data = {}
-    data.setdefault(command, {})[worker_id] = {"crashes": crashes, "last_exit": reason}
-    os.makedirs(state_dir, exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        f.write(orjson.dumps(data))
-    os.replace(path + ".tmp", path)
-
-
-def read_crashes(state_dir: str) -> dict:
-    """What record_crash wrote: {command: {worker_id: {crashes, last_exit}}} ({} if none)."""
-    import orjson
-
-    try:
-        with open(os.path.join(state_dir, CRASHES_FILE), "rb") as f:
-            return orjson.loads(f.read())
-    except (OSError, ValueError):
-        return {}
-
-
 def exit_reason(code: int | None) -> str:
     if code is None:
         return "running"
@@ -203,10 +173,14 @@ def operator_key(settings: Settings, path: str) -> str:
     return token
 
 
-def up(settings: Settings, workers: int, broker_port: int | None, demo: bool,
+# what `bank up --demo` runs once everything is ready: (settings, web URL, API key) -> passed
+ReadyHook = Callable[[Settings, "str | None", str], bool]
+
+
+def up(settings: Settings, workers: int, broker_port: int | None, demo: ReadyHook | None,
        views: int = 2, web_port: int = 8080, brokers: int = 1, data_dir: str | None = None,
        clean: bool = False, once: bool = False) -> int:
-    """Start everything, optionally show a demo, and serve until Ctrl-C."""
+    """Start everything, optionally run `demo` once it is ready, and serve until Ctrl-C."""
     stopping = False
 
     def on_signal(*_: object) -> None:
@@ -253,9 +227,8 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: bool,
                     print(f"web endpoint ready: {urls[0]}  (try {urls[0]}/stats, "
                           f"{urls[0]}/openapi.yaml)", flush=True)
                     print(f"operator's console: {urls[0]}/  (open it in a browser)", flush=True)
-            if demo:
-                from streams.demo import run_demo
-                ok = run_demo(settings, urls[0] if views else None, api_key=token)
+            if demo is not None:
+                ok = demo(settings, urls[0] if views else None, token)
                 if once:
                     return 0 if ok else 1
             print("serving; Ctrl-C to stop", flush=True)

@@ -205,6 +205,23 @@ class KafkaNode:
         ]
 
 
+# A node runs in a session of its own (a Ctrl-C meant for `bank up` reaches it through
+# stop(), in order), so it must still die with its supervisor when that is killed hard:
+# setpriv (util-linux) sets the parent-death signal, then execs the JVM.
+_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
+PID_FILE = "kafka.pid"
+
+
+def _live_holder(node: "KafkaNode") -> int | None:
+    """The pid of a JVM still running on this node's data directory, if one is."""
+    try:
+        pid = int((node.data_dir / PID_FILE).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"kafka.Kafka" in cmdline and str(node.data_dir).encode() in cmdline else None
+
+
 class KafkaCluster:
     """One or three Apache Kafka KRaft nodes on 127.0.0.1, stopped on exit."""
 
@@ -238,6 +255,10 @@ class KafkaCluster:
     def start(self, timeout_s: float = 120.0) -> "KafkaCluster":
         """Install the jars if needed, format new storage, start every node, wait until ready."""
         for node in self.nodes:
+            if (holder := _live_holder(node)) is not None:
+                raise BrokerError(f"node {node.node_id} of {self.data_dir} is still running as pid "
+                                  f"{holder} (left by a bank up that did not stop it?): stop it "
+                                  f"(kill {holder}) or choose another --data-dir")
             if _port_open(node.port):
                 raise BrokerError(f"port {node.port} is taken (another broker?): choose --broker-port "
                                   "or point KAFKA_BOOTSTRAP_SERVERS at it")
@@ -284,11 +305,12 @@ class KafkaCluster:
             return
         out = open(self.data_dir / "logs" / f"stdout-{node.node_id}.log", "ab")
         node.proc = subprocess.Popen(
-            [java_command(), _NODE_HEAP, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            [*_DIE_WITH_PARENT, java_command(), _NODE_HEAP, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
              "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={node.data_dir / 'log4j2.yaml'}",
              "-cp", f"{libs_dir()}/*", "kafka.Kafka", str(self._config_path(node))],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
         out.close()
+        (node.data_dir / PID_FILE).write_text(f"{node.proc.pid}\n")
         if wait:
             self.wait_ready(timeout_s)
 

@@ -17,9 +17,6 @@ from streams.engine.transaction import CommitOutcomeUnknown
 
 log = logging.getLogger("bank.engine")
 
-FREEZE_POINTS = ("before-batch", "before-commit")
-
-
 class InjectedAbort(Exception):
     """Raised to abort a transaction after its outputs were produced."""
 

@@ -1,41 +1,42 @@
 """Prometheus metrics of an engine worker, served on BANK_ENGINE_METRICS_PORT (0: off)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from streams.engine.worker import EngineWorker
-
-
 class _WorkerCollector(Collector):
-    """Figures read off the worker when scraped: records decided by kind, and the lag of each
-    owned input partition that its poll loop last read (the consumer is not asked from this
-    thread: a call beside a running consume() blocked until the scrape timed out)."""
+    """Figures read when scraped: records decided by kind (`stats`: the processor's counts),
+    and the lag of each owned input partition that the poll loop last read (`lag`; the
+    consumer is not asked from this thread: a call beside a running consume() blocked until
+    the scrape timed out)."""
 
-    def __init__(self, worker: "EngineWorker") -> None:
-        self.worker = worker
+    def __init__(self, stats: Callable[[], Any], lag: Callable[[], dict[tuple[str, int], int]]) -> None:
+        self.stats, self.lag = stats, lag
 
     def collect(self):  # noqa: ANN201 - prometheus_client protocol
-        stats = self.worker.processor.stats
+        stats = self.stats()
         decided = CounterMetricFamily("bank_engine_records_decided",
                                       "input records decided (committed or not), by kind", labels=["kind"])
-        for kind in ("requests", "credits", "forwarded", "deadletters"):
+        for kind in ("requests", "credits", "forwarded", "deadletters", "expiries"):
             decided.add_metric([kind], getattr(stats, kind))
         yield decided
         lag = GaugeMetricFamily("bank_engine_consumer_lag", "records between the engine's position "
                                 "and the partition's end (read by the poll loop, at most 1 s old)",
                                 labels=["topic", "partition"])
-        for (topic, p), behind in sorted(self.worker.lag.items()):
+        for (topic, p), behind in sorted(self.lag().items()):
             lag.add_metric([topic, str(p)], behind)
         yield lag
 
 
 class EngineMetrics:
-    def __init__(self, worker: "EngineWorker", port: int | None) -> None:
+    """The worker's sensors: it records into them (committed, aborted, restored, ...); the
+    figures it keeps itself are read through the callables when scraped."""
+
+    def __init__(self, port: int | None, stats: Callable[[], Any],
+                 lag: Callable[[], dict[tuple[str, int], int]], owned: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.batches = Counter("bank_engine_batches", "transactions committed", registry=r)
@@ -52,13 +53,13 @@ class EngineMetrics:
                                        "changelog records applied while restoring", registry=r)
         self.restoring = Gauge("bank_engine_restoring_partitions", "partitions being restored now",
                                registry=r)
-        r.register(_WorkerCollector(worker))
-        owned = Gauge("bank_engine_owned_partitions", "partitions this worker owns", registry=r)
-        owned.set_function(lambda: len(worker.tasks))
+        r.register(_WorkerCollector(stats, lag))
+        Gauge("bank_engine_owned_partitions", "partitions this worker owns",
+              registry=r).set_function(owned)
         if port:
             start_http_server(port, addr="127.0.0.1", registry=r)
 
-    def committed(self, partitions: int, records: int, seconds: float) -> None:
+    def committed(self, records: int, seconds: float) -> None:
         self.batches.inc()
         self.records.inc(records)
         self.commit_seconds.observe(seconds)
@@ -66,6 +67,6 @@ class EngineMetrics:
     def aborted(self, cause: str) -> None:
         self.aborts.labels(cause).inc()
 
-    def restored(self, partitions: int, seconds: float) -> None:
-        self.restores.inc(partitions)
+    def restored(self, seconds: float) -> None:
+        self.restores.inc()
         self.restore_seconds.inc(seconds)

@@ -164,7 +164,7 @@ class BatchProcessor:
         self.stats.requests += len(requests)
         return (c0, c1), (r0, r1)
 
-    def request_expiries(self, task: PartitionTask, now_ms: int) -> int:
+    def request_expiries(self, task: PartitionTask, now_ms: int) -> None:
         """Write an expire request for each due hold to the partition's own input, stamped
         no earlier than the deadline: the log, not this clock, decides (replay agrees)."""
         due = task.due_holds(now_ms)
@@ -173,7 +173,6 @@ class BatchProcessor:
                           orjson.dumps(expiry_message(split_request_key(key)[1], hold)),
                           task.partition, max(now_ms, hold.deadline))
         self.stats.expiries += len(due)
-        return len(due)
 
     # -- per record ------------------------------------------------------------
     def _guarded(self, task: PartitionTask, msg: Message, apply) -> None:  # noqa: ANN001

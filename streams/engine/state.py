@@ -17,7 +17,6 @@ committed offsets.
 from __future__ import annotations
 
 import os
-import shutil
 from collections import OrderedDict
 from typing import Iterator
 
@@ -179,7 +178,3 @@ class PartitionStore:
 
     def close(self) -> None:
         self._db.close()
-
-    @staticmethod
-    def wipe(path: str) -> None:
-        shutil.rmtree(path, ignore_errors=True)

@@ -105,15 +105,11 @@ class EngineTransaction:
         partition -1: by the key; timestamp 0: now; on_delivery: this record's report (its
         error, if any, also fails the batch)."""
         report = self._current(on_delivery) if on_delivery is not None else self._report_each
-        while True:
-            try:
-                self.producer.produce(topic, value, key, partition=partition, on_delivery=report,
-                                      timestamp=timestamp, headers=headers)
-                return
-            except BufferError:
-                self.producer.poll(0.01)
-            except KafkaException as exc:
-                raise self._sorted(exc) from exc
+        try:
+            kafka.produce_waiting(self.producer, topic, value=value, key=key, partition=partition,
+                                  on_delivery=report, timestamp=timestamp, headers=headers)
+        except KafkaException as exc:
+            raise self._sorted(exc) from exc
 
     def flush(self) -> None:
         """Every queued record acknowledged, or TransactionAborted."""

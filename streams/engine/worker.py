@@ -80,7 +80,8 @@ class EngineWorker:
         partitions = len(meta.topics[self.topics.requests].partitions)
         self.cluster_id = meta.cluster_id or "unknown-cluster"
         self.processor = BatchProcessor(settings, self.topics, partitions, self.txn)
-        self.metrics = EngineMetrics(self, metrics_port)
+        self.metrics = EngineMetrics(metrics_port, stats=lambda: self.processor.stats,
+                                     lag=lambda: self.lag, owned=lambda: len(self.tasks))
         self.restore = ChangelogRestore(self.restorer, self.topics.changelog,
                                         progress=self.metrics.restore_records.inc)
         self._restore_t0: dict[int, float] = {}
@@ -142,7 +143,7 @@ class EngineWorker:
                 tp.offset = self._position(tp.topic, p)
                 self.consumer.seek(tp)
             self.consumer.resume(self._inputs(p))
-            self.metrics.restored(1, time.monotonic() - self._restore_t0.pop(p, time.monotonic()))
+            self.metrics.restored(time.monotonic() - self._restore_t0.pop(p, time.monotonic()))
             log.info("worker %s resumes p%d at credits %s, requests %s (changelog %d)",
                      self.worker_id, p, task.next_credit, task.next_request,
                      task.store.changelog_offset)
@@ -293,8 +294,7 @@ class EngineWorker:
         for task in due:
             task.expiring = []
         self.batches += 1
-        self.metrics.committed(len(batch), sum(len(c) + len(r) for _, c, r in batch),
-                               time.monotonic() - t0)
+        self.metrics.committed(sum(len(c) + len(r) for _, c, r in batch), time.monotonic() - t0)
 
     def _rewind(self, exc: Exception) -> None:
         """Abort; every task goes back to its last commit. Fenced, or not knowing whether the

@@ -38,6 +38,7 @@ PUBLIC = None
 ROUTES: dict[tuple[str, str], RouteRule] = {
     ("GET", "/health"): RouteRule(PUBLIC, "probed by supervisors and load balancers; names no "
                                           "account or amount"),
+    ("GET", "/live"): RouteRule(PUBLIC, "liveness probe: the process answers"),
     ("GET", "/"): RouteRule(PUBLIC, "the console's page: a sign-in form until a key is given"),
     ("GET", "/console/{name}"): RouteRule(PUBLIC, "the console's script and style"),
     ("GET", "/favicon.ico"): RouteRule(PUBLIC, "browsers ask for it"),

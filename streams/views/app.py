@@ -48,7 +48,8 @@ from faust.types import TP
 
 from streams import kafka, topics
 from streams.config import Settings
-from streams.model import COMPLETED, REJECTED_STATUS, outcome_key
+from streams.generations import LIVE, live_generation, source_settings
+from streams.model import is_final, outcome_key
 from streams.kafka import client_config
 from streams.keystore import KeyRing
 from streams.views.credentials import faust_credentials
@@ -56,19 +57,17 @@ from streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_
                                 merge_status, parse_ledger_event, parse_outcome)
 from streams.views.metrics import LagUnavailable, ViewsMetrics
 from streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys
+from streams.views.web import observe_middleware, register_routes
 
 log = logging.getLogger("bank.views")
 
 VIEWS_APP = "bank-views"
 LOG_APPEND_TIME = 1          # a record's timestamp type when the broker stamped it
-FINAL_STATUSES = {COMPLETED, REJECTED_STATUS}
 VIEWS_TABLE = "views"
 
 
-def split_history_value(stored: bytes) -> tuple[int | None, bytes]:
-    """A history value is `<ledger offset> <event JSON>` (older tables: the event alone)."""
-    if stored.startswith(b"{"):
-        return None, stored
+def split_history_value(stored: bytes) -> tuple[int, bytes]:
+    """A history value is `<ledger offset> <event JSON>`."""
     offset, _, raw = stored.partition(b" ")
     return int(offset), raw
 
@@ -184,10 +183,6 @@ class ViewsWorker:
         self.metrics = ViewsMetrics(self.lag, settings.state_dir)
         # every API key, tailed from auth.keys (none with BANK_UNSAFE_WEB_NO_AUTH: no checks)
         self.keys = None if settings.unsafe_web_no_auth else KeyRing(settings)
-        from streams.views.web import observe_middleware, register_routes
-
-        from replay.generations import LIVE, live_generation, source_settings
-
         self.generation = live_generation(settings, kafka.VIEWS, "bank-views-generation")
         source = source_settings(settings, self.generation)
         app_id = settings.topic(VIEWS_APP) + ("" if self.generation == LIVE else f"-gen-{self.generation}")
@@ -343,7 +338,7 @@ class ViewsWorker:
                 took = max(0.0, appended_s - out["ts"] / 1000)
                 if current is None:
                     self.metrics.initiation.observe(took)
-                if new["status"] in FINAL_STATUSES:
+                if is_final(new["status"]):
                     self.metrics.completion.observe(took)
 
     # -- reads used by the web endpoint --
@@ -361,6 +356,16 @@ class ViewsWorker:
                 offset, raw = split_history_value(stored)
                 out.append((orjson.loads(raw), offset))
         return out
+
+    @property
+    def table_name(self) -> str:
+        return self.views.name
+
+    def ledger_partitions(self) -> list[int]:
+        """The ledger partitions this worker owns now."""
+        ledger = self.ledger_topic.get_topic_name()
+        return sorted(tp.partition for tp in self.app.assignor.assigned_actives()
+                      if tp.topic == ledger)
 
     def local_totals_by_partition(self) -> list[tuple[int, PartitionTotals]]:
         """Totals of the ledger partitions this worker owns."""

@@ -14,20 +14,18 @@ import concurrent.futures
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import aiohttp
-import orjson
 from aiohttp import web as aioweb
 from confluent_kafka import KafkaException
 from faust.web import View
 
 from streams import topics
 from streams.views.fold import global_figures
+from streams.views.http import HTTPError, ask_peers, caller_headers, gather_totals, json_response
 from streams.views.metrics import LATENCY_BUCKETS, LagUnavailable, ViewsMetrics
+from streams.views.reads import ViewsReads
 
-if TYPE_CHECKING:
-    from streams.views.app import ViewsWorker
 
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC_FILES = {"console.js": "application/javascript", "console.css": "text/css"}
@@ -74,7 +72,7 @@ class EngineLag:
     against the ends of transfers.requests and transfers.credits), read at most once a second
     through the Admin API: the views only describe the engine's group, never join it."""
 
-    def __init__(self, worker: "ViewsWorker") -> None:
+    def __init__(self, worker: ViewsReads) -> None:
         self.settings = worker.settings
         self._admin: Any = None
         self._lock = threading.Lock()
@@ -116,7 +114,7 @@ class EngineLag:
             return rows
 
 
-def local_overview(worker: "ViewsWorker") -> dict[str, Any]:
+def local_overview(worker: ViewsReads) -> dict[str, Any]:
     """What this worker alone knows: its latency histograms and its consumers' lag."""
     try:
         lag: list[Any] | None = [list(row) for row in worker.lag()]
@@ -130,32 +128,22 @@ def local_overview(worker: "ViewsWorker") -> dict[str, Any]:
             "lag": lag, **({"reason": reason} if reason else {})}
 
 
-async def gather_overviews(worker: "ViewsWorker", headers: dict[str, str]) -> list[dict[str, Any]]:
+async def gather_overviews(worker: ViewsReads, headers: dict[str, str]) -> list[dict[str, Any]]:
     """local_overview of every views worker the table's router knows (this one included); a
     worker that does not answer is listed with `"ok": false` and the reason."""
-    app = worker.app
-    own = app.conf.canonical_url
     found = [{**local_overview(worker), "ok": True}]
-    for url in sorted(set(app.router.table_metadata(worker.views.name))):
-        target = aiohttp.client.URL(url)
-        if (target.host, target.port) == (own.host, own.port):
-            continue
-        try:
-            async with app.http_client.get(target.with_path("/internal/overview"), headers=headers,
-                                           timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)) as resp:
-                answer = await resp.json(loads=orjson.loads)
-                found.append({**answer, "ok": True} if resp.status == 200 else
-                             {"url": url, "ok": False,
-                              "reason": f"answered {resp.status}: {answer.get('reason')}"})
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            found.append({"url": url, "ok": False,
-                          "reason": f"did not answer: {type(exc).__name__} {exc}".strip()})
+    for url, status, body in await ask_peers(worker, "/internal/overview", headers, PEER_TIMEOUT_S):
+        if status == 200:
+            found.append({**body, "ok": True})
+        else:
+            reason = f"did not answer: {body}" if status is None else \
+                f"answered {status}: {body.get('reason') if isinstance(body, dict) else body}"
+            found.append({"url": url, "ok": False, "reason": reason})
     return found
 
 
-def register_console(worker: "ViewsWorker", engine_lag: EngineLag) -> None:
-    from streams.views.web import HTTPError, caller_headers, gather_totals, json_response
-
+def register_console(worker: ViewsReads) -> None:
+    engine_lag = EngineLag(worker)
     app = worker.app
     settings = worker.settings
 

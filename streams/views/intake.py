@@ -12,9 +12,9 @@ import threading
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_END, TopicPartition
 
 from streams import kafka, topics
+from streams.client import OutcomeTail
 from streams.config import Settings
 from streams.model import DECIDED_STATUSES, IDEMPOTENCY_CONFLICT, outcome_key
 
@@ -31,12 +31,11 @@ class RequestProducer:
         self._producer = kafka.producer(settings, kafka.INTAKE, **{
             "acks": "all", "linger.ms": 1,
             "queue.buffering.max.messages": settings.web_max_queued_requests})
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="request-producer", daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:
-        while not self._stop.is_set():
+        while True:   # a daemon thread: it lives as long as the worker
             self._producer.poll(0.05)
 
     async def send(self, key: bytes, value: bytes) -> tuple[int, int]:
@@ -60,14 +59,6 @@ class RequestProducer:
             raise Overloaded() from None
         return await done
 
-    def queued(self) -> int:
-        return len(self._producer)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._producer.flush(5)
-
 
 class OutcomeWaiter:
     """Tails transfers.outcomes from its end and settles the futures of waiting requests.
@@ -81,13 +72,8 @@ class OutcomeWaiter:
         self.malformed = 0
         self._waiting: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._consumer = kafka.consumer(settings, kafka.INTAKE, settings.topic("bank-web-outcomes"))
-        topic = settings.topic(topics.OUTCOMES)
-        parts = sorted(self._consumer.list_topics(topic, timeout=30).topics[topic].partitions)
-        self._consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
-        self._thread = threading.Thread(target=self._run, name="outcome-waiter", daemon=True)
-        self._thread.start()
+        self._tail = OutcomeTail(settings, kafka.INTAKE, "bank-web-outcomes", self._settle_waiting,
+                                 batch=1000)
 
     def register(self, key: str) -> asyncio.Future:
         """Call before producing the request, so its outcome cannot be missed."""
@@ -104,30 +90,26 @@ class OutcomeWaiter:
             if not self._waiting[key]:
                 del self._waiting[key]
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for msg in self._consumer.consume(1000, 0.1):
-                if msg.error() or not self._waiting:
-                    continue
-                try:
-                    out: dict[str, Any] = orjson.loads(msg.value())
-                    # the request's own decision, or the answer to its re-sent id
-                    final = out["status"] in DECIDED_STATUSES or bool(out.get("retry"))
-                    rid = outcome_key(out)
-                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
-                    self.malformed += 1   # counted, skipped: the reader must outlive bad records
-                    continue
-                if not final:
-                    continue
-                with self._lock:
-                    waiters = self._waiting.pop(rid, [])
-                for loop, fut in waiters:
-                    loop.call_soon_threadsafe(_settle, fut, out)
-        self._consumer.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
+    def _settle_waiting(self, msgs: list) -> None:
+        if not self._waiting:
+            return
+        for msg in msgs:
+            if msg.error():
+                continue
+            try:
+                out: dict[str, Any] = orjson.loads(msg.value())
+                # the request's own decision, or the answer to its re-sent id
+                final = out["status"] in DECIDED_STATUSES or bool(out.get("retry"))
+                rid = outcome_key(out)
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+                self.malformed += 1   # counted, skipped: the reader must outlive bad records
+                continue
+            if not final:
+                continue
+            with self._lock:
+                waiters = self._waiting.pop(rid, [])
+            for loop, fut in waiters:
+                loop.call_soon_threadsafe(_settle, fut, out)
 
 
 def _settle(fut: asyncio.Future, value: Any) -> None:

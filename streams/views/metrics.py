@@ -3,9 +3,14 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
+                               generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from streams.health import read_crashes
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
                    0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
@@ -43,10 +48,8 @@ class _CrashCollector(Collector):
         self._state_dir = state_dir
 
     def collect(self):  # noqa: ANN201 - prometheus_client protocol
-        from streams.supervisor import read_crashes
-
-        family = GaugeMetricFamily("bank_worker_crashes", "exits of workers that bank up restarted",
-                                   labels=["kind", "worker"])
+        family = CounterMetricFamily("bank_worker_crashes", "exits of workers that bank up restarted",
+                                     labels=["kind", "worker"])
         for kind, workers in read_crashes(self._state_dir).items():
             for wid, info in workers.items():
                 family.add_metric([kind, wid], info.get("crashes", 0))
@@ -77,6 +80,7 @@ class ViewsMetrics:
         self.registry.register(_CrashCollector(state_dir))
 
     def render(self) -> bytes:
+        """The text exposition format, served as CONTENT_TYPE (Prometheus 3 checks it)."""
         return generate_latest(self.registry)
 
     @staticmethod

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 import orjson
@@ -24,49 +24,22 @@ from streams.apikeys import submit_refusal
 from streams.config import Settings
 from streams.decisions import Undecodable, deciding_account, parse_json, parse_request
 from streams.partitioning import partition_for
-from streams.views.console import EngineLag, register_console
+from streams.views.console import register_console
+from streams.views.http import (HTTPError, caller_headers, error_response, gather_totals,
+                                json_response)
+from streams.views.reads import ViewsReads
 from streams.model import DECIDED_STATUSES, request_key
 from streams.views.access import API_KEY, RateLimiter, Refused, authorize
-from streams.views.fold import PartitionTotals, global_figures, hold_view
+from streams.views.fold import global_figures, hold_view
 from streams.views.intake import OutcomeWaiter, Overloaded, RequestProducer, is_conflict
-from streams.supervisor import read_crashes
-from streams.views.metrics import LagUnavailable
-
-if TYPE_CHECKING:
-    from streams.views.app import ViewsWorker
+from streams.health import read_crashes
+from streams.views.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, LagUnavailable
 
 log = logging.getLogger("bank.web")
 
 ROUTED_HEADER = "X-Bank-Routed-By"
-FORWARDED_HEADERS = ("Authorization",)   # a peer asked on a caller's behalf sees the caller's key
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 MAX_HISTORY_PAGE = 1000
-
-
-class HTTPError(Exception):
-    """Ends a request with a JSON error body."""
-
-    def __init__(self, status: int, error: str, reason: str, retry_after: int | None = None) -> None:
-        super().__init__(reason)
-        self.status, self.error, self.reason, self.retry_after = status, error, reason, retry_after
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> aioweb.Response:
-    return aioweb.Response(body=orjson.dumps(body), status=status, headers=headers,
-                           content_type="application/json")
-
-
-def error_response(exc: HTTPError | Refused) -> aioweb.Response:
-    if isinstance(exc, Refused):
-        headers = exc.headers
-    else:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-    return json_response({"error": exc.error, "reason": exc.reason}, exc.status, headers)
-
-
-def caller_headers(request: aioweb.Request) -> dict[str, str]:
-    """The caller's credentials, for a request made to a peer on its behalf."""
-    return {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
 
 
 def _query_int(request: aioweb.Request, name: str, default: int | None, low: int,
@@ -120,7 +93,7 @@ def _host_refused(request: aioweb.Request, hosts: frozenset[str] | None) -> bool
     return name not in hosts
 
 
-def observe_middleware(worker: "ViewsWorker") -> Callable:
+def observe_middleware(worker: ViewsReads) -> Callable:
     """Latency metrics, JSON bodies for every error (aiohttp's own included), the Host
     check, the API key check (streams.views.access) and the security headers."""
     hosts = allowed_hosts(worker.settings)
@@ -168,7 +141,7 @@ def observe_middleware(worker: "ViewsWorker") -> Callable:
 class Router:
     """Sends a keyed query to the worker owning the key's partition."""
 
-    def __init__(self, worker: "ViewsWorker") -> None:
+    def __init__(self, worker: ViewsReads) -> None:
         self.worker = worker
 
     def _ready(self) -> None:
@@ -182,7 +155,7 @@ class Router:
         app = self.worker.app
         self._ready()
         try:
-            owner = app.router.key_store(self.worker.views.name, key)
+            owner = app.router.key_store(self.worker.table_name, key)
         except KeyError:
             raise HTTPError(503, "rebalancing", "no worker owns this key yet; retry", retry_after=1) \
                 from None
@@ -208,7 +181,7 @@ class Router:
                             retry_after=1) from None
 
 
-def register_routes(worker: "ViewsWorker") -> None:
+def register_routes(worker: ViewsReads) -> None:
     app = worker.app
     settings = worker.settings
     router = Router(worker)
@@ -433,53 +406,45 @@ def register_routes(worker: "ViewsWorker") -> None:
     @app.page("/health")
     class Health(View):
         async def get(self, request: aioweb.Request) -> aioweb.Response:
-            status, reason = "ok", None
+            """Readiness: 200 only when this worker serves (503 + the reasons otherwise)."""
+            reasons = []
             try:
                 lag: int | None = sum(row[2] for row in worker.lag())
             except LagUnavailable as exc:   # not 0: a lag that cannot be read is not "no lag"
-                lag, status, reason = None, "degraded", f"consumer lag unavailable: {exc}"
-            actives = sorted(tp.partition for tp in app.assignor.assigned_actives()
-                             if tp.topic == worker.ledger_topic.get_topic_name())
+                lag = None
+                reasons.append(f"consumer lag unavailable: {exc}")
+            if app.rebalancing:
+                reasons.append("partitions are moving between workers")
+            accepting = "producer" in intake and (worker.keys is None or worker.keys.ready.is_set())
+            if not accepting:
+                reasons.append("starting: the request producer or the API keys are not ready")
+            ready = not reasons
             return json_response({
-                "status": status, **({"reason": reason} if reason else {}),
+                "status": "ok" if ready else "not_ready",
+                **({"reason": "; ".join(reasons)} if reasons else {}),
                 "worker": worker.worker_id, "generation": worker.generation,
-                "ledger_partitions": actives,
-                "rebalancing": bool(app.rebalancing), "accepting_requests": "producer" in intake and (
-                    worker.keys is None or worker.keys.ready.is_set()),
+                "ledger_partitions": worker.ledger_partitions(),
+                "rebalancing": bool(app.rebalancing), "accepting_requests": accepting,
                 "auth": "off" if worker.keys is None else "api_keys",
                 "lag": lag, "changelog_backlog": app.producer.buffer.size,
-                "worker_crashes": read_crashes(worker.settings.state_dir)})
+                "worker_crashes": read_crashes(worker.settings.state_dir)},
+                200 if ready else 503, None if ready else {"Retry-After": "1"})
+
+    @app.page("/live")
+    class Live(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            """Liveness: 200 while the process serves HTTP at all."""
+            return json_response({"status": "alive", "worker": worker.worker_id})
 
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: aioweb.Request) -> aioweb.Response:
             return aioweb.Response(body=worker.metrics.render(),
-                                   content_type="text/plain", charset="utf-8")
+                                   headers={"Content-Type": METRICS_CONTENT_TYPE})
 
-    register_console(worker, EngineLag(worker))
+    register_console(worker)
 
     @app.page("/openapi.yaml")
     class OpenAPI(View):
         async def get(self, request: aioweb.Request) -> aioweb.Response:
             return aioweb.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/yaml")
-
-
-async def gather_totals(worker: "ViewsWorker", headers: dict[str, str]) -> list[PartitionTotals]:
-    """Totals of every ledger partition, asked of the worker that owns each (with the
-    caller's credentials, `headers`)."""
-    app = worker.app
-    own = app.conf.canonical_url
-    found: dict[int, PartitionTotals] = dict(worker.local_totals_by_partition())
-    for url in app.router.table_metadata(worker.views.name):
-        target = aiohttp.client.URL(url)
-        if (target.host, target.port) == (own.host, own.port):
-            continue
-        try:
-            async with app.http_client.get(target.with_path("/internal/totals"), headers=headers,
-                                           timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                rows = await resp.json(loads=orjson.loads) if resp.status == 200 else []
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            continue
-        for partition, raw in rows:
-            found[partition] = PartitionTotals(*raw)
-    return list(found.values())

@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 
 from replay.views import compare, rebuild
 from streams import topics
-from streams.broker import KafkaCluster, free_port
+from streams.broker import KafkaCluster
 from streams.config import Settings
 from streams.supervisor import wait_for_views
 from streams.topics import ensure_topics

@@ -6,7 +6,8 @@ import time
 from dataclasses import replace
 
 from streams.config import Settings
-from streams.supervisor import WorkerPool, read_crashes
+from streams.health import read_crashes
+from streams.supervisor import WorkerPool
 
 
 def test_a_crash_looping_worker_is_restarted_with_backoff_and_counted(tmp_path):

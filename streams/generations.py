@@ -8,6 +8,8 @@ deciding on the live topics.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from streams import kafka, topics
 from streams.client import read_topic
 from streams.config import Settings
@@ -36,10 +38,11 @@ def live_generation(settings: Settings, role: str = kafka.TOOLS,
     return current
 
 
+def generation_settings(settings: Settings, generation: str) -> Settings:
+    """Settings whose topics are the given generation's (`<prefix>gen-<id>.`)."""
+    return replace(settings, topic_prefix=f"{settings.topic_prefix}gen-{generation}.")
+
+
 def source_settings(settings: Settings, generation: str) -> Settings:
     """Settings whose ledger and outcomes topics are the generation's."""
-    if generation == LIVE:
-        return settings
-    from replay.recompute import generation_settings
-
-    return generation_settings(settings, generation)
+    return settings if generation == LIVE else generation_settings(settings, generation)

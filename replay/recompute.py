@@ -2,9 +2,10 @@
 
 Re-decides every input of the live generation with streams.decisions (the
 same pure functions the engine runs, with the current settings' Rules), in
-the order the live engine processed them: per partition, the batches of
-engine.changelog that have an END marker, credits then requests within a
-batch, exactly as the engine does. A credit slot takes the new generation's
+the order the live engine processed them: per partition, the batches that
+engine.changelog's committed batch records name, credits then requests
+within a batch, exactly as the engine does, through the engine's own adapter
+(streams.engine.apply). A credit slot takes the new generation's
 message for the same (request, account), whatever its kind; a slot whose
 message the new logic no longer sends is skipped, and new messages with no
 slot are delivered at the end. With unchanged rules this reproduces the live
@@ -33,14 +34,12 @@ from streams.engine.changelog import BATCH_PREFIX, BatchRecord
 from streams.client import read_topic
 from streams.config import Settings
 from streams.generations import generation_settings
-from streams.decisions import (EXPIRE, BadMessage, Decision, FirstDecision, Rules, Undecodable,
-                               credit_marker, decide_credit, decide_request, deciding_account,
-                               incoming_marker, message_scope, parse_message, parse_request,
-                               request_marker)
-from streams.model import (LINK_ACK, REFUND, Account, Hold, Position, outcome_key, request_key,
-                           status_moves)
+from streams.decisions import (EXPIRE, BadMessage, Decision, Rules, Undecodable, deciding_account,
+                               message_scope, parse_message)
+from streams.engine.apply import MemoryState, apply, credit_decision, encode, request_decision
+from streams.model import LINK_ACK, REFUND, Account, Position, outcome_key, request_key, status_moves
 from streams.partitioning import partition_for
-from streams.topics import ensure_topics
+from streams.topics import ensure_topics, partition_count
 
 Input = tuple[str, int]  # ("c" | "r", offset) on a partition
 
@@ -75,38 +74,37 @@ def _index(settings: Settings, logical_topic: str) -> dict[tuple[int, int], Mess
 
 @dataclass
 class Generation:
-    """The new generation's decisions, made by the simulation."""
+    """The new generation's decisions, made by the engine's own adapter
+    (streams.engine.apply) over one in-memory state per partition."""
 
-    accounts: dict[str, Account] = field(default_factory=dict)
-    holds: dict[tuple[int, str], Hold] = field(default_factory=dict)  # (partition, hold key)
-    applied: dict[int, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
-    supply: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    states: dict[int, MemoryState] = field(default_factory=lambda: defaultdict(MemoryState))
     events: list[tuple[str, bytes]] = field(default_factory=list)       # (account, raw event)
     outcomes: list[tuple[str, bytes]] = field(default_factory=list)     # (request key, raw outcome)
     # credit messages the new logic sent, by _slot: [key, message, ts, claimed]
     messages: dict[tuple[str, str], deque] = field(default_factory=lambda: defaultdict(deque))
     sent: list[list] = field(default_factory=list)    # the same, in creation order
 
+    @property
+    def accounts(self) -> dict[str, Account]:
+        """Every account's state (each lives on one partition)."""
+        return {name: acct for state in self.states.values() for name, acct in state.accounts.items()}
+
     def emit(self, decision: Decision, partition: int, ts: int) -> None:
-        if decision.state is not None:
-            self.accounts[decision.account] = decision.state
-        if decision.marker is not None:
-            self.applied[partition][decision.marker] = decision.marker_value
-        if decision.hold is not None:
-            self.holds[(partition, decision.hold[0])] = decision.hold[1]
-        self.supply[partition] += decision.supply
-        if decision.event is not None:
-            self.events.append((decision.account, orjson.dumps(decision.event)))
-        for out in decision.outcomes:
-            self.outcomes.append((outcome_key(out), orjson.dumps(out)))
+        out = encode(decision)
+        apply(self.states[partition], decision)
+        if out.event is not None:
+            self.events.append((decision.account, out.event))
+        self.outcomes += [(key.decode(), raw) for key, raw in out.outcomes]
         for key, message in decision.messages:
             item = [key, message, ts, False]
             self.messages[_slot(message)].append(item)
             self.sent.append(item)
 
 
-def simulate(settings: Settings, rules: Rules, show_progress: bool = True) -> Generation:
-    """Re-decide the live generation's inputs with `rules`, in the live processing order."""
+def simulate(settings: Settings, rules: Rules, partitions: int,
+             show_progress: bool = True) -> Generation:
+    """Re-decide the live generation's inputs with `rules`, in the live processing order
+    (`partitions`: the live topics' partition count)."""
     order = applied_batches(settings)
     requests = _index(settings, topics.REQUESTS)
     credits = _index(settings, topics.CREDITS)
@@ -196,7 +194,7 @@ def simulate(settings: Settings, rules: Rules, show_progress: bool = True) -> Ge
             continue
         gen.sent[i - 1][3] = True
         gen.messages[_slot(message)].popleft()
-        _decide_credit(gen, message, partition_for(key, settings.partitions), ts,
+        _decide_credit(gen, message, partition_for(key, partitions), ts,
                        Position(settings.topic(topics.CREDITS), -1, -1))
     progress.close()
     return gen
@@ -204,34 +202,18 @@ def simulate(settings: Settings, rules: Rules, show_progress: bool = True) -> Ge
 
 def _decide_request(gen: Generation, msg: Message, partition: int, rules: Rules) -> None:
     ts = msg.timestamp()[1]
+    pos = Position(msg.topic(), partition, msg.offset())
     try:
-        req = parse_request(msg.key(), msg.value())
+        decision = request_decision(gen.states[partition], msg.key(), msg.value(), ts, pos, rules)
     except Undecodable:
         return  # dead-lettered live too
-    acct = gen.accounts.get(req.account) if req.account is not None else None
-    first = None
-    if req.account is not None:
-        stored = gen.applied[partition].get(request_marker(req.account, req.request_id))
-        first = FirstDecision.decode(stored) if stored is not None else None
-    hold_id = req.body.get("hold_id")
-    hold = gen.holds.get((partition, request_key(req.account, hold_id))) \
-        if isinstance(hold_id, str) and req.account is not None else None
-    pos = Position(msg.topic(), partition, msg.offset())
-    gen.emit(decide_request(req, acct, first, ts, pos, rules, hold, gen.supply[partition]),
-             partition, ts)
+    gen.emit(decision, partition, ts)
 
 
 def _decide_credit(gen: Generation, message: dict[str, Any], partition: int, ts: int,
                    pos: Position) -> None:
-    applied = credit_marker(message) in gen.applied[partition]
-    hold_id = message.get("hold_id")
-    recorded = isinstance(hold_id, str) and \
-        incoming_marker(message_scope(message), hold_id) in gen.applied[partition]
-    linked = gen.holds.get((partition, request_key(message["account"], message["request_id"]))) \
-        if message["kind"] in (LINK_ACK, EXPIRE) else None
     try:
-        decision = decide_credit(message, gen.accounts.get(message["account"]), applied, ts, pos,
-                                 recorded, linked)
+        decision = credit_decision(gen.states[partition], message, ts, pos)
     except BadMessage:
         return   # a record the engine could not have written: dead-lettered live too
     gen.emit(decision, partition, ts)
@@ -319,9 +301,10 @@ def write_generation(settings: Settings, generation: str, gen: Generation) -> Se
 
 
 def main(settings: Settings, generation: str) -> int:
-    rules = Rules.from_settings(settings, settings.partitions)
+    partitions = partition_count(settings, topics.REQUESTS, kafka.TOOLS)
+    rules = Rules.from_settings(settings, partitions)
     print(f"recompute: rules {rules}; new generation {generation!r}", flush=True)
-    gen = simulate(settings, rules)
+    gen = simulate(settings, rules, partitions)
     target = write_generation(settings, generation, gen)
     report = diff(settings, gen)
     print(report.render())

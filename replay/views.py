@@ -189,7 +189,15 @@ def main(settings: Settings, url: str | None, store_dir: str | None) -> int:
           f"{len(views.status)} request statuses in {views.seconds:.1f} s into {store_dir}")
     if url is None:
         return 0
-    diffs = asyncio.run(compare(views, url.rstrip("/"), settings.partitions, settings.api_key))
+    import aiohttp
+
+    try:
+        diffs = asyncio.run(compare(views, url.rstrip("/"), settings.partitions,
+                                    settings.api_key.get_secret_value()))
+    except aiohttp.ClientConnectionError as exc:
+        print(f"error: no views worker answers at {url} ({exc}): pass --url, or --url none "
+              f"to only rebuild", file=sys.stderr)
+        return 1
     for line in diffs[:100]:
         print(f"  - {line}")
     if len(diffs) > 100:

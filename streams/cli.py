@@ -7,13 +7,16 @@ import sys
 
 import orjson
 
+from confluent_kafka import KafkaException
+
 from streams import kafka
 from streams.apikeys import KEY_ROLES
 from streams.config import Settings, describe
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env()
+    """The one Settings of this command, read and validated by main()."""
+    return args.settings
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -82,8 +85,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     from streams.client import RequestSender
 
     settings = _settings(args).needs_broker("send")
-    sender = RequestSender(settings)
     source = open(args.file, "rb") if args.file != "-" else sys.stdin.buffer
+    sender = RequestSender(settings)
     failures = 0
 
     def ack(line_no: int):
@@ -282,12 +285,19 @@ def main(argv: list[str] | None = None) -> int:
             key = f"{argv[0]}_args"
             return _DELEGATED[argv[0]](argparse.Namespace(**{key: argv[1:]}))
         args = build_parser().parse_args(argv)
-        Settings.from_env()
-        check_client_env()
+        args.settings = Settings.from_env()
+        check_client_env(args.settings)
         return args.func(args)
     except (SettingsError, BrokerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KafkaException as exc:    # the cluster is down or refuses us: say so, no traceback
+        print(f"error: Kafka did not answer as expected ({exc.args[0]}): is the cluster at "
+              f"KAFKA_BOOTSTRAP_SERVERS up, and are BANK_KAFKA_CREDENTIALS right?", file=sys.stderr)
+        return 1
+    except OSError as exc:           # a file named on the command line, a port
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,17 +8,6 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 from streams.config import Settings, SettingsError
 
-# Only these environment variables are client settings: KAFKA_SECURITY_PROTOCOL ->
-# security.protocol, KAFKA_SASL_USERNAME -> sasl.username, KAFKA_SSL_CA_LOCATION ->
-# ssl.ca.location. Kafka's own scripts' variables (KAFKA_HEAP_OPTS, KAFKA_OPTS, ...) are not.
-_CLIENT_PREFIXES = ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_", "KAFKA_SSL_",
-                    "KAFKA_ENABLE_SSL_CERTIFICATE_VERIFICATION")
-
-
-def _property(env_name: str) -> str:
-    return env_name[len("KAFKA_"):].lower().replace("_", ".")
-
-
 # the roles a client connects as (streams.principals says what each may do)
 ADMIN = "admin"   # creates topics, users and ACLs (the super user)
 ENGINE, VIEWS, INTAKE, TOOLS, CLIENT = "engine", "views", "intake", "tools", "client"
@@ -28,10 +17,8 @@ ROLES = (ENGINE, VIEWS, INTAKE, TOOLS, CLIENT)   # each a principal of its own
 def client_config(settings: Settings, role: str | None = None) -> dict[str, object]:
     """Connection settings shared by every client: TLS/SASL from the env, then, with a
     `role` and BANK_KAFKA_CREDENTIALS, that role's principal from its properties file."""
-    conf: dict[str, object] = {"bootstrap.servers": settings.bootstrap_servers}
-    for key, value in os.environ.items():
-        if key.startswith(_CLIENT_PREFIXES):
-            conf[_property(key)] = value
+    conf: dict[str, object] = {"bootstrap.servers": settings.bootstrap_servers,
+                               **dict(settings.kafka_client)}
     if role is not None and settings.kafka_credentials:
         path = Path(settings.kafka_credentials) / f"{role}.properties"
         if not path.exists():
@@ -52,15 +39,14 @@ def read_properties(path: str | os.PathLike[str]) -> dict[str, str]:
     return conf
 
 
-def check_client_env() -> None:
+def check_client_env(settings: Settings) -> None:
     """Refuse a misspelled KAFKA_SASL_*/KAFKA_SSL_* variable by name, before any client starts."""
-    for key, value in os.environ.items():
-        if not key.startswith(_CLIENT_PREFIXES):
-            continue
+    for prop, value in settings.kafka_client:
         try:
-            Producer({_property(key): value, "bootstrap.servers": "127.0.0.1:9"})
+            Producer({prop: value, "bootstrap.servers": "127.0.0.1:9"})
         except KafkaException as exc:
-            raise SettingsError(f"{key} is not a Kafka client setting ({_property(key)}): {exc}") from None
+            env = "KAFKA_" + prop.upper().replace(".", "_")
+            raise SettingsError(f"{env} is not a Kafka client setting ({prop}): {exc}") from None
 
 
 def producer(settings: Settings, role: str, **extra: object) -> Producer:

@@ -124,6 +124,16 @@ def _check_configs(admin: AdminClient, specs: list[TopicSpec], metadata: dict[st
             "BANK_TOPIC_PREFIX")
 
 
+def partition_count(settings: Settings, logical_topic: str, role: str) -> int:
+    """How many partitions a topic has on the cluster (not BANK_PARTITIONS, which only says
+    how many to create), read as `role`."""
+    name = settings.topic(logical_topic)
+    found = AdminClient(client_config(settings, role)).list_topics(name, timeout=30).topics[name]
+    if found.error is not None or not found.partitions:
+        raise TopicLayoutError(f"topic {name} cannot be read: {found.error}")
+    return len(found.partitions)
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
     """Create missing topics; refuse if the co-partitioned ones disagree or an existing
     topic's settings break the catalogue.

@@ -38,7 +38,7 @@ def settings(bootstrap_servers: str, tmp_path) -> Settings:
     base = Settings.from_env()
     s = replace(base, bootstrap_servers=bootstrap_servers,
                 topic_prefix=f"t{uuid.uuid4().hex[:10]}-", state_dir=str(tmp_path / "state"),
-                partitions=8)
+                partitions=8, test_mode=True)
     ensure_topics(s)
     return s
 

@@ -13,13 +13,10 @@ import orjson
 
 from replay.ledger import LedgerFold
 from replay.verify import LedgerChecks, VerifyReport
-from streams.decisions import (EXPIRE, BadMessage, Decision, FirstDecision, Rules, Undecodable,
-                               credit_marker, decide_credit, decide_request, deciding_account,
-                               expiry_message, incoming_marker, message_scope, parse_message,
-                               parse_request, request_marker)
-from streams.engine.processor import MAX_OUTPUT_BYTES
-from streams.model import (CREDIT, LINK_ACK, PENDING, REFUND, Account, Hold, Position,
-                           request_key, split_request_key)
+from streams.decisions import (BadMessage, Decision, Rules, Undecodable, deciding_account,
+                               expiry_message, parse_message)
+from streams.engine.apply import MemoryState, apply, credit_decision, encode, request_decision
+from streams.model import CREDIT, PENDING, REFUND, Account, Hold, Position, split_request_key
 
 POS = Position("transfers.requests", 0, 0)
 CREDITS_POS = Position("transfers.credits", 0, 0)
@@ -28,13 +25,11 @@ T0 = 1_764_000_000_000
 
 @dataclass
 class Ledger:
-    """One partition's worth of engine state (every account lives on it)."""
+    """One partition's worth of engine state (every account lives on it), decided through
+    the engine's own adapter (streams.engine.apply)."""
 
     rules: Rules = field(default_factory=Rules)
-    accounts: dict[str, Account] = field(default_factory=dict)
-    holds: dict[str, Hold] = field(default_factory=dict)          # by request key
-    applied: dict[str, str] = field(default_factory=dict)         # marker -> value
-    supply: int = 0
+    state: MemoryState = field(default_factory=MemoryState)
     pending: list[dict] = field(default_factory=list)
     delivered: list[dict] = field(default_factory=list)
     events: list[bytes] = field(default_factory=list)
@@ -42,25 +37,30 @@ class Ledger:
     dead_letters: list[str] = field(default_factory=list)
     ts: int = T0
 
+    @property
+    def accounts(self) -> dict[str, Account]:
+        return self.state.accounts
+
+    @property
+    def holds(self) -> dict[str, Hold]:
+        return self.state.holds
+
+    @property
+    def applied(self) -> dict[str, str]:
+        return self.state.markers
+
+    @property
+    def supply(self) -> int:
+        return self.state.money
+
     def emit(self, d: Decision) -> None:
         """Encode every output (bounded), then apply the decision, as the processor does."""
-        encoded = [orjson.dumps(d.event)] if d.event is not None else []
-        encoded += [orjson.dumps(o) for o in d.outcomes]
-        encoded += [orjson.dumps(m) for _, m in d.messages]
-        assert all(len(raw) <= MAX_OUTPUT_BYTES for raw in encoded)
-        if d.state is not None:
-            previous = self.accounts.get(d.account)
-            assert d.event["seq"] == (previous.seq if previous else 0) + 1
-            self.accounts[d.account] = d.state
-        if d.marker:
-            assert d.marker not in self.applied, d.marker
-            self.applied[d.marker] = d.marker_value
-        if d.hold is not None:
-            self.holds[d.hold[0]] = d.hold[1]
-        self.supply += d.supply
+        out = encode(d)
+        assert d.marker is None or d.marker not in self.applied, d.marker
+        apply(self.state, d)
         assert self.supply <= self.rules.supply_cap
-        if d.event is not None:
-            self.events.append(encoded[0])
+        if out.event is not None:
+            self.events.append(out.event)
         self.outcomes += d.outcomes
         self.pending += [m for _, m in d.messages]
 
@@ -68,19 +68,11 @@ class Ledger:
         """Decide one transfers.requests record; returns its outcomes."""
         before = len(self.outcomes)
         try:
-            req = parse_request(key, value)
+            decision = request_decision(self.state, key, value, self.ts, POS, self.rules)
         except Undecodable as exc:
             self.dead_letters.append(str(exc))
             return []
-        acct = self.accounts.get(req.account) if req.account else None
-        first = None
-        if req.account is not None:
-            stored = self.applied.get(request_marker(req.account, req.request_id))
-            first = FirstDecision.decode(stored) if stored is not None else None
-        hold_id = req.body.get("hold_id")
-        hold = self.holds.get(request_key(req.account, hold_id)) \
-            if isinstance(hold_id, str) and req.account else None
-        self.emit(decide_request(req, acct, first, self.ts, POS, self.rules, hold, self.supply))
+        self.emit(decision)
         return self.outcomes[before:]
 
     def send(self, body: dict) -> list[dict]:
@@ -92,13 +84,7 @@ class Ledger:
         """Decide one transfers.credits message, as it arrives on the wire."""
         try:
             msg = parse_message(msg["account"].encode("utf-8", "surrogatepass"), orjson.dumps(msg))
-            recorded = "hold_id" in msg and \
-                incoming_marker(message_scope(msg), msg["hold_id"]) in self.applied
-            own = self.holds.get(request_key(msg["account"], msg["request_id"])) \
-                if msg["kind"] in (LINK_ACK, EXPIRE) else None
-            decision = decide_credit(msg, self.accounts.get(msg["account"]),
-                                     credit_marker(msg) in self.applied, self.ts, CREDITS_POS,
-                                     recorded, own)
+            decision = credit_decision(self.state, msg, self.ts, CREDITS_POS)
         except BadMessage as exc:
             self.dead_letters.append(str(exc))
             return

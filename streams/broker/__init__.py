@@ -406,18 +406,14 @@ def _admin_password(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def default_data_dir() -> str:
-    return os.path.join(os.environ.get("BANK_STATE_DIR", ".state"), "kafka")
-
-
 @contextmanager
-def kafka_cluster(bootstrap_servers: str = "", port: int | None = None, nodes: int = 1,
-                  data_dir: str | None = None, clean: bool = False) -> Iterator[str]:
+def kafka_cluster(bootstrap_servers: str, data_dir: str, port: int | None = None, nodes: int = 1,
+                  clean: bool = False) -> Iterator[str]:
     """Yield bootstrap servers: the given cluster, or a started embedded one."""
     if bootstrap_servers:
         yield bootstrap_servers
         return
-    cluster = KafkaCluster(data_dir or default_data_dir(), nodes, port, clean).start()
+    cluster = KafkaCluster(data_dir, nodes, port, clean).start()
     try:
         yield cluster.bootstrap_servers
     finally:

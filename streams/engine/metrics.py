@@ -35,7 +35,7 @@ class EngineMetrics:
     """The worker's sensors: it records into them (committed, aborted, restored, ...); the
     figures it keeps itself are read through the callables when scraped."""
 
-    def __init__(self, port: int | None, stats: Callable[[], Any],
+    def __init__(self, port: int | None, bind: str, stats: Callable[[], Any],
                  lag: Callable[[], dict[tuple[str, int], int]], owned: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -57,7 +57,7 @@ class EngineMetrics:
         Gauge("bank_engine_owned_partitions", "partitions this worker owns",
               registry=r).set_function(owned)
         if port:
-            start_http_server(port, addr="127.0.0.1", registry=r)
+            start_http_server(port, addr=bind, registry=r)
 
     def committed(self, records: int, seconds: float) -> None:
         self.batches.inc()

@@ -21,21 +21,19 @@ import orjson
 from confluent_kafka import KafkaError, Message
 
 from streams.config import Settings
-from streams.decisions import (EXPIRE, BadMessage, Decision, FirstDecision, Rules, Undecodable,
-                               credit_marker, decide_credit, decide_request, expiry_message,
-                               incoming_marker, message_scope, parse_message, parse_request,
-                               request_marker)
+from streams.decisions import (BadMessage, Decision, Rules, Undecodable, expiry_message,
+                               parse_message)
+from streams.engine.apply import MAX_OUTPUT_BYTES, apply, credit_decision, encode, request_decision
 from streams.engine.changelog import SUPPLY_KEY, BatchRecord, account_key, hold_key
 from streams.engine.state import PartitionStore
 from streams.engine.transaction import EngineTransaction
-from streams.model import LINK_ACK, PENDING, Hold, Position, request_key, split_request_key
+from streams.model import PENDING, Hold, Position, split_request_key
 from streams.partitioning import partition_for
 
 
 FORWARDED_FROM = "bank-forwarded-from"   # header of a forwarded record: "topic/partition/offset"
 MAX_FORWARD_BYTES = 65_536     # a larger misrouted record is dead-lettered, not copied
 DEADLETTER_COPY_BYTES = 4_096  # of a dead-lettered record's value, the rest is cut (and said so)
-MAX_OUTPUT_BYTES = 262_144     # no record the engine writes is larger (the broker's limit is 1 MB)
 
 
 @dataclass
@@ -203,32 +201,16 @@ class BatchProcessor:
         return True
 
     def _emit(self, task: PartitionTask, decision: Decision, ts: int) -> None:
-        """Encode every output, then change the state: all or nothing. An output that cannot
-        be encoded, or is over the size bound, is a bug of the rules (they bound every field
-        they copy): it raises before anything is stored or sent."""
-        records = []
-        if decision.event is not None:
-            previous = task.store.account(decision.account)
-            assert decision.state is not None and decision.event["seq"] == (
-                previous.seq if previous is not None else 0) + 1, decision.event
-            records.append((self.topics.ledger, decision.account.encode(),
-                            orjson.dumps(decision.event), task.partition))
-        for out in decision.outcomes:
-            key = request_key(out["account"] or "", out["request_id"])
-            records.append((self.topics.outcomes, key.encode(), orjson.dumps(out), -1))
-        for key, message in decision.messages:
-            records.append((self.topics.credits, key.encode(), orjson.dumps(message), -1))
-        assert all(len(value) <= MAX_OUTPUT_BYTES for _, _, value, _ in records)
-        if decision.state is not None:
-            task.store.put_account(decision.account, decision.state)
-        if decision.marker is not None:
-            task.store.mark_applied(decision.marker, decision.marker_value)
-        if decision.hold is not None:
-            task.store.put_hold(*decision.hold)
-        if decision.supply:
-            task.store.add_supply(decision.supply)
-        for topic, key, value, partition in records:
-            self.out.send(topic, key, value, partition, ts)
+        """Encode every output, then change the state, then send: all or nothing."""
+        out = encode(decision)
+        apply(task.store, decision)
+        if out.event is not None:
+            self.out.send(self.topics.ledger, decision.account.encode(), out.event,
+                          task.partition, ts)
+        for key, value in out.outcomes:
+            self.out.send(self.topics.outcomes, key, value, -1, ts)
+        for key, value in out.messages:
+            self.out.send(self.topics.credits, key, value, -1, ts)
 
     def _dead_letter(self, msg: Message, error: str) -> None:
         """The record, its key and at most DEADLETTER_COPY_BYTES of its value."""
@@ -244,39 +226,21 @@ class BatchProcessor:
 
     def _apply_request(self, task: PartitionTask, msg: Message) -> None:
         ts = msg.timestamp()[1]
+        pos = Position(msg.topic(), msg.partition(), msg.offset())
         try:
-            req = parse_request(msg.key(), msg.value())
+            decision = request_decision(task.store, msg.key(), msg.value(), ts, pos, self.rules,
+                                        self.dedupe)
         except Undecodable as exc:
             self._dead_letter(msg, str(exc))
             return
-        store = task.store
-        acct = store.account(req.account) if req.account is not None else None
-        first = None
-        if self.dedupe and req.account is not None:
-            stored = store.applied(request_marker(req.account, req.request_id))
-            first = FirstDecision.decode(stored) if stored is not None else None
-        hold_id = req.body.get("hold_id")
-        hold = store.hold(request_key(req.account, hold_id)) \
-            if isinstance(hold_id, str) and req.account is not None else None
-        pos = Position(msg.topic(), msg.partition(), msg.offset())
-        self._emit(task, decide_request(req, acct, first, ts, pos, self.rules, hold,
-                                        store.supply()), ts)
+        self._emit(task, decision, ts)
 
     def _apply_credit(self, task: PartitionTask, msg: Message) -> None:
         ts = msg.timestamp()[1]
-        store = task.store
         pos = Position(msg.topic(), msg.partition(), msg.offset())
         try:
-            message = parse_message(msg.key(), msg.value())
-            name = message["account"]
-            applied = self.dedupe and store.applied(credit_marker(message)) is not None
-            hold_id = message.get("hold_id")
-            recorded = isinstance(hold_id, str) and store.applied(
-                incoming_marker(message_scope(message), hold_id)) is not None
-            linked = store.hold(request_key(name, message["request_id"])) \
-                if message["kind"] in (LINK_ACK, EXPIRE) else None
-            decision = decide_credit(message, store.account(name), applied, ts, pos, recorded,
-                                     linked)
+            decision = credit_decision(task.store, parse_message(msg.key(), msg.value()), ts, pos,
+                                       self.dedupe)
         except BadMessage as exc:
             self._dead_letter(msg, f"bad credit message: {exc}")
             return

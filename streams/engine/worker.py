@@ -80,7 +80,8 @@ class EngineWorker:
         partitions = len(meta.topics[self.topics.requests].partitions)
         self.cluster_id = meta.cluster_id or "unknown-cluster"
         self.processor = BatchProcessor(settings, self.topics, partitions, self.txn)
-        self.metrics = EngineMetrics(metrics_port, stats=lambda: self.processor.stats,
+        self.metrics = EngineMetrics(metrics_port, settings.engine_metrics_bind,
+                                     stats=lambda: self.processor.stats,
                                      lag=lambda: self.lag, owned=lambda: len(self.tasks))
         self.restore = ChangelogRestore(self.restorer, self.topics.changelog,
                                         progress=self.metrics.restore_records.inc)

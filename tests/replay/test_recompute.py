@@ -63,7 +63,8 @@ def test_recompute_reproduces_the_live_ledger_and_names_what_a_rule_changes(sett
     live = ledger(settings)
 
     # the rules as they are: the same decisions, byte for byte
-    same = simulate(settings, Rules.from_settings(settings, settings.partitions), show_progress=False)
+    same = simulate(settings, Rules.from_settings(settings, settings.partitions), settings.partitions,
+                    show_progress=False)
     assert diff(settings, same).accounts == {} and diff(settings, same).requests == {}
     new_fold = LedgerFold()
     for _, raw in same.events:
@@ -73,7 +74,8 @@ def test_recompute_reproduces_the_live_ledger_and_names_what_a_rule_changes(sett
 
     # a cap on single transfers: exactly the transfers above it, and the accounts they moved
     capped = simulate(settings, replace(Rules.from_settings(settings, settings.partitions),
-                                        max_transfer_amount=CAP), show_progress=False)
+                                        max_transfer_amount=CAP), settings.partitions,
+                      show_progress=False)
     report = diff(settings, capped)
     by_rid = {split_request_key(key)[1]: v for key, v in report.requests.items()}
     over = {rid for rid, (_, _, amount) in transfers.items() if amount > CAP} | {"t-ghost"}

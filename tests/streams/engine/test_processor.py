@@ -47,7 +47,7 @@ def test_a_bug_in_the_rules_is_not_dead_lettered_but_raised_with_the_record_name
     out = RecordingOutput()
     processor = BatchProcessor(Settings(), TOPICS, 8, out)  # type: ignore[arg-type]
     p = task.partition
-    import streams.engine.processor as module
+    import streams.engine.apply as module
 
     real = module.decide_request
 

@@ -24,7 +24,7 @@ def test_sasl_ssl_from_the_environment_reaches_aiokafka(monkeypatch):
     monkeypatch.setenv("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
     monkeypatch.setenv("KAFKA_SASL_USERNAME", "bank")
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", "s3cret")
-    auth = credentials_to_aiokafka_auth(faust_credentials(client_config(Settings())))
+    auth = credentials_to_aiokafka_auth(faust_credentials(client_config(Settings.from_env())))
     assert auth["security_protocol"] == "SASL_SSL"
     assert auth["sasl_mechanism"] == "SCRAM-SHA-512"
     assert (auth["sasl_plain_username"], auth["sasl_plain_password"]) == ("bank", "s3cret")

@@ -20,7 +20,7 @@ from streams.partitioning import partition_for
 from tests.http import get_json, request
 from tests.workload import wait_until
 
-OPENAPI = yaml.safe_load((Path(__file__).parents[2] / "streams" / "views" / "openapi.yaml").read_text())
+OPENAPI = yaml.safe_load((Path(__file__).parents[3] / "streams" / "views" / "openapi.yaml").read_text())
 
 
 def schema_of(method: str, path: str, status: int) -> dict | None:

@@ -17,10 +17,7 @@ import orjson
 from streams.progress import progress_bar
 from streams import kafka, topics
 from streams.config import Settings
-from streams.engine.changelog import BatchRecord, account_key
-from streams.engine.processor import PartitionTask
-from streams.engine.restore import ChangelogRestore
-from streams.engine.state import PartitionStore
+from streams.engine import BatchRecord, ChangelogRestore, PartitionStore, PartitionTask, account_key
 from streams.model import Account
 from streams.topics import ensure_topics
 

@@ -30,13 +30,13 @@ from confluent_kafka import Message
 from replay.ledger import LedgerFold
 from streams.progress import progress_bar
 from streams import kafka, topics
-from streams.engine.changelog import BATCH_PREFIX, BatchRecord
 from streams.client import read_topic
 from streams.config import Settings
 from streams.generations import generation_settings
 from streams.decisions import (EXPIRE, BadMessage, Decision, Rules, Undecodable, deciding_account,
                                message_scope, parse_message)
-from streams.engine.apply import MemoryState, apply, credit_decision, encode, request_decision
+from streams.engine import (BATCH_PREFIX, BatchRecord, MemoryState, apply, credit_decision, encode,
+                            request_decision)
 from streams.model import LINK_ACK, REFUND, Account, Position, outcome_key, request_key, status_moves
 from streams.partitioning import partition_for
 from streams.topics import ensure_topics, partition_count

@@ -1,7 +1,17 @@
 """The transfer engine: Kafka plumbing around streams.decisions, split as Kafka Streams
-splits a task: worker (poll loop, rebalances), processor (records -> decisions ->
-outputs), transaction (the one owner of begin/commit/abort), state and restore
-(RocksDB stores and their recovery from the changelog), faults (test seams)."""
+splits a task: worker (poll loop, rebalances), task (one owned partition), processor
+(records -> decisions -> outputs, through apply), transaction (the one owner of
+begin/commit/abort), state and restore (RocksDB stores and their recovery from the
+changelog), faults (test seams).
+
+Tools (replay, bench) use the names exported here and nothing deeper."""
+from streams.engine.apply import MemoryState, apply, credit_decision, encode, request_decision
+from streams.engine.changelog import BATCH_PREFIX, BatchRecord, account_key
+from streams.engine.restore import ChangelogRestore
+from streams.engine.state import PartitionStore
+from streams.engine.task import PartitionTask
 from streams.engine.worker import EngineWorker
 
-__all__ = ["EngineWorker"]
+__all__ = ["BATCH_PREFIX", "BatchRecord", "ChangelogRestore", "EngineWorker", "MemoryState",
+           "PartitionStore", "PartitionTask", "account_key", "apply", "credit_decision", "encode",
+           "request_decision"]

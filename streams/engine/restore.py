@@ -26,7 +26,7 @@ from typing import Callable
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from streams.engine.processor import PartitionTask
+from streams.engine.task import PartitionTask
 
 log = logging.getLogger("bank.engine")
 

@@ -30,7 +30,8 @@ from streams import kafka, topics
 from streams.config import Settings
 from streams.engine.faults import EngineFaults, InjectedAbort
 from streams.engine.metrics import EngineMetrics
-from streams.engine.processor import BatchProcessor, PartitionTask, Topics
+from streams.engine.processor import BatchProcessor, Topics
+from streams.engine.task import PartitionTask
 from streams.engine.restore import ChangelogRestore
 from streams.engine.state import PartitionStore
 from streams.engine.transaction import (CommitOutcomeUnknown, EngineTransaction, TransactionAborted,

@@ -207,6 +207,10 @@ class ViewsWorker:
             canonical_url=f"http://{settings.web_host}:{web_port}",
             web_application_options={"client_max_size": settings.web_max_body_bytes,
                                      "middlewares": [observe_middleware(self)]},
+            # Faust's own pages (/router, /table, /graph, /stats, /performance) are not ours:
+            # none is served, so every route is in openapi.yaml or streams.views.access
+            web_router_enabled=False, web_tables_enabled=False, web_graph_enabled=False,
+            web_stats_enabled=False, web_metrics_enabled=False,
             key_serializer="raw", value_serializer="raw",
         )
         self.app.source_positions = self.source_positions

@@ -1,4 +1,4 @@
-"""The HTTP endpoint of a views worker (routes of ../shared/DESIGN.md and openapi.yaml).
+"""The HTTP endpoint of a views worker (the routes of openapi.yaml).
 
 A query about an account or a request is answered by the worker that owns
 the key's partition: any other worker forwards it there (once; a forwarded

@@ -10,7 +10,8 @@ import pytest
 from confluent_kafka import Message
 
 from streams.config import Settings
-from streams.engine.processor import BatchProcessor, PartitionTask, Topics
+from streams.engine.processor import BatchProcessor, Topics
+from streams.engine.task import PartitionTask
 from streams.engine.state import PartitionStore
 from streams.engine.transaction import TransactionAborted
 from streams.partitioning import partition_for

@@ -7,7 +7,7 @@ import orjson
 
 from streams import kafka, topics
 from streams.engine.changelog import BatchRecord, account_key
-from streams.engine.processor import PartitionTask
+from streams.engine.task import PartitionTask
 from streams.engine.restore import ChangelogRestore
 from streams.engine.state import PartitionStore
 from streams.model import Account

@@ -27,6 +27,9 @@ OTHER_ROUTES = {("GET", "/console/{name}"), ("GET", "/favicon.ico"), ("GET", "/o
 
 
 def test_every_route_of_the_api_has_a_rule_and_only_documented_ones_are_public():
+    operations = [op for ops in OPENAPI["paths"].values() for op in ops.values()]
+    assert all(op.get("operationId") and op.get("tags") for op in operations)
+    assert len({op["operationId"] for op in operations}) == len(operations)
     documented = {(m.upper(), p) for p, ops in OPENAPI["paths"].items() for m in ops}
     assert documented | OTHER_ROUTES == set(ROUTES)
     public = {r for r, rule in ROUTES.items() if rule.roles is None}
@@ -104,6 +107,9 @@ def test_keys_roles_scopes_revocation_and_rate_limits(settings, pool_factory, vi
         assert resp.status == 401 and resp.json()["error"] == "unauthenticated", (path, resp.body)
         assert resp.headers["www-authenticate"].startswith("Bearer")
     assert request("GET", f"{url}/health", key=None).status == 200
+    assert request("GET", f"{url}/live", key=None).status == 200
+    for path in ("/router", "/table/views/"):     # Faust's own pages are not served
+        assert request("GET", url + path).status == 404, path
     fake = new_key(OPERATOR, int(time.time() * 1000), "nobody").token   # never stored
     for token in ("not-a-key", fake):
         resp = request("GET", f"{url}/accounts/c-0", key=token)

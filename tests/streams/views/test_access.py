@@ -33,8 +33,8 @@ def test_every_route_of_the_api_has_a_rule_and_only_documented_ones_are_public()
     documented = {(m.upper(), p) for p, ops in OPENAPI["paths"].items() for m in ops}
     assert documented | OTHER_ROUTES == set(ROUTES)
     public = {r for r, rule in ROUTES.items() if rule.roles is None}
-    assert public == {("GET", "/health"), ("GET", "/"), ("GET", "/console/{name}"),
-                      ("GET", "/favicon.ico")}
+    assert public == {("GET", "/health"), ("GET", "/live"), ("GET", "/"),
+                      ("GET", "/console/{name}"), ("GET", "/favicon.ico")}
 
 
 def test_keys_are_stored_hashed_and_checked_in_full():

@@ -111,14 +111,14 @@ def encode(decision: Decision) -> Outputs:
     """Every output of a decision, encoded. One that cannot be encoded, or is over the
     size bound, is a bug of the rules (they bound every field they copy): it raises
     before anything is stored or sent."""
-    out = Outputs(
-        orjson.dumps(decision.event) if decision.event is not None else None,
-        [(request_key(o["account"] or "", o["request_id"]).encode(), orjson.dumps(o))
-         for o in decision.outcomes],
-        [(key.encode(), orjson.dumps(m)) for key, m in decision.messages])
-    assert all(len(v) <= MAX_OUTPUT_BYTES for v in
-               [out.event or b""] + [v for _, v in out.outcomes + out.messages])
-    return out
+    event = orjson.dumps(decision.event) if decision.event is not None else None
+    outcomes = [(request_key(o["account"] or "", o["request_id"]).encode(), orjson.dumps(o))
+                for o in decision.outcomes]
+    messages = [(key.encode(), orjson.dumps(m)) for key, m in decision.messages]
+    assert (event is None or len(event) <= MAX_OUTPUT_BYTES) \
+        and all(len(v) <= MAX_OUTPUT_BYTES for _, v in outcomes) \
+        and all(len(v) <= MAX_OUTPUT_BYTES for _, v in messages), decision
+    return Outputs(event, outcomes, messages)
 
 
 def apply(state: PartitionState, decision: Decision) -> None:

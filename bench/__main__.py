@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the embedded broker secured as `bank up` runs it (SASL/SCRAM, ACLs, "
                              "one principal per role), or not, or both one after the other, to "
                              "show what authentication costs (default on)")
+    parser.add_argument("--hot-path", type=int, default=0, metavar="N",
+                        help="instead: the engine's CPU per transfer without Kafka, over N "
+                             "transfers through its processor and a real store (bench/hotpath.py)")
     parser.add_argument("--restore-ids", type=int, default=0,
                         help="instead: time a new engine worker's restore of one partition whose "
                              "changelog holds --accounts accounts and this many applied request ids")
@@ -64,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         return replay_main(args)
     if args.restore_ids:
         return restore_main(args)
+    if args.hot_path:
+        from bench.hotpath import hot_path_speed
+
+        result = hot_path_speed(args.hot_path)
+        print(orjson.dumps(result).decode() if args.json else
+              f"engine hot path: {result['cpu_us_per_transfer']} us of CPU per transfer "
+              f"({result['transfers']:,} transfers, {result['records_written']:,} records)")
+        return 0
 
     from bench.driver import run_bench
     from bench.raw import broker_raw_throughput

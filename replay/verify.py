@@ -30,7 +30,8 @@ from streams.decisions import deciding_account, parse_json
 from streams.config import Settings
 from streams.model import (COMPLETED, CREDITED, DEBITED, DEPOSITED, EXPIRED, HELD, HOLD_RELEASED,
                            HOLD_SETTLING, OPENED, POSTED, REFUNDED, REJECTED_STATUS, WITHDRAWN,
-                           event_request_key, is_final, outcome_key, request_key, status_moves)
+                           event_request_key, is_final, is_name, outcome_key, request_key,
+                           status_moves)
 
 _DECIDING = {OPENED, DEPOSITED, WITHDRAWN, DEBITED, HELD, POSTED, HOLD_RELEASED, EXPIRED}
 
@@ -262,10 +263,9 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
             rid, scope = body.get("request_id"), deciding_account(body)
         except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
             continue  # undecodable records are dead-lettered, not lost
-        if not isinstance(rid, str) or not 0 < len(rid) <= 128:
+        if not is_name(rid):
             continue
-        if not (isinstance(scope, str) and 0 < len(scope) <= 128
-                and msg.key() == scope.encode()):
+        if not (is_name(scope) and msg.key() == scope.encode()):
             scope = ""   # decided in no account's scope (rejected invalid)
         key = request_key(scope, rid)
         if key not in seen:

@@ -28,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from streams.model import MAX_NAME, is_name
+
 OPERATOR, CLIENT, AUDITOR = "operator", "client", "auditor"
 KEY_ROLES = (OPERATOR, CLIENT, AUDITOR)
 KEY_PREFIX = "bk_"
@@ -137,11 +139,11 @@ def scope_problem(role: Any, accounts: Any, prefix: Any) -> str | None:
     """What is wrong with a key's role and account scope, if anything."""
     if role not in KEY_ROLES:
         return f"role must be one of {', '.join(KEY_ROLES)}"
-    if prefix is not None and not (isinstance(prefix, str) and 0 < len(prefix) <= 128):
-        return "the account prefix must be a string of 1 to 128 characters"
+    if prefix is not None and not is_name(prefix):
+        return f"the account prefix must be a string of 1 to {MAX_NAME} characters"
     if not isinstance(accounts, (list, tuple)) or len(accounts) > MAX_SCOPE_ACCOUNTS \
-            or not all(isinstance(a, str) and 0 < len(a) <= 128 for a in accounts):
-        return f"accounts must be at most {MAX_SCOPE_ACCOUNTS} names of 1 to 128 characters"
+            or not all(is_name(a) for a in accounts):
+        return f"accounts must be at most {MAX_SCOPE_ACCOUNTS} names of 1 to {MAX_NAME} characters"
     if role == CLIENT and not accounts and prefix is None:
         return "a client key needs accounts or an account prefix"
     if role != CLIENT and (accounts or prefix is not None):

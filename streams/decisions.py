@@ -65,10 +65,9 @@ from streams.model import (
     MAX_AMOUNT, OPENED, PENDING,
     POSTED, POSTED_STATUS, REFUND, REFUNDED, REJECT_NOTICE, REJECTED, REJECTED_STATUS,
     RELEASE_NOTICE, UNKNOWN_ACCOUNT, UNKNOWN_HOLD, VOIDED_STATUS, WITHDRAWN, Account, Hold,
-    Position, check_account, ledger_event, outcome, request_key,
+    MAX_NAME, Position, check_account, is_name, ledger_event, outcome, request_key,
 )
 
-MAX_NAME = 128
 MAX_HOLD_TIMEOUT_S = 366 * 86_400
 MAX_LINKED = 16
 MAX_REQUEST_BYTES = 16_384   # a larger transfers.requests record is rejected, never copied
@@ -209,8 +208,6 @@ class Decision:
     supply: int = 0                       # money brought into the partition (- taken out)
 
 
-def _valid_name(value: Any) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= MAX_NAME
 
 
 def _quote(value: Any) -> str:
@@ -262,11 +259,11 @@ def parse_request(key: bytes | None, value: bytes | None) -> Request:
     if not isinstance(body, dict):
         raise Undecodable("not a JSON object")
     request_id = body.get("request_id")
-    if not _valid_name(request_id):
+    if not is_name(request_id):
         raise Undecodable("request_id must be a string of 1 to 128 characters")
     kind = body.get("type")
     account = deciding_account(body)
-    account = account if _valid_name(account) else None
+    account = account if is_name(account) else None
     req = Request(body, request_id, account)
     if len(value) > MAX_REQUEST_BYTES:
         req.problem = f"the request is {len(value)} bytes, over the limit of {MAX_REQUEST_BYTES}"
@@ -280,13 +277,13 @@ def parse_request(key: bytes | None, value: bytes | None) -> Request:
         req.problem = f"missing fields: {sorted(missing)}"
     elif account is None:
         req.problem = "account names must be strings of 1 to 128 characters"
-    elif REQUESTED_BY in body and not _valid_name(body[REQUESTED_BY]):
+    elif REQUESTED_BY in body and not is_name(body[REQUESTED_BY]):
         req.problem = "requested_by must be a string of 1 to 128 characters"
-    elif kind in _TO_ANOTHER and not _valid_name(body["to"]):
+    elif kind in _TO_ANOTHER and not is_name(body["to"]):
         req.problem = "account names must be strings of 1 to 128 characters"
     elif kind in _TO_ANOTHER and body["from"] == body["to"]:
         req.problem = "from and to are the same account"
-    elif kind in _SETTLING and not _valid_name(body["hold_id"]):
+    elif kind in _SETTLING and not is_name(body["hold_id"]):
         req.problem = "hold_id must be a string of 1 to 128 characters"
     elif kind == "hold" and (not _is_int(body["timeout_s"])
                              or not 1 <= body["timeout_s"] <= MAX_HOLD_TIMEOUT_S):
@@ -316,7 +313,7 @@ def _members_problem(sender: str, members: Any) -> str | None:
         if not isinstance(member, dict) or set(member) != {"to", "amount"}:
             return f"transfers[{i}] must be an object with exactly to and amount"
         to = member["to"]
-        if not _valid_name(to):
+        if not is_name(to):
             return f"transfers[{i}]: account names must be strings of 1 to 128 characters"
         if to == sender or to in receivers:
             return f"transfers[{i}]: each transfer goes to a different account than the others and the sender"
@@ -368,7 +365,7 @@ def _reject(d: Decision, req: Request, acct: Account | None, reason: str, ts: in
     amount = body.get("amount")
     amount = amount if _is_int(amount) and 0 <= amount <= MAX_AMOUNT else 0
     to = body.get("to") if body.get("type") == "transfer" else None
-    to = to if _valid_name(to) and to != req.account else None
+    to = to if is_name(to) and to != req.account else None
     if acct is not None and req.account is not None:
         _event(d, req.account, acct.copy(), req.request_id, REJECTED, amount, to, ts, pos, reason)
     if to is not None and req.account is not None:
@@ -431,7 +428,7 @@ def decide_request(req: Request, acct: Account | None, first: FirstDecision | No
 
 def _requester(body: dict[str, Any]) -> str | None:
     by = body.get(REQUESTED_BY)
-    return by if _valid_name(by) else None
+    return by if is_name(by) else None
 
 
 def _decide_new(req: Request, acct: Account | None, ts: int, pos: Position, rules: Rules,
@@ -663,7 +660,7 @@ def parse_message(key: bytes | None, value: bytes | None) -> dict[str, Any]:
         names.append("counterparty")
     elif msg["counterparty"] is not None:
         raise BadMessage("an expire has no counterparty")
-    if not all(_valid_name(msg[n]) for n in names):
+    if not all(is_name(msg[n]) for n in names):
         raise BadMessage(f"{', '.join(names)} must be strings of 1 to {MAX_NAME} characters")
     if key != msg["account"].encode():
         raise BadMessage("message key does not match its account")
@@ -676,7 +673,7 @@ def parse_message(key: bytes | None, value: bytes | None) -> dict[str, Any]:
         raise BadMessage("reason must be a short string")
     if "ok" in msg and not isinstance(msg["ok"], bool):
         raise BadMessage("ok must be true or false")
-    if REQUESTED_BY in msg and not _valid_name(msg[REQUESTED_BY]):
+    if REQUESTED_BY in msg and not is_name(msg[REQUESTED_BY]):
         raise BadMessage(f"requested_by must be a string of 1 to {MAX_NAME} characters")
     return msg
 

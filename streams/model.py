@@ -13,6 +13,12 @@ import orjson
 
 MAX_AMOUNT = 2**63 - 1  # amounts and balances are signed 64-bit minor units
 DAY_MS = 86_400_000
+MAX_NAME = 128          # characters of an account name, request id, hold id or requester
+
+
+def is_name(value: Any) -> bool:
+    """An account name, request id or hold id: a string of 1 to MAX_NAME characters."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_NAME
 
 # ledger event kinds; `refunded` returns a debited amount whose receiver did not exist
 OPENED, DEPOSITED, WITHDRAWN, DEBITED, CREDITED, REFUNDED, REJECTED = (
@@ -68,6 +74,9 @@ IDEMPOTENCY_CONFLICT = "idempotency_conflict"   # a request id reused with anoth
 OVERFLOW = "overflow"             # the result would leave the signed 64-bit range
 # reasons that answer a re-sent request id: they never override the first decision's status
 RESENT_REASONS = frozenset({DUPLICATE, IDEMPOTENCY_CONFLICT})
+REASONS = frozenset({INSUFFICIENT_FUNDS, LIMIT_EXCEEDED, UNKNOWN_ACCOUNT, INVALID, DUPLICATE,
+                     ACCOUNT_EXISTS, UNKNOWN_HOLD, HOLD_CLOSED, HOLD_EXCEEDED,
+                     IDEMPOTENCY_CONFLICT, OVERFLOW})
 
 # messages on transfers.credits
 CREDIT, REFUND, REJECT_NOTICE = "credit", "refund", "reject_notice"

@@ -326,11 +326,12 @@ class ViewsWorker:
                              appended_s: float | None = None) -> None:
         """Fold one outcome into its request's status; then record the position. A status
         that moves is timed (request timestamp to the outcome's append time, when known)."""
-        self.metrics.outcomes.inc()
         out = parse_outcome(raw)
         if out is None:
+            self.metrics.outcomes.labels("malformed", "").inc()
             log.error("malformed outcome at %s@%d: skipped", partition, offset)
             return
+        self.metrics.count_outcome(out)
         key = ViewKeys.status(outcome_key(out))
         stored = self.views.get(key)
         current = orjson.loads(stored) if stored is not None else None

@@ -24,7 +24,7 @@ import orjson
 
 from streams.model import (BALANCE_SIGN, CREDITED, DAY_MS, DEBITED, DEPOSITED, EXPIRED, HELD,
                            HOLD_RELEASED, MAX_AMOUNT, OPENED, POSTED, REFUNDED, REJECTED,
-                           REJECTED_STATUS, STATUS_RANK, WITHDRAWN, status_moves)
+                           REJECTED_STATUS, STATUS_RANK, WITHDRAWN, is_name, status_moves)
 
 _OUTFLOW = {WITHDRAWN, DEBITED, HELD}   # what counts toward the daily limit when it happens
 
@@ -233,7 +233,7 @@ def parse_outcome(raw: bytes | None) -> dict[str, Any] | None:
 
 
 def _name(value: Any) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= 128
+    return is_name(value)
 
 
 def _int_in(value: Any, low: int, high: int) -> bool:

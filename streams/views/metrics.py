@@ -3,14 +3,24 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
-                               generate_latest)
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info,
+                               ProcessCollector, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from streams.health import read_crashes
+from streams.model import REASONS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kbank")
+    except PackageNotFoundError:
+        return "source"
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
                    0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
@@ -62,8 +72,12 @@ class ViewsMetrics:
         self.ledger_events = Counter(
             "bank_views_ledger_events", "ledger events consumed, by what the views did with them",
             ["result"], registry=self.registry)
-        self.outcomes = Counter("bank_views_outcomes", "transfers.outcomes records consumed",
+        self.outcomes = Counter("bank_views_outcomes", "transfers.outcomes records consumed, by "
+                                "status and rejection reason", ["status", "reason"],
                                 registry=self.registry)
+        ProcessCollector(registry=self.registry)      # process_cpu_seconds_total, memory, fds
+        Info("bank_build", "the running code", registry=self.registry).info(
+            {"version": _version()})
         self.http_latency = Histogram(
             "bank_http_request_duration_seconds", "HTTP request latency", ["method", "route", "status"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
@@ -78,6 +92,13 @@ class ViewsMetrics:
             buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(_LagCollector(lag_source))
         self.registry.register(_CrashCollector(state_dir))
+
+    def count_outcome(self, out: dict) -> None:
+        """One outcome, by its status and reason (an unknown reason counts as "other", so a
+        record cannot grow the label set)."""
+        reason = out.get("reason") or ""
+        self.outcomes.labels(out["status"], reason if reason in REASONS or not reason
+                             else "other").inc()
 
     def render(self) -> bytes:
         """The text exposition format, served as CONTENT_TYPE (Prometheus 3 checks it)."""

@@ -22,7 +22,7 @@ from faust.web import View
 
 from streams.apikeys import submit_refusal
 from streams.config import Settings
-from streams.decisions import Undecodable, deciding_account, parse_json, parse_request
+from streams.decisions import MAX_NAME, Undecodable, deciding_account, parse_json, parse_request
 from streams.partitioning import partition_for
 from streams.views.console import register_console
 from streams.views.http import (HTTPError, caller_headers, error_response, gather_totals,
@@ -317,7 +317,7 @@ def register_routes(worker: ViewsReads) -> None:
     def scope(request: aioweb.Request) -> str:
         """The deciding account a request id belongs to (ids are scoped per account)."""
         account = request.query.get("account")
-        if not account or len(account) > 128:
+        if not account or len(account) > MAX_NAME:
             raise HTTPError(400, "invalid", "account is required: request ids are scoped to "
                             "their deciding account (the sender of a transfer or hold)")
         return account

@@ -144,6 +144,10 @@ class Settings:
         "help": "an engine worker whose poll loop makes no step for this long prints every "
                 "thread's stack to its log and exits, to be restarted (a client call stuck on a "
                 "lost broker must not stall its partitions forever; 0 = never)"})
+    engine_restore_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = field(default=300.0, metadata={
+        "env": "BANK_ENGINE_RESTORE_TIMEOUT_S",
+        "help": "longest an engine worker may take to restore one partition from its changelog "
+                "before it gives up (and is restarted)"})
     engine_metrics_port: PORT = field(default=0, metadata={
         "env": "BANK_ENGINE_METRICS_PORT",
         "help": "first port of the engine workers' Prometheus /metrics (worker i uses port + i; 0 = off)"})

@@ -85,6 +85,7 @@ class EngineWorker:
                                      stats=lambda: self.processor.stats,
                                      lag=lambda: self.lag, owned=lambda: len(self.tasks))
         self.restore = ChangelogRestore(self.restorer, self.topics.changelog,
+                                        settings.engine_restore_timeout_s,
                                         progress=self.metrics.restore_records.inc)
         self._restore_t0: dict[int, float] = {}
 

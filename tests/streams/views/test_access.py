@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import jsonschema
 import orjson
 import pytest
 import yaml
@@ -32,6 +33,10 @@ def test_every_route_of_the_api_has_a_rule_and_only_documented_ones_are_public()
     assert len({op["operationId"] for op in operations}) == len(operations)
     documented = {(m.upper(), p) for p, ops in OPENAPI["paths"].items() for m in ops}
     assert documented | OTHER_ROUTES == set(ROUTES)
+    examples = {n: s for n, s in OPENAPI["components"]["schemas"].items() if "example" in s}
+    assert {"TransferRequest", "Status", "Account", "Error"} <= set(examples)
+    for schema in examples.values():     # each example is what its schema says
+        jsonschema.validate(schema["example"], {**schema, "components": OPENAPI["components"]})
     public = {r for r, rule in ROUTES.items() if rule.roles is None}
     assert public == {("GET", "/health"), ("GET", "/live"), ("GET", "/"),
                       ("GET", "/console/{name}"), ("GET", "/favicon.ico")}

@@ -35,7 +35,7 @@ from streams.config import Settings
 from streams.generations import generation_settings
 from streams.decisions import (EXPIRE, BadMessage, Decision, Rules, Undecodable, deciding_account,
                                message_scope, parse_message)
-from streams.engine import (BATCH_PREFIX, BatchRecord, MemoryState, apply, credit_decision, encode,
+from streams.engine import (BATCH_PREFIX, BatchRecord, MemoryState, apply_decision, credit_decision, encode,
                             request_decision)
 from streams.model import LINK_ACK, REFUND, Account, Position, outcome_key, request_key, status_moves
 from streams.partitioning import partition_for
@@ -91,7 +91,7 @@ class Generation:
 
     def emit(self, decision: Decision, partition: int, ts: int) -> None:
         out = encode(decision)
-        apply(self.states[partition], decision)
+        apply_decision(self.states[partition], decision)
         if out.event is not None:
             self.events.append((decision.account, out.event))
         self.outcomes += [(key.decode(), raw) for key, raw in out.outcomes]

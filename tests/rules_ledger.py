@@ -15,7 +15,7 @@ from replay.ledger import LedgerFold
 from replay.verify import LedgerChecks, VerifyReport
 from streams.decisions import (BadMessage, Decision, Rules, Undecodable, deciding_account,
                                expiry_message, parse_message)
-from streams.engine.apply import MemoryState, apply, credit_decision, encode, request_decision
+from streams.engine.apply import MemoryState, apply_decision, credit_decision, encode, request_decision
 from streams.model import CREDIT, PENDING, REFUND, Account, Hold, Position, split_request_key
 
 POS = Position("transfers.requests", 0, 0)
@@ -57,7 +57,7 @@ class Ledger:
         """Encode every output (bounded), then apply the decision, as the processor does."""
         out = encode(d)
         assert d.marker is None or d.marker not in self.applied, d.marker
-        apply(self.state, d)
+        apply_decision(self.state, d)
         assert self.supply <= self.rules.supply_cap
         if out.event is not None:
             self.events.append(out.event)

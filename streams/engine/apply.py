@@ -121,7 +121,7 @@ def encode(decision: Decision) -> Outputs:
     return Outputs(event, outcomes, messages)
 
 
-def apply(state: PartitionState, decision: Decision) -> None:
+def apply_decision(state: PartitionState, decision: Decision) -> None:
     """Write a decision into the partition's state (after its outputs were encoded)."""
     if decision.event is not None:
         previous = state.account(decision.account)

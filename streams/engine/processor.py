@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, Message
 from streams.config import Settings
 from streams.decisions import (BadMessage, Decision, Rules, Undecodable, expiry_message,
                                parse_message)
-from streams.engine.apply import MAX_OUTPUT_BYTES, apply, credit_decision, encode, request_decision
+from streams.engine.apply import MAX_OUTPUT_BYTES, apply_decision, credit_decision, encode, request_decision
 from streams.engine.changelog import SUPPLY_KEY, BatchRecord, account_key, hold_key
 from streams.engine.task import PartitionTask
 from streams.engine.transaction import EngineTransaction
@@ -145,7 +145,7 @@ class BatchProcessor:
     def _emit(self, task: PartitionTask, decision: Decision, ts: int) -> None:
         """Encode every output, then change the state, then send: all or nothing."""
         out = encode(decision)
-        apply(task.store, decision)
+        apply_decision(task.store, decision)
         if out.event is not None:
             self.out.send(self.topics.ledger, decision.account.encode(), out.event,
                           task.partition, ts)

@@ -48,7 +48,7 @@ def test_killing_brokers_controller_and_a_leader_mid_transaction_loses_nothing(
     settings = replace(Settings.from_env(), bootstrap_servers=cluster.bootstrap_servers,
                        topic_prefix=f"c{uuid.uuid4().hex[:8]}-", state_dir=str(tmp_path / "state"),
                        partitions=8, replication_factor=3,
-                       fault_commit_delay_ms=20)   # transactions stay open a while: kills land in them
+                       fault_commit_delay_ms=20, test_mode=True)   # transactions stay open a while: kills land in them
     ensure_topics(settings)
     engine = pool_factory(settings, 2)
     views = views_factory(settings, 1)

@@ -119,6 +119,9 @@ async def compare(views: RebuiltViews, url: str, partitions: int, api_key: str,
             for _ in range(50):  # 503: rebalancing or behind; 429: over the key's rate
                 async with session.get(url + path) as resp:
                     body = await resp.read()
+                    if resp.status in (401, 403):
+                        raise PermissionError(f"the live views answered {resp.status}: "
+                                              f"{body.decode(errors='replace')[:200]}")
                     if resp.status not in (429, 503):
                         progress.update()
                         return resp.status, orjson.loads(body) if body else None
@@ -197,6 +200,10 @@ def main(settings: Settings, url: str | None, store_dir: str | None) -> int:
     except aiohttp.ClientConnectionError as exc:
         print(f"error: no views worker answers at {url} ({exc}): pass --url, or --url none "
               f"to only rebuild", file=sys.stderr)
+        return 1
+    except PermissionError as exc:
+        print(f"error: {exc}; set BANK_API_KEY to an operator's or auditor's key (bank up "
+              f"prints one)", file=sys.stderr)
         return 1
     for line in diffs[:100]:
         print(f"  - {line}")

@@ -299,7 +299,7 @@ def register_routes(worker: ViewsReads) -> None:
             return json_response({**original, "retry": True})
         result = {"request_id": out["request_id"], "account": out["account"],
                   "status": out["status"]}
-        for extra in ("reason", "detail", "ts"):
+        for extra in ("reason", "detail", "ts", "requested_by"):
             if out.get(extra) is not None:
                 result[extra] = out[extra]
         return json_response(result)

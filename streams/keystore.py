@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+from dataclasses import replace
 import threading
 import time
 from typing import Any
@@ -78,8 +79,6 @@ def revoke_key(settings: Settings, key_id: str) -> ApiKey:
         raise KeyNotFound(f"no API key {key_id!r} (bank keys list shows them)")
     if found.revoked_ms is not None:
         return found
-    from dataclasses import replace
-
     revoked = replace(found, revoked_ms=int(time.time() * 1000))
     _write(settings, revoked, "key_revoked")
     return revoked
@@ -119,14 +118,16 @@ class KeyRing:
         return len(self._keys)
 
     def _run(self) -> None:
+        last_error = None
         while not self._stop.is_set():
             for msg in self._consumer.consume(500, 0.2):
                 error = msg.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
                         self.ready.set()
-                    else:
+                    elif error.code() != last_error:    # once per kind, not every poll
                         log.warning("reading API keys: %s", error)
+                    last_error = error.code()
                     continue
                 self._apply(msg)
         self._consumer.close()

@@ -89,9 +89,10 @@ $("signin-form").addEventListener("submit", async (ev) => {
   sessionStorage.setItem(KEY_ITEM, $("signin-key").value.trim());
   $("signin-key").value = "";
   try {
-    await api("/openapi.yaml");     // any key that works may read it
+    await api("/overview");         // what an operator's or an auditor's key may read
   } catch (err) {
-    if (err.status !== 401) signOut(`Cannot sign in: ${err.message}`);
+    if (err.status === 403) signOut(`This console needs an operator or auditor key: ${err.message}`);
+    else if (err.status !== 401) signOut(`Cannot sign in: ${err.message}`);
     return;
   }
   $("signin-error").hidden = true;

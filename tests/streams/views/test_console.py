@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from streams.apikeys import AUDITOR
+from streams.apikeys import AUDITOR, CLIENT
 from streams.keystore import create_key, revoke_key
 from tests.http import current_key, get_json, request
 from tests.workload import Workload, ledger, wait_until
@@ -187,6 +187,13 @@ def test_the_console_signs_in_refuses_what_the_key_may_not_do_and_signs_out(
     sign_in(browser, url, "bk_0123456789abcdef_" + "A" * 43)      # a key no one made
     wait_until(lambda: "unknown API key" in text(browser, "signin-error"), 10, "the refusal")
     assert browser.find_element(By.ID, "signin").is_displayed()
+    shop = create_key(settings, CLIENT, accounts=("a",))             # works, but not here
+    wait_until(lambda: request("GET", f"{url}/accounts/a", key=shop.token).status != 401, 10,
+               "the client key to reach the views")
+    sign_in(browser, url, shop.token)
+    wait_until(lambda: "needs an operator or auditor key" in text(browser, "signin-error"), 10,
+               "the client key's refusal")
+    assert browser.execute_script("return sessionStorage.length") == 0
 
     sign_in(browser, url, auditor.token)
     wait_until(lambda: browser.find_element(By.ID, "main").is_displayed(), 10, "signing in")

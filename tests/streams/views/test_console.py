@@ -84,7 +84,9 @@ def test_the_console_shows_the_system_live_and_moves_money(settings, pool_factor
 
         # the overview: its figures move while the workload runs; money is conserved
         sign_in(browser, url, current_key())
-        wait_until(lambda: text(browser, "rate-completed") not in ("–", "0.0"), 60,
+        # .text is "" while the page is still hidden behind the sign-in form: wait for it
+        wait_until(lambda: browser.find_element(By.ID, "main").is_displayed(), 10, "signing in")
+        wait_until(lambda: text(browser, "rate-completed") not in ("", "–", "0.0"), 60,
                    "the overview to show transfers completing")
         first = text(browser, "totals")
         wait_until(lambda: text(browser, "totals") != first, 30, "the overview to update itself")

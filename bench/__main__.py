@@ -12,7 +12,7 @@ import orjson
 
 from streams.broker import KAFKA_VERSION, KafkaCluster, kafka_cluster
 from streams.config import Settings, describe
-from streams.principals import secure_deployment
+from streams.principals import with_admin
 
 
 def auth_cost(results: list) -> str:  # noqa: ANN001 - BenchResults, off runs first
@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap = cluster.bootstrap_servers if cluster else base.bootstrap_servers
             broker_pids = [n.proc.pid for n in cluster.nodes if n.proc] if cluster else []
             settings = replace(base, bootstrap_servers=bootstrap, state_dir=state_dir)
-            if secured:
-                settings = secure_deployment(settings, cluster.admin_config(),
-                                             os.path.join(state_dir, "credentials"))
+            if secured:   # the admin only: each run makes its own principals (run_bench)
+                settings = with_admin(settings, cluster.admin_config(),
+                                      os.path.join(state_dir, "credentials"))
             print(f"broker: {'embedded Apache Kafka ' + KAFKA_VERSION if embedded else bootstrap}"
                   f"{', secured (SASL/SCRAM, ACLs)' if secured else ''}; measuring raw throughput",
                   file=log, flush=True)

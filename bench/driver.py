@@ -244,8 +244,9 @@ def run_bench(settings: Settings, *, workers: int, accounts: int, seconds: float
     workers folding the ledger meanwhile, their CPU measured too)."""
     settings = replace(settings, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}-")
     if settings.kafka_credentials:   # a secured broker: this run's own principals and ACLs
+        credentials = os.path.join(settings.state_dir, f"{settings.topic_prefix}credentials")
         settings = secure_deployment(settings, kafka.client_config(settings, kafka.ADMIN),
-                                     os.path.join(settings.state_dir, f"{settings.topic_prefix}credentials"))
+                                     credentials)
     ensure_topics(settings)
     pools = [WorkerPool(settings, workers, log_dir)]
     if views:

@@ -23,7 +23,8 @@ def broker_raw_throughput(settings: Settings, messages: int = 300_000, size: int
     payload = b"x" * size
     start = time.perf_counter()
     for i in range(messages):
-        kafka.produce_waiting(producer, topic, 0.001, value=payload, partition=i % settings.partitions)
+        kafka.produce_waiting(producer, topic, 0.001, value=payload,
+                              partition=i % settings.partitions)
     producer.flush(120)
     produced_s = time.perf_counter() - start
     consumer = kafka.consumer(settings, kafka.ADMIN, settings.topic("bench-raw"), **{"enable.partition.eof": True})

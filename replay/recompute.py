@@ -35,8 +35,8 @@ from streams.config import Settings
 from streams.generations import generation_settings
 from streams.decisions import (EXPIRE, BadMessage, Decision, Rules, Undecodable, deciding_account,
                                message_scope, parse_message)
-from streams.engine import (BATCH_PREFIX, BatchRecord, MemoryState, apply_decision, credit_decision, encode,
-                            request_decision)
+from streams.engine import (BATCH_PREFIX, BatchRecord, MemoryState, apply_decision,
+                            credit_decision, encode, request_decision)
 from streams.model import LINK_ACK, REFUND, Account, Position, outcome_key, request_key, status_moves
 from streams.partitioning import partition_for
 from streams.topics import ensure_topics, partition_count

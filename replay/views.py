@@ -21,6 +21,7 @@ from rocksdict import Rdict, WriteBatch
 
 from streams.progress import progress_bar
 from streams import topics
+from streams.apikeys import bearer
 from streams.client import read_topic
 from streams.config import Settings
 from urllib.parse import quote
@@ -167,8 +168,7 @@ async def compare(views: RebuiltViews, url: str, partitions: int, api_key: str,
         if status != 200 or live != want:
             diffs.append(f"request {rid}: rebuilt {want} != live ({status}) {live}")
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    async with aiohttp.ClientSession(headers=headers) as session:
+    async with aiohttp.ClientSession(headers=bearer(api_key)) as session:
         jobs = [account(session, n, v) for n, v in views.accounts.items()]
         jobs += [request_status(session, rid, st) for rid, st in views.status.items()]
         for start in range(0, len(jobs), 2000):

@@ -24,7 +24,7 @@ import hmac
 import re
 import secrets
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import orjson
 
@@ -173,6 +173,22 @@ def parse_token(token: str) -> tuple[str, str] | None:
     """(id, secret) of a well-formed key, else None."""
     found = _KEY.fullmatch(token)
     return (found.group(1), found.group(2)) if found else None
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """The HTTP header that sends a key (none without one)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def lookup(keys: Mapping[str, ApiKey], token: str) -> tuple[ApiKey | None, str]:
+    """The key a bearer token names among `keys` (by id), or None and why not."""
+    parsed = parse_token(token)
+    if parsed is None:
+        return None, "not an API key (bk_<id>_<secret>)"
+    key = keys.get(parsed[0])
+    if key is None or not key.matches(parsed[1]):
+        return None, "unknown API key"
+    return key, ""
 
 
 def submit_refusal(key: ApiKey, body: dict[str, Any], deciding: str) -> str | None:

@@ -208,8 +208,6 @@ class Decision:
     supply: int = 0                       # money brought into the partition (- taken out)
 
 
-
-
 def _quote(value: Any) -> str:
     """Client data in a detail message, bounded."""
     text = repr(value)
@@ -278,7 +276,7 @@ def parse_request(key: bytes | None, value: bytes | None) -> Request:
     elif account is None:
         req.problem = "account names must be strings of 1 to 128 characters"
     elif REQUESTED_BY in body and not is_name(body[REQUESTED_BY]):
-        req.problem = "requested_by must be a string of 1 to 128 characters"
+        req.problem = f"requested_by must be a string of 1 to {MAX_NAME} characters"
     elif kind in _TO_ANOTHER and not is_name(body["to"]):
         req.problem = "account names must be strings of 1 to 128 characters"
     elif kind in _TO_ANOTHER and body["from"] == body["to"]:

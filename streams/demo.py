@@ -9,6 +9,7 @@ import urllib.request
 
 import orjson
 
+from streams.apikeys import bearer
 from streams.client import OutcomeWatcher, RequestSender
 from streams.config import Settings
 from streams.model import DECIDED_STATUSES
@@ -144,8 +145,7 @@ def _print_balances(settings: Settings, names: list[str], web_url: str | None,
 
 
 def _authorized(url: str, api_key: str | None) -> urllib.request.Request:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return urllib.request.Request(url, headers=headers)
+    return urllib.request.Request(url, headers=bearer(api_key))
 
 
 def _get_when_caught_up(url: str, api_key: str | None, deadline: float) -> dict:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import getpass
 import logging
-from dataclasses import replace
 import threading
 import time
-from typing import Any
+from dataclasses import replace
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from streams import kafka, topics
-from streams.apikeys import ApiKey, InvalidKey, NewKey, new_key, parse_token
+from streams.apikeys import ApiKey, InvalidKey, NewKey, lookup, new_key
 from streams.client import read_topic
 from streams.config import Settings
 
@@ -59,16 +58,30 @@ def create_key(settings: Settings, role: str, accounts: tuple[str, ...] = (),
     return made
 
 
+def fold_key_record(keys: dict[str, ApiKey], key: bytes | None, value: bytes | None,
+                    offset: int) -> None:
+    """Apply one auth.keys record to `keys` (by id): the latest record of a key wins, a
+    tombstone removes it; a record that is not a key's is logged and skipped (one bad record
+    must not lock everyone out)."""
+    if value is None:
+        keys.pop((key or b"").decode("utf-8", "replace"), None)
+        return
+    try:
+        record = ApiKey.from_bytes(value)
+    except InvalidKey as exc:
+        log.error("skipping an unreadable key record at offset %d: %s", offset, exc)
+        return
+    if key != record.id.encode():
+        log.error("skipping key record at offset %d: its key is not its id", offset)
+        return
+    keys[record.id] = record
+
+
 def list_keys(settings: Settings) -> list[ApiKey]:
     """Every key's latest record, oldest first (read as the admin)."""
     latest: dict[str, ApiKey] = {}
     for msg in read_topic(settings, settings.topic(topics.KEYS), 60, role=kafka.ADMIN):
-        try:
-            record = ApiKey.from_bytes(msg.value() or b"")
-        except InvalidKey as exc:
-            log.warning("skipping an unreadable key record at offset %d: %s", msg.offset(), exc)
-            continue
-        latest[record.id] = record
+        fold_key_record(latest, msg.key(), msg.value(), msg.offset())
     return sorted(latest.values(), key=lambda k: (k.created_ms, k.id))
 
 
@@ -93,9 +106,7 @@ class KeyRing:
 
     def __init__(self, settings: Settings) -> None:
         self.ready = threading.Event()
-        self.skipped = 0
         self._keys: dict[str, ApiKey] = {}
-        self._stop = threading.Event()
         self._consumer = kafka.consumer(settings, kafka.VIEWS, settings.topic("bank-views-keys"),
                                         **{"enable.partition.eof": True,
                                            "fetch.wait.max.ms": 100})
@@ -106,20 +117,11 @@ class KeyRing:
 
     def find(self, token: str) -> tuple[ApiKey | None, str]:
         """The key a bearer token names, or None and why not."""
-        parsed = parse_token(token)
-        if parsed is None:
-            return None, "not an API key (bk_<id>_<secret>)"
-        key = self._keys.get(parsed[0])
-        if key is None or not key.matches(parsed[1]):
-            return None, "unknown API key"
-        return key, ""
-
-    def __len__(self) -> int:
-        return len(self._keys)
+        return lookup(self._keys, token)
 
     def _run(self) -> None:
         last_error = None
-        while not self._stop.is_set():
+        while True:   # a daemon thread: it lives as long as the worker
             for msg in self._consumer.consume(500, 0.2):
                 error = msg.error()
                 if error is not None:
@@ -129,25 +131,4 @@ class KeyRing:
                         log.warning("reading API keys: %s", error)
                     last_error = error.code()
                     continue
-                self._apply(msg)
-        self._consumer.close()
-
-    def _apply(self, msg: Any) -> None:
-        if msg.value() is None:     # a tombstone: the key is gone
-            self._keys.pop((msg.key() or b"").decode("utf-8", "replace"), None)
-            return
-        try:
-            record = ApiKey.from_bytes(msg.value())
-        except InvalidKey as exc:    # counted and skipped: one bad record must not lock out all
-            self.skipped += 1
-            log.error("skipping an unreadable key record at offset %d: %s", msg.offset(), exc)
-            return
-        if msg.key() != record.id.encode():
-            self.skipped += 1
-            log.error("skipping key record at offset %d: its key is not its id", msg.offset())
-            return
-        self._keys[record.id] = record
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
+                fold_key_record(self._keys, msg.key(), msg.value(), msg.offset())

@@ -119,21 +119,35 @@ def secure_deployment(settings: Settings, admin_conf: dict[str, str],
     """A deployment on a cluster whose super user is `admin_conf` (the embedded broker's):
     the super user's properties file, then every role's user, ACLs and file; returns the
     settings every process then connects with."""
-    _write_properties(properties_path(credentials_dir, ADMIN), admin_conf,
-                      f"the super user of {settings.bootstrap_servers}: administration only")
-    settings = replace(settings, kafka_credentials=str(credentials_dir))
+    settings = with_admin(settings, admin_conf, credentials_dir)
     provision(settings, client_config(settings, ADMIN), credentials_dir)
     return settings
 
 
-def _write_properties(path: Path, conf: dict[str, str], comment: str) -> None:
+def with_admin(settings: Settings, admin_conf: dict[str, str],
+               credentials_dir: str | os.PathLike[str]) -> Settings:
+    """The super user's properties file in `credentials_dir`, and settings that find it
+    there (no role's user yet: secure_deployment makes them)."""
+    _write_properties(properties_path(credentials_dir, ADMIN), admin_conf,
+                      f"the super user of {settings.bootstrap_servers}: administration only")
+    return replace(settings, kafka_credentials=str(credentials_dir))
+
+
+def write_private(path: str | os.PathLike[str], text: str) -> None:
+    """A credentials file, readable by its owner only from the moment it exists (in a
+    directory only the owner may enter), replaced whole."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
-        out.write(f"# {comment}\n" + "".join(f"{k}={v}\n" for k, v in conf.items()))
+        out.write(text)
     tmp.replace(path)
+
+
+def _write_properties(path: Path, conf: dict[str, str], comment: str) -> None:
+    write_private(path, f"# {comment}\n" + "".join(f"{k}={v}\n" for k, v in conf.items()))
 
 
 def provision(settings: Settings, admin_conf: dict[str, object],

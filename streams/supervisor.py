@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from streams.broker import KafkaCluster
 from streams.config import Settings
 from streams.health import record_crash
-from streams.principals import secure_deployment
+from streams.principals import secure_deployment, write_private
 from streams.topics import ensure_topics
 
 
@@ -151,25 +151,16 @@ def _provision(settings: Settings, cluster: KafkaCluster, credentials: str) -> S
 def operator_key(settings: Settings, path: str) -> str:
     """The operator API key `bank up` made for this data directory (made now if there is
     none, or it no longer works), kept in `path`, readable by the user only."""
-    from streams.apikeys import OPERATOR, parse_token
+    from streams.apikeys import OPERATOR, lookup
     from streams.keystore import create_key, list_keys
 
     if os.path.exists(path):
         token = open(path).read().strip()
-        parsed = parse_token(token)
-        keys = {k.id: k for k in list_keys(settings)}
-        found = keys.get(parsed[0]) if parsed else None
-        if found is not None and found.matches(parsed[1]) and \
-                found.refusal(int(time.time() * 1000)) is None:
+        found, _ = lookup({k.id: k for k in list_keys(settings)}, token)
+        if found is not None and found.refusal(int(time.time() * 1000)) is None:
             return token
     token = create_key(settings, OPERATOR, label="made by bank up for the operator").token
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = path + ".tmp"
-    if os.path.exists(tmp):
-        os.unlink(tmp)
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-        out.write(token + "\n")
-    os.replace(tmp, path)
+    write_private(path, token + "\n")
     return token
 
 

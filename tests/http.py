@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from streams.apikeys import bearer
+
 
 _DEFAULT = object()
 _key: str | None = None
@@ -42,9 +44,7 @@ def request(method: str, url: str, body: bytes | None = None, timeout: float = 3
     try:
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         sent = {"Content-Type": "application/json"} if body is not None else {}
-        token = _key if key is _DEFAULT else key
-        if token is not None:
-            sent["Authorization"] = f"Bearer {token}"
+        sent.update(bearer(_key if key is _DEFAULT else key))
         conn.request(method, path, body=body, headers={**sent, **(headers or {})})
         resp = conn.getresponse()
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())

@@ -5,7 +5,8 @@ begin/commit/abort), state and restore (RocksDB stores and their recovery from t
 changelog), faults (test seams).
 
 Tools (replay, bench) use the names exported here and nothing deeper."""
-from streams.engine.apply import MemoryState, apply_decision, credit_decision, encode, request_decision
+from streams.engine.apply import (MemoryState, apply_decision, credit_decision, encode,
+                                  request_decision)
 from streams.engine.changelog import BATCH_PREFIX, BatchRecord, account_key
 from streams.engine.restore import ChangelogRestore
 from streams.engine.state import PartitionStore
@@ -13,5 +14,5 @@ from streams.engine.task import PartitionTask
 from streams.engine.worker import EngineWorker
 
 __all__ = ["BATCH_PREFIX", "BatchRecord", "ChangelogRestore", "EngineWorker", "MemoryState",
-           "PartitionStore", "PartitionTask", "account_key", "apply_decision", "credit_decision", "encode",
-           "request_decision"]
+           "PartitionStore", "PartitionTask", "account_key", "apply_decision", "credit_decision",
+           "encode", "request_decision"]

@@ -17,7 +17,7 @@ import orjson
 from streams.decisions import (EXPIRE, Decision, FirstDecision, Rules, credit_marker,
                                decide_credit, decide_request, incoming_marker, message_scope,
                                parse_request, request_marker)
-from streams.model import LINK_ACK, Account, Hold, Position, request_key
+from streams.model import LINK_ACK, Account, Hold, Position, outcome_key, request_key
 
 MAX_OUTPUT_BYTES = 262_144     # no record the engine writes is larger (the broker's limit is 1 MB)
 
@@ -112,8 +112,7 @@ def encode(decision: Decision) -> Outputs:
     size bound, is a bug of the rules (they bound every field they copy): it raises
     before anything is stored or sent."""
     event = orjson.dumps(decision.event) if decision.event is not None else None
-    outcomes = [(request_key(o["account"] or "", o["request_id"]).encode(), orjson.dumps(o))
-                for o in decision.outcomes]
+    outcomes = [(outcome_key(o).encode(), orjson.dumps(o)) for o in decision.outcomes]
     messages = [(key.encode(), orjson.dumps(m)) for key, m in decision.messages]
     assert (event is None or len(event) <= MAX_OUTPUT_BYTES) \
         and all(len(v) <= MAX_OUTPUT_BYTES for _, v in outcomes) \

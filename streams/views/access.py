@@ -2,7 +2,8 @@
 
 Every request but the public ones (ROUTES marks them) needs `Authorization: Bearer <key>`:
 401 when it is missing, malformed, unknown, expired or revoked; 403 when the key's role or
-account scope does not cover the route; 429 + Retry-After past the key's rate. The body of
+account scope does not cover the route; 429 + Retry-After past the key's rate (each an
+HTTPError, the web layer's one error). The body of
 a POST is checked against the key in the handler (apikeys.submit_refusal), once it is
 parsed. A route missing from ROUTES is the operator's alone, so a new route is never open
 by accident (a test checks that every route has a rule).
@@ -17,6 +18,7 @@ from aiohttp import web as aioweb
 
 from streams.apikeys import AUDITOR, CLIENT, KEY_ROLES, OPERATOR, ApiKey
 from streams.keystore import KeyRing
+from streams.views.http import HTTPError
 
 API_KEY = "api_key"          # where the middleware leaves the caller's key on the request
 _READERS = frozenset(KEY_ROLES)
@@ -60,15 +62,7 @@ ROUTES: dict[tuple[str, str], RouteRule] = {
     ("GET", "/openapi.yaml"): RouteRule(_READERS, "the API's description"),
 }
 _UNLISTED = RouteRule(frozenset({OPERATOR}), "a route without a rule: the operator's only")
-
-
-class Refused(Exception):
-    """A request the caller is not allowed to make (status 401, 403 or 429)."""
-
-    def __init__(self, status: int, error: str, reason: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(reason)
-        self.status, self.error, self.reason, self.headers = status, error, reason, headers
+_INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 
 class RateLimiter:
@@ -98,33 +92,33 @@ def rule_for(request: aioweb.Request) -> RouteRule:
 
 
 def authorize(request: aioweb.Request, ring: KeyRing, limiter: RateLimiter) -> ApiKey | None:
-    """The caller's key, if the route needs one and the key may use it; raises Refused."""
+    """The caller's key, if the route needs one and the key may use it; raises HTTPError."""
     rule = rule_for(request)
     if rule.roles is PUBLIC:
         return None
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Refused(401, "unauthenticated", "this route needs Authorization: Bearer <API key> "
-                      "(bank keys create)", {"WWW-Authenticate": 'Bearer realm="bank"'})
+        raise HTTPError(401, "unauthenticated", "this route needs Authorization: Bearer <API key> "
+                        "(bank keys create)", headers={"WWW-Authenticate": 'Bearer realm="bank"'})
     if not ring.ready.is_set():
-        raise Refused(503, "starting", "API keys are still being read; retry", {"Retry-After": "1"})
+        raise HTTPError(503, "starting", "API keys are still being read; retry", retry_after=1)
     key, why = ring.find(token.strip())
-    if key is None:
-        raise Refused(401, "unauthenticated", why, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
-    if (gone := key.refusal(int(time.time() * 1000))) is not None:
-        raise Refused(401, "unauthenticated", gone, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    if key is not None:
+        why = key.refusal(int(time.time() * 1000)) or ""
+    if key is None or why:
+        raise HTTPError(401, "unauthenticated", why, headers=_INVALID_TOKEN)
     wait = limiter.wait_s(key.id, time.monotonic())
     if wait > 0:
-        raise Refused(429, "rate_limited", f"API key {key.id} is over its rate of "
-                      f"{limiter.rate:g} requests/s; retry later",
-                      {"Retry-After": str(max(1, math.ceil(wait)))})
+        raise HTTPError(429, "rate_limited", f"API key {key.id} is over its rate of "
+                        f"{limiter.rate:g} requests/s; retry later",
+                        retry_after=max(1, math.ceil(wait)))
     if key.role not in rule.roles:
         article = "an" if key.role[0] in "aeiou" else "a"
-        raise Refused(403, "forbidden", f"{article} {key.role} key may not use {request.method} "
-                      f"{request.path}")
+        raise HTTPError(403, "forbidden", f"{article} {key.role} key may not use {request.method} "
+                        f"{request.path}")
     account = request.match_info.get("account") if rule.account == "path" else \
         request.query.get("account") if rule.account == "query" else None
     if account is not None and not key.covers(account):
-        raise Refused(403, "forbidden", f"API key {key.id} does not cover account {account!r}")
+        raise HTTPError(403, "forbidden", f"API key {key.id} does not cover account {account!r}")
     return key

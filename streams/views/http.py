@@ -9,7 +9,6 @@ import aiohttp
 import orjson
 from aiohttp import web as aioweb
 
-from streams.views.access import Refused
 from streams.views.fold import PartitionTotals
 from streams.views.reads import ViewsReads
 
@@ -17,11 +16,14 @@ FORWARDED_HEADERS = ("Authorization",)   # a peer asked on a caller's behalf see
 
 
 class HTTPError(Exception):
-    """Ends a request with a JSON error body."""
+    """Ends a request with a JSON error body (and Retry-After, or other headers, if given)."""
 
-    def __init__(self, status: int, error: str, reason: str, retry_after: int | None = None) -> None:
+    def __init__(self, status: int, error: str, reason: str, retry_after: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
-        self.status, self.error, self.reason, self.retry_after = status, error, reason, retry_after
+        self.status, self.error, self.reason = status, error, reason
+        self.headers = {**(headers or {}),
+                        **({"Retry-After": str(retry_after)} if retry_after is not None else {})}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> aioweb.Response:
@@ -29,12 +31,9 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
                            content_type="application/json")
 
 
-def error_response(exc: HTTPError | Refused) -> aioweb.Response:
-    if isinstance(exc, Refused):
-        headers = exc.headers
-    else:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-    return json_response({"error": exc.error, "reason": exc.reason}, exc.status, headers)
+def error_response(exc: HTTPError) -> aioweb.Response:
+    return json_response({"error": exc.error, "reason": exc.reason}, exc.status,
+                         exc.headers or None)
 
 
 def caller_headers(request: aioweb.Request) -> dict[str, str]:
@@ -59,8 +58,11 @@ async def ask_peers(reads: ViewsReads, path: str, headers: dict[str, str],
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             return url, None, f"{type(exc).__name__} {exc}".strip()
 
-    peers = [url for url in sorted(set(app.router.table_metadata(reads.table_name)))
-             if (aiohttp.client.URL(url).host, aiohttp.client.URL(url).port) != (own.host, own.port)]
+    def is_peer(url: str) -> bool:
+        target = aiohttp.client.URL(url)
+        return (target.host, target.port) != (own.host, own.port)
+
+    peers = [url for url in sorted(set(app.router.table_metadata(reads.table_name))) if is_peer(url)]
     return list(await asyncio.gather(*(ask(url) for url in peers)))
 
 

@@ -29,7 +29,7 @@ from streams.views.http import (HTTPError, caller_headers, error_response, gathe
                                 json_response)
 from streams.views.reads import ViewsReads
 from streams.model import DECIDED_STATUSES, request_key
-from streams.views.access import API_KEY, RateLimiter, Refused, authorize
+from streams.views.access import API_KEY, RateLimiter, authorize
 from streams.views.fold import global_figures, hold_view
 from streams.views.intake import OutcomeWaiter, Overloaded, RequestProducer, is_conflict
 from streams.health import read_crashes
@@ -117,7 +117,7 @@ def observe_middleware(worker: ViewsReads) -> Callable:
             response = await handler(request)
             status = response.status
             return response
-        except (HTTPError, Refused) as exc:
+        except HTTPError as exc:
             status = exc.status
             return error_response(exc)
         except aioweb.HTTPException as exc:

@@ -2,10 +2,7 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY streams ./streams
-COPY replay ./replay
-COPY bench ./bench
-COPY chaos ./chaos
+COPY kbank ./kbank
 RUN pip install --no-cache-dir .
 ENV BANK_STATE_DIR=/state
 ENTRYPOINT ["bank"]

@@ -8,11 +8,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install browser run test bench clean
 
-$(STAMP): pyproject.toml streams/broker/pom.xml
+$(STAMP): pyproject.toml kbank/streams/broker/pom.xml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,bench]'
-	$(BIN)/python -m streams.broker install   # Apache Kafka's jars from Maven Central (needs Java 17+)
+	$(BIN)/python -m kbank.streams.broker install   # Apache Kafka's jars from Maven Central (needs Java 17+)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -12,12 +12,12 @@ from dataclasses import replace
 
 import pytest
 
-from streams.broker import KafkaCluster, free_port
-from streams.config import Settings
-from streams.apikeys import OPERATOR
-from streams.keystore import create_key
-from streams.supervisor import WorkerPool, wait_for_views
-from streams.topics import ensure_topics
+from kbank.streams.broker import KafkaCluster, free_port
+from kbank.streams.config import Settings
+from kbank.streams.apikeys import OPERATOR
+from kbank.streams.keystore import create_key
+from kbank.streams.supervisor import WorkerPool, wait_for_views
+from kbank.streams.topics import ensure_topics
 from tests import http
 
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from streams.apikeys import bearer
+from kbank.streams.apikeys import bearer
 
 
 _DEFAULT = object()

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from replay.ledger import LedgerFold
-from replay.verify import LedgerChecks, VerifyReport
-from streams.decisions import (BadMessage, Decision, Rules, Undecodable, deciding_account,
+from kbank.replay.ledger import LedgerFold
+from kbank.replay.verify import LedgerChecks, VerifyReport
+from kbank.streams.decisions import (BadMessage, Decision, Rules, Undecodable, deciding_account,
                                expiry_message, parse_message)
-from streams.engine.apply import MemoryState, apply_decision, credit_decision, encode, request_decision
-from streams.model import CREDIT, PENDING, REFUND, Account, Hold, Position, split_request_key
+from kbank.streams.engine.apply import MemoryState, apply_decision, credit_decision, encode, request_decision
+from kbank.streams.model import CREDIT, PENDING, REFUND, Account, Hold, Position, split_request_key
 
 POS = Position("transfers.requests", 0, 0)
 CREDITS_POS = Position("transfers.credits", 0, 0)
@@ -26,7 +26,7 @@ T0 = 1_764_000_000_000
 @dataclass
 class Ledger:
     """One partition's worth of engine state (every account lives on it), decided through
-    the engine's own adapter (streams.engine.apply)."""
+    the engine's own adapter (kbank.streams.engine.apply)."""
 
     rules: Rules = field(default_factory=Rules)
     state: MemoryState = field(default_factory=MemoryState)

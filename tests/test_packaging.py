@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import free_port
+from kbank.streams.broker import free_port
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
@@ -61,7 +61,7 @@ def test_docker_compose_runs_the_tested_broker_secured():
 
     import yaml
 
-    from streams.broker import KAFKA_VERSION
+    from kbank.streams.broker import KAFKA_VERSION
 
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     brokers = {n: s for n, s in compose["services"].items() if n.startswith("kafka-")}

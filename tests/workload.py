@@ -5,15 +5,15 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from chaos.holds import HoldMix
-from replay.ledger import LedgerFold
-from replay.verify import VerifyReport, verify
+from kbank.chaos.holds import HoldMix
+from kbank.replay.ledger import LedgerFold
+from kbank.replay.verify import VerifyReport, verify
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from streams import kafka, topics
-from streams.client import BULK_READ, OutcomeWatcher, RequestSender, read_to_end, read_topic
-from streams.config import Settings
-from streams.model import split_request_key
+from kbank.streams import kafka, topics
+from kbank.streams.client import BULK_READ, OutcomeWatcher, RequestSender, read_to_end, read_topic
+from kbank.streams.config import Settings
+from kbank.streams.model import split_request_key
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Workload:
 
     def random_holds(self, names: list[str], count: int, prefix: str, max_amount: int,
                      rate_per_s: float | None = None) -> None:
-        """Holds, each later posted, voided, raced or left to expire (chaos.holds.HoldMix)."""
+        """Holds, each later posted, voided, raced or left to expire (kbank.chaos.holds.HoldMix)."""
         mix = HoldMix(names, prefix, max_amount, random.Random(self.rng.random()))
         start = time.monotonic()
         for i in range(count):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import random
 
-from bench.histogram import LatencyHistogram
-from bench.procs import Timeline
+from kbank.bench.histogram import LatencyHistogram
+from kbank.bench.procs import Timeline
 
 
 def test_histogram_percentiles_are_within_one_percent_of_the_exact_ones():

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import KafkaCluster
-from streams.config import Settings
-from streams.principals import secure_deployment
-from streams.topics import ensure_topics
+from kbank.streams.broker import KafkaCluster
+from kbank.streams.config import Settings
+from kbank.streams.principals import secure_deployment
+from kbank.streams.topics import ensure_topics
 
 
 @pytest.fixture(scope="session")

@@ -16,12 +16,12 @@ from dataclasses import replace
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from replay.views import compare, rebuild
-from streams import topics
-from streams.broker import KafkaCluster
-from streams.config import Settings
-from streams.supervisor import wait_for_views
-from streams.topics import ensure_topics
+from kbank.replay.views import compare, rebuild
+from kbank.streams import topics
+from kbank.streams.broker import KafkaCluster
+from kbank.streams.config import Settings
+from kbank.streams.supervisor import wait_for_views
+from kbank.streams.topics import ensure_topics
 from tests.http import current_key
 from tests.workload import Workload, assert_invariants
 

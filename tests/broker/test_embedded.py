@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from streams.broker import _cluster_id
+from kbank.streams.broker import _cluster_id
 
 
 def test_cluster_ids_are_what_the_storage_tool_accepts():
@@ -22,11 +22,11 @@ def test_a_node_dies_with_its_supervisor_and_a_held_data_dir_is_refused(tmp_path
 
     import pytest
 
-    from streams.broker import BrokerError, KafkaCluster
+    from kbank.streams.broker import BrokerError, KafkaCluster
     from tests.workload import wait_until
 
     data = tmp_path / "kafka"
-    script = ("import sys, time\nfrom streams.broker import KafkaCluster\n"
+    script = ("import sys, time\nfrom kbank.streams.broker import KafkaCluster\n"
               f"c = KafkaCluster({str(data)!r}).start()\n"
               "print(c.nodes[0].proc.pid, flush=True)\ntime.sleep(600)\n")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,

@@ -12,10 +12,10 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams import topics
-from streams.config import Settings
-from streams.kafka import ADMIN, client_config
-from streams.principals import CLIENT, ENGINE, GRANTS, INTAKE, ROLES, TOOLS, VIEWS
+from kbank.streams import topics
+from kbank.streams.config import Settings
+from kbank.streams.kafka import ADMIN, client_config
+from kbank.streams.principals import CLIENT, ENGINE, GRANTS, INTAKE, ROLES, TOOLS, VIEWS
 from tests.broker.conftest import provisioned
 
 

@@ -1,8 +1,8 @@
 """The whole system on the secured broker: each process connects as its role's principal,
-with only the ACLs of streams.principals, and the ledger stays exact."""
+with only the ACLs of kbank.streams.principals, and the ledger stays exact."""
 from __future__ import annotations
 
-from replay.ledger import LedgerFold
+from kbank.replay.ledger import LedgerFold
 from tests.broker.conftest import provisioned
 from tests.http import get_json
 from tests.workload import Workload, assert_invariants, ledger

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.run import run_chaos
+from kbank.chaos.run import run_chaos
 
 pytestmark = pytest.mark.slow
 

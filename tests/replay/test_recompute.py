@@ -8,13 +8,13 @@ from dataclasses import replace
 
 import orjson
 
-from chaos.holds import HoldMix
-from streams.model import split_request_key
-from replay.ledger import LedgerFold
-from replay.recompute import diff, simulate, write_generation
-from streams import topics
-from streams.client import read_topic
-from streams.decisions import Rules
+from kbank.chaos.holds import HoldMix
+from kbank.streams.model import split_request_key
+from kbank.replay.ledger import LedgerFold
+from kbank.replay.recompute import diff, simulate, write_generation
+from kbank.streams import topics
+from kbank.streams.client import read_topic
+from kbank.streams.decisions import Rules
 from tests.workload import Workload, assert_invariants, ledger
 
 CAP = 3_000

@@ -4,12 +4,12 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from replay.asof import account_as_of
-from replay.verify import verify
-from streams import kafka, topics
-from streams.client import read_topic
-from streams.model import request_key
-from streams.partitioning import partition_for
+from kbank.replay.asof import account_as_of
+from kbank.replay.verify import verify
+from kbank.streams import kafka, topics
+from kbank.streams.client import read_topic
+from kbank.streams.model import request_key
+from kbank.streams.partitioning import partition_for
 from tests.workload import Workload, ledger
 
 
@@ -89,7 +89,7 @@ def test_as_of_shows_the_account_at_a_point_in_the_log(finished_run):
 
 
 def test_malformed_ledger_events_are_named_violations_and_the_fold_goes_on():
-    from replay.ledger import LedgerFold
+    from kbank.replay.ledger import LedgerFold
 
     fold = LedgerFold()
     good = {"account": "a", "seq": 1, "request_id": "r", "kind": "opened", "amount": 0,

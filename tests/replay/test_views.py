@@ -6,8 +6,8 @@ import threading
 import time
 from dataclasses import replace
 
-from replay.views import compare, rebuild
-from streams.supervisor import wait_for_views
+from kbank.replay.views import compare, rebuild
+from kbank.streams.supervisor import wait_for_views
 from tests.http import current_key
 from tests.workload import Workload, assert_invariants, wait_until
 

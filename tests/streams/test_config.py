@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from streams.config import Settings, SettingsError
-from streams.kafka import check_client_env, client_config
+from kbank.streams.config import Settings, SettingsError
+from kbank.streams.kafka import check_client_env, client_config
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -50,7 +50,7 @@ def test_settings_are_checked_when_replaced_too_and_case_is_forgiven(monkeypatch
 
 
 def test_the_cli_refuses_a_bad_setting_with_a_message_not_a_traceback():
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "topics"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "kbank.streams.cli", "topics"], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "BANK_PARTITIONS": "eight"}, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: BANK_PARTITIONS: Input should be a valid integer")

@@ -1,4 +1,4 @@
-"""Unit tests of the transfer rules (streams.decisions): no broker involved."""
+"""Unit tests of the transfer rules (kbank.streams.decisions): no broker involved."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,9 @@ import json
 import orjson
 import pytest
 
-from streams.decisions import (FirstDecision, Undecodable, credit_marker, decide_credit,
+from kbank.streams.decisions import (FirstDecision, Undecodable, credit_marker, decide_credit,
                                decide_request, fingerprint, parse_request, request_marker)
-from streams.model import Account, Position, outcome_key
+from kbank.streams.model import Account, Position, outcome_key
 
 POS = Position("transfers.requests", 0, 1)
 TS = 1_764_000_000_000

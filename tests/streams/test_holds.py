@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from streams.model import HOLD_CLOSED, HOLD_EXCEEDED, PENDING, UNKNOWN_HOLD, request_key
-from streams.decisions import incoming_marker
+from kbank.streams.model import HOLD_CLOSED, HOLD_EXCEEDED, PENDING, UNKNOWN_HOLD, request_key
+from kbank.streams.decisions import incoming_marker
 from tests.rules_ledger import T0, Ledger, opened as _opened
 
 
@@ -73,7 +73,7 @@ def test_post_void_and_expire_reject_what_the_hold_does_not_allow():
 
 
 def test_a_hold_expires_only_once_its_deadline_has_passed_by_the_records_clock():
-    from streams.decisions import expiry_message
+    from kbank.streams.decisions import expiry_message
 
     led = _opened(("a", 100), ("b", 0))
     _hold(led, "h1", 40, timeout_s=10)

@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import orjson
 
-from streams import topics
-from streams.client import read_json, read_topic
-from streams.engine.changelog import BATCH_PREFIX
-from streams.model import MAX_AMOUNT, request_key
+from kbank.streams import topics
+from kbank.streams.client import read_json, read_topic
+from kbank.streams.engine.changelog import BATCH_PREFIX
+from kbank.streams.model import MAX_AMOUNT, request_key
 from tests.workload import Workload, assert_invariants, wait_until
 
 DAY_MS = 86_400_000

@@ -16,8 +16,8 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule)
 
-from streams.decisions import Rules
-from streams.model import MAX_AMOUNT
+from kbank.streams.decisions import Rules
+from kbank.streams.model import MAX_AMOUNT
 from tests.rules_ledger import Ledger
 
 NAMES = ["alice", "bob", "carol"]

@@ -1,5 +1,5 @@
 """murmur2 must place keys exactly where Kafka's default partitioner does."""
-from streams.partitioning import murmur2, partition_for
+from kbank.streams.partitioning import murmur2, partition_for
 
 
 def test_murmur2_matches_kafkas_test_vectors():

@@ -8,8 +8,8 @@ from collections import Counter
 import orjson
 from hypothesis import given, settings, strategies as st
 
-from replay.ledger import LedgerFold
-from streams.model import DEBITED, DEPOSITED, OPENED, WITHDRAWN, Position
+from kbank.replay.ledger import LedgerFold
+from kbank.streams.model import DEBITED, DEPOSITED, OPENED, WITHDRAWN, Position
 from tests.rules_ledger import Ledger
 
 NAMES = ["a", "b", "c", "d"]

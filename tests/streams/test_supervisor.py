@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from streams.config import Settings
-from streams.health import read_crashes
-from streams.supervisor import WorkerPool
+from kbank.streams.config import Settings
+from kbank.streams.health import read_crashes
+from kbank.streams.supervisor import WorkerPool
 
 
 def test_a_crash_looping_worker_is_restarted_with_backoff_and_counted(tmp_path):

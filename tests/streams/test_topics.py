@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.config import Settings
-from streams.kafka import ADMIN, client_config
-from streams.topics import (LEDGER, TopicLayoutError, TopicSpec, config_mismatches,
+from kbank.streams.config import Settings
+from kbank.streams.kafka import ADMIN, client_config
+from kbank.streams.topics import (LEDGER, TopicLayoutError, TopicSpec, config_mismatches,
                             ensure_topics, load_specs)
 
 SPEC = TopicSpec("ledger.events", 8, {"retention.ms": "-1", "cleanup.policy": "delete"}, True)

@@ -7,8 +7,8 @@ import time
 
 import orjson
 
-from streams.client import read_json
-from streams import topics
+from kbank.streams.client import read_json
+from kbank.streams import topics
 from tests.http import get_json, request
 from tests.workload import Workload, assert_invariants, ledger, wait_until
 

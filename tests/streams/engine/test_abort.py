@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from streams import topics
+from kbank.streams import topics
 from tests.workload import Workload, assert_invariants, hidden_records, ledger
-from replay.verify import verify
+from kbank.replay.verify import verify
 
 
 def transfers_with_aborts(settings, pool_factory, client_duplicates: bool = True, **unsafe):

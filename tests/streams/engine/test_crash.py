@@ -15,9 +15,9 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from replay.verify import verify
-from streams import topics
-from streams.config import Settings
+from kbank.replay.verify import verify
+from kbank.streams import topics
+from kbank.streams.config import Settings
 from tests.workload import Workload, assert_invariants, hidden_records, ledger
 
 pytestmark = pytest.mark.slow

@@ -6,11 +6,11 @@ from collections import Counter
 
 import orjson
 
-from streams.model import request_key
+from kbank.streams.model import request_key
 import pytest
 
-from streams import topics
-from streams.client import read_json
+from kbank.streams import topics
+from kbank.streams.client import read_json
 from tests.workload import Workload, assert_invariants, ledger
 
 
@@ -130,8 +130,8 @@ def test_records_on_the_wrong_partition_are_forwarded_to_their_accounts_partitio
     partition: every account still has one state, one seq chain, exact balances."""
     from confluent_kafka import Producer
 
-    from streams.kafka import CLIENT, client_config
-    from streams.partitioning import partition_for
+    from kbank.streams.kafka import CLIENT, client_config
+    from kbank.streams.partitioning import partition_for
 
     pool_factory(settings, 2)
     names = [f"p-{i}" for i in range(6)]
@@ -173,7 +173,7 @@ def test_records_on_the_wrong_partition_are_forwarded_to_their_accounts_partitio
         wl.close()
     for name, events in exact_histories(settings, expected).items():
         assert {e["source"]["partition"] for e in events} == {partition_for(name, settings.partitions)}
-    from replay.verify import fold_outcomes
+    from kbank.replay.verify import fold_outcomes
 
     statuses = fold_outcomes(list(read_json(settings, topics.OUTCOMES)))
     assert len(statuses) == len(wl.request_ids) and set(statuses.values()) == {"completed"}
@@ -182,7 +182,7 @@ def test_records_on_the_wrong_partition_are_forwarded_to_their_accounts_partitio
 
 def _scoped(key: bytes | None, value: bytes) -> str | None:
     """The request key an outcome of this raw request has (None: dead-lettered, no outcome)."""
-    from streams.decisions import Undecodable, parse_request
+    from kbank.streams.decisions import Undecodable, parse_request
 
     try:
         req = parse_request(key, value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from streams.broker import free_port
+from kbank.streams.broker import free_port
 from tests.http import request
 from tests.workload import Workload, wait_until
 

@@ -9,12 +9,12 @@ import orjson
 import pytest
 from confluent_kafka import Message
 
-from streams.config import Settings
-from streams.engine.processor import BatchProcessor, Topics
-from streams.engine.task import PartitionTask
-from streams.engine.state import PartitionStore
-from streams.engine.transaction import TransactionAborted
-from streams.partitioning import partition_for
+from kbank.streams.config import Settings
+from kbank.streams.engine.processor import BatchProcessor, Topics
+from kbank.streams.engine.task import PartitionTask
+from kbank.streams.engine.state import PartitionStore
+from kbank.streams.engine.transaction import TransactionAborted
+from kbank.streams.partitioning import partition_for
 
 TOPICS = Topics("req", "cred", "ledger", "out", "dead", "changelog")
 
@@ -48,7 +48,7 @@ def test_a_bug_in_the_rules_is_not_dead_lettered_but_raised_with_the_record_name
     out = RecordingOutput()
     processor = BatchProcessor(Settings(), TOPICS, 8, out)  # type: ignore[arg-type]
     p = task.partition
-    import streams.engine.apply as module
+    import kbank.streams.engine.apply as module
 
     real = module.decide_request
 

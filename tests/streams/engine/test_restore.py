@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import orjson
 
-from streams import kafka, topics
-from streams.engine.changelog import BatchRecord, account_key
-from streams.engine.task import PartitionTask
-from streams.engine.restore import ChangelogRestore
-from streams.engine.state import PartitionStore
-from streams.model import Account
+from kbank.streams import kafka, topics
+from kbank.streams.engine.changelog import BatchRecord, account_key
+from kbank.streams.engine.task import PartitionTask
+from kbank.streams.engine.restore import ChangelogRestore
+from kbank.streams.engine.state import PartitionStore
+from kbank.streams.model import Account
 
 
 def _write(settings, records: list[tuple[bytes, bytes]]) -> None:  # noqa: ANN001

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from streams import topics
+from kbank.streams import topics
 from tests.workload import Workload, assert_invariants, hidden_records
 
 pytestmark = pytest.mark.slow

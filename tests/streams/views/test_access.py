@@ -12,16 +12,16 @@ import orjson
 import pytest
 import yaml
 
-from streams import topics
-from streams.apikeys import (AUDITOR, CLIENT, OPERATOR, ApiKey, InvalidKey, new_key,
+from kbank.streams import topics
+from kbank.streams.apikeys import (AUDITOR, CLIENT, OPERATOR, ApiKey, InvalidKey, new_key,
                              parse_token, submit_refusal)
-from streams.client import read_topic
-from streams.keystore import create_key, list_keys, revoke_key
-from streams.views.access import ROUTES, RateLimiter
+from kbank.streams.client import read_topic
+from kbank.streams.keystore import create_key, list_keys, revoke_key
+from kbank.streams.views.access import ROUTES, RateLimiter
 from tests.http import current_key, get_json, request
 from tests.workload import ledger, wait_until
 
-OPENAPI = yaml.safe_load((Path(__file__).parents[3] / "streams" / "views" / "openapi.yaml")
+OPENAPI = yaml.safe_load((Path(__file__).parents[3] / "kbank" / "streams" / "views" / "openapi.yaml")
                          .read_text())
 
 

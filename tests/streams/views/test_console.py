@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from streams.apikeys import AUDITOR, CLIENT
-from streams.keystore import create_key, revoke_key
+from kbank.streams.apikeys import AUDITOR, CLIENT
+from kbank.streams.keystore import create_key, revoke_key
 from tests.http import current_key, get_json, request
 from tests.workload import Workload, ledger, wait_until
 

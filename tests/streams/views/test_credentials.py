@@ -9,9 +9,9 @@ import pytest
 import trustme
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from streams.config import Settings
-from streams.kafka import client_config
-from streams.views.credentials import UnsupportedSecurity, faust_credentials, ssl_context
+from kbank.streams.config import Settings
+from kbank.streams.kafka import client_config
+from kbank.streams.views.credentials import UnsupportedSecurity, faust_credentials, ssl_context
 
 
 def test_plaintext_needs_no_credentials():

@@ -1,8 +1,8 @@
 """The views' fold: re-deliveries, copies and restores never change the result."""
 from __future__ import annotations
 
-from streams.model import Position, ledger_event
-from streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
+from kbank.streams.model import Position, ledger_event
+from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
                                 global_figures, merge_status)
 
 REQ = Position("transfers.requests", 0, 0)

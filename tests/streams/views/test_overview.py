@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.views.console import histogram_quantile, latency_summary, merge_cumulative
-from streams.views.metrics import LATENCY_BUCKETS
+from kbank.streams.views.console import histogram_quantile, latency_summary, merge_cumulative
+from kbank.streams.views.metrics import LATENCY_BUCKETS
 
 
 def cumulative(counts_per_bucket: dict[float, int]) -> list[float]:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import orjson
 
-from streams.views.fold import AccountView, PartitionTotals
-from streams.views.store import ViewKeys, recovered_value
+from kbank.streams.views.fold import AccountView, PartitionTotals
+from kbank.streams.views.store import ViewKeys, recovered_value
 
 
 def status(name: str) -> bytes:

@@ -9,16 +9,16 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from replay.ledger import LedgerFold
-from streams import kafka, topics
-from streams.config import Settings
-from streams.partitioning import partition_for
-from streams.supervisor import wait_for_views
-from streams.views.app import VIEWS_APP, VIEWS_TABLE
-from streams.views.fold import AccountView
-from streams.views.store import ViewKeys
+from kbank.replay.ledger import LedgerFold
+from kbank.streams import kafka, topics
+from kbank.streams.config import Settings
+from kbank.streams.partitioning import partition_for
+from kbank.streams.supervisor import wait_for_views
+from kbank.streams.views.app import VIEWS_APP, VIEWS_TABLE
+from kbank.streams.views.fold import AccountView
+from kbank.streams.views.store import ViewKeys
 from tests.http import get_json
-from streams.model import split_request_key
+from kbank.streams.model import split_request_key
 from tests.workload import Workload, assert_invariants, ledger, status_path, wait_until
 
 
@@ -86,7 +86,7 @@ def test_every_views_worker_answers_like_the_ledger(settings, pool_factory, view
 @pytest.mark.parametrize("store", ["kept", "wiped"])
 def test_views_worker_killed_and_restarted_gives_the_same_answers(settings, pool_factory, views_factory,
                                                                  store):
-    """Kept files are discarded by the worker itself (see streams.views.app); either way it recovers."""
+    """Kept files are discarded by the worker itself (see kbank.streams.views.app); either way it recovers."""
     pool_factory(settings, 1)
     views = views_factory(settings, 2)
     urls = [views.url(w) for w in views.procs]

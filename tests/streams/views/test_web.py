@@ -11,18 +11,18 @@ from urllib.parse import quote
 import jsonschema
 import orjson
 
-from streams.model import request_key
+from kbank.streams.model import request_key
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from replay.verify import verify
-from streams.partitioning import partition_for
-from streams.apikeys import parse_token
+from kbank.replay.verify import verify
+from kbank.streams.partitioning import partition_for
+from kbank.streams.apikeys import parse_token
 from tests.http import current_key, get_json, request
 from tests.workload import wait_until
 
-OPENAPI = yaml.safe_load((Path(__file__).parents[3] / "streams" / "views" / "openapi.yaml").read_text())
+OPENAPI = yaml.safe_load((Path(__file__).parents[3] / "kbank" / "streams" / "views" / "openapi.yaml").read_text())
 
 
 def schema_of(method: str, path: str, status: int) -> dict | None:
@@ -227,7 +227,7 @@ def test_a_full_producer_queue_answers_503_with_retry_after_and_loses_nothing(se
                                                                               views_factory):
     from concurrent.futures import ThreadPoolExecutor
 
-    from streams.client import OutcomeWatcher
+    from kbank.streams.client import OutcomeWatcher
 
     settings = replace(settings, web_max_queued_requests=2)
     pool_factory(settings, 1)

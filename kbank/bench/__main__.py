@@ -1,0 +1,176 @@
+"""`bank bench` / `python -m kbank.bench`."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import sys
+from dataclasses import replace
+
+import orjson
+
+from kbank.streams.broker import KAFKA_VERSION, KafkaCluster, kafka_cluster
+from kbank.streams.config import Settings, describe
+from kbank.streams.principals import with_admin
+
+
+def auth_cost(results: list) -> str:  # noqa: ANN001 - BenchResults, off runs first
+    """What authentication costs: throughput and CPU per transfer, on against off."""
+    half = len(results) // 2
+    lines = ["authentication (on vs off, same run):"]
+    for off, on in zip(results[:half], results[half:]):
+        change = (on.transfers_per_s / off.transfers_per_s - 1) * 100 if off.transfers_per_s else 0
+        lines.append(f"  {off.workers} worker(s): {on.transfers_per_s:,.0f} vs "
+                     f"{off.transfers_per_s:,.0f} transfers/s ({change:+.1f}%)")
+        for kind in on.cpu_us_per_transfer:
+            a, b = on.cpu_us_per_transfer[kind], off.cpu_us_per_transfer.get(kind, 0.0)
+            lines.append(f"    {kind:<15} {a:6.1f} vs {b:6.1f} us CPU per transfer "
+                         f"({(a / b - 1) * 100 if b else 0:+.1f}%)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bank bench", description=__doc__, epilog=describe(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=2, help="engine worker processes")
+    parser.add_argument("--scaling", default="", help="comma-separated worker counts, e.g. 1,2: "
+                        "one run each and a throughput-vs-workers plot")
+    parser.add_argument("--views", type=int, default=0, help="views workers folding the ledger "
+                        "during the run (their CPU is measured too; 0: the engine alone)")
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=30, help="measured window")
+    parser.add_argument("--warmup", type=float, default=5)
+    parser.add_argument("--rate", type=float, default=None, help="open loop at this many transfers/s "
+                        "(default: closed loop at maximum)")
+    parser.add_argument("--inflight", type=int, default=20_000, help="closed loop: most unfinished")
+    parser.add_argument("--zipf", type=float, default=None, help="skew accounts with this Zipf exponent")
+    parser.add_argument("--raw-messages", type=int, default=300_000)
+    parser.add_argument("--out", default="bench-out", help="directory for the PNG plots")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per run")
+    parser.add_argument("--replay-events", type=int, default=0,
+                        help="instead: time `replay views` and `replay verify` over this many "
+                             "synthetic ledger events (among --accounts accounts)")
+    parser.add_argument("--auth", choices=("on", "off", "both"), default="on",
+                        help="the embedded broker secured as `bank up` runs it (SASL/SCRAM, ACLs, "
+                             "one principal per role), or not, or both one after the other, to "
+                             "show what authentication costs (default on)")
+    parser.add_argument("--hot-path", type=int, default=0, metavar="N",
+                        help="instead: the engine's CPU per transfer without Kafka, over N "
+                             "transfers through its processor and a real store (kbank/bench/hotpath.py)")
+    parser.add_argument("--restore-ids", type=int, default=0,
+                        help="instead: time a new engine worker's restore of one partition whose "
+                             "changelog holds --accounts accounts and this many applied request ids")
+    args = parser.parse_args(argv)
+    if args.replay_events:
+        return replay_main(args)
+    if args.restore_ids:
+        return restore_main(args)
+    if args.hot_path:
+        from kbank.bench.hotpath import hot_path_speed
+
+        result = hot_path_speed(args.hot_path)
+        print(orjson.dumps(result).decode() if args.json else
+              f"engine hot path: {result['cpu_us_per_transfer']} us of CPU per transfer "
+              f"({result['transfers']:,} transfers, {result['records_written']:,} records)")
+        return 0
+
+    from kbank.bench.driver import run_bench
+    from kbank.bench.raw import broker_raw_throughput
+    from kbank.bench.report import plot, table
+
+    base = Settings.from_env(partitions=args.partitions)
+    counts = [int(x) for x in args.scaling.split(",")] if args.scaling else [args.workers]
+    log = sys.stderr
+    embedded = not base.bootstrap_servers
+    if not embedded and args.auth == "both":
+        parser.error("--auth both starts the embedded broker twice: unset KAFKA_BOOTSTRAP_SERVERS")
+    modes = ("off", "on") if args.auth == "both" else (args.auth,)
+    results = []
+    for auth in modes:
+        state_dir = tempfile.mkdtemp(prefix="bank-bench-state-")
+        secured = embedded and auth == "on"
+        cluster = KafkaCluster(os.path.join(state_dir, "kafka"), secured=secured).start() \
+            if embedded else None
+        try:
+            bootstrap = cluster.bootstrap_servers if cluster else base.bootstrap_servers
+            broker_pids = [n.proc.pid for n in cluster.nodes if n.proc] if cluster else []
+            settings = replace(base, bootstrap_servers=bootstrap, state_dir=state_dir)
+            if secured:   # the admin only: each run makes its own principals (run_bench)
+                settings = with_admin(settings, cluster.admin_config(),
+                                      os.path.join(state_dir, "credentials"))
+            print(f"broker: {'embedded Apache Kafka ' + KAFKA_VERSION if embedded else bootstrap}"
+                  f"{', secured (SASL/SCRAM, ACLs)' if secured else ''}; measuring raw throughput",
+                  file=log, flush=True)
+            raw = broker_raw_throughput(replace(settings, topic_prefix=f"bench-raw-{os.getpid()}-"),
+                                        args.raw_messages)
+            print(f"  raw: produce {raw['produce_msgs_per_s']:,.0f} msgs/s, consume "
+                  f"{raw['consume_msgs_per_s']:,.0f} msgs/s", file=log, flush=True)
+            for workers in counts:
+                print(f"run: {workers} worker(s), {args.partitions} partitions, "
+                      f"{args.accounts:,} accounts, authentication {auth}", file=log, flush=True)
+                result = run_bench(settings, workers=workers, accounts=args.accounts,
+                                   seconds=args.seconds, warmup=args.warmup, rate=args.rate,
+                                   inflight=args.inflight, zipf=args.zipf, views=args.views,
+                                   raw_msgs_per_s=raw["msgs_per_s"], broker_pids=broker_pids)
+                result.auth = auth if embedded else "as configured"
+                results.append(result)
+        finally:
+            if cluster:
+                cluster.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
+    if args.json:
+        for r in results:
+            print(orjson.dumps(r.summary()).decode())
+    else:
+        print(table(results, os.cpu_count() or 1))
+    if args.auth == "both":
+        print(auth_cost(results), file=sys.stdout if not args.json else log)
+    try:
+        for path in plot(results, args.out):
+            print(f"plot: {path}", file=log)
+    except ImportError:
+        print("plots skipped: matplotlib is not installed (pip install -e '.[bench]')", file=log)
+    return 0
+
+
+def replay_main(args: argparse.Namespace) -> int:
+    from kbank.bench.replay import replay_speed
+
+    settings = Settings.from_env(partitions=args.partitions)
+    data_dir = tempfile.mkdtemp(prefix="bank-bench-replay-")
+    with kafka_cluster(settings.bootstrap_servers, data_dir=data_dir) as bootstrap:
+        settings = replace(settings, bootstrap_servers=bootstrap, topic_prefix=f"bench-replay-{os.getpid()}-")
+        result = replay_speed(settings, args.replay_events, args.accounts)
+    if args.json:
+        print(orjson.dumps(result).decode())
+    else:
+        print(f"ledger events           {result['ledger_events']:,}")
+        print(f"replay views (rebuild)  {result['rebuild_events_per_s']:,.0f} events/s")
+        print(f"replay verify           {result['verify_events_per_s']:,.0f} events/s "
+              f"({'OK' if result['verify_ok'] else 'FAILED'})")
+    return 0 if result["verify_ok"] else 1
+
+
+def restore_main(args: argparse.Namespace) -> int:
+    from kbank.bench.restore import restore_speed
+
+    settings = Settings.from_env(partitions=1)
+    data_dir = tempfile.mkdtemp(prefix="bank-bench-restore-")
+    with kafka_cluster(settings.bootstrap_servers, data_dir=data_dir) as bootstrap:
+        settings = replace(settings, bootstrap_servers=bootstrap,
+                           topic_prefix=f"bench-restore-{os.getpid()}-")
+        result = restore_speed(settings, args.accounts, args.restore_ids)
+    if args.json:
+        print(orjson.dumps(result).decode())
+    else:
+        print(f"restored {result['changelog_records']:,} changelog records ({result['accounts']:,} "
+              f"accounts, {result['applied_ids']:,} applied ids) in {result['seconds']} s: "
+              f"{result['records_per_s']:,} records/s, {result['ids_per_s']:,} ids/s; "
+              f"{result['steps']} poll-loop steps, the longest {result['longest_step_ms']} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""`bank replay` / `python -m kbank.replay`: rebuild, recompute, verify and inspect state from the logs."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kbank.streams.config import Settings, describe
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bank replay", description=__doc__, epilog=describe(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("verify", help="check the invariants over the logs; exit 1 on any violation")
+    p.add_argument("--complete", action="store_true",
+                   help="also require every request to have a final outcome (nothing in flight)")
+    p = sub.add_parser("views", help="rebuild every view from the logs into a fresh store and "
+                                     "compare it with the live views")
+    p.add_argument("--url", default="http://127.0.0.1:8080",
+                   help="live web endpoint to compare with (default http://127.0.0.1:8080); "
+                        "'none' only rebuilds")
+    p.add_argument("--store", default=None, help="directory of the fresh store (default: a temp dir)")
+    p = sub.add_parser("recompute", help="re-decide the request log with the current rules into a "
+                                         "new generation and list what it decides differently")
+    p.add_argument("--generation", required=True, help="id of the new generation (names its topics)")
+    p = sub.add_parser("switch", help="make the views serve a generation (after reviewing its diff); "
+                                      "views workers pick it up when restarted")
+    p.add_argument("--generation", required=True, help="generation id, or 'live' for the live one")
+    p = sub.add_parser("as-of", help="an account's balance and history at a point of the log")
+    p.add_argument("--account", required=True)
+    point = p.add_mutually_exclusive_group(required=True)
+    point.add_argument("--offset", type=int, help="ledger offset in the account's partition (exclusive)")
+    point.add_argument("--time", help="ISO-8601 time or epoch milliseconds (inclusive)")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env().needs_broker("replay")
+    if args.command == "verify":
+        from kbank.replay.verify import main as verify_main
+
+        return verify_main(settings, args.complete)
+    if args.command == "views":
+        from kbank.replay.views import main as views_main
+
+        return views_main(settings, None if args.url == "none" else args.url, args.store)
+    if args.command == "recompute":
+        from kbank.replay.recompute import main as recompute_main
+
+        return recompute_main(settings, args.generation)
+    if args.command == "switch":
+        from kbank.streams.generations import switch
+
+        switch(settings, args.generation)
+        print(f"views generation set to {args.generation!r}; restart the views workers to serve it")
+        return 0
+    if args.command == "as-of":
+        from kbank.replay.asof import main as asof_main
+
+        return asof_main(settings, args.account, args.offset, args.time)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

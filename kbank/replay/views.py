@@ -1,0 +1,215 @@
+"""`bank replay views`: rebuild every view from the logs into fresh stores, compare with the live ones.
+
+The rebuild uses the very fold the views workers use (kbank.streams.views.fold),
+over ledger.events and transfers.outcomes read from the beginning, into a
+new RocksDB store. The comparison asks the live web endpoint for every
+account (balance, seq, limits, full history), every request status, and the
+global figures, and prints each difference.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from rocksdict import Rdict, WriteBatch
+
+from kbank.streams.progress import progress_bar
+from kbank.streams import topics
+from kbank.streams.apikeys import bearer
+from kbank.streams.client import read_topic
+from kbank.streams.config import Settings
+from urllib.parse import quote
+
+from kbank.streams.model import STATUS_RANK, outcome_key, split_request_key
+from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
+                                global_figures, history_key, merge_status, parse_ledger_event,
+                                parse_outcome)
+
+_FLUSH_EVERY = 20_000
+
+
+@dataclass
+class RebuiltViews:
+    """The views as the log says they must be (the history lives in the store)."""
+
+    store: Rdict
+    accounts: dict[str, AccountView] = field(default_factory=dict)
+    totals: dict[int, PartitionTotals] = field(default_factory=dict)
+    status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: int = 0
+    seconds: float = 0.0
+
+    def history(self, account: str) -> list[dict[str, Any]]:
+        """The account's events, newest first (like GET /accounts/{id}/history)."""
+        view = self.accounts[account]
+        return [orjson.loads(self.store[history_key(account, seq)]) for seq in range(view.seq, 0, -1)]
+
+    def figures(self, partitions: int) -> dict[str, int]:
+        return global_figures([self.totals.get(p, PartitionTotals()) for p in range(partitions)])
+
+
+def rebuild(settings: Settings, store_dir: str, show_progress: bool = True) -> RebuiltViews:
+    """Fold the ledger and the outcomes from the beginning into a fresh store."""
+    started = time.monotonic()
+    views = RebuiltViews(Rdict(store_dir))
+    requests_topic = settings.topic(topics.REQUESTS)
+    progress = progress_bar("rebuild views: ledger.events", enabled=show_progress)
+    batch = WriteBatch()
+    gc.disable()  # many live objects: generational GC would rescan them all (measured: ~2x slower)
+    try:
+        for msg in read_topic(settings, settings.topic(topics.LEDGER)):
+            progress.update()
+            raw, offset, partition = msg.value(), msg.offset(), msg.partition()
+            event = parse_ledger_event(raw)
+            if event is None:
+                continue   # the live views count and skip it too
+            account, seq = event["account"], event["seq"]
+            view = views.accounts.get(account)
+            verdict = classify(view, seq, offset)
+            if verdict is not Applied.NEW:
+                continue
+            views.accounts[account] = apply_to_account(view, event, offset)
+            batch.put(history_key(account, seq), raw)
+            totals = views.totals.get(partition)
+            if totals is None:
+                totals = views.totals[partition] = PartitionTotals()
+            totals.count(event, offset, requests_topic)
+            views.events += 1
+            if len(batch) >= _FLUSH_EVERY:
+                views.store.write(batch)
+                batch = WriteBatch()
+    finally:
+        gc.enable()
+    for account, view in views.accounts.items():
+        batch.put(b"a:" + account.encode(), view.to_bytes())
+    views.store.write(batch)
+    progress.close()
+    outcomes = progress_bar("rebuild views: transfers.outcomes", "records", enabled=show_progress)
+    for msg in read_topic(settings, settings.topic(topics.OUTCOMES)):
+        outcomes.update()
+        out = parse_outcome(msg.value())
+        if out is None:
+            continue
+        key = outcome_key(out)
+        new = merge_status(views.status.get(key), out)
+        if new is not None:
+            views.status[key] = new
+    outcomes.close()
+    views.seconds = time.monotonic() - started
+    return views
+
+
+async def compare(views: RebuiltViews, url: str, partitions: int, api_key: str,
+                  concurrency: int = 32, show_progress: bool = True) -> list[str]:
+    """Every difference between the rebuilt views and what the live endpoint serves (asked
+    with an operator's or auditor's API key)."""
+    import aiohttp
+
+    diffs: list[str] = []
+    progress = progress_bar("compare with live views", "queries", enabled=show_progress)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def get(session: aiohttp.ClientSession, path: str) -> tuple[int, Any]:
+        async with gate:
+            for _ in range(50):  # 503: rebalancing or behind; 429: over the key's rate
+                async with session.get(url + path) as resp:
+                    body = await resp.read()
+                    if resp.status in (401, 403):
+                        raise PermissionError(f"the live views answered {resp.status}: "
+                                              f"{body.decode(errors='replace')[:200]}")
+                    if resp.status not in (429, 503):
+                        progress.update()
+                        return resp.status, orjson.loads(body) if body else None
+                    wait = float(resp.headers.get("Retry-After", "0.2")) \
+                        if resp.status == 429 else 0.2
+                await asyncio.sleep(wait)
+            return 503, None
+
+    async def account(session: aiohttp.ClientSession, name: str, view: AccountView) -> None:
+        status, live = await get(session, f"/accounts/{name}?min_seq={view.seq}")
+        if status != 200 or live != view.public(name):
+            diffs.append(f"account {name}: rebuilt {view.public(name)} != live ({status}) {live}")
+            return
+        entries, before = [], None
+        while True:
+            status, page = await get(session, f"/accounts/{name}/history?limit=1000"
+                                     + (f"&before_seq={before}" if before else ""))
+            if status != 200:
+                diffs.append(f"account {name}: history answered {status}")
+                return
+            entries += page["entries"]
+            before = page["next_before_seq"]
+            if before is None:
+                break
+        rebuilt = views.history(name)
+        if entries != rebuilt:
+            first = next((i for i, (a, b) in enumerate(zip(rebuilt, entries)) if a != b),
+                         min(len(rebuilt), len(entries)))
+            diffs.append(f"account {name}: history differs from entry {first} (newest first): "
+                         f"rebuilt {len(rebuilt)} entries, live {len(entries)}")
+
+    async def request_status(session: aiohttp.ClientSession, key: str, want: dict[str, Any]) -> None:
+        # like min_seq for accounts: a live status that is only behind gets time to catch up
+        account, rid = split_request_key(key)
+        for _ in range(50):
+            status, live = await get(session, f"/transfers/{quote(rid, safe='')}"
+                                              f"?account={quote(account, safe='')}")
+            behind = status == 404 or (status == 200 and STATUS_RANK.get(live.get("status"), 0)
+                                       < STATUS_RANK[want["status"]])
+            if not behind:
+                break
+            await asyncio.sleep(0.2)
+        if status != 200 or live != want:
+            diffs.append(f"request {rid}: rebuilt {want} != live ({status}) {live}")
+
+    async with aiohttp.ClientSession(headers=bearer(api_key)) as session:
+        jobs = [account(session, n, v) for n, v in views.accounts.items()]
+        jobs += [request_status(session, rid, st) for rid, st in views.status.items()]
+        for start in range(0, len(jobs), 2000):
+            await asyncio.gather(*jobs[start:start + 2000])
+        want = views.figures(partitions)
+        for _ in range(50):  # the totals may still be catching up
+            status, live = await get(session, "/stats")
+            if live == want:
+                break
+            await asyncio.sleep(0.2)
+        if status != 200 or live != want:
+            diffs.append(f"stats: rebuilt {want} != live ({status}) {live}")
+    progress.close()
+    return diffs
+
+
+def main(settings: Settings, url: str | None, store_dir: str | None) -> int:
+    store_dir = store_dir or tempfile.mkdtemp(prefix="bank-replay-views-")
+    views = rebuild(settings, store_dir)
+    print(f"rebuilt {len(views.accounts)} accounts, {views.events} ledger events, "
+          f"{len(views.status)} request statuses in {views.seconds:.1f} s into {store_dir}")
+    if url is None:
+        return 0
+    import aiohttp
+
+    try:
+        diffs = asyncio.run(compare(views, url.rstrip("/"), settings.partitions,
+                                    settings.api_key.get_secret_value()))
+    except aiohttp.ClientConnectionError as exc:
+        print(f"error: no views worker answers at {url} ({exc}): pass --url, or --url none "
+              f"to only rebuild", file=sys.stderr)
+        return 1
+    except PermissionError as exc:
+        print(f"error: {exc}; set BANK_API_KEY to an operator's or auditor's key (bank up "
+              f"prints one)", file=sys.stderr)
+        return 1
+    for line in diffs[:100]:
+        print(f"  - {line}")
+    if len(diffs) > 100:
+        print(f"  ... and {len(diffs) - 100} more")
+    print(f"compared with {url}: {len(diffs)} difference(s)")
+    print("replay views: OK" if not diffs else "replay views: DIFFERENCES")
+    sys.stdout.flush()
+    return 0 if not diffs else 1

@@ -1,0 +1,5 @@
+import sys
+
+from kbank.streams.broker import main
+
+sys.exit(main())

@@ -1,0 +1,812 @@
+"""The transfer rules: pure functions of (account state, input) -> Decision.
+
+No I/O and no clocks: time comes from the input record's timestamp, so the
+same inputs always give the same decisions (and byte-identical outputs). The
+engine, the replay tool's recompute and the property tests all call these.
+
+Semantics, per account (the one owned by the partition the record is on):
+  open_account  creates the account (balance 0, optional daily_limit).
+  deposit       adds amount.                      -> deposited, outcome completed
+  withdraw      removes amount if funds and limit -> withdrawn, outcome completed
+  transfer      debits the sender if funds and limit -> debited, outcome debited,
+                and queues a credit for the receiver; the receiver's partition
+                then credits it (-> credited, outcome completed) or, if the
+                receiver does not exist, refunds the sender (-> refunded,
+                outcome rejected unknown_account).
+A rejection changes no balance; it is a `rejected` event on every involved
+account that exists. Balances never go below 0. A request_id already decided
+on this partition is a duplicate: nothing changes.
+
+Two-phase transfers (holds), all decided on the sender's partition:
+  hold          reserves amount if the available balance (balance - held) and
+                the daily limit allow (a hold counts toward the day's outflow)
+                -> held, outcome held; the receiver is told (-> incoming_held
+                if it exists). Nothing moves yet.
+  post          moves all or part of a pending hold with the transfer's
+                debit-then-credit path (-> posted, then credited or refunded);
+                the rest is released (and no longer counts toward the day's
+                outflow if still that day). The hold's own outcome: posted.
+  void          releases a pending hold -> hold_released; the hold: voided.
+  expire        written by the engine itself once a hold's deadline has passed
+                (its record timestamp is the log's clock, never earlier than
+                the deadline) -> expired; the hold: expired. An expire request
+                before the deadline is rejected, so replay decides the same.
+Linked transfers (`linked` {from, transfers: [{to, amount}, ...]}, each to a
+different account): all are applied or none is. The sender reserves the total
+(-> held, checked member by member, so a rejection names the member that
+failed) and asks each receiver's partition to confirm it exists (link_check);
+the answers (link_ack) come back to the sender, whose first refusal releases
+the reservation (-> hold_released, outcome rejected naming the member) and
+whose last confirmation debits the total (-> posted) and sends each member's
+credit, which can no longer fail for want of a receiver.
+
+Posting or voiding a hold that is not pending is rejected hold_closed; posting
+more than was held, hold_exceeded; a hold_id the sender never made,
+unknown_hold. Available never goes below 0, and held + posted + released
+equals what was reserved.
+
+Rules that operators may change (Rules, from settings) are parameters, so
+`bank replay recompute` can show what a change would have decided.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+
+from kbank.streams.model import (
+    ACCOUNT_EXISTS, CREDIT, CREDITED, COMPLETED, DAY_MS, DEBITED, DEBITED_STATUS, DEPOSITED,
+    ACCEPTED, EXPIRED, EXPIRED_STATUS, HELD, IDEMPOTENCY_CONFLICT, OVERFLOW, HELD_STATUS, HOLD_CLOSED, HOLD_EXCEEDED,
+    HOLD_EXPIRED, HOLD_NOTICE, HOLD_POSTED, HOLD_RELEASED, HOLD_VOIDED, INCOMING_HELD,
+    INCOMING_RELEASED, INSUFFICIENT_FUNDS, INVALID, LIMIT_EXCEEDED, LINK_ACK, LINK_CHECK,
+    MAX_AMOUNT, OPENED, PENDING,
+    POSTED, POSTED_STATUS, REFUND, REFUNDED, REJECT_NOTICE, REJECTED, REJECTED_STATUS,
+    RELEASE_NOTICE, UNKNOWN_ACCOUNT, UNKNOWN_HOLD, VOIDED_STATUS, WITHDRAWN, Account, Hold,
+    MAX_NAME, Position, check_account, is_name, ledger_event, outcome, request_key,
+)
+
+MAX_HOLD_TIMEOUT_S = 366 * 86_400
+MAX_LINKED = 16
+MAX_REQUEST_BYTES = 16_384   # a larger transfers.requests record is rejected, never copied
+MAX_DETAIL = 200             # characters of client data quoted in a rejection's detail
+_FIELDS = {
+    "open_account": {"type", "request_id", "account", "daily_limit"},
+    "deposit": {"type", "request_id", "account", "amount"},
+    "withdraw": {"type", "request_id", "account", "amount"},
+    "transfer": {"type", "request_id", "from", "to", "amount"},
+    "hold": {"type", "request_id", "from", "to", "amount", "timeout_s"},
+    "post": {"type", "request_id", "hold_id", "from", "amount"},
+    "void": {"type", "request_id", "hold_id", "from"},
+    "linked": {"type", "request_id", "from", "transfers"},
+}
+_REQUIRED = {
+    "open_account": {"type", "request_id", "account"},
+    "deposit": {"type", "request_id", "account", "amount"},
+    "withdraw": {"type", "request_id", "account", "amount"},
+    "transfer": {"type", "request_id", "from", "to", "amount"},
+    "hold": {"type", "request_id", "from", "to", "amount", "timeout_s"},
+    "post": {"type", "request_id", "hold_id", "from"},
+    "void": {"type", "request_id", "hold_id", "from"},
+    "linked": {"type", "request_id", "from", "transfers"},
+}
+# who sent a request: set by the HTTP intake to the API key's principal (`key:<id>`), or by a
+# Kafka client of its own; carried into the ledger events, messages and outcomes it causes
+REQUESTED_BY = "requested_by"
+for _kind in _FIELDS:
+    _FIELDS[_kind].add(REQUESTED_BY)
+_SENT_FROM = frozenset({"transfer", "hold", "post", "void", "linked"})  # keyed by `from`
+_TO_ANOTHER = frozenset({"transfer", "hold"})                             # have a `to`
+_SETTLING = frozenset({"post", "void"})                                   # name a hold_id
+EXPIRE = "expire"   # the engine's own message (on transfers.credits), never a client's request
+
+
+def deciding_account(body: dict[str, Any]) -> Any:
+    """The field naming the account that decides a request (and keys its record)."""
+    return body.get("from") if body.get("type") in _SENT_FROM else body.get("account")
+
+
+def expiry_message(hold_id: str, hold: Hold) -> dict[str, Any]:
+    """What the engine writes to its own transfers.credits partition once a hold's deadline
+    has passed: only the engine writes that topic, so no client can expire a hold, or
+    forestall its expiry by taking the id first."""
+    return {"kind": EXPIRE, "request_id": hold_id, "account": hold.sender, "counterparty": None,
+            "amount": hold.amount}
+
+
+def fingerprint(body: dict[str, Any]) -> str:
+    """What makes two requests with one id the same request: the whole body, in any key order,
+    but who sent it (a retry through a rotated key is still the same request)."""
+    if REQUESTED_BY in body:
+        body = {k: v for k, v in body.items() if k != REQUESTED_BY}
+    return hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS),
+                           digest_size=12).hexdigest()
+
+
+def _stamp(d: "Decision", requested_by: str | None) -> "Decision":
+    """Record who asked in everything a decision writes (nothing when no one is named)."""
+    if requested_by is not None:
+        if d.event is not None:
+            d.event[REQUESTED_BY] = requested_by
+        for out in d.outcomes:
+            out[REQUESTED_BY] = requested_by
+        for _, msg in d.messages:
+            msg[REQUESTED_BY] = requested_by
+    return d
+
+
+@dataclass(frozen=True, slots=True)
+class FirstDecision:
+    """What the engine remembers of an applied request id (the value of its marker): the
+    body's fingerprint and the first status the request got, so a retry with the same
+    body is told the original decision and one with another body is refused."""
+
+    fingerprint: str
+    status: str
+    reason: str | None = None
+
+    def encode(self) -> str:
+        return " ".join((self.fingerprint, self.status, self.reason or ""))
+
+    @classmethod
+    def decode(cls, value: str) -> "FirstDecision":
+        fp, status, reason = value.split(" ", 2)
+        return cls(fp, status, reason or None)
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Decision rules an operator can change (BANK_MAX_TRANSFER_AMOUNT), and the partition's
+    share of the 64-bit money supply.
+
+    `supply_cap`: the most money (deposits - withdrawals) one partition may bring into the
+    ledger. The shares of all partitions sum to at most 2^63-1, so no balance, held or
+    pending-in amount, refund or credit of an honest ledger can ever pass the 64-bit range:
+    every one of them is bounded by the money in the ledger."""
+
+    max_transfer_amount: int = 0   # 0: no cap; above it a transfer is rejected limit_exceeded
+    supply_cap: int = MAX_AMOUNT
+
+    @classmethod
+    def from_settings(cls, settings: Any, partitions: int) -> "Rules":
+        return cls(max_transfer_amount=settings.max_transfer_amount,
+                   supply_cap=MAX_AMOUNT // max(1, partitions))
+
+
+@dataclass(slots=True)
+class Request:
+    """A request that parsed; `problem` is set when it must be rejected as invalid."""
+
+    body: dict[str, Any]
+    request_id: str
+    account: str | None          # the deciding account (sender of a transfer)
+    problem: str | None = None
+
+
+class Undecodable(ValueError):
+    """A record with no usable request_id: it goes to the dead-letter topic."""
+
+
+class BadMessage(ValueError):
+    """A transfers.credits record that is not one the engine writes: it is dead-lettered."""
+
+
+@dataclass(slots=True)
+class Decision:
+    """What one input does: at most one account changes and gets one event."""
+
+    account: str | None = None
+    state: Account | None = None          # the account's new state, None if unchanged
+    event: dict[str, Any] | None = None
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (key, credit msg)
+    marker: str | None = None             # id to remember as applied
+    marker_value: str = "1"               # for a request: its FirstDecision
+    hold: tuple[str, Hold] | None = None  # (hold key, its new state) on the sender's partition
+    supply: int = 0                       # money brought into the partition (- taken out)
+
+
+def _quote(value: Any) -> str:
+    """Client data in a detail message, bounded."""
+    text = repr(value)
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _amount_problem(value: Any) -> str | None:
+    if not _is_int(value):
+        return "amount must be an integer number of minor units"
+    if value <= 0:
+        return "amount must be positive"
+    if value > MAX_AMOUNT:
+        return "amount exceeds the 64-bit range"
+    return None
+
+
+def parse_json(raw: bytes) -> Any:
+    """Decode JSON, accepting integers beyond 64 bits so they can be rejected with a reason."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # orjson refuses integers beyond 64 bits; the stdlib parses them so the
+        # request can be rejected with a reason instead of dead-lettered.
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+        try:
+            orjson.dumps(body)   # the stdlib accepts lone UTF-16 surrogates ("\ud800"): refuse them
+        except orjson.JSONEncodeError as exc:
+            raise ValueError(f"not valid Unicode: {exc}") from None
+        return body
+
+
+def parse_request(key: bytes | None, value: bytes | None) -> Request:
+    """Validate a transfers.requests record. Raises Undecodable if no request_id."""
+    if value is None:
+        raise Undecodable("empty record")
+    try:
+        body = parse_json(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Undecodable(f"not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise Undecodable("not a JSON object")
+    request_id = body.get("request_id")
+    if not is_name(request_id):
+        raise Undecodable("request_id must be a string of 1 to 128 characters")
+    kind = body.get("type")
+    account = deciding_account(body)
+    account = account if is_name(account) else None
+    req = Request(body, request_id, account)
+    if len(value) > MAX_REQUEST_BYTES:
+        req.problem = f"the request is {len(value)} bytes, over the limit of {MAX_REQUEST_BYTES}"
+    elif kind == EXPIRE:
+        req.problem = "expire is the engine's own: a hold expires at its deadline"
+    elif kind not in _FIELDS:
+        req.problem = f"unknown type {_quote(kind)}"
+    elif extra := set(body) - _FIELDS[kind]:
+        req.problem = f"unknown fields: {_quote(sorted(extra))}"
+    elif missing := _REQUIRED[kind] - set(body):
+        req.problem = f"missing fields: {sorted(missing)}"
+    elif account is None:
+        req.problem = "account names must be strings of 1 to 128 characters"
+    elif REQUESTED_BY in body and not is_name(body[REQUESTED_BY]):
+        req.problem = f"requested_by must be a string of 1 to {MAX_NAME} characters"
+    elif kind in _TO_ANOTHER and not is_name(body["to"]):
+        req.problem = "account names must be strings of 1 to 128 characters"
+    elif kind in _TO_ANOTHER and body["from"] == body["to"]:
+        req.problem = "from and to are the same account"
+    elif kind in _SETTLING and not is_name(body["hold_id"]):
+        req.problem = "hold_id must be a string of 1 to 128 characters"
+    elif kind == "hold" and (not _is_int(body["timeout_s"])
+                             or not 1 <= body["timeout_s"] <= MAX_HOLD_TIMEOUT_S):
+        req.problem = f"timeout_s must be an integer from 1 to {MAX_HOLD_TIMEOUT_S}"
+    elif kind == "linked":
+        req.problem = _members_problem(account, body["transfers"])
+    elif kind == "void" or (kind == "post" and body.get("amount") is None):
+        pass
+    elif kind == "open_account":
+        limit = body.get("daily_limit")
+        if limit is not None and (not _is_int(limit) or not 0 <= limit <= MAX_AMOUNT):
+            req.problem = "daily_limit must be null or an integer from 0 to 2^63-1"
+    else:
+        req.problem = _amount_problem(body["amount"])
+    if account is not None and (key is None or key != account.encode()):
+        req.problem = req.problem or "record key must equal the deciding account"
+        req.account = None  # its state (and id scope) lives on another partition: touch nothing
+    return req
+
+
+def _members_problem(sender: str, members: Any) -> str | None:
+    """What is wrong with a linked transfer's list of members, if anything."""
+    if not isinstance(members, list) or not 1 <= len(members) <= MAX_LINKED:
+        return f"transfers must be a list of 1 to {MAX_LINKED} transfers"
+    receivers = set()
+    for i, member in enumerate(members):
+        if not isinstance(member, dict) or set(member) != {"to", "amount"}:
+            return f"transfers[{i}] must be an object with exactly to and amount"
+        to = member["to"]
+        if not is_name(to):
+            return f"transfers[{i}]: account names must be strings of 1 to 128 characters"
+        if to == sender or to in receivers:
+            return f"transfers[{i}]: each transfer goes to a different account than the others and the sender"
+        receivers.add(to)
+        if (problem := _amount_problem(member["amount"])) is not None:
+            return f"transfers[{i}]: {problem}"
+    if sum(m["amount"] for m in members) > MAX_AMOUNT:
+        return "the transfers' total exceeds the 64-bit range"
+    return None
+
+
+def _spend(acct: Account, amount: int, ts: int) -> str | None:
+    """Check the available balance and the daily limit for an outflow (a withdrawal, a
+    debit or a hold) and count it toward the day; the caller moves or reserves it. With
+    no limit the day's count saturates at 2^63-1 (it is only ever compared with a limit)."""
+    if acct.available < amount:
+        return INSUFFICIENT_FUNDS
+    day = ts // DAY_MS
+    spent = acct.spent if acct.day == day else 0
+    if acct.daily_limit is not None and spent + amount > acct.daily_limit:
+        return LIMIT_EXCEEDED
+    acct.day, acct.spent = day, min(MAX_AMOUNT, spent + amount)
+    return None
+
+
+def _unspend(acct: Account, amount: int, day: int) -> None:
+    """An outflow counted on `day` did not happen after all (refund, released hold)."""
+    if acct.day == day:
+        acct.spent = max(0, acct.spent - amount)
+
+
+def _event(d: Decision, name: str, acct: Account, request_id: str, kind: str, amount: int,
+           counterparty: str | None, ts: int, pos: Position, reason: str | None = None,
+           hold_id: str | None = None, released: int | None = None) -> None:
+    """Advance the account's sequence and attach its ledger event to the decision; the
+    account's invariants are asserted here, where the state is made."""
+    acct.seq += 1
+    check_account(acct)
+    assert 0 <= amount <= MAX_AMOUNT, (kind, amount)
+    d.account, d.state = name, acct
+    d.event = ledger_event(name, acct.seq, request_id, kind, amount, counterparty,
+                           acct.balance, ts, pos, reason, acct.daily_limit, acct.held,
+                           acct.pending_in, hold_id, released)
+
+
+def _reject(d: Decision, req: Request, acct: Account | None, reason: str, ts: int,
+            pos: Position, detail: str | None = None) -> Decision:
+    body = req.body
+    amount = body.get("amount")
+    amount = amount if _is_int(amount) and 0 <= amount <= MAX_AMOUNT else 0
+    to = body.get("to") if body.get("type") == "transfer" else None
+    to = to if is_name(to) and to != req.account else None
+    if acct is not None and req.account is not None:
+        _event(d, req.account, acct.copy(), req.request_id, REJECTED, amount, to, ts, pos, reason)
+    if to is not None and req.account is not None:
+        d.messages.append((to, {"kind": REJECT_NOTICE, "request_id": req.request_id,
+                                "account": to, "counterparty": req.account,
+                                "amount": amount, "reason": reason}))
+    d.outcomes.append(outcome(req.account, req.request_id, REJECTED_STATUS, ts, reason, detail))
+    return d
+
+
+def marker_key(prefix: str, scope: str, request_id: str) -> str:
+    """An applied-id marker: one per (kind, deciding account, request id), never shared.
+
+    The id comes first, then the scope, then the id's length (which makes the key
+    unambiguous whatever characters either holds). A client's ids mostly increase, so a new
+    id's marker sorts after the store's existing keys and its lookup (a miss) touches no
+    SST file's key range; account-first keys cost 6.3 us per lookup against 1.7 (measured
+    on RocksDB with 600,000 markers over 100,000 accounts)."""
+    return f"{prefix}{request_id}\x00{scope}\x00{len(request_id)}"
+
+
+def request_marker(account: str, request_id: str) -> str:
+    """The applied-id marker of a client request, in its deciding account's scope."""
+    return marker_key("r:", account, request_id)
+
+
+def decide_request(req: Request, acct: Account | None, first: FirstDecision | None,
+                   ts: int, pos: Position, rules: Rules = Rules(),
+                   hold: Hold | None = None, supply: int = 0) -> Decision:
+    """Decide a client request against the deciding account's state (and, for post and void,
+    the state of the hold it names, as the sender's partition keeps it).
+
+    `first`: what an earlier request with this id in this account's scope decided (its
+    marker), if any. `supply`: the money the partition has brought in so far.
+
+    Idempotency: the same id with the same body again is answered with the first decision
+    (`retry`, nothing changes); with another body, idempotency_conflict (nothing changes).
+    A request with no valid deciding account, or keyed to another account, is rejected in
+    no account's scope and marks nothing, so no one can take another account's ids."""
+    if first is not None:
+        d = Decision()
+        if first.fingerprint == fingerprint(req.body):
+            d.outcomes.append(outcome(req.account, req.request_id, first.status, ts,
+                                      first.reason, "the original decision of this request id",
+                                      retry=True))
+        else:
+            d.outcomes.append(outcome(req.account, req.request_id, REJECTED_STATUS, ts,
+                                      IDEMPOTENCY_CONFLICT,
+                                      f"request id already used by another request, which "
+                                      f"was {first.status}", retry=True))
+        return _stamp(d, _requester(req.body))
+    d = _stamp(_decide_new(req, acct, ts, pos, rules, hold, supply), _requester(req.body))
+    if req.account is not None:
+        d.marker = request_marker(req.account, req.request_id)
+        own = [o for o in d.outcomes if o["request_id"] == req.request_id]
+        status, reason = (own[0]["status"], own[0].get("reason")) if own else (ACCEPTED, None)
+        d.marker_value = FirstDecision(fingerprint(req.body), status, reason).encode()
+    return d
+
+
+def _requester(body: dict[str, Any]) -> str | None:
+    by = body.get(REQUESTED_BY)
+    return by if is_name(by) else None
+
+
+def _decide_new(req: Request, acct: Account | None, ts: int, pos: Position, rules: Rules,
+                hold: Hold | None, supply: int) -> Decision:
+    d = Decision()
+    if req.problem is not None:
+        return _reject(d, req, acct, INVALID, ts, pos, req.problem)
+    body, name = req.body, req.account
+    assert name is not None
+    kind = body["type"]
+    if kind == "open_account":
+        if acct is not None:
+            return _reject(d, req, acct, ACCOUNT_EXISTS, ts, pos)
+        new = Account(daily_limit=body.get("daily_limit"), day=ts // DAY_MS)
+        _event(d, name, new, req.request_id, OPENED, 0, None, ts, pos)
+        d.outcomes.append(outcome(name, req.request_id, COMPLETED, ts))
+        return d
+    if acct is None:
+        return _reject(d, req, None, UNKNOWN_ACCOUNT, ts, pos)
+    if kind in _SETTLING:
+        return _settle(d, req, acct, hold, ts, pos)
+    if kind == "linked":
+        return _link(d, req, acct, ts, pos, rules)
+    amount: int = body["amount"]
+    new = acct.copy()
+    if kind == "deposit":
+        if supply + amount > rules.supply_cap:
+            return _reject(d, req, acct, OVERFLOW, ts, pos,
+                           f"the partition's money would exceed its share of the 64-bit "
+                           f"range ({rules.supply_cap})")
+        new.balance += amount
+        d.supply = amount
+        _event(d, name, new, req.request_id, DEPOSITED, amount, None, ts, pos)
+        d.outcomes.append(outcome(name, req.request_id, COMPLETED, ts))
+        return d
+    if kind in _TO_ANOTHER and rules.max_transfer_amount and amount > rules.max_transfer_amount:
+        return _reject(d, req, acct, LIMIT_EXCEEDED, ts, pos,
+                       f"above the single-transfer cap of {rules.max_transfer_amount}")
+    if (reason := _spend(new, amount, ts)) is not None:
+        return _reject(d, req, acct, reason, ts, pos)
+    if kind == "hold":
+        return _hold(d, req, new, ts, pos)
+    new.balance -= amount
+    if kind == "withdraw":
+        d.supply = -amount
+        _event(d, name, new, req.request_id, WITHDRAWN, amount, None, ts, pos)
+        d.outcomes.append(outcome(name, req.request_id, COMPLETED, ts))
+        return d
+    to = body["to"]
+    _event(d, name, new, req.request_id, DEBITED, amount, to, ts, pos)
+    d.messages.append((to, {"kind": CREDIT, "request_id": req.request_id, "account": to,
+                            "counterparty": name, "amount": amount}))
+    d.outcomes.append(outcome(name, req.request_id, DEBITED_STATUS, ts))
+    return d
+
+
+def _hold(d: Decision, req: Request, new: Account, ts: int, pos: Position) -> Decision:
+    """Reserve the amount (funds and limit already checked and counted)."""
+    body, name, hold_id = req.body, req.account, req.request_id
+    assert name is not None
+    amount, to = body["amount"], body["to"]
+    new.held += amount
+    hold = Hold(name, to, amount, ts + body["timeout_s"] * 1000, new.day)
+    _event(d, name, new, hold_id, HELD, amount, to, ts, pos, hold_id=hold_id)
+    d.hold = (request_key(name, hold_id), hold)
+    d.messages.append((to, {"kind": HOLD_NOTICE, "request_id": hold_id, "account": to,
+                            "counterparty": name, "amount": amount, "hold_id": hold_id}))
+    d.outcomes.append(outcome(name, hold_id, HELD_STATUS, ts, hold={
+        "from": name, "to": to, "amount": amount, "expires_at": hold.deadline}))
+    return d
+
+
+def _link(d: Decision, req: Request, acct: Account, ts: int, pos: Position,
+          rules: Rules) -> Decision:
+    """Reserve a linked transfer's total, member by member, and ask each receiver to confirm."""
+    name, rid = req.account, req.request_id
+    assert name is not None
+    new = acct.copy()
+    members = [[m["to"], m["amount"]] for m in req.body["transfers"]]
+    for i, (to, amount) in enumerate(members):
+        cap = rules.max_transfer_amount
+        if cap and amount > cap:
+            return _reject(d, req, acct, LIMIT_EXCEEDED, ts, pos,
+                           f"transfers[{i}] to {to!r}: above the single-transfer cap of {cap}")
+        if (reason := _spend(new, amount, ts)) is not None:
+            return _reject(d, req, acct, reason, ts, pos, f"transfers[{i}] to {to!r}: {reason}")
+        new.held += amount
+    total = sum(amount for _, amount in members)
+    _event(d, name, new, rid, HELD, total, None, ts, pos, hold_id=rid)
+    d.hold = (request_key(name, rid), Hold(name, "", total, 0, new.day, PENDING, members))
+    for i, (to, amount) in enumerate(members):
+        d.messages.append((to, {"kind": LINK_CHECK, "request_id": rid, "account": to,
+                                "counterparty": name, "amount": amount, "index": i}))
+    return d   # no outcome until every receiver has answered
+
+
+_SETTLED = {"post": (POSTED, HOLD_POSTED, POSTED_STATUS),
+            "void": (HOLD_RELEASED, HOLD_VOIDED, VOIDED_STATUS),
+            EXPIRE: (EXPIRED, HOLD_EXPIRED, EXPIRED_STATUS)}
+
+
+def _settle(d: Decision, req: Request, acct: Account, hold: Hold | None, ts: int,
+            pos: Position) -> Decision:
+    """Post or void a pending hold of the sender (a client's request)."""
+    name, hold_id = req.account, req.body["hold_id"]
+    assert name is not None
+    if hold is None or hold.members is not None:   # a linked transfer is not a client's to settle
+        return _reject(d, req, acct, UNKNOWN_HOLD, ts, pos,
+                       f"no hold {_quote(hold_id)} from {_quote(name)}")
+    assert hold.sender == name, (hold, name)       # holds are kept under the sender's scope
+    if hold.state != PENDING:
+        return _reject(d, req, acct, HOLD_CLOSED, ts, pos, f"the hold is {hold.state}")
+    amount = req.body.get("amount")
+    amount = hold.amount if req.body["type"] == "post" and amount is None else amount
+    if req.body["type"] == "post" and amount > hold.amount:
+        return _reject(d, req, acct, HOLD_EXCEEDED, ts, pos,
+                       f"posting {amount} of a hold of {hold.amount}")
+    return _close_hold(d, req.body["type"], req.request_id, name, acct, hold_id, hold,
+                       amount or 0, ts, pos)
+
+
+def _close_hold(d: Decision, kind: str, request_id: str, name: str, acct: Account,
+                hold_id: str, hold: Hold, posted: int, ts: int, pos: Position) -> Decision:
+    """Post (part of) a pending hold, void it or expire it; the rest is released."""
+    event_kind, state, status = _SETTLED[kind]
+    posted = posted if kind == "post" else 0
+    released = hold.amount - posted
+    new = acct.copy()
+    new.held -= hold.amount
+    new.balance -= posted
+    _unspend(new, released, hold.day)
+    d.hold = (request_key(name, hold_id), Hold(hold.sender, hold.receiver, hold.amount,
+                                               hold.deadline, hold.day, state))
+    to = hold.receiver
+    if kind == "post":
+        _event(d, name, new, request_id, POSTED, posted, to, ts, pos, hold_id=hold_id,
+               released=released)
+        d.messages.append((to, {"kind": CREDIT, "request_id": request_id, "account": to,
+                                "counterparty": name, "amount": posted, "hold_id": hold_id,
+                                "held": hold.amount}))
+        d.outcomes.append(outcome(name, request_id, DEBITED_STATUS, ts))
+    else:
+        _event(d, name, new, request_id, event_kind, released, to, ts, pos, hold_id=hold_id)
+        d.messages.append((to, {"kind": RELEASE_NOTICE, "request_id": request_id,
+                                "account": to, "counterparty": name, "amount": hold.amount,
+                                "hold_id": hold_id}))
+        if kind != EXPIRE:
+            d.outcomes.append(outcome(name, request_id, COMPLETED, ts))
+    d.outcomes.append(outcome(name, hold_id, status, ts, hold={
+        "posted": posted, "released": released, "by": request_id}))
+    return d
+
+
+def expire_hold(msg: dict[str, Any], acct: Account | None, hold: Hold | None, ts: int,
+                pos: Position) -> Decision:
+    """The engine's expiry of a hold (its message is stamped no earlier than the deadline):
+    a hold posted or voided meanwhile, or not yet due, is left as it is."""
+    d = Decision()
+    if acct is None or hold is None or hold.members is not None or hold.state != PENDING \
+            or ts < hold.deadline:
+        return d
+    hold_id = msg["request_id"]
+    return _close_hold(d, EXPIRE, f"expire:{hold_id}", msg["account"], acct, hold_id, hold, 0,
+                       ts, pos)
+
+
+_MARKER_PREFIX = {CREDIT: "c:", REFUND: "f:", REJECT_NOTICE: "n:", HOLD_NOTICE: "i:",
+                  RELEASE_NOTICE: "u:", EXPIRE: "x:"}  # requests use "r:"
+# a linked transfer's messages, one per member: prefix "<prefix><index>:"
+_MEMBER_PREFIX = {CREDIT: "C:", REFUND: "F:", LINK_CHECK: "k:", LINK_ACK: "y:"}
+# messages that go back to the sender (their `account` is the request's scope)
+_TO_SENDER = frozenset({REFUND, LINK_ACK, EXPIRE})
+
+
+def message_scope(msg: dict[str, Any]) -> str:
+    """The deciding account of the request a transfers.credits message belongs to."""
+    return msg["account"] if msg["kind"] in _TO_SENDER else msg["counterparty"]
+
+
+def credit_marker(msg: dict[str, Any]) -> str:
+    """The applied-id of a transfers.credits message (one per kind, request and member)."""
+    if "index" in msg:
+        prefix = f"{_MEMBER_PREFIX[msg['kind']]}{msg['index']}:"
+    else:
+        prefix = _MARKER_PREFIX[msg["kind"]]
+    return marker_key(prefix, message_scope(msg), msg["request_id"])
+
+
+def incoming_marker(sender: str, hold_id: str) -> str:
+    """The applied-id of a hold's notice, set only if the receiver counted it as pending-in
+    (a receiver opened after the hold has nothing to release when it is settled)."""
+    return marker_key(_MARKER_PREFIX[HOLD_NOTICE], sender, hold_id)
+
+
+_MESSAGE_FIELDS = {
+    CREDIT: ({"kind", "request_id", "account", "counterparty", "amount"},
+             {"hold_id", "held", "index"}),
+    REFUND: ({"kind", "request_id", "account", "counterparty", "amount", "reason"}, {"index"}),
+    REJECT_NOTICE: ({"kind", "request_id", "account", "counterparty", "amount", "reason"}, set()),
+    HOLD_NOTICE: ({"kind", "request_id", "account", "counterparty", "amount", "hold_id"}, set()),
+    RELEASE_NOTICE: ({"kind", "request_id", "account", "counterparty", "amount", "hold_id"},
+                     set()),
+    LINK_CHECK: ({"kind", "request_id", "account", "counterparty", "amount", "index"}, set()),
+    LINK_ACK: ({"kind", "request_id", "account", "counterparty", "amount", "index", "ok"},
+               {"reason"}),
+    EXPIRE: ({"kind", "request_id", "account", "counterparty", "amount"}, set()),
+}
+for _kind, (_, _optional) in _MESSAGE_FIELDS.items():
+    if _kind != EXPIRE:   # the engine's own: no one requested it
+        _optional.add(REQUESTED_BY)
+
+
+def parse_message(key: bytes | None, value: bytes | None) -> dict[str, Any]:
+    """Validate a transfers.credits record field by field; raises BadMessage."""
+    if value is None or len(value) > MAX_REQUEST_BYTES:
+        raise BadMessage("empty or oversized message")
+    try:
+        msg = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise BadMessage(f"not JSON: {exc}") from None
+    if not isinstance(msg, dict) or msg.get("kind") not in _MESSAGE_FIELDS:
+        raise BadMessage("not a message of a known kind")
+    required, optional = _MESSAGE_FIELDS[msg["kind"]]
+    if not required <= set(msg) <= required | optional:
+        raise BadMessage(f"fields of a {msg['kind']} must be {sorted(required)} "
+                         f"(and may be {sorted(optional)})")
+    names = ["request_id", "account"] + (["hold_id"] if "hold_id" in msg else [])
+    if msg["kind"] != EXPIRE:
+        names.append("counterparty")
+    elif msg["counterparty"] is not None:
+        raise BadMessage("an expire has no counterparty")
+    if not all(is_name(msg[n]) for n in names):
+        raise BadMessage(f"{', '.join(names)} must be strings of 1 to {MAX_NAME} characters")
+    if key != msg["account"].encode():
+        raise BadMessage("message key does not match its account")
+    for n in ("amount", "held"):
+        if n in msg and not (_is_int(msg[n]) and 0 <= msg[n] <= MAX_AMOUNT):
+            raise BadMessage(f"{n} must be an integer from 0 to 2^63-1")
+    if "index" in msg and not (_is_int(msg["index"]) and 0 <= msg["index"] < MAX_LINKED):
+        raise BadMessage(f"index must be an integer from 0 to {MAX_LINKED - 1}")
+    if "reason" in msg and not (isinstance(msg["reason"], str) and len(msg["reason"]) <= 64):
+        raise BadMessage("reason must be a short string")
+    if "ok" in msg and not isinstance(msg["ok"], bool):
+        raise BadMessage("ok must be true or false")
+    if REQUESTED_BY in msg and not is_name(msg[REQUESTED_BY]):
+        raise BadMessage(f"requested_by must be a string of 1 to {MAX_NAME} characters")
+    return msg
+
+
+def decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bool,
+                  ts: int, pos: Position, incoming_recorded: bool = False,
+                  hold: Hold | None = None) -> Decision:
+    """Apply a message from transfers.credits (validated by parse_message) to its account.
+
+    A hold's notice reaches its receiver before the hold's settlement does: both go from
+    the sender's partition to the receiver's, in transactions committed one after another.
+
+    `incoming_recorded`: for a message about a hold (a post's credit, a release), whether
+    this account counted the hold as pending-in (its incoming_marker is applied).
+    `hold`: for a linked transfer's answer (link_ack) or an expiry, the sender's record of it.
+
+    Raises BadMessage for a message the engine could not have written (a refund to an
+    account that was never debited, an amount past the 64-bit range): in an honest ledger
+    the partitions' supply caps bound every sum, so only a forged record gets here."""
+    return _stamp(_decide_credit(msg, acct, already_applied, ts, pos, incoming_recorded, hold),
+                  msg.get(REQUESTED_BY))
+
+
+def _decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bool,
+                   ts: int, pos: Position, incoming_recorded: bool, hold: Hold | None) -> Decision:
+    d = Decision()
+    if already_applied:
+        return d  # a re-delivered credit: applied once already
+    kind, request_id, name = msg["kind"], msg["request_id"], msg["account"]
+    amount, other = msg["amount"], msg["counterparty"]
+    if kind == EXPIRE:
+        d = expire_hold(msg, acct, hold, ts, pos)
+        if d.event is not None:   # an early or late expiry leaves no mark: the next one may act
+            d.marker = credit_marker(msg)
+        return d
+    if kind == HOLD_NOTICE:
+        if acct is not None:
+            if acct.pending_in + amount > MAX_AMOUNT:
+                raise BadMessage("pending_in would pass the 64-bit range")
+            d.marker = credit_marker(msg)
+            new = acct.copy()
+            new.pending_in += amount
+            _event(d, name, new, request_id, INCOMING_HELD, amount, other, ts, pos,
+                   hold_id=msg["hold_id"])
+        return d
+    d.marker = credit_marker(msg)
+    if kind == LINK_CHECK:
+        reason = UNKNOWN_ACCOUNT if acct is None else \
+            OVERFLOW if acct.balance + amount > MAX_AMOUNT else None
+        answer = {"kind": LINK_ACK, "request_id": request_id, "account": other,
+                  "counterparty": name, "amount": amount, "index": msg["index"],
+                  "ok": reason is None}
+        if reason is not None:
+            answer["reason"] = reason
+        d.messages.append((other, answer))
+        return d
+    if kind == LINK_ACK:
+        return _linked_answer(d, msg, acct, hold, ts, pos)
+    incoming = msg.get("held", amount) if incoming_recorded and acct is not None else 0
+    if incoming and incoming > acct.pending_in:
+        raise BadMessage("releases more than the account has pending in")
+    if kind == RELEASE_NOTICE:
+        if incoming:
+            new = acct.copy()
+            new.pending_in -= incoming
+            _event(d, name, new, request_id, INCOMING_RELEASED, amount, other, ts, pos,
+                   hold_id=msg["hold_id"])
+        return d
+    if kind == REJECT_NOTICE:
+        if acct is not None:
+            _event(d, name, acct.copy(), request_id, REJECTED, amount, other, ts, pos, msg["reason"])
+        return d
+    if kind == REFUND:
+        if acct is None or acct.balance + amount > MAX_AMOUNT:
+            raise BadMessage("a refund to an account that does not exist or cannot hold it")
+        new = acct.copy()
+        new.balance += amount
+        _unspend(new, amount, ts // DAY_MS)
+        _event(d, name, new, request_id, REFUNDED, amount, other, ts, pos, msg["reason"])
+        d.outcomes.append(outcome(name, request_id, REJECTED_STATUS, ts, msg["reason"]))
+        return d
+    assert kind == CREDIT, kind
+    if acct is None or acct.balance + amount > MAX_AMOUNT:
+        reason = UNKNOWN_ACCOUNT if acct is None else OVERFLOW
+        refund = {"kind": REFUND, "request_id": request_id, "account": other,
+                  "counterparty": name, "amount": amount, "reason": reason}
+        if "index" in msg:
+            refund["index"] = msg["index"]
+        d.messages.append((other, refund))
+        if incoming:   # the posted hold is no longer pending here, though the money goes back
+            new = acct.copy()
+            new.pending_in -= incoming
+            _event(d, name, new, request_id, INCOMING_RELEASED, incoming, other, ts, pos,
+                   hold_id=msg["hold_id"])
+        return d
+    new = acct.copy()
+    new.balance += amount
+    new.pending_in -= incoming
+    _event(d, name, new, request_id, CREDITED, amount, other, ts, pos, hold_id=msg.get("hold_id"))
+    d.outcomes.append(outcome(other, request_id, COMPLETED, ts))
+    return d
+
+
+def _linked_answer(d: Decision, msg: dict[str, Any], acct: Account | None, hold: Hold | None,
+                   ts: int, pos: Position) -> Decision:
+    """A receiver's answer to a linked transfer: the first refusal releases it all, the last
+    confirmation debits the total and sends every member's credit."""
+    rid, name, index = msg["request_id"], msg["account"], msg["index"]
+    if hold is None or hold.members is None or hold.state != PENDING or acct is None:
+        return d   # decided already (a refusal came first)
+    if index >= len(hold.members):
+        raise BadMessage("an answer for a member the linked transfer does not have")
+    new = acct.copy()
+    key = request_key(name, rid)
+    if not msg["ok"]:
+        to = hold.members[index][0]
+        reason = msg.get("reason") or INVALID
+        new.held -= hold.amount
+        _unspend(new, hold.amount, hold.day)
+        _event(d, name, new, rid, HOLD_RELEASED, hold.amount, None, ts, pos, reason,
+               hold_id=rid)
+        d.hold = (key, replace(hold, state=HOLD_VOIDED))
+        d.outcomes.append(outcome(name, rid, REJECTED_STATUS, ts, reason,
+                                  f"transfers[{index}] to {to!r}: {reason}"))
+        return d
+    confirmed = hold.confirmed + 1
+    if confirmed < len(hold.members):
+        d.hold = (key, replace(hold, confirmed=confirmed))
+        return d
+    new.held -= hold.amount
+    new.balance -= hold.amount
+    _event(d, name, new, rid, POSTED, hold.amount, None, ts, pos, hold_id=rid, released=0)
+    d.hold = (key, replace(hold, state=HOLD_POSTED, confirmed=confirmed))
+    for i, (to, amount) in enumerate(hold.members):
+        d.messages.append((to, {"kind": CREDIT, "request_id": rid, "account": to,
+                                "counterparty": name, "amount": amount, "index": i}))
+    d.outcomes.append(outcome(name, rid, DEBITED_STATUS, ts))
+    return d

@@ -1,0 +1,136 @@
+"""The one path from an input record to a decision and back into the state.
+
+The rules (kbank.streams.decisions) are pure; this is their adapter: read what a decision needs
+from a partition's state (the account, the id's marker, the hold, the partition's money
+supply), decide, encode the outputs within their bounds, then write the decision into the
+state. The engine's processor runs it over its RocksDB store; `bank replay recompute` and
+the rules' in-memory tests run it over MemoryState, so a recompute with unchanged rules
+takes exactly the engine's code path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from kbank.streams.decisions import (EXPIRE, Decision, FirstDecision, Rules, credit_marker,
+                               decide_credit, decide_request, incoming_marker, message_scope,
+                               parse_request, request_marker)
+from kbank.streams.model import LINK_ACK, Account, Hold, Position, outcome_key, request_key
+
+MAX_OUTPUT_BYTES = 262_144     # no record the engine writes is larger (the broker's limit is 1 MB)
+
+
+class PartitionState(Protocol):
+    """One partition's state as the rules see it (kbank.streams.engine.state.PartitionStore)."""
+
+    def account(self, name: str) -> Account | None: ...
+    def applied(self, marker: str) -> str | None: ...
+    def hold(self, key: str) -> Hold | None: ...
+    def supply(self) -> int: ...
+    def put_account(self, name: str, acct: Account) -> None: ...
+    def mark_applied(self, marker: str, value: str) -> None: ...
+    def put_hold(self, key: str, hold: Hold) -> None: ...
+    def add_supply(self, amount: int) -> None: ...
+
+
+@dataclass
+class MemoryState:
+    """A partition's state in dicts: recompute's generations and the rules' tests."""
+
+    accounts: dict[str, Account] = field(default_factory=dict)
+    markers: dict[str, str] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)     # by request key
+    money: int = 0
+
+    def account(self, name: str) -> Account | None:
+        return self.accounts.get(name)
+
+    def applied(self, marker: str) -> str | None:
+        return self.markers.get(marker)
+
+    def hold(self, key: str) -> Hold | None:
+        return self.holds.get(key)
+
+    def supply(self) -> int:
+        return self.money
+
+    def put_account(self, name: str, acct: Account) -> None:
+        self.accounts[name] = acct
+
+    def mark_applied(self, marker: str, value: str) -> None:
+        self.markers[marker] = value
+
+    def put_hold(self, key: str, hold: Hold) -> None:
+        self.holds[key] = hold
+
+    def add_supply(self, amount: int) -> None:
+        self.money += amount
+
+
+def request_decision(state: PartitionState, key: bytes | None, value: bytes | None, ts: int,
+                     pos: Position, rules: Rules, dedupe: bool = True) -> Decision:
+    """Decide one transfers.requests record (raises Undecodable: dead-letter it)."""
+    req = parse_request(key, value)
+    acct = state.account(req.account) if req.account is not None else None
+    first = None
+    if dedupe and req.account is not None:
+        stored = state.applied(request_marker(req.account, req.request_id))
+        first = FirstDecision.decode(stored) if stored is not None else None
+    hold_id = req.body.get("hold_id")
+    hold = state.hold(request_key(req.account, hold_id)) \
+        if isinstance(hold_id, str) and req.account is not None else None
+    return decide_request(req, acct, first, ts, pos, rules, hold, state.supply())
+
+
+def credit_decision(state: PartitionState, message: dict[str, Any], ts: int, pos: Position,
+                    dedupe: bool = True) -> Decision:
+    """Decide one transfers.credits message, validated by parse_message (raises BadMessage:
+    dead-letter it)."""
+    name = message["account"]
+    applied = dedupe and state.applied(credit_marker(message)) is not None
+    hold_id = message.get("hold_id")
+    recorded = isinstance(hold_id, str) and state.applied(
+        incoming_marker(message_scope(message), hold_id)) is not None
+    linked = state.hold(request_key(name, message["request_id"])) \
+        if message["kind"] in (LINK_ACK, EXPIRE) else None
+    return decide_credit(message, state.account(name), applied, ts, pos, recorded, linked)
+
+
+@dataclass
+class Outputs:
+    """A decision's records, encoded: its ledger event, outcomes and credit messages."""
+
+    event: bytes | None
+    outcomes: list[tuple[bytes, bytes]]    # (request key, outcome)
+    messages: list[tuple[bytes, bytes]]    # (receiving account, message)
+
+
+def encode(decision: Decision) -> Outputs:
+    """Every output of a decision, encoded. One that cannot be encoded, or is over the
+    size bound, is a bug of the rules (they bound every field they copy): it raises
+    before anything is stored or sent."""
+    event = orjson.dumps(decision.event) if decision.event is not None else None
+    outcomes = [(outcome_key(o).encode(), orjson.dumps(o)) for o in decision.outcomes]
+    messages = [(key.encode(), orjson.dumps(m)) for key, m in decision.messages]
+    assert (event is None or len(event) <= MAX_OUTPUT_BYTES) \
+        and all(len(v) <= MAX_OUTPUT_BYTES for _, v in outcomes) \
+        and all(len(v) <= MAX_OUTPUT_BYTES for _, v in messages), decision
+    return Outputs(event, outcomes, messages)
+
+
+def apply_decision(state: PartitionState, decision: Decision) -> None:
+    """Write a decision into the partition's state (after its outputs were encoded)."""
+    if decision.event is not None:
+        previous = state.account(decision.account)
+        assert decision.state is not None and decision.event["seq"] == (
+            previous.seq if previous is not None else 0) + 1, decision.event
+    if decision.state is not None:
+        state.put_account(decision.account, decision.state)
+    if decision.marker is not None:
+        state.mark_applied(decision.marker, decision.marker_value)
+    if decision.hold is not None:
+        state.put_hold(*decision.hold)
+    if decision.supply:
+        state.add_supply(decision.supply)

@@ -1,0 +1,189 @@
+"""Processing one partition's batch: input records -> decisions -> records of the transaction.
+
+The decisions are kbank.streams.decisions' pure functions; this module only reads
+state from the task's store, writes the decisions' outputs through the
+transaction, and writes the changelog (account states, then the batch record).
+It never commits or aborts: the worker does, through EngineTransaction.
+
+A record on a partition its key does not map to (a producer with another
+partitioner, or a hand-picked partition) is forwarded, unchanged and inside
+the same transaction, to the partition that owns its key, as Kafka Streams
+repartitions: every account's state lives on exactly one partition whatever
+client wrote the request.
+"""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import orjson
+from confluent_kafka import KafkaError, Message
+
+from kbank.streams.config import Settings
+from kbank.streams.decisions import (BadMessage, Decision, Rules, Undecodable, expiry_message,
+                               parse_message)
+from kbank.streams.engine.apply import MAX_OUTPUT_BYTES, apply_decision, credit_decision, encode, request_decision
+from kbank.streams.engine.changelog import SUPPLY_KEY, BatchRecord, account_key, hold_key
+from kbank.streams.engine.task import PartitionTask
+from kbank.streams.engine.transaction import EngineTransaction
+from kbank.streams.model import Position, split_request_key
+from kbank.streams.partitioning import partition_for
+
+
+FORWARDED_FROM = "bank-forwarded-from"   # header of a forwarded record: "topic/partition/offset"
+MAX_FORWARD_BYTES = 65_536     # a larger misrouted record is dead-lettered, not copied
+DEADLETTER_COPY_BYTES = 4_096  # of a dead-lettered record's value, the rest is cut (and said so)
+
+
+@dataclass
+class Topics:
+    requests: str
+    credits: str
+    ledger: str
+    outcomes: str
+    deadletter: str
+    changelog: str
+
+
+@dataclass
+class ProcessorStats:
+    requests: int = 0
+    credits: int = 0
+    forwarded: int = 0
+    deadletters: int = 0
+    expiries: int = 0
+
+
+class BatchProcessor:
+    """Decides one partition's batch and sends every resulting record."""
+
+    def __init__(self, settings: Settings, topics: Topics, partitions: int,
+                 out: EngineTransaction) -> None:
+        self.settings = settings
+        self.rules = Rules.from_settings(settings, partitions)
+        self.topics = topics
+        self.partitions = partitions
+        self.out = out
+        self.dedupe = not settings.unsafe_no_dedupe
+        self.stats = ProcessorStats()
+
+    def run(self, task: PartitionTask, credits: list[Message], requests: list[Message],
+            mid_changelog=None) -> tuple[tuple[int, int], tuple[int, int]]:  # noqa: ANN001
+        """Process the records; returns the input ranges (credits, requests) it covered."""
+        c0 = credits[0].offset() if credits else (task.next_credit or 0)
+        r0 = requests[0].offset() if requests else (task.next_request or 0)
+        for msg in credits:
+            self._guarded(task, msg, self._apply_credit)
+        for msg in requests:
+            self._guarded(task, msg, self._apply_request)
+        c1 = credits[-1].offset() + 1 if credits else c0
+        r1 = requests[-1].offset() + 1 if requests else r0
+        accounts, marks, holds = task.store.changes()
+        changelog, partition, send = self.topics.changelog, task.partition, self.out.send
+        for name, acct in accounts.items():
+            send(changelog, account_key(name), orjson.dumps(acct.to_json()), partition)
+        for key, hold in holds.items():
+            send(changelog, hold_key(key), orjson.dumps(hold.to_json()), partition)
+        if task.store.supply_changed():
+            send(changelog, SUPPLY_KEY, orjson.dumps(task.store.supply()), partition)
+        if mid_changelog is not None:
+            mid_changelog()
+        *parts, record = BatchRecord((c0, c1), (r0, r1), dict(marks)).split(MAX_OUTPUT_BYTES)
+        for part in parts:
+            send(changelog, part.key, part.encode(), partition)
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            """The batch record is the task's last changelog record of the batch: its offset
+            is where a restore of the committed store goes on."""
+            if err is None:
+                task.changelog_next = max(task.changelog_next, msg.offset() + 1)
+            else:
+                self.out.record_delivery(err, msg)
+        send(changelog, record.key, record.encode(), partition, on_delivery=delivered)
+        self.stats.credits += len(credits)
+        self.stats.requests += len(requests)
+        return (c0, c1), (r0, r1)
+
+    def request_expiries(self, task: PartitionTask, now_ms: int) -> None:
+        """Write an expire request for each due hold to the partition's own input, stamped
+        no earlier than the deadline: the log, not this clock, decides (replay agrees)."""
+        due = task.due_holds(now_ms)
+        for key, hold in due:
+            self.out.send(self.topics.credits, hold.sender.encode(),
+                          orjson.dumps(expiry_message(split_request_key(key)[1], hold)),
+                          task.partition, max(now_ms, hold.deadline))
+        self.stats.expiries += len(due)
+
+    # -- per record ------------------------------------------------------------
+    def _guarded(self, task: PartitionTask, msg: Message, apply) -> None:  # noqa: ANN001
+        """Apply one record. Bad input is dead-lettered by `apply` itself (only decoding and
+        validation errors are); anything else is a bug in the engine: it propagates, with
+        the record named, and aborts the batch and the worker, loudly."""
+        if self._forward_if_misrouted(task, msg):
+            return
+        try:
+            apply(task, msg)
+        except Exception as exc:
+            exc.add_note(f"while deciding {msg.topic()}[{msg.partition()}]@{msg.offset()}")
+            raise
+
+    def _forward_if_misrouted(self, task: PartitionTask, msg: Message) -> bool:
+        key = msg.key()
+        if key is None:
+            return False   # nowhere to route it: the request parser rejects it with a reason
+        owner = partition_for(key, self.partitions)
+        if owner == task.partition:
+            return False
+        if len(msg.value() or b"") > MAX_FORWARD_BYTES:
+            self._dead_letter(msg, "misrouted and too large to forward")
+            return True
+        headers = [(FORWARDED_FROM, f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode())]
+        self.out.send(msg.topic(), key, msg.value(), owner, msg.timestamp()[1], headers=headers)
+        self.stats.forwarded += 1
+        return True
+
+    def _emit(self, task: PartitionTask, decision: Decision, ts: int) -> None:
+        """Encode every output, then change the state, then send: all or nothing."""
+        out = encode(decision)
+        apply_decision(task.store, decision)
+        if out.event is not None:
+            self.out.send(self.topics.ledger, decision.account.encode(), out.event,
+                          task.partition, ts)
+        for key, value in out.outcomes:
+            self.out.send(self.topics.outcomes, key, value, -1, ts)
+        for key, value in out.messages:
+            self.out.send(self.topics.credits, key, value, -1, ts)
+
+    def _dead_letter(self, msg: Message, error: str) -> None:
+        """The record, its key and at most DEADLETTER_COPY_BYTES of its value."""
+        self.stats.deadletters += 1
+        value = msg.value() or b""
+        key = (msg.key() or b"")[:DEADLETTER_COPY_BYTES]
+        record = {"error": error, "topic": msg.topic(), "partition": msg.partition(),
+                  "offset": msg.offset(), "key": base64.b64encode(key).decode(),
+                  "value": base64.b64encode(value[:DEADLETTER_COPY_BYTES]).decode(),
+                  "value_bytes": len(value), "truncated": len(value) > DEADLETTER_COPY_BYTES}
+        self.out.send(self.topics.deadletter, key, orjson.dumps(record),
+                      timestamp=msg.timestamp()[1])
+
+    def _apply_request(self, task: PartitionTask, msg: Message) -> None:
+        ts = msg.timestamp()[1]
+        pos = Position(msg.topic(), msg.partition(), msg.offset())
+        try:
+            decision = request_decision(task.store, msg.key(), msg.value(), ts, pos, self.rules,
+                                        self.dedupe)
+        except Undecodable as exc:
+            self._dead_letter(msg, str(exc))
+            return
+        self._emit(task, decision, ts)
+
+    def _apply_credit(self, task: PartitionTask, msg: Message) -> None:
+        ts = msg.timestamp()[1]
+        pos = Position(msg.topic(), msg.partition(), msg.offset())
+        try:
+            decision = credit_decision(task.store, parse_message(msg.key(), msg.value()), ts, pos,
+                                       self.dedupe)
+        except BadMessage as exc:
+            self._dead_letter(msg, f"bad credit message: {exc}")
+            return
+        self._emit(task, decision, ts)

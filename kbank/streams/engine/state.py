@@ -1,0 +1,180 @@
+"""A partition's state store: RocksDB (rocksdict), with the open batch buffered in memory.
+
+As in Kafka Streams and Quix Streams, RocksDB never holds uncommitted data:
+reads during a batch see its buffered writes, and only after the batch's
+transaction has committed are they written, in one WriteBatch together with
+the changelog offset they reflect (which never moves backwards). A crash
+before that write loses nothing: the restore reads the changelog from that
+offset and finds the batch there.
+
+Keys: b"a:<account>" -> Account json; b"h:<hold key>" -> Hold json; the applied-id marker
+(b"r:<request key>", b"c:<request key>", ...) -> its value (a request's FirstDecision, else
+b"1"); b"s:" -> the partition's money supply; b"__changelog" -> the next changelog offset to read;
+b"__position" -> the input offsets [credits, requests] the state reflects (the
+end of the last batch applied), which a restore compares with the group's
+committed offsets.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Iterator
+
+import orjson
+from rocksdict import Options, Rdict, WriteBatch
+
+from kbank.streams.engine.changelog import (ACCOUNT_PREFIX, BATCH_PREFIX, HOLD_PREFIX, SUPPLY_KEY,
+                                      BatchRecord, account_key, hold_key)
+from kbank.streams.model import PENDING, Account, Hold
+
+_CHANGELOG_OFFSET = b"__changelog"
+_POSITION = b"__position"
+_CACHE_ACCOUNTS = 200_000  # decoded accounts kept in memory, most recently used
+
+
+def _max_position(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    return (max(a[0], b[0]), max(a[1], b[1]))
+
+
+class PartitionStore:
+    """State of one engine partition."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.path = path
+        self._db = Rdict(path, Options(raw_mode=True))
+        self._cache: OrderedDict[str, Account] = OrderedDict()  # committed accounts, decoded
+        self._dirty: dict[str, Account] = {}       # accounts changed by the open batch
+        self._dirty_marks: dict[str, str] = {}     # ids applied by the open batch -> value
+        self._dirty_holds: dict[str, Hold] = {}    # holds made or settled by the open batch
+        self._supply: int | None = None            # the open batch's supply, if it changed
+        self._committed_supply: int | None = None  # the committed supply, once read
+
+    # -- reads and writes of the open batch --------------------------------
+    def account(self, name: str) -> Account | None:
+        acct = self._dirty.get(name)
+        if acct is not None:
+            return acct
+        acct = self._cache.get(name)
+        if acct is None:
+            raw = self._db.get(account_key(name))
+            if raw is None:
+                return None
+            acct = self._cache[name] = Account.from_json(orjson.loads(raw))
+            if len(self._cache) > _CACHE_ACCOUNTS:
+                self._cache.popitem(last=False)
+        return acct
+
+    def put_account(self, name: str, acct: Account) -> None:
+        self._dirty[name] = acct
+
+    def applied(self, marker: str) -> str | None:
+        """The value of an applied-id marker, None if the id was never applied."""
+        value = self._dirty_marks.get(marker)
+        if value is not None:
+            return value
+        raw = self._db.get(marker.encode())
+        return raw.decode() if raw is not None else None
+
+    def mark_applied(self, marker: str, value: str) -> None:
+        self._dirty_marks[marker] = value
+
+    def supply(self) -> int:
+        """The partition's money supply (deposits - withdrawals), as of the open batch."""
+        if self._supply is not None:
+            return self._supply
+        if self._committed_supply is None:
+            raw = self._db.get(SUPPLY_KEY)
+            self._committed_supply = orjson.loads(raw) if raw is not None else 0
+        return self._committed_supply
+
+    def add_supply(self, amount: int) -> None:
+        self._supply = self.supply() + amount
+
+    def supply_changed(self) -> bool:
+        return self._supply is not None
+
+    def hold(self, hold_id: str) -> Hold | None:
+        hold = self._dirty_holds.get(hold_id)
+        if hold is not None:
+            return hold
+        raw = self._db.get(hold_key(hold_id))
+        return Hold.from_json(orjson.loads(raw)) if raw is not None else None
+
+    def put_hold(self, hold_id: str, hold: Hold) -> None:
+        self._dirty_holds[hold_id] = hold
+
+    def changes(self) -> tuple[dict[str, Account], dict[str, str], dict[str, Hold]]:
+        """The open batch's changed accounts, applied ids and holds (for the changelog)."""
+        return self._dirty, self._dirty_marks, self._dirty_holds
+
+    def pending_holds(self) -> Iterator[tuple[int, str]]:
+        """(deadline, hold_id) of every committed pending hold: what may have to expire."""
+        for key, raw in self._db.items(from_key=HOLD_PREFIX):
+            if not key.startswith(HOLD_PREFIX):
+                break
+            hold = Hold.from_json(orjson.loads(raw))
+            if hold.state == PENDING and hold.members is None:   # linked ones never expire
+                yield hold.deadline, key[len(HOLD_PREFIX):].decode()
+
+    # -- batch boundaries ----------------------------------------------------
+    def commit(self, changelog_offset: int, position: tuple[int, int]) -> None:
+        """The batch's transaction committed: persist its changes with the changelog offset
+        and the input position it reached."""
+        wb = WriteBatch(raw_mode=True)
+        wb.put(_POSITION, orjson.dumps(_max_position(self.position, position)))
+        for name, acct in self._dirty.items():
+            wb.put(account_key(name), orjson.dumps(acct.to_json()))
+        for marker, value in self._dirty_marks.items():
+            wb.put(marker.encode(), value.encode())
+        for key, hold in self._dirty_holds.items():
+            wb.put(hold_key(key), orjson.dumps(hold.to_json()))
+        if self._supply is not None:
+            wb.put(SUPPLY_KEY, orjson.dumps(self._supply))
+            self._committed_supply = self._supply
+        wb.put(_CHANGELOG_OFFSET, str(max(changelog_offset, self.changelog_offset)).encode())
+        self._db.write(wb)
+        self._cache.update(self._dirty)
+        self.discard()
+
+    def discard(self) -> None:
+        """The batch's transaction aborted: forget its changes."""
+        self._dirty = {}
+        self._dirty_marks = {}
+        self._dirty_holds = {}
+        self._supply = None
+
+    # -- restore from the changelog -----------------------------------------
+    @property
+    def changelog_offset(self) -> int:
+        """The next changelog offset this store has not applied."""
+        raw = self._db.get(_CHANGELOG_OFFSET)
+        return int(raw) if raw is not None else 0
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """The input offsets (credits, requests) the stored state reflects."""
+        raw = self._db.get(_POSITION)
+        return tuple(orjson.loads(raw)) if raw is not None else (0, 0)  # type: ignore[return-value]
+
+    def apply_changelog(self, records: list[tuple[bytes, bytes]], next_offset: int) -> None:
+        """Write committed changelog records (key, value) read up to next_offset."""
+        wb = WriteBatch(raw_mode=True)
+        position = self.position
+        for key, value in records:
+            if key.startswith(ACCOUNT_PREFIX) or key.startswith(HOLD_PREFIX) or key == SUPPLY_KEY:
+                wb.put(key, value)
+            elif key.startswith(BATCH_PREFIX):
+                batch = BatchRecord.decode(value)
+                for marker, marker_value in batch.applied.items():
+                    wb.put(marker.encode(), marker_value.encode())
+                position = _max_position(position, (batch.credits[1], batch.requests[1]))
+        wb.put(_CHANGELOG_OFFSET, str(next_offset).encode())
+        wb.put(_POSITION, orjson.dumps(position))
+        self._db.write(wb)
+        self._cache.clear()
+        self._committed_supply = None
+        self.discard()
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,134 @@
+"""API keys on Kafka: the admin's writes (create, revoke, list) and the views' KeyRing.
+
+Key records live in the compacted topic auth.keys (record key = key id, value =
+ApiKey.to_bytes()), which only the admin principal may write and the views may read; each
+create and revoke also appends an audit record to auth.audit (kept forever), in the same
+transaction as the key record, so the audit log never misses a key that works.
+"""
+from __future__ import annotations
+
+import getpass
+import logging
+import threading
+import time
+from dataclasses import replace
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from kbank.streams import kafka, topics
+from kbank.streams.apikeys import ApiKey, InvalidKey, NewKey, lookup, new_key
+from kbank.streams.client import read_topic
+from kbank.streams.config import Settings
+
+log = logging.getLogger("bank.keys")
+
+
+class KeyNotFound(LookupError):
+    """No key has this id."""
+
+
+def _actor(settings: Settings) -> str:
+    """Who is making or revoking a key: the Kafka principal and the OS user running it."""
+    user = kafka.client_config(settings, kafka.ADMIN).get("sasl.username") or kafka.ADMIN
+    return f"{user} ({getpass.getuser()})"
+
+
+def _write(settings: Settings, record: ApiKey, action: str) -> None:
+    """The key record and its audit record, in one transaction."""
+    producer = kafka.producer(settings, kafka.ADMIN, **{
+        "transactional.id": settings.topic(f"bank-keys-{record.id}-{action}"), "acks": "all"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    audit = {"v": 1, "action": action, "ts": int(time.time() * 1000), "by": _actor(settings),
+             "key": record.public()}
+    producer.produce(settings.topic(topics.KEYS_AUDIT), key=record.id.encode(),
+                     value=orjson.dumps(audit))
+    producer.produce(settings.topic(topics.KEYS), key=record.id.encode(), value=record.to_bytes())
+    producer.commit_transaction(30)
+
+
+def create_key(settings: Settings, role: str, accounts: tuple[str, ...] = (),
+               account_prefix: str | None = None, expires_ms: int | None = None,
+               label: str = "") -> NewKey:
+    """Make and store a key; the caller shows `token` once. Raises InvalidKey."""
+    made = new_key(role, int(time.time() * 1000), _actor(settings), accounts, account_prefix,
+                   expires_ms, label)
+    _write(settings, made.record, "key_created")
+    return made
+
+
+def fold_key_record(keys: dict[str, ApiKey], key: bytes | None, value: bytes | None,
+                    offset: int) -> None:
+    """Apply one auth.keys record to `keys` (by id): the latest record of a key wins, a
+    tombstone removes it; a record that is not a key's is logged and skipped (one bad record
+    must not lock everyone out)."""
+    if value is None:
+        keys.pop((key or b"").decode("utf-8", "replace"), None)
+        return
+    try:
+        record = ApiKey.from_bytes(value)
+    except InvalidKey as exc:
+        log.error("skipping an unreadable key record at offset %d: %s", offset, exc)
+        return
+    if key != record.id.encode():
+        log.error("skipping key record at offset %d: its key is not its id", offset)
+        return
+    keys[record.id] = record
+
+
+def list_keys(settings: Settings) -> list[ApiKey]:
+    """Every key's latest record, oldest first (read as the admin)."""
+    latest: dict[str, ApiKey] = {}
+    for msg in read_topic(settings, settings.topic(topics.KEYS), 60, role=kafka.ADMIN):
+        fold_key_record(latest, msg.key(), msg.value(), msg.offset())
+    return sorted(latest.values(), key=lambda k: (k.created_ms, k.id))
+
+
+def revoke_key(settings: Settings, key_id: str) -> ApiKey:
+    """Revoke a key (kept, marked revoked: the audit trail still names it)."""
+    found = {k.id: k for k in list_keys(settings)}.get(key_id)
+    if found is None:
+        raise KeyNotFound(f"no API key {key_id!r} (bank keys list shows them)")
+    if found.revoked_ms is not None:
+        return found
+    revoked = replace(found, revoked_ms=int(time.time() * 1000))
+    _write(settings, revoked, "key_revoked")
+    return revoked
+
+
+class KeyRing:
+    """Every key, as auth.keys has it now: a thread tails the topic from its start, so a
+    revocation reaches every views worker within a fetch (well under a second).
+
+    `ready` is set once the topic was read to its end: before that a key could be missing,
+    so the web layer answers 503, never a wrong 401."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.ready = threading.Event()
+        self._keys: dict[str, ApiKey] = {}
+        self._consumer = kafka.consumer(settings, kafka.VIEWS, settings.topic("bank-views-keys"),
+                                        **{"enable.partition.eof": True,
+                                           "fetch.wait.max.ms": 100})
+        topic = settings.topic(topics.KEYS)
+        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        self._thread = threading.Thread(target=self._run, name="key-ring", daemon=True)
+        self._thread.start()
+
+    def find(self, token: str) -> tuple[ApiKey | None, str]:
+        """The key a bearer token names, or None and why not."""
+        return lookup(self._keys, token)
+
+    def _run(self) -> None:
+        last_error = None
+        while True:   # a daemon thread: it lives as long as the worker
+            for msg in self._consumer.consume(500, 0.2):
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        self.ready.set()
+                    elif error.code() != last_error:    # once per kind, not every poll
+                        log.warning("reading API keys: %s", error)
+                    last_error = error.code()
+                    continue
+                fold_key_record(self._keys, msg.key(), msg.value(), msg.offset())

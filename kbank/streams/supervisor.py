@@ -1,0 +1,234 @@
+"""`bank up`: the embedded broker, the topics and the engine workers, kept alive.
+
+Workers are child processes (`bank worker`, `bank views`); one that dies is
+restarted after a backoff that doubles with each exit in quick succession
+(a crash loop shows as a growing delay and a crash count, not as a busy
+restart). Everything started here is stopped on exit, Ctrl-C included.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from typing import Callable
+
+from contextlib import ExitStack
+
+from kbank.streams.broker import KafkaCluster
+from kbank.streams.config import Settings
+from kbank.streams.health import record_crash
+from kbank.streams.principals import secure_deployment, write_private
+from kbank.streams.topics import ensure_topics
+
+
+class WorkerPool:
+    """Worker processes (`bank worker`, or `bank views` with web ports) restarted if they die."""
+
+    def __init__(self, settings: Settings, count: int, log_dir: str | None = None,
+                 command: str = "worker", web_ports: list[int] | None = None) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.command = command
+        self.web_ports = web_ports or []
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.crashes: dict[str, int] = {}          # exits of each worker not asked for
+        self._started_at: dict[str, float] = {}
+        self._streak: dict[str, int] = {}          # exits in quick succession
+        self._restart_at: dict[str, float] = {}
+        for i in range(count):
+            self.start(str(i))
+
+    def url(self, worker_id: str) -> str:
+        return f"http://{self.settings.web_host}:{self.web_ports[int(worker_id)]}"
+
+    def start(self, worker_id: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **self.settings.env(), **(extra_env or {})}
+        out = subprocess.DEVNULL
+        if self.log_dir:
+            out = open(os.path.join(self.log_dir, f"{self.command}-{worker_id}.log"), "ab")
+        args = [sys.executable, "-m", "kbank.streams.cli", self.command, "--worker-id", worker_id]
+        if self.web_ports:
+            args += ["--web-port", str(self.web_ports[int(worker_id)])]
+        if self.command == "worker" and self.settings.engine_metrics_port:
+            args += ["--metrics-port", str(self.settings.engine_metrics_port + int(worker_id))]
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        self.procs[worker_id] = proc
+        self._started_at[worker_id] = time.monotonic()
+        self._restart_at.pop(worker_id, None)
+        return proc
+
+    def kill(self, worker_id: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[worker_id]
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        proc.wait(30)
+
+    def stop(self, worker_id: str) -> None:
+        """Graceful stop (SIGTERM): the worker leaves the group."""
+        proc = self.procs.pop(worker_id)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def restart_dead(self, backoff: bool = False) -> list[str]:
+        """Restart workers that exited; with `backoff`, after 0.5 s doubling up to 30 s
+        while they keep exiting within a minute of their start."""
+        restarted = []
+        now = time.monotonic()
+        for wid, proc in list(self.procs.items()):
+            if proc.poll() is None:
+                continue
+            if wid not in self._restart_at:
+                self.crashes[wid] = self.crashes.get(wid, 0) + 1
+                quick = now - self._started_at.get(wid, now) < 60
+                self._streak[wid] = self._streak.get(wid, 0) + 1 if quick else 1
+                delay = min(30.0, 0.5 * 2 ** (self._streak[wid] - 1)) if backoff else 0.0
+                self._restart_at[wid] = now + delay
+                reason = exit_reason(proc.returncode)
+                print(f"{self.command} {wid} exited ({reason}); crash "
+                      f"{self.crashes[wid]}, restarting in {delay:.1f} s", flush=True)
+                record_crash(self.settings.state_dir, self.command, wid, self.crashes[wid], reason)
+            if now >= self._restart_at[wid]:
+                self.start(wid)
+                restarted.append(wid)
+        return restarted
+
+    def stop_all(self) -> None:
+        for wid in list(self.procs):
+            self.stop(wid)
+
+
+def exit_reason(code: int | None) -> str:
+    if code is None:
+        return "running"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def wait_for_views(urls: list[str], partitions: int, timeout_s: float = 120.0) -> bool:
+    """Wait until the views workers accept requests and together own every ledger partition."""
+    import urllib.request
+
+    import orjson
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        owned: list[int] = []
+        try:
+            for url in urls:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                    health = orjson.loads(resp.read())
+                if health["rebalancing"] or not health["accepting_requests"]:
+                    raise OSError("not ready")
+                owned += health["ledger_partitions"]
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.5)
+            continue
+        if sorted(owned) == list(range(partitions)):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _provision(settings: Settings, cluster: KafkaCluster, credentials: str) -> Settings:
+    """The principals and ACLs of the secured embedded broker, and where their credentials
+    are: every process started here connects as its role's principal."""
+    settings = secure_deployment(settings, cluster.admin_config(), credentials)
+    print(f"Kafka is secured (SASL/SCRAM-SHA-512, ACLs, see SECURITY.md); each principal's "
+          f"librdkafka properties are in {credentials} (readable by you only): "
+          f"export BANK_KAFKA_CREDENTIALS={credentials} for other bank commands", flush=True)
+    return settings
+
+
+def operator_key(settings: Settings, path: str) -> str:
+    """The operator API key `bank up` made for this data directory (made now if there is
+    none, or it no longer works), kept in `path`, readable by the user only."""
+    from kbank.streams.apikeys import OPERATOR, lookup
+    from kbank.streams.keystore import create_key, list_keys
+
+    if os.path.exists(path):
+        token = open(path).read().strip()
+        found, _ = lookup({k.id: k for k in list_keys(settings)}, token)
+        if found is not None and found.refusal(int(time.time() * 1000)) is None:
+            return token
+    token = create_key(settings, OPERATOR, label="made by bank up for the operator").token
+    write_private(path, token + "\n")
+    return token
+
+
+# what `bank up --demo` runs once everything is ready: (settings, web URL, API key) -> passed
+ReadyHook = Callable[[Settings, "str | None", str], bool]
+
+
+def up(settings: Settings, workers: int, broker_port: int | None, demo: ReadyHook | None,
+       views: int = 2, web_port: int = 8080, brokers: int = 1, data_dir: str | None = None,
+       clean: bool = False, once: bool = False) -> int:
+    """Start everything, optionally run `demo` once it is ready, and serve until Ctrl-C."""
+    stopping = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    data_dir = data_dir or os.path.join(settings.state_dir, "kafka")
+    started = time.monotonic()
+    embedded = not settings.bootstrap_servers
+    with ExitStack() as stack:
+        if embedded:
+            cluster = KafkaCluster(data_dir, brokers, broker_port, clean, secured=True).start()
+            stack.callback(cluster.stop)
+            bootstrap = cluster.bootstrap_servers
+            # the stores live beside the broker's data: they survive and go together
+            settings = replace(settings, state_dir=os.path.join(data_dir, "stores"),
+                               replication_factor=3 if brokers >= 3 else 1,
+                               bootstrap_servers=bootstrap)
+            print(f"Apache Kafka ({brokers} KRaft node{'s' if brokers > 1 else ''}) ready on "
+                  f"{bootstrap} in {time.monotonic() - started:.1f} s; data and logs in {data_dir}",
+                  flush=True)
+            settings = _provision(settings, cluster, os.path.join(data_dir, "credentials"))
+        bootstrap = settings.bootstrap_servers
+        counts = ensure_topics(settings)
+        print(f"topics ready: {', '.join(f'{t}[{n}]' for t, n in counts.items())}", flush=True)
+        key_path = os.path.join(data_dir, "credentials", "operator.key")
+        token = operator_key(settings, key_path)
+        print(f"operator API key (send it as Authorization: Bearer <key>; sign in to the console "
+              f"with it; kept in {key_path}):\n  {token}", flush=True)
+        log_dir = os.path.join(data_dir, "logs") if embedded else None
+        pools = [WorkerPool(settings, workers, log_dir),
+                 WorkerPool(settings, views, log_dir, command="views",
+                            web_ports=[web_port + i for i in range(views)])]
+        print(f"{workers} engine worker(s) started; KAFKA_BOOTSTRAP_SERVERS={bootstrap}", flush=True)
+        urls = [pools[1].url(str(i)) for i in range(views)]
+        try:
+            if views:
+                print(f"{views} views worker(s) starting: {', '.join(urls)}", flush=True)
+                if not wait_for_views(urls, settings.partitions):
+                    print("views workers did not become ready in 120 s", flush=True)
+                else:
+                    print(f"web endpoint ready: {urls[0]}  (try {urls[0]}/stats, "
+                          f"{urls[0]}/openapi.yaml)", flush=True)
+                    print(f"operator's console: {urls[0]}/  (open it in a browser)", flush=True)
+            if demo is not None:
+                ok = demo(settings, urls[0] if views else None, token)
+                if once:
+                    return 0 if ok else 1
+            print("serving; Ctrl-C to stop", flush=True)
+            while not stopping:
+                for pool in pools:
+                    pool.restart_dead(backoff=True)
+                time.sleep(0.5)
+        finally:
+            print("stopping workers", flush=True)
+            for pool in pools:
+                pool.stop_all()
+    return 0

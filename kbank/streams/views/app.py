@@ -1,0 +1,413 @@
+"""The views worker: a Faust app folding ledger.events and transfers.outcomes into one table.
+
+One Faust table, `views` (RocksDB via rocksdict, backed by one changelog
+topic), holds every view, told apart by a key prefix (see ViewKeys):
+  accounts  account -> AccountView (balance, seq, limits)
+  history   (account, seq) -> the ledger event, raw bytes
+  totals    ledger partition -> PartitionTotals, whose `offset` is also how
+            far that ledger partition has been folded
+  status    request_id -> furthest-along status (from transfers.outcomes,
+            which is keyed by request_id, so a status lives on the partition
+            a router finds from the request_id alone)
+  outcomes position  outcomes partition -> next offset to fold
+
+Why one table: a write goes to the changelog partition of the source record
+being folded, so everything derived from source partition p, *and the
+position reached in it*, is one ordered log. Whatever a crash cuts off, a
+worker that recovers partition p from the changelog gets a state that is
+exactly "every record up to the recorded position", and resumes the sources
+there (ResumeFromViews), not at the consumer group's committed offsets,
+which CI saw disagree with recovered tables after a SIGKILL (missing
+accounts, ledger gaps, totals counting a duplicate). Separate tables would
+be separate logs with no such guarantee between them.
+
+Local RocksDB files are deleted when a worker starts: a killed worker's
+files may hold writes its changelog never received, and a state that the
+changelog cannot reproduce must not be resumed from. So a restart recovers
+from the changelog (standby replicas keep failover between live workers
+fast).
+
+The app runs at_least_once and reads read_committed (ReadCommittedThread);
+the folds in kbank.streams.views.fold make re-deliveries harmless, and the table's
+store (kbank.streams.views.store) makes a late, stale changelog write harmless.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from typing import Any, Iterable, Mapping
+
+import faust
+from aiokafka.structs import TopicPartition
+import orjson
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.types import TP
+
+from kbank.streams import kafka, topics
+from kbank.streams.config import Settings
+from kbank.streams.generations import LIVE, live_generation, source_settings
+from kbank.streams.model import is_final, outcome_key
+from kbank.streams.kafka import client_config
+from kbank.streams.keystore import KeyRing
+from kbank.streams.views.credentials import faust_credentials
+from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
+                                merge_status, parse_ledger_event, parse_outcome)
+from kbank.streams.views.metrics import LagUnavailable, ViewsMetrics
+from kbank.streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys
+from kbank.streams.views.web import observe_middleware, register_routes
+
+log = logging.getLogger("bank.views")
+
+VIEWS_APP = "bank-views"
+LOG_APPEND_TIME = 1          # a record's timestamp type when the broker stamped it
+VIEWS_TABLE = "views"
+
+
+def split_history_value(stored: bytes) -> tuple[int, bytes]:
+    """A history value is `<ledger offset> <event JSON>`."""
+    offset, _, raw = stored.partition(b" ")
+    return int(offset), raw
+
+
+class ReadCommittedThread(AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread, reading read_committed.
+
+    Faust reads read_uncommitted unless the app itself is exactly_once; the
+    views must not see the engine's aborted transactions (or a fenced
+    zombie's writes), so they read committed records only.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._isolation_level = "read_committed"
+        return consumer
+
+
+class ResumeFromViews(AIOKafkaConsumer):
+    """Faust's consumer, but source partitions resume where the recovered table says.
+
+    The table's positions can lie behind the group's committed offsets (Faust commits what
+    its agents processed while their table writes may still be in the producer's buffer) or
+    ahead of them. A record delivered from the committed offset before the seek would skip
+    what the table lacks, and its own position write would hide the skip from the seek. So
+    the sources are sought as soon as recovery completes, while they are still paused
+    (`seek_sources_to_table`, on Faust's on_rebalance_complete), and again where Faust seeks
+    to committed offsets, never to the group's committed offsets.
+    """
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def seek_sources_to_table(self, *_: Any, **__: Any) -> dict[TP, int]:
+        """Seek each assigned source partition to just past what the table has folded."""
+        positions = self.app.source_positions(self.assignment())  # type: ignore[attr-defined]
+        await self._thread.call_thread(self._seek_in_consumer_thread, positions)
+        for tp, offset in positions.items():
+            log.info("resuming %s at %d from the views table", tp, offset)
+            self._read_offset[tp] = offset or None
+        return positions
+
+    def _seek_in_consumer_thread(self, positions: Mapping[TP, int]) -> None:
+        """aiokafka's consumer is not thread-safe: a seek from the app's thread raced its fetcher
+        (a KeyError in fetched_records), so seeks run on the consumer's own thread."""
+        consumer = self._thread._ensure_consumer()
+        for tp, offset in positions.items():
+            consumer.seek(TopicPartition(tp.topic, tp.partition), offset)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        positions = await self.seek_sources_to_table()
+        others = [TopicPartition(tp.topic, tp.partition)
+                  for tp in self.assignment() if tp not in positions]
+        offsets: dict[TP, int] = {}
+        if others:  # with no partitions named, aiokafka would seek every assigned partition
+            thread = self._thread
+            offsets.update(await thread.call_thread(thread._ensure_consumer().seek_to_committed,
+                                                    *others))
+        offsets.update(positions)
+        return offsets
+
+
+class ViewsApp(faust.App):
+    """A Faust app whose consumer is ResumeFromViews, and whose revocations wait until every
+    table write is in the changelog.
+
+    Faust at_least_once flushes its producer buffer on revocation for at most a moment
+    (flush_atmost gives up after 0.1 s without a send), so a worker losing a partition could
+    still be writing that partition's changelog after the new owner had recovered it and
+    written fresher values: a stale status or account view then lands last in the changelog,
+    and the next recovery (last writer wins) brings it back. Draining before the
+    revocation returns keeps one writer per changelog partition at a time.
+    """
+
+    source_positions: Any = None  # set by ViewsWorker: assignment -> {source tp: offset}
+
+    async def _on_partitions_revoked(self, revoked: Any) -> None:
+        await super()._on_partitions_revoked(revoked)
+        await drain_table_writes(self.producer)
+
+    def _new_consumer(self) -> Any:
+        transport = self.transport
+        consumer = ResumeFromViews(
+            transport, callback=self.topics.on_message, loop=transport.loop,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned, beacon=self.beacon)
+        self.on_rebalance_complete.connect(consumer.seek_sources_to_table)
+        return consumer
+
+
+async def drain_table_writes(producer: Any, timeout_s: float = 30.0) -> None:
+    """Wait until every buffered table write was handed to the client and acknowledged."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    while producer.buffer.size and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    try:
+        await asyncio.wait_for(producer.flush(), max(1.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        log.error("table writes not acknowledged within %.0f s of a revocation", timeout_s)
+
+
+class ViewsWorker:
+    """One views worker process: the table, agents and the web endpoint."""
+
+    def __init__(self, settings: Settings, worker_id: str, web_port: int) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.web_port = web_port
+        self.requests_topic = settings.topic(topics.REQUESTS)
+        self.positions: dict[TP, int] = {}  # next offset to read, per source partition
+        self.metrics = ViewsMetrics(self.lag, settings.state_dir)
+        # every API key, tailed from auth.keys (none with BANK_UNSAFE_WEB_NO_AUTH: no checks)
+        self.keys = None if settings.unsafe_web_no_auth else KeyRing(settings)
+        self.generation = live_generation(settings, kafka.VIEWS, "bank-views-generation")
+        source = source_settings(settings, self.generation)
+        app_id = settings.topic(VIEWS_APP) + ("" if self.generation == LIVE else f"-gen-{self.generation}")
+        datadir = os.path.join(settings.state_dir, f"views-{worker_id}")
+        if not settings.unsafe_views_keep_state:
+            shutil.rmtree(datadir, ignore_errors=True)  # see the module docstring
+        os.makedirs(datadir, exist_ok=True)
+        self.app = ViewsApp(
+            app_id,
+            broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
+            broker_credentials=faust_credentials(client_config(settings, kafka.VIEWS)),
+            store=STORE_URL,
+            datadir=datadir,
+            processing_guarantee="at_least_once",
+            topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=settings.session_timeout_ms / 1000,
+            broker_heartbeat_interval=0.5,
+            broker_commit_interval=1.0,
+            web_port=web_port, web_bind=settings.web_bind, web_host=settings.web_host,
+            canonical_url=f"http://{settings.web_host}:{web_port}",
+            web_application_options={"client_max_size": settings.web_max_body_bytes,
+                                     "middlewares": [observe_middleware(self)]},
+            # Faust's own pages (/router, /table, /graph, /stats, /performance) are not ours:
+            # none is served, so every route is in openapi.yaml or kbank.streams.views.access
+            web_router_enabled=False, web_tables_enabled=False, web_graph_enabled=False,
+            web_stats_enabled=False, web_metrics_enabled=False,
+            key_serializer="raw", value_serializer="raw",
+        )
+        self.app.source_positions = self.source_positions
+        MonotoneRocksDBStore.last_write_wins = settings.unsafe_views_last_write_wins
+        self.views = self.app.Table(VIEWS_TABLE, partitions=settings.partitions,
+                                    key_type=bytes, value_type=bytes)
+        self.ledger_topic = self.app.topic(source.topic(topics.LEDGER), key_type=bytes,
+                                           value_type=bytes, key_serializer="raw",
+                                           value_serializer="raw")
+        self.outcomes_topic = self.app.topic(source.topic(topics.OUTCOMES), key_type=bytes,
+                                             value_type=bytes, key_serializer="raw",
+                                             value_serializer="raw")
+        self.app.agent(self.ledger_topic, name="apply-ledger")(self._ledger_agent)
+        self.app.agent(self.outcomes_topic, name="apply-outcomes")(self._outcomes_agent)
+        register_routes(self)
+
+    # -- agents (Kafka plumbing only; decisions are in kbank.streams.views.fold) --
+
+    async def _ledger_agent(self, stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            self.apply_ledger_record(msg.partition, msg.offset, event.value)
+            self.positions[msg.tp] = msg.offset + 1
+
+    async def _outcomes_agent(self, stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            appended = msg.timestamp if msg.timestamp_type == LOG_APPEND_TIME else None
+            self.apply_outcome_record(msg.partition, msg.offset, event.value, appended)
+            self.positions[msg.tp] = msg.offset + 1
+
+    def source_positions(self, assignment: Iterable[TP]) -> dict[TP, int]:
+        """Where each assigned source partition resumes: just past what the table has folded."""
+        ledger, outcomes = self.ledger_topic.get_topic_name(), self.outcomes_topic.get_topic_name()
+        positions = {}
+        for tp in assignment:
+            if tp.topic == ledger:
+                positions[tp] = self.partition_totals(tp.partition).offset + 1
+            elif tp.topic == outcomes:
+                stored = self.views.get(ViewKeys.outcomes_position(tp.partition))
+                positions[tp] = int(stored) if stored is not None else 0
+        return positions
+
+    def apply_ledger_record(self, partition: int, offset: int, raw: bytes | None,
+                            heal: bool = True) -> None:
+        """Fold one ledger record; the totals, written last, record the position.
+
+        A gap (the account's view is behind the event's seq) means the table lost events
+        that the ledger has: they are read back from the ledger, from just after the
+        account's last applied event up to this one, and folded first (`heal_gap`)."""
+        event = parse_ledger_event(raw)
+        if event is None:
+            log.error("malformed ledger event at %s@%d: counted and skipped", partition, offset)
+            self.metrics.ledger_events.labels("malformed").inc()
+            return
+        account, seq = event["account"], event["seq"]
+        key = ViewKeys.account(account)
+        stored = self.views.get(key)
+        view = AccountView.from_bytes(stored) if stored is not None else None
+        verdict = classify(view, seq, offset)
+        self.metrics.ledger_events.labels(verdict.value).inc()
+        if verdict is Applied.DUPLICATE:
+            return
+        if verdict is Applied.GAP and heal and view is not None:
+            # an account the views know: read back from its last applied event (bounded by
+            # this partition's range); an unknown account's gap is never read from offset 0
+            start = view.offset + 1
+            log.warning("ledger gap for %s: have seq %s, got %s at %d@%d; reading %d@%d.. back",
+                        account, view.seq if view else 0, seq, partition, offset, partition, start)
+            self.heal_gap(partition, start, offset)
+            self.metrics.ledger_events.labels("healed").inc()
+            stored = self.views.get(key)
+            view = AccountView.from_bytes(stored) if stored is not None else None
+            verdict = classify(view, seq, offset)
+        if verdict is Applied.GAP:
+            log.error("ledger gap for %s: have seq %s, got %s at %d@%d",
+                      account, view.seq if view else 0, seq, partition, offset)
+            return
+        self.views[ViewKeys.history(account, seq)] = b"%d " % offset + raw  # its ledger offset, then it
+        if verdict is Applied.NEW:
+            self.views[key] = apply_to_account(view, event, offset).to_bytes()
+        totals = self.partition_totals(partition)
+        if totals.count(event, offset, self.requests_topic):
+            self.views[ViewKeys.totals(partition)] = totals.to_bytes()
+
+    def heal_gap(self, partition: int, start: int, end: int) -> None:
+        """Fold the ledger records [start, end) of a partition again, read straight from the
+        log (read_committed): the fold skips what it has and applies what it lacks."""
+        from confluent_kafka import TopicPartition
+
+        from kbank.streams.client import BULK_READ
+
+        topic = self.ledger_topic.get_topic_name()
+        consumer = kafka.consumer(self.settings, kafka.VIEWS, self.settings.topic("bank-views-heal"),
+                                  **BULK_READ)
+        try:
+            consumer.assign([TopicPartition(topic, partition, start)])
+            done = start >= end
+            deadline = time.monotonic() + 60
+            while not done and time.monotonic() < deadline:
+                for msg in consumer.consume(1000, 1.0):
+                    if msg.error() is not None:
+                        done = True     # end of the partition (EOF) or an error: stop here
+                        break
+                    if msg.offset() >= end:
+                        done = True
+                        break
+                    self.apply_ledger_record(partition, msg.offset(), msg.value(), heal=False)
+        finally:
+            consumer.close()
+
+    def apply_outcome_record(self, partition: int, offset: int, raw: bytes | None,
+                             appended_s: float | None = None) -> None:
+        """Fold one outcome into its request's status; then record the position. A status
+        that moves is timed (request timestamp to the outcome's append time, when known)."""
+        out = parse_outcome(raw)
+        if out is None:
+            self.metrics.outcomes.labels("malformed", "").inc()
+            log.error("malformed outcome at %s@%d: skipped", partition, offset)
+            return
+        self.metrics.count_outcome(out)
+        key = ViewKeys.status(outcome_key(out))
+        stored = self.views.get(key)
+        current = orjson.loads(stored) if stored is not None else None
+        new = merge_status(current, out)
+        if new is not None:
+            self.views[key] = orjson.dumps(new)
+            self.views[ViewKeys.outcomes_position(partition)] = b"%d" % (offset + 1)
+            if appended_s is not None and isinstance(out.get("ts"), int):
+                took = max(0.0, appended_s - out["ts"] / 1000)
+                if current is None:
+                    self.metrics.initiation.observe(took)
+                if is_final(new["status"]):
+                    self.metrics.completion.observe(took)
+
+    # -- reads used by the web endpoint --
+
+    def account_view(self, account: str) -> AccountView | None:
+        stored = self.views.get(ViewKeys.account(account))
+        return AccountView.from_bytes(stored) if stored is not None else None
+
+    def history_page(self, account: str, before_seq: int, limit: int) -> list[tuple[dict[str, Any], int | None]]:
+        """Events with seq < before_seq, newest first, each with its ledger offset."""
+        out = []
+        for seq in range(before_seq - 1, max(0, before_seq - 1 - limit), -1):
+            stored = self.views.get(ViewKeys.history(account, seq))
+            if stored is not None:
+                offset, raw = split_history_value(stored)
+                out.append((orjson.loads(raw), offset))
+        return out
+
+    @property
+    def table_name(self) -> str:
+        return self.views.name
+
+    def ledger_partitions(self) -> list[int]:
+        """The ledger partitions this worker owns now."""
+        ledger = self.ledger_topic.get_topic_name()
+        return sorted(tp.partition for tp in self.app.assignor.assigned_actives()
+                      if tp.topic == ledger)
+
+    def local_totals_by_partition(self) -> list[tuple[int, PartitionTotals]]:
+        """Totals of the ledger partitions this worker owns."""
+        return [(tp.partition, self.partition_totals(tp.partition))
+                for tp in self.app.assignor.assigned_actives()
+                if tp.topic == self.ledger_topic.get_topic_name()]
+
+    def partition_totals(self, partition: int) -> PartitionTotals:
+        stored = self.views.get(ViewKeys.totals(partition))
+        return PartitionTotals.from_bytes(stored) if stored is not None else PartitionTotals()
+
+    def request_status(self, key: str) -> dict[str, Any] | None:
+        """The status of a request, by its request key (model.request_key)."""
+        stored = self.views.get(ViewKeys.status(key))
+        return orjson.loads(stored) if stored is not None else None
+
+    def lag(self) -> Iterable[tuple[str, int, int]]:
+        """(topic, partition, records behind) for the source partitions this worker reads."""
+        sources = {self.ledger_topic.get_topic_name(), self.outcomes_topic.get_topic_name()}
+        try:
+            consumer = self.app.consumer
+            assigned = [tp for tp in consumer.assignment() if tp.topic in sources]
+        except Exception as exc:  # noqa: BLE001 - not started, or rebalancing
+            raise LagUnavailable(f"{type(exc).__name__}: {exc}") from None
+        rows = []
+        for tp in assigned:
+            high = consumer.highwater(tp)
+            if high is None or high < 0:
+                continue
+            pos = self.positions.get(tp)
+            if pos is None:  # nothing read since start: from the last committed position
+                pos = consumer._committed_offset.get(tp) or 0
+            rows.append((tp.topic, tp.partition, max(0, high - pos)))
+        return rows
+
+    def run(self) -> None:
+        """Run until SIGTERM/SIGINT (Faust's worker handles the signals)."""
+        from faust.worker import Worker
+
+        Worker(self.app, loglevel=self.settings.log_level).execute_from_commandline()

@@ -1,0 +1,204 @@
+"""The operator's console: a page at `/` and the one endpoint it needs beyond the public API.
+
+The page (kbank/streams/views/static/) is plain HTML with a little JavaScript and reads
+only the HTTP API: /overview, /accounts/{id}, /accounts/{id}/history,
+/transfers/{id} and POST /transfers. /overview gathers what no single worker
+knows: the global figures (as /stats), the conservation check, request
+latencies merged over every views worker's histograms, and the lag of the
+engine's and the views' consumers per partition. Any worker serves it.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web as aioweb
+from confluent_kafka import KafkaException
+from faust.web import View
+
+from kbank.streams import topics
+from kbank.streams.views.fold import global_figures
+from kbank.streams.views.http import HTTPError, ask_peers, caller_headers, gather_totals, json_response
+from kbank.streams.views.metrics import LATENCY_BUCKETS, LagUnavailable, ViewsMetrics
+from kbank.streams.views.reads import ViewsReads
+
+
+STATIC_DIR = Path(__file__).with_name("static")
+STATIC_FILES = {"console.js": "application/javascript", "console.css": "text/css"}
+PEER_TIMEOUT_S = 3.0
+
+
+def histogram_quantile(q: float, cumulative: list[float], bounds: tuple[float, ...] = LATENCY_BUCKETS
+                       ) -> float | None:
+    """The q-quantile of a histogram given as cumulative counts per bucket (the last is +Inf),
+    interpolated linearly within its bucket as Prometheus' histogram_quantile does; None if
+    empty. A quantile in the +Inf bucket is reported as the largest finite bound."""
+    total = cumulative[-1] if cumulative else 0
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for i, count in enumerate(cumulative):
+        if count >= rank:
+            if i >= len(bounds):
+                return bounds[-1]
+            upper = bounds[i]
+            inside = count - below
+            return lower + (upper - lower) * ((rank - below) / inside if inside else 1.0)
+        lower = bounds[i] if i < len(bounds) else lower
+        below = count
+    return bounds[-1]
+
+
+def merge_cumulative(histograms: list[list[float]]) -> list[float]:
+    """Bucket-wise sum of histograms with the same buckets."""
+    width = len(LATENCY_BUCKETS) + 1
+    return [sum(h[i] for h in histograms if len(h) == width) for i in range(width)]
+
+
+def latency_summary(cumulative: list[float]) -> dict[str, Any]:
+    def ms(q: float) -> float | None:
+        value = histogram_quantile(q, cumulative)
+        return None if value is None else round(value * 1000, 1)
+    return {"p50_ms": ms(0.5), "p99_ms": ms(0.99), "count": int(cumulative[-1]) if cumulative else 0}
+
+
+class EngineLag:
+    """Records not yet processed by the engine, per partition (its group's committed offsets
+    against the ends of transfers.requests and transfers.credits), read at most once a second
+    through the Admin API: the views only describe the engine's group, never join it."""
+
+    def __init__(self, worker: ViewsReads) -> None:
+        self.settings = worker.settings
+        self._admin: Any = None
+        self._lock = threading.Lock()
+        self._cached: tuple[float, list[dict[str, Any]]] = (0.0, [])
+
+    def read(self) -> list[dict[str, Any]]:
+        """Raises KafkaException (or a timeout) when the broker does not answer."""
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+        from confluent_kafka.admin import AdminClient, OffsetSpec
+
+        from kbank.streams import kafka
+
+        with self._lock:
+            at, rows = self._cached
+            if time.monotonic() - at < 1.0:
+                return rows
+            if self._admin is None:
+                self._admin = AdminClient(kafka.client_config(self.settings, kafka.VIEWS))
+            names = {"requests": self.settings.topic(topics.REQUESTS),
+                     "credits": self.settings.topic(topics.CREDITS)}
+            wanted = [TopicPartition(t, p) for t in names.values() for p in range(self.settings.partitions)]
+            group = self.settings.topic(topics.ENGINE_GROUP)
+            answer = self._admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group, wanted)], request_timeout=5)[group].result(10)
+            committed = {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions}
+
+            def offsets(spec: Any) -> dict[tuple[str, int], int]:
+                futures = self._admin.list_offsets({tp: spec for tp in wanted}, request_timeout=5)
+                return {(tp.topic, tp.partition): f.result(10).offset for tp, f in futures.items()}
+            low, high = offsets(OffsetSpec.earliest()), offsets(OffsetSpec.latest())
+            rows = []
+            for p in range(self.settings.partitions):
+                row: dict[str, Any] = {"partition": p}
+                for label, topic in names.items():
+                    done = committed.get((topic, p), -1)
+                    row[label] = max(0, high[(topic, p)] - (done if done >= 0 else low[(topic, p)]))
+                rows.append(row)
+            self._cached = (time.monotonic(), rows)
+            return rows
+
+
+def local_overview(worker: ViewsReads) -> dict[str, Any]:
+    """What this worker alone knows: its latency histograms and its consumers' lag."""
+    try:
+        lag: list[Any] | None = [list(row) for row in worker.lag()]
+        reason = None
+    except LagUnavailable as exc:
+        lag, reason = None, str(exc)
+    metrics = worker.metrics
+    return {"worker": worker.worker_id, "url": str(worker.app.conf.canonical_url),
+            "initiation": ViewsMetrics.cumulative_buckets(metrics.initiation),
+            "completion": ViewsMetrics.cumulative_buckets(metrics.completion),
+            "lag": lag, **({"reason": reason} if reason else {})}
+
+
+async def gather_overviews(worker: ViewsReads, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """local_overview of every views worker the table's router knows (this one included); a
+    worker that does not answer is listed with `"ok": false` and the reason."""
+    found = [{**local_overview(worker), "ok": True}]
+    for url, status, body in await ask_peers(worker, "/internal/overview", headers, PEER_TIMEOUT_S):
+        if status == 200:
+            found.append({**body, "ok": True})
+        else:
+            reason = f"did not answer: {body}" if status is None else \
+                f"answered {status}: {body.get('reason') if isinstance(body, dict) else body}"
+            found.append({"url": url, "ok": False, "reason": reason})
+    return found
+
+
+def register_console(worker: ViewsReads) -> None:
+    engine_lag = EngineLag(worker)
+    app = worker.app
+    settings = worker.settings
+
+    @app.page("/")
+    class Console(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            return aioweb.Response(body=(STATIC_DIR / "console.html").read_bytes(),
+                                   content_type="text/html", charset="utf-8")
+
+    @app.page("/favicon.ico")
+    class Favicon(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            return aioweb.Response(status=204)
+
+    @app.page("/console/{name}")
+    class Static(View):
+        async def get(self, request: aioweb.Request, name: str) -> aioweb.Response:
+            if name not in STATIC_FILES:
+                raise HTTPError(404, "not_found", f"no console file {name!r}")
+            return aioweb.Response(body=(STATIC_DIR / name).read_bytes(),
+                                   content_type=STATIC_FILES[name], charset="utf-8")
+
+    @app.page("/internal/overview")
+    class InternalOverview(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            return json_response(local_overview(worker))
+
+    @app.page("/overview")
+    class Overview(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            headers = caller_headers(request)
+            parts, workers = await asyncio.gather(gather_totals(worker, headers),
+                                                  gather_overviews(worker, headers))
+            complete = len(parts) == settings.partitions
+            stats = global_figures(parts) if complete else None
+            try:
+                engine = await asyncio.get_running_loop().run_in_executor(None, engine_lag.read)
+                engine_reason = None
+            except (KafkaException, concurrent.futures.TimeoutError) as exc:   # shown on the page
+                engine, engine_reason = None, f"{type(exc).__name__}: {exc}"
+            answered = [w for w in workers if w["ok"]]
+            return json_response({
+                "ts": int(time.time() * 1000),
+                "stats": stats,
+                "partitions_answered": len(parts), "partitions": settings.partitions,
+                "conservation": None if stats is None else {
+                    "ok": stats["total_balance"] + stats["money_in_flight"]
+                    == stats["deposits"] - stats["withdrawals"],
+                    "deposits_minus_withdrawals": stats["deposits"] - stats["withdrawals"],
+                    "balances_plus_in_flight": stats["total_balance"] + stats["money_in_flight"]},
+                "latency": {kind: latency_summary(merge_cumulative([w[kind] for w in answered]))
+                            for kind in ("initiation", "completion")},
+                "engine_lag": engine, **({"engine_lag_reason": engine_reason} if engine_reason else {}),
+                "views_lag": [{"worker": w["worker"], "topic": t, "partition": p, "lag": n}
+                              for w in answered for t, p, n in (w.get("lag") or [])],
+                "workers": [{k: w[k] for k in ("worker", "url", "ok", "reason") if k in w}
+                            for w in workers],
+            })

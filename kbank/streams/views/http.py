@@ -1,0 +1,76 @@
+"""HTTP plumbing shared by the web endpoint and the console: JSON errors, the caller's
+credentials, and asking the other views workers (the peer fan-out of /stats and /overview)."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web as aioweb
+
+from kbank.streams.views.fold import PartitionTotals
+from kbank.streams.views.reads import ViewsReads
+
+FORWARDED_HEADERS = ("Authorization",)   # a peer asked on a caller's behalf sees the caller's key
+
+
+class HTTPError(Exception):
+    """Ends a request with a JSON error body (and Retry-After, or other headers, if given)."""
+
+    def __init__(self, status: int, error: str, reason: str, retry_after: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.error, self.reason = status, error, reason
+        self.headers = {**(headers or {}),
+                        **({"Retry-After": str(retry_after)} if retry_after is not None else {})}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> aioweb.Response:
+    return aioweb.Response(body=orjson.dumps(body), status=status, headers=headers,
+                           content_type="application/json")
+
+
+def error_response(exc: HTTPError) -> aioweb.Response:
+    return json_response({"error": exc.error, "reason": exc.reason}, exc.status,
+                         exc.headers or None)
+
+
+def caller_headers(request: aioweb.Request) -> dict[str, str]:
+    """The caller's credentials, for a request made to a peer on its behalf."""
+    return {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+
+
+async def ask_peers(reads: ViewsReads, path: str, headers: dict[str, str],
+                    timeout_s: float) -> list[tuple[str, int | None, Any]]:
+    """GET `path` of every other views worker the table's router knows, all at once:
+    (url, status, JSON body) each; a worker that did not answer has status None and the
+    error's text as its body."""
+    app = reads.app
+    own = app.conf.canonical_url
+
+    async def ask(url: str) -> tuple[str, int | None, Any]:
+        target = aiohttp.client.URL(url)
+        try:
+            async with app.http_client.get(target.with_path(path), headers=headers,
+                                           timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                return url, resp.status, await resp.json(loads=orjson.loads)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            return url, None, f"{type(exc).__name__} {exc}".strip()
+
+    def is_peer(url: str) -> bool:
+        target = aiohttp.client.URL(url)
+        return (target.host, target.port) != (own.host, own.port)
+
+    peers = [url for url in sorted(set(app.router.table_metadata(reads.table_name))) if is_peer(url)]
+    return list(await asyncio.gather(*(ask(url) for url in peers)))
+
+
+async def gather_totals(worker: ViewsReads, headers: dict[str, str]) -> list[PartitionTotals]:
+    """Totals of every ledger partition, asked of the worker that owns each (with the
+    caller's credentials, `headers`)."""
+    found: dict[int, PartitionTotals] = dict(worker.local_totals_by_partition())
+    for _, status, rows in await ask_peers(worker, "/internal/totals", headers, 5.0):
+        for partition, raw in rows if status == 200 else []:
+            found[partition] = PartitionTotals(*raw)
+    return list(found.values())

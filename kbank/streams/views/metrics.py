@@ -1,0 +1,111 @@
+"""Prometheus metrics of a views worker (GET /metrics)."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info,
+                               ProcessCollector, generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from kbank.streams.health import read_crashes
+from kbank.streams.model import REASONS
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kbank")
+    except PackageNotFoundError:
+        return "source"
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
+                   0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
+
+LagSource = Callable[[], Iterable[tuple[str, int, int]]]  # (topic, partition, lag)
+
+
+class LagUnavailable(RuntimeError):
+    """The consumer's position or the partitions' ends cannot be read right now."""
+
+
+class _LagCollector(Collector):
+    """Consumer lag per partition, read when scraped."""
+
+    def __init__(self, source: LagSource) -> None:
+        self._source = source
+
+    def collect(self):  # noqa: ANN201 - prometheus_client protocol
+        family = GaugeMetricFamily("bank_views_consumer_lag",
+                                   "records between the views' position and the partition's end",
+                                   labels=["topic", "partition"])
+        try:
+            rows = list(self._source())
+        except LagUnavailable:   # no figures rather than zeros
+            rows = []
+        for topic, partition, lag in rows:
+            family.add_metric([topic, str(partition)], lag)
+        yield family
+
+
+class _CrashCollector(Collector):
+    """Worker exits that the supervisor restarted, read when scraped."""
+
+    def __init__(self, state_dir: str) -> None:
+        self._state_dir = state_dir
+
+    def collect(self):  # noqa: ANN201 - prometheus_client protocol
+        family = CounterMetricFamily("bank_worker_crashes", "exits of workers that bank up restarted",
+                                     labels=["kind", "worker"])
+        for kind, workers in read_crashes(self._state_dir).items():
+            for wid, info in workers.items():
+                family.add_metric([kind, wid], info.get("crashes", 0))
+        yield family
+
+
+class ViewsMetrics:
+    def __init__(self, lag_source: LagSource, state_dir: str = ".state") -> None:
+        self.registry = CollectorRegistry()
+        self.ledger_events = Counter(
+            "bank_views_ledger_events", "ledger events consumed, by what the views did with them",
+            ["result"], registry=self.registry)
+        self.outcomes = Counter("bank_views_outcomes", "transfers.outcomes records consumed, by "
+                                "status and rejection reason", ["status", "reason"],
+                                registry=self.registry)
+        ProcessCollector(registry=self.registry)      # process_cpu_seconds_total, memory, fds
+        Info("bank_build", "the running code", registry=self.registry).info(
+            {"version": _version()})
+        self.http_latency = Histogram(
+            "bank_http_request_duration_seconds", "HTTP request latency", ["method", "route", "status"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry)
+        # from the request's timestamp to the outcome's append time (transfers.outcomes is
+        # LogAppendTime): to its first decision, and to its final status
+        self.initiation = Histogram(
+            "bank_request_initiation_seconds", "request timestamp to its first outcome",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.completion = Histogram(
+            "bank_request_completion_seconds", "request timestamp to its final outcome",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(_LagCollector(lag_source))
+        self.registry.register(_CrashCollector(state_dir))
+
+    def count_outcome(self, out: dict) -> None:
+        """One outcome, by its status and reason (an unknown reason counts as "other", so a
+        record cannot grow the label set)."""
+        reason = out.get("reason") or ""
+        self.outcomes.labels(out["status"], reason if reason in REASONS or not reason
+                             else "other").inc()
+
+    def render(self) -> bytes:
+        """The text exposition format, served as CONTENT_TYPE (Prometheus 3 checks it)."""
+        return generate_latest(self.registry)
+
+    @staticmethod
+    def cumulative_buckets(histogram: Histogram) -> list[float]:
+        """The histogram's cumulative counts, one per bucket of LATENCY_BUCKETS and +Inf."""
+        return [sample.value for metric in histogram.collect() for sample in metric.samples
+                if sample.name.endswith("_bucket")]

@@ -1,0 +1,37 @@
+"""What the web endpoint and the console read of a views worker: a narrow protocol, so
+they depend on these reads and not on the worker (kbank.streams.views.app implements it)."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Protocol
+
+from kbank.streams.config import Settings
+from kbank.streams.keystore import KeyRing
+from kbank.streams.views.fold import AccountView, PartitionTotals
+from kbank.streams.views.metrics import ViewsMetrics
+
+
+class ViewsReads(Protocol):
+    settings: Settings
+    worker_id: str
+    generation: str
+    metrics: ViewsMetrics
+    keys: KeyRing | None     # None: BANK_UNSAFE_WEB_NO_AUTH
+    app: Any                 # the Faust app: pages, router, peers' URLs, rebalancing state
+
+    @property
+    def table_name(self) -> str:
+        """The views table's name (the router finds a key's owner by it)."""
+
+    def ledger_partitions(self) -> list[int]:
+        """The ledger partitions this worker owns now."""
+
+    def account_view(self, account: str) -> AccountView | None: ...
+
+    def history_page(self, account: str, before_seq: int,
+                     limit: int) -> list[tuple[dict[str, Any], int | None]]: ...
+
+    def request_status(self, key: str) -> dict[str, Any] | None: ...
+
+    def local_totals_by_partition(self) -> list[tuple[int, PartitionTotals]]: ...
+
+    def lag(self) -> Iterable[tuple[str, int, int]]: ...

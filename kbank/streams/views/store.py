@@ -1,0 +1,115 @@
+"""The views table's layout (ViewKeys) and its store: recovery keeps the value furthest along.
+
+Every value of the views table only moves forward: an account view by seq, a
+partition's totals and the outcomes position by offset, a request's status by
+rank, and a history entry never changes. A Faust changelog is last-writer-wins,
+so one late write (a revoked worker's agent still folding a buffered record after
+the new owner took over the partition) lands after fresher values and comes back
+at the next recovery: a status stuck at `debited`, an account one seq behind.
+MonotoneRocksDBStore applies changelog records during recovery and on standbys
+by keeping, per key, whichever value is further along (`recovered_value`), so
+the order in which the writes reached the changelog no longer matters.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import orjson
+from faust import stores
+from faust.stores.rocksdb import Store as RocksDBStore
+from rocksdict import WriteBatch
+
+from kbank.streams.model import STATUS_RANK
+from kbank.streams.views.fold import history_key
+
+STORE_URL = "bank-views-rocksdb://"
+
+
+class ViewKeys:
+    """Keys of the one views table: a prefix per view, so the views cannot collide."""
+
+    ACCOUNT, HISTORY, TOTALS, STATUS, OUTCOMES_POSITION = b"a\x00", b"h\x00", b"t\x00", b"s\x00", b"o\x00"
+
+    @staticmethod
+    def account(account: str) -> bytes:
+        return ViewKeys.ACCOUNT + account.encode("utf-8", "surrogatepass")
+
+    @staticmethod
+    def history(account: str, seq: int) -> bytes:
+        return ViewKeys.HISTORY + history_key(account, seq)
+
+    @staticmethod
+    def totals(partition: int) -> bytes:
+        return ViewKeys.TOTALS + b"%d" % partition
+
+    @staticmethod
+    def status(request_id: str) -> bytes:
+        return ViewKeys.STATUS + request_id.encode("utf-8", "surrogatepass")
+
+    @staticmethod
+    def outcomes_position(partition: int) -> bytes:
+        return ViewKeys.OUTCOMES_POSITION + b"%d" % partition
+
+
+def _progress(prefix: bytes, value: bytes) -> tuple[int, ...]:
+    """How far along a value is; higher is newer (see the module docstring)."""
+    if prefix == ViewKeys.ACCOUNT:
+        fields = orjson.loads(value)          # AccountView: [balance, seq, offset, ...]
+        return (fields[1], fields[2])
+    if prefix == ViewKeys.TOTALS:
+        return (orjson.loads(value)[0],)      # PartitionTotals: [offset, ...]
+    if prefix == ViewKeys.STATUS:
+        return (STATUS_RANK[orjson.loads(value)["status"]],)
+    if prefix == ViewKeys.OUTCOMES_POSITION:
+        return (int(value),)
+    return ()                                 # history: immutable, any copy will do
+
+
+def recovered_value(key: bytes, stored: bytes | None, incoming: bytes | None) -> bytes | None:
+    """The value recovery keeps when the changelog brings `incoming` for a key holding `stored`.
+
+    The one further along wins; on a tie (or a value this version cannot read) the
+    later write wins, as in a plain changelog. The views never delete: a tombstone is
+    applied as it is."""
+    if incoming is None or stored is None:
+        return incoming
+    prefix = key[:2]
+    try:
+        return stored if _progress(prefix, stored) > _progress(prefix, incoming) else incoming
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+        return incoming
+
+
+class MonotoneRocksDBStore(RocksDBStore):
+    """Faust's RocksDB store whose changelog recovery keeps the furthest value per key."""
+
+    last_write_wins = False  # testing only (BANK_UNSAFE_VIEWS_LAST_WRITE_WINS)
+
+    def apply_changelog_batch(self, batch: Iterable[Any], to_key: Callable[[Any], Any],
+                              to_value: Callable[[Any], Any]) -> None:
+        if self.last_write_wins:
+            return super().apply_changelog_batch(batch, to_key, to_value)
+        merged: dict[tuple[int, bytes], bytes | None] = {}
+        offsets: dict[Any, int] = {}
+        for event in batch:
+            msg = event.message
+            offsets[msg.tp] = max(msg.offset, offsets.get(msg.tp, -1))
+            slot = (msg.partition, msg.key)
+            stored = merged[slot] if slot in merged else self._db_for_partition(msg.partition).get(msg.key)
+            merged[slot] = recovered_value(msg.key, stored, msg.value)
+        writes: dict[int, Any] = {}
+        for (partition, key), value in merged.items():
+            batch_of = writes.get(partition)
+            if batch_of is None:
+                batch_of = writes[partition] = WriteBatch(raw_mode=True)
+            if value is None:
+                batch_of.delete(key)
+            else:
+                batch_of.put(key, value)
+        for partition, write in writes.items():
+            self._db_for_partition(partition).write(write)
+        for tp, offset in offsets.items():
+            self.set_persisted_offset(tp, offset)
+
+
+stores.STORES.aliases["bank-views-rocksdb"] = f"{__name__}:MonotoneRocksDBStore"

@@ -1,0 +1,450 @@
+"""The HTTP endpoint of a views worker (the routes of openapi.yaml).
+
+A query about an account or a request is answered by the worker that owns
+the key's partition: any other worker forwards it there (once; a forwarded
+request that lands on a non-owner, during a rebalance, gets 503 +
+Retry-After rather than a possibly stale answer). Errors are JSON:
+{"error": code, "reason": text}.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+import orjson
+from aiohttp import web as aioweb
+from faust.web import View
+
+from kbank.streams.apikeys import submit_refusal
+from kbank.streams.config import Settings
+from kbank.streams.decisions import MAX_NAME, Undecodable, deciding_account, parse_json, parse_request
+from kbank.streams.partitioning import partition_for
+from kbank.streams.views.console import register_console
+from kbank.streams.views.http import (HTTPError, caller_headers, error_response, gather_totals,
+                                json_response)
+from kbank.streams.views.reads import ViewsReads
+from kbank.streams.model import DECIDED_STATUSES, request_key
+from kbank.streams.views.access import API_KEY, RateLimiter, authorize
+from kbank.streams.views.fold import global_figures, hold_view
+from kbank.streams.views.intake import OutcomeWaiter, Overloaded, RequestProducer, is_conflict
+from kbank.streams.health import read_crashes
+from kbank.streams.views.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, LagUnavailable
+
+log = logging.getLogger("bank.web")
+
+ROUTED_HEADER = "X-Bank-Routed-By"
+OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+MAX_HISTORY_PAGE = 1000
+
+
+def _query_int(request: aioweb.Request, name: str, default: int | None, low: int,
+               high: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HTTPError(400, "invalid", f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise HTTPError(400, "invalid", f"{name} must be between {low} and {high}")
+    return value
+
+
+def _query_timeout(request: aioweb.Request, cap: float) -> float:
+    raw = request.query.get("timeout", str(cap))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise HTTPError(400, "invalid", "timeout must be a number of seconds") from None
+    if not 0 <= value <= cap:
+        raise HTTPError(400, "invalid", f"timeout must be between 0 and {cap} seconds")
+    return value
+
+
+# on every response: nothing of ours runs framed, sniffed or with another site's scripts
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                               "form-action 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def allowed_hosts(settings: Settings) -> frozenset[str] | None:
+    """Host names a request may be addressed to (None: any)."""
+    if settings.web_allowed_hosts.strip() == "*":
+        return None
+    named = [h.strip().lower() for h in settings.web_allowed_hosts.split(",") if h.strip()]
+    return frozenset(named or [settings.web_host.lower(), "127.0.0.1", "localhost", "[::1]"])
+
+
+def _host_refused(request: aioweb.Request, hosts: frozenset[str] | None) -> bool:
+    if hosts is None:
+        return False
+    host = (request.host or "").lower()
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name not in hosts
+
+
+def observe_middleware(worker: ViewsReads) -> Callable:
+    """Latency metrics, JSON bodies for every error (aiohttp's own included), the Host
+    check, the API key check (kbank.streams.views.access) and the security headers."""
+    hosts = allowed_hosts(worker.settings)
+    keys = worker.keys
+    limiter = RateLimiter(worker.settings.web_rate_limit_per_s, worker.settings.web_rate_burst)
+
+    @aioweb.middleware
+    async def observe(request: aioweb.Request, handler: Callable[..., Awaitable]) -> aioweb.StreamResponse:
+        response = await _observe(request, handler)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    async def _observe(request: aioweb.Request, handler: Callable[..., Awaitable]) -> aioweb.StreamResponse:
+        start = time.perf_counter()
+        status = 500
+        try:
+            if _host_refused(request, hosts):
+                raise HTTPError(421, "misdirected", f"this server does not answer for host "
+                                f"{request.host!r} (BANK_WEB_ALLOWED_HOSTS)")
+            request[API_KEY] = None if keys is None else authorize(request, keys, limiter)
+            response = await handler(request)
+            status = response.status
+            return response
+        except HTTPError as exc:
+            status = exc.status
+            return error_response(exc)
+        except aioweb.HTTPException as exc:
+            status = exc.status
+            if exc.status < 400:
+                raise
+            return error_response(HTTPError(exc.status, exc.reason.lower().replace(" ", "_"),
+                                            exc.text or exc.reason))
+        except Exception:  # noqa: BLE001 - a bug must not take the worker down
+            log.exception("error serving %s %s", request.method, request.path)
+            return error_response(HTTPError(500, "internal", "internal error"))
+        finally:
+            info = request.match_info
+            route = info.route.resource.canonical if info.route.resource is not None else "unmatched"
+            worker.metrics.http_latency.labels(request.method, route, str(status)).observe(
+                time.perf_counter() - start)
+
+    return observe
+
+
+class Router:
+    """Sends a keyed query to the worker owning the key's partition."""
+
+    def __init__(self, worker: ViewsReads) -> None:
+        self.worker = worker
+
+    def _ready(self) -> None:
+        app = self.worker.app
+        if app.rebalancing or app.tables.recovery.in_recovery:
+            raise HTTPError(503, "rebalancing", "partitions are moving between workers; retry",
+                            retry_after=1)
+
+    async def route(self, request: aioweb.Request, key: str,
+                    local: Callable[[], Awaitable[aioweb.Response]]) -> aioweb.Response:
+        app = self.worker.app
+        self._ready()
+        try:
+            owner = app.router.key_store(self.worker.table_name, key)
+        except KeyError:
+            raise HTTPError(503, "rebalancing", "no worker owns this key yet; retry", retry_after=1) \
+                from None
+        own = app.conf.canonical_url
+        if (owner.host, owner.port) == (own.host, own.port):
+            return await local()
+        if request.headers.get(ROUTED_HEADER):
+            raise HTTPError(503, "rebalancing", "the key's partition is moving; retry", retry_after=1)
+        url = request.url.with_host(owner.host).with_port(owner.port)
+        try:
+            async with app.http_client.request(
+                    request.method, url,
+                    headers={ROUTED_HEADER: self.worker.worker_id, **caller_headers(request)},
+                    timeout=aiohttp.ClientTimeout(total=self.worker.settings.web_wait_timeout_s + 5),
+            ) as resp:
+                body = await resp.read()
+                headers = {"Retry-After": resp.headers["Retry-After"]} \
+                    if "Retry-After" in resp.headers else None
+                return aioweb.Response(body=body, status=resp.status, headers=headers,
+                                       content_type=resp.content_type)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise HTTPError(503, "unavailable", f"owner worker {owner} did not answer: {exc}",
+                            retry_after=1) from None
+
+
+def register_routes(worker: ViewsReads) -> None:
+    app = worker.app
+    settings = worker.settings
+    router = Router(worker)
+    cap = settings.web_wait_timeout_s
+    intake: dict[str, Any] = {}
+
+    @app.task
+    async def start_intake() -> None:
+        # daemon threads: every POST awaits its acknowledgement, so nothing is left to flush
+        loop = asyncio.get_running_loop()
+        intake["waiter"] = await loop.run_in_executor(None, OutcomeWaiter, settings)
+        intake["producer"] = RequestProducer(settings)
+
+    async def first_decision(account: str, request_id: str, deadline: float,
+                             headers: dict[str, str]) -> dict[str, Any] | None:
+        """The status of an earlier submission of this id, from the status view (wherever it
+        lives), once it is decided."""
+        url = app.conf.canonical_url.with_path(f"/transfers/{request_id}").with_query(
+            account=account)
+        while True:
+            try:
+                async with app.http_client.get(url, headers=headers,
+                                               timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                    if resp.status == 200:
+                        found = await resp.json(loads=orjson.loads)
+                        if found.get("status") in DECIDED_STATUSES:
+                            return found
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.05)
+
+    async def submit(request: aioweb.Request, transfers_only: bool) -> aioweb.Response:
+        if request.content_type != "application/json":
+            # a cross-site form can post text/plain or form data, never application/json
+            raise HTTPError(415, "unsupported_media_type",
+                            "the body must be sent as Content-Type: application/json")
+        raw = await request.read()
+        if not raw:
+            raise HTTPError(400, "invalid", "empty body: expected a JSON object")
+        try:
+            body = parse_json(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HTTPError(400, "invalid", f"body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise HTTPError(400, "invalid", "body must be a JSON object")
+        if transfers_only:
+            body.setdefault("type", "transfer")
+            if body["type"] != "transfer":
+                raise HTTPError(400, "invalid", "POST /transfers takes transfers; use POST /requests")
+        body.setdefault("request_id", uuid.uuid4().hex)
+        key_name = deciding_account(body)
+        if not isinstance(key_name, str) or not key_name:
+            raise HTTPError(400, "invalid", "the deciding account (account, or from) must be a string")
+        api_key = request[API_KEY]
+        if "requested_by" in body:
+            raise HTTPError(400, "invalid", "requested_by is set by the server: the API key's id")
+        if api_key is not None:
+            if (refusal := submit_refusal(api_key, body, key_name)) is not None:
+                raise HTTPError(403, "forbidden", refusal)
+            body["requested_by"] = api_key.principal
+        key = key_name.encode("utf-8", "surrogatepass")
+        try:
+            value = orjson.dumps(body)
+        except orjson.JSONEncodeError as exc:
+            raise HTTPError(400, "invalid", f"cannot encode request: {exc}") from None
+        try:
+            parsed = parse_request(key, value)
+        except Undecodable as exc:
+            raise HTTPError(400, "invalid", str(exc)) from None
+        if parsed.problem is not None:
+            raise HTTPError(400, "invalid", parsed.problem)
+        wait = request.query.get("wait")
+        if wait not in (None, "completed"):
+            raise HTTPError(400, "invalid", "wait must be 'completed'")
+        timeout = _query_timeout(request, cap)
+        deadline = time.monotonic() + timeout
+        if "producer" not in intake:
+            raise HTTPError(503, "starting", "worker is starting", retry_after=1)
+        waiter: OutcomeWaiter = intake["waiter"]
+        status_key = request_key(key_name, parsed.request_id)
+        fut = waiter.register(status_key) if wait else None
+        try:
+            try:
+                partition, offset = await intake["producer"].send(key, value)
+            except Overloaded:
+                raise HTTPError(503, "overloaded", "too many requests waiting for the broker",
+                                retry_after=1) from None
+            except RuntimeError as exc:
+                raise HTTPError(503, "unavailable", f"broker did not accept the request: {exc}",
+                                retry_after=1) from None
+            accepted = {"request_id": parsed.request_id, "account": key_name,
+                        "status": "accepted", "partition": partition, "offset": offset}
+            if fut is None:
+                return json_response(accepted, 202)
+            try:
+                out = await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except asyncio.TimeoutError:
+                return json_response({**accepted, "status": "pending"}, 202)
+        finally:
+            if fut is not None:
+                waiter.forget(status_key, fut)
+        if out.get("retry"):
+            # the id was used before: the original decision, as the status view has it now
+            first = await first_decision(key_name, parsed.request_id, deadline,
+                                         caller_headers(request))
+            original = first or {k: v for k, v in out.items()
+                                 if k in ("request_id", "account", "status", "reason", "ts")}
+            if is_conflict(out):
+                return json_response({"error": "idempotency_conflict",
+                                      "reason": "this request id was used by another request "
+                                                "(another body) of this account",
+                                      "original": original}, 409)
+            return json_response({**original, "retry": True})
+        result = {"request_id": out["request_id"], "account": out["account"],
+                  "status": out["status"]}
+        for extra in ("reason", "detail", "ts", "requested_by"):
+            if out.get(extra) is not None:
+                result[extra] = out[extra]
+        return json_response(result)
+
+    @app.page("/transfers")
+    class Transfers(View):
+        async def post(self, request: aioweb.Request) -> aioweb.Response:
+            return await submit(request, transfers_only=True)
+
+    @app.page("/requests")
+    class Requests(View):
+        async def post(self, request: aioweb.Request) -> aioweb.Response:
+            return await submit(request, transfers_only=False)
+
+    def scope(request: aioweb.Request) -> str:
+        """The deciding account a request id belongs to (ids are scoped per account)."""
+        account = request.query.get("account")
+        if not account or len(account) > MAX_NAME:
+            raise HTTPError(400, "invalid", "account is required: request ids are scoped to "
+                            "their deciding account (the sender of a transfer or hold)")
+        return account
+
+    @app.page("/transfers/{request_id}")
+    class TransferStatus(View):
+        async def get(self, request: aioweb.Request, request_id: str) -> aioweb.Response:
+            key = request_key(scope(request), request_id)
+
+            async def local() -> aioweb.Response:
+                status = worker.request_status(key)
+                if status is None:
+                    raise HTTPError(404, "not_found", f"no outcome for request {request_id!r} (yet)")
+                return json_response(status)
+            return await router.route(request, key, local)
+
+    @app.page("/holds/{hold_id}")
+    class HoldStatus(View):
+        async def get(self, request: aioweb.Request, hold_id: str) -> aioweb.Response:
+            key = request_key(scope(request), hold_id)
+
+            async def local() -> aioweb.Response:
+                hold = hold_view(worker.request_status(key))
+                if hold is None:
+                    raise HTTPError(404, "not_found", f"no hold {hold_id!r} (yet)")
+                return json_response(hold)
+            return await router.route(request, key, local)
+
+    async def account_view(request: aioweb.Request, account: str):  # noqa: ANN202
+        """The account's view, waiting for min_seq (read-your-writes) if asked."""
+        min_seq = _query_int(request, "min_seq", 0, 0, 2**62)
+        deadline = time.monotonic() + _query_timeout(request, cap)
+        while True:
+            view = worker.account_view(account)
+            if view is not None and view.seq >= min_seq:
+                return view
+            if time.monotonic() >= deadline:
+                if view is None and not min_seq:
+                    raise HTTPError(404, "not_found", f"no account {account!r}")
+                raise HTTPError(503, "behind", f"the view of {account!r} has not reached seq "
+                                f"{min_seq} yet (at {view.seq if view else 0})", retry_after=1)
+            await asyncio.sleep(0.02)
+
+    @app.page("/accounts/{account}")
+    class Account(View):
+        async def get(self, request: aioweb.Request, account: str) -> aioweb.Response:
+            async def local() -> aioweb.Response:
+                view = await account_view(request, account)
+                return json_response(view.public(account))
+            return await router.route(request, account, local)
+
+    @app.page("/accounts/{account}/history")
+    class History(View):
+        async def get(self, request: aioweb.Request, account: str) -> aioweb.Response:
+            async def local() -> aioweb.Response:
+                view = await account_view(request, account)
+                limit = _query_int(request, "limit", 50, 1, MAX_HISTORY_PAGE)
+                before = _query_int(request, "before_seq", view.seq + 1, 1, 2**62)
+                page = worker.history_page(account, min(before, view.seq + 1), limit)
+                entries = [entry for entry, _ in page]
+                ledger_partition = partition_for(account, settings.partitions)
+                last = entries[-1]["seq"] if entries else None
+                return json_response({
+                    "account": account, "seq": view.seq, "entries": entries,
+                    "positions": [{"partition": ledger_partition, "offset": offset}
+                                  for _, offset in page],
+                    "next_before_seq": last if last is not None and last > 1 else None})
+            return await router.route(request, account, local)
+
+    @app.page("/stats")
+    class Stats(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            router._ready()
+            parts = await gather_totals(worker, caller_headers(request))
+            if len(parts) != settings.partitions:
+                raise HTTPError(503, "rebalancing", f"{len(parts)} of {settings.partitions} "
+                                "partitions answered; retry", retry_after=1)
+            return json_response(global_figures(parts))
+
+    @app.page("/internal/totals")
+    class InternalTotals(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            return json_response([[p, orjson.loads(t.to_bytes())]
+                                  for p, t in worker.local_totals_by_partition()])
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            """Readiness: 200 only when this worker serves (503 + the reasons otherwise)."""
+            reasons = []
+            try:
+                lag: int | None = sum(row[2] for row in worker.lag())
+            except LagUnavailable as exc:   # not 0: a lag that cannot be read is not "no lag"
+                lag = None
+                reasons.append(f"consumer lag unavailable: {exc}")
+            if app.rebalancing:
+                reasons.append("partitions are moving between workers")
+            accepting = "producer" in intake and (worker.keys is None or worker.keys.ready.is_set())
+            if not accepting:
+                reasons.append("starting: the request producer or the API keys are not ready")
+            ready = not reasons
+            return json_response({
+                "status": "ok" if ready else "not_ready",
+                **({"reason": "; ".join(reasons)} if reasons else {}),
+                "worker": worker.worker_id, "generation": worker.generation,
+                "ledger_partitions": worker.ledger_partitions(),
+                "rebalancing": bool(app.rebalancing), "accepting_requests": accepting,
+                "auth": "off" if worker.keys is None else "api_keys",
+                "lag": lag, "changelog_backlog": app.producer.buffer.size,
+                "worker_crashes": read_crashes(worker.settings.state_dir)},
+                200 if ready else 503, None if ready else {"Retry-After": "1"})
+
+    @app.page("/live")
+    class Live(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            """Liveness: 200 while the process serves HTTP at all."""
+            return json_response({"status": "alive", "worker": worker.worker_id})
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            return aioweb.Response(body=worker.metrics.render(),
+                                   headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    register_console(worker)
+
+    @app.page("/openapi.yaml")
+    class OpenAPI(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            return aioweb.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/yaml")

@@ -1,5 +1,0 @@
-import sys
-
-from streams.broker import main
-
-sys.exit(main())

@@ -15,7 +15,7 @@ from kbank.replay.ledger import LedgerFold
 from kbank.replay.verify import LedgerChecks, VerifyReport
 from kbank.streams.decisions import (BadMessage, Decision, Rules, Undecodable, deciding_account,
                                expiry_message, parse_message)
-from kbank.streams.engine.apply import MemoryState, apply_decision, credit_decision, encode, request_decision
+from kbank.streams.engine.apply import MemoryState, credit_decision, record, request_decision
 from kbank.streams.model import CREDIT, PENDING, REFUND, Account, Hold, Position, split_request_key
 
 POS = Position("transfers.requests", 0, 0)
@@ -55,9 +55,8 @@ class Ledger:
 
     def emit(self, d: Decision) -> None:
         """Encode every output (bounded), then apply the decision, as the processor does."""
-        out = encode(d)
         assert d.marker is None or d.marker not in self.applied, d.marker
-        apply_decision(self.state, d)
+        out = record(self.state, d)
         assert self.supply <= self.rules.supply_cap
         if out.event is not None:
             self.events.append(out.event)
@@ -125,10 +124,10 @@ class Ledger:
 
     def verify(self) -> VerifyReport:
         fold, checks, report = LedgerFold(), LedgerChecks(), VerifyReport()
-        for raw in self.events:
-            ev = fold.apply(raw)
+        for offset, raw in enumerate(self.events):
+            ev = fold.apply(raw, f"event {offset}", 0, offset)   # one partition: one chain
             assert ev is not None, "every event is new: seqs gap-free, no copies"
-            checks.add(ev)
+            checks.add(ev, fold.accounts[ev["account"]])
         checks.finish(fold, report)
         return report
 

@@ -14,6 +14,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("verify", help="check the invariants over the logs; exit 1 on any violation")
     p.add_argument("--complete", action="store_true",
                    help="also require every request to have a final outcome (nothing in flight)")
+    p.add_argument("--anchor", action="store_true",
+                   help="print each ledger partition's hash-chain head as JSON lines (keep them "
+                        "elsewhere: --against proves later the log was not rewritten)")
+    p.add_argument("--against", metavar="FILE",
+                   help="also require the chains to pass through the heads of an earlier --anchor")
+    p.add_argument("--ledger-topic", metavar="TOPIC",
+                   help="check this copy of ledger.events (a backup) in its place")
     p = sub.add_parser("views", help="rebuild every view from the logs into a fresh store and "
                                      "compare it with the live views")
     p.add_argument("--url", default="http://127.0.0.1:8080",
@@ -36,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "verify":
         from kbank.replay.verify import main as verify_main
 
-        return verify_main(settings, args.complete)
+        return verify_main(settings, args.complete, args.anchor, args.against, args.ledger_topic)
     if args.command == "views":
         from kbank.replay.views import main as views_main
 

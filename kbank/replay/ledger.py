@@ -4,6 +4,12 @@ An event is applied only if its seq is the next one for its account. An event
 with a seq already applied is a duplicate (a broker that shows aborted
 records delivers them) and must be byte-identical to the applied one;
 anything else (a gap, a different duplicate) is a violation.
+
+Given each record's partition, the fold also checks every partition's hash chain
+(model.chain_event): each applied event's `hash` must be SHA-256 of the previous
+applied event's hash and the event's own encoding without it. A rewritten event fails
+its own link; a removed or inserted one fails the next link. `heads` is where each
+partition's chain ends: the anchor an operator keeps elsewhere.
 """
 from __future__ import annotations
 
@@ -12,7 +18,15 @@ from typing import Any
 
 import orjson
 
-from kbank.streams.model import BALANCE_SIGN
+from kbank.streams.model import (BALANCE_SIGN, CLOSED, CLOSED_STATE, CREDITED, DEBITED,
+                                 DEFAULT_CURRENCY, DEPOSITED, FROZEN, FROZEN_STATE, GENESIS_HASH,
+                                 LIMITS_SET, OPEN, OPENED, REFUNDED, REJECTED, UNFROZEN,
+                                 WITHDRAWN, chain_event)
+
+_OUTFLOWS = (WITHDRAWN, DEBITED)        # decided against the overdraft floor when made
+_INFLOWS = (DEPOSITED, CREDITED)        # decided against max_balance when made
+_MOVES_CLOSED = frozenset({REFUNDED, REJECTED})   # what a closed account may still get
+_STATES = {FROZEN: FROZEN_STATE, UNFROZEN: OPEN, CLOSED: CLOSED_STATE}
 
 
 @dataclass
@@ -20,6 +34,19 @@ class AccountFold:
     balance: int = 0
     seq: int = 0
     events: list[bytes] = field(default_factory=list)  # raw event i has seq i + 1
+    currency: str = DEFAULT_CURRENCY
+    overdraft_limit: int = 0
+    max_balance: int | None = None
+    state: str = OPEN
+
+
+@dataclass
+class ChainHead:
+    """Where a partition's hash chain ends: the last applied event's offset and hash."""
+
+    offset: int = -1
+    hash: str = GENESIS_HASH
+    events: int = 0
 
 
 @dataclass
@@ -30,11 +57,15 @@ class LedgerFold:
     violations: list[str] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
+    heads: dict[int, ChainHead] = field(default_factory=dict)   # ledger partition -> its head
+    expect: dict[tuple[int, int], str] = field(default_factory=dict)  # anchored hashes to meet
 
-    def apply(self, raw: bytes, where: object = "") -> dict[str, Any] | None:
+    def apply(self, raw: bytes, where: object = "", partition: int | None = None,
+              offset: int = -1) -> dict[str, Any] | None:
         """Apply one raw event; return it if it was new, None for a duplicate or a violation.
 
-        `where` names the record in violations (formatted only when there is one).
+        `where` names the record in violations (formatted only when there is one);
+        `partition` (and `offset`), when known, let the fold check the partition's chain.
         """
         try:
             event = orjson.loads(raw)
@@ -57,16 +88,56 @@ class LedgerFold:
                 self.violations.append(
                     f"{where}: account {name} seq {seq} re-delivered with different content")
             return None
+        if partition is not None:
+            self._link(event, where, partition, offset)
         if seq != acct.seq + 1:
             self.violations.append(f"{where}: account {name} seq gap: expected {acct.seq + 1}, got {seq}")
             return None
-        expected = acct.balance + sign * amount
-        if event["balance"] != expected:
-            self.violations.append(f"{where}: account {name} seq {seq} balance {event['balance']} "
-                                   f"!= previous {acct.balance} {kind} {amount}")
-        if event["balance"] < 0:
-            self.violations.append(f"{where}: account {name} seq {seq} balance below 0")
+        self._check_rules(acct, event, where)
         acct.balance, acct.seq = event["balance"], seq
         acct.events.append(raw)
         self.applied += 1
         return event
+
+    def _check_rules(self, acct: AccountFold, event: dict[str, Any], where: object) -> None:
+        """The balance follows from the previous one and stays within the account's rules
+        as they were when the event was decided."""
+        name, seq, kind, amount = event["account"], event["seq"], event["kind"], event["amount"]
+        expected = acct.balance + BALANCE_SIGN[kind] * amount
+        if event["balance"] != expected:
+            self.violations.append(f"{where}: account {name} seq {seq} balance {event['balance']} "
+                                   f"!= previous {acct.balance} {kind} {amount}")
+        if kind == OPENED:
+            acct.currency = event.get("currency", DEFAULT_CURRENCY)
+        if kind in (OPENED, LIMITS_SET):
+            acct.overdraft_limit = event.get("overdraft_limit", 0)
+            acct.max_balance = event.get("max_balance")
+        if acct.state == CLOSED_STATE and kind not in _MOVES_CLOSED:
+            self.violations.append(f"{where}: account {name} seq {seq}: {kind} on a closed account")
+        acct.state = _STATES.get(kind, acct.state)
+        if kind in _OUTFLOWS and event["balance"] < -acct.overdraft_limit:
+            self.violations.append(f"{where}: account {name} seq {seq} balance {event['balance']} "
+                                   f"below its floor -{acct.overdraft_limit}")
+        if kind in _INFLOWS and acct.max_balance is not None \
+                and event["balance"] > acct.max_balance:
+            self.violations.append(f"{where}: account {name} seq {seq} balance {event['balance']} "
+                                   f"above its max_balance {acct.max_balance}")
+
+    def _link(self, event: dict[str, Any], where: object, partition: int, offset: int) -> None:
+        """Check the event's link in its partition's hash chain, then move the head to it."""
+        head = self.heads.get(partition)
+        if head is None:
+            head = self.heads[partition] = ChainHead()
+        stated = event.pop("hash", None)
+        expected, _ = chain_event(head.hash, orjson.dumps(event))
+        if stated != expected:
+            what = "has no hash" if stated is None else "breaks the hash chain (it, or " \
+                "the event before it in the partition, was rewritten, removed or inserted)"
+            self.violations.append(f"{where}: account {event['account']} seq {event['seq']} {what}")
+        anchored = self.expect.pop((partition, offset), None)
+        if anchored is not None and anchored != stated:
+            self.violations.append(f"{where}: the anchored hash {anchored[:16]}... is now "
+                                   f"{str(stated)[:16]}...: the log was rewritten")
+        head.offset, head.hash, head.events = offset, stated or expected, head.events + 1
+        if stated is not None:
+            event["hash"] = stated

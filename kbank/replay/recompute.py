@@ -35,8 +35,8 @@ from kbank.streams.config import Settings
 from kbank.streams.generations import generation_settings
 from kbank.streams.decisions import (EXPIRE, BadMessage, Decision, Rules, Undecodable, deciding_account,
                                message_scope, parse_message)
-from kbank.streams.engine import (BATCH_PREFIX, BatchRecord, MemoryState, apply_decision,
-                            credit_decision, encode, request_decision)
+from kbank.streams.engine import (BATCH_PREFIX, BatchRecord, MemoryState, credit_decision, record,
+                                   request_decision)
 from kbank.streams.model import LINK_ACK, REFUND, Account, Position, outcome_key, request_key, status_moves
 from kbank.streams.partitioning import partition_for
 from kbank.streams.topics import ensure_topics, partition_count
@@ -90,8 +90,7 @@ class Generation:
         return {name: acct for state in self.states.values() for name, acct in state.accounts.items()}
 
     def emit(self, decision: Decision, partition: int, ts: int) -> None:
-        out = encode(decision)
-        apply_decision(self.states[partition], decision)
+        out = record(self.states[partition], decision)
         if out.event is not None:
             self.events.append((decision.account, out.event))
         self.outcomes += [(key.decode(), raw) for key, raw in out.outcomes]

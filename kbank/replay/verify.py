@@ -2,11 +2,17 @@
 
 Reads ledger.events, transfers.requests and transfers.outcomes and checks:
   - per-account sequences are gap-free, re-deliveries identical;
-  - each balance follows from the previous one and never goes below 0;
+  - each balance follows from the previous one; no withdrawal or debit takes it below its
+    floor (-overdraft_limit), no deposit or credit above its max_balance, and a closed
+    account moves no more (but for a refund of what it sent before closing);
+  - every ledger partition's hash chain is whole (a rewritten, removed or inserted
+    event is named); `--anchor` prints each chain's head, `--against FILE` checks that
+    the chains still pass through the heads printed earlier;
   - each request is applied at most once (one deciding event, at most one
     credit or refund per transfer, never both);
   - every debit has exactly one credit or refund, or is still in flight;
-  - money is conserved: sum of balances + in flight = deposits - withdrawals;
+  - money is conserved in each currency: sum of balances + in flight = deposits -
+    withdrawals;
   - nothing is lost: every request with a request_id has an outcome
     (with --complete: a final one);
   - holds: each is settled (posted, voided or expired) at most once, and then
@@ -22,7 +28,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from kbank.replay.ledger import LedgerFold
+from typing import Any
+
+from kbank.replay.ledger import AccountFold, ChainHead, LedgerFold
 from kbank.streams.progress import progress_bar
 from kbank.streams import topics
 from kbank.streams.client import read_topic
@@ -34,6 +42,20 @@ from kbank.streams.model import (COMPLETED, CREDITED, DEBITED, DEPOSITED, EXPIRE
                            status_moves)
 
 _DECIDING = {OPENED, DEPOSITED, WITHDRAWN, DEBITED, HELD, POSTED, HOLD_RELEASED, EXPIRED}
+
+
+@dataclass
+class Money:
+    """One currency's figures: money is conserved in each currency on its own."""
+
+    balance: int = 0
+    in_flight: int = 0
+    deposits: int = 0
+    withdrawals: int = 0
+
+    @property
+    def conserved(self) -> bool:
+        return self.balance + self.in_flight == self.deposits - self.withdrawals
 
 
 @dataclass
@@ -55,10 +77,17 @@ class VerifyReport:
     lost: int = 0
     holds: Counter[str] = field(default_factory=Counter)   # made, posted, voided, expired, pending
     violations: list[str] = field(default_factory=list)
+    currencies: dict[str, Money] = field(default_factory=dict)
+    heads: dict[int, ChainHead] = field(default_factory=dict)  # ledger partition -> chain head
 
     @property
     def money_conserved(self) -> bool:
-        return self.total_balance + self.in_flight == self.deposits - self.withdrawals
+        return all(m.conserved for m in self.currencies.values())
+
+    def anchor(self) -> list[dict[str, Any]]:
+        """Each partition's chain head, to keep elsewhere (`--anchor`, `--against`)."""
+        return [{"partition": p, "offset": h.offset, "hash": h.hash, "events": h.events}
+                for p, h in sorted(self.heads.items())]
 
     @property
     def ok(self) -> bool:
@@ -75,11 +104,15 @@ class VerifyReport:
             f"holds                {self.holds['made']} made: {self.holds[POSTED]} posted, "
             f"{self.holds[HOLD_RELEASED]} voided, {self.holds[EXPIRED]} expired, "
             f"{self.holds['pending']} pending ({self.holds['pending_amount']} reserved)",
-            f"money                balances {self.total_balance} + in flight {self.in_flight} "
-            f"({self.in_flight_transfers} transfers) vs deposits {self.deposits} - withdrawals "
-            f"{self.withdrawals}: {'conserved' if self.money_conserved else 'NOT CONSERVED'}",
-            f"violations           {len(self.violations)}",
         ]
+        for cur, m in sorted(self.currencies.items()):
+            lines.append(f"money {cur:<14} balances {m.balance} + in flight {m.in_flight} vs "
+                         f"deposits {m.deposits} - withdrawals {m.withdrawals}: "
+                         f"{'conserved' if m.conserved else 'NOT CONSERVED'}")
+        lines += [f"in flight            {self.in_flight_transfers} transfers",
+                  f"hash chains          {len(self.heads)} partitions, "
+                  f"{sum(h.events for h in self.heads.values())} links checked",
+                  f"violations           {len(self.violations)}"]
         lines += [f"  - {v}" for v in self.violations[:50]]
         if len(self.violations) > 50:
             lines.append(f"  ... and {len(self.violations) - 50} more")
@@ -95,32 +128,38 @@ class LedgerChecks:
         self.returned: Counter[str] = Counter()   # amount credited + refunded per request
         self.refunds: Counter[str] = Counter()
         self.debits: dict[str, int] = {}
-        self.deposits = self.withdrawals = 0
+        self.debit_currency: dict[str, str] = {}
+        self.money: dict[str, Money] = {}
         self.reserved: dict[str, int] = {}                       # hold_id -> amount held
         self.settled: dict[str, list[tuple[str, int]]] = {}      # hold_id -> [(kind, posted+released)]
         self.held: Counter[str] = Counter()                      # account -> held, from its events
         self.violations: list[str] = []                         # of the holds' rules
 
-    def add(self, ev: dict) -> None:
+    def add(self, ev: dict, acct: AccountFold) -> None:
+        """One applied event of `acct` (its currency and rules as of the event)."""
         kind = ev["kind"]
         if kind in _DECIDING:
             rid = event_request_key(ev)
             self.deciding[(rid, kind)] += 1   # a linked transfer is held, then posted
+            money = self.money.get(acct.currency)
+            if money is None:
+                money = self.money[acct.currency] = Money()
             if kind == DEPOSITED:
-                self.deposits += ev["amount"]
+                money.deposits += ev["amount"]
             elif kind == WITHDRAWN:
-                self.withdrawals += ev["amount"]
+                money.withdrawals += ev["amount"]
             elif kind in (DEBITED, POSTED):
                 self.debits[rid] = ev["amount"]
+                self.debit_currency[rid] = acct.currency
             if kind == HELD or kind in HOLD_SETTLING:
-                self._hold_step(ev)
+                self._hold_step(ev, acct)
         elif kind == CREDITED:
             self.returned[event_request_key(ev)] += ev["amount"]
         elif kind == REFUNDED:
             self.returned[event_request_key(ev)] += ev["amount"]
             self.refunds[event_request_key(ev)] += 1
 
-    def _hold_step(self, ev: dict) -> None:
+    def _hold_step(self, ev: dict, acct: AccountFold) -> None:
         """A sender's hold event: the hold's life, and the account's held amount."""
         kind, name, amount = ev["kind"], ev["account"], ev["amount"]
         hold_id = request_key(name, ev["hold_id"])
@@ -134,9 +173,10 @@ class LedgerChecks:
         if ev.get("held", 0) != self.held[name]:
             self.violations.append(f"account {name} seq {ev['seq']}: held {ev.get('held', 0)}, "
                                    f"its hold events give {self.held[name]}")
-        if not 0 <= self.held[name] <= ev["balance"]:
+        floor = ev["balance"] + acct.overdraft_limit
+        if self.held[name] < 0 or (kind == HELD and self.held[name] > floor):
             self.violations.append(f"account {name} seq {ev['seq']}: held {self.held[name]} "
-                                   f"outside 0..balance {ev['balance']} (available < 0)")
+                                   f"outside 0..balance + overdraft {floor} (available < 0)")
 
     def _finish_holds(self, report: VerifyReport) -> None:
         before = len(report.violations)
@@ -162,7 +202,9 @@ class LedgerChecks:
         report.holds["violations"] = len(report.violations) - before
 
     def finish(self, fold: LedgerFold, report: VerifyReport) -> None:
-        report.deposits, report.withdrawals = self.deposits, self.withdrawals
+        report.currencies = self.money
+        for acct in fold.accounts.values():
+            self.money.setdefault(acct.currency, Money()).balance += acct.balance
         self._finish_holds(report)
         for (rid, _), n in self.deciding.items():
             if n > 1:
@@ -177,13 +219,17 @@ class LedgerChecks:
                                          f"({self.refunds[rid]} refunds) of {self.debits[rid]} debited")
         for rid, amount in self.debits.items():
             if self.returned[rid] < amount:   # a linked transfer's members land one by one
-                report.in_flight += amount - self.returned[rid]
+                self.money[self.debit_currency[rid]].in_flight += amount - self.returned[rid]
                 report.in_flight_transfers += 1
         report.violations += fold.violations
         report.events = fold.applied
         report.duplicates_dropped = fold.duplicates
         report.accounts = len(fold.accounts)
         report.total_balance = sum(a.balance for a in fold.accounts.values())
+        report.deposits = sum(m.deposits for m in self.money.values())
+        report.withdrawals = sum(m.withdrawals for m in self.money.values())
+        report.in_flight = sum(m.in_flight for m in self.money.values())
+        report.heads = fold.heads
 
 
 class _Where:
@@ -228,22 +274,29 @@ def fold_outcomes(values: list[dict]) -> dict[str, str]:
     return status
 
 
-def verify(settings: Settings, require_final: bool = False, show_progress: bool = False) -> VerifyReport:
-    """Read the logs and check every invariant."""
+def verify(settings: Settings, require_final: bool = False, show_progress: bool = False,
+           ledger_topic: str | None = None,
+           anchor: dict[tuple[int, int], str] | None = None) -> VerifyReport:
+    """Read the logs and check every invariant (`ledger_topic`: a copy of ledger.events to
+    check in its place, e.g. a backup; `anchor`: heads printed earlier that the chains must
+    still pass through)."""
     report = VerifyReport()
-    fold = LedgerFold()
+    fold = LedgerFold(expect=dict(anchor or {}))
     checks = LedgerChecks()
     progress = progress_bar("verify: ledger.events", enabled=show_progress)
     gc.disable()  # the fold keeps many objects alive; generational GC would rescan them all
     try:
-        for msg in read_topic(settings, settings.topic(topics.LEDGER)):
+        for msg in read_topic(settings, ledger_topic or settings.topic(topics.LEDGER)):
             progress.update()
-            ev = fold.apply(msg.value(), _Where(msg))
+            ev = fold.apply(msg.value(), _Where(msg), msg.partition(), msg.offset())
             if ev is not None:
-                checks.add(ev)
+                checks.add(ev, fold.accounts[ev["account"]])
     finally:
         gc.enable()
     progress.close()
+    for (partition, offset), _ in sorted(fold.expect.items()):
+        fold.violations.append(f"anchor: no applied event at ledger partition {partition} "
+                               f"offset {offset} (the log was cut or rewritten)")
     checks.finish(fold, report)
     values = []
     for msg in read_topic(settings, settings.topic(topics.OUTCOMES)):
@@ -275,8 +328,25 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
     return report
 
 
-def main(settings: Settings, require_final: bool) -> int:
-    report = verify(settings, require_final, show_progress=True)
-    print(report.render())
+def load_anchor(path: str) -> dict[tuple[int, int], str]:
+    """The heads `bank replay verify --anchor` printed (JSON lines): (partition, offset) -> hash."""
+    expect = {}
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                head = orjson.loads(line)
+                expect[(int(head["partition"]), int(head["offset"]))] = str(head["hash"])
+    return expect
+
+
+def main(settings: Settings, require_final: bool, anchor: bool = False,
+         against: str | None = None, ledger_topic: str | None = None) -> int:
+    report = verify(settings, require_final, show_progress=True, ledger_topic=ledger_topic,
+                    anchor=load_anchor(against) if against else None)
+    if anchor:
+        for head in report.anchor():
+            print(orjson.dumps(head).decode())
+    else:
+        print(report.render())
     sys.stdout.flush()
     return 0 if report.ok else 1

@@ -74,12 +74,12 @@ def rebuild(settings: Settings, store_dir: str, show_progress: bool = True) -> R
             verdict = classify(view, seq, offset)
             if verdict is not Applied.NEW:
                 continue
-            views.accounts[account] = apply_to_account(view, event, offset)
+            view = views.accounts[account] = apply_to_account(view, event, offset)
             batch.put(history_key(account, seq), raw)
             totals = views.totals.get(partition)
             if totals is None:
                 totals = views.totals[partition] = PartitionTotals()
-            totals.count(event, offset, requests_topic)
+            totals.count(event, offset, requests_topic, view.currency)
             views.events += 1
             if len(batch) >= _FLUSH_EVERY:
                 views.store.write(batch)

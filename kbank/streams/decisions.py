@@ -58,29 +58,40 @@ from typing import Any
 import orjson
 
 from kbank.streams.model import (
-    ACCOUNT_EXISTS, CREDIT, CREDITED, COMPLETED, DAY_MS, DEBITED, DEBITED_STATUS, DEPOSITED,
-    ACCEPTED, EXPIRED, EXPIRED_STATUS, HELD, IDEMPOTENCY_CONFLICT, OVERFLOW, HELD_STATUS, HOLD_CLOSED, HOLD_EXCEEDED,
-    HOLD_EXPIRED, HOLD_NOTICE, HOLD_POSTED, HOLD_RELEASED, HOLD_VOIDED, INCOMING_HELD,
-    INCOMING_RELEASED, INSUFFICIENT_FUNDS, INVALID, LIMIT_EXCEEDED, LINK_ACK, LINK_CHECK,
-    MAX_AMOUNT, OPENED, PENDING,
-    POSTED, POSTED_STATUS, REFUND, REFUNDED, REJECT_NOTICE, REJECTED, REJECTED_STATUS,
-    RELEASE_NOTICE, UNKNOWN_ACCOUNT, UNKNOWN_HOLD, VOIDED_STATUS, WITHDRAWN, Account, Hold,
-    MAX_NAME, Position, check_account, is_name, ledger_event, outcome, request_key,
+    ACCEPTED, ACCOUNT_CLOSED, ACCOUNT_EXISTS, ACCOUNT_FROZEN, ACCOUNT_NOT_EMPTY, CLOSED,
+    CLOSED_STATE, COMPLETED, CREDIT, CREDITED, CURRENCY_MISMATCH, DAY_MS, DEBITED,
+    DEBITED_STATUS, DEFAULT_CURRENCY, DEPOSITED, DUPLICATE_EXTERNAL_REF, EXPIRED,
+    EXPIRED_STATUS, FROZEN, FROZEN_STATE, HELD, HELD_STATUS, HOLD_CLOSED, HOLD_EXCEEDED,
+    HOLD_EXPIRED, HOLD_NOTICE, HOLD_POSTED, HOLD_RELEASED, HOLD_VOIDED, IDEMPOTENCY_CONFLICT,
+    INCOMING_HELD, INCOMING_RELEASED, INSUFFICIENT_FUNDS, INVALID, LIMIT_EXCEEDED, LIMITS_SET,
+    LINK_ACK, LINK_CHECK, MAX_AMOUNT, MAX_BALANCE_EXCEEDED, MAX_NAME, OPEN, OPENED, OVERFLOW,
+    PENDING, POSTED, POSTED_STATUS, REFUND, REFUNDED, REJECT_NOTICE, REJECTED, REJECTED_STATUS,
+    RELEASE_NOTICE, UNFROZEN, UNKNOWN_ACCOUNT, UNKNOWN_HOLD, VOIDED_STATUS, WITHDRAWN, Account,
+    Hold, Position, check_account, is_currency, is_name, ledger_event, metadata_problem,
+    outcome, request_key,
 )
 
 MAX_HOLD_TIMEOUT_S = 366 * 86_400
 MAX_LINKED = 16
 MAX_REQUEST_BYTES = 16_384   # a larger transfers.requests record is rejected, never copied
 MAX_DETAIL = 200             # characters of client data quoted in a rejection's detail
+_LIMITS = ("daily_limit", "overdraft_limit", "max_balance")
 _FIELDS = {
-    "open_account": {"type", "request_id", "account", "daily_limit"},
-    "deposit": {"type", "request_id", "account", "amount"},
-    "withdraw": {"type", "request_id", "account", "amount"},
-    "transfer": {"type", "request_id", "from", "to", "amount"},
-    "hold": {"type", "request_id", "from", "to", "amount", "timeout_s"},
-    "post": {"type", "request_id", "hold_id", "from", "amount"},
-    "void": {"type", "request_id", "hold_id", "from"},
-    "linked": {"type", "request_id", "from", "transfers"},
+    "open_account": {"type", "request_id", "account", "currency", *_LIMITS, "metadata"},
+    "deposit": {"type", "request_id", "account", "amount", "currency", "metadata"},
+    "withdraw": {"type", "request_id", "account", "amount", "currency", "metadata"},
+    "transfer": {"type", "request_id", "from", "to", "amount", "currency", "metadata",
+                 "external_ref"},
+    "hold": {"type", "request_id", "from", "to", "amount", "timeout_s", "currency", "metadata",
+             "external_ref"},
+    "post": {"type", "request_id", "hold_id", "from", "amount", "metadata"},
+    "void": {"type", "request_id", "hold_id", "from", "metadata"},
+    "linked": {"type", "request_id", "from", "transfers", "currency", "metadata",
+               "external_ref"},
+    "set_limits": {"type", "request_id", "account", *_LIMITS},
+    "close_account": {"type", "request_id", "account"},
+    "freeze": {"type", "request_id", "account"},
+    "unfreeze": {"type", "request_id", "account"},
 }
 _REQUIRED = {
     "open_account": {"type", "request_id", "account"},
@@ -91,7 +102,14 @@ _REQUIRED = {
     "post": {"type", "request_id", "hold_id", "from"},
     "void": {"type", "request_id", "hold_id", "from"},
     "linked": {"type", "request_id", "from", "transfers"},
+    "set_limits": {"type", "request_id", "account"},
+    "close_account": {"type", "request_id", "account"},
+    "freeze": {"type", "request_id", "account"},
+    "unfreeze": {"type", "request_id", "account"},
 }
+_ACCOUNT_RULES = frozenset({"set_limits", "close_account", "freeze", "unfreeze"})
+_OUTGOING = frozenset({"withdraw", "transfer", "hold", "post", "linked"})   # refused when frozen
+TAGS = ("metadata", "external_ref")   # a request's labels, copied into all it causes
 # who sent a request: set by the HTTP intake to the API key's principal (`key:<id>`), or by a
 # Kafka client of its own; carried into the ledger events, messages and outcomes it causes
 REQUESTED_BY = "requested_by"
@@ -125,16 +143,28 @@ def fingerprint(body: dict[str, Any]) -> str:
                            digest_size=12).hexdigest()
 
 
-def _stamp(d: "Decision", requested_by: str | None) -> "Decision":
-    """Record who asked in everything a decision writes (nothing when no one is named)."""
-    if requested_by is not None:
+def _stamp(d: "Decision", labels: dict[str, Any]) -> "Decision":
+    """Copy a request's labels (its metadata, external_ref and who asked, see `_labels`) into
+    everything its decision writes: both sides' ledger events, its outcomes and messages."""
+    if labels:
         if d.event is not None:
-            d.event[REQUESTED_BY] = requested_by
+            d.event.update(labels)
         for out in d.outcomes:
-            out[REQUESTED_BY] = requested_by
+            out.update(labels)
         for _, msg in d.messages:
-            msg[REQUESTED_BY] = requested_by
+            if msg["kind"] != EXPIRE:
+                msg.update(labels)
     return d
+
+
+def _labels(body: dict[str, Any]) -> dict[str, Any]:
+    """The labels of a valid request or message, in a fixed order: metadata, external_ref,
+    requested_by."""
+    labels = {k: body[k] for k in TAGS if k in body}
+    by = body.get(REQUESTED_BY)
+    if is_name(by):
+        labels[REQUESTED_BY] = by
+    return labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +234,7 @@ class Decision:
     messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (key, credit msg)
     marker: str | None = None             # id to remember as applied
     marker_value: str = "1"               # for a request: its FirstDecision
+    ref_marker: str | None = None         # the sender's external_ref this request claims
     hold: tuple[str, Hold] | None = None  # (hold key, its new state) on the sender's partition
     supply: int = 0                       # money brought into the partition (- taken out)
 
@@ -290,16 +321,43 @@ def parse_request(key: bytes | None, value: bytes | None) -> Request:
         req.problem = _members_problem(account, body["transfers"])
     elif kind == "void" or (kind == "post" and body.get("amount") is None):
         pass
-    elif kind == "open_account":
-        limit = body.get("daily_limit")
-        if limit is not None and (not _is_int(limit) or not 0 <= limit <= MAX_AMOUNT):
-            req.problem = "daily_limit must be null or an integer from 0 to 2^63-1"
+    elif kind in ("open_account", "set_limits"):
+        req.problem = _limits_problem(body, kind)
+    elif kind in _ACCOUNT_RULES:
+        pass
     else:
         req.problem = _amount_problem(body["amount"])
+    if req.problem is None:
+        req.problem = _labels_problem(body)
     if account is not None and (key is None or key != account.encode()):
         req.problem = req.problem or "record key must equal the deciding account"
         req.account = None  # its state (and id scope) lives on another partition: touch nothing
     return req
+
+
+def _limits_problem(body: dict[str, Any], kind: str) -> str | None:
+    """An account's opening rules or new limits, if anything is wrong with them."""
+    for name in ("daily_limit", "max_balance"):
+        value = body.get(name)
+        if value is not None and (not _is_int(value) or not 0 <= value <= MAX_AMOUNT):
+            return f"{name} must be null or an integer from 0 to 2^63-1"
+    overdraft = body.get("overdraft_limit", 0)
+    if not _is_int(overdraft) or not 0 <= overdraft <= MAX_AMOUNT:
+        return "overdraft_limit must be an integer from 0 to 2^63-1"
+    if kind == "set_limits" and not set(_LIMITS) & set(body):
+        return f"set_limits changes at least one of {', '.join(_LIMITS)}"
+    return None
+
+
+def _labels_problem(body: dict[str, Any]) -> str | None:
+    """A request's currency, metadata and external_ref, if anything is wrong with them."""
+    if "currency" in body and not is_currency(body["currency"]):
+        return "currency must be a code of 3 to 12 upper-case letters or digits"
+    if "metadata" in body and (problem := metadata_problem(body["metadata"])) is not None:
+        return problem
+    if "external_ref" in body and not is_name(body["external_ref"]):
+        return f"external_ref must be a string of 1 to {MAX_NAME} characters"
+    return None
 
 
 def _members_problem(sender: str, members: Any) -> str | None:
@@ -353,12 +411,14 @@ def _event(d: Decision, name: str, acct: Account, request_id: str, kind: str, am
     assert 0 <= amount <= MAX_AMOUNT, (kind, amount)
     d.account, d.state = name, acct
     d.event = ledger_event(name, acct.seq, request_id, kind, amount, counterparty,
-                           acct.balance, ts, pos, reason, acct.daily_limit, acct.held,
+                           acct.balance, ts, pos, reason, acct, acct.held,
                            acct.pending_in, hold_id, released)
 
 
 def _reject(d: Decision, req: Request, acct: Account | None, reason: str, ts: int,
             pos: Position, detail: str | None = None) -> Decision:
+    """A rejected event on the deciding account and, for a transfer, a notice to the
+    receiver (its `rejected` event); the request's outcome: rejected with the reason."""
     body = req.body
     amount = body.get("amount")
     amount = amount if _is_int(amount) and 0 <= amount <= MAX_AMOUNT else 0
@@ -390,19 +450,31 @@ def request_marker(account: str, request_id: str) -> str:
     return marker_key("r:", account, request_id)
 
 
+def external_ref_marker(sender: str, external_ref: str) -> str:
+    """The marker of an external_ref the sender used (its value: the request id that did)."""
+    return marker_key("e:", sender, external_ref)
+
+
 def decide_request(req: Request, acct: Account | None, first: FirstDecision | None,
                    ts: int, pos: Position, rules: Rules = Rules(),
-                   hold: Hold | None = None, supply: int = 0) -> Decision:
+                   hold: Hold | None = None, supply: int = 0,
+                   ref_owner: str | None = None) -> Decision:
     """Decide a client request against the deciding account's state (and, for post and void,
     the state of the hold it names, as the sender's partition keeps it).
 
     `first`: what an earlier request with this id in this account's scope decided (its
     marker), if any. `supply`: the money the partition has brought in so far.
+    `ref_owner`: the id of the request that used this request's external_ref already, if any.
 
     Idempotency: the same id with the same body again is answered with the first decision
     (`retry`, nothing changes); with another body, idempotency_conflict (nothing changes).
     A request with no valid deciding account, or keyed to another account, is rejected in
-    no account's scope and marks nothing, so no one can take another account's ids."""
+    no account's scope and marks nothing, so no one can take another account's ids.
+    An external_ref is unique per sender the same way: the first valid transfer, hold or
+    linked transfer that names it claims it, whatever it is decided; a later request with
+    another id naming it is rejected duplicate_external_ref."""
+    labels = _labels(req.body) if req.problem is None else _labels(
+        {REQUESTED_BY: req.body.get(REQUESTED_BY)})
     if first is not None:
         d = Decision()
         if first.fingerprint == fingerprint(req.body):
@@ -414,8 +486,17 @@ def decide_request(req: Request, acct: Account | None, first: FirstDecision | No
                                       IDEMPOTENCY_CONFLICT,
                                       f"request id already used by another request, which "
                                       f"was {first.status}", retry=True))
-        return _stamp(d, _requester(req.body))
-    d = _stamp(_decide_new(req, acct, ts, pos, rules, hold, supply), _requester(req.body))
+        return _stamp(d, labels)
+    ref = req.body.get("external_ref") if req.problem is None else None
+    if ref is not None and ref_owner is not None:
+        d = _reject(Decision(), req, acct, DUPLICATE_EXTERNAL_REF, ts, pos,
+                    f"external_ref {_quote(ref)} was used by request {_quote(ref_owner)}")
+    else:
+        d = _decide_new(req, acct, ts, pos, rules, hold, supply)
+        if ref is not None:
+            assert req.account is not None
+            d.ref_marker = external_ref_marker(req.account, ref)
+    _stamp(d, labels)
     if req.account is not None:
         d.marker = request_marker(req.account, req.request_id)
         own = [o for o in d.outcomes if o["request_id"] == req.request_id]
@@ -424,9 +505,31 @@ def decide_request(req: Request, acct: Account | None, first: FirstDecision | No
     return d
 
 
-def _requester(body: dict[str, Any]) -> str | None:
-    by = body.get(REQUESTED_BY)
-    return by if is_name(by) else None
+def _refusal(kind: str, acct: Account, body: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, detail) if the account's state or currency refuses this kind of request."""
+    if acct.state == CLOSED_STATE:
+        return ACCOUNT_CLOSED, "the account is closed"
+    if acct.state == FROZEN_STATE and kind in _OUTGOING:
+        return ACCOUNT_FROZEN, "the account is frozen: it takes credits, not debits or holds"
+    if body.get("currency", acct.currency) != acct.currency:
+        return CURRENCY_MISMATCH, f"the account is in {acct.currency}, not {body['currency']}"
+    return None
+
+
+def _inflow_problem(acct: Account | None, amount: int, currency: str) -> tuple[str, str] | None:
+    """(reason, detail) if the account cannot take this money in (a credit, a linked
+    transfer's member, a deposit); None if it can."""
+    if acct is None:
+        return UNKNOWN_ACCOUNT, "no such account"
+    if acct.state == CLOSED_STATE:
+        return ACCOUNT_CLOSED, "the account is closed"
+    if currency != acct.currency:
+        return CURRENCY_MISMATCH, f"the account is in {acct.currency}, not {currency}"
+    if acct.balance + amount > MAX_AMOUNT:
+        return OVERFLOW, "the balance would leave the 64-bit range"
+    if acct.max_balance is not None and acct.balance + amount > acct.max_balance:
+        return MAX_BALANCE_EXCEEDED, f"the balance may not go above {acct.max_balance}"
+    return None
 
 
 def _decide_new(req: Request, acct: Account | None, ts: int, pos: Position, rules: Rules,
@@ -438,14 +541,15 @@ def _decide_new(req: Request, acct: Account | None, ts: int, pos: Position, rule
     assert name is not None
     kind = body["type"]
     if kind == "open_account":
-        if acct is not None:
-            return _reject(d, req, acct, ACCOUNT_EXISTS, ts, pos)
-        new = Account(daily_limit=body.get("daily_limit"), day=ts // DAY_MS)
-        _event(d, name, new, req.request_id, OPENED, 0, None, ts, pos)
-        d.outcomes.append(outcome(name, req.request_id, COMPLETED, ts))
-        return d
+        return _open(d, req, acct, ts, pos, rules, supply)
     if acct is None:
         return _reject(d, req, None, UNKNOWN_ACCOUNT, ts, pos)
+    if kind == "void" and acct.state == FROZEN_STATE:
+        pass   # releasing a hold moves nothing out
+    elif (refused := _refusal(kind, acct, body)) is not None:
+        return _reject(d, req, acct, refused[0], ts, pos, refused[1])
+    if kind in _ACCOUNT_RULES:
+        return _account_rule(d, req, acct, ts, pos, rules, supply)
     if kind in _SETTLING:
         return _settle(d, req, acct, hold, ts, pos)
     if kind == "linked":
@@ -457,6 +561,8 @@ def _decide_new(req: Request, acct: Account | None, ts: int, pos: Position, rule
             return _reject(d, req, acct, OVERFLOW, ts, pos,
                            f"the partition's money would exceed its share of the 64-bit "
                            f"range ({rules.supply_cap})")
+        if (problem := _inflow_problem(acct, amount, acct.currency)) is not None:
+            return _reject(d, req, acct, problem[0], ts, pos, problem[1])
         new.balance += amount
         d.supply = amount
         _event(d, name, new, req.request_id, DEPOSITED, amount, None, ts, pos)
@@ -466,7 +572,7 @@ def _decide_new(req: Request, acct: Account | None, ts: int, pos: Position, rule
         return _reject(d, req, acct, LIMIT_EXCEEDED, ts, pos,
                        f"above the single-transfer cap of {rules.max_transfer_amount}")
     if (reason := _spend(new, amount, ts)) is not None:
-        return _reject(d, req, acct, reason, ts, pos)
+        return _reject(d, req, acct, reason, ts, pos, _spend_detail(acct, reason))
     if kind == "hold":
         return _hold(d, req, new, ts, pos)
     new.balance -= amount
@@ -478,8 +584,72 @@ def _decide_new(req: Request, acct: Account | None, ts: int, pos: Position, rule
     to = body["to"]
     _event(d, name, new, req.request_id, DEBITED, amount, to, ts, pos)
     d.messages.append((to, {"kind": CREDIT, "request_id": req.request_id, "account": to,
-                            "counterparty": name, "amount": amount}))
+                            "counterparty": name, "amount": amount, "currency": acct.currency}))
     d.outcomes.append(outcome(name, req.request_id, DEBITED_STATUS, ts))
+    return d
+
+
+def _spend_detail(acct: Account, reason: str) -> str:
+    """Which rule refused an outflow."""
+    if reason == LIMIT_EXCEEDED:
+        return f"over the daily limit of {acct.daily_limit}"
+    floor = f"-{acct.overdraft_limit}" if acct.overdraft_limit else "0"
+    return f"the balance may not go below {floor} (available {acct.available})"
+
+
+def _open(d: Decision, req: Request, acct: Account | None, ts: int, pos: Position,
+          rules: Rules, supply: int) -> Decision:
+    """Open an account with its currency and rules. An overdraft lets money be created on
+    credit, so it counts toward the partition's share of the 64-bit range like a deposit."""
+    body, name = req.body, req.account
+    assert name is not None
+    if acct is not None:
+        return _reject(d, req, acct, ACCOUNT_EXISTS, ts, pos)
+    overdraft = body.get("overdraft_limit", 0)
+    if supply + overdraft > rules.supply_cap:
+        return _reject(d, req, None, OVERFLOW, ts, pos,
+                       f"the overdraft would exceed the partition's share of the 64-bit range")
+    new = Account(daily_limit=body.get("daily_limit"), day=ts // DAY_MS,
+                  currency=body.get("currency", DEFAULT_CURRENCY), overdraft_limit=overdraft,
+                  max_balance=body.get("max_balance"))
+    d.supply = overdraft
+    _event(d, name, new, req.request_id, OPENED, 0, None, ts, pos)
+    d.outcomes.append(outcome(name, req.request_id, COMPLETED, ts))
+    return d
+
+
+def _account_rule(d: Decision, req: Request, acct: Account, ts: int, pos: Position,
+                  rules: Rules, supply: int) -> Decision:
+    """set_limits, close_account, freeze, unfreeze (the account is not closed)."""
+    body, name, kind = req.body, req.account, req.body["type"]
+    assert name is not None
+    new = acct.copy()
+    if kind == "set_limits":
+        raised = max(0, body.get("overdraft_limit", acct.overdraft_limit) - acct.overdraft_limit)
+        if supply + raised > rules.supply_cap:
+            return _reject(d, req, acct, OVERFLOW, ts, pos,
+                           "the overdraft would exceed the partition's share of the 64-bit range")
+        for limit in _LIMITS:
+            if limit in body:
+                setattr(new, limit, body[limit])
+        d.supply = raised   # a lowered overdraft releases nothing: it may be in use
+        event_kind = LIMITS_SET
+    elif kind == "close_account":
+        if acct.balance or acct.held or acct.pending_in:
+            return _reject(d, req, acct, ACCOUNT_NOT_EMPTY, ts, pos,
+                           f"balance {acct.balance}, held {acct.held}, pending in "
+                           f"{acct.pending_in}: all must be 0")
+        new.state, event_kind = CLOSED_STATE, CLOSED
+    elif kind == "freeze":
+        if acct.state == FROZEN_STATE:
+            return _reject(d, req, acct, ACCOUNT_FROZEN, ts, pos, "the account is frozen already")
+        new.state, event_kind = FROZEN_STATE, FROZEN
+    else:
+        if acct.state != FROZEN_STATE:
+            return _reject(d, req, acct, INVALID, ts, pos, "the account is not frozen")
+        new.state, event_kind = OPEN, UNFROZEN
+    _event(d, name, new, req.request_id, event_kind, 0, None, ts, pos)
+    d.outcomes.append(outcome(name, req.request_id, COMPLETED, ts))
     return d
 
 
@@ -493,7 +663,8 @@ def _hold(d: Decision, req: Request, new: Account, ts: int, pos: Position) -> De
     _event(d, name, new, hold_id, HELD, amount, to, ts, pos, hold_id=hold_id)
     d.hold = (request_key(name, hold_id), hold)
     d.messages.append((to, {"kind": HOLD_NOTICE, "request_id": hold_id, "account": to,
-                            "counterparty": name, "amount": amount, "hold_id": hold_id}))
+                            "counterparty": name, "amount": amount, "hold_id": hold_id,
+                            "currency": new.currency}))
     d.outcomes.append(outcome(name, hold_id, HELD_STATUS, ts, hold={
         "from": name, "to": to, "amount": amount, "expires_at": hold.deadline}))
     return d
@@ -519,7 +690,8 @@ def _link(d: Decision, req: Request, acct: Account, ts: int, pos: Position,
     d.hold = (request_key(name, rid), Hold(name, "", total, 0, new.day, PENDING, members))
     for i, (to, amount) in enumerate(members):
         d.messages.append((to, {"kind": LINK_CHECK, "request_id": rid, "account": to,
-                                "counterparty": name, "amount": amount, "index": i}))
+                                "counterparty": name, "amount": amount, "index": i,
+                                "currency": acct.currency}))
     return d   # no outcome until every receiver has answered
 
 
@@ -565,8 +737,8 @@ def _close_hold(d: Decision, kind: str, request_id: str, name: str, acct: Accoun
         _event(d, name, new, request_id, POSTED, posted, to, ts, pos, hold_id=hold_id,
                released=released)
         d.messages.append((to, {"kind": CREDIT, "request_id": request_id, "account": to,
-                                "counterparty": name, "amount": posted, "hold_id": hold_id,
-                                "held": hold.amount}))
+                                "counterparty": name, "amount": posted, "currency": acct.currency,
+                                "hold_id": hold_id, "held": hold.amount}))
         d.outcomes.append(outcome(name, request_id, DEBITED_STATUS, ts))
     else:
         _event(d, name, new, request_id, event_kind, released, to, ts, pos, hold_id=hold_id)
@@ -622,26 +794,29 @@ def incoming_marker(sender: str, hold_id: str) -> str:
 
 
 _MESSAGE_FIELDS = {
-    CREDIT: ({"kind", "request_id", "account", "counterparty", "amount"},
+    CREDIT: ({"kind", "request_id", "account", "counterparty", "amount", "currency"},
              {"hold_id", "held", "index"}),
     REFUND: ({"kind", "request_id", "account", "counterparty", "amount", "reason"}, {"index"}),
     REJECT_NOTICE: ({"kind", "request_id", "account", "counterparty", "amount", "reason"}, set()),
-    HOLD_NOTICE: ({"kind", "request_id", "account", "counterparty", "amount", "hold_id"}, set()),
+    HOLD_NOTICE: ({"kind", "request_id", "account", "counterparty", "amount", "hold_id",
+                   "currency"}, set()),
     RELEASE_NOTICE: ({"kind", "request_id", "account", "counterparty", "amount", "hold_id"},
                      set()),
-    LINK_CHECK: ({"kind", "request_id", "account", "counterparty", "amount", "index"}, set()),
+    LINK_CHECK: ({"kind", "request_id", "account", "counterparty", "amount", "index",
+                  "currency"}, set()),
     LINK_ACK: ({"kind", "request_id", "account", "counterparty", "amount", "index", "ok"},
                {"reason"}),
     EXPIRE: ({"kind", "request_id", "account", "counterparty", "amount"}, set()),
 }
 for _kind, (_, _optional) in _MESSAGE_FIELDS.items():
     if _kind != EXPIRE:   # the engine's own: no one requested it
-        _optional.add(REQUESTED_BY)
+        _optional.update((REQUESTED_BY, *TAGS))
+MAX_MESSAGE_BYTES = 2 * MAX_REQUEST_BYTES   # a message copies a request's labels, plus a little
 
 
 def parse_message(key: bytes | None, value: bytes | None) -> dict[str, Any]:
     """Validate a transfers.credits record field by field; raises BadMessage."""
-    if value is None or len(value) > MAX_REQUEST_BYTES:
+    if value is None or len(value) > MAX_MESSAGE_BYTES:
         raise BadMessage("empty or oversized message")
     try:
         msg = orjson.loads(value)
@@ -673,6 +848,10 @@ def parse_message(key: bytes | None, value: bytes | None) -> dict[str, Any]:
         raise BadMessage("ok must be true or false")
     if REQUESTED_BY in msg and not is_name(msg[REQUESTED_BY]):
         raise BadMessage(f"requested_by must be a string of 1 to {MAX_NAME} characters")
+    if "currency" in msg and not is_currency(msg["currency"]):
+        raise BadMessage("currency must be a code of 3 to 12 upper-case letters or digits")
+    if (problem := _labels_problem(msg)) is not None:
+        raise BadMessage(problem)
     return msg
 
 
@@ -692,7 +871,7 @@ def decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bo
     account that was never debited, an amount past the 64-bit range): in an honest ledger
     the partitions' supply caps bound every sum, so only a forged record gets here."""
     return _stamp(_decide_credit(msg, acct, already_applied, ts, pos, incoming_recorded, hold),
-                  msg.get(REQUESTED_BY))
+                  _labels(msg))
 
 
 def _decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bool,
@@ -708,7 +887,8 @@ def _decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: b
             d.marker = credit_marker(msg)
         return d
     if kind == HOLD_NOTICE:
-        if acct is not None:
+        # a receiver that cannot take the money counts nothing: the post's credit goes back
+        if acct is not None and acct.state != CLOSED_STATE and acct.currency == msg["currency"]:
             if acct.pending_in + amount > MAX_AMOUNT:
                 raise BadMessage("pending_in would pass the 64-bit range")
             d.marker = credit_marker(msg)
@@ -719,8 +899,8 @@ def _decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: b
         return d
     d.marker = credit_marker(msg)
     if kind == LINK_CHECK:
-        reason = UNKNOWN_ACCOUNT if acct is None else \
-            OVERFLOW if acct.balance + amount > MAX_AMOUNT else None
+        problem = _inflow_problem(acct, amount, msg["currency"])
+        reason = problem[0] if problem is not None else None
         answer = {"kind": LINK_ACK, "request_id": request_id, "account": other,
                   "counterparty": name, "amount": amount, "index": msg["index"],
                   "ok": reason is None}
@@ -754,8 +934,8 @@ def _decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: b
         d.outcomes.append(outcome(name, request_id, REJECTED_STATUS, ts, msg["reason"]))
         return d
     assert kind == CREDIT, kind
-    if acct is None or acct.balance + amount > MAX_AMOUNT:
-        reason = UNKNOWN_ACCOUNT if acct is None else OVERFLOW
+    if (problem := _inflow_problem(acct, amount, msg["currency"])) is not None:
+        reason = problem[0]
         refund = {"kind": REFUND, "request_id": request_id, "account": other,
                   "counterparty": name, "amount": amount, "reason": reason}
         if "index" in msg:
@@ -807,6 +987,7 @@ def _linked_answer(d: Decision, msg: dict[str, Any], acct: Account | None, hold:
     d.hold = (key, replace(hold, state=HOLD_POSTED, confirmed=confirmed))
     for i, (to, amount) in enumerate(hold.members):
         d.messages.append((to, {"kind": CREDIT, "request_id": rid, "account": to,
-                                "counterparty": name, "amount": amount, "index": i}))
+                                "counterparty": name, "amount": amount,
+                                "currency": acct.currency, "index": i}))
     d.outcomes.append(outcome(name, rid, DEBITED_STATUS, ts))
     return d

@@ -6,6 +6,7 @@ records; consumers rely on that to recognise duplicates.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,15 +15,53 @@ import orjson
 MAX_AMOUNT = 2**63 - 1  # amounts and balances are signed 64-bit minor units
 DAY_MS = 86_400_000
 MAX_NAME = 128          # characters of an account name, request id, hold id or requester
+DEFAULT_CURRENCY = "USD"  # the currency of an account opened without one
+MAX_METADATA_KEYS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+GENESIS_HASH = "0" * 64   # the `prev` of a ledger partition's first event
 
 
 def is_name(value: Any) -> bool:
     """An account name, request id or hold id: a string of 1 to MAX_NAME characters."""
     return isinstance(value, str) and 0 < len(value) <= MAX_NAME
 
-# ledger event kinds; `refunded` returns a debited amount whose receiver did not exist
+
+def is_currency(value: Any) -> bool:
+    """A currency (ledger) code: 3 to 12 upper-case letters or digits."""
+    return isinstance(value, str) and 3 <= len(value) <= 12 and value.isascii() \
+        and all(c.isupper() or c.isdigit() for c in value)
+
+
+# minor-unit decimals of the currencies the console shows as 12.50 rather than 1250; any other
+# code has 2 (the console's catalogue; the engine only ever sees integers)
+CURRENCY_DECIMALS = {"USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "SEK": 2,
+                     "NOK": 2, "DKK": 2, "PLN": 2, "INR": 2, "CNY": 2, "JPY": 0, "KRW": 0,
+                     "ISK": 0, "BHD": 3, "KWD": 3, "JOD": 3, "BTC": 8, "ETH": 18, "USDC": 6,
+                     "POINTS": 0}
+
+
+def metadata_problem(value: Any) -> str | None:
+    """What is wrong with a `metadata` object, if anything: string keys to string values,
+    at most 16 keys, keys of 1 to 64 characters, values of at most 512."""
+    if not isinstance(value, dict):
+        return "metadata must be an object of string keys to string values"
+    if len(value) > MAX_METADATA_KEYS:
+        return f"metadata has {len(value)} keys, over the limit of {MAX_METADATA_KEYS}"
+    for k, v in value.items():
+        if not 0 < len(k) <= MAX_METADATA_KEY:
+            return f"metadata keys must have 1 to {MAX_METADATA_KEY} characters"
+        if not isinstance(v, str):
+            return "metadata values must be strings"
+        if len(v) > MAX_METADATA_VALUE:
+            return f"metadata values must have at most {MAX_METADATA_VALUE} characters"
+    return None
+
+
+# ledger event kinds; `refunded` returns a debited amount whose receiver did not take it
 OPENED, DEPOSITED, WITHDRAWN, DEBITED, CREDITED, REFUNDED, REJECTED = (
     "opened", "deposited", "withdrawn", "debited", "credited", "refunded", "rejected")
+# an account's rules and life: `limits_set` (daily, overdraft, max balance), `frozen` and
+# `unfrozen` (debits and holds refused meanwhile), `closed` (for good)
+LIMITS_SET, FROZEN, UNFROZEN, CLOSED = "limits_set", "frozen", "unfrozen", "closed"
 # two-phase transfers: on the sender, `held` reserves, then exactly one of `posted` (moves
 # part or all of it, releasing the rest), `hold_released` (voided) or `expired`; on the
 # receiver, `incoming_held` and `incoming_released` show money on its way (a post credits it)
@@ -33,7 +72,8 @@ HOLD_SETTLING = (POSTED, HOLD_RELEASED, EXPIRED)
 # how each kind of event moves the balance
 BALANCE_SIGN = {OPENED: 0, DEPOSITED: 1, WITHDRAWN: -1, DEBITED: -1, CREDITED: 1,
                 REFUNDED: 1, REJECTED: 0, HELD: 0, POSTED: -1, HOLD_RELEASED: 0, EXPIRED: 0,
-                INCOMING_HELD: 0, INCOMING_RELEASED: 0}
+                INCOMING_HELD: 0, INCOMING_RELEASED: 0, LIMITS_SET: 0, FROZEN: 0, UNFROZEN: 0,
+                CLOSED: 0}
 
 # outcome statuses, in the order a request moves through them. A hold's own request_id
 # goes accepted -> held -> posted | voided | expired (or rejected).
@@ -72,11 +112,18 @@ HOLD_CLOSED = "hold_closed"       # posted, voided or expired already
 HOLD_EXCEEDED = "hold_exceeded"   # a post of more than was held
 IDEMPOTENCY_CONFLICT = "idempotency_conflict"   # a request id reused with another body
 OVERFLOW = "overflow"             # the result would leave the signed 64-bit range
+CURRENCY_MISMATCH = "currency_mismatch"    # the accounts (or the request) differ in currency
+MAX_BALANCE_EXCEEDED = "max_balance_exceeded"   # the receiver's balance would pass its cap
+ACCOUNT_CLOSED = "account_closed"
+ACCOUNT_FROZEN = "account_frozen"
+ACCOUNT_NOT_EMPTY = "account_not_empty"    # a close while money is on, held by or held for it
+DUPLICATE_EXTERNAL_REF = "duplicate_external_ref"   # the sender used this external_ref already
 # reasons that answer a re-sent request id: they never override the first decision's status
 RESENT_REASONS = frozenset({DUPLICATE, IDEMPOTENCY_CONFLICT})
 REASONS = frozenset({INSUFFICIENT_FUNDS, LIMIT_EXCEEDED, UNKNOWN_ACCOUNT, INVALID, DUPLICATE,
                      ACCOUNT_EXISTS, UNKNOWN_HOLD, HOLD_CLOSED, HOLD_EXCEEDED,
-                     IDEMPOTENCY_CONFLICT, OVERFLOW})
+                     IDEMPOTENCY_CONFLICT, OVERFLOW, CURRENCY_MISMATCH, MAX_BALANCE_EXCEEDED,
+                     ACCOUNT_CLOSED, ACCOUNT_FROZEN, ACCOUNT_NOT_EMPTY, DUPLICATE_EXTERNAL_REF})
 
 # messages on transfers.credits
 CREDIT, REFUND, REJECT_NOTICE = "credit", "refund", "reject_notice"
@@ -84,9 +131,15 @@ HOLD_NOTICE, RELEASE_NOTICE = "hold_notice", "release_notice"   # the receiver's
 LINK_CHECK, LINK_ACK = "link_check", "link_ack"   # a linked transfer asks each receiver first
 
 
+OPEN, FROZEN_STATE, CLOSED_STATE = "open", "frozen", "closed"   # an account's state
+
+
 @dataclass(slots=True)
 class Account:
-    """An account's authoritative state, owned by the engine worker of its partition."""
+    """An account's authoritative state, owned by the engine worker of its partition.
+
+    The balance may go down to -overdraft_limit and, if max_balance is set, up to it (a
+    liability or settlement account has max_balance 0 and an overdraft)."""
 
     balance: int = 0
     seq: int = 0                  # seq of the account's latest ledger event
@@ -95,13 +148,22 @@ class Account:
     spent: int = 0                # outflow on `day` (holds count when made)
     held: int = 0                 # reserved by this account's pending holds (pending out)
     pending_in: int = 0           # held for this account by other accounts' pending holds
+    currency: str = DEFAULT_CURRENCY
+    overdraft_limit: int = 0      # the balance may go down to -overdraft_limit
+    max_balance: int | None = None  # the balance may not go above it (None: no cap)
+    state: str = OPEN             # open, frozen or closed
 
     @property
     def available(self) -> int:
-        return self.balance - self.held
+        """What may still go out: down to the overdraft floor, less what is held."""
+        return self.balance + self.overdraft_limit - self.held
 
     def to_json(self) -> list[Any]:
         row = [self.balance, self.seq, self.daily_limit, self.day, self.spent]
+        if self.currency != DEFAULT_CURRENCY or self.overdraft_limit \
+                or self.max_balance is not None or self.state != OPEN:
+            return row + [self.held, self.pending_in, self.currency, self.overdraft_limit,
+                          self.max_balance, self.state]
         return row + [self.held, self.pending_in] if self.held or self.pending_in else row
 
     @classmethod
@@ -110,7 +172,8 @@ class Account:
 
     def copy(self) -> "Account":
         return Account(self.balance, self.seq, self.daily_limit, self.day, self.spent,
-                       self.held, self.pending_in)
+                       self.held, self.pending_in, self.currency, self.overdraft_limit,
+                       self.max_balance, self.state)
 
 
 PENDING, HOLD_POSTED, HOLD_VOIDED, HOLD_EXPIRED = "pending", "posted", "voided", "expired"
@@ -195,25 +258,33 @@ def outcome_key(out: dict[str, Any]) -> str:
 
 def check_account(acct: "Account") -> None:
     """The invariants of an account state, asserted where the engine makes it (what
-    `bank replay verify` checks afterwards)."""
-    assert 0 <= acct.balance <= MAX_AMOUNT, acct
-    assert 0 <= acct.held <= acct.balance, acct
-    assert 0 <= acct.pending_in <= MAX_AMOUNT, acct
+    `bank replay verify` checks afterwards). A lowered overdraft limit or max_balance
+    never undoes what was decided, so the balance is bounded by 64 bits here, and by the
+    limits only when an outflow or inflow is decided."""
+    assert -MAX_AMOUNT <= acct.balance <= MAX_AMOUNT, acct
+    assert 0 <= acct.held <= MAX_AMOUNT and 0 <= acct.pending_in <= MAX_AMOUNT, acct
     assert 0 <= acct.spent <= MAX_AMOUNT and acct.seq >= 0, acct
+    assert 0 <= acct.overdraft_limit <= MAX_AMOUNT and is_currency(acct.currency), acct
+    assert acct.max_balance is None or 0 <= acct.max_balance <= MAX_AMOUNT, acct
+    assert acct.state in (OPEN, FROZEN_STATE, CLOSED_STATE), acct
+    assert acct.state != CLOSED_STATE or acct.held == acct.pending_in == 0, acct
 
 
 def ledger_event(account: str, seq: int, request_id: str, kind: str, amount: int,
                  counterparty: str | None, balance: int, ts: int, source: Position,
-                 reason: str | None = None, daily_limit: int | None = None,
+                 reason: str | None = None, acct: "Account | None" = None,
                  held: int = 0, pending_in: int = 0, hold_id: str | None = None,
-                 released: int | None = None) -> dict[str, Any]:
+                 released: int | None = None, tags: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
     """A ledger.events record, with a fixed key order so re-encodings are identical.
 
-    An `opened` event also carries the account's daily_limit, so that the
-    limits view can be derived from the ledger alone. Like `balance`, `held`
-    and `pending_in` are the account's figures after the event (left out while
-    both are 0); events of a hold name it (`hold_id`), and a `posted` event
-    says how much of the hold it `released` back to the sender.
+    An `opened` event carries the account's rules (daily_limit, currency, overdraft_limit,
+    max_balance) and a `limits_set` event its new limits, so that the limits view can be
+    derived from the ledger alone. Like `balance`, `held` and `pending_in` are the
+    account's figures after the event (left out while both are 0); events of a hold name
+    it (`hold_id`), and a `posted` event says how much of the hold it `released` back to
+    the sender. `tags` are the request's metadata and external_ref, on both sides' events.
+    The engine appends `hash` (chain_event) when it writes the event.
     """
     event: dict[str, Any] = {
         "account": account, "seq": seq, "request_id": request_id, "kind": kind,
@@ -222,20 +293,37 @@ def ledger_event(account: str, seq: int, request_id: str, kind: str, amount: int
     }
     if reason is not None:
         event["reason"] = reason
-    if kind == OPENED:
-        event["daily_limit"] = daily_limit
+    if acct is not None and kind in (OPENED, LIMITS_SET):
+        event["daily_limit"] = acct.daily_limit
+        if kind == OPENED and acct.currency != DEFAULT_CURRENCY:
+            event["currency"] = acct.currency
+        if acct.overdraft_limit or kind == LIMITS_SET:
+            event["overdraft_limit"] = acct.overdraft_limit
+        if acct.max_balance is not None or kind == LIMITS_SET:
+            event["max_balance"] = acct.max_balance
     if held or pending_in:
         event["held"], event["pending_in"] = held, pending_in
     if hold_id is not None:
         event["hold_id"] = hold_id
     if released is not None:
         event["released"] = released
+    if tags:
+        event.update(tags)
     return event
+
+
+def chain_event(prev_hash: str, encoded: bytes) -> tuple[str, bytes]:
+    """Chain an encoded ledger event (without `hash`) to its partition's previous event:
+    hash = SHA-256(previous hash || the event's canonical encoding), appended as the last
+    field. Returns (hash, the encoding with it), which equals orjson.dumps of the event
+    with `hash` added, so a reader checks it by popping `hash` and encoding the rest."""
+    digest = hashlib.sha256(prev_hash.encode() + encoded).hexdigest()
+    return digest, b"%s,\"hash\":\"%s\"}" % (encoded[:-1], digest.encode())
 
 
 def outcome(account: str, request_id: str, status: str, ts: int, reason: str | None = None,
             detail: str | None = None, hold: dict[str, Any] | None = None,
-            retry: bool = False) -> dict[str, Any]:
+            retry: bool = False, tags: dict[str, Any] | None = None) -> dict[str, Any]:
     """A transfers.outcomes record (keyed by request_key(account, request_id)); a hold's
     outcomes carry what GET /holds/{id} shows; `retry` marks the answer to a re-sent id."""
     out: dict[str, Any] = {"request_id": request_id, "account": account, "status": status}
@@ -247,6 +335,8 @@ def outcome(account: str, request_id: str, status: str, ts: int, reason: str | N
         out["hold"] = hold
     if retry:
         out["retry"] = True
+    if tags:
+        out.update(tags)
     out["ts"] = ts
     return out
 

@@ -30,7 +30,7 @@ def test_exact_balance_transfer_is_allowed():
     assert d.state.balance == 0 and d.state.seq == 3
     assert d.event["kind"] == "debited" and d.event["balance"] == 0 and d.event["seq"] == 3
     assert d.messages == [("bob", {"kind": "credit", "request_id": "t1", "account": "bob",
-                                   "counterparty": "alice", "amount": 500})]
+                                   "counterparty": "alice", "amount": 500, "currency": "USD"})]
     assert d.outcomes[0]["status"] == "debited"
 
 
@@ -91,7 +91,7 @@ def test_same_request_id_twice_is_applied_once_and_answered_with_the_first_decis
 
 def test_credit_applied_once_and_refunded_when_receiver_unknown():
     credit = {"kind": "credit", "request_id": "t1", "account": "bob", "counterparty": "alice",
-              "amount": 40}
+              "amount": 40, "currency": "USD"}
     pos = Position("transfers.credits", 0, 0)
     d = decide_credit(credit, Account(balance=1, seq=1), False, TS, pos)
     assert d.state.balance == 41 and d.event["kind"] == "credited"

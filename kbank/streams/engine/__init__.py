@@ -5,8 +5,7 @@ begin/commit/abort), state and restore (RocksDB stores and their recovery from t
 changelog), faults (test seams).
 
 Tools (replay, bench) use the names exported here and nothing deeper."""
-from kbank.streams.engine.apply import (MemoryState, apply_decision, credit_decision, encode,
-                                  request_decision)
+from kbank.streams.engine.apply import MemoryState, credit_decision, record, request_decision
 from kbank.streams.engine.changelog import BATCH_PREFIX, BatchRecord, account_key
 from kbank.streams.engine.restore import ChangelogRestore
 from kbank.streams.engine.state import PartitionStore
@@ -14,5 +13,5 @@ from kbank.streams.engine.task import PartitionTask
 from kbank.streams.engine.worker import EngineWorker
 
 __all__ = ["BATCH_PREFIX", "BatchRecord", "ChangelogRestore", "EngineWorker", "MemoryState",
-           "PartitionStore", "PartitionTask", "account_key", "apply_decision", "credit_decision",
-           "encode", "request_decision"]
+           "PartitionStore", "PartitionTask", "account_key", "credit_decision", "record",
+           "request_decision"]

@@ -15,9 +15,11 @@ from typing import Any, Protocol
 import orjson
 
 from kbank.streams.decisions import (EXPIRE, Decision, FirstDecision, Rules, credit_marker,
-                               decide_credit, decide_request, incoming_marker, message_scope,
-                               parse_request, request_marker)
-from kbank.streams.model import LINK_ACK, Account, Hold, Position, outcome_key, request_key
+                                     decide_credit, decide_request, external_ref_marker,
+                                     incoming_marker, message_scope, parse_request,
+                                     request_marker)
+from kbank.streams.model import (GENESIS_HASH, LINK_ACK, Account, Hold, Position, chain_event,
+                                 outcome_key, request_key)
 
 MAX_OUTPUT_BYTES = 262_144     # no record the engine writes is larger (the broker's limit is 1 MB)
 
@@ -29,10 +31,12 @@ class PartitionState(Protocol):
     def applied(self, marker: str) -> str | None: ...
     def hold(self, key: str) -> Hold | None: ...
     def supply(self) -> int: ...
+    def chain_head(self) -> str: ...
     def put_account(self, name: str, acct: Account) -> None: ...
     def mark_applied(self, marker: str, value: str) -> None: ...
     def put_hold(self, key: str, hold: Hold) -> None: ...
     def add_supply(self, amount: int) -> None: ...
+    def set_chain_head(self, head: str) -> None: ...
 
 
 @dataclass
@@ -43,6 +47,7 @@ class MemoryState:
     markers: dict[str, str] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)     # by request key
     money: int = 0
+    head: str = GENESIS_HASH
 
     def account(self, name: str) -> Account | None:
         return self.accounts.get(name)
@@ -68,6 +73,12 @@ class MemoryState:
     def add_supply(self, amount: int) -> None:
         self.money += amount
 
+    def chain_head(self) -> str:
+        return self.head
+
+    def set_chain_head(self, head: str) -> None:
+        self.head = head
+
 
 def request_decision(state: PartitionState, key: bytes | None, value: bytes | None, ts: int,
                      pos: Position, rules: Rules, dedupe: bool = True) -> Decision:
@@ -81,7 +92,10 @@ def request_decision(state: PartitionState, key: bytes | None, value: bytes | No
     hold_id = req.body.get("hold_id")
     hold = state.hold(request_key(req.account, hold_id)) \
         if isinstance(hold_id, str) and req.account is not None else None
-    return decide_request(req, acct, first, ts, pos, rules, hold, state.supply())
+    ref, ref_owner = req.body.get("external_ref"), None
+    if isinstance(ref, str) and req.account is not None:
+        ref_owner = state.applied(external_ref_marker(req.account, ref))
+    return decide_request(req, acct, first, ts, pos, rules, hold, state.supply(), ref_owner)
 
 
 def credit_decision(state: PartitionState, message: dict[str, Any], ts: int, pos: Position,
@@ -102,25 +116,29 @@ def credit_decision(state: PartitionState, message: dict[str, Any], ts: int, pos
 class Outputs:
     """A decision's records, encoded: its ledger event, outcomes and credit messages."""
 
-    event: bytes | None
+    event: bytes | None                    # with its hash, chained to the partition's head
     outcomes: list[tuple[bytes, bytes]]    # (request key, outcome)
     messages: list[tuple[bytes, bytes]]    # (receiving account, message)
+    head: str | None                       # the event's hash: the partition's new chain head
 
 
-def encode(decision: Decision) -> Outputs:
-    """Every output of a decision, encoded. One that cannot be encoded, or is over the
+def encode(decision: Decision, chain_head: str) -> Outputs:
+    """Every output of a decision, encoded, its ledger event chained to `chain_head` (the
+    hash of the partition's previous event). One that cannot be encoded, or is over the
     size bound, is a bug of the rules (they bound every field they copy): it raises
     before anything is stored or sent."""
-    event = orjson.dumps(decision.event) if decision.event is not None else None
+    event, head = None, None
+    if decision.event is not None:
+        head, event = chain_event(chain_head, orjson.dumps(decision.event))
     outcomes = [(outcome_key(o).encode(), orjson.dumps(o)) for o in decision.outcomes]
     messages = [(key.encode(), orjson.dumps(m)) for key, m in decision.messages]
     assert (event is None or len(event) <= MAX_OUTPUT_BYTES) \
         and all(len(v) <= MAX_OUTPUT_BYTES for _, v in outcomes) \
         and all(len(v) <= MAX_OUTPUT_BYTES for _, v in messages), decision
-    return Outputs(event, outcomes, messages)
+    return Outputs(event, outcomes, messages, head)
 
 
-def apply_decision(state: PartitionState, decision: Decision) -> None:
+def apply_decision(state: PartitionState, decision: Decision, out: Outputs) -> None:
     """Write a decision into the partition's state (after its outputs were encoded)."""
     if decision.event is not None:
         previous = state.account(decision.account)
@@ -130,7 +148,20 @@ def apply_decision(state: PartitionState, decision: Decision) -> None:
         state.put_account(decision.account, decision.state)
     if decision.marker is not None:
         state.mark_applied(decision.marker, decision.marker_value)
+    if decision.ref_marker is not None:
+        state.mark_applied(decision.ref_marker, decision.event["request_id"]
+                           if decision.event is not None else "1")
+    if out.head is not None:
+        state.set_chain_head(out.head)
     if decision.hold is not None:
         state.put_hold(*decision.hold)
     if decision.supply:
         state.add_supply(decision.supply)
+
+
+def record(state: PartitionState, decision: Decision) -> Outputs:
+    """Encode a decision's outputs (its event chained to the partition's head), then write
+    it into the state: what the engine sends, recompute writes and the tests collect."""
+    out = encode(decision, state.chain_head())
+    apply_decision(state, decision, out)
+    return out

@@ -8,8 +8,10 @@ transactions, so a read_committed reader sees whole batches or nothing:
                           number of accounts, not by the length of the history
     h:<hold_id>        -> a hold's state (Hold json), written when it is made and when it
                           is settled; compaction keeps the latest
-    s:                 -> the partition's money supply (deposits - withdrawals), which
-                          Rules.supply_cap bounds
+    s:                 -> the partition's money supply (deposits - withdrawals + overdraft
+                          limits granted), which Rules.supply_cap bounds
+    l:                 -> the hash of the partition's last ledger event: the head its next
+                          event is chained to (model.chain_event)
     b:<c0>:<r0>        -> one record per batch (BatchRecord): the exact input ranges
                           [c0, c1) of transfers.credits and [r0, r1) of transfers.requests
                           it processed, and the ids it applied with their values (a
@@ -29,6 +31,7 @@ ACCOUNT_PREFIX = b"a:"
 HOLD_PREFIX = b"h:"
 BATCH_PREFIX = b"b:"
 SUPPLY_KEY = b"s:"
+CHAIN_KEY = b"l:"
 
 
 def account_key(name: str) -> bytes:

@@ -22,8 +22,8 @@ from confluent_kafka import KafkaError, Message
 from kbank.streams.config import Settings
 from kbank.streams.decisions import (BadMessage, Decision, Rules, Undecodable, expiry_message,
                                parse_message)
-from kbank.streams.engine.apply import MAX_OUTPUT_BYTES, apply_decision, credit_decision, encode, request_decision
-from kbank.streams.engine.changelog import SUPPLY_KEY, BatchRecord, account_key, hold_key
+from kbank.streams.engine.apply import MAX_OUTPUT_BYTES, credit_decision, record, request_decision
+from kbank.streams.engine.changelog import CHAIN_KEY, SUPPLY_KEY, BatchRecord, account_key, hold_key
 from kbank.streams.engine.task import PartitionTask
 from kbank.streams.engine.transaction import EngineTransaction
 from kbank.streams.model import Position, split_request_key
@@ -86,6 +86,8 @@ class BatchProcessor:
             send(changelog, hold_key(key), orjson.dumps(hold.to_json()), partition)
         if task.store.supply_changed():
             send(changelog, SUPPLY_KEY, orjson.dumps(task.store.supply()), partition)
+        if task.store.chain_moved():
+            send(changelog, CHAIN_KEY, task.store.chain_head().encode(), partition)
         if mid_changelog is not None:
             mid_changelog()
         *parts, record = BatchRecord((c0, c1), (r0, r1), dict(marks)).split(MAX_OUTPUT_BYTES)
@@ -144,8 +146,7 @@ class BatchProcessor:
 
     def _emit(self, task: PartitionTask, decision: Decision, ts: int) -> None:
         """Encode every output, then change the state, then send: all or nothing."""
-        out = encode(decision)
-        apply_decision(task.store, decision)
+        out = record(task.store, decision)
         if out.event is not None:
             self.out.send(self.topics.ledger, decision.account.encode(), out.event,
                           task.partition, ts)

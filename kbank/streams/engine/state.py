@@ -9,7 +9,7 @@ offset and finds the batch there.
 
 Keys: b"a:<account>" -> Account json; b"h:<hold key>" -> Hold json; the applied-id marker
 (b"r:<request key>", b"c:<request key>", ...) -> its value (a request's FirstDecision, else
-b"1"); b"s:" -> the partition's money supply; b"__changelog" -> the next changelog offset to read;
+b"1"); b"s:" -> the partition's money supply; b"l:" -> the ledger chain's head; b"__changelog" -> the next changelog offset to read;
 b"__position" -> the input offsets [credits, requests] the state reflects (the
 end of the last batch applied), which a restore compares with the group's
 committed offsets.
@@ -23,9 +23,9 @@ from typing import Iterator
 import orjson
 from rocksdict import Options, Rdict, WriteBatch
 
-from kbank.streams.engine.changelog import (ACCOUNT_PREFIX, BATCH_PREFIX, HOLD_PREFIX, SUPPLY_KEY,
-                                      BatchRecord, account_key, hold_key)
-from kbank.streams.model import PENDING, Account, Hold
+from kbank.streams.engine.changelog import (ACCOUNT_PREFIX, BATCH_PREFIX, CHAIN_KEY, HOLD_PREFIX,
+                                            SUPPLY_KEY, BatchRecord, account_key, hold_key)
+from kbank.streams.model import GENESIS_HASH, PENDING, Account, Hold
 
 _CHANGELOG_OFFSET = b"__changelog"
 _POSITION = b"__position"
@@ -49,6 +49,8 @@ class PartitionStore:
         self._dirty_holds: dict[str, Hold] = {}    # holds made or settled by the open batch
         self._supply: int | None = None            # the open batch's supply, if it changed
         self._committed_supply: int | None = None  # the committed supply, once read
+        self._head: str | None = None              # the open batch's chain head, if it moved
+        self._committed_head: str | None = None    # the committed chain head, once read
 
     # -- reads and writes of the open batch --------------------------------
     def account(self, name: str) -> Account | None:
@@ -94,6 +96,21 @@ class PartitionStore:
     def supply_changed(self) -> bool:
         return self._supply is not None
 
+    def chain_head(self) -> str:
+        """The hash of the partition's last ledger event, as of the open batch."""
+        if self._head is not None:
+            return self._head
+        if self._committed_head is None:
+            raw = self._db.get(CHAIN_KEY)
+            self._committed_head = raw.decode() if raw is not None else GENESIS_HASH
+        return self._committed_head
+
+    def set_chain_head(self, head: str) -> None:
+        self._head = head
+
+    def chain_moved(self) -> bool:
+        return self._head is not None
+
     def hold(self, hold_id: str) -> Hold | None:
         hold = self._dirty_holds.get(hold_id)
         if hold is not None:
@@ -132,6 +149,9 @@ class PartitionStore:
         if self._supply is not None:
             wb.put(SUPPLY_KEY, orjson.dumps(self._supply))
             self._committed_supply = self._supply
+        if self._head is not None:
+            wb.put(CHAIN_KEY, self._head.encode())
+            self._committed_head = self._head
         wb.put(_CHANGELOG_OFFSET, str(max(changelog_offset, self.changelog_offset)).encode())
         self._db.write(wb)
         self._cache.update(self._dirty)
@@ -143,6 +163,7 @@ class PartitionStore:
         self._dirty_marks = {}
         self._dirty_holds = {}
         self._supply = None
+        self._head = None
 
     # -- restore from the changelog -----------------------------------------
     @property
@@ -162,7 +183,8 @@ class PartitionStore:
         wb = WriteBatch(raw_mode=True)
         position = self.position
         for key, value in records:
-            if key.startswith(ACCOUNT_PREFIX) or key.startswith(HOLD_PREFIX) or key == SUPPLY_KEY:
+            if key.startswith(ACCOUNT_PREFIX) or key.startswith(HOLD_PREFIX) \
+                    or key in (SUPPLY_KEY, CHAIN_KEY):
                 wb.put(key, value)
             elif key.startswith(BATCH_PREFIX):
                 batch = BatchRecord.decode(value)
@@ -174,6 +196,7 @@ class PartitionStore:
         self._db.write(wb)
         self._cache.clear()
         self._committed_supply = None
+        self._committed_head = None
         self.discard()
 
     def close(self) -> None:

@@ -291,9 +291,11 @@ class ViewsWorker:
             return
         self.views[ViewKeys.history(account, seq)] = b"%d " % offset + raw  # its ledger offset, then it
         if verdict is Applied.NEW:
-            self.views[key] = apply_to_account(view, event, offset).to_bytes()
+            view = apply_to_account(view, event, offset)
+            self.views[key] = view.to_bytes()
+        assert view is not None   # NEW made it; REDELIVERED is its last event again
         totals = self.partition_totals(partition)
-        if totals.count(event, offset, self.requests_topic):
+        if totals.count(event, offset, self.requests_topic, view.currency):
             self.views[ViewKeys.totals(partition)] = totals.to_bytes()
 
     def heal_gap(self, partition: int, start: int, end: int) -> None:

@@ -16,17 +16,20 @@ identical copies of an event (aborted transactions the broker shows). So:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 import orjson
 
-from kbank.streams.model import (BALANCE_SIGN, CREDITED, DAY_MS, DEBITED, DEPOSITED, EXPIRED, HELD,
-                           HOLD_RELEASED, MAX_AMOUNT, OPENED, POSTED, REFUNDED, REJECTED,
-                           REJECTED_STATUS, STATUS_RANK, WITHDRAWN, is_name, status_moves)
+from kbank.streams.model import (BALANCE_SIGN, CLOSED, CLOSED_STATE, CREDITED, DAY_MS, DEBITED,
+                                 DEFAULT_CURRENCY, DEPOSITED, EXPIRED, FROZEN, FROZEN_STATE, HELD,
+                                 HOLD_RELEASED, LIMITS_SET, MAX_AMOUNT, OPEN, OPENED, POSTED,
+                                 REFUNDED, REJECTED, REJECTED_STATUS, STATUS_RANK, UNFROZEN,
+                                 WITHDRAWN, is_currency, is_name, metadata_problem, status_moves)
 
 _OUTFLOW = {WITHDRAWN, DEBITED, HELD}   # what counts toward the daily limit when it happens
+_STATES = {FROZEN: FROZEN_STATE, UNFROZEN: OPEN, CLOSED: CLOSED_STATE}
 
 
 class Applied(Enum):
@@ -50,11 +53,17 @@ class AccountView:
     updated_ts: int = 0
     held: int = 0                    # reserved by its pending holds (pending out)
     pending_in: int = 0              # held for it by other accounts' pending holds
+    currency: str = DEFAULT_CURRENCY
+    overdraft_limit: int = 0
+    max_balance: int | None = None
+    state: str = OPEN                # open, frozen or closed
+    metadata: dict[str, str] | None = None   # given when it was opened
 
     def to_bytes(self) -> bytes:
         return orjson.dumps([self.balance, self.seq, self.offset, self.daily_limit, self.day,
                              self.outflow, self.opened_ts, self.updated_ts, self.held,
-                             self.pending_in])
+                             self.pending_in, self.currency, self.overdraft_limit,
+                             self.max_balance, self.state, self.metadata])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "AccountView":
@@ -65,10 +74,14 @@ class AccountView:
         limit = self.daily_limit
         return {
             "account": account, "balance": self.balance, "seq": self.seq,
-            "available": self.balance - self.held, "pending_out": self.held,
-            "pending_in": self.pending_in,
+            "currency": self.currency, "state": self.state,
+            "available": max(0, self.balance + self.overdraft_limit - self.held),
+            "pending_out": self.held, "pending_in": self.pending_in,
             "limits": {"daily_limit": limit, "day": self.day, "outflow": self.outflow,
-                       "remaining": None if limit is None else max(0, limit - self.outflow)},
+                       "remaining": None if limit is None else max(0, limit - self.outflow),
+                       "overdraft_limit": self.overdraft_limit,
+                       "max_balance": self.max_balance},
+            "metadata": self.metadata or {},
             "opened_ts": self.opened_ts, "updated_ts": self.updated_ts,
         }
 
@@ -92,6 +105,14 @@ def apply_to_account(view: AccountView | None, event: dict[str, Any], offset: in
     new.held, new.pending_in = event.get("held", 0), event.get("pending_in", 0)
     if kind == OPENED:
         new.daily_limit, new.opened_ts, new.day = event.get("daily_limit"), ts, ts // DAY_MS
+        new.currency = event.get("currency", DEFAULT_CURRENCY)
+        new.overdraft_limit, new.max_balance = event.get("overdraft_limit", 0), event.get("max_balance")
+        new.metadata = event.get("metadata")
+    elif kind == LIMITS_SET:
+        new.daily_limit = event.get("daily_limit")
+        new.overdraft_limit, new.max_balance = event.get("overdraft_limit", 0), event.get("max_balance")
+    elif kind in _STATES:
+        new.state = _STATES[kind]
     elif kind in _OUTFLOW:
         day = ts // DAY_MS
         if day != new.day:
@@ -113,81 +134,98 @@ def history_key(account: str, seq: int) -> bytes:
     return f"{account}\x00{seq:012d}".encode()
 
 
+MONEY_FIGURES = ("balance", "deposits", "withdrawals", "debited", "returned", "held")
+_BALANCE, _DEPOSITS, _WITHDRAWALS, _DEBITED, _RETURNED, _HELD = range(len(MONEY_FIGURES))
+
+
 @dataclass(slots=True)
 class PartitionTotals:
-    """Aggregates of one ledger partition; the global figures are their sum."""
+    """Aggregates of one ledger partition; the global figures are their sum. Money is
+    counted per currency (`money`: currency -> the MONEY_FIGURES): debited is what left
+    senders in transfers, returned what arrived (credited or refunded), held what pending
+    holds reserve."""
 
     offset: int = -1        # last ledger offset counted
     accounts: int = 0
-    balance: int = 0
-    deposits: int = 0
-    withdrawals: int = 0
-    debited: int = 0        # money that left a sender in a transfer
-    returned: int = 0       # money that arrived: credited to the receiver or refunded
     completed: int = 0      # transfers credited
     rejected: int = 0       # transfers rejected by the sender's side or refunded
     events: int = 0
-    held: int = 0           # reserved by pending holds
+    money: dict[str, list[int]] = field(default_factory=dict)
 
-    FIELDS = ("offset", "accounts", "balance", "deposits", "withdrawals", "debited", "returned",
-              "completed", "rejected", "events", "held")
+    def to_json(self) -> list[Any]:
+        return [self.offset, self.accounts, self.completed, self.rejected, self.events, self.money]
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps([getattr(self, f) for f in self.FIELDS])
+        return orjson.dumps(self.to_json())
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "PartitionTotals":
         return cls(*orjson.loads(raw))
 
-    def count(self, event: dict[str, Any], offset: int, requests_topic: str) -> bool:
-        """Count an applied event once; False if this offset was counted already."""
+    def count(self, event: dict[str, Any], offset: int, requests_topic: str,
+              currency: str) -> bool:
+        """Count an applied event of an account in `currency` once; False if this offset
+        was counted already."""
         if offset <= self.offset:
             return False
         self.offset = offset
         kind, amount = event["kind"], event["amount"]
         self.events += 1
-        self.balance += BALANCE_SIGN[kind] * amount
+        money = self.money.get(currency)
+        if money is None:
+            money = self.money[currency] = [0] * len(MONEY_FIGURES)
+        money[_BALANCE] += BALANCE_SIGN[kind] * amount
         if kind == OPENED:
             self.accounts += 1
         elif kind == DEPOSITED:
-            self.deposits += amount
+            money[_DEPOSITS] += amount
         elif kind == WITHDRAWN:
-            self.withdrawals += amount
+            money[_WITHDRAWALS] += amount
         elif kind in (DEBITED, POSTED):
-            self.debited += amount
+            money[_DEBITED] += amount
         elif kind == CREDITED:
-            self.returned += amount
+            money[_RETURNED] += amount
             self.completed += 1
         elif kind == REFUNDED:
-            self.returned += amount
+            money[_RETURNED] += amount
             self.rejected += 1
         elif kind == REJECTED and event.get("counterparty") is not None \
                 and event["source"]["topic"] == requests_topic:
             self.rejected += 1  # the sender's side of a rejected transfer
         if kind == HELD:
-            self.held += amount
+            money[_HELD] += amount
         elif kind == POSTED:
-            self.held -= amount + event.get("released", 0)
+            money[_HELD] -= amount + event.get("released", 0)
         elif kind in (HOLD_RELEASED, EXPIRED):
-            self.held -= amount
+            money[_HELD] -= amount
         return True
 
 
-def global_figures(parts: list[PartitionTotals]) -> dict[str, int]:
-    """GET /stats: the sum over every partition."""
-    debited = sum(p.debited for p in parts)
-    returned = sum(p.returned for p in parts)
+def _money_figures(sums: list[int]) -> dict[str, int]:
+    balance, deposits, withdrawals, debited, returned, held = sums
+    return {"total_balance": balance, "money_in_flight": debited - returned,
+            "deposits": deposits, "withdrawals": withdrawals, "money_held": held}
+
+
+def global_figures(parts: list[PartitionTotals]) -> dict[str, Any]:
+    """GET /stats: the sum over every partition. Money is per currency (`currencies`); the
+    top-level money figures are those of the default currency, as before currencies."""
+    sums: dict[str, list[int]] = {}
+    for p in parts:
+        for cur, figures in p.money.items():
+            total = sums.setdefault(cur, [0] * len(MONEY_FIGURES))
+            for i, value in enumerate(figures):
+                total[i] += value
+    default = _money_figures(sums.get(DEFAULT_CURRENCY, [0] * len(MONEY_FIGURES)))
     return {
         "accounts": sum(p.accounts for p in parts),
-        "total_balance": sum(p.balance for p in parts),
-        "money_in_flight": debited - returned,
-        "deposits": sum(p.deposits for p in parts),
-        "withdrawals": sum(p.withdrawals for p in parts),
+        **default,
         "transfers_completed": sum(p.completed for p in parts),
         "transfers_rejected": sum(p.rejected for p in parts),
         "ledger_events": sum(p.events for p in parts),
-        "money_held": sum(p.held for p in parts),
         "partitions": len(parts),
+        "default_currency": DEFAULT_CURRENCY,
+        "currencies": {cur: _money_figures(s) for cur, s in sorted(sums.items())},
     }
 
 
@@ -210,9 +248,10 @@ def merge_status(current: dict[str, Any] | None, outcome: dict[str, Any]) -> dic
     hold = {**(current or {}).get("hold", {}), **(outcome.get("hold") or {})}
     if hold:
         new["hold"] = hold
-    requested_by = (current or {}).get("requested_by") or outcome.get("requested_by")
-    if requested_by is not None:
-        new["requested_by"] = requested_by    # who asked: the first outcome that says
+    for label in ("metadata", "external_ref", "requested_by"):   # the first outcome that says
+        value = (current or {}).get(label) or outcome.get(label)
+        if value is not None:
+            new[label] = value
     return new
 
 
@@ -227,9 +266,16 @@ def parse_outcome(raw: bytes | None) -> dict[str, Any] | None:
             or out.get("status") not in STATUS_RANK \
             or not (out.get("ts") is None or _int_in(out.get("ts"), 0, MAX_AMOUNT)) \
             or not isinstance(out.get("hold", {}), dict) \
-            or not (out.get("requested_by") is None or _name(out["requested_by"])):
+            or not (out.get("requested_by") is None or _name(out["requested_by"])) \
+            or not _labels_ok(out):
         return None
     return out
+
+
+def _labels_ok(record: dict[str, Any]) -> bool:
+    """A record's metadata and external_ref, if any, are what a request may carry."""
+    return ("metadata" not in record or metadata_problem(record["metadata"]) is None) \
+        and ("external_ref" not in record or _name(record["external_ref"]))
 
 
 def _name(value: Any) -> bool:
@@ -240,7 +286,7 @@ def _int_in(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-_EVENT_INTS = ("seq", "amount", "balance", "ts")
+_EVENT_INTS = ("seq", "amount", "ts")
 
 
 def parse_ledger_event(raw: bytes | None) -> dict[str, Any] | None:
@@ -253,10 +299,13 @@ def parse_ledger_event(raw: bytes | None) -> dict[str, Any] | None:
     if not isinstance(ev, dict) or not _name(ev.get("account")) \
             or not _name(ev.get("request_id")) or ev.get("kind") not in BALANCE_SIGN \
             or not all(_int_in(ev.get(f), 0, MAX_AMOUNT) for f in _EVENT_INTS) or ev["seq"] < 1 \
+            or not _int_in(ev.get("balance"), -MAX_AMOUNT, MAX_AMOUNT) \
             or not (ev.get("counterparty") is None or _name(ev["counterparty"])) \
             or not all(_int_in(ev.get(f, 0), 0, MAX_AMOUNT) for f in ("held", "pending_in",
                                                                        "released")) \
-            or not (ev.get("daily_limit") is None or _int_in(ev["daily_limit"], 0, MAX_AMOUNT)):
+            or not all(ev.get(f) is None or _int_in(ev[f], 0, MAX_AMOUNT)
+                       for f in ("daily_limit", "overdraft_limit", "max_balance")) \
+            or not is_currency(ev.get("currency", DEFAULT_CURRENCY)) or not _labels_ok(ev):
         return None
     source = ev.get("source")
     if not isinstance(source, dict) or not isinstance(source.get("topic"), str) \

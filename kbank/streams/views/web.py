@@ -400,7 +400,7 @@ def register_routes(worker: ViewsReads) -> None:
     @app.page("/internal/totals")
     class InternalTotals(View):
         async def get(self, request: aioweb.Request) -> aioweb.Response:
-            return json_response([[p, orjson.loads(t.to_bytes())]
+            return json_response([[p, t.to_json()]
                                   for p, t in worker.local_totals_by_partition()])
 
     @app.page("/health")

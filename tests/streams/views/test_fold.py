@@ -1,7 +1,7 @@
 """The views' fold: re-deliveries, copies and restores never change the result."""
 from __future__ import annotations
 
-from kbank.streams.model import Position, ledger_event
+from kbank.streams.model import Account, Position, ledger_event
 from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
                                 global_figures, merge_status)
 
@@ -12,7 +12,7 @@ DAY = 86_400_000
 
 def ev(seq, kind, amount, balance, ts=5 * DAY + 1, counterparty=None, source=REQ, limit=None):
     return ledger_event("alice", seq, f"r{seq}", kind, amount, counterparty, balance, ts, source,
-                        None, limit)
+                        None, Account(daily_limit=limit))
 
 
 def fold(records):
@@ -23,7 +23,7 @@ def fold(records):
         if verdict is Applied.NEW:
             view = apply_to_account(view, event, offset)
         if verdict in (Applied.NEW, Applied.REDELIVERED):
-            totals.count(event, offset, "transfers.requests")
+            totals.count(event, offset, "transfers.requests", view.currency)
     return view, totals
 
 
@@ -38,11 +38,12 @@ def test_fold_follows_the_ledger():
     view, totals = fold(list(enumerate(EVENTS)))
     assert (view.balance, view.seq, view.daily_limit) == (4_400, 6, 1_000)
     assert (view.day, view.outflow) == (6, 100)  # a new day: yesterday's 700 - 200 no longer counts
+    usd = {"total_balance": 4_400, "money_in_flight": 500, "deposits": 5_000,
+           "withdrawals": 100, "money_held": 0}
     assert global_figures([totals]) == {
-        "accounts": 1, "total_balance": 4_400, "money_in_flight": 500, "deposits": 5_000,
-        "withdrawals": 100, "transfers_completed": 0, "transfers_rejected": 2, "ledger_events": 6,
-        "money_held": 0,
-        "partitions": 1}
+        "accounts": 1, **usd, "transfers_completed": 0, "transfers_rejected": 2,
+        "ledger_events": 6, "partitions": 1, "default_currency": "USD",
+        "currencies": {"USD": usd}}
 
 
 def test_redelivery_and_copies_change_nothing():

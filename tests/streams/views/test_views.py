@@ -54,11 +54,13 @@ def transfer_counts(wl: Workload, prefix: str) -> tuple[int, int]:
 def assert_stats(url: str, fold: LedgerFold, wl: Workload) -> None:
     stats = get_json(f"{url}/stats")
     completed, rejected = transfer_counts(wl, "t-")
+    usd = {"total_balance": sum(a.balance for a in fold.accounts.values()),
+           "money_in_flight": 0, "deposits": wl.deposits, "withdrawals": 0, "money_held": 0}
     assert stats == {
-        "accounts": len(fold.accounts), "total_balance": sum(a.balance for a in fold.accounts.values()),
-        "money_in_flight": 0, "deposits": wl.deposits, "withdrawals": 0,
+        "accounts": len(fold.accounts), **usd,
         "transfers_completed": completed, "transfers_rejected": rejected,
-        "ledger_events": fold.applied, "money_held": 0, "partitions": wl.settings.partitions}, url
+        "ledger_events": fold.applied, "partitions": wl.settings.partitions,
+        "default_currency": "USD", "currencies": {"USD": usd}}, url
 
 
 def test_every_views_worker_answers_like_the_ledger(settings, pool_factory, views_factory):

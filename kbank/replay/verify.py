@@ -124,11 +124,11 @@ class LedgerChecks:
     """The cross-account checks, accumulated one applied (de-duplicated) event at a time."""
 
     def __init__(self) -> None:
-        self.deciding: Counter[tuple[str, str]] = Counter()   # (request_id, kind)
-        self.returned: Counter[str] = Counter()   # amount credited + refunded per request
-        self.refunds: Counter[str] = Counter()
-        self.debits: dict[str, int] = {}
-        self.debit_currency: dict[str, str] = {}
+        self.deciding: Counter[tuple[str, str, str]] = Counter()   # (request, kind, account)
+        # per (request, currency): a linked exchange moves two currencies under one request
+        self.returned: Counter[tuple[str, str]] = Counter()   # amount credited + refunded
+        self.refunds: Counter[tuple[str, str]] = Counter()
+        self.debits: Counter[tuple[str, str]] = Counter()
         self.money: dict[str, Money] = {}
         self.reserved: dict[str, int] = {}                       # hold_id -> amount held
         self.settled: dict[str, list[tuple[str, int]]] = {}      # hold_id -> [(kind, posted+released)]
@@ -140,7 +140,7 @@ class LedgerChecks:
         kind = ev["kind"]
         if kind in _DECIDING:
             rid = event_request_key(ev)
-            self.deciding[(rid, kind)] += 1   # a linked transfer is held, then posted
+            self.deciding[(rid, kind, ev["account"])] += 1   # a linked transfer: held, posted
             money = self.money.get(acct.currency)
             if money is None:
                 money = self.money[acct.currency] = Money()
@@ -149,20 +149,19 @@ class LedgerChecks:
             elif kind == WITHDRAWN:
                 money.withdrawals += ev["amount"]
             elif kind in (DEBITED, POSTED):
-                self.debits[rid] = ev["amount"]
-                self.debit_currency[rid] = acct.currency
+                self.debits[(rid, acct.currency)] += ev["amount"]
             if kind == HELD or kind in HOLD_SETTLING:
                 self._hold_step(ev, acct)
         elif kind == CREDITED:
-            self.returned[event_request_key(ev)] += ev["amount"]
+            self.returned[(event_request_key(ev), acct.currency)] += ev["amount"]
         elif kind == REFUNDED:
-            self.returned[event_request_key(ev)] += ev["amount"]
-            self.refunds[event_request_key(ev)] += 1
+            self.returned[(event_request_key(ev), acct.currency)] += ev["amount"]
+            self.refunds[(event_request_key(ev), acct.currency)] += 1
 
     def _hold_step(self, ev: dict, acct: AccountFold) -> None:
         """A sender's hold event: the hold's life, and the account's held amount."""
         kind, name, amount = ev["kind"], ev["account"], ev["amount"]
-        hold_id = request_key(name, ev["hold_id"])
+        hold_id = request_key(name, ev["hold_id"]) + (f"@{ev['link']}" if "link" in ev else "")
         if kind == HELD:
             self.reserved[hold_id] = amount
             self.held[name] += amount
@@ -206,20 +205,21 @@ class LedgerChecks:
         for acct in fold.accounts.values():
             self.money.setdefault(acct.currency, Money()).balance += acct.balance
         self._finish_holds(report)
-        for (rid, _), n in self.deciding.items():
+        for (rid, _, _), n in self.deciding.items():
             if n > 1:
                 report.applied_twice += 1
                 report.violations.append(f"request {rid} applied {n} times")
-        for rid, amount in self.returned.items():
-            if rid not in self.debits:
-                report.violations.append(f"request {rid} credited/refunded without a debit")
-            elif amount > self.debits[rid]:
+        for (rid, cur), amount in self.returned.items():
+            if (rid, cur) not in self.debits:
+                report.violations.append(f"request {rid} credited/refunded {cur} without a debit")
+            elif amount > self.debits[(rid, cur)]:
                 report.applied_twice += 1
                 report.violations.append(f"request {rid}: {amount} credited or refunded "
-                                         f"({self.refunds[rid]} refunds) of {self.debits[rid]} debited")
-        for rid, amount in self.debits.items():
-            if self.returned[rid] < amount:   # a linked transfer's members land one by one
-                self.money[self.debit_currency[rid]].in_flight += amount - self.returned[rid]
+                                         f"({self.refunds[(rid, cur)]} refunds) of "
+                                         f"{self.debits[(rid, cur)]} debited")
+        for (rid, cur), amount in self.debits.items():
+            if self.returned[(rid, cur)] < amount:   # a linked transfer's members land one by one
+                self.money[cur].in_flight += amount - self.returned[(rid, cur)]
                 report.in_flight_transfers += 1
         report.violations += fold.violations
         report.events = fold.applied

@@ -38,6 +38,7 @@ MAX_LABEL = 200
 _ID = re.compile(r"[0-9a-f]{16}")
 _KEY = re.compile(r"bk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _MONEY_IN_OR_OUT = frozenset({"deposit", "withdraw"})
+_OPERATORS_RULES = frozenset({"set_limits", "freeze", "unfreeze"})   # an account's rules
 
 
 class InvalidKey(ValueError):
@@ -198,8 +199,15 @@ def submit_refusal(key: ApiKey, body: dict[str, Any], deciding: str) -> str | No
         return "an auditor key reads, it never writes"
     if key.role == CLIENT and kind in _MONEY_IN_OR_OUT:
         return f"a {kind} moves money into or out of the ledger: operator keys only"
-    if not key.covers(deciding):
-        return f"API key {key.id} does not cover account {deciding!r}"
+    if key.role == CLIENT and kind in _OPERATORS_RULES:
+        return f"a {kind} changes an account's rules: operator keys only"
+    if key.role == CLIENT and kind == "open_account" and body.get("overdraft_limit"):
+        return "an overdraft lends the bank's money: operator keys only"
+    payers = [deciding] + [m["from"] for m in body.get("transfers", []) if "from" in m] \
+        if kind == "linked" else [deciding]
+    for payer in payers:
+        if not key.covers(payer):
+            return f"API key {key.id} does not cover account {payer!r}"
     return None
 
 

@@ -64,11 +64,11 @@ from kbank.streams.model import (
     EXPIRED_STATUS, FROZEN, FROZEN_STATE, HELD, HELD_STATUS, HOLD_CLOSED, HOLD_EXCEEDED,
     HOLD_EXPIRED, HOLD_NOTICE, HOLD_POSTED, HOLD_RELEASED, HOLD_VOIDED, IDEMPOTENCY_CONFLICT,
     INCOMING_HELD, INCOMING_RELEASED, INSUFFICIENT_FUNDS, INVALID, LIMIT_EXCEEDED, LIMITS_SET,
-    LINK_ACK, LINK_CHECK, MAX_AMOUNT, MAX_BALANCE_EXCEEDED, MAX_NAME, OPEN, OPENED, OVERFLOW,
+    LINK_ABORT, LINK_ACK, LINK_CHECK, LINK_COMMIT, LINK_RESERVE, MAX_AMOUNT, MAX_BALANCE_EXCEEDED, MAX_NAME, OPEN, OPENED, OVERFLOW,
     PENDING, POSTED, POSTED_STATUS, REFUND, REFUNDED, REJECT_NOTICE, REJECTED, REJECTED_STATUS,
     RELEASE_NOTICE, UNFROZEN, UNKNOWN_ACCOUNT, UNKNOWN_HOLD, VOIDED_STATUS, WITHDRAWN, Account,
     Hold, Position, check_account, is_currency, is_name, ledger_event, metadata_problem,
-    outcome, request_key,
+    link_hold_key, outcome, request_key,
 )
 
 MAX_HOLD_TIMEOUT_S = 366 * 86_400
@@ -108,7 +108,8 @@ _REQUIRED = {
     "unfreeze": {"type", "request_id", "account"},
 }
 _ACCOUNT_RULES = frozenset({"set_limits", "close_account", "freeze", "unfreeze"})
-_OUTGOING = frozenset({"withdraw", "transfer", "hold", "post", "linked"})   # refused when frozen
+_OUTGOING = frozenset({"withdraw", "transfer", "hold", "post", "linked", LINK_RESERVE})
+# (what a frozen account refuses: everything that moves money out)
 TAGS = ("metadata", "external_ref")   # a request's labels, copied into all it causes
 # who sent a request: set by the HTTP intake to the API key's principal (`key:<id>`), or by a
 # Kafka client of its own; carried into the ledger events, messages and outcomes it causes
@@ -366,13 +367,16 @@ def _members_problem(sender: str, members: Any) -> str | None:
         return f"transfers must be a list of 1 to {MAX_LINKED} transfers"
     receivers = set()
     for i, member in enumerate(members):
-        if not isinstance(member, dict) or set(member) != {"to", "amount"}:
-            return f"transfers[{i}] must be an object with exactly to and amount"
-        to = member["to"]
-        if not is_name(to):
+        if not isinstance(member, dict) or set(member) - {"from"} != {"to", "amount"}:
+            return f"transfers[{i}] must be an object with to, amount and, optionally, from"
+        to, debtor = member["to"], member.get("from")
+        if not is_name(to) or (debtor is not None and not is_name(debtor)):
             return f"transfers[{i}]: account names must be strings of 1 to 128 characters"
         if to == sender or to in receivers:
             return f"transfers[{i}]: each transfer goes to a different account than the others and the sender"
+        if debtor is not None and debtor in (sender, to):
+            return f"transfers[{i}]: from names another account than the sender and its receiver " \
+                   "(leave it out for the sender's own)"
         receivers.add(to)
         if (problem := _amount_problem(member["amount"])) is not None:
             return f"transfers[{i}]: {problem}"
@@ -672,26 +676,36 @@ def _hold(d: Decision, req: Request, new: Account, ts: int, pos: Position) -> De
 
 def _link(d: Decision, req: Request, acct: Account, ts: int, pos: Position,
           rules: Rules) -> Decision:
-    """Reserve a linked transfer's total, member by member, and ask each receiver to confirm."""
+    """Reserve a linked transfer's members that the sender pays, member by member, ask each
+    of their receivers to confirm (link_check), and ask each other paying account (a
+    member's `from`) to reserve its member (link_reserve), which then asks its receiver."""
     name, rid = req.account, req.request_id
     assert name is not None
     new = acct.copy()
-    members = [[m["to"], m["amount"]] for m in req.body["transfers"]]
-    for i, (to, amount) in enumerate(members):
+    members = [[m["to"], m["amount"]] + ([m["from"]] if "from" in m else [])
+               for m in req.body["transfers"]]
+    for i, (to, amount, *debtor) in enumerate(members):
         cap = rules.max_transfer_amount
         if cap and amount > cap:
             return _reject(d, req, acct, LIMIT_EXCEEDED, ts, pos,
                            f"transfers[{i}] to {to!r}: above the single-transfer cap of {cap}")
+        if debtor:
+            continue
         if (reason := _spend(new, amount, ts)) is not None:
             return _reject(d, req, acct, reason, ts, pos, f"transfers[{i}] to {to!r}: {reason}")
         new.held += amount
-    total = sum(amount for _, amount in members)
+    total = sum(amount for _, amount, *debtor in members if not debtor)
     _event(d, name, new, rid, HELD, total, None, ts, pos, hold_id=rid)
     d.hold = (request_key(name, rid), Hold(name, "", total, 0, new.day, PENDING, members))
-    for i, (to, amount) in enumerate(members):
-        d.messages.append((to, {"kind": LINK_CHECK, "request_id": rid, "account": to,
-                                "counterparty": name, "amount": amount, "index": i,
-                                "currency": acct.currency}))
+    for i, (to, amount, *debtor) in enumerate(members):
+        if debtor:
+            d.messages.append((debtor[0], {"kind": LINK_RESERVE, "request_id": rid,
+                                           "account": debtor[0], "counterparty": name,
+                                           "amount": amount, "index": i, "to": to}))
+        else:
+            d.messages.append((to, {"kind": LINK_CHECK, "request_id": rid, "account": to,
+                                    "counterparty": name, "amount": amount, "index": i,
+                                    "currency": acct.currency}))
     return d   # no outcome until every receiver has answered
 
 
@@ -768,13 +782,17 @@ def expire_hold(msg: dict[str, Any], acct: Account | None, hold: Hold | None, ts
 _MARKER_PREFIX = {CREDIT: "c:", REFUND: "f:", REJECT_NOTICE: "n:", HOLD_NOTICE: "i:",
                   RELEASE_NOTICE: "u:", EXPIRE: "x:"}  # requests use "r:"
 # a linked transfer's messages, one per member: prefix "<prefix><index>:"
-_MEMBER_PREFIX = {CREDIT: "C:", REFUND: "F:", LINK_CHECK: "k:", LINK_ACK: "y:"}
+_MEMBER_PREFIX = {CREDIT: "C:", REFUND: "F:", LINK_CHECK: "k:", LINK_ACK: "y:",
+                  LINK_RESERVE: "R:", LINK_COMMIT: "P:", LINK_ABORT: "A:"}
 # messages that go back to the sender (their `account` is the request's scope)
 _TO_SENDER = frozenset({REFUND, LINK_ACK, EXPIRE})
 
 
 def message_scope(msg: dict[str, Any]) -> str:
-    """The deciding account of the request a transfers.credits message belongs to."""
+    """The deciding account of the request a transfers.credits message belongs to (the
+    coordinator, `link`, for the credit and refund of a member another account paid)."""
+    if "link" in msg:
+        return msg["link"]
     return msg["account"] if msg["kind"] in _TO_SENDER else msg["counterparty"]
 
 
@@ -795,8 +813,9 @@ def incoming_marker(sender: str, hold_id: str) -> str:
 
 _MESSAGE_FIELDS = {
     CREDIT: ({"kind", "request_id", "account", "counterparty", "amount", "currency"},
-             {"hold_id", "held", "index"}),
-    REFUND: ({"kind", "request_id", "account", "counterparty", "amount", "reason"}, {"index"}),
+             {"hold_id", "held", "index", "link"}),
+    REFUND: ({"kind", "request_id", "account", "counterparty", "amount", "reason"},
+             {"index", "link"}),
     REJECT_NOTICE: ({"kind", "request_id", "account", "counterparty", "amount", "reason"}, set()),
     HOLD_NOTICE: ({"kind", "request_id", "account", "counterparty", "amount", "hold_id",
                    "currency"}, set()),
@@ -807,6 +826,10 @@ _MESSAGE_FIELDS = {
     LINK_ACK: ({"kind", "request_id", "account", "counterparty", "amount", "index", "ok"},
                {"reason"}),
     EXPIRE: ({"kind", "request_id", "account", "counterparty", "amount"}, set()),
+    LINK_RESERVE: ({"kind", "request_id", "account", "counterparty", "amount", "index", "to"},
+                   set()),
+    LINK_COMMIT: ({"kind", "request_id", "account", "counterparty", "amount", "index"}, set()),
+    LINK_ABORT: ({"kind", "request_id", "account", "counterparty", "amount", "index"}, set()),
 }
 for _kind, (_, _optional) in _MESSAGE_FIELDS.items():
     if _kind != EXPIRE:   # the engine's own: no one requested it
@@ -828,7 +851,7 @@ def parse_message(key: bytes | None, value: bytes | None) -> dict[str, Any]:
     if not required <= set(msg) <= required | optional:
         raise BadMessage(f"fields of a {msg['kind']} must be {sorted(required)} "
                          f"(and may be {sorted(optional)})")
-    names = ["request_id", "account"] + (["hold_id"] if "hold_id" in msg else [])
+    names = ["request_id", "account"] + [n for n in ("hold_id", "to", "link") if n in msg]
     if msg["kind"] != EXPIRE:
         names.append("counterparty")
     elif msg["counterparty"] is not None:
@@ -910,6 +933,8 @@ def _decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: b
         return d
     if kind == LINK_ACK:
         return _linked_answer(d, msg, acct, hold, ts, pos)
+    if kind in (LINK_RESERVE, LINK_COMMIT, LINK_ABORT):
+        return _debtor_step(d, msg, acct, hold, ts, pos)
     incoming = msg.get("held", amount) if incoming_recorded and acct is not None else 0
     if incoming and incoming > acct.pending_in:
         raise BadMessage("releases more than the account has pending in")
@@ -931,15 +956,18 @@ def _decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: b
         new.balance += amount
         _unspend(new, amount, ts // DAY_MS)
         _event(d, name, new, request_id, REFUNDED, amount, other, ts, pos, msg["reason"])
-        d.outcomes.append(outcome(name, request_id, REJECTED_STATUS, ts, msg["reason"]))
+        _link_field(d, msg)
+        d.outcomes.append(outcome(msg.get("link", name), request_id, REJECTED_STATUS, ts,
+                                  msg["reason"]))
         return d
     assert kind == CREDIT, kind
     if (problem := _inflow_problem(acct, amount, msg["currency"])) is not None:
         reason = problem[0]
         refund = {"kind": REFUND, "request_id": request_id, "account": other,
                   "counterparty": name, "amount": amount, "reason": reason}
-        if "index" in msg:
-            refund["index"] = msg["index"]
+        for field_name in ("index", "link"):
+            if field_name in msg:
+                refund[field_name] = msg[field_name]
         d.messages.append((other, refund))
         if incoming:   # the posted hold is no longer pending here, though the money goes back
             new = acct.copy()
@@ -951,7 +979,65 @@ def _decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: b
     new.balance += amount
     new.pending_in -= incoming
     _event(d, name, new, request_id, CREDITED, amount, other, ts, pos, hold_id=msg.get("hold_id"))
-    d.outcomes.append(outcome(other, request_id, COMPLETED, ts))
+    _link_field(d, msg)
+    d.outcomes.append(outcome(msg.get("link", other), request_id, COMPLETED, ts))
+    return d
+
+
+def _link_field(d: Decision, msg: dict[str, Any]) -> None:
+    """A member paid by another account: its events name the linked transfer's sender."""
+    if "link" in msg:
+        assert d.event is not None
+        d.event["link"] = msg["link"]
+
+
+def _debtor_step(d: Decision, msg: dict[str, Any], acct: Account | None, hold: Hold | None,
+                 ts: int, pos: Position) -> Decision:
+    """On the account that pays a linked transfer's member for its sender (the
+    coordinator): reserve it and ask its receiver (link_reserve), move it (link_commit) or
+    release it (link_abort). `hold`: the reservation, if this account made it."""
+    kind, rid, name = msg["kind"], msg["request_id"], msg["account"]
+    coordinator, amount, index = msg["counterparty"], msg["amount"], msg["index"]
+    key = link_hold_key(index, coordinator, rid)
+    if kind == LINK_RESERVE:
+        to = msg["to"]
+        refused = (UNKNOWN_ACCOUNT, "") if acct is None else _refusal(LINK_RESERVE, acct, {})
+        new = acct.copy() if acct is not None else None
+        reason = refused[0] if refused else _spend(new, amount, ts)
+        if reason is not None:
+            d.messages.append((coordinator, {
+                "kind": LINK_ACK, "request_id": rid, "account": coordinator,
+                "counterparty": name, "amount": amount, "index": index, "ok": False,
+                "reason": reason}))
+            return d
+        assert new is not None
+        new.held += amount
+        _event(d, name, new, rid, HELD, amount, to, ts, pos, hold_id=rid)
+        d.event["link"] = coordinator
+        d.hold = (key, Hold(name, to, amount, 0, new.day, PENDING, []))
+        d.messages.append((to, {"kind": LINK_CHECK, "request_id": rid, "account": to,
+                                "counterparty": coordinator, "amount": amount, "index": index,
+                                "currency": new.currency}))
+        return d
+    if acct is None or hold is None or hold.state != PENDING:
+        return d   # refused when asked to reserve, so nothing to move or release
+    if hold.amount != amount or hold.members != []:
+        raise BadMessage("a commit or abort that does not match the reservation")
+    new = acct.copy()
+    new.held -= amount
+    if kind == LINK_ABORT:
+        _unspend(new, amount, hold.day)
+        _event(d, name, new, rid, HOLD_RELEASED, amount, hold.receiver, ts, pos, hold_id=rid)
+        d.hold = (key, replace(hold, state=HOLD_VOIDED))
+    else:
+        new.balance -= amount
+        _event(d, name, new, rid, POSTED, amount, hold.receiver, ts, pos, hold_id=rid,
+               released=0)
+        d.hold = (key, replace(hold, state=HOLD_POSTED))
+        d.messages.append((hold.receiver, {
+            "kind": CREDIT, "request_id": rid, "account": hold.receiver, "counterparty": name,
+            "amount": amount, "currency": acct.currency, "index": index, "link": coordinator}))
+    d.event["link"] = coordinator
     return d
 
 
@@ -976,6 +1062,7 @@ def _linked_answer(d: Decision, msg: dict[str, Any], acct: Account | None, hold:
         d.hold = (key, replace(hold, state=HOLD_VOIDED))
         d.outcomes.append(outcome(name, rid, REJECTED_STATUS, ts, reason,
                                   f"transfers[{index}] to {to!r}: {reason}"))
+        _to_debtors(d, LINK_ABORT, name, rid, hold)
         return d
     confirmed = hold.confirmed + 1
     if confirmed < len(hold.members):
@@ -985,9 +1072,21 @@ def _linked_answer(d: Decision, msg: dict[str, Any], acct: Account | None, hold:
     new.balance -= hold.amount
     _event(d, name, new, rid, POSTED, hold.amount, None, ts, pos, hold_id=rid, released=0)
     d.hold = (key, replace(hold, state=HOLD_POSTED, confirmed=confirmed))
-    for i, (to, amount) in enumerate(hold.members):
-        d.messages.append((to, {"kind": CREDIT, "request_id": rid, "account": to,
-                                "counterparty": name, "amount": amount,
-                                "currency": acct.currency, "index": i}))
+    for i, (to, amount, *debtor) in enumerate(hold.members):
+        if not debtor:
+            d.messages.append((to, {"kind": CREDIT, "request_id": rid, "account": to,
+                                    "counterparty": name, "amount": amount,
+                                    "currency": acct.currency, "index": i}))
+    _to_debtors(d, LINK_COMMIT, name, rid, hold)
     d.outcomes.append(outcome(name, rid, DEBITED_STATUS, ts))
     return d
+
+
+def _to_debtors(d: Decision, kind: str, name: str, rid: str, hold: Hold) -> None:
+    """Tell every account that reserved a member for this linked transfer to move it or to
+    release it (one that refused, or never reserved, ignores it)."""
+    assert hold.members is not None
+    for i, (_, amount, *debtor) in enumerate(hold.members):
+        if debtor:
+            d.messages.append((debtor[0], {"kind": kind, "request_id": rid, "account": debtor[0],
+                                           "counterparty": name, "amount": amount, "index": i}))

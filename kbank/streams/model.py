@@ -129,6 +129,16 @@ REASONS = frozenset({INSUFFICIENT_FUNDS, LIMIT_EXCEEDED, UNKNOWN_ACCOUNT, INVALI
 CREDIT, REFUND, REJECT_NOTICE = "credit", "refund", "reject_notice"
 HOLD_NOTICE, RELEASE_NOTICE = "hold_notice", "release_notice"   # the receiver's pending-in
 LINK_CHECK, LINK_ACK = "link_check", "link_ack"   # a linked transfer asks each receiver first
+# a linked transfer's member paid by another account (its `from`, the debtor): the debtor
+# reserves it (link_reserve), then moves it (link_commit) or releases it (link_abort)
+LINK_RESERVE, LINK_COMMIT, LINK_ABORT = "link_reserve", "link_commit", "link_abort"
+
+
+def link_hold_key(index: int, coordinator: str, request_id: str) -> str:
+    """Where a debtor keeps its reservation for member `index` of a linked transfer sent by
+    `coordinator`: never a request_key (those start with a digit), so no id of the debtor's
+    own can reach it."""
+    return f"L{index}:{request_key(coordinator, request_id)}"
 
 
 OPEN, FROZEN_STATE, CLOSED_STATE = "open", "frozen", "closed"   # an account's state
@@ -243,7 +253,10 @@ RECEIVED_KINDS = frozenset({CREDITED, INCOMING_HELD, INCOMING_RELEASED})
 
 
 def event_request_key(event: dict[str, Any], credits_topic_suffix: str = "transfers.credits") -> str:
-    """The request_key of the request a ledger event belongs to."""
+    """The request_key of the request a ledger event belongs to (a linked transfer's member
+    paid by another account names its coordinator, the request's scope, as `link`)."""
+    if "link" in event:
+        return request_key(event["link"], event["request_id"])
     kind = event["kind"]
     received = kind in RECEIVED_KINDS or (
         kind == REJECTED and event["source"]["topic"].endswith(credits_topic_suffix))

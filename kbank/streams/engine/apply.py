@@ -18,8 +18,8 @@ from kbank.streams.decisions import (EXPIRE, Decision, FirstDecision, Rules, cre
                                      decide_credit, decide_request, external_ref_marker,
                                      incoming_marker, message_scope, parse_request,
                                      request_marker)
-from kbank.streams.model import (GENESIS_HASH, LINK_ACK, Account, Hold, Position, chain_event,
-                                 outcome_key, request_key)
+from kbank.streams.model import (GENESIS_HASH, LINK_ABORT, LINK_ACK, LINK_COMMIT, Account, Hold,
+                                 Position, chain_event, link_hold_key, outcome_key, request_key)
 
 MAX_OUTPUT_BYTES = 262_144     # no record the engine writes is larger (the broker's limit is 1 MB)
 
@@ -107,8 +107,11 @@ def credit_decision(state: PartitionState, message: dict[str, Any], ts: int, pos
     hold_id = message.get("hold_id")
     recorded = isinstance(hold_id, str) and state.applied(
         incoming_marker(message_scope(message), hold_id)) is not None
-    linked = state.hold(request_key(name, message["request_id"])) \
-        if message["kind"] in (LINK_ACK, EXPIRE) else None
+    kind = message["kind"]
+    linked = state.hold(request_key(name, message["request_id"])) if kind in (LINK_ACK, EXPIRE) \
+        else state.hold(link_hold_key(message["index"], message["counterparty"],
+                                      message["request_id"])) \
+        if kind in (LINK_COMMIT, LINK_ABORT) else None
     return decide_credit(message, state.account(name), applied, ts, pos, recorded, linked)
 
 

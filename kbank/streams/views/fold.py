@@ -305,7 +305,8 @@ def parse_ledger_event(raw: bytes | None) -> dict[str, Any] | None:
                                                                        "released")) \
             or not all(ev.get(f) is None or _int_in(ev[f], 0, MAX_AMOUNT)
                        for f in ("daily_limit", "overdraft_limit", "max_balance")) \
-            or not is_currency(ev.get("currency", DEFAULT_CURRENCY)) or not _labels_ok(ev):
+            or not is_currency(ev.get("currency", DEFAULT_CURRENCY)) or not _labels_ok(ev) \
+            or not ("link" not in ev or _name(ev["link"])):
         return None
     source = ev.get("source")
     if not isinstance(source, dict) or not isinstance(source.get("topic"), str) \

@@ -115,6 +115,25 @@ class Ledger:
         """Money debited whose credit or refund has not been delivered yet."""
         return sum(m["amount"] for m in self.pending if m["kind"] in (CREDIT, REFUND))
 
+    def in_flight_by_currency(self) -> dict[str, int]:
+        """in_flight, per currency (a refund is in its receiver's, the sender's, currency)."""
+        flows: dict[str, int] = {}
+        for m in self.pending:
+            if m["kind"] in (CREDIT, REFUND):
+                cur = m["currency"] if m["kind"] == CREDIT else self.accounts[m["account"]].currency
+                flows[cur] = flows.get(cur, 0) + m["amount"]
+        return flows
+
+    def deposits_minus_withdrawals_by_currency(self) -> dict[str, int]:
+        flows: dict[str, int] = {}
+        for raw in self.events:
+            ev = orjson.loads(raw)
+            sign = {"deposited": 1, "withdrawn": -1}.get(ev["kind"], 0)
+            if sign:
+                cur = self.accounts[ev["account"]].currency
+                flows[cur] = flows.get(cur, 0) + sign * ev["amount"]
+        return flows
+
     def deposits_minus_withdrawals(self) -> int:
         total = 0
         for raw in self.events:

@@ -382,6 +382,8 @@ def _members_problem(sender: str, members: Any) -> str | None:
             return f"transfers[{i}]: {problem}"
     if sum(m["amount"] for m in members) > MAX_AMOUNT:
         return "the transfers' total exceeds the 64-bit range"
+    if all("from" in m for m in members):
+        return "the sender pays at least one of the transfers (it holds the others together)"
     return None
 
 

@@ -5,9 +5,14 @@ decision as the processor does and encodes every output) with sequences a hostil
 careless client can send: request ids reused across senders and across request types,
 ids in the engine's old namespace (`expire:...`), the engine-only `expire` type, amounts at
 0, 1 and near 2^63-1, retries with the same and with another body, timestamps that go
-backwards, credits delivered late, twice or out of turn, and expiries. After every step the
-engine's own assertions hold (Ledger.emit), every account is within its bounds and money is
-conserved: deposits - withdrawals = the balances + the money in flight.
+backwards, credits delivered late, twice or out of turn, and expiries; and the ledger
+model's requests (issue 24): two currencies, overdrafts and max balances, limits changed,
+accounts frozen, unfrozen and closed, metadata and external_refs, linked transfers with
+members paid by other accounts. After every step the engine's own assertions hold
+(Ledger.emit), every account is within its bounds and money is conserved in each currency:
+deposits - withdrawals = the balances + the money in flight. At the end `bank replay
+verify`'s checks pass (a closed account never moved but for refunds, no outflow below its
+floor, no inflow above its cap).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from kbank.streams.model import MAX_AMOUNT
 from tests.rules_ledger import Ledger
 
 NAMES = ["alice", "bob", "carol"]
+CURRENCY = {"alice": "USD", "bob": "USD", "carol": "EUR"}   # carol's opening says EUR
 IDS = ["t1", "t2", "h1", "expire:h1", "open-alice"]   # few, so they collide on purpose
 amounts = st.one_of(st.integers(1, 1_000), st.sampled_from(
     [0, 1, MAX_AMOUNT - 1, MAX_AMOUNT, MAX_AMOUNT // 2 + 1, MAX_AMOUNT // 3]))
@@ -28,6 +34,15 @@ names = st.sampled_from(NAMES)
 # mostly a fresh id; often one of a few shared ones, so that ids collide across senders
 # and request types (None stands for a fresh id)
 ids = st.one_of(st.none(), st.none(), st.sampled_from(IDS))
+limits = st.one_of(st.none(), st.integers(0, 2_000), st.sampled_from([MAX_AMOUNT // 4]))
+metadata = st.one_of(st.none(), st.dictionaries(st.sampled_from(["k", "inv", "x" * 65]),
+                                                st.sampled_from(["v", "w" * 513]), max_size=3))
+refs = st.one_of(st.none(), st.sampled_from(["erp-1", "erp-2"]))
+
+
+def _labelled(body: dict, meta: dict | None, ref: str | None) -> dict:
+    return {**body, **({"metadata": meta} if meta is not None else {}),
+            **({"external_ref": ref} if ref is not None else {})}
 
 
 class HostileClients(RuleBasedStateMachine):
@@ -36,11 +51,13 @@ class HostileClients(RuleBasedStateMachine):
         # two partitions' share of the supply: the cap binds long before 2^63
         self.led = Ledger(Rules(supply_cap=MAX_AMOUNT // 2))
         self.sent: list[dict] = []
+        self.max_overdraft: dict[str, int] = {}   # the largest overdraft each account had
 
     @initialize(funds=st.lists(amounts, min_size=len(NAMES), max_size=len(NAMES)))
     def open_accounts(self, funds):
         for name, amount in zip(NAMES, funds):
-            self._send({"type": "open_account", "request_id": f"open-{name}", "account": name})
+            self._send({"type": "open_account", "request_id": f"open-{name}", "account": name,
+                        "currency": CURRENCY[name]})
             self._send({"type": "deposit", "request_id": f"dep-{name}", "account": name,
                         "amount": amount})
 
@@ -50,23 +67,44 @@ class HostileClients(RuleBasedStateMachine):
         self.sent.append(body)
         outs = self.led.send(body)
         for out in outs:
-            assert len(orjson.dumps(out)) < 4_096
+            assert len(orjson.dumps(out)) < 4_096 + 16 * (64 + 512)
+        for name, acct in self.led.accounts.items():
+            self.max_overdraft[name] = max(self.max_overdraft.get(name, 0), acct.overdraft_limit)
         return outs
 
-    @rule(account=names, rid=ids, limit=st.one_of(st.none(), st.integers(0, 2_000)))
-    def open_account(self, account, rid, limit):
-        self._send({"type": "open_account", "request_id": rid, "account": account,
-                    "daily_limit": limit})
+    @rule(account=names, rid=ids, limit=limits, overdraft=st.one_of(st.none(), limits),
+          cap=limits, currency=st.sampled_from(["USD", "EUR", "usd"]), meta=metadata)
+    def open_account(self, account, rid, limit, overdraft, cap, currency, meta):
+        body = {"type": "open_account", "request_id": rid, "account": account,
+                "daily_limit": limit, "max_balance": cap, "currency": currency}
+        self._send(_labelled({**body, **({"overdraft_limit": overdraft} if overdraft else {})},
+                             meta, None))
+
+    @rule(account=names, rid=ids, limit=limits, overdraft=limits, cap=limits,
+          which=st.sets(st.sampled_from(["daily_limit", "overdraft_limit", "max_balance"])))
+    def set_limits(self, account, rid, limit, overdraft, cap, which):
+        new = {"daily_limit": limit, "overdraft_limit": overdraft or 0, "max_balance": cap}
+        self._send({"type": "set_limits", "request_id": rid, "account": account,
+                    **{k: new[k] for k in which}})
+
+    @rule(kind=st.sampled_from(["close_account", "freeze", "unfreeze"]), account=names, rid=ids)
+    def account_state(self, kind, account, rid):
+        outs = self._send({"type": kind, "request_id": rid, "account": account})
+        if kind == "close_account" and outs and outs[0]["status"] == "completed" \
+                and not outs[0].get("retry"):
+            acct = self.led.accounts[account]
+            assert acct.balance == acct.held == acct.pending_in == 0, acct
 
     @rule(kind=st.sampled_from(["deposit", "withdraw"]), account=names, rid=ids, amount=amounts)
     def move(self, kind, account, rid, amount):
         self._send({"type": kind, "request_id": rid, "account": account, "amount": amount})
 
     @rule(kind=st.sampled_from(["transfer", "hold"]), sender=names, receiver=names, rid=ids,
-          amount=amounts, timeout_s=st.integers(0, 5))
-    def send_money(self, kind, sender, receiver, rid, amount, timeout_s):
+          amount=amounts, timeout_s=st.integers(0, 5), meta=metadata, ref=refs)
+    def send_money(self, kind, sender, receiver, rid, amount, timeout_s, meta, ref):
         body = {"type": kind, "request_id": rid, "from": sender, "to": receiver, "amount": amount}
-        self._send({**body, "timeout_s": timeout_s} if kind == "hold" else body)
+        self._send(_labelled({**body, "timeout_s": timeout_s} if kind == "hold" else body,
+                             meta, ref))
 
     @rule(kind=st.sampled_from(["post", "void", "expire"]), sender=names, rid=ids,
           hold=st.one_of(st.integers(0, 10**6), st.sampled_from(IDS)),
@@ -82,12 +120,15 @@ class HostileClients(RuleBasedStateMachine):
             assert [o["status"] for o in outs] in (["rejected"], []) and all(
                 o.get("reason") in ("invalid", "idempotency_conflict") for o in outs), outs
 
-    @rule(sender=names, rid=ids, members=st.lists(st.tuples(names, amounts), min_size=1,
-                                                  max_size=3, unique_by=lambda m: m[0]))
-    def linked(self, sender, rid, members):
-        self._send({"type": "linked", "request_id": rid, "from": sender,
-                    "transfers": [{"to": to, "amount": n} for to, n in members if to != sender]
-                    or [{"to": "ghost", "amount": 1}]})
+    @rule(sender=names, rid=ids, ref=refs,
+          members=st.lists(st.tuples(names, amounts, st.one_of(st.none(), names)), min_size=1,
+                           max_size=3, unique_by=lambda m: m[0]))
+    def linked(self, sender, rid, ref, members):
+        """Members paid by the sender, or by another account (`from`): an exchange."""
+        self._send(_labelled({"type": "linked", "request_id": rid, "from": sender, "transfers": [
+            {"to": to, "amount": n, **({"from": payer} if payer else {})}
+            for to, n, payer in members if to != sender] or [{"to": "ghost", "amount": 1}]},
+            None, ref))
 
     @rule(sender=names, rid=ids, hold=st.sampled_from(["h1", "expire:h1"]))
     def hold_in_the_engines_old_namespace(self, sender, rid, hold):
@@ -131,8 +172,10 @@ class HostileClients(RuleBasedStateMachine):
 
     @invariant()
     def accounts_within_bounds(self):
-        for acct in self.led.accounts.values():
-            assert 0 <= acct.held <= acct.balance <= MAX_AMOUNT, acct
+        for name, acct in self.led.accounts.items():
+            assert -MAX_AMOUNT <= acct.balance <= MAX_AMOUNT and 0 <= acct.held, acct
+            # what is reserved or gone out was checked against the overdraft of its day
+            assert acct.balance - acct.held >= -self.max_overdraft[name], acct
             assert 0 <= acct.pending_in <= MAX_AMOUNT, acct
             assert 0 <= acct.spent <= MAX_AMOUNT, acct
         assert 0 <= self.led.supply <= self.led.rules.supply_cap
@@ -140,14 +183,21 @@ class HostileClients(RuleBasedStateMachine):
 
     @invariant()
     def money_is_conserved(self):
-        balances = sum(a.balance for a in self.led.accounts.values())
-        assert self.led.deposits_minus_withdrawals() == balances + self.led.in_flight() \
-            == self.led.supply
+        """In each currency on its own; the supply also counts the overdrafts granted."""
+        balances: dict[str, int] = {}
+        for acct in self.led.accounts.values():
+            balances[acct.currency] = balances.get(acct.currency, 0) + acct.balance
+        flows = self.led.deposits_minus_withdrawals_by_currency()
+        in_flight = self.led.in_flight_by_currency()
+        for cur in set(balances) | set(flows) | set(in_flight):
+            assert flows.get(cur, 0) == balances.get(cur, 0) + in_flight.get(cur, 0), cur
+        assert sum(flows.values()) <= self.led.supply
 
     def teardown(self):
         """Everything delivered and every hold expired: the ledger verifies."""
         self.led.deliver_all()
-        self.led.ts += 10**9
+        # past every deadline (the clock may have stepped back days since a hold was made)
+        self.led.ts = max([self.led.ts] + [h.deadline + 1 for h in self.led.holds.values()])
         self.led.expire_due()
         self.led.deliver_all()
         report = self.led.verify()

@@ -276,12 +276,14 @@ def fold_outcomes(values: list[dict]) -> dict[str, str]:
 
 def verify(settings: Settings, require_final: bool = False, show_progress: bool = False,
            ledger_topic: str | None = None,
-           anchor: dict[tuple[int, int], str] | None = None) -> VerifyReport:
+           anchor: list[dict[str, Any]] | None = None) -> VerifyReport:
     """Read the logs and check every invariant (`ledger_topic`: a copy of ledger.events to
-    check in its place, e.g. a backup; `anchor`: heads printed earlier that the chains must
-    still pass through)."""
+    check in its place, e.g. a backup; `anchor`: heads printed earlier (VerifyReport.anchor)
+    that the chains must still pass through, wherever the events now sit)."""
     report = VerifyReport()
-    fold = LedgerFold(expect=dict(anchor or {}))
+    fold = LedgerFold()
+    for head in anchor or []:
+        fold.expect.setdefault(int(head["partition"]), {})[str(head["hash"])] = int(head["offset"])
     checks = LedgerChecks()
     progress = progress_bar("verify: ledger.events", enabled=show_progress)
     gc.disable()  # the fold keeps many objects alive; generational GC would rescan them all
@@ -294,9 +296,11 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
     finally:
         gc.enable()
     progress.close()
-    for (partition, offset), _ in sorted(fold.expect.items()):
-        fold.violations.append(f"anchor: no applied event at ledger partition {partition} "
-                               f"offset {offset} (the log was cut or rewritten)")
+    for partition, missing in sorted(fold.expect.items()):
+        for digest, offset in missing.items():
+            fold.violations.append(f"anchor: ledger partition {partition} no longer passes "
+                                   f"through {digest[:16]}... (offset {offset} when anchored): "
+                                   f"the log was cut or rewritten")
     checks.finish(fold, report)
     values = []
     for msg in read_topic(settings, settings.topic(topics.OUTCOMES)):
@@ -328,15 +332,10 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
     return report
 
 
-def load_anchor(path: str) -> dict[tuple[int, int], str]:
-    """The heads `bank replay verify --anchor` printed (JSON lines): (partition, offset) -> hash."""
-    expect = {}
+def load_anchor(path: str) -> list[dict[str, Any]]:
+    """The heads `bank replay verify --anchor` printed (JSON lines)."""
     with open(path, "rb") as f:
-        for line in f:
-            if line.strip():
-                head = orjson.loads(line)
-                expect[(int(head["partition"]), int(head["offset"]))] = str(head["hash"])
-    return expect
+        return [orjson.loads(line) for line in f if line.strip()]
 
 
 def main(settings: Settings, require_final: bool, anchor: bool = False,

@@ -27,6 +27,17 @@ from kbank.streams.views.metrics import LATENCY_BUCKETS, LagUnavailable, ViewsMe
 from kbank.streams.views.reads import ViewsReads
 
 
+def conservation(stats: dict[str, Any]) -> dict[str, Any]:
+    """Money conserved in each currency on its own: balances + in flight = deposits -
+    withdrawals (the overview's card, per currency)."""
+    per = {cur: {"deposits_minus_withdrawals": m["deposits"] - m["withdrawals"],
+                 "balances_plus_in_flight": m["total_balance"] + m["money_in_flight"],
+                 "decimals": m["decimals"]}
+           for cur, m in stats["currencies"].items()}
+    return {"ok": all(c["deposits_minus_withdrawals"] == c["balances_plus_in_flight"]
+                      for c in per.values()), "currencies": per}
+
+
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC_FILES = {"console.js": "application/javascript", "console.css": "text/css"}
 PEER_TIMEOUT_S = 3.0
@@ -189,11 +200,7 @@ def register_console(worker: ViewsReads) -> None:
                 "ts": int(time.time() * 1000),
                 "stats": stats,
                 "partitions_answered": len(parts), "partitions": settings.partitions,
-                "conservation": None if stats is None else {
-                    "ok": stats["total_balance"] + stats["money_in_flight"]
-                    == stats["deposits"] - stats["withdrawals"],
-                    "deposits_minus_withdrawals": stats["deposits"] - stats["withdrawals"],
-                    "balances_plus_in_flight": stats["total_balance"] + stats["money_in_flight"]},
+                "conservation": None if stats is None else conservation(stats),
                 "latency": {kind: latency_summary(merge_cumulative([w[kind] for w in answered]))
                             for kind in ("initiation", "completion")},
                 "engine_lag": engine, **({"engine_lag_reason": engine_reason} if engine_reason else {}),

@@ -22,7 +22,8 @@ from typing import Any
 
 import orjson
 
-from kbank.streams.model import (BALANCE_SIGN, CLOSED, CLOSED_STATE, CREDITED, DAY_MS, DEBITED,
+from kbank.streams.model import (BALANCE_SIGN, CLOSED, CLOSED_STATE, CREDITED, CURRENCY_DECIMALS,
+                                 DAY_MS, DEBITED,
                                  DEFAULT_CURRENCY, DEPOSITED, EXPIRED, FROZEN, FROZEN_STATE, HELD,
                                  HOLD_RELEASED, LIMITS_SET, MAX_AMOUNT, OPEN, OPENED, POSTED,
                                  REFUNDED, REJECTED, REJECTED_STATUS, STATUS_RANK, UNFROZEN,
@@ -74,7 +75,7 @@ class AccountView:
         limit = self.daily_limit
         return {
             "account": account, "balance": self.balance, "seq": self.seq,
-            "currency": self.currency, "state": self.state,
+            "currency": self.currency, "decimals": decimals(self.currency), "state": self.state,
             "available": max(0, self.balance + self.overdraft_limit - self.held),
             "pending_out": self.held, "pending_in": self.pending_in,
             "limits": {"daily_limit": limit, "day": self.day, "outflow": self.outflow,
@@ -207,6 +208,11 @@ def _money_figures(sums: list[int]) -> dict[str, int]:
             "deposits": deposits, "withdrawals": withdrawals, "money_held": held}
 
 
+def decimals(currency: str) -> int:
+    """Minor-unit decimals to show a currency's amounts with (the console's catalogue)."""
+    return CURRENCY_DECIMALS.get(currency, 2)
+
+
 def global_figures(parts: list[PartitionTotals]) -> dict[str, Any]:
     """GET /stats: the sum over every partition. Money is per currency (`currencies`); the
     top-level money figures are those of the default currency, as before currencies."""
@@ -225,7 +231,8 @@ def global_figures(parts: list[PartitionTotals]) -> dict[str, Any]:
         "ledger_events": sum(p.events for p in parts),
         "partitions": len(parts),
         "default_currency": DEFAULT_CURRENCY,
-        "currencies": {cur: _money_figures(s) for cur, s in sorted(sums.items())},
+        "currencies": {cur: {**_money_figures(s), "decimals": decimals(cur)}
+                       for cur, s in sorted(sums.items())},
     }
 
 

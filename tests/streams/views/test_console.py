@@ -5,6 +5,8 @@ the server's reason next to its field, and a stopped views worker is reported, n
 """
 from __future__ import annotations
 
+import orjson
+
 import os
 import shutil
 import threading
@@ -202,6 +204,19 @@ def test_the_console_signs_in_refuses_what_the_key_may_not_do_and_signs_out(
     assert auditor.record.id in text(browser, "signed-in-as")
     assert browser.execute_script("return document.cookie") == ""     # never a cookie
     wait_until(lambda: text(browser, "conservation") == "Yes", 30, "the overview")
+
+    # an account's currency (shown in its own decimals), rules, state and metadata
+    for body in ({"type": "open_account", "account": "yen", "currency": "JPY",
+                  "overdraft_limit": 5_000, "metadata": {"desk": "tokyo"}},
+                 {"type": "deposit", "account": "yen", "amount": 123_456},
+                 {"type": "freeze", "account": "yen"}):
+        assert request("POST", f"{url}/requests?wait=completed", orjson.dumps(body)).status == 200
+    browser.get(f"{url}/#/account/yen")
+    wait_until(lambda: text(browser, "acct-state") == "frozen", 30, "the frozen account's page")
+    assert (text(browser, "acct-balance"), text(browser, "acct-currency"),
+            text(browser, "acct-overdraft"), text(browser, "acct-max"),
+            text(browser, "acct-metadata")) == ("123,456", "JPY", "5,000", "none", "desk=tokyo")
+    wait_until(lambda: "desk=tokyo" in text(browser, "history"), 30, "metadata in the history")
     browser.get(f"{url}/#/new")                       # the key survives the navigation
     browser.find_element(By.ID, "new-from").send_keys("a")
     browser.find_element(By.ID, "new-to").send_keys("b")

@@ -43,7 +43,7 @@ def test_fold_follows_the_ledger():
     assert global_figures([totals]) == {
         "accounts": 1, **usd, "transfers_completed": 0, "transfers_rejected": 2,
         "ledger_events": 6, "partitions": 1, "default_currency": "USD",
-        "currencies": {"USD": usd}}
+        "currencies": {"USD": {**usd, "decimals": 2}}}
 
 
 def test_redelivery_and_copies_change_nothing():

@@ -60,7 +60,7 @@ def assert_stats(url: str, fold: LedgerFold, wl: Workload) -> None:
         "accounts": len(fold.accounts), **usd,
         "transfers_completed": completed, "transfers_rejected": rejected,
         "ledger_events": fold.applied, "partitions": wl.settings.partitions,
-        "default_currency": "USD", "currencies": {"USD": usd}}, url
+        "default_currency": "USD", "currencies": {"USD": {**usd, "decimals": 2}}}, url
 
 
 def test_every_views_worker_answers_like_the_ledger(settings, pool_factory, views_factory):

@@ -99,7 +99,8 @@ def test_every_route_answers_as_the_openapi_document_says(web):
     check("GET", url, "/accounts/alice?min_seq=5", expect=200)
     assert alice["balance"] == 50_000 - 700 + 1
     assert alice["limits"] == {"daily_limit": 10_000, "day": alice["limits"]["day"], "outflow": 700,
-                               "remaining": 9_300}
+                               "remaining": 9_300, "overdraft_limit": 0, "max_balance": None}
+    assert (alice["currency"], alice["state"], alice["metadata"]) == ("USD", "open", {})
     hist = check("GET", url, "/accounts/alice/history?limit=2", expect=200).json()
     assert [e["kind"] for e in hist["entries"]] == ["credited", "rejected"]
     assert hist["next_before_seq"] == 4

@@ -9,12 +9,13 @@ const PAGE_SIZE = 20;
 const $ = (id) => document.getElementById(id);
 
 // -- formatting ------------------------------------------------------------
-function money(minor) {
+// amounts are integers in minor units; `decimals` comes from the server's currency catalogue
+function money(minor, decimals = 2) {
   if (minor === null || minor === undefined) return "–";
   const sign = minor < 0 ? "-" : "";
-  const abs = Math.abs(minor);
-  const major = Math.floor(abs / 100).toLocaleString("en-US");
-  return `${sign}${major}.${String(abs % 100).padStart(2, "0")}`;
+  const abs = Math.abs(minor), unit = 10 ** decimals;
+  const major = Math.floor(abs / unit).toLocaleString("en-US");
+  return decimals ? `${sign}${major}.${String(abs % unit).padStart(decimals, "0")}` : `${sign}${major}`;
 }
 function toMinor(text) {
   const m = /^\s*(\d+)(?:\.(\d{1,2}))?\s*$/.exec(text);
@@ -165,8 +166,9 @@ async function refreshOverview() {
     const c = o.conservation;
     $("conservation").textContent = c.ok ? "Yes" : "NO";
     $("conservation-card").className = `card ${c.ok ? "ok" : "bad"}`;
-    $("conservation-detail").textContent =
-      `balances + in flight ${money(c.balances_plus_in_flight)}; deposits − withdrawals ${money(c.deposits_minus_withdrawals)}`;
+    $("conservation-detail").textContent = Object.entries(c.currencies).map(([cur, m]) =>
+      `${cur}: balances + in flight ${money(m.balances_plus_in_flight, m.decimals)}; deposits − withdrawals ${money(m.deposits_minus_withdrawals, m.decimals)}`
+    ).join(" · ") || "no money yet";
   }
   const li = o.latency.initiation, lc = o.latency.completion;
   $("lat-initiation").textContent = `${ms(li.p50_ms)} / ${ms(li.p99_ms)}`;
@@ -231,13 +233,21 @@ async function showAccount(account) {
     return;
   }
   $("account-body").hidden = false;
-  $("acct-balance").textContent = money(view.balance);
+  const d = view.decimals;
+  $("acct-balance").textContent = money(view.balance, d);
+  $("acct-currency").textContent = view.currency;
+  $("acct-state").textContent = view.state;
   $("acct-seq").textContent = view.seq;
   const l = view.limits;
-  $("acct-limit").textContent = l.daily_limit === null ? "none" : money(l.daily_limit);
-  $("acct-outflow").textContent = `${money(l.outflow)}${l.remaining === null ? "" : ` (remaining ${money(l.remaining)})`}`;
+  $("acct-limit").textContent = l.daily_limit === null ? "none" : money(l.daily_limit, d);
+  $("acct-outflow").textContent = `${money(l.outflow, d)}${l.remaining === null ? "" : ` (remaining ${money(l.remaining, d)})`}`;
+  $("acct-overdraft").textContent = l.overdraft_limit ? money(l.overdraft_limit, d) : "none";
+  $("acct-max").textContent = l.max_balance === null ? "none" : money(l.max_balance, d);
+  const meta = Object.entries(view.metadata || {});
+  $("acct-metadata").textContent = meta.length ? meta.map(([k, v]) => `${k}=${v}`).join(", ") : "none";
+  history.decimals = d;
   $("asof-result").textContent = "";
-  history = { account, stack: [], before: null, next: null };
+  history = { account, stack: [], before: null, next: null, decimals: d };
   await loadHistory(null);
 }
 async function loadHistory(before) {
@@ -252,9 +262,11 @@ async function loadHistory(before) {
   page.entries.forEach((e, i) => {
     const pos = page.positions ? page.positions[i] : null;
     const row = body.insertRow();
-    cell(row, e.seq); cell(row, e.kind + (e.reason ? ` (${e.reason})` : "")); cell(row, money(e.amount));
+    const d = history.decimals;
+    cell(row, e.seq); cell(row, e.kind + (e.reason ? ` (${e.reason})` : "")); cell(row, money(e.amount, d));
     if (e.counterparty) cell(row, e.counterparty, `#/account/${enc(e.counterparty)}`); else cell(row, "");
-    cell(row, money(e.balance)); cell(row, when(e.ts));
+    cell(row, money(e.balance, d)); cell(row, when(e.ts));
+    cell(row, Object.entries(e.metadata || {}).map(([k, v]) => `${k}=${v}`).join(", "));
     cell(row, e.request_id, `#/transfer/${enc(`${e.request_id}@${a}`)}`);
     cell(row, pos && pos.offset !== null ? `ledger.events p${pos.partition} @${pos.offset}` : "–");
   });

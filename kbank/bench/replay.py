@@ -1,8 +1,8 @@
 """`bank bench --replay-events N`: how fast replay reads the ledger.
 
 Writes a synthetic but valid ledger (accounts opened and funded, then
-transfers as debit/credit pairs with exact balances and gap-free seqs) to
-fresh topics, then times `replay views` (the rebuild into a fresh RocksDB
+transfers as debit/credit pairs with exact balances, gap-free seqs and each
+partition's hash chain) to fresh topics, then times `replay views` (the rebuild into a fresh RocksDB
 store) and `replay verify` over it.
 """
 from __future__ import annotations
@@ -14,7 +14,9 @@ import time
 from kbank.streams.progress import progress_bar
 from kbank.streams import kafka, topics
 from kbank.streams.config import Settings
-from kbank.streams.model import (CREDITED, DEBITED, DEPOSITED, OPENED, Position, dumps, ledger_event)
+from kbank.streams.model import (CREDITED, DEBITED, DEPOSITED, GENESIS_HASH, OPENED, Position,
+                                 chain_event, dumps, ledger_event)
+from kbank.streams.partitioning import partition_for
 from kbank.streams.topics import ensure_topics
 
 
@@ -31,13 +33,17 @@ def write_synthetic_ledger(settings: Settings, events: int, accounts: int, seed:
     src = Position(settings.topic(topics.REQUESTS), 0, 0)
     written = 0
     ts = int(time.time() * 1000)
+    partition = {name: partition_for(name, settings.partitions) for name in names}
+    heads = [GENESIS_HASH] * settings.partitions
     bar = progress_bar("synthetic ledger", total=events)
 
     def emit(name: str, rid: str, kind: str, amount: int, other: str | None) -> None:
         nonlocal written
         seq[name] += 1
-        value = dumps(ledger_event(name, seq[name], rid, kind, amount, other, balance[name], ts, src))
-        kafka.produce_waiting(producer, topic, key=name.encode(), value=value)
+        p = partition[name]
+        heads[p], value = chain_event(heads[p], dumps(ledger_event(
+            name, seq[name], rid, kind, amount, other, balance[name], ts, src)))
+        kafka.produce_waiting(producer, topic, key=name.encode(), value=value, partition=p)
         written += 1
         if written % 10_000 == 0:
             bar.update(10_000)

@@ -5,7 +5,10 @@ same inputs always give the same decisions (and byte-identical outputs). The
 engine, the replay tool's recompute and the property tests all call these.
 
 Semantics, per account (the one owned by the partition the record is on):
-  open_account  creates the account (balance 0, optional daily_limit).
+  open_account  creates the account (balance 0) in its `currency` (default USD, kept for
+                good), with optional daily_limit, overdraft_limit (the balance may go
+                down to -overdraft_limit; default 0) and max_balance (it may not go
+                above; default none), and metadata.
   deposit       adds amount.                      -> deposited, outcome completed
   withdraw      removes amount if funds and limit -> withdrawn, outcome completed
   transfer      debits the sender if funds and limit -> debited, outcome debited,
@@ -14,8 +17,33 @@ Semantics, per account (the one owned by the partition the record is on):
                 receiver does not exist, refunds the sender (-> refunded,
                 outcome rejected unknown_account).
 A rejection changes no balance; it is a `rejected` event on every involved
-account that exists. Balances never go below 0. A request_id already decided
-on this partition is a duplicate: nothing changes.
+account that exists. An outflow (withdrawal, debit, hold) needs balance +
+overdraft_limit - held >= amount (else insufficient_funds) and room under the
+daily limit; an inflow (deposit, credit, a linked member) must keep the balance
+at most max_balance (else max_balance_exceeded) and be in the account's
+currency (else currency_mismatch: a credit goes back to its sender). Money that
+returns (a refund, a released hold) is never refused. A request_id already
+decided on this partition is a duplicate: nothing changes.
+
+Account rules and life (each a ledger event of its own, outcome completed):
+  set_limits    changes daily_limit, overdraft_limit and/or max_balance -> limits_set.
+                A lower limit never undoes what was decided: it only refuses what
+                comes next. An overdraft counts toward the partition's share of the
+                64-bit range (Rules.supply_cap) when granted or raised, as a deposit
+                does; lowering it releases nothing (it may be in use).
+  freeze        -> frozen: credits and deposits still land; withdrawals, transfers,
+                holds, posts and linked transfers from it are refused account_frozen
+                (a void still releases). unfreeze -> unfrozen.
+  close_account only with balance, held and pending_in all 0 (else account_not_empty)
+                -> closed, for good: every later request on it is refused
+                account_closed and a credit in flight to it goes back to its sender.
+                A refund of what it sent before closing still lands on it.
+Labels: `metadata` (at most 16 string keys of up to 64 characters to strings of up
+to 512) on opens, deposits, withdrawals, transfers, holds, posts, voids and linked
+transfers, and `external_ref` (unique per sender, like the request id: a second
+request naming it is refused duplicate_external_ref) on transfers, holds and linked
+transfers, are copied into both sides' ledger events, the messages between
+partitions and the outcomes.
 
 Two-phase transfers (holds), all decided on the sender's partition:
   hold          reserves amount if the available balance (balance - held) and
@@ -31,14 +59,21 @@ Two-phase transfers (holds), all decided on the sender's partition:
                 (its record timestamp is the log's clock, never earlier than
                 the deadline) -> expired; the hold: expired. An expire request
                 before the deadline is rejected, so replay decides the same.
-Linked transfers (`linked` {from, transfers: [{to, amount}, ...]}, each to a
+Linked transfers (`linked` {from, transfers: [{to, amount, [from]}, ...]}, each to a
 different account): all are applied or none is. The sender reserves the total
 (-> held, checked member by member, so a rejection names the member that
 failed) and asks each receiver's partition to confirm it exists (link_check);
 the answers (link_ack) come back to the sender, whose first refusal releases
 the reservation (-> hold_released, outcome rejected naming the member) and
 whose last confirmation debits the total (-> posted) and sends each member's
-credit, which can no longer fail for want of a receiver.
+credit, which can no longer fail for want of a receiver. A member with its own
+`from` (a payer other than the sender, such as an exchange desk's account in
+another currency) is reserved on the payer's partition first (link_reserve ->
+held there, or a refusal answered to the sender), which then asks the receiver;
+the sender's decision moves it (link_commit -> posted on the payer, then its
+credit) or releases it (link_abort -> hold_released). The sender pays at least one
+member. So an exchange is one linked transfer: alice-usd pays fx-usd, fx-eur pays
+alice-eur.
 
 Posting or voiding a hold that is not pending is rejected hold_closed; posting
 more than was held, hold_exceeded; a hold_id the sender never made,

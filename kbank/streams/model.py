@@ -7,6 +7,7 @@ records; consumers rely on that to recognise duplicates.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +26,12 @@ def is_name(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_NAME
 
 
+_CURRENCY = re.compile(r"[A-Z0-9]{3,12}")
+
+
 def is_currency(value: Any) -> bool:
     """A currency (ledger) code: 3 to 12 upper-case letters or digits."""
-    return isinstance(value, str) and 3 <= len(value) <= 12 and value.isascii() \
-        and all(c.isupper() or c.isdigit() for c in value)
+    return isinstance(value, str) and _CURRENCY.fullmatch(value) is not None
 
 
 # minor-unit decimals of the currencies the console shows as 12.50 rather than 1250; any other
@@ -330,7 +333,9 @@ def chain_event(prev_hash: str, encoded: bytes) -> tuple[str, bytes]:
     hash = SHA-256(previous hash || the event's canonical encoding), appended as the last
     field. Returns (hash, the encoding with it), which equals orjson.dumps of the event
     with `hash` added, so a reader checks it by popping `hash` and encoding the rest."""
-    digest = hashlib.sha256(prev_hash.encode() + encoded).hexdigest()
+    chained = hashlib.sha256(prev_hash.encode())
+    chained.update(encoded)
+    digest = chained.hexdigest()
     return digest, b"%s,\"hash\":\"%s\"}" % (encoded[:-1], digest.encode())
 
 

@@ -1,8 +1,6 @@
 """`bank replay as-of`: an account's balance and history at a point of the log."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import orjson
 from confluent_kafka import TopicPartition
 
@@ -11,16 +9,8 @@ from kbank.streams import kafka, topics
 from kbank.streams.client import read_to_end
 from kbank.streams.config import Settings
 from kbank.streams.partitioning import partition_for
+from kbank.streams.views.queries import parse_time
 
-
-def parse_time(text: str) -> int:
-    """Milliseconds since the epoch from an ISO-8601 time or a number of milliseconds."""
-    if text.isdigit():
-        return int(text)
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp() * 1000)
 
 
 def account_as_of(settings: Settings, account: str, offset: int | None = None,

@@ -37,7 +37,8 @@ from kbank.streams.decisions import (EXPIRE, BadMessage, Decision, Rules, Undeco
                                message_scope, parse_message)
 from kbank.streams.engine import (BATCH_PREFIX, BatchRecord, MemoryState, credit_decision, record,
                                    request_decision)
-from kbank.streams.model import LINK_ACK, REFUND, Account, Position, outcome_key, request_key, status_moves
+from kbank.streams.model import (LINK_ACK, REFUND, VERSION_HEADERS, Account, Position, outcome_key,
+                                 request_key, status_moves)
 from kbank.streams.partitioning import partition_for
 from kbank.streams.topics import ensure_topics, partition_count
 
@@ -285,7 +286,8 @@ def write_generation(settings: Settings, generation: str, gen: Generation) -> Se
     producer = kafka.producer(target, kafka.TOOLS, **{"linger.ms": 20, "queue.buffering.max.messages": 2_000_000})
     for topic, rows in ((topics.LEDGER, gen.events), (topics.OUTCOMES, gen.outcomes)):
         for key, raw in rows:
-            kafka.produce_waiting(producer, target.topic(topic), 0.05, key=key.encode(), value=raw)
+            kafka.produce_waiting(producer, target.topic(topic), 0.05, key=key.encode(), value=raw,
+                                  headers=VERSION_HEADERS)
     if producer.flush(120) > 0:
         raise TimeoutError("the new generation's records were not acknowledged")
     path = os.path.join(settings.state_dir, f"gen-{generation}", "accounts")

@@ -170,6 +170,32 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_read(args: argparse.Namespace) -> int:
+    """bank balance / status / history: the HTTP API through kbank.client, one JSON line
+    each, with BANK_API_KEY."""
+    from kbank.client import Bank, BankError
+
+    key = args.settings.api_key.get_secret_value()
+    if not key:
+        print("error: set BANK_API_KEY to an API key (bank up prints the operator's; "
+              "bank keys create makes others)", file=sys.stderr)
+        return 2
+    bank = Bank(args.url, key, retries=2)
+    try:
+        if args.command == "balance":
+            rows = [bank.balance(args.account)]
+        elif args.command == "status":
+            rows = [bank.status(args.account, args.request_id).raw]
+        else:
+            rows = (event for _, event in zip(range(args.limit), bank.history(args.account)))
+        for row in rows:
+            print(orjson.dumps(row).decode())
+    except BankError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from kbank.replay.__main__ import main as replay_main
 
@@ -245,6 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys.add_parser("revoke", help="revoke a key: every views worker refuses it within seconds")
     k.add_argument("key_id", help="the key's id (bank keys list)")
     p.set_defaults(func=cmd_keys)
+
+    for name, what in (("balance", "an account's balance, limits, currency, state and metadata"),
+                       ("status", "a request's status (its account: the sender, or the account "
+                                  "it names)"),
+                       ("history", "an account's ledger events, newest first")):
+        p = sub.add_parser(name, help=f"{what}, over HTTP (BANK_API_KEY)")
+        p.add_argument("account")
+        if name == "status":
+            p.add_argument("request_id")
+        if name == "history":
+            p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+        p.add_argument("--url", default="http://127.0.0.1:8080", help="a views worker's URL")
+        p.set_defaults(func=cmd_read)
 
     p = sub.add_parser("replay", help="rebuild and verify from the logs (see bank replay --help)",
                        add_help=False)

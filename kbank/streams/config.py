@@ -116,6 +116,10 @@ class Settings:
     web_rate_burst: POSITIVE = field(default=2000, metadata={
         "env": "BANK_WEB_RATE_BURST",
         "help": "requests one API key may make at once above BANK_WEB_RATE_LIMIT_PER_S"})
+    web_query_budget: Annotated[int, Field(ge=10, le=1_000_000)] = field(default=10_000, metadata={
+        "env": "BANK_WEB_QUERY_BUDGET",
+        "help": "history entries one query may read: a filtered page past it comes back short "
+                "with a cursor, a statement over more events is refused (400)"})
     fault_abort_every: NON_NEGATIVE = field(default=0, metadata={
         "env": "BANK_FAULT_ABORT_EVERY", "testing": True,
         "help": "testing: abort every Nth engine transaction after its outputs were produced (0 = never)"})

@@ -102,7 +102,7 @@ from kbank.streams.model import (
     LINK_ABORT, LINK_ACK, LINK_CHECK, LINK_COMMIT, LINK_RESERVE, MAX_AMOUNT, MAX_BALANCE_EXCEEDED, MAX_NAME, OPEN, OPENED, OVERFLOW,
     PENDING, POSTED, POSTED_STATUS, REFUND, REFUNDED, REJECT_NOTICE, REJECTED, REJECTED_STATUS,
     RELEASE_NOTICE, UNFROZEN, UNKNOWN_ACCOUNT, UNKNOWN_HOLD, VOIDED_STATUS, WITHDRAWN, Account,
-    Hold, Position, check_account, is_currency, is_name, ledger_event, metadata_problem,
+    CONTRACT_VERSION, Hold, Position, check_account, is_currency, is_name, ledger_event, metadata_problem,
     link_hold_key, outcome, request_key,
 )
 
@@ -149,8 +149,9 @@ TAGS = ("metadata", "external_ref")   # a request's labels, copied into all it c
 # who sent a request: set by the HTTP intake to the API key's principal (`key:<id>`), or by a
 # Kafka client of its own; carried into the ledger events, messages and outcomes it causes
 REQUESTED_BY = "requested_by"
+VERSION = "v"   # the contract's version a request may state (CONTRACT_VERSION if absent)
 for _kind in _FIELDS:
-    _FIELDS[_kind].add(REQUESTED_BY)
+    _FIELDS[_kind].update((REQUESTED_BY, VERSION))
 _SENT_FROM = frozenset({"transfer", "hold", "post", "void", "linked"})  # keyed by `from`
 _TO_ANOTHER = frozenset({"transfer", "hold"})                             # have a `to`
 _SETTLING = frozenset({"post", "void"})                                   # name a hold_id
@@ -172,9 +173,10 @@ def expiry_message(hold_id: str, hold: Hold) -> dict[str, Any]:
 
 def fingerprint(body: dict[str, Any]) -> str:
     """What makes two requests with one id the same request: the whole body, in any key order,
-    but who sent it (a retry through a rotated key is still the same request)."""
-    if REQUESTED_BY in body:
-        body = {k: v for k, v in body.items() if k != REQUESTED_BY}
+    but who sent it (a retry through a rotated key is still the same request) and the
+    contract version it states."""
+    if REQUESTED_BY in body or VERSION in body:
+        body = {k: v for k, v in body.items() if k not in (REQUESTED_BY, VERSION)}
     return hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS),
                            digest_size=12).hexdigest()
 
@@ -338,6 +340,8 @@ def parse_request(key: bytes | None, value: bytes | None) -> Request:
         req.problem = f"unknown type {_quote(kind)}"
     elif extra := set(body) - _FIELDS[kind]:
         req.problem = f"unknown fields: {_quote(sorted(extra))}"
+    elif body.get(VERSION, CONTRACT_VERSION) != CONTRACT_VERSION or isinstance(body.get(VERSION), bool):
+        req.problem = f"v must be {CONTRACT_VERSION}, the version of the request contract"
     elif missing := _REQUIRED[kind] - set(body):
         req.problem = f"missing fields: {sorted(missing)}"
     elif account is None:

@@ -19,6 +19,10 @@ MAX_NAME = 128          # characters of an account name, request id, hold id or 
 DEFAULT_CURRENCY = "USD"  # the currency of an account opened without one
 MAX_METADATA_KEYS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 GENESIS_HASH = "0" * 64   # the `prev` of a ledger partition's first event
+# the change feed's contract (kbank/schemas/*.v1.json): the engine's ledger events and
+# outcomes carry it as a Kafka header; a request may say it as a field `v` (1 if absent)
+CONTRACT_VERSION = 1
+VERSION_HEADERS = [("v", b"1")]
 
 
 def is_name(value: Any) -> bool:

@@ -15,7 +15,13 @@ from kbank.streams.decisions import Rules
 from kbank.streams.partitioning import partition_for
 from tests.http import get_json, request
 from tests.workload import Workload, ledger, status_path, wait_until
+import json
+from pathlib import Path
+
 from confluent_kafka.admin import AdminClient, NewTopic
+from jsonschema import Draft202012Validator
+
+import kbank
 
 from kbank.streams.model import GENESIS_HASH, chain_event, request_key
 
@@ -106,6 +112,24 @@ def test_the_ledger_model_through_the_engine(settings, pool_factory, views_facto
                         "amount": 1, "external_ref": "erp-42"})
     assert again["reason"] == "duplicate_external_ref"
 
+    # holds (posted, voided, left to expire), a withdrawal, a freeze and an unfreeze, and a
+    # record that is not a request: every kind of record the change feed carries
+    _post(url, {"type": "withdraw", "account": "alice-usd", "amount": 1})
+    for hold_id, timeout_s in (("h-post", 600), ("h-void", 600), ("h-expire", 1)):
+        assert _post(url, {"type": "hold", "request_id": hold_id, "from": "alice-usd",
+                           "to": "fx-usd", "amount": 5, "timeout_s": timeout_s})["status"] == "held"
+    assert _post(url, {"type": "post", "hold_id": "h-post", "from": "alice-usd",
+                       "amount": 3})["status"] == "completed"
+    assert _post(url, {"type": "void", "hold_id": "h-void", "from": "alice-usd"})["status"] \
+        == "completed"
+    wait_until(lambda: get_json(url + status_path(request_key("alice-usd", "h-expire")))
+               ["status"] == "expired", 60, "the hold to expire")
+    _post(url, {"type": "freeze", "account": "erin"})
+    _post(url, {"type": "unfreeze", "account": "erin"})
+    producer = kafka.producer(settings, kafka.ADMIN)
+    producer.produce(settings.topic(topics.REQUESTS), key=b"erin", value=b"not a request")
+    producer.flush(30)
+
     # metadata round-trips to both sides' history and to the status route
     for account in ("dave", "erin"):
         entries = get_json(f"{url}/accounts/{account}/history")["entries"]
@@ -115,11 +139,12 @@ def test_the_ledger_model_through_the_engine(settings, pool_factory, views_facto
     assert status["metadata"] == tags["metadata"] and status["external_ref"] == "erp-42"
     stats = get_json(f"{url}/stats")
     assert stats["currencies"]["EUR"]["total_balance"] == 10_000
-    assert stats["currencies"]["USD"]["total_balance"] == 100 + 500
+    assert stats["currencies"]["USD"]["total_balance"] == 100 + 500 - 1   # less the withdrawal
 
     report = verify(settings, require_final=True)
     assert report.ok, report.render()
-    assert {c: m.balance for c, m in report.currencies.items()} == {"USD": 600, "EUR": 10_000}
+    assert {c: m.balance for c, m in report.currencies.items()} == {"USD": 599, "EUR": 10_000}
+    _every_record_keeps_the_contract(settings)
 
     # recompute with the rules unchanged: the live ledger, byte for byte (hashes too)
     same = simulate(settings, Rules.from_settings(settings, settings.partitions),
@@ -145,6 +170,42 @@ def test_the_ledger_model_through_the_engine(settings, pool_factory, views_facto
     assert not [v for v in verify(settings, ledger_topic=rehashed).violations if "hash chain" in v]
     forged = verify(settings, ledger_topic=rehashed, anchor=anchor)
     assert [v for v in forged.violations if "no longer passes through" in v], forged.violations
+
+
+SCHEMAS = Path(kbank.__file__).parent / "schemas"
+
+
+def _every_record_keeps_the_contract(settings) -> None:  # noqa: ANN001
+    """Every record the engine wrote, and every request sent, validates against its schema in
+    kbank/schemas, and the engine's records carry the version header."""
+    def validator(name: str) -> Draft202012Validator:
+        return Draft202012Validator(json.loads((SCHEMAS / f"{name}.v1.json").read_text()))
+
+    kinds = set()
+    for logical, check in ((topics.LEDGER, validator("ledger.events")),
+                           (topics.OUTCOMES, validator("transfers.outcomes")),
+                           (topics.DEADLETTER, validator("transfers.deadletter"))):
+        records = list(read_topic(settings, settings.topic(logical)))
+        assert records, logical
+        for msg in records:
+            value = orjson.loads(msg.value())
+            check.validate(value)
+            if logical != topics.DEADLETTER:
+                assert ("v", b"1") in (msg.headers() or []), (logical, value)
+            kinds.add(value.get("kind"))
+    assert kinds >= set(json.loads((SCHEMAS / "ledger.events.v1.json").read_text())
+                        ["properties"]["kind"]["enum"]), kinds
+    requests_ok = validator("transfers.requests")
+    refused = {(o["account"], o["request_id"]) for o in map(
+        lambda m: orjson.loads(m.value()), read_topic(settings, settings.topic(topics.OUTCOMES)))
+        if o.get("reason") == "invalid"}
+    for msg in read_topic(settings, settings.topic(topics.REQUESTS)):
+        try:
+            body = orjson.loads(msg.value())
+        except orjson.JSONDecodeError:
+            continue   # the record that is not a request: dead-lettered
+        if body.get("type") != "expire" and (msg.key().decode(), body["request_id"]) not in refused:
+            requests_ok.validate(body)
 
 
 def _copy_ledger(settings, name: str, rehash: bool) -> tuple[str, tuple[int, int]]:  # noqa: ANN001

@@ -26,7 +26,7 @@ from kbank.streams.engine.apply import MAX_OUTPUT_BYTES, credit_decision, record
 from kbank.streams.engine.changelog import CHAIN_KEY, SUPPLY_KEY, BatchRecord, account_key, hold_key
 from kbank.streams.engine.task import PartitionTask
 from kbank.streams.engine.transaction import EngineTransaction
-from kbank.streams.model import Position, split_request_key
+from kbank.streams.model import VERSION_HEADERS, Position, split_request_key
 from kbank.streams.partitioning import partition_for
 
 
@@ -149,9 +149,9 @@ class BatchProcessor:
         out = record(task.store, decision)
         if out.event is not None:
             self.out.send(self.topics.ledger, decision.account.encode(), out.event,
-                          task.partition, ts)
+                          task.partition, ts, headers=VERSION_HEADERS)
         for key, value in out.outcomes:
-            self.out.send(self.topics.outcomes, key, value, -1, ts)
+            self.out.send(self.topics.outcomes, key, value, -1, ts, headers=VERSION_HEADERS)
         for key, value in out.messages:
             self.out.send(self.topics.credits, key, value, -1, ts)
 

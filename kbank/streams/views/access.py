@@ -52,6 +52,12 @@ ROUTES: dict[tuple[str, str], RouteRule] = {
     ("GET", "/holds/{hold_id}"): RouteRule(_READERS, "a hold's state", "query"),
     ("GET", "/accounts/{account}"): RouteRule(_READERS, "an account's balance", "path"),
     ("GET", "/accounts/{account}/history"): RouteRule(_READERS, "an account's ledger", "path"),
+    ("GET", "/accounts/{account}/transfers"): RouteRule(_READERS, "an account's ledger, filtered",
+                                                        "path"),
+    ("GET", "/accounts/{account}/balance"): RouteRule(_READERS, "an account's balance at a "
+                                                      "point of the log", "path"),
+    ("GET", "/accounts/{account}/statement"): RouteRule(_READERS, "an account's statement",
+                                                        "path"),
     ("GET", "/stats"): RouteRule(_BANK_WIDE, "bank-wide figures"),
     ("GET", "/overview"): RouteRule(_BANK_WIDE, "the console's overview"),
     ("GET", "/metrics"): RouteRule(_BANK_WIDE, "Prometheus metrics (scrape with a bearer token)"),

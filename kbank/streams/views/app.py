@@ -354,6 +354,14 @@ class ViewsWorker:
         stored = self.views.get(ViewKeys.account(account))
         return AccountView.from_bytes(stored) if stored is not None else None
 
+    def history_entry(self, account: str, seq: int) -> tuple[dict[str, Any], int | None] | None:
+        """One history entry: the event and its ledger offset."""
+        stored = self.views.get(ViewKeys.history(account, seq))
+        if stored is None:
+            return None
+        offset, raw = split_history_value(stored)
+        return orjson.loads(raw), offset
+
     def history_page(self, account: str, before_seq: int, limit: int) -> list[tuple[dict[str, Any], int | None]]:
         """Events with seq < before_seq, newest first, each with its ledger offset."""
         out = []

@@ -30,6 +30,9 @@ class ViewsReads(Protocol):
     def history_page(self, account: str, before_seq: int,
                      limit: int) -> list[tuple[dict[str, Any], int | None]]: ...
 
+    def history_entry(self, account: str, seq: int) -> tuple[dict[str, Any], int | None] | None:
+        """The event of that seq and its ledger offset."""
+
     def request_status(self, key: str) -> dict[str, Any] | None: ...
 
     def local_totals_by_partition(self) -> list[tuple[int, PartitionTotals]]: ...

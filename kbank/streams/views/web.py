@@ -29,6 +29,7 @@ from kbank.streams.views.http import (HTTPError, caller_headers, error_response,
                                 json_response)
 from kbank.streams.views.reads import ViewsReads
 from kbank.streams.model import DECIDED_STATUSES, request_key
+from kbank.streams.views import queries
 from kbank.streams.views.access import API_KEY, RateLimiter, authorize
 from kbank.streams.views.fold import global_figures, hold_view
 from kbank.streams.views.intake import OutcomeWaiter, Overloaded, RequestProducer, is_conflict
@@ -65,6 +66,30 @@ def _query_timeout(request: aioweb.Request, cap: float) -> float:
     if not 0 <= value <= cap:
         raise HTTPError(400, "invalid", f"timeout must be between 0 and {cap} seconds")
     return value
+
+
+def query(run):  # noqa: ANN001, ANN201
+    """Run a history query; one it refuses is a 400 with its reason."""
+    try:
+        return run()
+    except queries.QueryError as exc:
+        raise HTTPError(400, "invalid", str(exc)) from None
+
+
+def _transfer_filter(request: aioweb.Request) -> queries.TransferFilter:
+    """GET /accounts/{id}/transfers' filters: from, to (times), kind (a comma list),
+    counterparty, min_amount, max_amount, and metadata.<key>=<value>."""
+    q = request.query
+
+    def listed(name: str) -> frozenset[str]:
+        return frozenset(v for v in q.get(name, "").split(",") if v)
+    return queries.TransferFilter(
+        since_ts=query(lambda: queries.parse_time(q["from"])) if "from" in q else None,
+        until_ts=query(lambda: queries.parse_time(q["to"])) if "to" in q else None,
+        kinds=listed("kind"), counterparty=q.get("counterparty"),
+        min_amount=_query_int(request, "min_amount", None, 0, 2**63 - 1),
+        max_amount=_query_int(request, "max_amount", None, 0, 2**63 - 1),
+        metadata={k[len("metadata."):]: v for k, v in q.items() if k.startswith("metadata.")})
 
 
 # on every response: nothing of ours runs framed, sniffed or with another site's scripts
@@ -385,6 +410,66 @@ def register_routes(worker: ViewsReads) -> None:
                     "positions": [{"partition": ledger_partition, "offset": offset}
                                   for _, offset in page],
                     "next_before_seq": last if last is not None and last > 1 else None})
+            return await router.route(request, account, local)
+
+    def account_reader(account: str):  # noqa: ANN202
+        return lambda seq: worker.history_entry(account, seq)
+
+    @app.page("/accounts/{account}/transfers")
+    class AccountTransfers(View):
+        async def get(self, request: aioweb.Request, account: str) -> aioweb.Response:
+            """Filtered events, a page at a time, with an opaque cursor (queries.py)."""
+            async def local() -> aioweb.Response:
+                view = await account_view(request, account)
+                order = request.query.get("order", "newest")
+                if order not in ("newest", "oldest"):
+                    raise HTTPError(400, "invalid", "order must be newest or oldest")
+                keep = _transfer_filter(request)
+                page = query(lambda: queries.transfers_page(
+                    account_reader(account), view.seq, keep, order == "newest", _query_int(request, "limit", 50, 1, queries.MAX_PAGE),
+                    request.query.get("cursor"), settings.web_query_budget))
+                return json_response({
+                    "account": account, "seq": view.seq,
+                    "entries": [event for event, _ in page.entries],
+                    "positions": [{"partition": partition_for(account, settings.partitions),
+                                   "offset": offset} for _, offset in page.entries],
+                    "next_cursor": page.next_cursor, "scanned": page.scanned})
+            return await router.route(request, account, local)
+
+    @app.page("/accounts/{account}/balance")
+    class Balance(View):
+        async def get(self, request: aioweb.Request, account: str) -> aioweb.Response:
+            """The balance after the last event at or before `as_of` (a time) or before
+            `as_of_offset` (a position in the account's ledger partition)."""
+            async def local() -> aioweb.Response:
+                view = await account_view(request, account)
+                at_time, at_offset = request.query.get("as_of"), request.query.get("as_of_offset")
+                if (at_time is None) == (at_offset is None):
+                    raise HTTPError(400, "invalid", "give as_of (a time) or as_of_offset")
+                found = query(lambda: queries.balance_at(
+                    account_reader(account), view.seq,
+                    ts=queries.parse_time(at_time) if at_time is not None else None,
+                    offset=_query_int(request, "as_of_offset", 0, 0, 2**62)
+                    if at_offset is not None else None))
+                return json_response({"account": account, "currency": view.currency,
+                                      "partition": partition_for(account, settings.partitions),
+                                      **found})
+            return await router.route(request, account, local)
+
+    @app.page("/accounts/{account}/statement")
+    class Statement(View):
+        async def get(self, request: aioweb.Request, account: str) -> aioweb.Response:
+            async def local() -> aioweb.Response:
+                view = await account_view(request, account)
+                if "from" not in request.query or "to" not in request.query:
+                    raise HTTPError(400, "invalid", "from and to are required (ISO-8601 or ms)")
+                found = query(lambda: queries.statement(
+                    account_reader(account), view.seq,
+                    queries.parse_time(request.query["from"]),
+                    queries.parse_time(request.query["to"]),
+                    request.query.get("daily") in ("1", "true"),
+                    partition_for(account, settings.partitions), settings.web_query_budget))
+                return json_response({"account": account, "currency": view.currency, **found})
             return await router.route(request, account, local)
 
     @app.page("/stats")

@@ -73,6 +73,20 @@ def test_what_each_role_may_send():
         client, {"type": "deposit", "account": "alice", "amount": 1}, "alice")
     assert "never writes" in submit_refusal(auditor, transfer, "alice")
     assert submit_refusal(operator, {"type": "deposit", "account": "x", "amount": 1}, "x") is None
+    # an account's rules are the operator's; a client opens its accounts without an overdraft
+    for body in ({"type": "set_limits", "account": "alice", "overdraft_limit": 10**6},
+                 {"type": "freeze", "account": "alice"}, {"type": "unfreeze", "account": "alice"},
+                 {"type": "open_account", "account": "alice", "overdraft_limit": 1}):
+        assert "operator keys only" in submit_refusal(client, body, "alice"), body
+        assert submit_refusal(operator, body, "alice") is None
+    assert submit_refusal(client, {"type": "open_account", "account": "alice",
+                                   "max_balance": 0}, "alice") is None
+    assert submit_refusal(client, {"type": "close_account", "account": "alice"}, "alice") is None
+    # a linked transfer's other payers must be covered too
+    linked = {"type": "linked", "from": "alice", "transfers": [
+        {"to": "x", "amount": 1}, {"from": "fx-eur", "to": "y", "amount": 1}]}
+    assert "'fx-eur'" in submit_refusal(client, linked, "alice")
+    assert submit_refusal(operator, linked, "alice") is None
 
 
 def test_rate_limiter_refills_at_its_rate():
@@ -89,7 +103,7 @@ def _post(url: str, body: dict, key: str | None) -> tuple[int, dict]:
 
 
 def test_keys_roles_scopes_revocation_and_rate_limits(settings, pool_factory, views_factory):
-    settings = replace(settings, web_rate_limit_per_s=20.0, web_rate_burst=20)
+    settings = replace(settings, web_rate_limit_per_s=20.0, web_rate_burst=24)
     pool_factory(settings, 1)
     views = views_factory(settings, 2)                       # makes the tests' operator key
     urls = [views.url(w) for w in views.procs]
@@ -139,7 +153,11 @@ def test_keys_roles_scopes_revocation_and_rate_limits(settings, pool_factory, vi
     for body in ({"type": "transfer", "request_id": "t2", "from": "outsider", "to": "c-0",
                   "amount": 1},
                  {"type": "deposit", "request_id": "d2", "account": "c-1", "amount": 1},
-                 {"type": "withdraw", "request_id": "w2", "account": "c-1", "amount": 1}):
+                 {"type": "withdraw", "request_id": "w2", "account": "c-1", "amount": 1},
+                 {"type": "set_limits", "request_id": "l2", "account": "c-1",
+                  "overdraft_limit": 10**6},
+                 {"type": "linked", "request_id": "x2", "from": "c-0", "transfers": [
+                     {"to": "c-1", "amount": 1}, {"from": "outsider", "to": "c-1x", "amount": 1}]}):
         status, out = _post(url, body, ck)
         assert status == 403 and out["error"] == "forbidden", out
     status, out = _post(url, {"type": "transfer", "request_id": "t3", "from": "c-0",

@@ -1,0 +1,204 @@
+"""Queries over one account's ledger history, as the views store it: filtered transfers
+with a cursor, the balance at a point of the log, and statements.
+
+Pure functions over `read(seq) -> (event, ledger offset) | None`, so the web endpoint runs
+them over its table and the tests over a list. Every query has a budget of history entries
+it may read (`scan_budget`): a filtered page that runs out of budget comes back short, with
+a cursor to go on from, and a statement over more events than the budget is refused, so no
+one request can keep a views worker busy for long.
+
+Time here is the ledger's `ts` (the broker's clock when the request was logged). Per
+account it follows seq, so the balance at a time and a statement's window are found by
+binary search over seq; an exact point is a ledger offset (`as_of_offset`).
+"""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import orjson
+
+from kbank.streams.model import BALANCE_SIGN, DAY_MS
+
+Entry = tuple[dict[str, Any], "int | None"]
+Reader = Callable[[int], "Entry | None"]
+SCAN_BUDGET = 10_000          # history entries one query may read (BANK_WEB_QUERY_BUDGET)
+MAX_PAGE = 200
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered as asked (a bad cursor, a window past the budget)."""
+
+
+def parse_time(text: str) -> int:
+    """Milliseconds since the epoch from an ISO-8601 time or a number of milliseconds."""
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise QueryError(f"not a time: {text[:40]!r} (ISO-8601 or epoch milliseconds)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class TransferFilter:
+    """What GET /accounts/{id}/transfers keeps; None and empty mean any."""
+
+    since_ts: int | None = None
+    until_ts: int | None = None
+    kinds: frozenset[str] = frozenset()
+    counterparty: str | None = None
+    min_amount: int | None = None
+    max_amount: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def keeps(self, event: dict[str, Any]) -> bool:
+        ts, amount = event["ts"], event["amount"]
+        if (self.since_ts is not None and ts < self.since_ts) or \
+                (self.until_ts is not None and ts > self.until_ts):
+            return False
+        if self.kinds and event["kind"] not in self.kinds:
+            return False
+        if self.counterparty is not None and event.get("counterparty") != self.counterparty:
+            return False
+        if (self.min_amount is not None and amount < self.min_amount) or \
+                (self.max_amount is not None and amount > self.max_amount):
+            return False
+        labels = event.get("metadata") or {}
+        return all(labels.get(k) == v for k, v in self.metadata.items())
+
+
+def encode_cursor(next_seq: int, newest_first: bool) -> str:
+    """An opaque cursor: where the next page starts. It names a seq, so it stays valid
+    while new events arrive (they get higher seqs)."""
+    return base64.urlsafe_b64encode(orjson.dumps([next_seq, newest_first])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, newest_first: bool) -> int:
+    try:
+        seq, order = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise QueryError("cursor is not one this endpoint made") from None
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or order is not newest_first:
+        raise QueryError("cursor is not one this endpoint made for this order")
+    return seq
+
+
+@dataclass
+class Page:
+    entries: list[Entry]
+    next_cursor: str | None     # None: nothing further
+    scanned: int                # history entries read to make it
+
+
+def transfers_page(read: Reader, last_seq: int, keep: TransferFilter, newest_first: bool,
+                   limit: int, cursor: str | None, scan_budget: int = SCAN_BUDGET) -> Page:
+    """The next `limit` events that `keep` keeps, in the order asked, reading at most
+    `scan_budget` entries (then a shorter page, with a cursor to go on)."""
+    assert 1 <= limit <= MAX_PAGE and scan_budget >= 1
+    seq = decode_cursor(cursor, newest_first) if cursor else (last_seq if newest_first else 1)
+    step, end = (-1, 0) if newest_first else (1, last_seq + 1)
+    found: list[Entry] = []
+    scanned = 0
+    while seq != end and (seq <= last_seq if not newest_first else seq >= 1) \
+            and len(found) < limit and scanned < scan_budget:
+        entry = read(seq)
+        scanned += 1
+        seq += step
+        if entry is not None and keep.keeps(entry[0]):
+            found.append(entry)
+    more = seq >= 1 if newest_first else seq <= last_seq
+    return Page(found, encode_cursor(seq, newest_first) if more else None, scanned)
+
+
+def seq_at(read: Reader, last_seq: int, ts: int | None = None, offset: int | None = None) -> int:
+    """The last seq whose event is at or before `ts` (its ledger time) or before `offset`
+    (its ledger position); 0 if none is. A binary search: about log2(seqs) reads."""
+    assert (ts is None) != (offset is None)
+    low, high = 0, last_seq            # seq `low` qualifies (0: before the first event)
+    while low < high:
+        mid = (low + high + 1) // 2
+        entry = read(mid)
+        if entry is None:
+            raise QueryError(f"history entry {mid} is missing")
+        event, at = entry
+        fits = event["ts"] <= ts if ts is not None else at is not None and at < offset
+        low, high = (mid, high) if fits else (low, mid - 1)
+    return low
+
+
+def balance_at(read: Reader, last_seq: int, ts: int | None = None,
+               offset: int | None = None) -> dict[str, Any]:
+    """The account's balance after its last event at or before the point asked."""
+    seq = seq_at(read, last_seq, ts, offset)
+    if seq == 0:
+        return {"seq": 0, "balance": 0, "ts": None, "offset": None}
+    event, at = read(seq)  # type: ignore[misc]
+    return {"seq": seq, "balance": event["balance"], "ts": event["ts"], "offset": at}
+
+
+def statement(read: Reader, last_seq: int, since_ts: int, until_ts: int, daily: bool,
+              partition: int, scan_budget: int = SCAN_BUDGET) -> dict[str, Any]:
+    """Opening and closing balance, money in and out, counts by kind over [since, until],
+    per UTC day if asked; each figure names the seqs and ledger offsets it comes from."""
+    if until_ts < since_ts:
+        raise QueryError("to is before from")
+    first = seq_at(read, last_seq, ts=since_ts - 1) + 1
+    last = seq_at(read, last_seq, ts=until_ts)
+    if last - first + 1 > scan_budget:
+        raise QueryError(f"the window holds {last - first + 1} events, over the limit of "
+                         f"{scan_budget}: ask for a shorter one")
+    opening = read(first - 1)[0]["balance"] if first > 1 else 0  # type: ignore[index]
+    total = _Totals(opening)
+    days: dict[int, _Totals] = {}
+    offsets: list[int | None] = []
+    for seq in range(first, last + 1):
+        event, at = read(seq)  # type: ignore[misc]
+        offsets.append(at)
+        total.add(event, seq)
+        if daily:
+            day = event["ts"] // DAY_MS
+            if day not in days:
+                days[day] = _Totals(event["balance"] - BALANCE_SIGN[event["kind"]] * event["amount"])
+            days[day].add(event, seq)
+    out = {"from": since_ts, "to": until_ts, **total.public(),
+           "positions": {"partition": partition, "first_offset": offsets[0] if offsets else None,
+                         "last_offset": offsets[-1] if offsets else None}}
+    if daily:
+        out["days"] = [{"day": day, **t.public()} for day, t in sorted(days.items())]
+    return out
+
+
+@dataclass
+class _Totals:
+    opening: int
+    closing: int = 0
+    money_in: int = 0
+    money_out: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    first_seq: int | None = None
+    last_seq: int | None = None
+
+    def __post_init__(self) -> None:
+        self.closing = self.opening
+
+    def add(self, event: dict[str, Any], seq: int) -> None:
+        moved = BALANCE_SIGN[event["kind"]] * event["amount"]
+        self.money_in += max(0, moved)
+        self.money_out += max(0, -moved)
+        self.closing = event["balance"]
+        self.counts[event["kind"]] = self.counts.get(event["kind"], 0) + 1
+        self.first_seq = self.first_seq or seq
+        self.last_seq = seq
+
+    def public(self) -> dict[str, Any]:
+        assert self.opening + self.money_in - self.money_out == self.closing, self
+        return {"opening_balance": self.opening, "closing_balance": self.closing,
+                "money_in": self.money_in, "money_out": self.money_out,
+                "events": sum(self.counts.values()), "counts": self.counts,
+                "first_seq": self.first_seq, "last_seq": self.last_seq}

@@ -154,6 +154,20 @@ def test_queries_over_http_and_the_cli(bank):
     assert request("GET", f"{url}/accounts/r/balance").status == 400
     assert request("GET", f"{url}/accounts/r/transfers?cursor=nope").status == 400
 
+    # accounts across workers, by currency and by metadata, paged by name
+    for i in range(5):
+        b.open_account(f"eu-{i}", currency="EUR", metadata={"team": "ops" if i % 2 else "dev"})
+    wait_until(lambda: len(get_json(f"{url}/accounts?currency=EUR")["accounts"]) == 5,
+               30, "the EUR accounts indexed")
+    first = get_json(f"{url}/accounts?currency=EUR&limit=4")
+    rest = get_json(f"{url}/accounts?currency=EUR&limit=4&after={first['next_after']}")
+    assert first["accounts"] + rest["accounts"] == [f"eu-{i}" for i in range(5)]
+    assert rest["next_after"] is None
+    ops = get_json(f"{url}/accounts?metadata.team=ops")["accounts"]
+    assert ops == ["eu-1", "eu-3", "q"]
+    assert request("GET", f"{url}/accounts").status == 400
+    assert request("GET", f"{url}/accounts?currency=EUR&metadata.team=ops").status == 400
+
     # the operator's commands
     env = {**os.environ, "BANK_API_KEY": current_key(), "KAFKA_BOOTSTRAP_SERVERS":
            settings.bootstrap_servers}

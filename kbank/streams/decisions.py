@@ -195,9 +195,15 @@ def _stamp(d: "Decision", labels: dict[str, Any]) -> "Decision":
     return d
 
 
+_LABEL_KEYS = frozenset((*TAGS, REQUESTED_BY))
+_CHECKED_LABELS = frozenset((*TAGS, "currency"))    # what _labels_problem looks at
+
+
 def _labels(body: dict[str, Any]) -> dict[str, Any]:
     """The labels of a valid request or message, in a fixed order: metadata, external_ref,
     requested_by."""
+    if not body.keys() & _LABEL_KEYS:
+        return {}     # most records carry none: the set operation is one C call
     labels = {k: body[k] for k in TAGS if k in body}
     by = body.get(REQUESTED_BY)
     if is_name(by):
@@ -367,7 +373,7 @@ def parse_request(key: bytes | None, value: bytes | None) -> Request:
         pass
     else:
         req.problem = _amount_problem(body["amount"])
-    if req.problem is None:
+    if req.problem is None and body.keys() & _CHECKED_LABELS:
         req.problem = _labels_problem(body)
     if account is not None and (key is None or key != account.encode()):
         req.problem = req.problem or "record key must equal the deciding account"
@@ -657,6 +663,7 @@ def _open(d: Decision, req: Request, acct: Account | None, ts: int, pos: Positio
     new = Account(daily_limit=body.get("daily_limit"), day=ts // DAY_MS,
                   currency=body.get("currency", DEFAULT_CURRENCY), overdraft_limit=overdraft,
                   max_balance=body.get("max_balance"))
+    assert is_currency(new.currency), new   # kept for good: checked here, where it is set
     d.supply = overdraft
     _event(d, name, new, req.request_id, OPENED, 0, None, ts, pos)
     d.outcomes.append(outcome(name, req.request_id, COMPLETED, ts))
@@ -914,7 +921,7 @@ def parse_message(key: bytes | None, value: bytes | None) -> dict[str, Any]:
         raise BadMessage(f"requested_by must be a string of 1 to {MAX_NAME} characters")
     if "currency" in msg and not is_currency(msg["currency"]):
         raise BadMessage("currency must be a code of 3 to 12 upper-case letters or digits")
-    if (problem := _labels_problem(msg)) is not None:
+    if msg.keys() & _LABEL_KEYS and (problem := _labels_problem(msg)) is not None:
         raise BadMessage(problem)
     return msg
 

@@ -284,7 +284,7 @@ def check_account(acct: "Account") -> None:
     assert -MAX_AMOUNT <= acct.balance <= MAX_AMOUNT, acct
     assert 0 <= acct.held <= MAX_AMOUNT and 0 <= acct.pending_in <= MAX_AMOUNT, acct
     assert 0 <= acct.spent <= MAX_AMOUNT and acct.seq >= 0, acct
-    assert 0 <= acct.overdraft_limit <= MAX_AMOUNT and is_currency(acct.currency), acct
+    assert 0 <= acct.overdraft_limit <= MAX_AMOUNT, acct   # (the currency: when opened)
     assert acct.max_balance is None or 0 <= acct.max_balance <= MAX_AMOUNT, acct
     assert acct.state in (OPEN, FROZEN_STATE, CLOSED_STATE), acct
     assert acct.state != CLOSED_STATE or acct.held == acct.pending_in == 0, acct

@@ -59,6 +59,9 @@ ROUTES: dict[tuple[str, str], RouteRule] = {
     ("GET", "/accounts/{account}/statement"): RouteRule(_READERS, "an account's statement",
                                                         "path"),
     ("GET", "/stats"): RouteRule(_BANK_WIDE, "bank-wide figures"),
+    ("GET", "/accounts"): RouteRule(_BANK_WIDE, "accounts by currency or metadata, bank-wide"),
+    ("GET", "/internal/accounts"): RouteRule(_BANK_WIDE, "peers' fan-out for /accounts, with the "
+                                                         "caller's key"),
     ("GET", "/overview"): RouteRule(_BANK_WIDE, "the console's overview"),
     ("GET", "/metrics"): RouteRule(_BANK_WIDE, "Prometheus metrics (scrape with a bearer token)"),
     ("GET", "/internal/totals"): RouteRule(_BANK_WIDE, "peers' fan-out for /stats, with the "

@@ -49,12 +49,12 @@ from faust.types import TP
 from kbank.streams import kafka, topics
 from kbank.streams.config import Settings
 from kbank.streams.generations import LIVE, live_generation, source_settings
-from kbank.streams.model import is_final, outcome_key
+from kbank.streams.model import OPENED, is_final, outcome_key
 from kbank.streams.kafka import client_config
 from kbank.streams.keystore import KeyRing
 from kbank.streams.views.credentials import faust_credentials
 from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
-                                merge_status, parse_ledger_event, parse_outcome)
+                                index_entries, merge_status, parse_ledger_event, parse_outcome)
 from kbank.streams.views.metrics import LagUnavailable, ViewsMetrics
 from kbank.streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys
 from kbank.streams.views.web import observe_middleware, register_routes
@@ -293,6 +293,10 @@ class ViewsWorker:
         if verdict is Applied.NEW:
             view = apply_to_account(view, event, offset)
             self.views[key] = view.to_bytes()
+        if event["kind"] == OPENED:   # the accounts' indexes: by currency, by metadata pair
+            for name, value in index_entries(event):
+                self.views[ViewKeys.index(name, value, account)] = account.encode(
+                    "utf-8", "surrogatepass")
         assert view is not None   # NEW made it; REDELIVERED is its last event again
         totals = self.partition_totals(partition)
         if totals.count(event, offset, self.requests_topic, view.currency):
@@ -353,6 +357,16 @@ class ViewsWorker:
     def account_view(self, account: str) -> AccountView | None:
         stored = self.views.get(ViewKeys.account(account))
         return AccountView.from_bytes(stored) if stored is not None else None
+
+    def indexed_accounts(self, name: str, value: str, after: str, limit: int) -> list[str]:
+        """Accounts (in name order, after `after`) of this worker's ledger partitions whose
+        `name` (currency, or metadata.<key>) is `value`: a prefix scan of the index."""
+        prefix = ViewKeys.index_prefix(name, value)
+        found: list[str] = []
+        for partition in self.ledger_partitions():
+            found += [v.decode("utf-8", "surrogatepass") for v in self.views.data.scan(
+                partition, prefix, after.encode("utf-8", "surrogatepass"), limit)]
+        return sorted(found)[:limit]
 
     def history_entry(self, account: str, seq: int) -> tuple[dict[str, Any], int | None] | None:
         """One history entry: the event and its ledger offset."""

@@ -130,6 +130,13 @@ def apply_to_account(view: AccountView | None, event: dict[str, Any], offset: in
     return new
 
 
+def index_entries(opened: dict[str, Any]) -> list[tuple[str, str]]:
+    """What an `opened` event indexes its account under: its currency, and each of its
+    metadata pairs as metadata.<key> (GET /accounts?currency= or ?metadata.<key>=)."""
+    return [("currency", opened.get("currency", DEFAULT_CURRENCY))] + \
+        [(f"metadata.{k}", v) for k, v in (opened.get("metadata") or {}).items()]
+
+
 def history_key(account: str, seq: int) -> bytes:
     """Keys sort by account, then seq: a page of history is one key range."""
     return f"{account}\x00{seq:012d}".encode()

@@ -42,8 +42,9 @@ def caller_headers(request: aioweb.Request) -> dict[str, str]:
 
 
 async def ask_peers(reads: ViewsReads, path: str, headers: dict[str, str],
-                    timeout_s: float) -> list[tuple[str, int | None, Any]]:
-    """GET `path` of every other views worker the table's router knows, all at once:
+                    timeout_s: float, query: dict[str, str] | None = None
+                    ) -> list[tuple[str, int | None, Any]]:
+    """GET `path` (?`query`) of every other views worker the table's router knows, all at once:
     (url, status, JSON body) each; a worker that did not answer has status None and the
     error's text as its body."""
     app = reads.app
@@ -52,7 +53,8 @@ async def ask_peers(reads: ViewsReads, path: str, headers: dict[str, str],
     async def ask(url: str) -> tuple[str, int | None, Any]:
         target = aiohttp.client.URL(url)
         try:
-            async with app.http_client.get(target.with_path(path), headers=headers,
+            async with app.http_client.get(target.with_path(path).with_query(query or {}),
+                                           headers=headers,
                                            timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 return url, resp.status, await resp.json(loads=orjson.loads)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:

@@ -30,6 +30,9 @@ class ViewsReads(Protocol):
     def history_page(self, account: str, before_seq: int,
                      limit: int) -> list[tuple[dict[str, Any], int | None]]: ...
 
+    def indexed_accounts(self, name: str, value: str, after: str, limit: int) -> list[str]:
+        """Accounts of this worker's partitions indexed under name=value, after `after`."""
+
     def history_entry(self, account: str, seq: int) -> tuple[dict[str, Any], int | None] | None:
         """The event of that seq and its ledger offset."""
 

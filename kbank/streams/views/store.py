@@ -29,6 +29,18 @@ class ViewKeys:
     """Keys of the one views table: a prefix per view, so the views cannot collide."""
 
     ACCOUNT, HISTORY, TOTALS, STATUS, OUTCOMES_POSITION = b"a\x00", b"h\x00", b"t\x00", b"s\x00", b"o\x00"
+    INDEX = b"i\x00"   # accounts by currency or by a metadata pair (written when opened)
+
+    @staticmethod
+    def index_prefix(name: str, value: str) -> bytes:
+        """Keys of the accounts whose `name` (currency, or metadata.<key>) is `value`; the
+        lengths come first, so no two (name, value) pairs share a prefix."""
+        label = f"{len(name)}:{name}{len(value)}:{value}\x00"
+        return ViewKeys.INDEX + label.encode("utf-8", "surrogatepass")
+
+    @staticmethod
+    def index(name: str, value: str, account: str) -> bytes:
+        return ViewKeys.index_prefix(name, value) + account.encode("utf-8", "surrogatepass")
 
     @staticmethod
     def account(account: str) -> bytes:
@@ -84,6 +96,17 @@ class MonotoneRocksDBStore(RocksDBStore):
     """Faust's RocksDB store whose changelog recovery keeps the furthest value per key."""
 
     last_write_wins = False  # testing only (BANK_UNSAFE_VIEWS_LAST_WRITE_WINS)
+
+    def scan(self, partition: int, prefix: bytes, after: bytes, limit: int) -> list[bytes]:
+        """Up to `limit` values of keys that start with `prefix` and sort after
+        prefix + `after`, in key order, from one partition's local store."""
+        out: list[bytes] = []
+        for key, value in self._db_for_partition(partition).items(from_key=prefix + after):
+            if not key.startswith(prefix) or len(out) >= limit:
+                break
+            if key != prefix + after or not after:
+                out.append(value)
+        return out
 
     def apply_changelog_batch(self, batch: Iterable[Any], to_key: Callable[[Any], Any],
                               to_value: Callable[[Any], Any]) -> None:

@@ -25,7 +25,7 @@ from kbank.streams.config import Settings
 from kbank.streams.decisions import MAX_NAME, Undecodable, deciding_account, parse_json, parse_request
 from kbank.streams.partitioning import partition_for
 from kbank.streams.views.console import register_console
-from kbank.streams.views.http import (HTTPError, caller_headers, error_response, gather_totals,
+from kbank.streams.views.http import (HTTPError, ask_peers, caller_headers, error_response, gather_totals,
                                 json_response)
 from kbank.streams.views.reads import ViewsReads
 from kbank.streams.model import DECIDED_STATUSES, request_key
@@ -471,6 +471,39 @@ def register_routes(worker: ViewsReads) -> None:
                     partition_for(account, settings.partitions), settings.web_query_budget))
                 return json_response({"account": account, "currency": view.currency, **found})
             return await router.route(request, account, local)
+
+    def index_query(request: aioweb.Request) -> tuple[str, str, str, int]:
+        """(name, value, after, limit) of GET /accounts and its fan-out."""
+        asked = [(k, v) for k, v in request.query.items()
+                 if k == "currency" or k.startswith("metadata.")]
+        if len(asked) != 1:
+            raise HTTPError(400, "invalid", "give one of currency=CODE or metadata.KEY=VALUE")
+        after = request.query.get("after", "")
+        return (*asked[0], after, _query_int(request, "limit", 100, 1, queries.MAX_PAGE))
+
+    @app.page("/accounts")
+    class AccountsIndex(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            """Accounts by currency or by a metadata pair, in name order, from every views
+            worker's index (folded when each account was opened: no scan of the accounts)."""
+            router._ready()
+            name, value, after, limit = index_query(request)
+            found = set(worker.indexed_accounts(name, value, after, limit))
+            answers = await ask_peers(worker, "/internal/accounts", caller_headers(request), 5.0,
+                                      dict(request.query))
+            for url, status, rows in answers:
+                if status != 200:
+                    raise HTTPError(503, "unavailable", f"views worker {url} did not answer "
+                                    f"({status}); retry", retry_after=1)
+                found.update(rows)
+            page = sorted(found)[:limit]
+            return json_response({"accounts": page, "next_after": page[-1]
+                                  if len(page) == limit else None})
+
+    @app.page("/internal/accounts")
+    class InternalAccounts(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            return json_response(worker.indexed_accounts(*index_query(request)))
 
     @app.page("/stats")
     class Stats(View):

@@ -62,7 +62,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restore-ids", type=int, default=0,
                         help="instead: time a new engine worker's restore of one partition whose "
                              "changelog holds --accounts accounts and this many applied request ids")
+    parser.add_argument("--backlog", type=int, default=0, metavar="N",
+                        help="instead: N transfers produced while no engine runs, then the workers "
+                             "started (--workers or --scaling, --views); the drain rate from the "
+                             "first to the last final outcome (their LogAppendTime)")
+    parser.add_argument("--statement-events", type=int, default=0, metavar="N",
+                        help="instead: p50/p99 of a statement over an account's N events, and of "
+                             "a filtered page, on a real store (kbank/bench/queries.py)")
     args = parser.parse_args(argv)
+    if args.statement_events:
+        from kbank.bench.queries import statement_cost
+
+        result = statement_cost(args.statement_events)
+        print(orjson.dumps(result).decode() if args.json else
+              f"statement over {result['events']:,} events: p50 {result['statement_p50_ms']} ms, "
+              f"p99 {result['statement_p99_ms']} ms; a filtered page of 50: p50 "
+              f"{result['filtered_page_p50_ms']} ms, p99 {result['filtered_page_p99_ms']} ms")
+        return 0
     if args.replay_events:
         return replay_main(args)
     if args.restore_ids:
@@ -110,6 +126,19 @@ def main(argv: list[str] | None = None) -> int:
             for workers in counts:
                 print(f"run: {workers} worker(s), {args.partitions} partitions, "
                       f"{args.accounts:,} accounts, authentication {auth}", file=log, flush=True)
+                if args.backlog:
+                    from kbank.bench.backlog import drain_speed
+
+                    drained = drain_speed(settings, workers=workers, views=args.views,
+                                          accounts=args.accounts, backlog=args.backlog,
+                                          broker_pids=broker_pids)
+                    drained.update(auth=auth, broker_raw_msgs_per_s=raw["msgs_per_s"])
+                    print(orjson.dumps(drained).decode() if args.json else
+                          f"backlog of {args.backlog:,} drained by {workers} worker(s)"
+                          f"{f' with {args.views} views' if args.views else ''}: "
+                          f"{drained['drain_transfers_per_s']:,.0f} transfers/s; CPU us per "
+                          f"transfer {drained['cpu_us_per_transfer']}", flush=True)
+                    continue
                 result = run_bench(settings, workers=workers, accounts=args.accounts,
                                    seconds=args.seconds, warmup=args.warmup, rate=args.rate,
                                    inflight=args.inflight, zipf=args.zipf, views=args.views,
@@ -120,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             if cluster:
                 cluster.stop()
         shutil.rmtree(state_dir, ignore_errors=True)
+    if args.backlog:
+        return 0
     if args.json:
         for r in results:
             print(orjson.dumps(r.summary()).decode())

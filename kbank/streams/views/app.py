@@ -56,7 +56,7 @@ from kbank.streams.views.credentials import faust_credentials
 from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
                                 index_entries, merge_status, parse_ledger_event, parse_outcome)
 from kbank.streams.views.metrics import LagUnavailable, ViewsMetrics
-from kbank.streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys
+from kbank.streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys, split_history_value
 from kbank.streams.views.web import observe_middleware, register_routes
 
 log = logging.getLogger("bank.views")
@@ -64,12 +64,6 @@ log = logging.getLogger("bank.views")
 VIEWS_APP = "bank-views"
 LOG_APPEND_TIME = 1          # a record's timestamp type when the broker stamped it
 VIEWS_TABLE = "views"
-
-
-def split_history_value(stored: bytes) -> tuple[int, bytes]:
-    """A history value is `<ledger offset> <event JSON>`."""
-    offset, _, raw = stored.partition(b" ")
-    return int(offset), raw
 
 
 class ReadCommittedThread(AIOKafkaConsumerThread):

@@ -63,6 +63,12 @@ class ViewKeys:
         return ViewKeys.OUTCOMES_POSITION + b"%d" % partition
 
 
+def split_history_value(stored: bytes) -> tuple[int, bytes]:
+    """A history value is `<ledger offset> <event JSON>`."""
+    offset, _, raw = stored.partition(b" ")
+    return int(offset), raw
+
+
 def _progress(prefix: bytes, value: bytes) -> tuple[int, ...]:
     """How far along a value is; higher is newer (see the module docstring)."""
     if prefix == ViewKeys.ACCOUNT:

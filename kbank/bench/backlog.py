@@ -1,0 +1,121 @@
+"""`bank bench --backlog N`: how fast the engine drains a backlog, the way stream processors
+are usually compared.
+
+The accounts are opened, the engine is stopped, N transfers are produced while no engine
+runs, then the engine workers (and views workers, if asked) are started. The drain rate is
+N over the time from the first to the last final outcome, both read off the outcomes'
+LogAppendTime, so neither the load generator nor the workers' start-up is in it. The CPU
+each process kind used while draining is reported per transfer.
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import uuid
+from dataclasses import replace
+
+from kbank.bench.driver import OutcomeClock, open_accounts
+from kbank.bench.procs import cpu_by_kind
+from kbank.streams import kafka
+from kbank.streams.client import OutcomeTail, RequestSender
+from kbank.streams.config import Settings
+from kbank.streams.model import request_key
+from kbank.streams.principals import secure_deployment
+from kbank.streams.progress import progress_bar
+from kbank.streams.supervisor import WorkerPool, wait_for_views
+from kbank.streams.broker import free_port
+from kbank.streams.topics import ensure_topics
+
+
+class DrainClock:
+    """Counts the backlog's final outcomes and the first and last of their append times."""
+
+    def __init__(self, settings: Settings, keys: set[bytes]) -> None:
+        self.keys, self.done = keys, 0
+        self.first = self.last = None
+        self._lock = threading.Lock()
+        self._tail = OutcomeTail(settings, kafka.ADMIN, "bench-drain", self._count, batch=20000,
+                                 wait_s=0.05)
+
+    def _count(self, msgs: list) -> None:
+        with self._lock:
+            for msg in msgs:
+                value = msg.value()
+                if msg.error() or value is None or b'"status":"debited"' in value \
+                        or msg.key() not in self.keys:
+                    continue
+                self.keys.discard(msg.key())
+                self.done += 1
+                appended = msg.timestamp()[1]
+                self.first = appended if self.first is None else min(self.first, appended)
+                self.last = appended if self.last is None else max(self.last, appended)
+
+    def close(self) -> None:
+        self._tail.close()
+
+
+def drain_speed(settings: Settings, *, workers: int, views: int, accounts: int, backlog: int,
+                broker_pids: list[int], seed: int = 3) -> dict[str, object]:
+    settings = replace(settings, topic_prefix=f"bench-backlog-{uuid.uuid4().hex[:8]}-")
+    if settings.kafka_credentials:
+        credentials = os.path.join(settings.state_dir, f"{settings.topic_prefix}credentials")
+        settings = secure_deployment(settings, kafka.client_config(settings, kafka.ADMIN),
+                                     credentials)
+    ensure_topics(settings)
+    engine = WorkerPool(settings, workers)
+    clock = OutcomeClock(settings)
+    try:
+        open_accounts(RequestSender(settings), clock, accounts, deposit=10_000_000)
+    finally:
+        clock.close()
+        engine.stop_all()
+    rng = random.Random(seed)
+    sender = RequestSender(settings)
+    keys = set()
+    bar = progress_bar("backlog (no engine running)", "transfers", total=backlog)
+    for i in range(backlog):
+        a, b = rng.sample(range(accounts), 2)
+        rid = f"b{i}"
+        keys.add(request_key(f"a{a}", rid).encode())
+        sender.send({"type": "transfer", "request_id": rid, "from": f"a{a}", "to": f"a{b}",
+                     "amount": 1})
+        if i % 10_000 == 0:
+            bar.update(i - bar.n)
+    sender.flush()
+    bar.close()
+    drain = DrainClock(settings, keys)
+    pools = []
+    try:
+        if views:
+            pools.append(WorkerPool(settings, views, command="views",
+                                    web_ports=[free_port() for _ in range(views)]))
+            if not wait_for_views([pools[-1].url(str(i)) for i in range(views)],
+                                  settings.partitions):
+                raise TimeoutError("the views workers did not become ready in 120 s")
+        pools.append(WorkerPool(settings, workers))
+        pids = {"engine": [p.pid for p in pools[-1].procs.values()], "broker": broker_pids}
+        if views:
+            pids["views"] = [p.pid for p in pools[0].procs.values()]
+        before = cpu_by_kind(pids)
+        bar = progress_bar("draining", "transfers", total=backlog)
+        deadline = time.monotonic() + 1800
+        while drain.done < backlog:
+            bar.update(drain.done - bar.n)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the backlog did not drain: {drain.done:,} of {backlog:,}")
+            time.sleep(0.2)
+        bar.update(backlog - bar.n)
+        bar.close()
+        after = cpu_by_kind(pids)
+    finally:
+        drain.close()
+        for pool in pools:
+            pool.stop_all()
+    seconds = max(1e-3, (drain.last - drain.first) / 1000)
+    return {"mode": "backlog", "backlog": backlog, "workers": workers, "views": views,
+            "accounts": accounts, "drain_s": round(seconds, 2),
+            "drain_transfers_per_s": round(backlog / seconds, 1),
+            "cpu_us_per_transfer": {kind: round((after[kind] - before[kind]) / backlog * 1e6, 1)
+                                    for kind in after}}

@@ -1,0 +1,64 @@
+"""`bank bench --statement-events N`: what one statement over N events costs a views worker.
+
+An account's history of N ledger events is written to a real RocksDB store (rocksdict) in
+the views table's own key and value layout; then statements over the whole history (the
+window at the query budget's limit) and filtered pages are timed as the web endpoint runs
+them (kbank.streams.views.queries over the store's reads). HTTP and routing are not in
+these figures: they cost the same for every route.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+
+import orjson
+from rocksdict import Options, Rdict
+
+from kbank.streams.model import DAY_MS, Account, GENESIS_HASH, Position, chain_event, ledger_event
+from kbank.streams.views import queries
+from kbank.streams.views.store import ViewKeys, split_history_value
+
+T0 = 20_000 * DAY_MS
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def statement_cost(events: int, repeats: int = 50) -> dict[str, float]:
+    """p50/p99 ms of a statement over `events` events and of a filtered page."""
+    with tempfile.TemporaryDirectory(prefix="bank-bench-queries-") as path:
+        db = Rdict(path, Options(raw_mode=True))
+        balance, head = 0, GENESIS_HASH
+        for seq in range(1, events + 1):
+            kind, amount = ("opened", 0) if seq == 1 else ("credited", 7) if seq % 2 else \
+                ("debited", 5)
+            balance += {"opened": 0, "credited": 1, "debited": -1}[kind] * amount
+            event = ledger_event("acct", seq, f"r{seq}", kind, amount, "other", balance,
+                                 T0 + seq * 1_000, Position("transfers.requests", 0, seq),
+                                 acct=Account())
+            head, raw = chain_event(head, orjson.dumps(event))
+            db[ViewKeys.history("acct", seq)] = b"%d " % (2 * seq) + raw
+
+        def read(seq: int):  # noqa: ANN202 - the web endpoint's history_entry
+            stored = db.get(ViewKeys.history("acct", seq))
+            if stored is None:
+                return None
+            offset, raw = split_history_value(stored)
+            return orjson.loads(raw), offset
+
+        statements, pages = [], []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            queries.statement(read, events, T0, T0 + (events + 1) * 1_000, True, 0, events)
+            statements.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            queries.transfers_page(read, events, queries.TransferFilter(min_amount=7), True, 50,
+                                   None)
+            pages.append((time.perf_counter() - t) * 1000)
+        db.close()
+    return {"events": events, "statement_p50_ms": round(_percentile(statements, 50), 2),
+            "statement_p99_ms": round(_percentile(statements, 99), 2),
+            "filtered_page_p50_ms": round(_percentile(pages, 50), 3),
+            "filtered_page_p99_ms": round(_percentile(pages, 99), 3)}

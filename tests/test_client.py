@@ -181,3 +181,21 @@ def test_queries_over_http_and_the_cli(bank):
     assert bank_cli("balance", "q")[0]["metadata"] == {"team": "ops"}
     assert bank_cli("status", "q", "q3")[0]["status"] == "completed"
     assert [e["seq"] for e in bank_cli("history", "q", "--limit", "4")] == [14, 13, 12, 11]
+
+    # the status of each event's request (q's last two events: a transfer refunded)
+    with pytest.raises(UnknownAccount):           # debited, then refunded: rejected
+        b.transfer("q", "ghost", 5, request_id="q-ghost")
+    wait_until(lambda: [e["request_id"] for e in get_json(
+        f"{url}/accounts/q/transfers?kind=debited&status=rejected")["entries"]] == ["q-ghost"],
+        30, "the refused transfer's events and status folded")
+    completed = get_json(f"{url}/accounts/q/transfers?kind=debited&status=completed&limit=5")
+    assert [e["request_id"] for e in completed["entries"]] == ["more3", "more2", "more1",
+                                                                "more0", "q7"]
+    rest = get_json(f"{url}/accounts/q/transfers?kind=debited&status=completed&limit=5"
+                    f"&cursor={completed['next_cursor']}")
+    assert [e["request_id"] for e in rest["entries"]] == ["q6", "q5", "q4", "q3", "q2"]
+    shop = create_key(settings, CLIENT, accounts=("q",))
+    wait_until(lambda: request("GET", f"{url}/accounts/q", key=shop.token).status == 200,
+               10, "the client key at the views")
+    assert request("GET", f"{url}/accounts/q/transfers?status=completed",
+                   key=shop.token).status == 403

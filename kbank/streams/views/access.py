@@ -62,6 +62,8 @@ ROUTES: dict[tuple[str, str], RouteRule] = {
     ("GET", "/accounts"): RouteRule(_BANK_WIDE, "accounts by currency or metadata, bank-wide"),
     ("GET", "/internal/accounts"): RouteRule(_BANK_WIDE, "peers' fan-out for /accounts, with the "
                                                          "caller's key"),
+    ("GET", "/internal/statuses"): RouteRule(_BANK_WIDE, "peers' fan-out for the status filter "
+                                                         "of /accounts/{account}/transfers"),
     ("GET", "/overview"): RouteRule(_BANK_WIDE, "the console's overview"),
     ("GET", "/metrics"): RouteRule(_BANK_WIDE, "Prometheus metrics (scrape with a bearer token)"),
     ("GET", "/internal/totals"): RouteRule(_BANK_WIDE, "peers' fan-out for /stats, with the "

@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web as aioweb
 from faust.web import View
 
-from kbank.streams.apikeys import submit_refusal
+from kbank.streams.apikeys import AUDITOR, OPERATOR, submit_refusal
 from kbank.streams.config import Settings
 from kbank.streams.decisions import MAX_NAME, Undecodable, deciding_account, parse_json, parse_request
 from kbank.streams.partitioning import partition_for
@@ -28,7 +28,7 @@ from kbank.streams.views.console import register_console
 from kbank.streams.views.http import (HTTPError, ask_peers, caller_headers, error_response, gather_totals,
                                 json_response)
 from kbank.streams.views.reads import ViewsReads
-from kbank.streams.model import DECIDED_STATUSES, request_key
+from kbank.streams.model import DECIDED_STATUSES, event_request_key, request_key
 from kbank.streams.views import queries
 from kbank.streams.views.access import API_KEY, RateLimiter, authorize
 from kbank.streams.views.fold import global_figures, hold_view
@@ -41,6 +41,7 @@ log = logging.getLogger("bank.web")
 ROUTED_HEADER = "X-Bank-Routed-By"
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 MAX_HISTORY_PAGE = 1000
+STATUS_CHUNK = 20    # request keys asked of the other workers at once (they go in a URL)
 
 
 def _query_int(request: aioweb.Request, name: str, default: int | None, low: int,
@@ -415,6 +416,60 @@ def register_routes(worker: ViewsReads) -> None:
     def account_reader(account: str):  # noqa: ANN202
         return lambda seq: worker.history_entry(account, seq)
 
+    async def with_statuses(request: aioweb.Request, account: str, last_seq: int,
+                            keep: queries.TransferFilter, newest_first: bool, limit: int,
+                            statuses: frozenset[str]) -> queries.Page:
+        """A filtered page whose events' requests have one of `statuses`. Statuses live on
+        the owners of their request keys' outcome partitions, so candidates are taken a
+        chunk at a time and their statuses asked of every views worker at once."""
+        key = request.get(API_KEY)
+        if key is not None and key.role not in (OPERATOR, AUDITOR):
+            raise HTTPError(403, "forbidden", "the status filter reads requests across accounts: "
+                            "operator and auditor keys only")
+        found: list[queries.Entry] = []
+        cursor, scanned = request.query.get("cursor"), 0
+        while len(found) < limit and scanned < settings.web_query_budget:
+            chunk = query(lambda: queries.transfers_page(
+                account_reader(account), last_seq, keep, newest_first,
+                min(limit - len(found), STATUS_CHUNK), cursor,
+                settings.web_query_budget - scanned))
+            scanned += chunk.scanned
+            wanted = [event_request_key(event) for event, _ in chunk.entries]
+            known = await statuses_of(request, wanted)
+            found += [entry for entry, k in zip(chunk.entries, wanted) if known.get(k) in statuses]
+            cursor = chunk.next_cursor
+            if cursor is None:
+                break
+        return queries.Page(found, cursor, scanned)
+
+    async def statuses_of(request: aioweb.Request, keys: list[str]) -> dict[str, str]:
+        """The status of each request key, from whichever views worker holds it."""
+        known = {k: s["status"] for k in keys if (s := worker.request_status(k)) is not None}
+        missing = [k for k in keys if k not in known]
+        if missing:
+            for url, status, rows in await ask_peers(worker, "/internal/statuses",
+                                                     caller_headers(request), 5.0,
+                                                     {"keys": orjson.dumps(missing).decode()}):
+                if status != 200:
+                    raise HTTPError(503, "unavailable", f"views worker {url} did not answer "
+                                    f"({status}); retry", retry_after=1)
+                known.update(rows)
+        return known
+
+    @app.page("/internal/statuses")
+    class InternalStatuses(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            """The statuses this worker holds of the request keys asked (a JSON list)."""
+            try:
+                keys = orjson.loads(request.query.get("keys", "[]"))
+            except orjson.JSONDecodeError:
+                raise HTTPError(400, "invalid", "keys must be a JSON list") from None
+            if not isinstance(keys, list) or len(keys) > STATUS_CHUNK \
+                    or not all(isinstance(k, str) for k in keys):
+                raise HTTPError(400, "invalid", f"keys: a list of at most {STATUS_CHUNK} keys")
+            return json_response({k: s["status"] for k in keys
+                                  if (s := worker.request_status(k)) is not None})
+
     @app.page("/accounts/{account}/transfers")
     class AccountTransfers(View):
         async def get(self, request: aioweb.Request, account: str) -> aioweb.Response:
@@ -425,9 +480,15 @@ def register_routes(worker: ViewsReads) -> None:
                 if order not in ("newest", "oldest"):
                     raise HTTPError(400, "invalid", "order must be newest or oldest")
                 keep = _transfer_filter(request)
-                page = query(lambda: queries.transfers_page(
-                    account_reader(account), view.seq, keep, order == "newest", _query_int(request, "limit", 50, 1, queries.MAX_PAGE),
-                    request.query.get("cursor"), settings.web_query_budget))
+                limit = _query_int(request, "limit", 50, 1, queries.MAX_PAGE)
+                statuses = frozenset(v for v in request.query.get("status", "").split(",") if v)
+                if statuses:
+                    page = await with_statuses(request, account, view.seq, keep,
+                                               order == "newest", limit, statuses)
+                else:
+                    page = query(lambda: queries.transfers_page(
+                        account_reader(account), view.seq, keep, order == "newest", limit,
+                        request.query.get("cursor"), settings.web_query_budget))
                 return json_response({
                     "account": account, "seq": view.seq,
                     "entries": [event for event, _ in page.entries],

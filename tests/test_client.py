@@ -62,9 +62,10 @@ def test_the_client_moves_money_and_raises_each_refusal(bank):
     assert b.linked("alice", [{"to": "bob", "amount": 10}, {"to": "fees", "amount": 1}]
                     ).status == "completed"
     wait_until(lambda: b.balance("bob")["balance"] == 1_250 + 200 + 10, 30, "bob's credits")
-    alice = b.balance("alice")
-    assert alice["balance"] == 10_000 - 1_250 - 200 - 11 and alice["metadata"] == {"kyc": "ok"}
-    assert b.status("alice", "t1").status == "completed"
+    wait_until(lambda: b.balance("alice")["balance"] == 10_000 - 1_250 - 200 - 11, 30,
+               "alice's debits folded")
+    assert b.balance("alice")["metadata"] == {"kyc": "ok"}
+    assert b.wait("alice", "t1").status == "completed"     # once the views folded it
     assert b.status("alice", "t1").raw["external_ref"] == "inv-1"
     b.freeze("alice")                                          # an operator's request
     with pytest.raises(AccountFrozen):
@@ -104,7 +105,7 @@ def test_the_asyncio_client(bank):
 
     seqs = asyncio.run(run())    # opened, deposited, 5 debits, the refusal
     assert seqs == list(range(8, 0, -1))
-    assert get_json(f"{url}/accounts/a2")["balance"] == 50
+    wait_until(lambda: get_json(f"{url}/accounts/a2")["balance"] == 50, 30, "a2's credits")
 
 
 def test_queries_over_http_and_the_cli(bank):
@@ -115,7 +116,8 @@ def test_queries_over_http_and_the_cli(bank):
     for i in range(8):
         b.transfer("q", "r", 100 + i, request_id=f"q{i}",
                    metadata={"invoice": f"inv-{i % 2}"})
-    wait_until(lambda: b.balance("r")["seq"] == 9, 30, "r's credits")
+    wait_until(lambda: b.balance("r")["seq"] == 9 and b.balance("q")["seq"] == 10, 30,
+               "q's debits and r's credits folded")
     # filters with a cursor, across workers (the key routes to the owner)
     seen, cursor = [], None
     while True:
@@ -148,7 +150,8 @@ def test_queries_over_http_and_the_cli(bank):
     assert resp.status == 200
     for i in range(4):   # r gets to 13 events: a statement of them all is over the budget
         b.transfer("q", "r", 1, request_id=f"more{i}")
-    wait_until(lambda: b.balance("r")["seq"] == 13, 30, "r's last credits")
+    wait_until(lambda: b.balance("r")["seq"] == 13 and b.balance("q")["seq"] == 14, 30,
+               "the last transfers folded")
     resp = request("GET", f"{url}/accounts/r/statement?from=0&to=9999999999999")
     assert resp.status == 400 and "over the limit of 12" in resp.json()["reason"], resp.body
     assert request("GET", f"{url}/accounts/r/balance").status == 400
@@ -179,6 +182,7 @@ def test_queries_over_http_and_the_cli(bank):
         return [orjson.loads(line) for line in out.stdout.splitlines()]
 
     assert bank_cli("balance", "q")[0]["metadata"] == {"team": "ops"}
+    b.wait("q", "q3")                                          # the views folded its outcome
     assert bank_cli("status", "q", "q3")[0]["status"] == "completed"
     assert [e["seq"] for e in bank_cli("history", "q", "--limit", "4")] == [14, 13, 12, 11]
 
@@ -188,9 +192,11 @@ def test_queries_over_http_and_the_cli(bank):
     wait_until(lambda: [e["request_id"] for e in get_json(
         f"{url}/accounts/q/transfers?kind=debited&status=rejected")["entries"]] == ["q-ghost"],
         30, "the refused transfer's events and status folded")
+    newest = ["more3", "more2", "more1", "more0", "q7"]
+    wait_until(lambda: [e["request_id"] for e in get_json(
+        f"{url}/accounts/q/transfers?kind=debited&status=completed&limit=5")["entries"]]
+        == newest, 30, "every outcome folded by the views")
     completed = get_json(f"{url}/accounts/q/transfers?kind=debited&status=completed&limit=5")
-    assert [e["request_id"] for e in completed["entries"]] == ["more3", "more2", "more1",
-                                                                "more0", "q7"]
     rest = get_json(f"{url}/accounts/q/transfers?kind=debited&status=completed&limit=5"
                     f"&cursor={completed['next_cursor']}")
     assert [e["request_id"] for e in rest["entries"]] == ["q6", "q5", "q4", "q3", "q2"]

@@ -181,7 +181,10 @@ def replay_main(args: argparse.Namespace) -> int:
         print(f"replay views (rebuild)  {result['rebuild_events_per_s']:,.0f} events/s")
         print(f"replay verify           {result['verify_events_per_s']:,.0f} events/s "
               f"({'OK' if result['verify_ok'] else 'FAILED'})")
-    return 0 if result["verify_ok"] else 1
+        print(f"  in {result['verify_processes']} processes  "
+              f"{result['verify_parallel_events_per_s']:,.0f} events/s "
+              f"({'OK' if result['verify_parallel_ok'] else 'FAILED'})")
+    return 0 if result["verify_ok"] and result["verify_parallel_ok"] else 1
 
 
 def restore_main(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ store) and `replay verify` over it.
 """
 from __future__ import annotations
 
+import os
 import random
 import tempfile
 import time
@@ -79,6 +80,12 @@ def replay_speed(settings: Settings, events: int, accounts: int) -> dict[str, fl
     start = time.perf_counter()
     report = verify(settings, show_progress=True)
     verify_s = time.perf_counter() - start
+    processes = os.cpu_count() or 1
+    start = time.perf_counter()
+    parallel = verify(settings, processes=processes)
+    parallel_s = time.perf_counter() - start
     return {"ledger_events": written, "rebuilt_events": views.events,
             "rebuild_events_per_s": written / rebuild_s, "verified_events": report.events,
-            "verify_events_per_s": written / verify_s, "verify_ok": report.ok}
+            "verify_events_per_s": written / verify_s, "verify_ok": report.ok,
+            "verify_processes": processes, "verify_parallel_events_per_s": written / parallel_s,
+            "verify_parallel_ok": parallel.ok and parallel.events == report.events}

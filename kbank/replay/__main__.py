@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kbank.streams.config import Settings, describe
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also require the chains to pass through the heads of an earlier --anchor")
     p.add_argument("--ledger-topic", metavar="TOPIC",
                    help="check this copy of ledger.events (a backup) in its place")
+    p.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                   help="fold the ledger's partitions in this many processes (default: one per "
+                        "core) and merge their sums for the global checks")
     p = sub.add_parser("views", help="rebuild every view from the logs into a fresh store and "
                                      "compare it with the live views")
     p.add_argument("--url", default="http://127.0.0.1:8080",
@@ -43,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "verify":
         from kbank.replay.verify import main as verify_main
 
-        return verify_main(settings, args.complete, args.anchor, args.against, args.ledger_topic)
+        return verify_main(settings, args.complete, args.anchor, args.against, args.ledger_topic,
+                           max(1, args.processes))
     if args.command == "views":
         from kbank.replay.views import main as views_main
 

@@ -32,7 +32,9 @@ from typing import Any
 
 from kbank.replay.ledger import AccountFold, ChainHead, LedgerFold
 from kbank.streams.progress import progress_bar
-from kbank.streams import topics
+from confluent_kafka.admin import AdminClient
+
+from kbank.streams import kafka, topics
 from kbank.streams.client import read_topic
 from kbank.streams.decisions import deciding_account, parse_json
 from kbank.streams.config import Settings
@@ -274,13 +276,11 @@ def fold_outcomes(values: list[dict]) -> dict[str, str]:
     return status
 
 
-def verify(settings: Settings, require_final: bool = False, show_progress: bool = False,
-           ledger_topic: str | None = None,
-           anchor: list[dict[str, Any]] | None = None) -> VerifyReport:
-    """Read the logs and check every invariant (`ledger_topic`: a copy of ledger.events to
-    check in its place, e.g. a backup; `anchor`: heads printed earlier (VerifyReport.anchor)
-    that the chains must still pass through, wherever the events now sit)."""
-    report = VerifyReport()
+def fold_ledger(settings: Settings, topic: str, partitions: list[int] | None,
+                anchor: list[dict[str, Any]] | None, show_progress: bool
+                ) -> tuple[LedgerFold, LedgerChecks]:
+    """Fold the ledger (or some of its partitions): every per-account and per-partition
+    check, and the running sums the global checks need."""
     fold = LedgerFold()
     for head in anchor or []:
         fold.expect.setdefault(int(head["partition"]), {})[str(head["hash"])] = int(head["offset"])
@@ -288,7 +288,7 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
     progress = progress_bar("verify: ledger.events", enabled=show_progress)
     gc.disable()  # the fold keeps many objects alive; generational GC would rescan them all
     try:
-        for msg in read_topic(settings, ledger_topic or settings.topic(topics.LEDGER)):
+        for msg in read_topic(settings, topic, partitions=partitions):
             progress.update()
             ev = fold.apply(msg.value(), _Where(msg), msg.partition(), msg.offset())
             if ev is not None:
@@ -296,6 +296,76 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
     finally:
         gc.enable()
     progress.close()
+    return fold, checks
+
+
+def _fold_part(settings: Settings, topic: str, partitions: list[int],
+               anchor: list[dict[str, Any]]) -> tuple[LedgerFold, LedgerChecks]:
+    """One process's share of a parallel verify: its partitions folded, returned without the
+    raw events (they only serve to compare re-deliveries within a partition)."""
+    fold, checks = fold_ledger(settings, topic, partitions,
+                               [h for h in anchor if int(h["partition"]) in partitions], False)
+    for acct in fold.accounts.values():
+        acct.events = []
+    return fold, checks
+
+
+def merge_folds(parts: list[tuple[LedgerFold, LedgerChecks]]) -> tuple[LedgerFold, LedgerChecks]:
+    """The partitions' folds as one: every account and hold lives on one partition, so their
+    maps are disjoint; the per-request sums (a debit here, its credit there) add up."""
+    fold, checks = LedgerFold(), LedgerChecks()
+    for part_fold, part_checks in parts:
+        assert not fold.accounts.keys() & part_fold.accounts.keys()
+        fold.accounts.update(part_fold.accounts)
+        fold.violations += part_fold.violations
+        fold.applied += part_fold.applied
+        fold.duplicates += part_fold.duplicates
+        fold.heads.update(part_fold.heads)
+        fold.expect.update(part_fold.expect)
+        for mine, theirs in ((checks.deciding, part_checks.deciding),
+                             (checks.returned, part_checks.returned),
+                             (checks.refunds, part_checks.refunds),
+                             (checks.debits, part_checks.debits), (checks.held, part_checks.held)):
+            mine.update(theirs)
+        for cur, money in part_checks.money.items():
+            total = checks.money.setdefault(cur, Money())
+            total.deposits += money.deposits
+            total.withdrawals += money.withdrawals
+        checks.reserved.update(part_checks.reserved)
+        checks.settled.update(part_checks.settled)
+        checks.violations += part_checks.violations
+    return fold, checks
+
+
+def fold_in_parallel(settings: Settings, topic: str, processes: int,
+                     anchor: list[dict[str, Any]] | None) -> tuple[LedgerFold, LedgerChecks]:
+    """Fold the ledger's partitions in `processes` processes (the ledger is partitioned by
+    account, so every per-account check is local), then merge their sums for the global
+    checks."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    found = AdminClient(kafka.client_config(settings, kafka.TOOLS)).list_topics(
+        topic, timeout=30).topics[topic]
+    count = len(found.partitions)
+    groups = [list(range(i, count, processes)) for i in range(min(processes, count))]
+    with ProcessPoolExecutor(len(groups), mp_context=get_context("spawn")) as pool:
+        parts = list(pool.map(_fold_part, [settings] * len(groups), [topic] * len(groups),
+                              groups, [anchor or []] * len(groups)))
+    return merge_folds(parts)
+
+
+def verify(settings: Settings, require_final: bool = False, show_progress: bool = False,
+           ledger_topic: str | None = None,
+           anchor: list[dict[str, Any]] | None = None, processes: int = 1) -> VerifyReport:
+    """Read the logs and check every invariant (`ledger_topic`: a copy of ledger.events to
+    check in its place, e.g. a backup; `anchor`: heads printed earlier (VerifyReport.anchor)
+    that the chains must still pass through, wherever the events now sit; `processes`: fold
+    the ledger's partitions in that many processes)."""
+    report = VerifyReport()
+    topic = ledger_topic or settings.topic(topics.LEDGER)
+    fold, checks = fold_in_parallel(settings, topic, processes, anchor) if processes > 1 \
+        else fold_ledger(settings, topic, None, anchor, show_progress)
     for partition, missing in sorted(fold.expect.items()):
         for digest, offset in missing.items():
             fold.violations.append(f"anchor: ledger partition {partition} no longer passes "
@@ -339,9 +409,9 @@ def load_anchor(path: str) -> list[dict[str, Any]]:
 
 
 def main(settings: Settings, require_final: bool, anchor: bool = False,
-         against: str | None = None, ledger_topic: str | None = None) -> int:
+         against: str | None = None, ledger_topic: str | None = None, processes: int = 1) -> int:
     report = verify(settings, require_final, show_progress=True, ledger_topic=ledger_topic,
-                    anchor=load_anchor(against) if against else None)
+                    anchor=load_anchor(against) if against else None, processes=processes)
     if anchor:
         for head in report.anchor():
             print(orjson.dumps(head).decode())

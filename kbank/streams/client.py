@@ -94,13 +94,16 @@ def read_to_end(consumer: Consumer, assignment: list[TopicPartition],
 
 def read_topic(settings: Settings, topic: str, timeout_s: float = 120.0,
                isolation: str = "read_committed", role: str = kafka.TOOLS,
-               group: str = "bank-reader") -> Iterator[Message]:
-    """Every record of a topic, from the start to its end at the time of reading, read as
-    `role` (the tools by default) under one of its groups (it joins none, commits nothing)."""
+               group: str = "bank-reader", partitions: list[int] | None = None
+               ) -> Iterator[Message]:
+    """Every record of a topic (or of some of its `partitions`), from the start to its end at
+    the time of reading, read as `role` (the tools by default) under one of its groups (it
+    joins none, commits nothing)."""
     consumer = kafka.consumer(settings, role, settings.topic(group),
                               **{**BULK_READ, "isolation.level": isolation})
     try:
-        parts = sorted(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
+        parts = partitions if partitions is not None else \
+            sorted(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
         yield from read_to_end(consumer, [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts],
                                timeout_s)
     finally:

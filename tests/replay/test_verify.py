@@ -100,3 +100,21 @@ def test_malformed_ledger_events_are_named_violations_and_the_fold_goes_on():
         assert fold.apply(raw, "here") is None
     assert len(fold.violations) == 7 and all("malformed" in v for v in fold.violations)
     assert fold.apply(orjson.dumps(good), "here") is not None   # and it still folds good events
+
+
+def test_a_parallel_verify_agrees_with_one_process_and_names_a_planted_violation(finished_run):
+    settings = finished_run
+    clean = verify(settings, require_final=True, processes=2)
+    assert clean.ok, clean.render()
+    last = _last_event(settings, "bob")
+    _forge(settings, {**last, "seq": last["seq"] + 3, "request_id": "planted"})
+    one, two = verify(settings), verify(settings, processes=2)
+    assert not two.ok
+    planted = [v for v in two.violations if "seq gap" in v]
+    assert len(planted) == 1 and "account bob" in planted[0], two.violations
+    assert f"[{partition_for('bob', settings.partitions)}]@" in planted[0]
+    assert sorted(one.violations) == sorted(two.violations)
+    for figure in ("events", "duplicates_dropped", "accounts", "total_balance", "deposits",
+                   "withdrawals", "in_flight", "applied_twice", "requests", "lost", "completed"):
+        assert getattr(one, figure) == getattr(two, figure), figure
+    assert one.currencies == two.currencies and one.anchor() == two.anchor()

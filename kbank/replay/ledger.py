@@ -18,15 +18,13 @@ from typing import Any
 
 import orjson
 
-from kbank.streams.model import (BALANCE_SIGN, CLOSED, CLOSED_STATE, CREDITED, DEBITED,
-                                 DEFAULT_CURRENCY, DEPOSITED, FROZEN, FROZEN_STATE, GENESIS_HASH,
-                                 LIMITS_SET, OPEN, OPENED, REFUNDED, REJECTED, UNFROZEN,
-                                 WITHDRAWN, chain_event)
+from kbank.streams.model import (BALANCE_SIGN, CLOSED_STATE, CREDITED, DEBITED,
+                                 DEFAULT_CURRENCY, DEPOSITED, GENESIS_HASH, LIMITS_SET, OPEN,
+                                 OPENED, REFUNDED, REJECTED, STATE_AFTER, WITHDRAWN, chain_event)
 
 _OUTFLOWS = (WITHDRAWN, DEBITED)        # decided against the overdraft floor when made
 _INFLOWS = (DEPOSITED, CREDITED)        # decided against max_balance when made
 _MOVES_CLOSED = frozenset({REFUNDED, REJECTED})   # what a closed account may still get
-_STATES = {FROZEN: FROZEN_STATE, UNFROZEN: OPEN, CLOSED: CLOSED_STATE}
 
 
 @dataclass
@@ -115,7 +113,7 @@ class LedgerFold:
             acct.max_balance = event.get("max_balance")
         if acct.state == CLOSED_STATE and kind not in _MOVES_CLOSED:
             self.violations.append(f"{where}: account {name} seq {seq}: {kind} on a closed account")
-        acct.state = _STATES.get(kind, acct.state)
+        acct.state = STATE_AFTER.get(kind, acct.state)
         if kind in _OUTFLOWS and event["balance"] < -acct.overdraft_limit:
             self.violations.append(f"{where}: account {name} seq {seq} balance {event['balance']} "
                                    f"below its floor -{acct.overdraft_limit}")

@@ -190,8 +190,7 @@ def _stamp(d: "Decision", labels: dict[str, Any]) -> "Decision":
         for out in d.outcomes:
             out.update(labels)
         for _, msg in d.messages:
-            if msg["kind"] != EXPIRE:
-                msg.update(labels)
+            msg.update(labels)
     return d
 
 
@@ -278,7 +277,8 @@ class Decision:
     messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (key, credit msg)
     marker: str | None = None             # id to remember as applied
     marker_value: str = "1"               # for a request: its FirstDecision
-    ref_marker: str | None = None         # the sender's external_ref this request claims
+    ref_marker: tuple[str, str] | None = None  # (the sender's external_ref marker, the
+                                               # id of the request that claims it)
     hold: tuple[str, Hold] | None = None  # (hold key, its new state) on the sender's partition
     supply: int = 0                       # money brought into the partition (- taken out)
 
@@ -546,7 +546,7 @@ def decide_request(req: Request, acct: Account | None, first: FirstDecision | No
         d = _decide_new(req, acct, ts, pos, rules, hold, supply)
         if ref is not None:
             assert req.account is not None
-            d.ref_marker = external_ref_marker(req.account, ref)
+            d.ref_marker = (external_ref_marker(req.account, ref), req.request_id)
     _stamp(d, labels)
     if req.account is not None:
         d.marker = request_marker(req.account, req.request_id)
@@ -919,9 +919,7 @@ def parse_message(key: bytes | None, value: bytes | None) -> dict[str, Any]:
         raise BadMessage("ok must be true or false")
     if REQUESTED_BY in msg and not is_name(msg[REQUESTED_BY]):
         raise BadMessage(f"requested_by must be a string of 1 to {MAX_NAME} characters")
-    if "currency" in msg and not is_currency(msg["currency"]):
-        raise BadMessage("currency must be a code of 3 to 12 upper-case letters or digits")
-    if msg.keys() & _LABEL_KEYS and (problem := _labels_problem(msg)) is not None:
+    if msg.keys() & _CHECKED_LABELS and (problem := _labels_problem(msg)) is not None:
         raise BadMessage(problem)
     return msg
 

@@ -149,6 +149,7 @@ def link_hold_key(index: int, coordinator: str, request_id: str) -> str:
 
 
 OPEN, FROZEN_STATE, CLOSED_STATE = "open", "frozen", "closed"   # an account's state
+STATE_AFTER = {FROZEN: FROZEN_STATE, UNFROZEN: OPEN, CLOSED: CLOSED_STATE}  # by event kind
 
 
 @dataclass(slots=True)
@@ -294,8 +295,7 @@ def ledger_event(account: str, seq: int, request_id: str, kind: str, amount: int
                  counterparty: str | None, balance: int, ts: int, source: Position,
                  reason: str | None = None, acct: "Account | None" = None,
                  held: int = 0, pending_in: int = 0, hold_id: str | None = None,
-                 released: int | None = None, tags: dict[str, Any] | None = None
-                 ) -> dict[str, Any]:
+                 released: int | None = None) -> dict[str, Any]:
     """A ledger.events record, with a fixed key order so re-encodings are identical.
 
     An `opened` event carries the account's rules (daily_limit, currency, overdraft_limit,
@@ -303,8 +303,8 @@ def ledger_event(account: str, seq: int, request_id: str, kind: str, amount: int
     derived from the ledger alone. Like `balance`, `held` and `pending_in` are the
     account's figures after the event (left out while both are 0); events of a hold name
     it (`hold_id`), and a `posted` event says how much of the hold it `released` back to
-    the sender. `tags` are the request's metadata and external_ref, on both sides' events.
-    The engine appends `hash` (chain_event) when it writes the event.
+    the sender. The request's labels (metadata, external_ref, requested_by) are added by
+    the rules; the engine appends `hash` (chain_event) when it writes the event.
     """
     event: dict[str, Any] = {
         "account": account, "seq": seq, "request_id": request_id, "kind": kind,
@@ -327,8 +327,6 @@ def ledger_event(account: str, seq: int, request_id: str, kind: str, amount: int
         event["hold_id"] = hold_id
     if released is not None:
         event["released"] = released
-    if tags:
-        event.update(tags)
     return event
 
 
@@ -345,7 +343,7 @@ def chain_event(prev_hash: str, encoded: bytes) -> tuple[str, bytes]:
 
 def outcome(account: str, request_id: str, status: str, ts: int, reason: str | None = None,
             detail: str | None = None, hold: dict[str, Any] | None = None,
-            retry: bool = False, tags: dict[str, Any] | None = None) -> dict[str, Any]:
+            retry: bool = False) -> dict[str, Any]:
     """A transfers.outcomes record (keyed by request_key(account, request_id)); a hold's
     outcomes carry what GET /holds/{id} shows; `retry` marks the answer to a re-sent id."""
     out: dict[str, Any] = {"request_id": request_id, "account": account, "status": status}
@@ -357,8 +355,6 @@ def outcome(account: str, request_id: str, status: str, ts: int, reason: str | N
         out["hold"] = hold
     if retry:
         out["retry"] = True
-    if tags:
-        out.update(tags)
     out["ts"] = ts
     return out
 

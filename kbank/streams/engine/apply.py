@@ -152,8 +152,7 @@ def apply_decision(state: PartitionState, decision: Decision, out: Outputs) -> N
     if decision.marker is not None:
         state.mark_applied(decision.marker, decision.marker_value)
     if decision.ref_marker is not None:
-        state.mark_applied(decision.ref_marker, decision.event["request_id"]
-                           if decision.event is not None else "1")
+        state.mark_applied(*decision.ref_marker)
     if out.head is not None:
         state.set_chain_head(out.head)
     if decision.hold is not None:

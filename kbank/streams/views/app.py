@@ -372,13 +372,9 @@ class ViewsWorker:
 
     def history_page(self, account: str, before_seq: int, limit: int) -> list[tuple[dict[str, Any], int | None]]:
         """Events with seq < before_seq, newest first, each with its ledger offset."""
-        out = []
-        for seq in range(before_seq - 1, max(0, before_seq - 1 - limit), -1):
-            stored = self.views.get(ViewKeys.history(account, seq))
-            if stored is not None:
-                offset, raw = split_history_value(stored)
-                out.append((orjson.loads(raw), offset))
-        return out
+        entries = (self.history_entry(account, seq)
+                 for seq in range(before_seq - 1, max(0, before_seq - 1 - limit), -1))
+        return [entry for entry in entries if entry is not None]
 
     @property
     def table_name(self) -> str:

@@ -22,15 +22,13 @@ from typing import Any
 
 import orjson
 
-from kbank.streams.model import (BALANCE_SIGN, CLOSED, CLOSED_STATE, CREDITED, CURRENCY_DECIMALS,
-                                 DAY_MS, DEBITED,
-                                 DEFAULT_CURRENCY, DEPOSITED, EXPIRED, FROZEN, FROZEN_STATE, HELD,
-                                 HOLD_RELEASED, LIMITS_SET, MAX_AMOUNT, OPEN, OPENED, POSTED,
-                                 REFUNDED, REJECTED, REJECTED_STATUS, STATUS_RANK, UNFROZEN,
-                                 WITHDRAWN, is_currency, is_name, metadata_problem, status_moves)
+from kbank.streams.model import (BALANCE_SIGN, CREDITED, CURRENCY_DECIMALS, DAY_MS, DEBITED,
+                                 DEFAULT_CURRENCY, DEPOSITED, EXPIRED, HELD, HOLD_RELEASED,
+                                 LIMITS_SET, MAX_AMOUNT, OPEN, OPENED, POSTED, REFUNDED, REJECTED,
+                                 REJECTED_STATUS, STATE_AFTER, STATUS_RANK, WITHDRAWN,
+                                 is_currency, is_name, metadata_problem, status_moves)
 
 _OUTFLOW = {WITHDRAWN, DEBITED, HELD}   # what counts toward the daily limit when it happens
-_STATES = {FROZEN: FROZEN_STATE, UNFROZEN: OPEN, CLOSED: CLOSED_STATE}
 
 
 class Applied(Enum):
@@ -112,8 +110,8 @@ def apply_to_account(view: AccountView | None, event: dict[str, Any], offset: in
     elif kind == LIMITS_SET:
         new.daily_limit = event.get("daily_limit")
         new.overdraft_limit, new.max_balance = event.get("overdraft_limit", 0), event.get("max_balance")
-    elif kind in _STATES:
-        new.state = _STATES[kind]
+    elif kind in STATE_AFTER:
+        new.state = STATE_AFTER[kind]
     elif kind in _OUTFLOW:
         day = ts // DAY_MS
         if day != new.day:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import datetime, timezone
 from urllib.parse import quote
 
 import orjson
@@ -169,6 +170,21 @@ def test_queries_over_http_and_the_cli(bank):
     ops = get_json(f"{url}/accounts?metadata.team=ops")["accounts"]
     assert ops == ["eu-1", "eu-3", "q"]
     assert request("GET", f"{url}/accounts").status == 400
+
+    # the rankings, across workers: the largest EUR balances, the most active accounts today
+    for i in range(5):
+        b.deposit(f"eu-{i}", 1_000 * (i + 1) ** 2)
+    largest = f"{url}/aggregates/largest-balances?currency=EUR&limit=3"
+    wait_until(lambda: get_json(largest)["accounts"] == [
+        {"account": "eu-4", "balance": 25_000}, {"account": "eu-3", "balance": 16_000},
+        {"account": "eu-2", "balance": 9_000}], 30, "the EUR deposits ranked")
+    assert get_json(largest)["complete"]
+    day = datetime.fromtimestamp(events[0]["ts"] / 1000, timezone.utc).strftime("%Y-%m-%d")
+    active = get_json(f"{url}/aggregates/most-active?day={day}&limit=2")
+    assert active["accounts"] == [{"account": "q", "events": 14}, {"account": "r", "events": 13}]
+    assert get_json(f"{url}/aggregates/most-active?day=2001-01-01")["accounts"] == []
+    assert request("GET", f"{url}/aggregates/most-active?day=yesterday").status == 400
+    assert request("GET", f"{url}/aggregates/largest-balances?limit=101").status == 400
     assert request("GET", f"{url}/accounts?currency=EUR&metadata.team=ops").status == 400
 
     # the operator's commands

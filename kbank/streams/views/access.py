@@ -64,6 +64,12 @@ ROUTES: dict[tuple[str, str], RouteRule] = {
                                                          "caller's key"),
     ("GET", "/internal/statuses"): RouteRule(_BANK_WIDE, "peers' fan-out for the status filter "
                                                          "of /accounts/{account}/transfers"),
+    ("GET", "/aggregates/largest-balances"): RouteRule(_BANK_WIDE, "the largest balances, "
+                                                                   "bank-wide"),
+    ("GET", "/aggregates/most-active"): RouteRule(_BANK_WIDE, "the most active accounts of a "
+                                                              "day, bank-wide"),
+    ("GET", "/internal/top"): RouteRule(_BANK_WIDE, "peers' fan-out for the rankings, with the "
+                                                    "caller's key"),
     ("GET", "/overview"): RouteRule(_BANK_WIDE, "the console's overview"),
     ("GET", "/metrics"): RouteRule(_BANK_WIDE, "Prometheus metrics (scrape with a bearer token)"),
     ("GET", "/internal/totals"): RouteRule(_BANK_WIDE, "peers' fan-out for /stats, with the "

@@ -53,8 +53,11 @@ from kbank.streams.model import OPENED, is_final, outcome_key
 from kbank.streams.kafka import client_config
 from kbank.streams.keystore import KeyRing
 from kbank.streams.views.credentials import faust_credentials
-from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
-                                index_entries, merge_status, parse_ledger_event, parse_outcome)
+from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, Ranked,
+                                      apply_to_account, classify, index_entries, merge_status,
+                                      parse_ledger_event, parse_outcome, ranked_figure,
+                                      ranking_entries, ranking_figure, ranking_moves)
+from kbank.streams.views.queries import parse_rank_value, top_ranked
 from kbank.streams.views.metrics import LagUnavailable, ViewsMetrics
 from kbank.streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys, split_history_value
 from kbank.streams.views.web import observe_middleware, register_routes
@@ -285,8 +288,15 @@ class ViewsWorker:
             return
         self.views[ViewKeys.history(account, seq)] = b"%d " % offset + raw  # its ledger offset, then it
         if verdict is Applied.NEW:
+            before = (ranking_entries(view), (view.active_day, view.active)) if view is not None \
+                else (set(), (0, 0))
             view = apply_to_account(view, event, offset)
             self.views[key] = view.to_bytes()
+            self.move_in_rankings(account, *ranking_moves(*before, view))
+        else:   # the record applied last, again: its ranking writes may not have been made
+            assert view is not None
+            self.move_in_rankings(account, [], [(e, ranking_figure(view, e[0], e[1]) or 0)
+                                                for e in ranking_entries(view)])
         if event["kind"] == OPENED:   # the accounts' indexes: by currency, by metadata pair
             for name, value in index_entries(event):
                 self.views[ViewKeys.index(name, value, account)] = account.encode(
@@ -295,6 +305,14 @@ class ViewsWorker:
         totals = self.partition_totals(partition)
         if totals.count(event, offset, self.requests_topic, view.currency):
             self.views[ViewKeys.totals(partition)] = totals.to_bytes()
+
+    def move_in_rankings(self, account: str, deleted: list[Ranked],
+                         written: list[tuple[Ranked, int]]) -> None:
+        for ranking, group, bucket in deleted:
+            del self.views[ViewKeys.rank(ranking, group, bucket, account)]
+        for (ranking, group, bucket), figure in written:
+            self.views[ViewKeys.rank(ranking, group, bucket, account)] = \
+                f"{bucket} {figure} {account}".encode("utf-8", "surrogatepass")
 
     def heal_gap(self, partition: int, start: int, end: int) -> None:
         """Fold the ledger records [start, end) of a partition again, read straight from the
@@ -361,6 +379,24 @@ class ViewsWorker:
             found += [v.decode("utf-8", "surrogatepass") for v in self.views.data.scan(
                 partition, prefix, after.encode("utf-8", "surrogatepass"), limit)]
         return sorted(found)[:limit]
+
+    def top_accounts(self, ranking: str, group: str, limit: int,
+                     budget: int) -> tuple[list[tuple[int, str]], bool]:
+        """The `limit` accounts of this worker's ledger partitions highest in a ranking (their
+        figure, account) and whether every partition's answer is complete (within budget)."""
+        prefix = ViewKeys.rank_prefix(ranking, group)
+
+        def figure_of(account: str, bucket: int, stored: int) -> int | None:
+            return ranked_figure(self.account_view(account), ranking, group, bucket, stored)
+
+        rows: list[tuple[int, str]] = []
+        complete = True
+        for partition in self.ledger_partitions():
+            entries = map(parse_rank_value, self.views.data.values(partition, prefix))
+            found, whole = top_ranked(entries, figure_of, limit, budget)
+            rows += found
+            complete &= whole
+        return sorted(rows, key=lambda row: (-row[0], row[1]))[:limit], complete
 
     def history_entry(self, account: str, seq: int) -> tuple[dict[str, Any], int | None] | None:
         """One history entry: the event and its ledger offset."""

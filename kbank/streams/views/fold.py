@@ -57,12 +57,15 @@ class AccountView:
     max_balance: int | None = None
     state: str = OPEN                # open, frozen or closed
     metadata: dict[str, str] | None = None   # given when it was opened
+    active_day: int = 0              # UTC day number that `active` counts
+    active: int = 0                  # ledger events of the account on `active_day`
 
     def to_bytes(self) -> bytes:
         return orjson.dumps([self.balance, self.seq, self.offset, self.daily_limit, self.day,
                              self.outflow, self.opened_ts, self.updated_ts, self.held,
                              self.pending_in, self.currency, self.overdraft_limit,
-                             self.max_balance, self.state, self.metadata])
+                             self.max_balance, self.state, self.metadata, self.active_day,
+                             self.active])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "AccountView":
@@ -102,6 +105,9 @@ def apply_to_account(view: AccountView | None, event: dict[str, Any], offset: in
     kind, amount, ts = event["kind"], event["amount"], event["ts"]
     new.balance, new.seq, new.offset, new.updated_ts = event["balance"], event["seq"], offset, ts
     new.held, new.pending_in = event.get("held", 0), event.get("pending_in", 0)
+    if ts // DAY_MS != new.active_day:
+        new.active_day, new.active = ts // DAY_MS, 0
+    new.active += 1
     if kind == OPENED:
         new.daily_limit, new.opened_ts, new.day = event.get("daily_limit"), ts, ts // DAY_MS
         new.currency = event.get("currency", DEFAULT_CURRENCY)
@@ -133,6 +139,77 @@ def index_entries(opened: dict[str, Any]) -> list[tuple[str, str]]:
     metadata pairs as metadata.<key> (GET /accounts?currency= or ?metadata.<key>=)."""
     return [("currency", opened.get("currency", DEFAULT_CURRENCY))] + \
         [(f"metadata.{k}", v) for k, v in (opened.get("metadata") or {}).items()]
+
+
+BY_BALANCE, BY_ACTIVITY = "balance", "activity"   # the rankings (GET /aggregates/...)
+_FINE = 8     # buckets per doubling: a bucket's figures are within 12.5% of each other
+
+
+def magnitude_bucket(value: int) -> int:
+    """A ranking's coarse sort key of a positive figure: exact below 8, then 8 buckets per
+    power of two. Monotone (a higher bucket holds only higher figures), so a top-N read
+    walks buckets from the top and stops once N are found and their last bucket is done;
+    and a figure changes bucket only when it moves by about an eighth, so the rankings
+    cost a table write now and then, not per event."""
+    assert value > 0, value
+    if value < _FINE:
+        return value
+    exponent = value.bit_length() - 1            # >= 3
+    return _FINE * (exponent - 2) + ((value >> (exponent - 3)) - _FINE)
+
+
+def ranking_entries(view: AccountView) -> set[tuple[str, str, int]]:
+    """Where the account stands in the rankings: (ranking, group, bucket) for its balance
+    among its currency's positive balances, and for its activity among accounts active on
+    its last active UTC day. The views write the entries that change when an event moves
+    an account (ranking_moves)."""
+    entries = {(BY_ACTIVITY, str(view.active_day), magnitude_bucket(view.active))} \
+        if view.active > 0 else set()
+    if view.balance > 0:
+        entries.add((BY_BALANCE, view.currency, magnitude_bucket(view.balance)))
+    return entries
+
+
+Ranked = tuple[str, str, int]            # (ranking, group, bucket)
+
+
+def ranking_moves(before: set[Ranked], before_view: tuple[int, int],
+                  after: AccountView) -> tuple[list[Ranked], list[tuple[Ranked, int]]]:
+    """The ranking index entries to delete and to write (with their figure) when an event
+    takes an account from `before` (its ranking_entries, and (active_day, active) then) to
+    `after`. A finished day's activity entry is not deleted but written once more with the
+    day's final count, which readers take as it is (the view counts only its last day)."""
+    now = ranking_entries(after)
+    deleted = [e for e in before - now if not (e[0] == BY_ACTIVITY and e[1] != str(after.active_day))]
+    written = [(e, ranking_figure(after, e[0], e[1]) or 0) for e in now - before]
+    day, count = before_view
+    if count > 0 and day != after.active_day:
+        written.append(((BY_ACTIVITY, str(day), magnitude_bucket(count)), count))
+    return deleted, written
+
+
+def ranking_figure(view: AccountView, ranking: str, group: str) -> int | None:
+    """The figure an account is ranked by in (ranking, group) now, or None if it is not in
+    that group now."""
+    if ranking == BY_BALANCE:
+        return view.balance if view.currency == group and view.balance > 0 else None
+    return view.active if str(view.active_day) == group and view.active > 0 else None
+
+
+def ranked_figure(view: AccountView | None, ranking: str, group: str, bucket: int,
+                  stored: int) -> int | None:
+    """What a ranking index entry is worth, or None if it is stale (the account moved on and
+    a late changelog write brought the old entry back): a live entry must still be in the
+    account's current bucket; a finished day's activity entry carries its final count."""
+    if view is None:
+        return None
+    live = ranking_figure(view, ranking, group)
+    if live is not None:
+        return live if magnitude_bucket(live) == bucket else None
+    if ranking == BY_ACTIVITY and group.isdigit() and int(group) < view.active_day \
+            and stored > 0 and magnitude_bucket(stored) == bucket:
+        return stored
+    return None
 
 
 def history_key(account: str, seq: int) -> bytes:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import orjson
 
@@ -43,6 +43,19 @@ def parse_time(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return int(moment.timestamp() * 1000)
+
+
+def parse_day(text: str) -> int:
+    """Milliseconds since the epoch at the start of a UTC day given as YYYY-MM-DD."""
+    try:
+        day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise QueryError(f"not a day: {text[:40]!r} (YYYY-MM-DD, UTC)") from None
+    return int(day.timestamp() * 1000)
+
+
+def format_day(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%Y-%m-%d")
 
 
 @dataclass(frozen=True)
@@ -202,3 +215,40 @@ class _Totals:
                 "money_in": self.money_in, "money_out": self.money_out,
                 "events": sum(self.counts.values()), "counts": self.counts,
                 "first_seq": self.first_seq, "last_seq": self.last_seq}
+
+
+RankedEntry = tuple[int, int, str]      # (bucket, stored figure, account), highest bucket first
+MAX_TOP = 100
+
+
+def parse_rank_value(value: bytes) -> RankedEntry:
+    bucket, figure, account = value.split(b" ", 2)
+    return int(bucket), int(figure), account.decode("utf-8", "surrogatepass")
+
+
+def top_ranked(entries: Iterable[RankedEntry], figure_of: Callable[[str, int, int], "int | None"],
+               limit: int, scan_budget: int = SCAN_BUDGET) -> tuple[list[tuple[int, str]], bool]:
+    """The `limit` highest figures of a ranking index read in bucket order (highest first):
+    every entry of a bucket is read before a lower one, so once `limit` live entries are
+    found, the rest of their last bucket is read and nothing below. `figure_of(account,
+    bucket, stored)` is the entry's figure or None if stale. Returns ([(figure, account)],
+    complete): not complete if the budget ran out first."""
+    assert 1 <= limit <= MAX_TOP and scan_budget >= 1
+    found: dict[str, int] = {}
+    cutoff: int | None = None
+    for read, (bucket, stored, account) in enumerate(entries):
+        if cutoff is not None and bucket < cutoff:
+            break
+        if read >= scan_budget:
+            return _best(found, limit), False
+        figure = figure_of(account, bucket, stored)
+        if figure is not None:
+            found[account] = max(figure, found.get(account, 0))
+            if cutoff is None and len(found) >= limit:
+                cutoff = bucket
+    return _best(found, limit), True
+
+
+def _best(found: dict[str, int], limit: int) -> list[tuple[int, str]]:
+    return sorted(((figure, account) for account, figure in found.items()),
+                  key=lambda row: (-row[0], row[1]))[:limit]

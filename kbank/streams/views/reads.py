@@ -33,6 +33,10 @@ class ViewsReads(Protocol):
     def indexed_accounts(self, name: str, value: str, after: str, limit: int) -> list[str]:
         """Accounts of this worker's partitions indexed under name=value, after `after`."""
 
+    def top_accounts(self, ranking: str, group: str, limit: int,
+                     budget: int) -> tuple[list[tuple[int, str]], bool]:
+        """This worker's accounts highest in a ranking, and whether the answer is complete."""
+
     def history_entry(self, account: str, seq: int) -> tuple[dict[str, Any], int | None] | None:
         """The event of that seq and its ledger offset."""
 

@@ -12,7 +12,7 @@ the order in which the writes reached the changelog no longer matters.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 from faust import stores
@@ -30,6 +30,18 @@ class ViewKeys:
 
     ACCOUNT, HISTORY, TOTALS, STATUS, OUTCOMES_POSITION = b"a\x00", b"h\x00", b"t\x00", b"s\x00", b"o\x00"
     INDEX = b"i\x00"   # accounts by currency or by a metadata pair (written when opened)
+    RANK = b"r\x00"    # the rankings: accounts by balance bucket, by activity bucket per day
+
+    @staticmethod
+    def rank_prefix(ranking: str, group: str) -> bytes:
+        label = f"{len(ranking)}:{ranking}{len(group)}:{group}\x00"
+        return ViewKeys.RANK + label.encode("utf-8", "surrogatepass")
+
+    @staticmethod
+    def rank(ranking: str, group: str, bucket: int, account: str) -> bytes:
+        """Highest bucket first in key order; the value is `<bucket> <figure> <account>`."""
+        return ViewKeys.rank_prefix(ranking, group) + (0xFFFF - bucket).to_bytes(2, "big") + \
+            account.encode("utf-8", "surrogatepass")
 
     @staticmethod
     def index_prefix(name: str, value: str) -> bytes:
@@ -113,6 +125,13 @@ class MonotoneRocksDBStore(RocksDBStore):
             if key != prefix + after or not after:
                 out.append(value)
         return out
+
+    def values(self, partition: int, prefix: bytes) -> Iterator[bytes]:
+        """The values of keys that start with `prefix`, in key order, read lazily."""
+        for key, value in self._db_for_partition(partition).items(from_key=prefix):
+            if not key.startswith(prefix):
+                return
+            yield value
 
     def apply_changelog_batch(self, batch: Iterable[Any], to_key: Callable[[Any], Any],
                               to_value: Callable[[Any], Any]) -> None:

@@ -28,10 +28,11 @@ from kbank.streams.views.console import register_console
 from kbank.streams.views.http import (HTTPError, ask_peers, caller_headers, error_response, gather_totals,
                                 json_response)
 from kbank.streams.views.reads import ViewsReads
-from kbank.streams.model import DECIDED_STATUSES, event_request_key, request_key
+from kbank.streams.model import (DAY_MS, DECIDED_STATUSES, DEFAULT_CURRENCY, event_request_key,
+                                 is_currency, request_key)
 from kbank.streams.views import queries
 from kbank.streams.views.access import API_KEY, RateLimiter, authorize
-from kbank.streams.views.fold import global_figures, hold_view
+from kbank.streams.views.fold import BY_ACTIVITY, BY_BALANCE, global_figures, hold_view
 from kbank.streams.views.intake import OutcomeWaiter, Overloaded, RequestProducer, is_conflict
 from kbank.streams.health import read_crashes
 from kbank.streams.views.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, LagUnavailable
@@ -560,6 +561,65 @@ def register_routes(worker: ViewsReads) -> None:
             page = sorted(found)[:limit]
             return json_response({"accounts": page, "next_after": page[-1]
                                   if len(page) == limit else None})
+
+    def ranking_query(request: aioweb.Request, ranking: str) -> tuple[str, str, int]:
+        """(ranking, group, limit) of a ranking's route and its fan-out."""
+        limit = _query_int(request, "limit", 10, 1, queries.MAX_TOP)
+        assert limit is not None
+        if ranking == BY_BALANCE:
+            currency = request.query.get("currency", DEFAULT_CURRENCY)
+            if not is_currency(currency):
+                raise HTTPError(400, "invalid", "currency must be 3-12 upper-case letters or digits")
+            return ranking, currency, limit
+        day = request.query.get("day")
+        try:
+            number = (int(time.time() * 1000) if day is None else queries.parse_day(day)) // DAY_MS
+        except queries.QueryError as exc:
+            raise HTTPError(400, "invalid", str(exc)) from None
+        return ranking, str(number), limit
+
+    async def ranking(request: aioweb.Request, ranking: str) -> aioweb.Response:
+        """A ranking's top accounts: each views worker's own, merged (each account is ranked
+        by the one worker owning its partition)."""
+        router._ready()
+        name, group, limit = ranking_query(request, ranking)
+        rows, complete = worker.top_accounts(name, group, limit, settings.web_query_budget)
+        answers = await ask_peers(worker, "/internal/top", caller_headers(request), 5.0,
+                                  {"ranking": name, "group": group, "limit": str(limit)})
+        for url, status, body in answers:
+            if status != 200:
+                raise HTTPError(503, "unavailable", f"views worker {url} did not answer "
+                                f"({status}); retry", retry_after=1)
+            rows += [tuple(row) for row in body["rows"]]
+            complete &= body["complete"]
+        rows = sorted(rows, key=lambda row: (-row[0], row[1]))[:limit]
+        figure = "balance" if ranking == BY_BALANCE else "events"
+        scope = {"currency": group} if ranking == BY_BALANCE else \
+            {"day": queries.format_day(int(group) * DAY_MS)}
+        return json_response({**scope, "complete": complete,
+                              "accounts": [{"account": a, figure: f} for f, a in rows]})
+
+    @app.page("/aggregates/largest-balances")
+    class LargestBalances(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            return await ranking(request, BY_BALANCE)
+
+    @app.page("/aggregates/most-active")
+    class MostActive(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            return await ranking(request, BY_ACTIVITY)
+
+    @app.page("/internal/top")
+    class InternalTop(View):
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            name = request.query.get("ranking")
+            group = request.query.get("group", "")
+            if name not in (BY_BALANCE, BY_ACTIVITY) or not group or len(group) > 20:
+                raise HTTPError(400, "invalid", "ranking and group")
+            limit = _query_int(request, "limit", 10, 1, queries.MAX_TOP)
+            assert limit is not None
+            rows, complete = worker.top_accounts(name, group, limit, settings.web_query_budget)
+            return json_response({"rows": rows, "complete": complete})
 
     @app.page("/internal/accounts")
     class InternalAccounts(View):

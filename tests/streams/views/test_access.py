@@ -144,7 +144,9 @@ def test_keys_roles_scopes_revocation_and_rate_limits(settings, pool_factory, vi
         for u in urls:
             assert get_json(f"{u}/accounts/{name}", key=ck)["balance"] == 100
     for path in ("/accounts/outsider", "/accounts/outsider/history", "/stats",
-                 "/transfers/open-outsider?account=outsider", "/internal/totals", "/overview"):
+                 "/transfers/open-outsider?account=outsider", "/internal/totals", "/overview",
+                 "/aggregates/largest-balances", "/aggregates/most-active",
+                 "/internal/top?ranking=balance&group=USD"):
         resp = request("GET", url + path, key=ck)
         assert resp.status == 403 and resp.json()["error"] == "forbidden", (path, resp.body)
     status, out = _post(url, {"type": "transfer", "request_id": "t1", "from": "c-0",

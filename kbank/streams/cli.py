@@ -35,6 +35,15 @@ def cmd_views(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from kbank.streams.webhooks.worker import WebhookWorker
+
+    settings = _settings(args).needs_broker("webhooks")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    WebhookWorker(settings, args.worker_id).run()
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from kbank.streams.supervisor import up
 
@@ -44,7 +53,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
         demo = lambda settings, url, api_key: run_demo(settings, url, api_key=api_key)  # noqa: E731
     return up(_settings(args), args.workers, args.broker_port, demo, args.views, args.web_port,
-              args.brokers, args.data_dir, args.clean, args.once)
+              args.brokers, args.data_dir, args.clean, args.once, args.webhook_workers)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -230,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=2, help="views workers, each with a web server (default 2)")
     p.add_argument("--web-port", type=int, default=8080,
                    help="web port of the first views worker; the next ones use the following ports")
+    p.add_argument("--webhook-workers", type=int, default=1,
+                   help="webhook delivery workers (default 1; 0: no webhooks delivered)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("worker", help="run one engine worker in the consumer group")
@@ -241,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-id", default="0", help="stable id: names its store directory")
     p.add_argument("--web-port", type=int, default=8080, help="HTTP port (default 8080)")
     p.set_defaults(func=cmd_views)
+
+    p = sub.add_parser("webhooks", help="run one webhook worker: delivers ledger events to "
+                                        "registered URLs (POST /webhooks)")
+    p.add_argument("--worker-id", default="0", help="names it in logs")
+    p.set_defaults(func=cmd_webhooks)
 
     p = sub.add_parser("send", help="produce JSON-lines requests; one acknowledgement line each")
     p.add_argument("file", nargs="?", default="-", help="file of JSON lines (default: stdin)")

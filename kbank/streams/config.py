@@ -120,6 +120,30 @@ class Settings:
         "env": "BANK_WEB_QUERY_BUDGET",
         "help": "history entries one query may read: a filtered page past it comes back short "
                 "with a cursor, a statement over more events is refused (400)"})
+    webhook_allowed_hosts: str = field(default="", metadata={
+        "env": "BANK_WEBHOOK_ALLOWED_HOSTS",
+        "help": "comma-separated hosts (or host:port) webhooks may call; a URL elsewhere is "
+                "refused (no SSRF into the operator's network); empty: no webhooks"})
+    webhook_timeout_s: Annotated[float, Field(gt=0, le=300)] = field(default=5.0, metadata={
+        "env": "BANK_WEBHOOK_TIMEOUT_S",
+        "help": "longest one webhook call may take (connect to last byte) before it counts as failed"})
+    webhook_max_attempts: Annotated[int, Field(ge=1, le=100)] = field(default=8, metadata={
+        "env": "BANK_WEBHOOK_MAX_ATTEMPTS",
+        "help": "attempts of one delivery before it is parked as failed (redrive to try again)"})
+    webhook_backoff_ms: Annotated[int, Field(ge=1, le=3_600_000)] = field(default=1000, metadata={
+        "env": "BANK_WEBHOOK_BACKOFF_MS",
+        "help": "wait after a delivery's first failure; doubled after each next one, with jitter"})
+    webhook_backoff_cap_ms: Annotated[int, Field(ge=1, le=86_400_000)] = field(default=600_000, metadata={
+        "env": "BANK_WEBHOOK_BACKOFF_CAP_MS",
+        "help": "longest wait between two attempts of one delivery"})
+    webhook_concurrency: Annotated[int, Field(ge=1, le=1000)] = field(default=8, metadata={
+        "env": "BANK_WEBHOOK_CONCURRENCY",
+        "help": "calls one webhook worker makes to one receiver at once (a slow receiver "
+                "holds only its own)"})
+    webhook_max_pending: Annotated[int, Field(ge=1, le=10_000_000)] = field(default=100_000, metadata={
+        "env": "BANK_WEBHOOK_MAX_PENDING",
+        "help": "deliveries one webhook may have waiting in one worker; past it a new event's "
+                "delivery is parked as failed at once (redrive it later)"})
     fault_abort_every: NON_NEGATIVE = field(default=0, metadata={
         "env": "BANK_FAULT_ABORT_EVERY", "testing": True,
         "help": "testing: abort every Nth engine transaction after its outputs were produced (0 = never)"})

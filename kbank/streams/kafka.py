@@ -11,7 +11,8 @@ from kbank.streams.config import Settings, SettingsError
 # the roles a client connects as (kbank.streams.principals says what each may do)
 ADMIN = "admin"   # creates topics, users and ACLs (the super user)
 ENGINE, VIEWS, INTAKE, TOOLS, CLIENT = "engine", "views", "intake", "tools", "client"
-ROLES = (ENGINE, VIEWS, INTAKE, TOOLS, CLIENT)   # each a principal of its own
+WEBHOOKS = "webhooks"
+ROLES = (ENGINE, VIEWS, INTAKE, TOOLS, CLIENT, WEBHOOKS)   # each a principal of its own
 
 
 def client_config(settings: Settings, role: str | None = None) -> dict[str, object]:

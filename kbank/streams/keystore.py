@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import getpass
 import logging
-import threading
 import time
 from dataclasses import replace
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from kbank.streams import kafka, topics
 from kbank.streams.apikeys import ApiKey, InvalidKey, NewKey, lookup, new_key
 from kbank.streams.client import read_topic
 from kbank.streams.config import Settings
+from kbank.streams.tail import TopicTail
 
 log = logging.getLogger("bank.keys")
 
@@ -98,37 +97,19 @@ def revoke_key(settings: Settings, key_id: str) -> ApiKey:
 
 
 class KeyRing:
-    """Every key, as auth.keys has it now: a thread tails the topic from its start, so a
+    """Every key, as auth.keys has it now: a tail of the topic from its start, so a
     revocation reaches every views worker within a fetch (well under a second).
 
     `ready` is set once the topic was read to its end: before that a key could be missing,
     so the web layer answers 503, never a wrong 401."""
 
     def __init__(self, settings: Settings) -> None:
-        self.ready = threading.Event()
         self._keys: dict[str, ApiKey] = {}
-        self._consumer = kafka.consumer(settings, kafka.VIEWS, settings.topic("bank-views-keys"),
-                                        **{"enable.partition.eof": True,
-                                           "fetch.wait.max.ms": 100})
-        topic = settings.topic(topics.KEYS)
-        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        self._thread = threading.Thread(target=self._run, name="key-ring", daemon=True)
-        self._thread.start()
+        self._tail = TopicTail(settings, kafka.VIEWS, "bank-views-keys", settings.topic(topics.KEYS),
+                               lambda msg: fold_key_record(self._keys, msg.key(), msg.value(),
+                                                           msg.offset()), "key-ring")
+        self.ready = self._tail.ready
 
     def find(self, token: str) -> tuple[ApiKey | None, str]:
         """The key a bearer token names, or None and why not."""
         return lookup(self._keys, token)
-
-    def _run(self) -> None:
-        last_error = None
-        while True:   # a daemon thread: it lives as long as the worker
-            for msg in self._consumer.consume(500, 0.2):
-                error = msg.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        self.ready.set()
-                    elif error.code() != last_error:    # once per kind, not every poll
-                        log.warning("reading API keys: %s", error)
-                    last_error = error.code()
-                    continue
-                fold_key_record(self._keys, msg.key(), msg.value(), msg.offset())

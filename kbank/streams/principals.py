@@ -22,8 +22,8 @@ from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, 
 
 from kbank.streams import topics
 from kbank.streams.config import Settings
-from kbank.streams.kafka import (ADMIN, CLIENT, ENGINE, INTAKE, ROLES, TOOLS, VIEWS, client_config,
-                           read_properties)
+from kbank.streams.kafka import (ADMIN, CLIENT, ENGINE, INTAKE, ROLES, TOOLS, VIEWS, WEBHOOKS,
+                                 client_config, read_properties)
 
 SCRAM_ITERATIONS = 8192
 
@@ -77,6 +77,19 @@ GRANTS: tuple[Grant, ...] = (
           "recompute writes a new generation, never the live topics"),
     Grant(TOOLS, "topic", topics.VIEWS_GENERATION, ("WRITE",), "replay switch"),
     Grant(TOOLS, "group", "bank-reader*", ("READ",), "its readers"),
+    Grant(VIEWS, "topic", topics.WEBHOOKS, ("READ", "DESCRIBE"),
+          "lists webhook registrations and checks who owns one"),
+    Grant(VIEWS, "topic", topics.DELIVERIES, ("READ", "DESCRIBE"),
+          "GET /webhooks/{id}/deliveries"),
+    Grant(INTAKE, "topic", topics.WEBHOOKS, ("WRITE", "DESCRIBE"),
+          "POST /webhooks and its pause, resume, redrive and delete"),
+    Grant(WEBHOOKS, "topic", topics.LEDGER, ("READ", "DESCRIBE"), "the events it delivers"),
+    Grant(WEBHOOKS, "topic", topics.WEBHOOKS, ("READ", "DESCRIBE"), "whom to deliver them to"),
+    Grant(WEBHOOKS, "topic", topics.DELIVERIES, ("READ", "WRITE", "DESCRIBE"),
+          "each delivery's state: written after each attempt, read back on assignment"),
+    Grant(WEBHOOKS, "group", f"{topics.WEBHOOKS_GROUP}*", ("READ", "DESCRIBE"),
+          "its consumer group over the ledger (committed once each event's deliveries are "
+          "recorded) and its restore reader"),
     Grant(CLIENT, "topic", topics.REQUESTS, ("WRITE", "DESCRIBE"),
           "a payments service outside the project sends requests"),
     Grant(CLIENT, "topic", topics.OUTCOMES, ("READ", "DESCRIBE"), "and reads their outcomes"),

@@ -170,7 +170,7 @@ ReadyHook = Callable[[Settings, "str | None", str], bool]
 
 def up(settings: Settings, workers: int, broker_port: int | None, demo: ReadyHook | None,
        views: int = 2, web_port: int = 8080, brokers: int = 1, data_dir: str | None = None,
-       clean: bool = False, once: bool = False) -> int:
+       clean: bool = False, once: bool = False, webhook_workers: int = 1) -> int:
     """Start everything, optionally run `demo` once it is ready, and serve until Ctrl-C."""
     stopping = False
 
@@ -206,8 +206,10 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: ReadyHoo
         log_dir = os.path.join(data_dir, "logs") if embedded else None
         pools = [WorkerPool(settings, workers, log_dir),
                  WorkerPool(settings, views, log_dir, command="views",
-                            web_ports=[web_port + i for i in range(views)])]
-        print(f"{workers} engine worker(s) started; KAFKA_BOOTSTRAP_SERVERS={bootstrap}", flush=True)
+                            web_ports=[web_port + i for i in range(views)]),
+                 WorkerPool(settings, webhook_workers, log_dir, command="webhooks")]
+        print(f"{workers} engine worker(s) and {webhook_workers} webhook worker(s) started; "
+              f"KAFKA_BOOTSTRAP_SERVERS={bootstrap}", flush=True)
         urls = [pools[1].url(str(i)) for i in range(views)]
         try:
             if views:

@@ -23,6 +23,9 @@ DEADLETTER = "transfers.deadletter"
 VIEWS_GENERATION = "views.generation"
 KEYS = "auth.keys"
 KEYS_AUDIT = "auth.audit"
+WEBHOOKS = "webhooks.registrations"
+DELIVERIES = "webhooks.deliveries"
+WEBHOOKS_GROUP = "bank-webhooks"
 ENGINE_GROUP = "bank-engine"
 
 

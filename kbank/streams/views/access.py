@@ -70,6 +70,18 @@ ROUTES: dict[tuple[str, str], RouteRule] = {
                                                               "day, bank-wide"),
     ("GET", "/internal/top"): RouteRule(_BANK_WIDE, "peers' fan-out for the rankings, with the "
                                                     "caller's key"),
+    ("POST", "/webhooks"): RouteRule(_WRITERS, "registers a URL for some accounts' events: a "
+                                               "client key's must all be its own"),
+    ("GET", "/webhooks"): RouteRule(_READERS, "webhooks: a client key sees its own"),
+    ("GET", "/webhooks/{webhook_id}"): RouteRule(_READERS, "a webhook (another key's: 404)"),
+    ("DELETE", "/webhooks/{webhook_id}"): RouteRule(_WRITERS, "deletes a webhook its key made "
+                                                              "(operator: any)"),
+    ("POST", "/webhooks/{webhook_id}/pause"): RouteRule(_WRITERS, "holds a webhook's deliveries"),
+    ("POST", "/webhooks/{webhook_id}/resume"): RouteRule(_WRITERS, "resumes them"),
+    ("POST", "/webhooks/{webhook_id}/redrive"): RouteRule(_WRITERS, "tries its failed "
+                                                                    "deliveries again"),
+    ("GET", "/webhooks/{webhook_id}/deliveries"): RouteRule(_READERS, "a webhook's deliveries "
+                                                                      "(another key's: 404)"),
     ("GET", "/overview"): RouteRule(_BANK_WIDE, "the console's overview"),
     ("GET", "/metrics"): RouteRule(_BANK_WIDE, "Prometheus metrics (scrape with a bearer token)"),
     ("GET", "/internal/totals"): RouteRule(_BANK_WIDE, "peers' fan-out for /stats, with the "

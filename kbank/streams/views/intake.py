@@ -38,8 +38,10 @@ class RequestProducer:
         while True:   # a daemon thread: it lives as long as the worker
             self._producer.poll(0.05)
 
-    async def send(self, key: bytes, value: bytes) -> tuple[int, int]:
-        """Produce one request; return (partition, offset) once the broker acknowledged it."""
+    async def send(self, key: bytes, value: bytes | None,
+                   topic: str | None = None) -> tuple[int, int]:
+        """Produce one request (or a record on another topic the intake principal writes);
+        return (partition, offset) once the broker acknowledged it."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[tuple[int, int]] = loop.create_future()
 
@@ -54,7 +56,8 @@ class RequestProducer:
             loop.call_soon_threadsafe(settle)
 
         try:
-            self._producer.produce(self.topic, key=key, value=value, on_delivery=delivered)
+            self._producer.produce(topic or self.topic, key=key, value=value,
+                                   on_delivery=delivered)
         except BufferError:
             raise Overloaded() from None
         return await done

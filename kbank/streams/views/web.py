@@ -25,6 +25,7 @@ from kbank.streams.config import Settings
 from kbank.streams.decisions import MAX_NAME, Undecodable, deciding_account, parse_json, parse_request
 from kbank.streams.partitioning import partition_for
 from kbank.streams.views.console import register_console
+from kbank.streams.views.webhooks import register_webhook_routes
 from kbank.streams.views.http import (HTTPError, ask_peers, caller_headers, error_response, gather_totals,
                                 json_response)
 from kbank.streams.views.reads import ViewsReads
@@ -681,6 +682,12 @@ def register_routes(worker: ViewsReads) -> None:
             return aioweb.Response(body=worker.metrics.render(),
                                    headers={"Content-Type": METRICS_CONTENT_TYPE})
 
+    def intake_send() -> Any:
+        if "producer" not in intake:
+            raise HTTPError(503, "starting", "worker is starting", retry_after=1)
+        return intake["producer"].send
+
+    register_webhook_routes(worker, intake_send)
     register_console(worker)
 
     @app.page("/openapi.yaml")

@@ -1,0 +1,208 @@
+"""The webhook routes of a views worker: register, list, pause, resume, redrive, delete, and
+each webhook's deliveries.
+
+Registrations are records of webhooks.registrations (written here as the intake principal,
+read back by a tail, so every views worker answers the same); deliveries are read from
+webhooks.deliveries, which the webhook workers write. A client key sees and changes only
+the webhooks it registered, over accounts it covers; an operator's may watch every account;
+an auditor's reads. Someone else's webhook is a 404, as if it did not exist.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web as aioweb
+from confluent_kafka import Message
+from faust.web import View
+
+from kbank.streams import kafka, topics
+from kbank.streams.apikeys import AUDITOR, OPERATOR, ApiKey
+from kbank.streams.config import Settings
+from kbank.streams.decisions import parse_json
+from kbank.streams.tail import TopicTail
+from kbank.streams.views.access import API_KEY
+from kbank.streams.views.http import HTTPError, json_response
+from kbank.streams.views.reads import ViewsReads
+from kbank.streams.webhooks.rules import (ACTIVE, DELIVERED, FAILED, PAUSED, PENDING, Delivery,
+                                          REDRIVE_MARK, InvalidWebhook, Webhook, new_webhook)
+from kbank.streams.webhooks.registry import Registrations, allowed_hosts
+
+KEPT_PER_WEBHOOK = 10_000     # the newest deliveries a views worker keeps of each webhook
+Send = Callable[[bytes, "bytes | None", str], Awaitable[Any]]
+
+
+class DeliveryLog:
+    """The newest KEPT_PER_WEBHOOK deliveries of each webhook (their latest states), tailed
+    from webhooks.deliveries."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.by_hook: dict[str, OrderedDict[str, dict[str, Any]]] = {}
+        self._tail = TopicTail(settings, kafka.VIEWS, "bank-views-deliveries",
+                               settings.topic(topics.DELIVERIES), self._fold, "webhook-deliveries")
+
+    def _fold(self, msg: Message) -> None:
+        if msg.value() is None or (msg.key() or b"").startswith(REDRIVE_MARK):
+            return
+        delivery = Delivery.from_bytes(msg.value())
+        kept = self.by_hook.setdefault(delivery.webhook_id, OrderedDict())
+        kept.pop(delivery.event_id, None)
+        kept[delivery.event_id] = delivery.public()
+        if len(kept) > KEPT_PER_WEBHOOK:
+            kept.popitem(last=False)
+
+
+def register_webhook_routes(worker: ViewsReads, send: Callable[[], Send]) -> None:
+    """The routes; `send()` gives the intake's producer once it has started."""
+    app, settings = worker.app, worker.settings
+    hosts = allowed_hosts(settings)
+    tails: dict[str, Any] = {}
+
+    @app.task
+    async def start_webhook_tails() -> None:
+        loop = asyncio.get_running_loop()
+        tails["hooks"] = await loop.run_in_executor(
+            None, Registrations, settings, kafka.VIEWS, "bank-views-webhooks")
+        tails["deliveries"] = await loop.run_in_executor(None, DeliveryLog, settings)
+
+    def registry() -> Registrations:
+        hooks = tails.get("hooks")
+        if hooks is None or not hooks.ready.is_set():
+            raise HTTPError(503, "starting", "webhook registrations are still being read",
+                            retry_after=1)
+        return hooks
+
+    async def read_registrations() -> None:
+        """Wait (a few seconds at most) for the registrations to be read once, after a start."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not ("hooks" in tails and tails["hooks"].ready.is_set()):
+            await asyncio.sleep(0.02)
+        registry()
+
+    def visible(hook_id: str, key: ApiKey | None) -> Webhook:
+        hook = registry().hooks.get(hook_id)
+        if hook is None or not (key is None or key.role in (OPERATOR, AUDITOR)
+                                or hook.owner == key.id):
+            raise HTTPError(404, "not_found", f"no webhook {hook_id!r}")
+        return hook
+
+    def changeable(request: aioweb.Request, hook_id: str) -> Webhook:
+        key = request[API_KEY]
+        hook = visible(hook_id, key)
+        if key is not None and key.role == AUDITOR:
+            raise HTTPError(403, "forbidden", "an auditor key may not change webhooks")
+        return hook
+
+    async def store(hook_id: str, record: Webhook | None) -> None:
+        """Write a registration (None: delete it) and wait until this worker reads it back,
+        so the caller's next request sees it."""
+        await send()(hook_id.encode(), None if record is None else record.to_bytes(),
+                     settings.topic(topics.WEBHOOKS))
+        deadline = time.monotonic() + 10
+        while registry().hooks.get(hook_id) != record:
+            if time.monotonic() > deadline:
+                raise HTTPError(503, "unavailable", "the change was written but not read back "
+                                "within 10 s", retry_after=1)
+            await asyncio.sleep(0.01)
+
+    async def update(request: aioweb.Request, hook_id: str, **changes: Any) -> aioweb.Response:
+        await read_registrations()
+        hook = replace(changeable(request, hook_id), **changes)
+        await store(hook_id, hook)
+        return json_response(hook.public())
+
+    @app.page("/webhooks")
+    class Webhooks(View):
+        async def post(self, request: aioweb.Request) -> aioweb.Response:
+            """Register a URL for some ledger event kinds of some accounts; the signing secret
+            is shown in this answer only."""
+            await read_registrations()
+            if request.content_type != "application/json":
+                raise HTTPError(415, "unsupported_media_type",
+                                "the body must be sent as Content-Type: application/json")
+            try:
+                body = parse_json(await request.read())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise HTTPError(400, "invalid", f"body is not JSON: {exc}") from None
+            key: ApiKey | None = request[API_KEY]
+            registry()
+            try:
+                hook = new_webhook(body, owner=key.id if key else "anonymous",
+                                   may_watch_all=key is None or key.role == OPERATOR,
+                                   allowed_hosts=hosts, now_ms=int(time.time() * 1000))
+            except InvalidWebhook as exc:
+                raise HTTPError(400, "invalid", str(exc)) from None
+            outside = [a for a in hook.accounts or () if key is not None and not key.covers(a)]
+            if outside:
+                raise HTTPError(403, "forbidden", f"API key {key.id} does not cover "  # type: ignore[union-attr]
+                                f"account {outside[0]!r}")
+            await store(hook.id, hook)
+            return json_response({**hook.public(), "secret": hook.secret}, status=201)
+
+        async def get(self, request: aioweb.Request) -> aioweb.Response:
+            await read_registrations()
+            key = request[API_KEY]
+            hooks = sorted(registry().hooks.values(), key=lambda h: (h.created_ms, h.id))
+            return json_response({"webhooks": [h.public() for h in hooks
+                                               if key is None or key.role in (OPERATOR, AUDITOR)
+                                               or h.owner == key.id]})
+
+    @app.page("/webhooks/{webhook_id}")
+    class OneWebhook(View):
+        async def get(self, request: aioweb.Request, webhook_id: str) -> aioweb.Response:
+            await read_registrations()
+            return json_response(visible(webhook_id, request[API_KEY]).public())
+
+        async def delete(self, request: aioweb.Request, webhook_id: str) -> aioweb.Response:
+            await read_registrations()
+            changeable(request, webhook_id)
+            await store(webhook_id, None)
+            return json_response({"id": webhook_id, "deleted": True})
+
+    @app.page("/webhooks/{webhook_id}/pause")
+    class PauseWebhook(View):
+        async def post(self, request: aioweb.Request, webhook_id: str) -> aioweb.Response:
+            """Deliveries wait (nothing is dropped) until it is resumed."""
+            return await update(request, webhook_id, state=PAUSED)
+
+    @app.page("/webhooks/{webhook_id}/resume")
+    class ResumeWebhook(View):
+        async def post(self, request: aioweb.Request, webhook_id: str) -> aioweb.Response:
+            return await update(request, webhook_id, state=ACTIVE)
+
+    @app.page("/webhooks/{webhook_id}/redrive")
+    class RedriveWebhook(View):
+        async def post(self, request: aioweb.Request, webhook_id: str) -> aioweb.Response:
+            """Every failed delivery of the webhook is tried again from its first attempt."""
+            await read_registrations()
+            hook = changeable(request, webhook_id)
+            return await update(request, webhook_id, redrive=hook.redrive + 1)
+
+    @app.page("/webhooks/{webhook_id}/deliveries")
+    class Deliveries(View):
+        async def get(self, request: aioweb.Request, webhook_id: str) -> aioweb.Response:
+            """The newest deliveries first (of the last KEPT_PER_WEBHOOK), by status or
+            event id, with the counts of each status among them."""
+            await read_registrations()
+            visible(webhook_id, request[API_KEY])
+            status = request.query.get("status")
+            if status not in (None, PENDING, DELIVERED, FAILED):
+                raise HTTPError(400, "invalid", "status must be pending, delivered or failed")
+            try:
+                limit = int(request.query.get("limit", "100"))
+            except ValueError:
+                raise HTTPError(400, "invalid", "limit must be an integer") from None
+            if not 1 <= limit <= 1000:
+                raise HTTPError(400, "invalid", "limit must be between 1 and 1000")
+            log = tails.get("deliveries")
+            kept = list((log.by_hook.get(webhook_id) or {}).values()) if log else []
+            wanted = request.query.get("event_id")
+            rows = [d for d in reversed(kept) if (status is None or d["status"] == status)
+                    and (wanted is None or d["event_id"] == wanted)]
+            counts = {s: sum(1 for d in kept if d["status"] == s)
+                      for s in (PENDING, DELIVERED, FAILED)}
+            return json_response({"webhook_id": webhook_id, "counts": counts,
+                                  "deliveries": rows[:limit]})

@@ -1,0 +1,1 @@
+"""Webhooks: registrations (rules), the delivery worker (worker)."""

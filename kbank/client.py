@@ -407,3 +407,14 @@ class AsyncBank(_Requests):
             before = page["next_before_seq"]
             if before is None:
                 return
+
+
+def verify_webhook(secret: str, headers: Any, body: bytes, tolerance_s: int = 300) -> bool:
+    """In a webhook receiver: the call came from this bank with this body, signed within
+    `tolerance_s` (an older signature is a replayed call). `headers` is any mapping of the
+    request's headers; deduplicate accepted calls by their Bank-Event-Id."""
+    from kbank.streams.webhooks.rules import SIGNATURE_HEADER, verify_signature
+
+    found = {k.lower(): v for k, v in dict(headers).items()}.get(SIGNATURE_HEADER.lower())
+    return found is not None and verify_signature(secret, found, body, int(time.time()),
+                                                  tolerance_s)

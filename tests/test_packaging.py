@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,10 @@ def test_the_wheel_installs_and_runs_the_demo_on_its_own(tmp_path):
     dist = tmp_path / "dist"
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)], tmp_path, 300)
     wheel = next(dist.glob("kbank-*.whl"))
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"kbank/schemas/{t}.v1.json" for t in ("transfers.requests", "ledger.events",
+                                                   "transfers.outcomes", "transfers.deadletter")
+            } <= shipped   # the change feed's contract goes with the code
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], tmp_path, 120)
     _run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], tmp_path, 600)
@@ -47,7 +52,7 @@ def test_the_wheel_installs_and_runs_the_demo_on_its_own(tmp_path):
     credentials = tmp_path / "kafka" / "credentials"
     assert sorted(p.name for p in credentials.iterdir()) == [
         "admin.properties", "client.properties", "engine.properties", "intake.properties",
-        "operator.key", "tools.properties", "views.properties"]
+        "operator.key", "tools.properties", "views.properties", "webhooks.properties"]
     # and so is the web endpoint: the demo read balances back with the operator key it printed
     key = (credentials / "operator.key").read_text().strip()
     assert "operator API key" in out and key in out, out[-2000:]

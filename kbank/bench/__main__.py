@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--statement-events", type=int, default=0, metavar="N",
                         help="instead: p50/p99 of a statement over an account's N events, and of "
                              "a filtered page, on a real store (kbank/bench/queries.py)")
+    parser.add_argument("--webhook-events", type=int, default=0, metavar="N",
+                        help="instead: deliveries/s of one webhook worker to a local receiver, "
+                             "over N ledger events (kbank/bench/webhooks.py)")
     args = parser.parse_args(argv)
     if args.statement_events:
         from kbank.bench.queries import statement_cost
@@ -126,6 +129,17 @@ def main(argv: list[str] | None = None) -> int:
             for workers in counts:
                 print(f"run: {workers} worker(s), {args.partitions} partitions, "
                       f"{args.accounts:,} accounts, authentication {auth}", file=log, flush=True)
+                if args.webhook_events:
+                    from kbank.bench.webhooks import delivery_speed
+
+                    delivered = delivery_speed(settings, args.webhook_events)
+                    delivered.update(auth=auth)
+                    print(orjson.dumps(delivered).decode() if args.json else
+                          f"{delivered['events']:,} events delivered to a local receiver: "
+                          f"{delivered['deliveries_per_s']:,.0f} deliveries/s, "
+                          f"{delivered['worker_cpu_us_per_delivery']} us of the webhook "
+                          f"worker's CPU each", flush=True)
+                    continue
                 if args.backlog:
                     from kbank.bench.backlog import drain_speed
 
@@ -149,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             if cluster:
                 cluster.stop()
         shutil.rmtree(state_dir, ignore_errors=True)
-    if args.backlog:
+    if args.backlog or args.webhook_events:
         return 0
     if args.json:
         for r in results:

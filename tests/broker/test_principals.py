@@ -15,7 +15,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kbank.streams import topics
 from kbank.streams.config import Settings
 from kbank.streams.kafka import ADMIN, client_config
-from kbank.streams.principals import CLIENT, ENGINE, GRANTS, INTAKE, ROLES, TOOLS, VIEWS
+from kbank.streams.principals import (CLIENT, ENGINE, GRANTS, INTAKE, ROLES, TOOLS, VIEWS,
+                                      WEBHOOKS)
 from tests.broker.conftest import provisioned
 
 
@@ -69,6 +70,8 @@ DENIED = KafkaError.TOPIC_AUTHORIZATION_FAILED
     (CLIENT, topics.REQUESTS, topics.LEDGER),         # a forged ledger event
     (TOOLS, "gen-1.ledger.events", topics.LEDGER),    # recompute writes generations only
     (VIEWS, "bank-views-x-changelog", topics.VIEWS_GENERATION),   # a forged generation pointer
+    (WEBHOOKS, topics.DELIVERIES, topics.LEDGER),     # a forged ledger event
+    (INTAKE, topics.WEBHOOKS, topics.DELIVERIES),     # a forged delivery state
 ])
 def test_each_principal_writes_only_what_its_role_writes(secured, role, allowed, refused):
     if allowed.startswith(("gen-", "bank-views")):   # topics of the tools' and views' own
@@ -85,6 +88,7 @@ def test_each_principal_writes_only_what_its_role_writes(secured, role, allowed,
     (CLIENT, topics.OUTCOMES, topics.CREDITS, "client-t"),
     (ENGINE, topics.REQUESTS, topics.OUTCOMES, "bank-engine"),
     (TOOLS, topics.CHANGELOG, None, "bank-reader-t"),
+    (WEBHOOKS, topics.LEDGER, topics.CHANGELOG, "bank-webhooks"),
 ])
 def test_each_principal_reads_only_what_its_role_reads(secured, role, allowed, refused, group):
     assert _read(secured, role, allowed, group) is None
@@ -126,4 +130,11 @@ def test_security_md_lists_every_grant():
 def test_only_the_super_user_writes_api_keys(secured, role):
     """A forged key record (an operator key of one's own) is refused for every principal."""
     err = _produce(secured, role, topics.KEYS)
+    assert err is not None and err.code() == DENIED, err
+
+
+@pytest.mark.parametrize("role", [r for r in ROLES if r != INTAKE])
+def test_only_the_intake_registers_webhooks(secured, role):
+    """A registration aimed at an attacker's URL, written straight to the topic: refused."""
+    err = _produce(secured, role, topics.WEBHOOKS)
     assert err is not None and err.code() == DENIED, err

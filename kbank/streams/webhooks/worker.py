@@ -67,7 +67,7 @@ class WebhookWorker:
         self.rng = random.Random()
         self.owned: set[int] = set()
         self.pending: dict[bytes, Delivery] = {}
-        self.due: list[tuple[int, int, bytes]] = []        # (next_ms, tiebreak, key)
+        self.due: dict[str, list[tuple[int, int, bytes]]] = {}   # hook -> heap of (next_ms, n, key)
         self.known: dict[int, set[bytes]] = {}             # partition -> delivery keys seen
         self.waiting: dict[str, int] = {}                  # hook id -> pending deliveries
         self.calls: dict[str, int] = {}                    # hook id -> calls in flight
@@ -178,26 +178,30 @@ class WebhookWorker:
             self._forget(key)
 
     def dispatch(self, session: aiohttp.ClientSession) -> int:
-        """Start the calls that are due and allowed now; return how many started."""
-        started, now, later = 0, _now_ms(), []
-        while self.due and self.due[0][0] <= now:
-            next_ms, _, key = heapq.heappop(self.due)
-            delivery = self.pending.get(key)
-            if delivery is None or delivery.next_ms != next_ms or key in self.in_flight:
-                continue      # delivered, revoked or rescheduled since
-            hook = self.registrations.hooks.get(delivery.webhook_id)
-            if hook is None:
-                self._forget(key)       # deleted: its deliveries stop
-            elif hook.state == PAUSED or self.calls.get(hook.id, 0) >= \
-                    self.settings.webhook_concurrency:
-                later.append((now + (500 if hook.state == PAUSED else 20), key, delivery))
-            else:
-                self.calls[hook.id] = self.calls.get(hook.id, 0) + 1
+        """Start the calls that are due, up to each webhook's free places; return how many
+        started. Each webhook has its own queue, so one that is full, paused or slow costs
+        the others nothing."""
+        started, now = 0, _now_ms()
+        for hook_id, due in list(self.due.items()):
+            hook = self.registrations.hooks.get(hook_id)
+            if hook is None:                  # deleted: its deliveries stop
+                for _, _, key in due:
+                    self._forget(key)
+                del self.due[hook_id]
+                continue
+            if hook.state == PAUSED:
+                continue
+            free = self.settings.webhook_concurrency - self.calls.get(hook_id, 0)
+            while free > 0 and due and due[0][0] <= now:
+                next_ms, _, key = heapq.heappop(due)
+                delivery = self.pending.get(key)
+                if delivery is None or delivery.next_ms != next_ms or key in self.in_flight:
+                    continue      # delivered, revoked or rescheduled since
+                self.calls[hook_id] = self.calls.get(hook_id, 0) + 1
                 self.in_flight.add(key)
                 asyncio.ensure_future(self.attempt(session, key, delivery, hook))
+                free -= 1
                 started += 1
-        for when, key, delivery in later:
-            self._queue(key, delivery, when, count=False)
         return started
 
     def apply_redrives(self) -> None:
@@ -227,14 +231,14 @@ class WebhookWorker:
 
     # -- state and records --
 
-    def _queue(self, key: bytes, delivery: Delivery, when: int, count: bool = True) -> None:
-        if count and key not in self.pending:
+    def _queue(self, key: bytes, delivery: Delivery, when: int) -> None:
+        if key not in self.pending:
             self.waiting[delivery.webhook_id] = self.waiting.get(delivery.webhook_id, 0) + 1
         if delivery.next_ms != when:
             delivery = replace(delivery, next_ms=when)
         self.pending[key] = delivery
         self._tiebreak += 1
-        heapq.heappush(self.due, (when, self._tiebreak, key))
+        heapq.heappush(self.due.setdefault(delivery.webhook_id, []), (when, self._tiebreak, key))
 
     def _forget(self, key: bytes) -> None:
         delivery = self.pending.pop(key, None)

@@ -228,7 +228,7 @@ def test_without_api_keys_anyone_moves_money(settings, pool_factory, views_facto
 def test_security_md_lists_every_route_rule():
     text = (Path(__file__).parents[3] / "SECURITY.md").read_text()
     rows = {tuple(cell.strip(" `") for cell in line.strip("|").split("|")[:3])
-            for line in text.splitlines() if re.match(r"^\| (GET|POST) ", line)}
+            for line in text.splitlines() if re.match(r"^\| (GET|POST|DELETE) ", line)}
     want = {(m, r, "anyone" if rule.roles is None else
              ", ".join(x for x in (OPERATOR, CLIENT, AUDITOR) if x in rule.roles))
             for (m, r), rule in ROUTES.items()}

@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         print(orjson.dumps(result).decode() if args.json else
               f"statement over {result['events']:,} events: p50 {result['statement_p50_ms']} ms, "
               f"p99 {result['statement_p99_ms']} ms; a filtered page of 50: p50 "
-              f"{result['filtered_page_p50_ms']} ms, p99 {result['filtered_page_p99_ms']} ms")
+              f"{result['filtered_page_p50_ms']} ms, p99 {result['filtered_page_p99_ms']} ms; "
+              f"the 10 largest balances of {result['ranking_accounts']:,} accounts: p50 "
+              f"{result['top10_p50_ms']} ms, p99 {result['top10_p99_ms']} ms (100: p99 "
+              f"{result['top100_p99_ms']} ms)")
         return 0
     if args.replay_events:
         return replay_main(args)

@@ -1,4 +1,5 @@
-"""`bank bench --statement-events N`: what one statement over N events costs a views worker.
+"""`bank bench --statement-events N`: what one statement over N events, and the top of the
+largest balances among N accounts, cost a views worker.
 
 An account's history of N ledger events is written to a real RocksDB store (rocksdict) in
 the views table's own key and value layout; then statements over the whole history (the
@@ -8,6 +9,7 @@ these figures: they cost the same for every route.
 """
 from __future__ import annotations
 
+import random
 import tempfile
 import time
 
@@ -16,6 +18,9 @@ from rocksdict import Options, Rdict
 
 from kbank.streams.model import DAY_MS, Account, GENESIS_HASH, Position, chain_event, ledger_event
 from kbank.streams.views import queries
+from kbank.streams.views.fold import (BY_BALANCE, AccountView, ranked_figure, ranking_entries,
+                                      ranking_figure)
+from kbank.streams.views.queries import parse_rank_value, top_ranked
 from kbank.streams.views.store import ViewKeys, split_history_value
 
 T0 = 20_000 * DAY_MS
@@ -58,7 +63,51 @@ def statement_cost(events: int, repeats: int = 50) -> dict[str, float]:
                                    None)
             pages.append((time.perf_counter() - t) * 1000)
         db.close()
-    return {"events": events, "statement_p50_ms": round(_percentile(statements, 50), 2),
+        rankings = _ranking_cost(db_path=path + "-rank", accounts=events, repeats=repeats)
+    return {**rankings, "events": events,
+            "statement_p50_ms": round(_percentile(statements, 50), 2),
             "statement_p99_ms": round(_percentile(statements, 99), 2),
             "filtered_page_p50_ms": round(_percentile(pages, 50), 3),
             "filtered_page_p99_ms": round(_percentile(pages, 99), 3)}
+
+
+def _ranking_cost(db_path: str, accounts: int, repeats: int) -> dict[str, float]:
+    """p50/p99 ms of the 10 and the 100 largest balances among `accounts` accounts, read as
+    a views worker reads its ranking index (one partition's store)."""
+    rng = random.Random(5)
+    db = Rdict(db_path, Options(raw_mode=True))
+    try:
+        for i in range(accounts):
+            view = AccountView(balance=rng.randrange(1, 10**9), seq=2, active_day=T0 // DAY_MS,
+                               active=2)
+            db[ViewKeys.account(f"a{i}")] = view.to_bytes()
+            for ranking, group, bucket in ranking_entries(view):
+                figure = ranking_figure(view, ranking, group) or 0
+                db[ViewKeys.rank(ranking, group, bucket, f"a{i}")] = \
+                    f"{bucket} {figure} a{i}".encode()
+        prefix = ViewKeys.rank_prefix(BY_BALANCE, "USD")
+
+        def entries():  # noqa: ANN202 - the store's values(partition, prefix)
+            for key, value in db.items(from_key=prefix):
+                if not key.startswith(prefix):
+                    return
+                yield parse_rank_value(value)
+
+        def figure_of(account: str, bucket: int, stored: int) -> int | None:
+            view = AccountView.from_bytes(db[ViewKeys.account(account)])
+            return ranked_figure(view, BY_BALANCE, "USD", bucket, stored)
+
+        out = {"ranking_accounts": accounts}
+        for limit in (10, 100):
+            took = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                rows, complete = top_ranked(entries(), figure_of, limit)
+                took.append((time.perf_counter() - t) * 1000)
+                assert complete and len(rows) == limit
+            out[f"top{limit}_p50_ms"] = round(_percentile(took, 50), 3)
+            out[f"top{limit}_p99_ms"] = round(_percentile(took, 99), 3)
+        return out
+    finally:
+        db.close()
+        Rdict.destroy(db_path)

@@ -203,6 +203,10 @@ class Settings:
         "env": "BANK_UNSAFE_RERUN_UNKNOWN_COMMIT", "testing": True,
         "help": "testing: a commit of unknown outcome is taken as aborted and its batch re-run "
                 "from memory (applies it twice when it had committed)"})
+    unsafe_webhooks_commit_first: bool = field(default=False, metadata={
+        "env": "BANK_UNSAFE_WEBHOOKS_COMMIT_FIRST", "testing": True,
+        "help": "testing: the webhook worker keeps new deliveries in memory only, so its ledger "
+                "position moves past events nothing durable remembers (a crash loses them)"})
     unsafe_no_dedupe: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_NO_DEDUPE", "testing": True,
         "help": "testing: disable the request-id idempotency guard (breaks exactly-once)"})

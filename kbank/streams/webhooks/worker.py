@@ -139,7 +139,8 @@ class WebhookWorker:
                 self._write(parked(delivery, f"backlog full: {self.settings.webhook_max_pending} "
                                              "deliveries pending"))
                 continue
-            self._write(delivery)
+            if not self.settings.unsafe_webhooks_commit_first:
+                self._write(delivery)
             self._queue(key, delivery, now)
 
     # -- delivery --

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from kbank.client import verify_webhook
 from kbank.streams import topics
@@ -217,3 +218,53 @@ def test_registrations_are_checked_and_owned(settings, views_factory, receiver):
     assert request("GET", f"{url}/webhooks", key=None).status == 401
     assert get_json(f"{url}/webhooks")["webhooks"][0]["owner"] == mine["owner"]   # the operator
     assert request("DELETE", f"{url}/webhooks/{mine['id']}", key=alice).status == 200
+
+
+def _committed_to_end(settings) -> bool:
+    """The webhook workers' group has committed every ledger partition past its last record
+    (a transaction's commit marker may follow it: that offset is never delivered)."""
+    ends: dict[int, int] = {}
+    for msg in read_topic(settings, settings.topic(topics.LEDGER)):
+        ends[msg.partition()] = msg.offset() + 1
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+                         "group.id": settings.topic(topics.WEBHOOKS_GROUP)})
+    try:
+        ledger = settings.topic(topics.LEDGER)
+        committed = consumer.committed([TopicPartition(ledger, p) for p in ends], timeout=10)
+        return all(tp.offset >= ends[tp.partition] for tp in committed)
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("unsafe", [False, True], ids=["safe", "unsafe-commit-first"])
+def test_events_read_before_a_sigkill_are_delivered_after_it(
+        settings, pool_factory, views_factory, webhook_factory, receiver, unsafe):
+    """The worker reads every event while its webhook is paused (so none is delivered),
+    commits its ledger position, and is SIGKILLed; once restarted and resumed, every event
+    arrives. The unsafe control keeps new deliveries in memory only: they are lost."""
+    settings = replace(settings, webhook_allowed_hosts=f"127.0.0.1:{receiver.port}",
+                       unsafe_webhooks_commit_first=unsafe)
+    pool_factory(settings, 1)
+    url = views_factory(settings, 1).url("0")
+    hooks = webhook_factory(settings, 1)
+    hook = _post(f"{url}/webhooks", {"url": f"http://127.0.0.1:{receiver.port}/ok"})
+    _post(f"{url}/webhooks/{hook['id']}/pause", {}, expect=200)
+    work = Workload(settings)
+    names = [f"acct-{i}" for i in range(4)]
+    work.open_accounts(names, 1_000)
+    work.random_transfers(names, 20, "t", 100)
+    assert work.wait(60)
+    before = set(_wanted(settings))
+    wait_until(lambda: _committed_to_end(settings), 60, "the worker to read the whole ledger")
+    assert receiver.ids("ok") == set()          # paused: nothing went out
+    hooks.kill("0", signal.SIGKILL)
+    hooks.start("0")
+    _post(f"{url}/webhooks/{hook['id']}/resume", {}, expect=200)
+    work.open_accounts(["marker"], 1)           # an event after the restart, delivered first or not
+    marker = set(_wanted(settings, {"marker"}))
+    wait_until(lambda: receiver.ids("ok") >= marker, 60, "the worker to deliver again")
+    if unsafe:
+        assert not receiver.ids("ok") & before, "the unsafe worker delivered what it forgot"
+    else:
+        wait_until(lambda: receiver.ids("ok") >= before, 60, "the events read before the kill")
+    work.close()

@@ -45,13 +45,14 @@ def settings(bootstrap_servers: str, tmp_path) -> Settings:
 
 @pytest.fixture
 def pool_factory(tmp_path):
-    """Start engine worker processes; every one is stopped when the test ends."""
+    """Start engine worker processes (or `command`'s: webhooks); each is killed when the
+    test ends."""
     pools: list[WorkerPool] = []
 
-    def start(settings: Settings, count: int) -> WorkerPool:
+    def start(settings: Settings, count: int, command: str = "worker") -> WorkerPool:
         log_dir = tmp_path / "logs"
         log_dir.mkdir(exist_ok=True)
-        pool = WorkerPool(settings, count, str(log_dir))
+        pool = WorkerPool(settings, count, str(log_dir), command=command)
         pools.append(pool)
         return pool
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 import uuid
 from dataclasses import replace
 
@@ -23,7 +22,7 @@ from kbank.streams.client import OutcomeTail, RequestSender
 from kbank.streams.config import Settings
 from kbank.streams.model import request_key
 from kbank.streams.principals import secure_deployment
-from kbank.streams.progress import progress_bar
+from kbank.streams.progress import progress_bar, wait_with_progress
 from kbank.streams.supervisor import WorkerPool, wait_for_views
 from kbank.streams.broker import free_port
 from kbank.streams.topics import ensure_topics
@@ -99,15 +98,7 @@ def drain_speed(settings: Settings, *, workers: int, views: int, accounts: int, 
         if views:
             pids["views"] = [p.pid for p in pools[0].procs.values()]
         before = cpu_by_kind(pids)
-        bar = progress_bar("draining", "transfers", total=backlog)
-        deadline = time.monotonic() + 1800
-        while drain.done < backlog:
-            bar.update(drain.done - bar.n)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the backlog did not drain: {drain.done:,} of {backlog:,}")
-            time.sleep(0.2)
-        bar.update(backlog - bar.n)
-        bar.close()
+        wait_with_progress(lambda: drain.done, backlog, "draining", "transfers")
         after = cpu_by_kind(pids)
     finally:
         drain.close()

@@ -24,7 +24,7 @@ from kbank.streams.broker import free_port
 from kbank.streams.client import RequestSender
 from kbank.streams.config import Settings
 from kbank.streams.principals import secure_deployment
-from kbank.streams.progress import progress_bar
+from kbank.streams.progress import wait_with_progress
 from kbank.streams.supervisor import WorkerPool
 from kbank.streams.topics import ensure_topics
 from kbank.streams.webhooks.rules import EVENT_ID_HEADER, new_webhook
@@ -91,15 +91,7 @@ def delivery_speed(settings: Settings, events: int, concurrency: int = 64) -> di
     try:
         pids = {"webhooks": [p.pid for p in pool.procs.values()]}
         before = cpu_by_kind(pids)
-        bar = progress_bar("delivering", "events", total=wanted)
-        deadline = time.monotonic() + 1800
-        while len(receiver.ids) < wanted:
-            bar.update(len(receiver.ids) - bar.n)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(receiver.ids):,} of {wanted:,} delivered")
-            time.sleep(0.2)
-        bar.update(wanted - bar.n)
-        bar.close()
+        wait_with_progress(lambda: len(receiver.ids), wanted, "delivering", "events")
         after = cpu_by_kind(pids)
     finally:
         pool.stop_all()

@@ -56,7 +56,8 @@ from kbank.streams.views.credentials import faust_credentials
 from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, Ranked,
                                       apply_to_account, classify, index_entries, merge_status,
                                       parse_ledger_event, parse_outcome, ranked_figure,
-                                      ranking_entries, ranking_figure, ranking_moves)
+                                      ranking_entries, ranking_figure, ranking_moves,
+                                      standing)
 from kbank.streams.views.queries import parse_rank_value, top_ranked
 from kbank.streams.views.metrics import LagUnavailable, ViewsMetrics
 from kbank.streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys, split_history_value
@@ -288,11 +289,10 @@ class ViewsWorker:
             return
         self.views[ViewKeys.history(account, seq)] = b"%d " % offset + raw  # its ledger offset, then it
         if verdict is Applied.NEW:
-            before = (ranking_entries(view), (view.active_day, view.active)) if view is not None \
-                else (set(), (0, 0))
+            before = standing(view)
             view = apply_to_account(view, event, offset)
             self.views[key] = view.to_bytes()
-            self.move_in_rankings(account, *ranking_moves(*before, view))
+            self.move_in_rankings(account, *ranking_moves(before, view))
         else:   # the record applied last, again: its ranking writes may not have been made
             assert view is not None
             self.move_in_rankings(account, [], [(e, ranking_figure(view, e[0], e[1]) or 0)

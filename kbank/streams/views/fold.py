@@ -173,18 +173,41 @@ def ranking_entries(view: AccountView) -> set[tuple[str, str, int]]:
 Ranked = tuple[str, str, int]            # (ranking, group, bucket)
 
 
-def ranking_moves(before: set[Ranked], before_view: tuple[int, int],
-                  after: AccountView) -> tuple[list[Ranked], list[tuple[Ranked, int]]]:
+Standing = tuple[int, str, int, int]     # (balance, currency, active_day, active) of a view
+
+
+def standing(view: AccountView | None) -> Standing:
+    """What an account's rankings depend on, taken before an event changes its view."""
+    return (0, DEFAULT_CURRENCY, 0, 0) if view is None else \
+        (view.balance, view.currency, view.active_day, view.active)
+
+
+def ranking_moves(before: Standing, after: AccountView
+                  ) -> tuple[list[Ranked], list[tuple[Ranked, int]]]:
     """The ranking index entries to delete and to write (with their figure) when an event
-    takes an account from `before` (its ranking_entries, and (active_day, active) then) to
-    `after`. A finished day's activity entry is not deleted but written once more with the
-    day's final count, which readers take as it is (the view counts only its last day)."""
-    now = ranking_entries(after)
-    deleted = [e for e in before - now if not (e[0] == BY_ACTIVITY and e[1] != str(after.active_day))]
-    written = [(e, ranking_figure(after, e[0], e[1]) or 0) for e in now - before]
-    day, count = before_view
-    if count > 0 and day != after.active_day:
-        written.append(((BY_ACTIVITY, str(day), magnitude_bucket(count)), count))
+    takes an account from `before` to `after`; usually none (a figure moved within its
+    bucket). A balance's old entry is deleted (a balance goes down as well as up). An
+    activity count only grows within its day, so its old entries are left for readers to
+    skip (ranked_figure: below the live one, never read by a top-N that stops above them),
+    which halves the writes of the busiest index; when the day ends its entry is written
+    once more with the day's final count, which readers take as it is."""
+    balance, currency, day, active = before
+    deleted: list[Ranked] = []
+    written: list[tuple[Ranked, int]] = []
+    old = magnitude_bucket(balance) if balance > 0 else None
+    new = magnitude_bucket(after.balance) if after.balance > 0 else None
+    if (old, currency) != (new, after.currency):
+        if old is not None:
+            deleted.append((BY_BALANCE, currency, old))
+        if new is not None:
+            written.append(((BY_BALANCE, after.currency, new), after.balance))
+    if day != after.active_day:
+        if active > 0:
+            written.append(((BY_ACTIVITY, str(day), magnitude_bucket(active)), active))
+        written.append(((BY_ACTIVITY, str(after.active_day), magnitude_bucket(after.active)),
+                        after.active))
+    elif active == 0 or magnitude_bucket(after.active) != magnitude_bucket(active):
+        written.append(((BY_ACTIVITY, str(day), magnitude_bucket(after.active)), after.active))
     return deleted, written
 
 

@@ -19,7 +19,6 @@ from kbank.streams import topics
 from kbank.streams.apikeys import CLIENT
 from kbank.streams.client import read_topic
 from kbank.streams.keystore import create_key
-from kbank.streams.supervisor import WorkerPool
 from kbank.streams.views.fold import parse_ledger_event
 from kbank.streams.webhooks.rules import EVENT_ID_HEADER, SIGNATURE_HEADER, event_id, verify_signature
 from tests.http import get_json, request
@@ -80,22 +79,6 @@ def receiver():
     r.close()
 
 
-@pytest.fixture
-def webhook_factory(tmp_path):
-    pools: list[WorkerPool] = []
-
-    def start(settings, count: int) -> WorkerPool:
-        (tmp_path / "logs").mkdir(exist_ok=True)
-        pool = WorkerPool(settings, count, str(tmp_path / "logs"), command="webhooks")
-        pools.append(pool)
-        return pool
-
-    yield start
-    for pool in pools:
-        for wid in list(pool.procs):
-            pool.kill(wid)
-
-
 def _post(url: str, body: dict, key: object = None, expect: int = 201) -> dict:
     kwargs = {} if key is None else {"key": key}
     resp = request("POST", url, orjson.dumps(body), **kwargs)
@@ -114,13 +97,13 @@ def _wanted(settings, accounts: set[str] | None = None) -> dict[str, dict]:
 
 
 def test_every_event_arrives_through_a_sigkill_and_dead_receivers_are_parked_and_redriven(
-        settings, pool_factory, views_factory, webhook_factory, receiver):
+        settings, pool_factory, views_factory, receiver):
     settings = replace(settings, webhook_allowed_hosts=f"127.0.0.1:{receiver.port}",
                        webhook_backoff_ms=50, webhook_backoff_cap_ms=400, webhook_max_attempts=3,
                        webhook_timeout_s=2.0, webhook_concurrency=4)
     pool_factory(settings, 2)
     url = views_factory(settings, 1).url("0")
-    hooks = webhook_factory(settings, 1)
+    hooks = pool_factory(settings, 1, "webhooks")
     base = f"http://127.0.0.1:{receiver.port}"
     ok = _post(f"{url}/webhooks", {"url": f"{base}/ok", "events": ["*"]})
     watched = {"acct-0", "acct-1"}
@@ -238,7 +221,7 @@ def _committed_to_end(settings) -> bool:
 
 @pytest.mark.parametrize("unsafe", [False, True], ids=["safe", "unsafe-commit-first"])
 def test_events_read_before_a_sigkill_are_delivered_after_it(
-        settings, pool_factory, views_factory, webhook_factory, receiver, unsafe):
+        settings, pool_factory, views_factory, receiver, unsafe):
     """The worker reads every event while its webhook is paused (so none is delivered),
     commits its ledger position, and is SIGKILLed; once restarted and resumed, every event
     arrives. The unsafe control keeps new deliveries in memory only: they are lost."""
@@ -246,7 +229,7 @@ def test_events_read_before_a_sigkill_are_delivered_after_it(
                        unsafe_webhooks_commit_first=unsafe)
     pool_factory(settings, 1)
     url = views_factory(settings, 1).url("0")
-    hooks = webhook_factory(settings, 1)
+    hooks = pool_factory(settings, 1, "webhooks")
     hook = _post(f"{url}/webhooks", {"url": f"http://127.0.0.1:{receiver.port}/ok"})
     _post(f"{url}/webhooks/{hook['id']}/pause", {}, expect=200)
     work = Workload(settings)

@@ -34,7 +34,8 @@ def test_the_wheel_installs_and_runs_the_demo_on_its_own(tmp_path):
     wheel = next(dist.glob("kbank-*.whl"))
     shipped = set(zipfile.ZipFile(wheel).namelist())
     assert {f"kbank/schemas/{t}.v1.json" for t in ("transfers.requests", "ledger.events",
-                                                   "transfers.outcomes", "transfers.deadletter")
+                                                   "transfers.outcomes", "transfers.deadletter",
+                                                   "webhook.delivery")
             } <= shipped   # the change feed's contract goes with the code
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], tmp_path, 120)

@@ -4,16 +4,20 @@ signed, with an id to deduplicate by; a dead receiver's deliveries are parked an
 a hanging receiver holds nobody else up; registrations are checked and owned."""
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from jsonschema import Draft202012Validator
 
+import kbank
 from kbank.client import verify_webhook
 from kbank.streams import topics
 from kbank.streams.apikeys import CLIENT
@@ -23,6 +27,11 @@ from kbank.streams.views.fold import parse_ledger_event
 from kbank.streams.webhooks.rules import EVENT_ID_HEADER, SIGNATURE_HEADER, event_id, verify_signature
 from tests.http import get_json, request
 from tests.workload import Workload, wait_until
+
+
+SCHEMAS = Path(kbank.__file__).parent / "schemas"
+WEBHOOK_SCHEMA = Draft202012Validator(json.loads((SCHEMAS / "webhook.delivery.v1.json").read_text()))
+LEDGER_SCHEMA = Draft202012Validator(json.loads((SCHEMAS / "ledger.events.v1.json").read_text()))
 
 
 class Receiver:
@@ -140,6 +149,8 @@ def test_every_event_arrives_through_a_sigkill_and_dead_receivers_are_parked_and
         assert bodies.setdefault(ev_id, body) == body
         payload = orjson.loads(body)
         assert payload["id"] == ev_id and payload["data"] == everything[ev_id]
+        WEBHOOK_SCHEMA.validate(payload)           # the receivers' contract
+        LEDGER_SCHEMA.validate(payload["data"])
     assert receiver.ids("ok") == set(everything)   # nothing that is not in the ledger
 
     # the dead receiver: every delivery parked after 3 attempts, then redriven

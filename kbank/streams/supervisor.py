@@ -210,6 +210,10 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: ReadyHoo
                  WorkerPool(settings, webhook_workers, log_dir, command="webhooks")]
         print(f"{workers} engine worker(s) and {webhook_workers} webhook worker(s) started; "
               f"KAFKA_BOOTSTRAP_SERVERS={bootstrap}", flush=True)
+        if webhook_workers:
+            hosts = settings.webhook_allowed_hosts or "none: set BANK_WEBHOOK_ALLOWED_HOSTS " \
+                "to the hosts (or host:port) of your receivers"
+            print(f"webhooks (POST /webhooks) may call: {hosts}", flush=True)
         urls = [pools[1].url(str(i)) for i in range(views)]
         try:
             if views:

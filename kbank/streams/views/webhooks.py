@@ -10,6 +10,7 @@ an auditor's reads. Someone else's webhook is a 404, as if it did not exist.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import replace
@@ -31,6 +32,7 @@ from kbank.streams.webhooks.rules import (ACTIVE, DELIVERED, FAILED, PAUSED, PEN
                                           REDRIVE_MARK, InvalidWebhook, Webhook, new_webhook)
 from kbank.streams.webhooks.registry import Registrations, allowed_hosts
 
+log = logging.getLogger("bank.webhooks")
 KEPT_PER_WEBHOOK = 10_000     # the newest deliveries a views worker keeps of each webhook
 Send = Callable[[bytes, "bytes | None", str], Awaitable[Any]]
 
@@ -47,7 +49,11 @@ class DeliveryLog:
     def _fold(self, msg: Message) -> None:
         if msg.value() is None or (msg.key() or b"").startswith(REDRIVE_MARK):
             return
-        delivery = Delivery.from_bytes(msg.value())
+        try:
+            delivery = Delivery.from_bytes(msg.value())
+        except InvalidWebhook as exc:
+            log.error("skipping delivery record at %d@%d: %s", msg.partition(), msg.offset(), exc)
+            return
         kept = self.by_hook.setdefault(delivery.webhook_id, OrderedDict())
         kept.pop(delivery.event_id, None)
         kept[delivery.event_id] = delivery.public()

@@ -205,9 +205,17 @@ class Delivery:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "Delivery":
-        data = orjson.loads(raw)
-        delivery = cls(**data)
-        assert delivery.status in (PENDING, DELIVERED, FAILED), delivery.status
+        """A stored delivery; raises InvalidWebhook for a record no webhook worker writes."""
+        try:
+            delivery = cls(**orjson.loads(raw))
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise InvalidWebhook(f"unreadable delivery: {exc}") from None
+        if delivery.status not in (PENDING, DELIVERED, FAILED) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (
+                    delivery.partition, delivery.offset, delivery.attempts, delivery.next_ms)) \
+                or not isinstance(delivery.body, str) or not is_name(delivery.webhook_id) \
+                or not is_name(delivery.event_id):
+            raise InvalidWebhook("delivery fields out of range")
         return delivery
 
     @property

@@ -75,6 +75,7 @@ class WebhookWorker:
         self.redrives: dict[int, dict[str, int]] = {}      # partition -> hook id -> applied
         self._tiebreak = 0
         self._produce_error: str | None = None
+        self._bug: BaseException | None = None
         self._stopping = False
 
     # -- assignment: the delivery log of each ledger partition is restored before its events --
@@ -104,9 +105,10 @@ class WebhookWorker:
                               group=f"{topics.WEBHOOKS_GROUP}-restore", partitions=[partition]):
             key = msg.key() or b""
             if key.startswith(REDRIVE_MARK):
-                applied[key[len(REDRIVE_MARK):].decode()] = int(msg.value())
-            elif msg.value() is not None:
-                latest[key] = Delivery.from_bytes(msg.value())
+                if (msg.value() or b"").isdigit():
+                    applied[key[len(REDRIVE_MARK):].decode("utf-8", "replace")] = int(msg.value())
+            elif msg.value() is not None and (delivery := _readable(msg)) is not None:
+                latest[key] = delivery
         self.owned.add(partition)
         self.redrives[partition] = applied
         self.known[partition] = {k for k, d in latest.items() if d.offset >= committed}
@@ -200,7 +202,8 @@ class WebhookWorker:
                     continue      # delivered, revoked or rescheduled since
                 self.calls[hook_id] = self.calls.get(hook_id, 0) + 1
                 self.in_flight.add(key)
-                asyncio.ensure_future(self.attempt(session, key, delivery, hook))
+                task = asyncio.ensure_future(self.attempt(session, key, delivery, hook))
+                task.add_done_callback(self._check_attempt)
                 free -= 1
                 started += 1
         return started
@@ -217,8 +220,9 @@ class WebhookWorker:
                 for msg in read_topic(self.settings, self.deliveries, role=kafka.WEBHOOKS,
                                       group=f"{topics.WEBHOOKS_GROUP}-restore",
                                       partitions=[partition]):
-                    if (msg.key() or b"").startswith(prefix) and msg.value() is not None:
-                        latest[msg.key()] = Delivery.from_bytes(msg.value())
+                    if (msg.key() or b"").startswith(prefix) and msg.value() is not None \
+                            and (delivery := _readable(msg)) is not None:
+                        latest[msg.key()] = delivery
                 now = _now_ms()
                 for key, delivery in latest.items():
                     if delivery.status == FAILED and key not in self.pending:
@@ -290,7 +294,15 @@ class WebhookWorker:
         await loop.run_in_executor(None, self.producer.flush, 30)
         self.consumer.close()
 
+    def _check_attempt(self, task: asyncio.Future) -> None:
+        """An attempt that raised is a bug here (a receiver's failures are caught): stop
+        the worker, loudly, rather than leave its delivery in flight for ever."""
+        if not task.cancelled() and task.exception() is not None:
+            self._bug = task.exception()
+
     def _check_produced(self) -> None:
+        if self._bug is not None:
+            raise RuntimeError("a delivery attempt failed") from self._bug
         if self._produce_error is not None:   # a delivery record was lost: start over
             raise RuntimeError(f"writing a delivery record failed: {self._produce_error}")
 
@@ -299,6 +311,14 @@ class WebhookWorker:
 
     def run(self) -> None:
         asyncio.run(self.run_async())
+
+
+def _readable(msg: Message) -> Delivery | None:
+    try:
+        return Delivery.from_bytes(msg.value())
+    except InvalidWebhook as exc:
+        log.error("skipping delivery record at %d@%d: %s", msg.partition(), msg.offset(), exc)
+        return None
 
 
 def _now_ms() -> int:

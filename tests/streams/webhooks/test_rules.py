@@ -92,3 +92,16 @@ def test_retries_back_off_with_jitter_then_park_and_a_redrive_starts_over():
     assert (done.status, done.attempts, done.last_error) == (DELIVERED, 1, None)
     assert done.history[-2:] == ["timeout", "2xx"]
     assert Delivery.from_bytes(done.to_bytes()) == done
+
+
+def test_a_forged_delivery_record_is_refused():
+    good = Delivery("wh", "ev", 0, 5, "{}").to_bytes()
+    assert Delivery.from_bytes(good).offset == 5
+    for forged in (b"[]", b"{", good.replace(b'"pending"', b'"paid"'),
+                   good.replace(b'"offset":5', b'"offset":-5'),
+                   good.replace(b'"attempts":0', b'"attempts":true'),
+                   good.replace(b'"body":"{}"', b'"body":7'),
+                   good.replace(b'"webhook_id":"wh"', b'"webhook_id":""'),
+                   good[:-1] + b',"extra":1}'):
+        with pytest.raises(InvalidWebhook):
+            Delivery.from_bytes(forged)

@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                    help="fold the ledger's partitions in this many processes (default: one per "
                         "core) and merge their sums for the global checks")
+    p.add_argument("--checkpoint", action="store_true",
+                   help="if this verify passes, sign off where it ended (topic verify.checkpoints)")
+    p.add_argument("--since-checkpoint", action="store_true",
+                   help="go on from the last checkpoint: read only what came after it (the log "
+                        "must still pass through its chain heads, else refused, exit 2)")
     p = sub.add_parser("views", help="rebuild every view from the logs into a fresh store and "
                                      "compare it with the live views")
     p.add_argument("--url", default="http://127.0.0.1:8080",
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         from kbank.replay.verify import main as verify_main
 
         return verify_main(settings, args.complete, args.anchor, args.against, args.ledger_topic,
-                           max(1, args.processes))
+                           max(1, args.processes), args.since_checkpoint, args.checkpoint)
     if args.command == "views":
         from kbank.replay.views import main as views_main
 

@@ -31,11 +31,16 @@ _MOVES_CLOSED = frozenset({REFUNDED, REJECTED})   # what a closed account may st
 class AccountFold:
     balance: int = 0
     seq: int = 0
-    events: list[bytes] = field(default_factory=list)  # raw event i has seq i + 1
+    events: list[bytes] = field(default_factory=list)  # raw event i has seq base + i + 1
     currency: str = DEFAULT_CURRENCY
     overdraft_limit: int = 0
     max_balance: int | None = None
     state: str = OPEN
+    base: int = 0       # seqs up to here were folded before a checkpoint; their raw events are not kept
+
+    def raw(self, seq: int) -> bytes | None:
+        """The applied event of this seq, if this fold kept it."""
+        return self.events[seq - self.base - 1] if seq > self.base else None
 
 
 @dataclass
@@ -56,6 +61,7 @@ class LedgerFold:
     applied: int = 0
     duplicates: int = 0
     heads: dict[int, ChainHead] = field(default_factory=dict)   # ledger partition -> its head
+    ends: dict[int, int] = field(default_factory=dict)   # ledger partition -> next offset to read
     # anchored chain heads the partitions must still pass through: partition -> {hash: offset}
     expect: dict[int, dict[str, int]] = field(default_factory=dict)
 
@@ -83,7 +89,8 @@ class LedgerFold:
             acct = self.accounts[name] = AccountFold()
         if seq <= acct.seq:
             self.duplicates += 1
-            if acct.events[seq - 1] != raw:
+            kept = acct.raw(seq)
+            if kept is not None and kept != raw:
                 self.violations.append(
                     f"{where}: account {name} seq {seq} re-delivered with different content")
             return None

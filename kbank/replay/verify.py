@@ -30,6 +30,7 @@ import orjson
 
 from typing import Any
 
+from kbank.replay.checkpoint import Checkpoint, matches_log
 from kbank.replay.ledger import AccountFold, ChainHead, LedgerFold
 from kbank.streams.progress import progress_bar
 from confluent_kafka.admin import AdminClient
@@ -81,6 +82,7 @@ class VerifyReport:
     violations: list[str] = field(default_factory=list)
     currencies: dict[str, Money] = field(default_factory=dict)
     heads: dict[int, ChainHead] = field(default_factory=dict)  # ledger partition -> chain head
+    checkpoint: "Checkpoint | None" = None   # where this verify ended (see --checkpoint)
 
     @property
     def money_conserved(self) -> bool:
@@ -136,6 +138,7 @@ class LedgerChecks:
         self.settled: dict[str, list[tuple[str, int]]] = {}      # hold_id -> [(kind, posted+released)]
         self.held: Counter[str] = Counter()                      # account -> held, from its events
         self.violations: list[str] = []                         # of the holds' rules
+        self.holds_done: Counter[str] = Counter()   # holds made and settled before a checkpoint
 
     def add(self, ev: dict, acct: AccountFold) -> None:
         """One applied event of `acct` (its currency and rules as of the event)."""
@@ -182,7 +185,8 @@ class LedgerChecks:
     def _finish_holds(self, report: VerifyReport) -> None:
         before = len(report.violations)
         report.violations += self.violations
-        report.holds["made"] = len(self.reserved)
+        report.holds.update(self.holds_done)
+        report.holds["made"] += len(self.reserved)
         for hold_id, steps in self.settled.items():
             if hold_id not in self.reserved:
                 report.violations.append(f"hold {hold_id} settled but never made")
@@ -277,20 +281,23 @@ def fold_outcomes(values: list[dict]) -> dict[str, str]:
 
 
 def fold_ledger(settings: Settings, topic: str, partitions: list[int] | None,
-                anchor: list[dict[str, Any]] | None, show_progress: bool
-                ) -> tuple[LedgerFold, LedgerChecks]:
+                anchor: list[dict[str, Any]] | None, show_progress: bool,
+                since: tuple[LedgerFold, LedgerChecks] | None = None,
+                start: dict[int, int] | None = None) -> tuple[LedgerFold, LedgerChecks]:
     """Fold the ledger (or some of its partitions): every per-account and per-partition
-    check, and the running sums the global checks need."""
-    fold = LedgerFold()
+    check, and the running sums the global checks need; `since` and `start`: go on from a
+    checkpoint's fold at its offsets."""
+    fold, checks = since or (LedgerFold(), LedgerChecks())
     for head in anchor or []:
         fold.expect.setdefault(int(head["partition"]), {})[str(head["hash"])] = int(head["offset"])
-    checks = LedgerChecks()
     progress = progress_bar("verify: ledger.events", enabled=show_progress)
     gc.disable()  # the fold keeps many objects alive; generational GC would rescan them all
     try:
-        for msg in read_topic(settings, topic, partitions=partitions):
+        for msg in read_topic(settings, topic, partitions=partitions, start=start):
             progress.update()
-            ev = fold.apply(msg.value(), _Where(msg), msg.partition(), msg.offset())
+            partition, offset = msg.partition(), msg.offset()
+            fold.ends[partition] = offset + 1
+            ev = fold.apply(msg.value(), _Where(msg), partition, offset)
             if ev is not None:
                 checks.add(ev, fold.accounts[ev["account"]])
     finally:
@@ -321,6 +328,7 @@ def merge_folds(parts: list[tuple[LedgerFold, LedgerChecks]]) -> tuple[LedgerFol
         fold.applied += part_fold.applied
         fold.duplicates += part_fold.duplicates
         fold.heads.update(part_fold.heads)
+        fold.ends.update(part_fold.ends)
         fold.expect.update(part_fold.expect)
         for mine, theirs in ((checks.deciding, part_checks.deciding),
                              (checks.returned, part_checks.returned),
@@ -355,25 +363,31 @@ def fold_in_parallel(settings: Settings, topic: str, processes: int,
     return merge_folds(parts)
 
 
-def verify(settings: Settings, require_final: bool = False, show_progress: bool = False,
-           ledger_topic: str | None = None,
-           anchor: list[dict[str, Any]] | None = None, processes: int = 1) -> VerifyReport:
-    """Read the logs and check every invariant (`ledger_topic`: a copy of ledger.events to
-    check in its place, e.g. a backup; `anchor`: heads printed earlier (VerifyReport.anchor)
-    that the chains must still pass through, wherever the events now sit; `processes`: fold
-    the ledger's partitions in that many processes)."""
-    report = VerifyReport()
-    topic = ledger_topic or settings.topic(topics.LEDGER)
-    fold, checks = fold_in_parallel(settings, topic, processes, anchor) if processes > 1 \
-        else fold_ledger(settings, topic, None, anchor, show_progress)
-    for partition, missing in sorted(fold.expect.items()):
-        for digest, offset in missing.items():
-            fold.violations.append(f"anchor: ledger partition {partition} no longer passes "
-                                   f"through {digest[:16]}... (offset {offset} when anchored): "
-                                   f"the log was cut or rewritten")
-    checks.finish(fold, report)
+@dataclass
+class RequestFold:
+    """The requests and their furthest statuses, from transfers.requests and
+    transfers.outcomes (or from a checkpoint's open requests on)."""
+
+    keys: list[str] = field(default_factory=list)       # request keys, first sent first
+    status: dict[str, str] = field(default_factory=dict)
+    carried: Counter[str] = field(default_factory=Counter)   # counts of requests final before
+    requests_next: dict[int, int] = field(default_factory=dict)
+    outcomes_next: dict[int, int] = field(default_factory=dict)
+
+
+def fold_requests(settings: Settings, report: VerifyReport,
+                  since: Checkpoint | None) -> RequestFold:
+    """Every request sent (each request key once) and its furthest status; from a checkpoint
+    on, the requests it left open and what came after it."""
+    state = RequestFold()
+    if since is not None:
+        state.keys = list(since.open_requests)
+        state.status = {k: v for k, v in since.open_requests.items() if v is not None}
+        state.carried.update(since.request_counts)
+        state.requests_next, state.outcomes_next = dict(since.requests_next), dict(since.outcomes_next)
     values = []
-    for msg in read_topic(settings, settings.topic(topics.OUTCOMES)):
+    for msg in read_topic(settings, settings.topic(topics.OUTCOMES), start=state.outcomes_next):
+        state.outcomes_next[msg.partition()] = msg.offset() + 1
         try:
             value = orjson.loads(msg.value())
             if not isinstance(value, dict):
@@ -381,10 +395,12 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
             values.append(value)
         except (orjson.JSONDecodeError, TypeError) as exc:
             report.violations.append(f"{_Where(msg)}: malformed outcome ({exc})")
-    outcomes = fold_outcomes(values)
-    request_ids: list[str] = []
-    seen: set[str] = set()
-    for msg in read_topic(settings, settings.topic(topics.REQUESTS)):
+    for key, status in fold_outcomes(values).items():
+        if status_moves(state.status.get(key), {"status": status}):
+            state.status[key] = status
+    seen: set[str] = set(state.keys)
+    for msg in read_topic(settings, settings.topic(topics.REQUESTS), start=state.requests_next):
+        state.requests_next[msg.partition()] = msg.offset() + 1
         try:
             body = parse_json(msg.value())
             rid, scope = body.get("request_id"), deciding_account(body)
@@ -397,9 +413,112 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
         key = request_key(scope, rid)
         if key not in seen:
             seen.add(key)
-            request_ids.append(key)
-    check_requests(request_ids, outcomes, report, require_final)
+            state.keys.append(key)
+    return state
+
+
+def verify(settings: Settings, require_final: bool = False, show_progress: bool = False,
+           ledger_topic: str | None = None,
+           anchor: list[dict[str, Any]] | None = None, processes: int = 1,
+           since: Checkpoint | None = None) -> VerifyReport:
+    """Read the logs and check every invariant (`ledger_topic`: a copy of ledger.events to
+    check in its place, e.g. a backup; `anchor`: heads printed earlier (VerifyReport.anchor)
+    that the chains must still pass through, wherever the events now sit; `processes`: fold
+    the ledger's partitions in that many processes; `since`: go on from a checkpoint, reading
+    only what came after it, once the log is shown to still pass through its chain heads).
+    The report's `checkpoint` is where this verify ended (VerifyReport.checkpoint)."""
+    report = VerifyReport()
+    topic = ledger_topic or settings.topic(topics.LEDGER)
+    if since is not None:
+        matches_log(settings, topic, since)
+        fold, checks = fold_ledger(settings, topic, None, anchor, show_progress,
+                                   restored(since), dict(since.ledger_next))
+    elif processes > 1:
+        fold, checks = fold_in_parallel(settings, topic, processes, anchor)
+    else:
+        fold, checks = fold_ledger(settings, topic, None, anchor, show_progress)
+    for partition, missing in sorted(fold.expect.items()):
+        for digest, offset in missing.items():
+            fold.violations.append(f"anchor: ledger partition {partition} no longer passes "
+                                   f"through {digest[:16]}... (offset {offset} when anchored): "
+                                   f"the log was cut or rewritten")
+    open_transfers = open_items(checks)
+    checks.finish(fold, report)
+    requests = fold_requests(settings, report, since)
+    check_requests(requests.keys, requests.status, report, require_final)
+    for name in ("requests", "requests_with_outcome", "requests_final", "completed", "rejected"):
+        setattr(report, name, getattr(report, name) + requests.carried[name])
+    report.checkpoint = snapshot(topic, fold, checks, open_transfers, requests, report)
     return report
+
+
+def open_items(checks: LedgerChecks) -> dict[str, list[int]]:
+    """The transfers a checkpoint must carry: debited but not all credited or refunded."""
+    return {f"{rid}\x00{cur}": [debited, checks.returned[(rid, cur)], checks.refunds[(rid, cur)]]
+            for (rid, cur), debited in checks.debits.items()
+            if checks.returned[(rid, cur)] != debited}
+
+
+def snapshot(topic: str, fold: LedgerFold, checks: LedgerChecks,
+             open_transfers: dict[str, list[int]], requests: RequestFold,
+             report: VerifyReport) -> Checkpoint:
+    """Where this verify ended, as a checkpoint (written only if it passed)."""
+    final_counts = {"requests": 0, "requests_with_outcome": 0, "requests_final": 0,
+                    "completed": 0, "rejected": 0}
+    open_requests: dict[str, str | None] = {}
+    for key in requests.keys:
+        status = requests.status.get(key)
+        if status is not None and is_final(status):
+            final_counts["requests"] += 1
+            final_counts["requests_with_outcome"] += 1
+            final_counts["requests_final"] += 1
+            final_counts["completed"] += status == COMPLETED
+            final_counts["rejected"] += status == REJECTED_STATUS
+        else:
+            open_requests[key] = status
+    for name, value in requests.carried.items():
+        final_counts[name] += value
+    settled = {h for h in checks.settled if h in checks.reserved}
+    holds_done = Counter(checks.holds_done)
+    holds_done["made"] += len(settled)
+    for hold_id in settled:
+        holds_done[checks.settled[hold_id][0][0]] += 1
+    return Checkpoint(
+        ledger_topic=topic, ledger_next=dict(fold.ends),
+        heads={p: ChainHead(h.offset, h.hash, h.events) for p, h in fold.heads.items()},
+        accounts={n: AccountFold(a.balance, a.seq, [], a.currency, a.overdraft_limit,
+                                 a.max_balance, a.state, a.seq)
+                  for n, a in fold.accounts.items()},
+        applied=fold.applied, duplicates=fold.duplicates,
+        money={cur: [m.deposits, m.withdrawals] for cur, m in checks.money.items()},
+        open_transfers=open_transfers,
+        open_holds={h: a for h, a in checks.reserved.items() if h not in checks.settled},
+        held={n: v for n, v in checks.held.items() if v},
+        holds_done=dict(holds_done), requests_next=dict(requests.requests_next),
+        outcomes_next=dict(requests.outcomes_next), open_requests=open_requests,
+        request_counts=final_counts)
+
+
+def restored(cp: Checkpoint) -> tuple[LedgerFold, LedgerChecks]:
+    """A fold and its checks as the checkpoint left them."""
+    fold = LedgerFold(accounts={n: AccountFold(a.balance, a.seq, [], a.currency,
+                                               a.overdraft_limit, a.max_balance, a.state, a.seq)
+                                for n, a in cp.accounts.items()},
+                      applied=cp.applied, duplicates=cp.duplicates,
+                      heads={p: ChainHead(h.offset, h.hash, h.events) for p, h in cp.heads.items()},
+                      ends=dict(cp.ledger_next))
+    checks = LedgerChecks()
+    for cur, (deposits, withdrawals) in cp.money.items():
+        checks.money[cur] = Money(deposits=deposits, withdrawals=withdrawals)
+    for key, (debited, returned, refunds) in cp.open_transfers.items():
+        rid, _, cur = key.partition("\x00")
+        checks.debits[(rid, cur)] = debited
+        checks.returned[(rid, cur)] = returned
+        checks.refunds[(rid, cur)] = refunds
+    checks.reserved.update(cp.open_holds)
+    checks.held.update(cp.held)
+    checks.holds_done.update(cp.holds_done)
+    return fold, checks
 
 
 def load_anchor(path: str) -> list[dict[str, Any]]:
@@ -409,13 +528,30 @@ def load_anchor(path: str) -> list[dict[str, Any]]:
 
 
 def main(settings: Settings, require_final: bool, anchor: bool = False,
-         against: str | None = None, ledger_topic: str | None = None, processes: int = 1) -> int:
-    report = verify(settings, require_final, show_progress=True, ledger_topic=ledger_topic,
-                    anchor=load_anchor(against) if against else None, processes=processes)
+         against: str | None = None, ledger_topic: str | None = None, processes: int = 1,
+         since_checkpoint: bool = False, checkpoint: bool = False) -> int:
+    from kbank.replay import checkpoint as checkpoints
+
+    try:
+        since = checkpoints.read(settings) if since_checkpoint else None
+        report = verify(settings, require_final, show_progress=True, ledger_topic=ledger_topic,
+                        anchor=load_anchor(against) if against else None, processes=processes,
+                        since=since)
+    except checkpoints.CheckpointError as exc:
+        print(f"verify: refused: {exc}", file=sys.stderr)
+        return 2
     if anchor:
         for head in report.anchor():
             print(orjson.dumps(head).decode())
     else:
+        if since is not None:
+            print(f"from checkpoint made {since.made_ms} by {since.signed_off_by} "
+                  f"({sum(since.ledger_next.values()):,} ledger offsets already verified)")
         print(report.render())
+    if checkpoint and report.ok and report.checkpoint is not None:
+        made = checkpoints.write(settings, report.checkpoint)
+        print(f"checkpoint {made[:16]}... signed off: the next --since-checkpoint starts here")
+    elif checkpoint:
+        print("no checkpoint written: this verify did not pass")
     sys.stdout.flush()
     return 0 if report.ok else 1

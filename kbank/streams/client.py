@@ -80,8 +80,12 @@ def read_to_end(consumer: Consumer, assignment: list[TopicPartition],
     try:
         while remaining:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {sorted(remaining)} to the end")
-            for msg in consumer.consume(10000, 0.1):
+                raise TimeoutError(f"could not read {sorted(remaining)} to the end: nothing "
+                                   f"came for {timeout_s:.0f} s")
+            msgs = consumer.consume(10000, 0.1)
+            if msgs:   # the timeout is for a read that stalls, not for a long log
+                deadline = time.monotonic() + timeout_s
+            for msg in msgs:
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
@@ -94,18 +98,18 @@ def read_to_end(consumer: Consumer, assignment: list[TopicPartition],
 
 def read_topic(settings: Settings, topic: str, timeout_s: float = 120.0,
                isolation: str = "read_committed", role: str = kafka.TOOLS,
-               group: str = "bank-reader", partitions: list[int] | None = None
-               ) -> Iterator[Message]:
-    """Every record of a topic (or of some of its `partitions`), from the start to its end at
-    the time of reading, read as `role` (the tools by default) under one of its groups (it
-    joins none, commits nothing)."""
+               group: str = "bank-reader", partitions: list[int] | None = None,
+               start: dict[int, int] | None = None) -> Iterator[Message]:
+    """Every record of a topic (or of some of its `partitions`), from the start (or the
+    offsets `start` gives per partition) to its end at the time of reading, read as `role`
+    (the tools by default) under one of its groups (it joins none, commits nothing)."""
     consumer = kafka.consumer(settings, role, settings.topic(group),
                               **{**BULK_READ, "isolation.level": isolation})
     try:
         parts = partitions if partitions is not None else \
             sorted(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
-        yield from read_to_end(consumer, [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts],
-                               timeout_s)
+        yield from read_to_end(consumer, [TopicPartition(topic, p, (start or {}).get(
+            p, OFFSET_BEGINNING)) for p in parts], timeout_s)
     finally:
         consumer.close()
 

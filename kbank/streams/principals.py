@@ -76,6 +76,8 @@ GRANTS: tuple[Grant, ...] = (
     Grant(TOOLS, "topic", "gen-*", ("CREATE", "WRITE", "DESCRIBE"),
           "recompute writes a new generation, never the live topics"),
     Grant(TOOLS, "topic", topics.VIEWS_GENERATION, ("WRITE",), "replay switch"),
+    Grant(TOOLS, "topic", topics.CHECKPOINTS, ("WRITE",),
+          "verify --checkpoint signs off where a verify that passed ended"),
     Grant(TOOLS, "group", "bank-reader*", ("READ",), "its readers"),
     Grant(VIEWS, "topic", topics.WEBHOOKS, ("READ", "DESCRIBE"),
           "lists webhook registrations and checks who owns one"),

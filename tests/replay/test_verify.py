@@ -4,13 +4,16 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from kbank.replay import checkpoint as checkpoints
 from kbank.replay.asof import account_as_of
 from kbank.replay.verify import verify
 from kbank.streams import kafka, topics
 from kbank.streams.client import read_topic
-from kbank.streams.model import request_key
+from kbank.streams.model import GENESIS_HASH, chain_event, request_key
 from kbank.streams.partitioning import partition_for
-from tests.workload import Workload, ledger
+from tests.workload import Workload, ledger, wait_until
 
 
 @pytest.fixture
@@ -118,3 +121,82 @@ def test_a_parallel_verify_agrees_with_one_process_and_names_a_planted_violation
                    "withdrawals", "in_flight", "applied_twice", "requests", "lost", "completed"):
         assert getattr(one, figure) == getattr(two, figure), figure
     assert one.currencies == two.currencies and one.anchor() == two.anchor()
+
+
+FIGURES = ("events", "duplicates_dropped", "accounts", "total_balance", "deposits", "withdrawals",
+           "in_flight", "in_flight_transfers", "applied_twice", "requests",
+           "requests_with_outcome", "requests_final", "lost", "completed", "rejected")
+
+
+def test_an_incremental_verify_agrees_with_a_full_one_and_refuses_another_log(
+        finished_run, pool_factory):
+    settings = finished_run
+    first = verify(settings, require_final=True)
+    assert first.ok, first.render()
+    checkpoints.write(settings, first.checkpoint)
+    # after the checkpoint: more transfers, holds (one left open, one made and posted), a
+    # transfer to nobody (refunded), and more accounts
+    wl = Workload(settings)
+    try:
+        wl.open_accounts(["dave"], 500)
+        for i, (src, dst, amount) in enumerate([("bob", "dave", 100), ("dave", "alice", 40),
+                                                ("carol", "ghost", 5)]):
+            wl.send({"type": "transfer", "request_id": f"u{i}", "from": src, "to": dst,
+                     "amount": amount})
+        wl.sender.flush()
+        assert wl.wait(60)
+        wl.send({"type": "hold", "request_id": "h1", "from": "alice", "to": "bob", "amount": 70,
+                 "timeout_s": 600})
+        wl.send({"type": "hold", "request_id": "h2", "from": "carol", "to": "dave", "amount": 9,
+                 "timeout_s": 600})
+        wl.sender.flush()
+        wait_until(lambda: wl.status("h1") == wl.status("h2") == "held", 60, "the holds")
+        wl.send({"type": "post", "request_id": "p1", "from": "alice", "hold_id": "h1",
+                 "amount": 50})
+        wl.sender.flush()
+        wait_until(lambda: wl.status("h1") == "posted", 60, "the post")
+    finally:
+        wl.close()
+    full = verify(settings)
+    since = checkpoints.read(settings)
+    assert since.ledger_next == first.checkpoint.ledger_next
+    incremental = verify(settings, since=since)
+    assert full.ok and incremental.ok, incremental.render()
+    for figure in FIGURES:
+        assert getattr(full, figure) == getattr(incremental, figure), figure
+    assert full.currencies == incremental.currencies and full.anchor() == incremental.anchor()
+    assert full.holds == incremental.holds and full.holds["pending"] == 1
+    # a violation after the checkpoint is named by both
+    last = _last_event(settings, "dave")
+    _forge(settings, {**last, "seq": last["seq"] + 1, "request_id": "planted",
+                      "balance": last["balance"] + 1})
+    broken = verify(settings, since=since)
+    assert [v for v in broken.violations if "account dave" in v] == \
+        [v for v in verify(settings).violations if "account dave" in v] != []
+    # another log (a copy with an event before the checkpoint rewritten and the chain
+    # re-hashed, so it passes a chain check on its own) is refused
+    copy = settings.topic("ledger-copy")
+    admin = AdminClient(kafka.client_config(settings, kafka.ADMIN))
+    admin.create_topics([NewTopic(copy, settings.partitions, 1)])[copy].result(30)
+    producer = kafka.producer(settings, kafka.ADMIN)
+    heads: dict[int, str] = {}
+    for msg in read_topic(settings, settings.topic(topics.LEDGER)):
+        event = orjson.loads(msg.value())
+        del event["hash"]
+        if event["account"] == "alice" and event["seq"] == 1:
+            event["metadata"] = {"rewritten": "yes"}
+        heads[msg.partition()], value = chain_event(heads.get(msg.partition(), GENESIS_HASH),
+                                                    orjson.dumps(event))
+        producer.produce(copy, key=msg.key(), value=value, partition=msg.partition())
+    producer.flush(30)
+    with pytest.raises(checkpoints.CheckpointError, match="does not match"):
+        verify(settings, ledger_topic=copy, since=since)
+    # a checkpoint altered after it was signed off is refused
+    stored = {m.key(): m.value() for m in read_topic(settings, settings.topic(topics.CHECKPOINTS))}
+    tampered = kafka.producer(settings, kafka.ADMIN)
+    chunk = stored[b"chunk-0"]
+    tampered.produce(settings.topic(topics.CHECKPOINTS), key=b"chunk-0",
+                     value=chunk[:-1] + bytes([chunk[-1] ^ 1]))
+    tampered.flush(30)
+    with pytest.raises(checkpoints.CheckpointError):
+        checkpoints.read(settings)

@@ -201,7 +201,11 @@ def replay_main(args: argparse.Namespace) -> int:
         print(f"  in {result['verify_processes']} processes  "
               f"{result['verify_parallel_events_per_s']:,.0f} events/s "
               f"({'OK' if result['verify_parallel_ok'] else 'FAILED'})")
-    return 0 if result["verify_ok"] and result["verify_parallel_ok"] else 1
+        print(f"  from a checkpoint, {result['incremental_new_events']:,} new events: "
+              f"{result['incremental_verify_s']} s "
+              f"({'OK' if result['incremental_ok'] else 'FAILED'})")
+    return 0 if result["verify_ok"] and result["verify_parallel_ok"] and \
+        result["incremental_ok"] else 1
 
 
 def restore_main(args: argparse.Namespace) -> int:

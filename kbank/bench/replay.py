@@ -21,51 +21,59 @@ from kbank.streams.partitioning import partition_for
 from kbank.streams.topics import ensure_topics
 
 
-def write_synthetic_ledger(settings: Settings, events: int, accounts: int, seed: int = 5) -> int:
-    """Produce about `events` ledger events; returns the number written."""
-    rng = random.Random(seed)
-    producer = kafka.producer(settings, kafka.ADMIN, **{"linger.ms": 20, "batch.num.messages": 10000,
-                                           "queue.buffering.max.messages": 2_000_000,
-                                           "compression.type": "lz4"})
-    topic = settings.topic(topics.LEDGER)
-    names = [f"acct-{i:07d}" for i in range(accounts)]
-    balance = dict.fromkeys(names, 0)
-    seq = dict.fromkeys(names, 0)
-    src = Position(settings.topic(topics.REQUESTS), 0, 0)
-    written = 0
-    ts = int(time.time() * 1000)
-    partition = {name: partition_for(name, settings.partitions) for name in names}
-    heads = [GENESIS_HASH] * settings.partitions
-    bar = progress_bar("synthetic ledger", total=events)
+class SyntheticLedger:
+    """A valid ledger written straight to the topic: accounts opened and funded, then
+    transfers as debit/credit pairs with exact balances, gap-free seqs and each partition's
+    hash chain; `extend` goes on where it stopped."""
 
-    def emit(name: str, rid: str, kind: str, amount: int, other: str | None) -> None:
-        nonlocal written
-        seq[name] += 1
-        p = partition[name]
-        heads[p], value = chain_event(heads[p], dumps(ledger_event(
-            name, seq[name], rid, kind, amount, other, balance[name], ts, src)))
-        kafka.produce_waiting(producer, topic, key=name.encode(), value=value, partition=p)
-        written += 1
-        if written % 10_000 == 0:
-            bar.update(10_000)
+    def __init__(self, settings: Settings, accounts: int, seed: int = 5) -> None:
+        self.rng = random.Random(seed)
+        self.producer = kafka.producer(settings, kafka.ADMIN, **{
+            "linger.ms": 20, "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 2_000_000, "compression.type": "lz4"})
+        self.topic = settings.topic(topics.LEDGER)
+        self.names = [f"acct-{i:07d}" for i in range(accounts)]
+        self.balance = dict.fromkeys(self.names, 0)
+        self.seq = dict.fromkeys(self.names, 0)
+        self.partition = {name: partition_for(name, settings.partitions) for name in self.names}
+        self.heads = [GENESIS_HASH] * settings.partitions
+        self.src = Position(settings.topic(topics.REQUESTS), 0, 0)
+        self.ts = int(time.time() * 1000)
+        self.written = self.transfers = 0
 
-    for name in names:
-        emit(name, f"open-{name}", OPENED, 0, None)
-        balance[name] = 1_000_000
-        emit(name, f"dep-{name}", DEPOSITED, 1_000_000, None)
-    i = 0
-    while written < events:
-        a, b = rng.sample(names, 2)
-        amount = rng.randint(1, 1_000)
-        balance[a] -= amount
-        emit(a, f"t-{i}", DEBITED, amount, b)
-        balance[b] += amount
-        emit(b, f"t-{i}", CREDITED, amount, a)
-        i += 1
-    producer.flush(300)
-    bar.update(written - bar.n)
-    bar.close()
-    return written
+    def _emit(self, name: str, rid: str, kind: str, amount: int, other: str | None) -> None:
+        self.seq[name] += 1
+        p = self.partition[name]
+        self.heads[p], value = chain_event(self.heads[p], dumps(ledger_event(
+            name, self.seq[name], rid, kind, amount, other, self.balance[name], self.ts,
+            self.src)))
+        kafka.produce_waiting(self.producer, self.topic, key=name.encode(), value=value,
+                              partition=p)
+        self.written += 1
+
+    def extend(self, events: int, label: str = "synthetic ledger") -> int:
+        """Write about `events` more events (the accounts first, if not yet); return how many."""
+        before = self.written
+        bar = progress_bar(label, total=events)
+        if before == 0:
+            for name in self.names:
+                self._emit(name, f"open-{name}", OPENED, 0, None)
+                self.balance[name] = 1_000_000
+                self._emit(name, f"dep-{name}", DEPOSITED, 1_000_000, None)
+        while self.written - before < events:
+            a, b = self.rng.sample(self.names, 2)
+            amount = self.rng.randint(1, 1_000)
+            i = self.transfers = self.transfers + 1
+            self.balance[a] -= amount
+            self._emit(a, f"t-{i}", DEBITED, amount, b)
+            self.balance[b] += amount
+            self._emit(b, f"t-{i}", CREDITED, amount, a)
+            if i % 5_000 == 0:
+                bar.update(self.written - before - bar.n)
+        self.producer.flush(300)
+        bar.update(self.written - before - bar.n)
+        bar.close()
+        return self.written - before
 
 
 def replay_speed(settings: Settings, events: int, accounts: int) -> dict[str, float]:
@@ -73,7 +81,8 @@ def replay_speed(settings: Settings, events: int, accounts: int) -> dict[str, fl
     from kbank.replay.views import rebuild
 
     ensure_topics(settings)
-    written = write_synthetic_ledger(settings, events, accounts)
+    ledger = SyntheticLedger(settings, accounts)
+    written = ledger.extend(events)
     start = time.perf_counter()
     views = rebuild(settings, tempfile.mkdtemp(prefix="bank-bench-replay-"))
     rebuild_s = time.perf_counter() - start
@@ -84,7 +93,18 @@ def replay_speed(settings: Settings, events: int, accounts: int) -> dict[str, fl
     start = time.perf_counter()
     parallel = verify(settings, processes=processes)
     parallel_s = time.perf_counter() - start
-    return {"ledger_events": written, "rebuilt_events": views.events,
+    # a daily verify: a checkpoint where the full one ended, 100,000 new events, then
+    # only those verified (the checkpoint read and the log's match with it included)
+    from kbank.replay import checkpoint as checkpoints
+
+    checkpoints.write(settings, report.checkpoint)
+    added = ledger.extend(min(100_000, max(1, events // 10)), "events after the checkpoint")
+    start = time.perf_counter()
+    incremental = verify(settings, since=checkpoints.read(settings))
+    incremental_s = time.perf_counter() - start
+    return {"incremental_new_events": added, "incremental_verify_s": round(incremental_s, 2),
+            "incremental_ok": incremental.ok and incremental.events == written + added,
+            "ledger_events": written, "rebuilt_events": views.events,
             "rebuild_events_per_s": written / rebuild_s, "verified_events": report.events,
             "verify_events_per_s": written / verify_s, "verify_ok": report.ok,
             "verify_processes": processes, "verify_parallel_events_per_s": written / parallel_s,

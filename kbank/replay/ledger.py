@@ -62,6 +62,9 @@ class LedgerFold:
     duplicates: int = 0
     heads: dict[int, ChainHead] = field(default_factory=dict)   # ledger partition -> its head
     ends: dict[int, int] = field(default_factory=dict)   # ledger partition -> next offset to read
+    starts: dict[int, int] = field(default_factory=dict)  # ledger partition -> first offset this fold read
+    first_ts: int | None = None        # the earliest and latest ts of the events this fold read
+    last_ts: int | None = None
     # anchored chain heads the partitions must still pass through: partition -> {hash: offset}
     expect: dict[int, dict[str, int]] = field(default_factory=dict)
 

@@ -33,6 +33,7 @@ from typing import Any
 from kbank.replay.checkpoint import Checkpoint, matches_log
 from kbank.replay.ledger import AccountFold, ChainHead, LedgerFold
 from kbank.streams.progress import progress_bar
+from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from kbank.streams import kafka, topics
@@ -83,6 +84,10 @@ class VerifyReport:
     currencies: dict[str, Money] = field(default_factory=dict)
     heads: dict[int, ChainHead] = field(default_factory=dict)  # ledger partition -> chain head
     checkpoint: "Checkpoint | None" = None   # where this verify ended (see --checkpoint)
+    read_from: dict[int, int] = field(default_factory=dict)   # ledger partition -> first offset read
+    read_to: dict[int, int] = field(default_factory=dict)     # ledger partition -> next offset
+    first_ts: int | None = None      # the earliest and latest event time read (ms)
+    last_ts: int | None = None
 
     @property
     def money_conserved(self) -> bool:
@@ -92,6 +97,16 @@ class VerifyReport:
         """Each partition's chain head, to keep elsewhere (`--anchor`, `--against`)."""
         return [{"partition": p, "offset": h.offset, "hash": h.hash, "events": h.events}
                 for p, h in sorted(self.heads.items())]
+
+    def describe_range(self) -> str:
+        """The ledger offsets read per partition and the time they span."""
+        if not self.read_to:
+            return "nothing new"
+        parts = ", ".join(f"p{p} {self.read_from.get(p, end)}..{end - 1}"
+                          for p, end in sorted(self.read_to.items()))
+        when = "" if self.first_ts is None else \
+            f"; events of {_iso(self.first_ts)} to {_iso(self.last_ts or self.first_ts)}"
+        return parts + when
 
     @property
     def ok(self) -> bool:
@@ -116,6 +131,7 @@ class VerifyReport:
         lines += [f"in flight            {self.in_flight_transfers} transfers",
                   f"hash chains          {len(self.heads)} partitions, "
                   f"{sum(h.events for h in self.heads.values())} links checked",
+                  f"range read           {self.describe_range()}",
                   f"violations           {len(self.violations)}"]
         lines += [f"  - {v}" for v in self.violations[:50]]
         if len(self.violations) > 50:
@@ -236,6 +252,15 @@ class LedgerChecks:
         report.withdrawals = sum(m.withdrawals for m in self.money.values())
         report.in_flight = sum(m.in_flight for m in self.money.values())
         report.heads = fold.heads
+        report.read_from = dict(fold.starts)
+        report.read_to = {p: end for p, end in fold.ends.items() if p in fold.starts}
+        report.first_ts, report.last_ts = fold.first_ts, fold.last_ts
+
+
+def _iso(ts_ms: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).isoformat(timespec="seconds")
 
 
 class _Where:
@@ -290,20 +315,44 @@ def fold_ledger(settings: Settings, topic: str, partitions: list[int] | None,
     fold, checks = since or (LedgerFold(), LedgerChecks())
     for head in anchor or []:
         fold.expect.setdefault(int(head["partition"]), {})[str(head["hash"])] = int(head["offset"])
-    progress = progress_bar("verify: ledger.events", enabled=show_progress)
+    total = records_to_read(settings, topic, partitions, start) if show_progress else None
+    progress = progress_bar("verify: ledger.events", total=total, enabled=show_progress)
     gc.disable()  # the fold keeps many objects alive; generational GC would rescan them all
     try:
         for msg in read_topic(settings, topic, partitions=partitions, start=start):
             progress.update()
             partition, offset = msg.partition(), msg.offset()
+            fold.starts.setdefault(partition, offset)
             fold.ends[partition] = offset + 1
             ev = fold.apply(msg.value(), _Where(msg), partition, offset)
             if ev is not None:
                 checks.add(ev, fold.accounts[ev["account"]])
+                ts = ev["ts"]
+                if fold.first_ts is None or ts < fold.first_ts:
+                    fold.first_ts = ts
+                if fold.last_ts is None or ts > fold.last_ts:
+                    fold.last_ts = ts
     finally:
         gc.enable()
     progress.close()
     return fold, checks
+
+
+def records_to_read(settings: Settings, topic: str, partitions: list[int] | None,
+                    start: dict[int, int] | None) -> int:
+    """About how many records a read from `start` (or the beginning) to the end holds, for
+    a progress bar's total and time left (transaction markers make it a slight overcount)."""
+    consumer = kafka.consumer(settings, kafka.TOOLS)
+    try:
+        parts = partitions if partitions is not None else \
+            sorted(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
+        total = 0
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            total += max(0, high - max(low, (start or {}).get(p, low)))
+        return total
+    finally:
+        consumer.close()
 
 
 def _fold_part(settings: Settings, topic: str, partitions: list[int],
@@ -329,6 +378,11 @@ def merge_folds(parts: list[tuple[LedgerFold, LedgerChecks]]) -> tuple[LedgerFol
         fold.duplicates += part_fold.duplicates
         fold.heads.update(part_fold.heads)
         fold.ends.update(part_fold.ends)
+        fold.starts.update(part_fold.starts)
+        for ts in (part_fold.first_ts, part_fold.last_ts):
+            if ts is not None:
+                fold.first_ts = ts if fold.first_ts is None else min(fold.first_ts, ts)
+                fold.last_ts = ts if fold.last_ts is None else max(fold.last_ts, ts)
         fold.expect.update(part_fold.expect)
         for mine, theirs in ((checks.deciding, part_checks.deciding),
                              (checks.returned, part_checks.returned),

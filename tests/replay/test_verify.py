@@ -166,6 +166,14 @@ def test_an_incremental_verify_agrees_with_a_full_one_and_refuses_another_log(
         assert getattr(full, figure) == getattr(incremental, figure), figure
     assert full.currencies == incremental.currencies and full.anchor() == incremental.anchor()
     assert full.holds == incremental.holds and full.holds["pending"] == 1
+    # each report states the range it read: the full one from 0, the incremental one from
+    # where the checkpoint ended, both to the same ends
+    assert set(full.read_from.values()) == {0} and full.read_to == incremental.read_to
+    assert all(incremental.read_from[p] >= since.ledger_next.get(p, 0)
+               for p in incremental.read_from)
+    assert 0 < incremental.events - first.events <= sum(   # transaction markers take offsets
+        end - incremental.read_from[p] for p, end in incremental.read_to.items())
+    assert "range read" in incremental.render() and full.first_ts <= incremental.first_ts
     # a violation after the checkpoint is named by both
     last = _last_event(settings, "dave")
     _forge(settings, {**last, "seq": last["seq"] + 1, "request_id": "planted",

@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="live web endpoint to compare with (default http://127.0.0.1:8080); "
                         "'none' only rebuilds")
     p.add_argument("--store", default=None, help="directory of the fresh store (default: a temp dir)")
+    p.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                   help="rebuild the partitions in this many processes, each into a store of "
+                        "its own under --store (default: one per core)")
     p = sub.add_parser("recompute", help="re-decide the request log with the current rules into a "
                                          "new generation and list what it decides differently")
     p.add_argument("--generation", required=True, help="id of the new generation (names its topics)")
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "views":
         from kbank.replay.views import main as views_main
 
-        return views_main(settings, None if args.url == "none" else args.url, args.store)
+        return views_main(settings, None if args.url == "none" else args.url, args.store,
+                          max(1, args.processes))
     if args.command == "recompute":
         from kbank.replay.recompute import main as recompute_main
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import sys
 import tempfile
 import time
@@ -17,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from confluent_kafka.admin import AdminClient
 from rocksdict import Rdict, WriteBatch
 
 from kbank.streams.progress import progress_bar
-from kbank.streams import topics
+from kbank.streams import kafka, topics
 from kbank.streams.apikeys import bearer
 from kbank.streams.client import read_topic
 from kbank.streams.config import Settings
@@ -36,71 +38,119 @@ _FLUSH_EVERY = 20_000
 
 @dataclass
 class RebuiltViews:
-    """The views as the log says they must be (the history lives in the store)."""
+    """The views as the log says they must be (the history lives in the stores: one per
+    process that rebuilt them, `where` says which holds an account's)."""
 
-    store: Rdict
+    stores: list[Rdict]
     accounts: dict[str, AccountView] = field(default_factory=dict)
+    where: dict[str, int] = field(default_factory=dict)      # account -> index in stores
     totals: dict[int, PartitionTotals] = field(default_factory=dict)
     status: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: int = 0
     seconds: float = 0.0
+    processes: int = 1
 
     def history(self, account: str) -> list[dict[str, Any]]:
         """The account's events, newest first (like GET /accounts/{id}/history)."""
-        view = self.accounts[account]
-        return [orjson.loads(self.store[history_key(account, seq)]) for seq in range(view.seq, 0, -1)]
+        view, store = self.accounts[account], self.stores[self.where[account]]
+        return [orjson.loads(store[history_key(account, seq)]) for seq in range(view.seq, 0, -1)]
 
     def figures(self, partitions: int) -> dict[str, int]:
         return global_figures([self.totals.get(p, PartitionTotals()) for p in range(partitions)])
 
 
-def rebuild(settings: Settings, store_dir: str, show_progress: bool = True) -> RebuiltViews:
-    """Fold the ledger and the outcomes from the beginning into a fresh store."""
-    started = time.monotonic()
-    views = RebuiltViews(Rdict(store_dir))
+@dataclass
+class RebuiltPart:
+    """What one process rebuilt from its share of the partitions (its store is on disk)."""
+
+    accounts: dict[str, AccountView] = field(default_factory=dict)
+    totals: dict[int, PartitionTotals] = field(default_factory=dict)
+    status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: int = 0
+
+
+def rebuild_part(settings: Settings, store_dir: str, partitions: list[int] | None,
+                 show_progress: bool) -> RebuiltPart:
+    """Fold some ledger and outcome partitions (None: all) into a fresh store at `store_dir`.
+    The topics are co-partitioned, so partition p of both is one process's share."""
+    part = RebuiltPart()
+    store = Rdict(store_dir)
     requests_topic = settings.topic(topics.REQUESTS)
     progress = progress_bar("rebuild views: ledger.events", enabled=show_progress)
     batch = WriteBatch()
     gc.disable()  # many live objects: generational GC would rescan them all (measured: ~2x slower)
     try:
-        for msg in read_topic(settings, settings.topic(topics.LEDGER)):
+        for msg in read_topic(settings, settings.topic(topics.LEDGER), partitions=partitions):
             progress.update()
             raw, offset, partition = msg.value(), msg.offset(), msg.partition()
             event = parse_ledger_event(raw)
             if event is None:
                 continue   # the live views count and skip it too
             account, seq = event["account"], event["seq"]
-            view = views.accounts.get(account)
+            view = part.accounts.get(account)
             verdict = classify(view, seq, offset)
             if verdict is not Applied.NEW:
                 continue
-            view = views.accounts[account] = apply_to_account(view, event, offset)
+            view = part.accounts[account] = apply_to_account(view, event, offset)
             batch.put(history_key(account, seq), raw)
-            totals = views.totals.get(partition)
+            totals = part.totals.get(partition)
             if totals is None:
-                totals = views.totals[partition] = PartitionTotals()
+                totals = part.totals[partition] = PartitionTotals()
             totals.count(event, offset, requests_topic, view.currency)
-            views.events += 1
+            part.events += 1
             if len(batch) >= _FLUSH_EVERY:
-                views.store.write(batch)
+                store.write(batch)
                 batch = WriteBatch()
+        for account, view in part.accounts.items():
+            batch.put(b"a:" + account.encode(), view.to_bytes())
+        store.write(batch)
+        progress.close()
+        outcomes = progress_bar("rebuild views: transfers.outcomes", "records",
+                                enabled=show_progress)
+        for msg in read_topic(settings, settings.topic(topics.OUTCOMES), partitions=partitions):
+            outcomes.update()
+            out = parse_outcome(msg.value())
+            if out is None:
+                continue
+            key = outcome_key(out)
+            new = merge_status(part.status.get(key), out)
+            if new is not None:
+                part.status[key] = new
+        outcomes.close()
     finally:
         gc.enable()
-    for account, view in views.accounts.items():
-        batch.put(b"a:" + account.encode(), view.to_bytes())
-    views.store.write(batch)
-    progress.close()
-    outcomes = progress_bar("rebuild views: transfers.outcomes", "records", enabled=show_progress)
-    for msg in read_topic(settings, settings.topic(topics.OUTCOMES)):
-        outcomes.update()
-        out = parse_outcome(msg.value())
-        if out is None:
-            continue
-        key = outcome_key(out)
-        new = merge_status(views.status.get(key), out)
-        if new is not None:
-            views.status[key] = new
-    outcomes.close()
+        store.close()
+    return part
+
+
+def rebuild(settings: Settings, store_dir: str, show_progress: bool = True,
+            processes: int = 1) -> RebuiltViews:
+    """Fold the ledger and the outcomes from the beginning into fresh stores: in one
+    process, or in `processes`, each folding its share of the partitions into a store of its
+    own (every view is of one partition, so the shares never meet)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    started = time.monotonic()
+    if processes <= 1:
+        dirs, parts = [store_dir], [rebuild_part(settings, store_dir, None, show_progress)]
+    else:
+        ledger = settings.topic(topics.LEDGER)
+        count = len(AdminClient(kafka.client_config(settings, kafka.TOOLS)).list_topics(
+            ledger, timeout=30).topics[ledger].partitions)
+        groups = [list(range(i, count, processes)) for i in range(min(processes, count))]
+        dirs = [os.path.join(store_dir, f"part-{i}") for i in range(len(groups))]
+        with ProcessPoolExecutor(len(groups), mp_context=get_context("spawn")) as pool:
+            parts = list(pool.map(rebuild_part, [settings] * len(groups), dirs, groups,
+                                  [False] * len(groups)))
+    views = RebuiltViews([Rdict(d) for d in dirs], processes=len(dirs))
+    for i, part in enumerate(parts):
+        assert not views.accounts.keys() & part.accounts.keys()   # an account is one partition's
+        views.accounts.update(part.accounts)
+        views.where.update(dict.fromkeys(part.accounts, i))
+        views.totals.update(part.totals)
+        views.status.update(part.status)
+        views.events += part.events
     views.seconds = time.monotonic() - started
     return views
 
@@ -185,11 +235,12 @@ async def compare(views: RebuiltViews, url: str, partitions: int, api_key: str,
     return diffs
 
 
-def main(settings: Settings, url: str | None, store_dir: str | None) -> int:
+def main(settings: Settings, url: str | None, store_dir: str | None, processes: int = 1) -> int:
     store_dir = store_dir or tempfile.mkdtemp(prefix="bank-replay-views-")
-    views = rebuild(settings, store_dir)
+    views = rebuild(settings, store_dir, processes=processes)
     print(f"rebuilt {len(views.accounts)} accounts, {views.events} ledger events, "
-          f"{len(views.status)} request statuses in {views.seconds:.1f} s into {store_dir}")
+          f"{len(views.status)} request statuses in {views.seconds:.1f} s into {store_dir} "
+          f"({views.processes} process{'es' if views.processes > 1 else ''})")
     if url is None:
         return 0
     import aiohttp

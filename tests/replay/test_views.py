@@ -59,6 +59,13 @@ def test_rebuilt_views_equal_the_live_ones_after_crashes(settings, pool_factory,
     for url in urls:
         assert asyncio.run(compare(views_rebuilt, url, settings.partitions, current_key(),
                                    show_progress=False)) == []
+    # rebuilt in two processes, each folding half the partitions into a store of its own: the same
+    in_two = rebuild(settings, str(tmp_path / "rebuilt-2"), show_progress=False, processes=2)
+    assert in_two.processes == 2 and in_two.events == report.events
+    assert (in_two.accounts, in_two.status, in_two.totals) == \
+        (views_rebuilt.accounts, views_rebuilt.status, views_rebuilt.totals)
+    assert asyncio.run(compare(in_two, urls[0], settings.partitions, current_key(),
+                               show_progress=False)) == []
     # the comparison can fail: a rebuilt view that disagrees is named
     victim = names[3]
     views_rebuilt.accounts[victim].balance += 1

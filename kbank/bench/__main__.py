@@ -196,6 +196,8 @@ def replay_main(args: argparse.Namespace) -> int:
     else:
         print(f"ledger events           {result['ledger_events']:,}")
         print(f"replay views (rebuild)  {result['rebuild_events_per_s']:,.0f} events/s")
+        print(f"  in {result['verify_processes']} processes  "
+              f"{result['rebuild_parallel_events_per_s']:,.0f} events/s")
         print(f"replay verify           {result['verify_events_per_s']:,.0f} events/s "
               f"({'OK' if result['verify_ok'] else 'FAILED'})")
         print(f"  in {result['verify_processes']} processes  "
@@ -205,7 +207,7 @@ def replay_main(args: argparse.Namespace) -> int:
               f"{result['incremental_verify_s']} s "
               f"({'OK' if result['incremental_ok'] else 'FAILED'})")
     return 0 if result["verify_ok"] and result["verify_parallel_ok"] and \
-        result["incremental_ok"] else 1
+        result["incremental_ok"] and result["rebuild_parallel_ok"] else 1
 
 
 def restore_main(args: argparse.Namespace) -> int:

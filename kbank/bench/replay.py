@@ -86,10 +86,14 @@ def replay_speed(settings: Settings, events: int, accounts: int) -> dict[str, fl
     start = time.perf_counter()
     views = rebuild(settings, tempfile.mkdtemp(prefix="bank-bench-replay-"))
     rebuild_s = time.perf_counter() - start
+    processes = os.cpu_count() or 1
+    start = time.perf_counter()
+    in_parallel = rebuild(settings, tempfile.mkdtemp(prefix="bank-bench-replay-"),
+                          show_progress=False, processes=processes)
+    rebuild_parallel_s = time.perf_counter() - start
     start = time.perf_counter()
     report = verify(settings, show_progress=True)
     verify_s = time.perf_counter() - start
-    processes = os.cpu_count() or 1
     start = time.perf_counter()
     parallel = verify(settings, processes=processes)
     parallel_s = time.perf_counter() - start
@@ -105,6 +109,8 @@ def replay_speed(settings: Settings, events: int, accounts: int) -> dict[str, fl
     return {"incremental_new_events": added, "incremental_verify_s": round(incremental_s, 2),
             "incremental_ok": incremental.ok and incremental.events == written + added,
             "ledger_events": written, "rebuilt_events": views.events,
+            "rebuild_parallel_events_per_s": written / rebuild_parallel_s,
+            "rebuild_parallel_ok": in_parallel.events == views.events,
             "rebuild_events_per_s": written / rebuild_s, "verified_events": report.events,
             "verify_events_per_s": written / verify_s, "verify_ok": report.ok,
             "verify_processes": processes, "verify_parallel_events_per_s": written / parallel_s,

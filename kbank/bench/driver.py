@@ -64,7 +64,19 @@ class BenchResult:
         out = asdict(self)
         for name in ("initiation", "completion", "timeline"):
             out.pop(name)
+        out["transfers_per_cpu_s"], out["transfers_per_cpu_s_without_load_generator"] = \
+            (round(x, 1) for x in per_cpu_second(self.cpu_us_per_transfer))
         return out
+
+
+def per_cpu_second(cpu_us: dict[str, float]) -> tuple[float, float]:
+    """Transfers per second of CPU the processes used, with and without the load generator
+    (the broker's JIT is a part of the broker's figure, so it is not added again)."""
+    def per(kinds: list[str]) -> float:
+        used = sum(cpu_us[k] for k in kinds)
+        return 1e6 / used if used > 0 else 0.0
+    kinds = [k for k in cpu_us if k != "broker JIT"]
+    return per(kinds), per([k for k in kinds if k != "load generator"])
 
 
 # the load generator shares the broker: fewer, fuller fetches and produce requests (linger 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+from kbank.bench.driver import per_cpu_second
 from kbank.bench.histogram import LatencyHistogram
 from kbank.bench.procs import Timeline
 
@@ -53,3 +54,9 @@ def test_timeline_cpu_per_transfer_in_the_last_minute():
 def test_the_last_sample_a_moment_short_of_the_minute_still_ends_it():
     tl = Timeline(t=[0.0, 30.0, 59.8], finished=[0, 3000, 5980])
     assert tl.per_minute() == [100.0]
+
+
+def test_transfers_per_cpu_second_with_and_without_the_load_generator():
+    cpu = {"engine": 50.0, "broker": 30.0, "broker JIT": 10.0, "load generator": 20.0}
+    assert per_cpu_second(cpu) == (1e6 / 100, 1e6 / 80)   # the JIT is inside the broker's 30
+    assert per_cpu_second({}) == (0.0, 0.0)

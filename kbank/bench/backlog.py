@@ -9,23 +9,18 @@ each process kind used while draining is reported per transfer.
 """
 from __future__ import annotations
 
-import os
 import random
 import threading
-import uuid
-from dataclasses import replace
 
-from kbank.bench.driver import OutcomeClock, open_accounts
+from kbank.bench.driver import fresh_deployment, opened_by_engine
 from kbank.bench.procs import cpu_by_kind
 from kbank.streams import kafka
 from kbank.streams.client import OutcomeTail, RequestSender
 from kbank.streams.config import Settings
 from kbank.streams.model import request_key
-from kbank.streams.principals import secure_deployment
 from kbank.streams.progress import progress_bar, wait_with_progress
 from kbank.streams.supervisor import WorkerPool, wait_for_views
 from kbank.streams.broker import free_port
-from kbank.streams.topics import ensure_topics
 
 
 class DrainClock:
@@ -57,19 +52,8 @@ class DrainClock:
 
 def drain_speed(settings: Settings, *, workers: int, views: int, accounts: int, backlog: int,
                 broker_pids: list[int], seed: int = 3) -> dict[str, object]:
-    settings = replace(settings, topic_prefix=f"bench-backlog-{uuid.uuid4().hex[:8]}-")
-    if settings.kafka_credentials:
-        credentials = os.path.join(settings.state_dir, f"{settings.topic_prefix}credentials")
-        settings = secure_deployment(settings, kafka.client_config(settings, kafka.ADMIN),
-                                     credentials)
-    ensure_topics(settings)
-    engine = WorkerPool(settings, workers)
-    clock = OutcomeClock(settings)
-    try:
-        open_accounts(RequestSender(settings), clock, accounts, deposit=10_000_000)
-    finally:
-        clock.close()
-        engine.stop_all()
+    settings = fresh_deployment(settings, "backlog")
+    opened_by_engine(settings, accounts, deposit=10_000_000, workers=workers)
     rng = random.Random(seed)
     sender = RequestSender(settings)
     keys = set()

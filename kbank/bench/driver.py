@@ -154,6 +154,29 @@ def open_accounts(sender: RequestSender, clock: OutcomeClock, accounts: int, dep
     bar.close()
 
 
+def fresh_deployment(settings: Settings, label: str) -> Settings:
+    """Settings of a deployment of its own (a new topic prefix; on a secured cluster, its own
+    principals and ACLs), its topics made."""
+    settings = replace(settings, topic_prefix=f"bench-{label}-{uuid.uuid4().hex[:8]}-")
+    if settings.kafka_credentials:
+        credentials = os.path.join(settings.state_dir, f"{settings.topic_prefix}credentials")
+        settings = secure_deployment(settings, kafka.client_config(settings, kafka.ADMIN),
+                                     credentials)
+    ensure_topics(settings)
+    return settings
+
+
+def opened_by_engine(settings: Settings, accounts: int, deposit: int, workers: int = 1) -> None:
+    """Open and fund accounts a0.. with engine workers started for it and stopped after."""
+    engine = WorkerPool(settings, workers)
+    clock = OutcomeClock(settings)
+    try:
+        open_accounts(RequestSender(settings), clock, accounts, deposit=deposit)
+    finally:
+        clock.close()
+        engine.stop_all()
+
+
 def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float, warmup: float,
           rate: float | None, inflight: int, zipf: float | None, seed: int = 1,
           pids_by_kind: dict[str, list[int]] | None = None) -> BenchResult:
@@ -254,12 +277,7 @@ def run_bench(settings: Settings, *, workers: int, accounts: int, seconds: float
               broker_pids: list[int] | None = None) -> BenchResult:
     """One benchmark run on fresh topics with `workers` engine processes (and `views` views
     workers folding the ledger meanwhile, their CPU measured too)."""
-    settings = replace(settings, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}-")
-    if settings.kafka_credentials:   # a secured broker: this run's own principals and ACLs
-        credentials = os.path.join(settings.state_dir, f"{settings.topic_prefix}credentials")
-        settings = secure_deployment(settings, kafka.client_config(settings, kafka.ADMIN),
-                                     credentials)
-    ensure_topics(settings)
+    settings = fresh_deployment(settings, "run")
     pools = [WorkerPool(settings, workers, log_dir)]
     if views:
         pools.append(WorkerPool(settings, views, log_dir, command="views",

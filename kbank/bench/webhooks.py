@@ -9,24 +9,19 @@ in this process, answering 200 at once) got; the worker's CPU per delivery is re
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
-import uuid
 from dataclasses import replace
 
 from aiohttp import web
 
-from kbank.bench.driver import OutcomeClock, open_accounts
+from kbank.bench.driver import fresh_deployment, opened_by_engine
 from kbank.bench.procs import cpu_by_kind
 from kbank.streams import kafka, topics
 from kbank.streams.broker import free_port
-from kbank.streams.client import RequestSender
 from kbank.streams.config import Settings
-from kbank.streams.principals import secure_deployment
 from kbank.streams.progress import wait_with_progress
 from kbank.streams.supervisor import WorkerPool
-from kbank.streams.topics import ensure_topics
 from kbank.streams.webhooks.rules import EVENT_ID_HEADER, new_webhook
 
 
@@ -64,23 +59,12 @@ class Receiver:
 
 
 def delivery_speed(settings: Settings, events: int, concurrency: int = 64) -> dict[str, object]:
-    settings = replace(settings, topic_prefix=f"bench-webhooks-{uuid.uuid4().hex[:8]}-")
-    if settings.kafka_credentials:
-        credentials = os.path.join(settings.state_dir, f"{settings.topic_prefix}credentials")
-        settings = secure_deployment(settings, kafka.client_config(settings, kafka.ADMIN),
-                                     credentials)
     receiver = Receiver()
-    settings = replace(settings, webhook_allowed_hosts=f"127.0.0.1:{receiver.port}",
+    settings = replace(fresh_deployment(settings, "webhooks"),
+                       webhook_allowed_hosts=f"127.0.0.1:{receiver.port}",
                        webhook_concurrency=concurrency)
-    ensure_topics(settings)
     accounts = max(1, events // 2)
-    engine = WorkerPool(settings, 1)
-    clock = OutcomeClock(settings)
-    try:
-        open_accounts(RequestSender(settings), clock, accounts, deposit=1_000)
-    finally:
-        clock.close()
-        engine.stop_all()
+    opened_by_engine(settings, accounts, deposit=1_000)
     hook = new_webhook({"url": f"http://127.0.0.1:{receiver.port}/hook"}, "bench", True,
                        frozenset({f"127.0.0.1:{receiver.port}"}), int(time.time() * 1000))
     producer = kafka.producer(settings, kafka.INTAKE)

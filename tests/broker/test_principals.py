@@ -88,6 +88,8 @@ def test_each_principal_writes_only_what_its_role_writes(secured, role, allowed,
     (ENGINE, topics.REQUESTS, topics.OUTCOMES, "bank-engine"),
     (TOOLS, topics.CHANGELOG, None, "bank-reader-t"),
     (WEBHOOKS, topics.LEDGER, topics.CHANGELOG, "bank-webhooks"),
+    (CLIENT, topics.OUTCOMES, topics.WEBHOOKS, "client-t"),   # the signing secrets
+    (INTAKE, topics.OUTCOMES, topics.WEBHOOKS, "bank-web-outcomes-t"),   # writes, never reads
 ])
 def test_each_principal_reads_only_what_its_role_reads(secured, role, allowed, refused, group):
     assert _read(secured, role, allowed, group) is None

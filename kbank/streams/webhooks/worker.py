@@ -68,7 +68,9 @@ class WebhookWorker:
         self.owned: set[int] = set()
         self.pending: dict[bytes, Delivery] = {}
         self.due: dict[str, list[tuple[int, int, bytes]]] = {}   # hook -> heap of (next_ms, n, key)
-        self.known: dict[int, set[bytes]] = {}             # partition -> delivery keys seen
+        # partition -> delivery key -> its event's offset, for the events past the committed
+        # position (what a re-read after a crash brings again); pruned at each commit
+        self.known: dict[int, dict[bytes, int]] = {}
         self.waiting: dict[str, int] = {}                  # hook id -> pending deliveries
         self.calls: dict[str, int] = {}                    # hook id -> calls in flight
         self.in_flight: set[bytes] = set()
@@ -111,7 +113,7 @@ class WebhookWorker:
                 latest[key] = delivery
         self.owned.add(partition)
         self.redrives[partition] = applied
-        self.known[partition] = {k for k, d in latest.items() if d.offset >= committed}
+        self.known[partition] = {k: d.offset for k, d in latest.items() if d.offset >= committed}
         now = _now_ms()
         for key, delivery in latest.items():
             if delivery.status == PENDING and delivery.webhook_id in self.registrations.hooks:
@@ -133,7 +135,7 @@ class WebhookWorker:
             key = delivery_key(hook.id, ev_id)
             if key in self.known[partition]:
                 continue     # a copy of the event, or one read again after a crash
-            self.known[partition].add(key)
+            self.known[partition][key] = msg.offset()
             delivery = Delivery(hook.id, ev_id, partition, msg.offset(),
                                 payload(hook.id, event, partition, msg.offset()).decode(),
                                 next_ms=now, updated_ms=now)
@@ -285,6 +287,7 @@ class WebhookWorker:
                     if owned:
                         await loop.run_in_executor(
                             None, lambda: self.consumer.commit(offsets=owned, asynchronous=False))
+                        self._forget_committed(owned)
                 self.apply_redrives()
                 started = self.dispatch(session)
                 self.producer.poll(0)
@@ -293,6 +296,13 @@ class WebhookWorker:
                     await asyncio.sleep(_TICK_S)
         await loop.run_in_executor(None, self.producer.flush, 30)
         self.consumer.close()
+
+    def _forget_committed(self, committed: list[TopicPartition]) -> None:
+        """A committed event is never read again: its delivery keys need not be kept."""
+        for tp in committed:
+            known = self.known.get(tp.partition)
+            if known:
+                self.known[tp.partition] = {k: o for k, o in known.items() if o >= tp.offset}
 
     def _check_attempt(self, task: asyncio.Future) -> None:
         """An attempt that raised is a bug here (a receiver's failures are caught): stop

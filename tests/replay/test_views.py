@@ -64,8 +64,7 @@ def test_rebuilt_views_equal_the_live_ones_after_crashes(settings, pool_factory,
     assert in_two.processes == 2 and in_two.events == report.events
     assert (in_two.accounts, in_two.status, in_two.totals) == \
         (views_rebuilt.accounts, views_rebuilt.status, views_rebuilt.totals)
-    assert asyncio.run(compare(in_two, urls[0], settings.partitions, current_key(),
-                               show_progress=False)) == []
+    assert all(in_two.history(name) == views_rebuilt.history(name) for name in in_two.accounts)
     # the comparison can fail: a rebuilt view that disagrees is named
     victim = names[3]
     views_rebuilt.accounts[victim].balance += 1

@@ -19,12 +19,13 @@ from jsonschema import Draft202012Validator
 
 import kbank
 from kbank.client import verify_webhook
-from kbank.streams import topics
+from kbank.streams import kafka, topics
 from kbank.streams.apikeys import CLIENT
 from kbank.streams.client import read_topic
 from kbank.streams.keystore import create_key
 from kbank.streams.views.fold import parse_ledger_event
-from kbank.streams.webhooks.rules import EVENT_ID_HEADER, SIGNATURE_HEADER, event_id, verify_signature
+from kbank.streams.webhooks.rules import (EVENT_ID_HEADER, SIGNATURE_HEADER, Webhook, event_id,
+                                          new_webhook, verify_signature)
 from tests.http import get_json, request
 from tests.workload import Workload, wait_until
 
@@ -214,6 +215,12 @@ def test_registrations_are_checked_and_owned(settings, views_factory, receiver):
     assert request("DELETE", f"{url}/webhooks/{mine['id']}", key=alice).status == 200
 
 
+def _register(settings, hook: Webhook) -> None:
+    producer = kafka.producer(settings, kafka.INTAKE)
+    producer.produce(settings.topic(topics.WEBHOOKS), key=hook.id.encode(), value=hook.to_bytes())
+    assert producer.flush(30) == 0
+
+
 def _committed_to_end(settings) -> bool:
     """The webhook workers' group has committed every ledger partition past its last record
     (a transaction's commit marker may follow it: that offset is never delivered)."""
@@ -231,18 +238,20 @@ def _committed_to_end(settings) -> bool:
 
 
 @pytest.mark.parametrize("unsafe", [False, True], ids=["safe", "unsafe-commit-first"])
-def test_events_read_before_a_sigkill_are_delivered_after_it(
-        settings, pool_factory, views_factory, receiver, unsafe):
+def test_events_read_before_a_sigkill_are_delivered_after_it(settings, pool_factory, receiver,
+                                                           unsafe):
     """The worker reads every event while its webhook is paused (so none is delivered),
     commits its ledger position, and is SIGKILLed; once restarted and resumed, every event
     arrives. The unsafe control keeps new deliveries in memory only: they are lost."""
     settings = replace(settings, webhook_allowed_hosts=f"127.0.0.1:{receiver.port}",
                        unsafe_webhooks_commit_first=unsafe)
     pool_factory(settings, 1)
-    url = views_factory(settings, 1).url("0")
     hooks = pool_factory(settings, 1, "webhooks")
-    hook = _post(f"{url}/webhooks", {"url": f"http://127.0.0.1:{receiver.port}/ok"})
-    _post(f"{url}/webhooks/{hook['id']}/pause", {}, expect=200)
+    # registered straight on the topic (as the intake would), paused: the routes are the
+    # other tests'; this one needs no views worker
+    hook = new_webhook({"url": f"http://127.0.0.1:{receiver.port}/ok"}, "op", True,
+                       frozenset({f"127.0.0.1:{receiver.port}"}), 0)
+    _register(settings, replace(hook, state="paused"))
     work = Workload(settings)
     names = [f"acct-{i}" for i in range(4)]
     work.open_accounts(names, 1_000)
@@ -253,7 +262,7 @@ def test_events_read_before_a_sigkill_are_delivered_after_it(
     assert receiver.ids("ok") == set()          # paused: nothing went out
     hooks.kill("0", signal.SIGKILL)
     hooks.start("0")
-    _post(f"{url}/webhooks/{hook['id']}/resume", {}, expect=200)
+    _register(settings, hook)                   # resumed
     work.open_accounts(["marker"], 1)           # an event after the restart, delivered first or not
     marker = set(_wanted(settings, {"marker"}))
     wait_until(lambda: receiver.ids("ok") >= marker, 60, "the worker to deliver again")

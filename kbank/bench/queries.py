@@ -18,9 +18,8 @@ from rocksdict import Options, Rdict
 
 from kbank.streams.model import DAY_MS, Account, GENESIS_HASH, Position, chain_event, ledger_event
 from kbank.streams.views import queries
-from kbank.streams.views.fold import (BY_BALANCE, AccountView, ranked_figure, ranking_entries,
-                                      ranking_figure)
-from kbank.streams.views.queries import parse_rank_value, top_ranked
+from kbank.streams.views.fold import BY_BALANCE, AccountView, ranked_figure, ranking_entries
+from kbank.streams.views.queries import parse_rank_value, rank_value, top_ranked
 from kbank.streams.views.store import ViewKeys, split_history_value
 
 T0 = 20_000 * DAY_MS
@@ -81,10 +80,9 @@ def _ranking_cost(db_path: str, accounts: int, repeats: int) -> dict[str, float]
             view = AccountView(balance=rng.randrange(1, 10**9), seq=2, active_day=T0 // DAY_MS,
                                active=2)
             db[ViewKeys.account(f"a{i}")] = view.to_bytes()
-            for ranking, group, bucket in ranking_entries(view):
-                figure = ranking_figure(view, ranking, group) or 0
+            for (ranking, group, bucket), figure in ranking_entries(view):
                 db[ViewKeys.rank(ranking, group, bucket, f"a{i}")] = \
-                    f"{bucket} {figure} a{i}".encode()
+                    rank_value(bucket, figure, f"a{i}")
         prefix = ViewKeys.rank_prefix(BY_BALANCE, "USD")
 
         def entries():  # noqa: ANN202 - the store's values(partition, prefix)

@@ -13,7 +13,7 @@ partition's chain ends: the anchor an operator keeps elsewhere.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -37,6 +37,10 @@ class AccountFold:
     max_balance: int | None = None
     state: str = OPEN
     base: int = 0       # seqs up to here were folded before a checkpoint; their raw events are not kept
+
+    def without_events(self) -> "AccountFold":
+        """This account as a checkpoint keeps it: everything but its raw events."""
+        return replace(self, events=[], base=self.seq)
 
     def raw(self, seq: int) -> bytes | None:
         """The applied event of this seq, if this fold kept it."""

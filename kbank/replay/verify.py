@@ -24,7 +24,7 @@ from __future__ import annotations
 import gc
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 
@@ -32,9 +32,9 @@ from typing import Any
 
 from kbank.replay.checkpoint import Checkpoint, matches_log
 from kbank.replay.ledger import AccountFold, ChainHead, LedgerFold
+from kbank.replay.parallel import in_processes, partition_shares
 from kbank.streams.progress import progress_bar
 from confluent_kafka import TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from kbank.streams import kafka, topics
 from kbank.streams.client import read_topic
@@ -293,9 +293,10 @@ def check_requests(request_ids: list[str], outcomes: dict[str, str], report: Ver
             report.violations.append(f"request {rid} is still {status}")
 
 
-def fold_outcomes(values: list[dict]) -> dict[str, str]:
-    """request key -> status, the furthest along (model.status_moves)."""
-    status: dict[str, str] = {}
+def fold_outcomes(values: list[dict], status: dict[str, str] | None = None) -> dict[str, str]:
+    """request key -> status, the furthest along (model.status_moves); `status`: go on from
+    these (updated in place)."""
+    status = {} if status is None else status
     for out in values:
         if not isinstance(out.get("request_id"), str):
             continue
@@ -404,17 +405,9 @@ def fold_in_parallel(settings: Settings, topic: str, processes: int,
     """Fold the ledger's partitions in `processes` processes (the ledger is partitioned by
     account, so every per-account check is local), then merge their sums for the global
     checks."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    found = AdminClient(kafka.client_config(settings, kafka.TOOLS)).list_topics(
-        topic, timeout=30).topics[topic]
-    count = len(found.partitions)
-    groups = [list(range(i, count, processes)) for i in range(min(processes, count))]
-    with ProcessPoolExecutor(len(groups), mp_context=get_context("spawn")) as pool:
-        parts = list(pool.map(_fold_part, [settings] * len(groups), [topic] * len(groups),
-                              groups, [anchor or []] * len(groups)))
-    return merge_folds(parts)
+    shares = partition_shares(settings, topic, processes)
+    return merge_folds(in_processes(_fold_part, [(settings, topic, share, anchor or [])
+                                                 for share in shares]))
 
 
 @dataclass
@@ -449,9 +442,7 @@ def fold_requests(settings: Settings, report: VerifyReport,
             values.append(value)
         except (orjson.JSONDecodeError, TypeError) as exc:
             report.violations.append(f"{_Where(msg)}: malformed outcome ({exc})")
-    for key, status in fold_outcomes(values).items():
-        if status_moves(state.status.get(key), {"status": status}):
-            state.status[key] = status
+    fold_outcomes(values, state.status)
     seen: set[str] = set(state.keys)
     for msg in read_topic(settings, settings.topic(topics.REQUESTS), start=state.requests_next):
         state.requests_next[msg.partition()] = msg.offset() + 1
@@ -502,7 +493,7 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
     check_requests(requests.keys, requests.status, report, require_final)
     for name in ("requests", "requests_with_outcome", "requests_final", "completed", "rejected"):
         setattr(report, name, getattr(report, name) + requests.carried[name])
-    report.checkpoint = snapshot(topic, fold, checks, open_transfers, requests, report)
+    report.checkpoint = snapshot(topic, fold, checks, open_transfers, requests)
     return report
 
 
@@ -514,8 +505,7 @@ def open_items(checks: LedgerChecks) -> dict[str, list[int]]:
 
 
 def snapshot(topic: str, fold: LedgerFold, checks: LedgerChecks,
-             open_transfers: dict[str, list[int]], requests: RequestFold,
-             report: VerifyReport) -> Checkpoint:
+             open_transfers: dict[str, list[int]], requests: RequestFold) -> Checkpoint:
     """Where this verify ended, as a checkpoint (written only if it passed)."""
     final_counts = {"requests": 0, "requests_with_outcome": 0, "requests_final": 0,
                     "completed": 0, "rejected": 0}
@@ -539,10 +529,8 @@ def snapshot(topic: str, fold: LedgerFold, checks: LedgerChecks,
         holds_done[checks.settled[hold_id][0][0]] += 1
     return Checkpoint(
         ledger_topic=topic, ledger_next=dict(fold.ends),
-        heads={p: ChainHead(h.offset, h.hash, h.events) for p, h in fold.heads.items()},
-        accounts={n: AccountFold(a.balance, a.seq, [], a.currency, a.overdraft_limit,
-                                 a.max_balance, a.state, a.seq)
-                  for n, a in fold.accounts.items()},
+        heads={p: replace(h) for p, h in fold.heads.items()},
+        accounts={n: a.without_events() for n, a in fold.accounts.items()},
         applied=fold.applied, duplicates=fold.duplicates,
         money={cur: [m.deposits, m.withdrawals] for cur, m in checks.money.items()},
         open_transfers=open_transfers,
@@ -555,11 +543,9 @@ def snapshot(topic: str, fold: LedgerFold, checks: LedgerChecks,
 
 def restored(cp: Checkpoint) -> tuple[LedgerFold, LedgerChecks]:
     """A fold and its checks as the checkpoint left them."""
-    fold = LedgerFold(accounts={n: AccountFold(a.balance, a.seq, [], a.currency,
-                                               a.overdraft_limit, a.max_balance, a.state, a.seq)
-                                for n, a in cp.accounts.items()},
+    fold = LedgerFold(accounts={n: a.without_events() for n, a in cp.accounts.items()},
                       applied=cp.applied, duplicates=cp.duplicates,
-                      heads={p: ChainHead(h.offset, h.hash, h.events) for p, h in cp.heads.items()},
+                      heads={p: replace(h) for p, h in cp.heads.items()},
                       ends=dict(cp.ledger_next))
     checks = LedgerChecks()
     for cur, (deposits, withdrawals) in cp.money.items():

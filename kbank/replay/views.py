@@ -18,19 +18,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka.admin import AdminClient
 from rocksdict import Rdict, WriteBatch
 
 from kbank.streams.progress import progress_bar
-from kbank.streams import kafka, topics
+from kbank.replay.parallel import in_processes, partition_shares
+from kbank.streams import topics
 from kbank.streams.apikeys import bearer
 from kbank.streams.client import read_topic
 from kbank.streams.config import Settings
 from urllib.parse import quote
 
-from kbank.streams.model import STATUS_RANK, outcome_key, split_request_key
+from kbank.streams.model import STATUS_RANK, outcome_key, parse_ledger_event, split_request_key
 from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
-                                global_figures, history_key, merge_status, parse_ledger_event,
+                                global_figures, history_key, merge_status,
                                 parse_outcome)
 
 _FLUSH_EVERY = 20_000
@@ -128,21 +128,14 @@ def rebuild(settings: Settings, store_dir: str, show_progress: bool = True,
     """Fold the ledger and the outcomes from the beginning into fresh stores: in one
     process, or in `processes`, each folding its share of the partitions into a store of its
     own (every view is of one partition, so the shares never meet)."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
     started = time.monotonic()
     if processes <= 1:
         dirs, parts = [store_dir], [rebuild_part(settings, store_dir, None, show_progress)]
     else:
-        ledger = settings.topic(topics.LEDGER)
-        count = len(AdminClient(kafka.client_config(settings, kafka.TOOLS)).list_topics(
-            ledger, timeout=30).topics[ledger].partitions)
-        groups = [list(range(i, count, processes)) for i in range(min(processes, count))]
-        dirs = [os.path.join(store_dir, f"part-{i}") for i in range(len(groups))]
-        with ProcessPoolExecutor(len(groups), mp_context=get_context("spawn")) as pool:
-            parts = list(pool.map(rebuild_part, [settings] * len(groups), dirs, groups,
-                                  [False] * len(groups)))
+        shares = partition_shares(settings, settings.topic(topics.LEDGER), processes)
+        dirs = [os.path.join(store_dir, f"part-{i}") for i in range(len(shares))]
+        parts = in_processes(rebuild_part, [(settings, d, share, False)
+                                            for d, share in zip(dirs, shares)])
     views = RebuiltViews([Rdict(d) for d in dirs], processes=len(dirs))
     for i, part in enumerate(parts):
         assert not views.accounts.keys() & part.accounts.keys()   # an account is one partition's

@@ -362,3 +362,45 @@ def outcome(account: str, request_id: str, status: str, ts: int, reason: str | N
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
 
+
+# -- reading records back: what a consumer of the change feed checks before it trusts one --
+
+def labels_ok(record: dict[str, Any]) -> bool:
+    """A record's metadata and external_ref, if any, are what a request may carry."""
+    return ("metadata" not in record or metadata_problem(record["metadata"]) is None) \
+        and ("external_ref" not in record or is_name(record["external_ref"]))
+
+
+def int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+_EVENT_INTS = ("seq", "amount", "ts")
+
+
+def parse_ledger_event(raw: bytes | None) -> dict[str, Any] | None:
+    """A ledger.events record with every field a reader relies on in range, or None: the
+    views count and skip anything else rather than fold it (or fail on it), the webhook
+    worker delivers nothing of it."""
+    try:
+        ev = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(ev, dict) or not is_name(ev.get("account")) \
+            or not is_name(ev.get("request_id")) or ev.get("kind") not in BALANCE_SIGN \
+            or not all(int_in(ev.get(f), 0, MAX_AMOUNT) for f in _EVENT_INTS) or ev["seq"] < 1 \
+            or not int_in(ev.get("balance"), -MAX_AMOUNT, MAX_AMOUNT) \
+            or not (ev.get("counterparty") is None or is_name(ev["counterparty"])) \
+            or not all(int_in(ev.get(f, 0), 0, MAX_AMOUNT) for f in ("held", "pending_in",
+                                                                       "released")) \
+            or not all(ev.get(f) is None or int_in(ev[f], 0, MAX_AMOUNT)
+                       for f in ("daily_limit", "overdraft_limit", "max_balance")) \
+            or not is_currency(ev.get("currency", DEFAULT_CURRENCY)) or not labels_ok(ev) \
+            or not ("link" not in ev or is_name(ev["link"])):
+        return None
+    source = ev.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("topic"), str) \
+            or not int_in(source.get("partition"), -1, 2**31) \
+            or not int_in(source.get("offset"), -1, 2**63 - 1):
+        return None
+    return ev

@@ -49,16 +49,15 @@ from faust.types import TP
 from kbank.streams import kafka, topics
 from kbank.streams.config import Settings
 from kbank.streams.generations import LIVE, live_generation, source_settings
-from kbank.streams.model import OPENED, is_final, outcome_key
+from kbank.streams.model import OPENED, is_final, outcome_key, parse_ledger_event
 from kbank.streams.kafka import client_config
 from kbank.streams.keystore import KeyRing
 from kbank.streams.views.credentials import faust_credentials
 from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, Ranked,
                                       apply_to_account, classify, index_entries, merge_status,
-                                      parse_ledger_event, parse_outcome, ranked_figure,
-                                      ranking_entries, ranking_figure, ranking_moves,
-                                      standing)
-from kbank.streams.views.queries import parse_rank_value, top_ranked
+                                      parse_outcome, ranked_figure,
+                                      ranking_entries, ranking_moves, standing)
+from kbank.streams.views.queries import highest, parse_rank_value, rank_value, top_ranked
 from kbank.streams.views.metrics import LagUnavailable, ViewsMetrics
 from kbank.streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys, split_history_value
 from kbank.streams.views.web import observe_middleware, register_routes
@@ -295,8 +294,7 @@ class ViewsWorker:
             self.move_in_rankings(account, *ranking_moves(before, view))
         else:   # the record applied last, again: its ranking writes may not have been made
             assert view is not None
-            self.move_in_rankings(account, [], [(e, ranking_figure(view, e[0], e[1]) or 0)
-                                                for e in ranking_entries(view)])
+            self.move_in_rankings(account, [], ranking_entries(view))
         if event["kind"] == OPENED:   # the accounts' indexes: by currency, by metadata pair
             for name, value in index_entries(event):
                 self.views[ViewKeys.index(name, value, account)] = account.encode(
@@ -312,7 +310,7 @@ class ViewsWorker:
             del self.views[ViewKeys.rank(ranking, group, bucket, account)]
         for (ranking, group, bucket), figure in written:
             self.views[ViewKeys.rank(ranking, group, bucket, account)] = \
-                f"{bucket} {figure} {account}".encode("utf-8", "surrogatepass")
+                rank_value(bucket, figure, account)
 
     def heal_gap(self, partition: int, start: int, end: int) -> None:
         """Fold the ledger records [start, end) of a partition again, read straight from the
@@ -396,7 +394,7 @@ class ViewsWorker:
             found, whole = top_ranked(entries, figure_of, limit, budget)
             rows += found
             complete &= whole
-        return sorted(rows, key=lambda row: (-row[0], row[1]))[:limit], complete
+        return highest(rows, limit), complete
 
     def history_entry(self, account: str, seq: int) -> tuple[dict[str, Any], int | None] | None:
         """One history entry: the event and its ledger offset."""

@@ -26,7 +26,7 @@ from kbank.streams.model import (BALANCE_SIGN, CREDITED, CURRENCY_DECIMALS, DAY_
                                  DEFAULT_CURRENCY, DEPOSITED, EXPIRED, HELD, HOLD_RELEASED,
                                  LIMITS_SET, MAX_AMOUNT, OPEN, OPENED, POSTED, REFUNDED, REJECTED,
                                  REJECTED_STATUS, STATE_AFTER, STATUS_RANK, WITHDRAWN,
-                                 is_currency, is_name, metadata_problem, status_moves)
+                                 int_in, is_name, labels_ok, status_moves)
 
 _OUTFLOW = {WITHDRAWN, DEBITED, HELD}   # what counts toward the daily limit when it happens
 
@@ -158,19 +158,20 @@ def magnitude_bucket(value: int) -> int:
     return _FINE * (exponent - 2) + ((value >> (exponent - 3)) - _FINE)
 
 
-def ranking_entries(view: AccountView) -> set[tuple[str, str, int]]:
-    """Where the account stands in the rankings: (ranking, group, bucket) for its balance
-    among its currency's positive balances, and for its activity among accounts active on
-    its last active UTC day. The views write the entries that change when an event moves
-    an account (ranking_moves)."""
-    entries = {(BY_ACTIVITY, str(view.active_day), magnitude_bucket(view.active))} \
-        if view.active > 0 else set()
-    if view.balance > 0:
-        entries.add((BY_BALANCE, view.currency, magnitude_bucket(view.balance)))
-    return entries
-
-
 Ranked = tuple[str, str, int]            # (ranking, group, bucket)
+
+
+def ranking_entries(view: AccountView) -> list[tuple[Ranked, int]]:
+    """Where the account stands in the rankings now, each entry with its figure: its balance
+    among its currency's positive balances, and its activity among the accounts active on
+    its last active UTC day. The views write the entries that change when an event moves
+    an account (ranking_moves), and all of them again for a re-delivered record."""
+    entries = [((BY_BALANCE, view.currency, magnitude_bucket(view.balance)), view.balance)] \
+        if view.balance > 0 else []
+    if view.active > 0:
+        entries.append(((BY_ACTIVITY, str(view.active_day), magnitude_bucket(view.active)),
+                        view.active))
+    return entries
 
 
 Standing = tuple[int, str, int, int]     # (balance, currency, active_day, active) of a view
@@ -373,59 +374,15 @@ def parse_outcome(raw: bytes | None) -> dict[str, Any] | None:
         out = orjson.loads(raw or b"")
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(out, dict) or not _name(out.get("request_id")) \
-            or not (out.get("account") is None or _name(out.get("account"))) \
+    if not isinstance(out, dict) or not is_name(out.get("request_id")) \
+            or not (out.get("account") is None or is_name(out.get("account"))) \
             or out.get("status") not in STATUS_RANK \
-            or not (out.get("ts") is None or _int_in(out.get("ts"), 0, MAX_AMOUNT)) \
+            or not (out.get("ts") is None or int_in(out.get("ts"), 0, MAX_AMOUNT)) \
             or not isinstance(out.get("hold", {}), dict) \
-            or not (out.get("requested_by") is None or _name(out["requested_by"])) \
-            or not _labels_ok(out):
+            or not (out.get("requested_by") is None or is_name(out["requested_by"])) \
+            or not labels_ok(out):
         return None
     return out
-
-
-def _labels_ok(record: dict[str, Any]) -> bool:
-    """A record's metadata and external_ref, if any, are what a request may carry."""
-    return ("metadata" not in record or metadata_problem(record["metadata"]) is None) \
-        and ("external_ref" not in record or _name(record["external_ref"]))
-
-
-def _name(value: Any) -> bool:
-    return is_name(value)
-
-
-def _int_in(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-_EVENT_INTS = ("seq", "amount", "ts")
-
-
-def parse_ledger_event(raw: bytes | None) -> dict[str, Any] | None:
-    """A ledger.events record with every field the fold reads in range, or None: the
-    views count and skip anything else rather than fold it (or fail on it)."""
-    try:
-        ev = orjson.loads(raw or b"")
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(ev, dict) or not _name(ev.get("account")) \
-            or not _name(ev.get("request_id")) or ev.get("kind") not in BALANCE_SIGN \
-            or not all(_int_in(ev.get(f), 0, MAX_AMOUNT) for f in _EVENT_INTS) or ev["seq"] < 1 \
-            or not _int_in(ev.get("balance"), -MAX_AMOUNT, MAX_AMOUNT) \
-            or not (ev.get("counterparty") is None or _name(ev["counterparty"])) \
-            or not all(_int_in(ev.get(f, 0), 0, MAX_AMOUNT) for f in ("held", "pending_in",
-                                                                       "released")) \
-            or not all(ev.get(f) is None or _int_in(ev[f], 0, MAX_AMOUNT)
-                       for f in ("daily_limit", "overdraft_limit", "max_balance")) \
-            or not is_currency(ev.get("currency", DEFAULT_CURRENCY)) or not _labels_ok(ev) \
-            or not ("link" not in ev or _name(ev["link"])):
-        return None
-    source = ev.get("source")
-    if not isinstance(source, dict) or not isinstance(source.get("topic"), str) \
-            or not _int_in(source.get("partition"), -1, 2**31) \
-            or not _int_in(source.get("offset"), -1, 2**63 - 1):
-        return None
-    return ev
 
 
 def hold_view(status: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ import aiohttp
 import orjson
 from aiohttp import web as aioweb
 
+from kbank.streams.decisions import parse_json
 from kbank.streams.views.fold import PartitionTotals
 from kbank.streams.views.reads import ViewsReads
 
@@ -34,6 +35,24 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 def error_response(exc: HTTPError) -> aioweb.Response:
     return json_response({"error": exc.error, "reason": exc.reason}, exc.status,
                          exc.headers or None)
+
+
+async def json_object(request: aioweb.Request) -> dict[str, Any]:
+    """A POST's body: a JSON object sent as application/json (a cross-site form can post
+    text/plain or form data, never application/json), else 415 or 400 with the reason."""
+    if request.content_type != "application/json":
+        raise HTTPError(415, "unsupported_media_type",
+                        "the body must be sent as Content-Type: application/json")
+    raw = await request.read()
+    if not raw:
+        raise HTTPError(400, "invalid", "empty body: expected a JSON object")
+    try:
+        body = parse_json(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, "invalid", f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise HTTPError(400, "invalid", "body must be a JSON object")
+    return body
 
 
 def caller_headers(request: aioweb.Request) -> dict[str, str]:
@@ -66,6 +85,20 @@ async def ask_peers(reads: ViewsReads, path: str, headers: dict[str, str],
 
     peers = [url for url in sorted(set(app.router.table_metadata(reads.table_name))) if is_peer(url)]
     return list(await asyncio.gather(*(ask(url) for url in peers)))
+
+
+async def every_peer(reads: ViewsReads, path: str, request: aioweb.Request,
+                     query: dict[str, str] | None = None) -> list[Any]:
+    """The JSON bodies of every other views worker's answer to `path`, asked with the
+    caller's key; one that does not answer 200 makes the whole query a 503 (a partial
+    answer would be a wrong one)."""
+    bodies = []
+    for url, status, body in await ask_peers(reads, path, caller_headers(request), 5.0, query):
+        if status != 200:
+            raise HTTPError(503, "unavailable", f"views worker {url} did not answer "
+                            f"({status}); retry", retry_after=1)
+        bodies.append(body)
+    return bodies
 
 
 async def gather_totals(worker: ViewsReads, headers: dict[str, str]) -> list[PartitionTotals]:

@@ -221,6 +221,11 @@ RankedEntry = tuple[int, int, str]      # (bucket, stored figure, account), high
 MAX_TOP = 100
 
 
+def rank_value(bucket: int, figure: int, account: str) -> bytes:
+    """A ranking index entry's value (its key: store.ViewKeys.rank)."""
+    return f"{bucket} {figure} {account}".encode("utf-8", "surrogatepass")
+
+
 def parse_rank_value(value: bytes) -> RankedEntry:
     bucket, figure, account = value.split(b" ", 2)
     return int(bucket), int(figure), account.decode("utf-8", "surrogatepass")
@@ -250,5 +255,10 @@ def top_ranked(entries: Iterable[RankedEntry], figure_of: Callable[[str, int, in
 
 
 def _best(found: dict[str, int], limit: int) -> list[tuple[int, str]]:
-    return sorted(((figure, account) for account, figure in found.items()),
-                  key=lambda row: (-row[0], row[1]))[:limit]
+    return highest([(figure, account) for account, figure in found.items()], limit)
+
+
+def highest(rows: list[tuple[int, str]], limit: int) -> list[tuple[int, str]]:
+    """The `limit` (figure, account) rows of a ranking's answer: highest figure first, ties
+    by account name (the order of a partition's, a worker's and the merged answer)."""
+    return sorted(rows, key=lambda row: (-row[0], row[1]))[:limit]

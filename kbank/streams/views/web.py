@@ -22,12 +22,12 @@ from faust.web import View
 
 from kbank.streams.apikeys import AUDITOR, OPERATOR, submit_refusal
 from kbank.streams.config import Settings
-from kbank.streams.decisions import MAX_NAME, Undecodable, deciding_account, parse_json, parse_request
+from kbank.streams.decisions import MAX_NAME, Undecodable, deciding_account, parse_request
 from kbank.streams.partitioning import partition_for
 from kbank.streams.views.console import register_console
 from kbank.streams.views.webhooks import register_webhook_routes
-from kbank.streams.views.http import (HTTPError, ask_peers, caller_headers, error_response, gather_totals,
-                                json_response)
+from kbank.streams.views.http import (HTTPError, caller_headers, error_response, every_peer,
+                                      gather_totals, json_object, json_response)
 from kbank.streams.views.reads import ViewsReads
 from kbank.streams.model import (DAY_MS, DECIDED_STATUSES, DEFAULT_CURRENCY, event_request_key,
                                  is_currency, request_key)
@@ -244,19 +244,7 @@ def register_routes(worker: ViewsReads) -> None:
             await asyncio.sleep(0.05)
 
     async def submit(request: aioweb.Request, transfers_only: bool) -> aioweb.Response:
-        if request.content_type != "application/json":
-            # a cross-site form can post text/plain or form data, never application/json
-            raise HTTPError(415, "unsupported_media_type",
-                            "the body must be sent as Content-Type: application/json")
-        raw = await request.read()
-        if not raw:
-            raise HTTPError(400, "invalid", "empty body: expected a JSON object")
-        try:
-            body = parse_json(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HTTPError(400, "invalid", f"body is not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise HTTPError(400, "invalid", "body must be a JSON object")
+        body = await json_object(request)
         if transfers_only:
             body.setdefault("type", "transfer")
             if body["type"] != "transfer":
@@ -449,12 +437,8 @@ def register_routes(worker: ViewsReads) -> None:
         known = {k: s["status"] for k in keys if (s := worker.request_status(k)) is not None}
         missing = [k for k in keys if k not in known]
         if missing:
-            for url, status, rows in await ask_peers(worker, "/internal/statuses",
-                                                     caller_headers(request), 5.0,
-                                                     {"keys": orjson.dumps(missing).decode()}):
-                if status != 200:
-                    raise HTTPError(503, "unavailable", f"views worker {url} did not answer "
-                                    f"({status}); retry", retry_after=1)
+            for rows in await every_peer(worker, "/internal/statuses", request,
+                                         {"keys": orjson.dumps(missing).decode()}):
                 known.update(rows)
         return known
 
@@ -552,12 +536,8 @@ def register_routes(worker: ViewsReads) -> None:
             router._ready()
             name, value, after, limit = index_query(request)
             found = set(worker.indexed_accounts(name, value, after, limit))
-            answers = await ask_peers(worker, "/internal/accounts", caller_headers(request), 5.0,
-                                      dict(request.query))
-            for url, status, rows in answers:
-                if status != 200:
-                    raise HTTPError(503, "unavailable", f"views worker {url} did not answer "
-                                    f"({status}); retry", retry_after=1)
+            for rows in await every_peer(worker, "/internal/accounts", request,
+                                         dict(request.query)):
                 found.update(rows)
             page = sorted(found)[:limit]
             return json_response({"accounts": page, "next_after": page[-1]
@@ -585,15 +565,11 @@ def register_routes(worker: ViewsReads) -> None:
         router._ready()
         name, group, limit = ranking_query(request, ranking)
         rows, complete = worker.top_accounts(name, group, limit, settings.web_query_budget)
-        answers = await ask_peers(worker, "/internal/top", caller_headers(request), 5.0,
-                                  {"ranking": name, "group": group, "limit": str(limit)})
-        for url, status, body in answers:
-            if status != 200:
-                raise HTTPError(503, "unavailable", f"views worker {url} did not answer "
-                                f"({status}); retry", retry_after=1)
+        for body in await every_peer(worker, "/internal/top", request,
+                                     {"ranking": name, "group": group, "limit": str(limit)}):
             rows += [tuple(row) for row in body["rows"]]
             complete &= body["complete"]
-        rows = sorted(rows, key=lambda row: (-row[0], row[1]))[:limit]
+        rows = queries.highest(rows, limit)
         figure = "balance" if ranking == BY_BALANCE else "events"
         scope = {"currency": group} if ranking == BY_BALANCE else \
             {"day": queries.format_day(int(group) * DAY_MS)}

@@ -10,7 +10,6 @@ an auditor's reads. Someone else's webhook is a 404, as if it did not exist.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import OrderedDict
 from dataclasses import replace
@@ -23,16 +22,14 @@ from faust.web import View
 from kbank.streams import kafka, topics
 from kbank.streams.apikeys import AUDITOR, OPERATOR, ApiKey
 from kbank.streams.config import Settings
-from kbank.streams.decisions import parse_json
 from kbank.streams.tail import TopicTail
 from kbank.streams.views.access import API_KEY
-from kbank.streams.views.http import HTTPError, json_response
+from kbank.streams.views.http import HTTPError, json_object, json_response
 from kbank.streams.views.reads import ViewsReads
-from kbank.streams.webhooks.rules import (ACTIVE, DELIVERED, FAILED, PAUSED, PENDING, Delivery,
+from kbank.streams.webhooks.rules import (ACTIVE, DELIVERED, FAILED, PAUSED, PENDING,
                                           REDRIVE_MARK, InvalidWebhook, Webhook, new_webhook)
-from kbank.streams.webhooks.registry import Registrations, allowed_hosts
+from kbank.streams.webhooks.registry import Registrations, allowed_hosts, read_delivery
 
-log = logging.getLogger("bank.webhooks")
 KEPT_PER_WEBHOOK = 10_000     # the newest deliveries a views worker keeps of each webhook
 Send = Callable[[bytes, "bytes | None", str], Awaitable[Any]]
 
@@ -49,10 +46,8 @@ class DeliveryLog:
     def _fold(self, msg: Message) -> None:
         if msg.value() is None or (msg.key() or b"").startswith(REDRIVE_MARK):
             return
-        try:
-            delivery = Delivery.from_bytes(msg.value())
-        except InvalidWebhook as exc:
-            log.error("skipping delivery record at %d@%d: %s", msg.partition(), msg.offset(), exc)
+        delivery = read_delivery(msg)
+        if delivery is None:
             return
         kept = self.by_hook.setdefault(delivery.webhook_id, OrderedDict())
         kept.pop(delivery.event_id, None)
@@ -126,15 +121,8 @@ def register_webhook_routes(worker: ViewsReads, send: Callable[[], Send]) -> Non
             """Register a URL for some ledger event kinds of some accounts; the signing secret
             is shown in this answer only."""
             await read_registrations()
-            if request.content_type != "application/json":
-                raise HTTPError(415, "unsupported_media_type",
-                                "the body must be sent as Content-Type: application/json")
-            try:
-                body = parse_json(await request.read())
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise HTTPError(400, "invalid", f"body is not JSON: {exc}") from None
+            body = await json_object(request)
             key: ApiKey | None = request[API_KEY]
-            registry()
             try:
                 hook = new_webhook(body, owner=key.id if key else "anonymous",
                                    may_watch_all=key is None or key.role == OPERATOR,
@@ -203,8 +191,8 @@ def register_webhook_routes(worker: ViewsReads, send: Callable[[], Send]) -> Non
                 raise HTTPError(400, "invalid", "limit must be an integer") from None
             if not 1 <= limit <= 1000:
                 raise HTTPError(400, "invalid", "limit must be between 1 and 1000")
-            log = tails.get("deliveries")
-            kept = list((log.by_hook.get(webhook_id) or {}).values()) if log else []
+            deliveries = tails.get("deliveries")
+            kept = list((deliveries.by_hook.get(webhook_id) or {}).values()) if deliveries else []
             wanted = request.query.get("event_id")
             rows = [d for d in reversed(kept) if (status is None or d["status"] == status)
                     and (wanted is None or d["event_id"] == wanted)]

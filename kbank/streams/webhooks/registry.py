@@ -1,5 +1,6 @@
-"""The webhook registrations every webhook and views worker holds: a tail of
-webhooks.registrations, each record checked before it is believed."""
+"""What the webhook and views workers read back of the webhook topics: the registrations
+(a tail of webhooks.registrations) and delivery records, each checked before it is
+believed."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +10,7 @@ from confluent_kafka import Message
 from kbank.streams import topics
 from kbank.streams.config import Settings
 from kbank.streams.tail import TopicTail
-from kbank.streams.webhooks.rules import InvalidWebhook, Webhook
+from kbank.streams.webhooks.rules import Delivery, InvalidWebhook, Webhook
 
 log = logging.getLogger("bank.webhooks")
 
@@ -42,3 +43,12 @@ class Registrations:
             log.error("skipping webhook registration at offset %d: key is not its id", msg.offset())
             return
         self.hooks[hook.id] = hook
+
+
+def read_delivery(msg: Message) -> Delivery | None:
+    """A webhooks.deliveries record, or None (logged) if no webhook worker wrote it so."""
+    try:
+        return Delivery.from_bytes(msg.value())
+    except InvalidWebhook as exc:
+        log.error("skipping delivery record at %d@%d: %s", msg.partition(), msg.offset(), exc)
+        return None

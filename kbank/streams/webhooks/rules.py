@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from kbank.streams.model import BALANCE_SIGN, is_name
+from kbank.streams.model import BALANCE_SIGN, MAX_AMOUNT, int_in, is_name
 
 EVENT_TYPES = frozenset(BALANCE_SIGN)        # every ledger event kind
 ANY = "*"
@@ -211,8 +211,8 @@ class Delivery:
         except (orjson.JSONDecodeError, TypeError) as exc:
             raise InvalidWebhook(f"unreadable delivery: {exc}") from None
         if delivery.status not in (PENDING, DELIVERED, FAILED) or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (
-                    delivery.partition, delivery.offset, delivery.attempts, delivery.next_ms)) \
+                int_in(v, 0, MAX_AMOUNT) for v in (delivery.partition, delivery.offset,
+                                                   delivery.attempts, delivery.next_ms)) \
                 or not isinstance(delivery.body, str) or not is_name(delivery.webhook_id) \
                 or not is_name(delivery.event_id):
             raise InvalidWebhook("delivery fields out of range")

@@ -39,12 +39,11 @@ from confluent_kafka import Message, TopicPartition
 from kbank.streams import kafka, topics
 from kbank.streams.client import read_topic
 from kbank.streams.config import Settings
-from kbank.streams.views.fold import parse_ledger_event
-from kbank.streams.webhooks.registry import Registrations, allowed_hosts
+from kbank.streams.model import parse_ledger_event
+from kbank.streams.webhooks.registry import Registrations, allowed_hosts, read_delivery
 from kbank.streams.webhooks.rules import (EVENT_ID_HEADER, FAILED, PAUSED, PENDING,
                                           REDRIVE_MARK, SIGNATURE_HEADER, WEBHOOK_ID_HEADER,
-                                          Delivery,
-                                          InvalidWebhook, Webhook, after_attempt, check_url,
+                                          Delivery, InvalidWebhook, Webhook, after_attempt, check_url,
                                           delivery_key, event_id, parked, payload, redriven, sign)
 
 log = logging.getLogger("bank.webhooks")
@@ -101,6 +100,18 @@ class WebhookWorker:
 
     def restore(self, partition: int, committed: int) -> None:
         """Take over ledger partition `partition`'s deliveries from the log."""
+        latest, applied = self.delivery_log(partition)
+        self.owned.add(partition)
+        self.redrives[partition] = applied
+        self.known[partition] = {k: d.offset for k, d in latest.items() if d.offset >= committed}
+        now = _now_ms()
+        for key, delivery in latest.items():
+            if delivery.status == PENDING and delivery.webhook_id in self.registrations.hooks:
+                self._queue(key, delivery, min(delivery.next_ms, now))
+
+    def delivery_log(self, partition: int) -> tuple[dict[bytes, Delivery], dict[str, int]]:
+        """Deliveries partition `partition` as it stands: the latest state of each delivery,
+        and the redrive count each webhook had applied there."""
         latest: dict[bytes, Delivery] = {}
         applied: dict[str, int] = {}
         for msg in read_topic(self.settings, self.deliveries, role=kafka.WEBHOOKS,
@@ -109,15 +120,9 @@ class WebhookWorker:
             if key.startswith(REDRIVE_MARK):
                 if (msg.value() or b"").isdigit():
                     applied[key[len(REDRIVE_MARK):].decode("utf-8", "replace")] = int(msg.value())
-            elif msg.value() is not None and (delivery := _readable(msg)) is not None:
+            elif msg.value() is not None and (delivery := read_delivery(msg)) is not None:
                 latest[key] = delivery
-        self.owned.add(partition)
-        self.redrives[partition] = applied
-        self.known[partition] = {k: d.offset for k, d in latest.items() if d.offset >= committed}
-        now = _now_ms()
-        for key, delivery in latest.items():
-            if delivery.status == PENDING and delivery.webhook_id in self.registrations.hooks:
-                self._queue(key, delivery, min(delivery.next_ms, now))
+        return latest, applied
 
     # -- the ledger: one pending delivery per wanted event --
 
@@ -217,22 +222,17 @@ class WebhookWorker:
             for partition in sorted(self.owned):
                 if hook.redrive <= self.redrives[partition].get(hook.id, 0):
                     continue
-                latest: dict[bytes, Delivery] = {}
-                prefix = f"{hook.id}\x00".encode()
-                for msg in read_topic(self.settings, self.deliveries, role=kafka.WEBHOOKS,
-                                      group=f"{topics.WEBHOOKS_GROUP}-restore",
-                                      partitions=[partition]):
-                    if (msg.key() or b"").startswith(prefix) and msg.value() is not None \
-                            and (delivery := _readable(msg)) is not None:
-                        latest[msg.key()] = delivery
+                latest, _ = self.delivery_log(partition)
                 now = _now_ms()
                 for key, delivery in latest.items():
-                    if delivery.status == FAILED and key not in self.pending:
+                    if delivery.webhook_id == hook.id and delivery.status == FAILED \
+                            and key not in self.pending:
                         again = redriven(delivery, now)
                         self._write(again)
                         self._queue(key, again, now)
                 self.redrives[partition][hook.id] = hook.redrive
-                self.producer.produce(self.deliveries, key=REDRIVE_MARK + hook.id.encode(),
+                kafka.produce_waiting(self.producer, self.deliveries,
+                                      key=REDRIVE_MARK + hook.id.encode(),
                                       value=b"%d" % hook.redrive, partition=partition,
                                       on_delivery=self._acked)
 
@@ -321,14 +321,6 @@ class WebhookWorker:
 
     def run(self) -> None:
         asyncio.run(self.run_async())
-
-
-def _readable(msg: Message) -> Delivery | None:
-    try:
-        return Delivery.from_bytes(msg.value())
-    except InvalidWebhook as exc:
-        log.error("skipping delivery record at %d@%d: %s", msg.partition(), msg.offset(), exc)
-        return None
 
 
 def _now_ms() -> int:

@@ -23,7 +23,7 @@ from kbank.streams import kafka, topics
 from kbank.streams.apikeys import CLIENT
 from kbank.streams.client import read_topic
 from kbank.streams.keystore import create_key
-from kbank.streams.views.fold import parse_ledger_event
+from kbank.streams.model import parse_ledger_event
 from kbank.streams.webhooks.rules import (EVENT_ID_HEADER, SIGNATURE_HEADER, Webhook, event_id,
                                           new_webhook, verify_signature)
 from tests.http import get_json, request

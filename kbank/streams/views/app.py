@@ -16,7 +16,7 @@ being folded, so everything derived from source partition p, *and the
 position reached in it*, is one ordered log. Whatever a crash cuts off, a
 worker that recovers partition p from the changelog gets a state that is
 exactly "every record up to the recorded position", and resumes the sources
-there (ResumeFromViews), not at the consumer group's committed offsets,
+there (ViewsApp.read_sources_from_table), not at the consumer group's committed offsets,
 which CI saw disagree with recovered tables after a SIGKILL (missing
 accounts, ledger gaps, totals counting a duplicate). Separate tables would
 be separate logs with no such guarantee between them.
@@ -37,13 +37,13 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import faust
-from aiokafka.structs import TopicPartition
 import orjson
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.transport.drivers.aiokafka import ConsumerRebalanceListener
 from faust.types import TP
 
 from kbank.streams import kafka, topics
@@ -61,11 +61,12 @@ from kbank.streams.views.queries import highest, parse_rank_value, rank_value, t
 from kbank.streams.views.metrics import LagUnavailable, ViewsMetrics
 from kbank.streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys, split_history_value
 from kbank.streams.views.web import observe_middleware, register_routes
+from kbank.streams.views.sources import SourceReader
+from kbank.streams.views.writes import TableWrites
 
 log = logging.getLogger("bank.views")
 
 VIEWS_APP = "bank-views"
-LOG_APPEND_TIME = 1          # a record's timestamp type when the broker stamped it
 VIEWS_TABLE = "views"
 
 
@@ -83,82 +84,73 @@ class ReadCommittedThread(AIOKafkaConsumerThread):
         return consumer
 
 
-class ResumeFromViews(AIOKafkaConsumer):
-    """Faust's consumer, but source partitions resume where the recovered table says.
+class PauseSources(ConsumerRebalanceListener):
+    """Pauses the source partitions in aiokafka as soon as they are assigned: their records
+    are read by the SourceReader, and aiokafka fetching them too would decode each one in
+    Python for nothing (Faust's own pause only stops handing them to agents)."""
 
-    The table's positions can lie behind the group's committed offsets (Faust commits what
-    its agents processed while their table writes may still be in the producer's buffer) or
-    ahead of them. A record delivered from the committed offset before the seek would skip
-    what the table lacks, and its own position write would hide the skip from the seek. So
-    the sources are sought as soon as recovery completes, while they are still paused
-    (`seek_sources_to_table`, on Faust's on_rebalance_complete), and again where Faust seeks
-    to committed offsets, never to the group's committed offsets.
-    """
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        sources = self._thread.app.source_topics  # type: ignore[attr-defined]
+        self._thread._ensure_consumer().pause(*[tp for tp in assigned if tp.topic in sources])
+        await super().on_partitions_assigned(assigned)
+
+
+class SourcesPausedConsumer(AIOKafkaConsumer):
+    """Faust's consumer, reading read_committed, with the source partitions paused."""
+
+    RebalanceListener = PauseSources
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
 
-    async def seek_sources_to_table(self, *_: Any, **__: Any) -> dict[TP, int]:
-        """Seek each assigned source partition to just past what the table has folded."""
-        positions = self.app.source_positions(self.assignment())  # type: ignore[attr-defined]
-        await self._thread.call_thread(self._seek_in_consumer_thread, positions)
-        for tp, offset in positions.items():
-            log.info("resuming %s at %d from the views table", tp, offset)
-            self._read_offset[tp] = offset or None
-        return positions
-
-    def _seek_in_consumer_thread(self, positions: Mapping[TP, int]) -> None:
-        """aiokafka's consumer is not thread-safe: a seek from the app's thread raced its fetcher
-        (a KeyError in fetched_records), so seeks run on the consumer's own thread."""
-        consumer = self._thread._ensure_consumer()
-        for tp, offset in positions.items():
-            consumer.seek(TopicPartition(tp.topic, tp.partition), offset)
-
-    async def seek_to_committed(self) -> Mapping[TP, int]:
-        positions = await self.seek_sources_to_table()
-        others = [TopicPartition(tp.topic, tp.partition)
-                  for tp in self.assignment() if tp not in positions]
-        offsets: dict[TP, int] = {}
-        if others:  # with no partitions named, aiokafka would seek every assigned partition
-            thread = self._thread
-            offsets.update(await thread.call_thread(thread._ensure_consumer().seek_to_committed,
-                                                    *others))
-        offsets.update(positions)
-        return offsets
-
 
 class ViewsApp(faust.App):
-    """A Faust app whose consumer is ResumeFromViews, and whose revocations wait until every
+    """A Faust app whose source partitions are read by a SourceReader, started once their
+    table is recovered and stopped before a revocation returns, which then waits until every
     table write is in the changelog.
 
-    Faust at_least_once flushes its producer buffer on revocation for at most a moment
-    (flush_atmost gives up after 0.1 s without a send), so a worker losing a partition could
-    still be writing that partition's changelog after the new owner had recovered it and
-    written fresher values: a stale status or account view then lands last in the changelog,
-    and the next recovery (last writer wins) brings it back. Draining before the
-    revocation returns keeps one writer per changelog partition at a time.
+    Faust at_least_once flushes its producer buffer on revocation for at most a moment, so a
+    worker losing a partition could still be writing that partition's changelog after the
+    new owner had recovered it and written fresher values: a stale status or account view
+    then lands last in the changelog, and the next recovery (last writer wins) brings it
+    back. Draining before the revocation returns keeps one writer per changelog partition
+    at a time.
     """
 
-    source_positions: Any = None  # set by ViewsWorker: assignment -> {source tp: offset}
+    source_topics: frozenset[str] = frozenset()
+    sources: SourceReader | None = None        # set by ViewsWorker
+    table_writes: TableWrites | None = None    # set by ViewsWorker
+    source_positions: Any = None   # set by ViewsWorker: assignment -> {(topic, p): offset}
 
     async def _on_partitions_revoked(self, revoked: Any) -> None:
+        if self.sources is not None:
+            self.sources.revoke()
         await super()._on_partitions_revoked(revoked)
-        await drain_table_writes(self.producer)
+        await drain_table_writes(self)
 
     def _new_consumer(self) -> Any:
         transport = self.transport
-        consumer = ResumeFromViews(
+        consumer = SourcesPausedConsumer(
             transport, callback=self.topics.on_message, loop=transport.loop,
             on_partitions_revoked=self._on_partitions_revoked,
             on_partitions_assigned=self._on_partitions_assigned, beacon=self.beacon)
-        self.on_rebalance_complete.connect(consumer.seek_sources_to_table)
+        self.on_rebalance_complete.connect(self.read_sources_from_table)
         return consumer
 
+    async def read_sources_from_table(self, *_: Any, **__: Any) -> None:
+        """Once recovery completes: read each assigned source partition from just past what
+        the table has folded (never from the group's committed offsets)."""
+        assert self.sources is not None
+        self.sources.assign(self.source_positions(self.consumer.assignment()))
 
-async def drain_table_writes(producer: Any, timeout_s: float = 30.0) -> None:
-    """Wait until every buffered table write was handed to the client and acknowledged."""
+
+async def drain_table_writes(app: ViewsApp, timeout_s: float = 30.0) -> None:
+    """Wait until every table write (the fold's, and any Faust made) is acknowledged."""
     import asyncio
 
+    if app.table_writes is not None and not await app.table_writes.drain(timeout_s):
+        log.error("table writes not acknowledged within %.0f s of a revocation", timeout_s)
+    producer = app.producer
     deadline = time.monotonic() + timeout_s
     while producer.buffer.size and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
@@ -176,7 +168,6 @@ class ViewsWorker:
         self.worker_id = worker_id
         self.web_port = web_port
         self.requests_topic = settings.topic(topics.REQUESTS)
-        self.positions: dict[TP, int] = {}  # next offset to read, per source partition
         self.metrics = ViewsMetrics(self.lag, settings.state_dir)
         # every API key, tailed from auth.keys (none with BANK_UNSAFE_WEB_NO_AUTH: no checks)
         self.keys = None if settings.unsafe_web_no_auth else KeyRing(settings)
@@ -214,41 +205,49 @@ class ViewsWorker:
         MonotoneRocksDBStore.last_write_wins = settings.unsafe_views_last_write_wins
         self.views = self.app.Table(VIEWS_TABLE, partitions=settings.partitions,
                                     key_type=bytes, value_type=bytes)
+        self.writes = TableWrites(self.views, kafka.producer(settings, kafka.VIEWS, **{
+            "acks": "all", "linger.ms": 5, "queue.buffering.max.messages": 1_000_000}),
+            self.views.changelog_topic.get_topic_name())
+        self.app.table_writes = self.writes
         self.ledger_topic = self.app.topic(source.topic(topics.LEDGER), key_type=bytes,
                                            value_type=bytes, key_serializer="raw",
                                            value_serializer="raw")
         self.outcomes_topic = self.app.topic(source.topic(topics.OUTCOMES), key_type=bytes,
                                              value_type=bytes, key_serializer="raw",
                                              value_serializer="raw")
-        self.app.agent(self.ledger_topic, name="apply-ledger")(self._ledger_agent)
-        self.app.agent(self.outcomes_topic, name="apply-outcomes")(self._outcomes_agent)
+        ledger, outcomes = self.ledger_topic.get_topic_name(), self.outcomes_topic.get_topic_name()
+        self.sources = SourceReader(
+            kafka.consumer(settings, kafka.VIEWS, settings.topic("bank-views-sources"), **{
+                "fetch.wait.max.ms": 5, "queued.min.messages": 100_000,
+                "max.partition.fetch.bytes": 10 * 1024 * 1024}),
+            ledger, outcomes, self.apply_ledger_record, self.apply_outcome_record,
+            self.writes.flush)
+        self.app.source_topics = frozenset({ledger, outcomes})
+        self.app.sources = self.sources
+        self.app.agent(self.ledger_topic, name="apply-ledger")(self._subscription_only)
+        self.app.agent(self.outcomes_topic, name="apply-outcomes")(self._subscription_only)
+        self.app.task(self.sources.run)
         register_routes(self)
 
     # -- agents (Kafka plumbing only; decisions are in kbank.streams.views.fold) --
 
-    async def _ledger_agent(self, stream: Any) -> None:
-        async for event in stream.events():
-            msg = event.message
-            self.apply_ledger_record(msg.partition, msg.offset, event.value)
-            self.positions[msg.tp] = msg.offset + 1
+    async def _subscription_only(self, stream: Any) -> None:
+        """Faust assigns a worker the source partitions its agents subscribe to, and the
+        table's partitions with them; the records are read by the SourceReader (aiokafka is
+        paused on them), so anything delivered here is ignored."""
+        async for _ in stream.events():
+            pass
 
-    async def _outcomes_agent(self, stream: Any) -> None:
-        async for event in stream.events():
-            msg = event.message
-            appended = msg.timestamp if msg.timestamp_type == LOG_APPEND_TIME else None
-            self.apply_outcome_record(msg.partition, msg.offset, event.value, appended)
-            self.positions[msg.tp] = msg.offset + 1
-
-    def source_positions(self, assignment: Iterable[TP]) -> dict[TP, int]:
+    def source_positions(self, assignment: Iterable[TP]) -> dict[tuple[str, int], int]:
         """Where each assigned source partition resumes: just past what the table has folded."""
         ledger, outcomes = self.ledger_topic.get_topic_name(), self.outcomes_topic.get_topic_name()
         positions = {}
         for tp in assignment:
             if tp.topic == ledger:
-                positions[tp] = self.partition_totals(tp.partition).offset + 1
+                positions[(tp.topic, tp.partition)] = self.partition_totals(tp.partition).offset + 1
             elif tp.topic == outcomes:
-                stored = self.views.get(ViewKeys.outcomes_position(tp.partition))
-                positions[tp] = int(stored) if stored is not None else 0
+                stored = self.writes.get(tp.partition, ViewKeys.outcomes_position(tp.partition))
+                positions[(tp.topic, tp.partition)] = int(stored) if stored is not None else 0
         return positions
 
     def apply_ledger_record(self, partition: int, offset: int, raw: bytes | None,
@@ -265,7 +264,8 @@ class ViewsWorker:
             return
         account, seq = event["account"], event["seq"]
         key = ViewKeys.account(account)
-        stored = self.views.get(key)
+        writes = self.writes
+        stored = writes.get(partition, key)
         view = AccountView.from_bytes(stored) if stored is not None else None
         verdict = classify(view, seq, offset)
         self.metrics.ledger_events.labels(verdict.value).inc()
@@ -279,38 +279,39 @@ class ViewsWorker:
                         account, view.seq if view else 0, seq, partition, offset, partition, start)
             self.heal_gap(partition, start, offset)
             self.metrics.ledger_events.labels("healed").inc()
-            stored = self.views.get(key)
+            stored = writes.get(partition, key)
             view = AccountView.from_bytes(stored) if stored is not None else None
             verdict = classify(view, seq, offset)
         if verdict is Applied.GAP:
             log.error("ledger gap for %s: have seq %s, got %s at %d@%d",
                       account, view.seq if view else 0, seq, partition, offset)
             return
-        self.views[ViewKeys.history(account, seq)] = b"%d " % offset + raw  # its ledger offset, then it
+        # its ledger offset, then it
+        writes.put(partition, ViewKeys.history(account, seq), b"%d " % offset + raw)
         if verdict is Applied.NEW:
             before = standing(view)
             view = apply_to_account(view, event, offset)
-            self.views[key] = view.to_bytes()
-            self.move_in_rankings(account, *ranking_moves(before, view))
+            writes.put(partition, key, view.to_bytes())
+            self.move_in_rankings(partition, account, *ranking_moves(before, view))
         else:   # the record applied last, again: its ranking writes may not have been made
             assert view is not None
-            self.move_in_rankings(account, [], ranking_entries(view))
+            self.move_in_rankings(partition, account, [], ranking_entries(view))
         if event["kind"] == OPENED:   # the accounts' indexes: by currency, by metadata pair
             for name, value in index_entries(event):
-                self.views[ViewKeys.index(name, value, account)] = account.encode(
-                    "utf-8", "surrogatepass")
+                writes.put(partition, ViewKeys.index(name, value, account),
+                           account.encode("utf-8", "surrogatepass"))
         assert view is not None   # NEW made it; REDELIVERED is its last event again
         totals = self.partition_totals(partition)
         if totals.count(event, offset, self.requests_topic, view.currency):
-            self.views[ViewKeys.totals(partition)] = totals.to_bytes()
+            writes.put(partition, ViewKeys.totals(partition), totals.to_bytes())
 
-    def move_in_rankings(self, account: str, deleted: list[Ranked],
+    def move_in_rankings(self, partition: int, account: str, deleted: list[Ranked],
                          written: list[tuple[Ranked, int]]) -> None:
         for ranking, group, bucket in deleted:
-            del self.views[ViewKeys.rank(ranking, group, bucket, account)]
+            self.writes.delete(partition, ViewKeys.rank(ranking, group, bucket, account))
         for (ranking, group, bucket), figure in written:
-            self.views[ViewKeys.rank(ranking, group, bucket, account)] = \
-                rank_value(bucket, figure, account)
+            self.writes.put(partition, ViewKeys.rank(ranking, group, bucket, account),
+                            rank_value(bucket, figure, account))
 
     def heal_gap(self, partition: int, start: int, end: int) -> None:
         """Fold the ledger records [start, end) of a partition again, read straight from the
@@ -349,12 +350,12 @@ class ViewsWorker:
             return
         self.metrics.count_outcome(out)
         key = ViewKeys.status(outcome_key(out))
-        stored = self.views.get(key)
+        stored = self.writes.get(partition, key)
         current = orjson.loads(stored) if stored is not None else None
         new = merge_status(current, out)
         if new is not None:
-            self.views[key] = orjson.dumps(new)
-            self.views[ViewKeys.outcomes_position(partition)] = b"%d" % (offset + 1)
+            self.writes.put(partition, key, orjson.dumps(new))
+            self.writes.put(partition, ViewKeys.outcomes_position(partition), b"%d" % (offset + 1))
             if appended_s is not None and isinstance(out.get("ts"), int):
                 took = max(0.0, appended_s - out["ts"] / 1000)
                 if current is None:
@@ -427,7 +428,7 @@ class ViewsWorker:
                 if tp.topic == self.ledger_topic.get_topic_name()]
 
     def partition_totals(self, partition: int) -> PartitionTotals:
-        stored = self.views.get(ViewKeys.totals(partition))
+        stored = self.writes.get(partition, ViewKeys.totals(partition))
         return PartitionTotals.from_bytes(stored) if stored is not None else PartitionTotals()
 
     def request_status(self, key: str) -> dict[str, Any] | None:
@@ -437,25 +438,16 @@ class ViewsWorker:
 
     def lag(self) -> Iterable[tuple[str, int, int]]:
         """(topic, partition, records behind) for the source partitions this worker reads."""
-        sources = {self.ledger_topic.get_topic_name(), self.outcomes_topic.get_topic_name()}
-        try:
-            consumer = self.app.consumer
-            assigned = [tp for tp in consumer.assignment() if tp.topic in sources]
-        except Exception as exc:  # noqa: BLE001 - not started, or rebalancing
-            raise LagUnavailable(f"{type(exc).__name__}: {exc}") from None
-        rows = []
-        for tp in assigned:
-            high = consumer.highwater(tp)
-            if high is None or high < 0:
-                continue
-            pos = self.positions.get(tp)
-            if pos is None:  # nothing read since start: from the last committed position
-                pos = consumer._committed_offset.get(tp) or 0
-            rows.append((tp.topic, tp.partition, max(0, high - pos)))
-        return rows
+        if self.app.rebalancing:
+            raise LagUnavailable("partitions are moving between workers")
+        return self.sources.lag()
 
     def run(self) -> None:
         """Run until SIGTERM/SIGINT (Faust's worker handles the signals)."""
         from faust.worker import Worker
 
-        Worker(self.app, loglevel=self.settings.log_level).execute_from_commandline()
+        worker = Worker(self.app, loglevel=self.settings.log_level)
+        # Faust's terminal spinner sets the root logger to DEBUG, so every debug call of
+        # aiokafka and Faust built a log record (5% of a busy worker's CPU): no spinner
+        worker.spinner = None
+        worker.execute_from_commandline()

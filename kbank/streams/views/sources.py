@@ -1,0 +1,98 @@
+"""The views' sources (ledger.events, transfers.outcomes), read in batches by librdkafka.
+
+Faust hands each record to an agent through its consumer thread, conductor, channel and
+stream, with Python objects at every step: a profile of a views worker draining a backlog
+found that path costing several times the fold itself. Faust still owns what it is good
+at (the consumer group, which worker has which partitions, the table's recovery and
+standbys); the records themselves come from one librdkafka consumer, assigned by hand to
+the source partitions this worker owns once their table is recovered, at the positions the
+table records (the module docstring of kbank.streams.views.app says why there), and
+folded on the event loop in batches, between which the fold's writes are flushed.
+
+Everything runs on the event loop's thread: assign and revoke happen in Faust's rebalance
+callbacks, so no batch is folded for a partition after its revocation.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, TopicPartition
+
+log = logging.getLogger("bank.views")
+
+BATCH = 2000          # records taken from librdkafka's queue at once
+IDLE_WAIT_S = 0.002   # how long the loop yields when nothing is queued
+
+FoldLedger = Callable[[int, int, bytes | None], None]           # partition, offset, value
+FoldOutcome = Callable[[int, int, bytes | None, float | None], None]   # + append time (s)
+
+
+class SourceReader:
+    """Reads the assigned source partitions and folds each record; knows how far it got."""
+
+    def __init__(self, consumer: Consumer, ledger_topic: str, outcomes_topic: str,
+                 fold_ledger: FoldLedger, fold_outcome: FoldOutcome,
+                 after_batch: Callable[[], object]) -> None:
+        self._consumer = consumer
+        self.ledger_topic, self.outcomes_topic = ledger_topic, outcomes_topic
+        self._fold_ledger, self._fold_outcome = fold_ledger, fold_outcome
+        self._after_batch = after_batch
+        self.positions: dict[tuple[str, int], int] = {}   # next offset to fold, assigned only
+
+    def assign(self, positions: dict[tuple[str, int], int]) -> None:
+        """Read these source partitions from these offsets (and no others)."""
+        self.positions = dict(positions)
+        self._consumer.assign([TopicPartition(t, p, o) for (t, p), o in positions.items()])
+        for (topic, partition), offset in sorted(positions.items()):
+            log.info("reading %s[%d] from %d (the views table's position)", topic, partition,
+                     offset)
+
+    def revoke(self) -> None:
+        """Stop reading: a rebalance is taking the partitions away."""
+        self.positions = {}
+        self._consumer.unassign()
+
+    def fold_available(self) -> int:
+        """Fold what librdkafka has queued (at most BATCH records); how many were folded."""
+        msgs = self._consumer.consume(BATCH, 0)
+        folded = 0
+        positions = self.positions
+        for msg in msgs:
+            if msg.error() is not None:
+                log.warning("reading the views' sources: %s", msg.error())
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if (topic, partition) not in positions:
+                continue            # fetched before a revocation
+            if topic == self.ledger_topic:
+                self._fold_ledger(partition, offset, msg.value())
+            else:
+                kind, appended_ms = msg.timestamp()
+                self._fold_outcome(partition, offset, msg.value(),
+                                   appended_ms / 1000 if kind == TIMESTAMP_LOG_APPEND_TIME
+                                   else None)
+            positions[(topic, partition)] = offset + 1
+            folded += 1
+        if folded:
+            self._after_batch()
+        return folded
+
+    async def run(self) -> None:
+        """Fold until cancelled; yield to the event loop between batches."""
+        while True:
+            if self.fold_available() == 0:
+                await asyncio.sleep(IDLE_WAIT_S)
+            else:
+                await asyncio.sleep(0)
+
+    def lag(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, records behind) per assigned partition whose end is known."""
+        rows = []
+        for (topic, partition), position in sorted(self.positions.items()):
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), cached=True)
+            if high >= 0:
+                rows.append((topic, partition, max(0, high - position)))
+        return rows

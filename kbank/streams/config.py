@@ -183,6 +183,11 @@ class Settings:
         "env": "BANK_ENGINE_METRICS_BIND",
         "help": "address the engine workers' /metrics listen on (0.0.0.0 for a scraper in "
                 "another container)"})
+    fault_views_changelog_linger_ms: Annotated[int, Field(ge=0, le=60_000)] = field(default=0, metadata={
+        "env": "BANK_FAULT_VIEWS_CHANGELOG_LINGER_MS", "testing": True,
+        "help": "testing: a views worker's table writes wait this long in its changelog producer "
+                "(widens the window in which a killed worker's RocksDB holds writes its changelog "
+                "lacks; 0 = the usual 5 ms)"})
     unsafe_views_keep_state: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_VIEWS_KEEP_STATE", "testing": True,
         "help": "testing: a views worker keeps its local RocksDB files when it starts (writes its "

@@ -205,8 +205,10 @@ class ViewsWorker:
         MonotoneRocksDBStore.last_write_wins = settings.unsafe_views_last_write_wins
         self.views = self.app.Table(VIEWS_TABLE, partitions=settings.partitions,
                                     key_type=bytes, value_type=bytes)
+        self.folded_totals: dict[int, PartitionTotals] = {}   # the fold's, decoded once
         self.writes = TableWrites(self.views, kafka.producer(settings, kafka.VIEWS, **{
-            "acks": "all", "linger.ms": 5, "queue.buffering.max.messages": 1_000_000}),
+            "acks": "all", "linger.ms": settings.fault_views_changelog_linger_ms or 5,
+            "queue.buffering.max.messages": 1_000_000}),
             self.views.changelog_topic.get_topic_name())
         self.app.table_writes = self.writes
         self.ledger_topic = self.app.topic(source.topic(topics.LEDGER), key_type=bytes,
@@ -242,6 +244,7 @@ class ViewsWorker:
         """Where each assigned source partition resumes: just past what the table has folded."""
         ledger, outcomes = self.ledger_topic.get_topic_name(), self.outcomes_topic.get_topic_name()
         positions = {}
+        self.folded_totals.clear()   # recovery may have moved them
         for tp in assignment:
             if tp.topic == ledger:
                 positions[(tp.topic, tp.partition)] = self.partition_totals(tp.partition).offset + 1
@@ -260,7 +263,7 @@ class ViewsWorker:
         event = parse_ledger_event(raw)
         if event is None:
             log.error("malformed ledger event at %s@%d: counted and skipped", partition, offset)
-            self.metrics.ledger_events.labels("malformed").inc()
+            self.metrics.count_ledger_event("malformed")
             return
         account, seq = event["account"], event["seq"]
         key = ViewKeys.account(account)
@@ -268,7 +271,7 @@ class ViewsWorker:
         stored = writes.get(partition, key)
         view = AccountView.from_bytes(stored) if stored is not None else None
         verdict = classify(view, seq, offset)
-        self.metrics.ledger_events.labels(verdict.value).inc()
+        self.metrics.count_ledger_event(verdict.value)
         if verdict is Applied.DUPLICATE:
             return
         if verdict is Applied.GAP and heal and view is not None:
@@ -278,7 +281,7 @@ class ViewsWorker:
             log.warning("ledger gap for %s: have seq %s, got %s at %d@%d; reading %d@%d.. back",
                         account, view.seq if view else 0, seq, partition, offset, partition, start)
             self.heal_gap(partition, start, offset)
-            self.metrics.ledger_events.labels("healed").inc()
+            self.metrics.count_ledger_event("healed")
             stored = writes.get(partition, key)
             view = AccountView.from_bytes(stored) if stored is not None else None
             verdict = classify(view, seq, offset)
@@ -301,7 +304,9 @@ class ViewsWorker:
                 writes.put(partition, ViewKeys.index(name, value, account),
                            account.encode("utf-8", "surrogatepass"))
         assert view is not None   # NEW made it; REDELIVERED is its last event again
-        totals = self.partition_totals(partition)
+        totals = self.folded_totals.get(partition)
+        if totals is None:   # the fold is the only writer while it reads the partition
+            totals = self.folded_totals[partition] = self.partition_totals(partition)
         if totals.count(event, offset, self.requests_topic, view.currency):
             writes.put(partition, ViewKeys.totals(partition), totals.to_bytes())
 
@@ -345,10 +350,10 @@ class ViewsWorker:
         that moves is timed (request timestamp to the outcome's append time, when known)."""
         out = parse_outcome(raw)
         if out is None:
-            self.metrics.outcomes.labels("malformed", "").inc()
+            self.metrics.count_outcome("malformed", "")
             log.error("malformed outcome at %s@%d: skipped", partition, offset)
             return
-        self.metrics.count_outcome(out)
+        self.metrics.count_outcome(out["status"], out.get("reason") or "")
         key = ViewKeys.status(outcome_key(out))
         stored = self.writes.get(partition, key)
         current = orjson.loads(stored) if stored is not None else None

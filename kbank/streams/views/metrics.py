@@ -1,7 +1,7 @@
 """Prometheus metrics of a views worker (GET /metrics)."""
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info,
                                ProcessCollector, generate_latest)
@@ -92,13 +92,24 @@ class ViewsMetrics:
             buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(_LagCollector(lag_source))
         self.registry.register(_CrashCollector(state_dir))
+        self._ledger_children: dict[str, Any] = {}
+        self._outcome_children: dict[tuple[str, str], Any] = {}
 
-    def count_outcome(self, out: dict) -> None:
+    def count_ledger_event(self, result: str) -> None:
+        """One ledger event, by what the views did with it (Applied, malformed or healed)."""
+        child = self._ledger_children.get(result)
+        if child is None:    # labels() costs more than the count: once per result
+            child = self._ledger_children[result] = self.ledger_events.labels(result)
+        child.inc()
+
+    def count_outcome(self, status: str, reason: str) -> None:
         """One outcome, by its status and reason (an unknown reason counts as "other", so a
         record cannot grow the label set)."""
-        reason = out.get("reason") or ""
-        self.outcomes.labels(out["status"], reason if reason in REASONS or not reason
-                             else "other").inc()
+        label = (status, reason if reason in REASONS or not reason else "other")
+        child = self._outcome_children.get(label)   # as bounded as the labels (status checked)
+        if child is None:
+            child = self._outcome_children[label] = self.outcomes.labels(*label)
+        child.inc()
 
     def render(self) -> bytes:
         """The text exposition format, served as CONTENT_TYPE (Prometheus 3 checks it)."""

@@ -1,21 +1,23 @@
-"""The views' table writes: buffered for a few milliseconds, then written in one go.
+"""The views' table writes: buffered for one fold batch, then written in one go.
 
 A Faust table assignment writes RocksDB at once and hands the record to Faust's producer
 buffer, which sends it with one asyncio hand-off and one aiokafka call per write: a
-profile of a views worker draining a backlog spent most of its time there (a fold of
-about 1,500 source records per CPU-second). The fold writes into TableWrites instead:
+profile of a views worker draining a backlog spent most of its time there. The fold
+writes into TableWrites instead:
 
   - reads see the buffered values first, so the fold reads its own writes;
-  - a key written several times before a flush (an account's view, a partition's totals,
-    the outcomes position) is written once;
-  - flush() puts each partition's writes into its RocksDB store in one WriteBatch and hands
-    them to librdkafka (one C call each) for the table's changelog, on the partition the
-    source record came from, as Faust does.
+  - flush() puts each partition's newest values into its RocksDB store in one WriteBatch,
+    and hands every write to librdkafka (one C call each) for the table's changelog, on the
+    partition of the source record being folded, as Faust does.
 
-Positions come last. The totals of a ledger partition and the outcomes position record how
-far a source partition has been folded; each flush produces them after the data writes it
-holds, so any prefix of a changelog partition that a recovery reads never has a position
-beyond its data (the folds are idempotent, so data beyond a position is harmless).
+The changelog gets every write, in the order the fold made them, not only each key's
+last value: recovery reads a prefix of a changelog partition, and the fold's idempotency
+relies on what such a prefix can hold. A ledger event's writes end with its partition's
+totals, so a prefix holds an account view at most one event ahead of the totals (that
+event is recognised as REDELIVERED and counted again by offset); coalescing an account's
+writes across events ahead of the totals would let a prefix hold an account several
+events ahead, whose events a re-fold then skips as duplicates without counting them (the
+views test that kills a worker mid-backlog caught exactly that).
 """
 from __future__ import annotations
 
@@ -28,9 +30,7 @@ from faust.types import TP
 from rocksdict import WriteBatch
 
 from kbank.streams.kafka import produce_waiting
-from kbank.streams.views.store import ViewKeys
 
-_POSITIONS = (ViewKeys.TOTALS, ViewKeys.OUTCOMES_POSITION)
 _DELETED = None
 
 
@@ -38,66 +38,63 @@ class TableWrites:
     """The writes of the fold not yet in RocksDB and the changelog, per (partition, key)."""
 
     def __init__(self, table: Any, producer: Producer, changelog_topic: str,
-                 flush_at: int = 5000) -> None:
+                 flush_at: int = 20_000) -> None:
         self._table = table              # the Faust table: its store is created lazily
         self._producer = producer
         self._topic = changelog_topic
         self._flush_at = flush_at
-        self._data: dict[tuple[int, bytes], bytes | None] = {}
-        self._positions: dict[tuple[int, bytes], bytes | None] = {}
+        self._latest: dict[tuple[int, bytes], bytes | None] = {}   # for reads and RocksDB
+        self._log: list[tuple[int, bytes, bytes | None]] = []      # for the changelog
         self._acked: dict[int, int] = {}   # changelog partition -> highest acknowledged offset
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         """The key's value as the fold left it: buffered, else in the partition's store."""
         slot = (partition, key)
-        pending = self._positions if key[:2] in _POSITIONS else self._data
-        if slot in pending:
-            return pending[slot]
+        if slot in self._latest:
+            return self._latest[slot]
         return self._table.data._db_for_partition(partition).get(key)
 
     def put(self, partition: int, key: bytes, value: bytes) -> None:
-        pending = self._positions if key[:2] in _POSITIONS else self._data
-        pending[(partition, key)] = value
-        if len(self._data) >= self._flush_at:
+        self._latest[(partition, key)] = value
+        self._log.append((partition, key, value))
+        if len(self._log) >= self._flush_at:
             self.flush()
 
     def delete(self, partition: int, key: bytes) -> None:
-        assert key[:2] not in _POSITIONS, key     # positions only move forward
-        self._data[(partition, key)] = _DELETED
+        self._latest[(partition, key)] = _DELETED
+        self._log.append((partition, key, _DELETED))
 
     @property
     def unacknowledged(self) -> int:
         """Writes buffered here or not yet acknowledged by the changelog."""
         self._producer.poll(0)       # serve the delivery reports that arrived
-        return len(self._data) + len(self._positions) + len(self._producer)
+        return len(self._log) + len(self._producer)
 
     def flush(self) -> int:
-        """Write what is buffered to RocksDB and hand it to the changelog's producer, data
-        before positions; returns how many writes."""
+        """Write what is buffered to RocksDB and hand it to the changelog's producer; returns
+        how many writes."""
         self._producer.poll(0)
         self._record_acknowledged()
-        if not self._data and not self._positions:
+        if not self._log:
             return 0
         store = self._table.data
         batches: dict[int, WriteBatch] = {}
-        written = 0
-        for pending in (self._data, self._positions):
-            for (partition, key), value in pending.items():
-                batch = batches.get(partition)
-                if batch is None:
-                    batch = batches[partition] = WriteBatch(raw_mode=True)
-                if value is _DELETED:
-                    batch.delete(key)
-                else:
-                    batch.put(key, value)
-            for partition, batch in batches.items():
-                store._db_for_partition(partition).write(batch)
-            batches.clear()
-            for (partition, key), value in pending.items():
-                produce_waiting(self._producer, self._topic, key=key, value=value,
-                                partition=partition, on_delivery=self._delivered)
-            written += len(pending)
-            pending.clear()
+        for (partition, key), value in self._latest.items():
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = WriteBatch(raw_mode=True)
+            if value is _DELETED:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        for partition, batch in batches.items():
+            store._db_for_partition(partition).write(batch)
+        for partition, key, value in self._log:
+            produce_waiting(self._producer, self._topic, key=key, value=value,
+                            partition=partition, on_delivery=self._delivered)
+        written = len(self._log)
+        self._latest.clear()
+        self._log.clear()
         return written
 
     def _delivered(self, err: Any, msg: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -138,7 +139,9 @@ def test_a_views_worker_killed_while_its_changelog_lags_loses_nothing(settings, 
         wl.open_accounts(names, 5_000)
         wl.random_transfers(names, 1_000, "t", 2_000)
         assert wl.wait(180)
-        views = views_factory(settings, 1)
+        # its changelog writes linger 2 s in the producer: it is killed with writes in RocksDB
+        # that its changelog lacks, however fast it folds
+        views = views_factory(replace(settings, fault_views_changelog_linger_ms=2000), 1)
         url = views.url("0")
         wait_until(lambda: lag_and_changelog_backlog(url)[0] > 0, 60,
                    "the views to see their backlog (lag is known once a source is fetched)")
@@ -151,6 +154,10 @@ def test_a_views_worker_killed_while_its_changelog_lags_loses_nothing(settings, 
         views.kill("0")
         views.start("0", {"BANK_UNSAFE_VIEWS_KEEP_STATE": "1"} if keep_state else None)
         assert wait_for_views([url], settings.partitions)
+        # more to fold after the restart: its positions reach the changelog, beyond whatever
+        # the killed worker's changelog lacks
+        wl.random_transfers(names, 300, "t-after", 2_000)
+        assert wl.wait(180)
         fold = ledger(settings)
         assert_views_match_ledger(url, fold)  # the restarted worker itself answers right either way
         wait_until(lambda: lag_and_changelog_backlog(url)[1] == 0, 60,

@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog", type=int, default=0, metavar="N",
                         help="instead: N transfers produced while no engine runs, then the workers "
                              "started (--workers or --scaling, --views); the drain rate from the "
-                             "first to the last final outcome (their LogAppendTime)")
+                             "first to the last final outcome (their LogAppendTime); with --views, "
+                             "also how long the views took to fold everything, and all of "
+                             "their CPU")
     parser.add_argument("--statement-events", type=int, default=0, metavar="N",
                         help="instead: p50/p99 of a statement over an account's N events, and of "
                              "a filtered page, on a real store (kbank/bench/queries.py)")

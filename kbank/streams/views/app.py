@@ -360,7 +360,8 @@ class ViewsWorker:
         new = merge_status(current, out)
         if new is not None:
             self.writes.put(partition, key, orjson.dumps(new))
-            self.writes.put(partition, ViewKeys.outcomes_position(partition), b"%d" % (offset + 1))
+            self.writes.put_position(partition, ViewKeys.outcomes_position(partition),
+                                     b"%d" % (offset + 1))
             if appended_s is not None and isinstance(out.get("ts"), int):
                 took = max(0.0, appended_s - out["ts"] / 1000)
                 if current is None:

@@ -18,6 +18,11 @@ event is recognised as REDELIVERED and counted again by offset); coalescing an a
 writes across events ahead of the totals would let a prefix hold an account several
 events ahead, whose events a re-fold then skips as duplicates without counting them (the
 views test that kills a worker mid-backlog caught exactly that).
+
+A position that only says how far a source was read, with nothing folded depending on it
+(the outcomes position: statuses only move forward, so re-merging them is harmless), is
+written once per batch, after the batch's other writes (put_position): any prefix then
+holds it only with everything it covers.
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ class TableWrites:
         self._flush_at = flush_at
         self._latest: dict[tuple[int, bytes], bytes | None] = {}   # for reads and RocksDB
         self._log: list[tuple[int, bytes, bytes | None]] = []      # for the changelog
+        self._positions: dict[tuple[int, bytes], bytes] = {}        # after the log
         self._acked: dict[int, int] = {}   # changelog partition -> highest acknowledged offset
 
     def get(self, partition: int, key: bytes) -> bytes | None:
@@ -60,6 +66,11 @@ class TableWrites:
         if len(self._log) >= self._flush_at:
             self.flush()
 
+    def put_position(self, partition: int, key: bytes, value: bytes) -> None:
+        """A read position, written once per flush after everything else (see above)."""
+        self._latest[(partition, key)] = value
+        self._positions[(partition, key)] = value
+
     def delete(self, partition: int, key: bytes) -> None:
         self._latest[(partition, key)] = _DELETED
         self._log.append((partition, key, _DELETED))
@@ -68,14 +79,14 @@ class TableWrites:
     def unacknowledged(self) -> int:
         """Writes buffered here or not yet acknowledged by the changelog."""
         self._producer.poll(0)       # serve the delivery reports that arrived
-        return len(self._log) + len(self._producer)
+        return len(self._log) + len(self._positions) + len(self._producer)
 
     def flush(self) -> int:
         """Write what is buffered to RocksDB and hand it to the changelog's producer; returns
         how many writes."""
         self._producer.poll(0)
         self._record_acknowledged()
-        if not self._log:
+        if not self._log and not self._positions:
             return 0
         store = self._table.data
         batches: dict[int, WriteBatch] = {}
@@ -89,12 +100,15 @@ class TableWrites:
                 batch.put(key, value)
         for partition, batch in batches.items():
             store._db_for_partition(partition).write(batch)
+        self._log.extend((partition, key, value)
+                         for (partition, key), value in self._positions.items())
         for partition, key, value in self._log:
             produce_waiting(self._producer, self._topic, key=key, value=value,
                             partition=partition, on_delivery=self._delivered)
         written = len(self._log)
         self._latest.clear()
         self._log.clear()
+        self._positions.clear()
         return written
 
     def _delivered(self, err: Any, msg: Any) -> None:

@@ -133,6 +133,20 @@ class MonotoneRocksDBStore(RocksDBStore):
                 return
             yield value
 
+    def write_values(self, values: dict[tuple[int, bytes], bytes | None]) -> None:
+        """Write (partition, key) -> value (None: delete), one WriteBatch per partition."""
+        batches: dict[int, WriteBatch] = {}
+        for (partition, key), value in values.items():
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = WriteBatch(raw_mode=True)
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        for partition, batch in batches.items():
+            self._db_for_partition(partition).write(batch)
+
     def apply_changelog_batch(self, batch: Iterable[Any], to_key: Callable[[Any], Any],
                               to_value: Callable[[Any], Any]) -> None:
         if self.last_write_wins:
@@ -145,17 +159,7 @@ class MonotoneRocksDBStore(RocksDBStore):
             slot = (msg.partition, msg.key)
             stored = merged[slot] if slot in merged else self._db_for_partition(msg.partition).get(msg.key)
             merged[slot] = recovered_value(msg.key, stored, msg.value)
-        writes: dict[int, Any] = {}
-        for (partition, key), value in merged.items():
-            batch_of = writes.get(partition)
-            if batch_of is None:
-                batch_of = writes[partition] = WriteBatch(raw_mode=True)
-            if value is None:
-                batch_of.delete(key)
-            else:
-                batch_of.put(key, value)
-        for partition, write in writes.items():
-            self._db_for_partition(partition).write(write)
+        self.write_values(merged)
         for tp, offset in offsets.items():
             self.set_persisted_offset(tp, offset)
 

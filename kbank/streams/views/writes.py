@@ -32,7 +32,6 @@ from typing import Any
 
 from confluent_kafka import Producer
 from faust.types import TP
-from rocksdict import WriteBatch
 
 from kbank.streams.kafka import produce_waiting
 
@@ -88,18 +87,7 @@ class TableWrites:
         self._record_acknowledged()
         if not self._log and not self._positions:
             return 0
-        store = self._table.data
-        batches: dict[int, WriteBatch] = {}
-        for (partition, key), value in self._latest.items():
-            batch = batches.get(partition)
-            if batch is None:
-                batch = batches[partition] = WriteBatch(raw_mode=True)
-            if value is _DELETED:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-        for partition, batch in batches.items():
-            store._db_for_partition(partition).write(batch)
+        self._table.data.write_values(self._latest)
         self._log.extend((partition, key, value)
                          for (partition, key), value in self._positions.items())
         for partition, key, value in self._log:

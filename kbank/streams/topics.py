@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from kbank.streams.config import Settings
@@ -107,14 +107,31 @@ def config_mismatches(spec: TopicSpec, actual: dict[str, str], replication_facto
     return wrong
 
 
+def _topic_configs(admin: AdminClient, names: list[str], timeout_s: float) -> dict[str, Any]:
+    """Each topic's configuration. A topic created a moment ago can still be unknown to the
+    broker asked (its metadata is on its way: seen on a fresh 3-node cluster), so that one
+    answer is asked again until timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        futures = admin.describe_configs(
+            [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names],
+            request_timeout=timeout_s)
+        try:
+            return {resource.name: future.result(timeout=timeout_s)
+                    for resource, future in futures.items()}
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not (isinstance(err, KafkaError)
+                    and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART) \
+                    or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _check_configs(admin: AdminClient, specs: list[TopicSpec], metadata: dict[str, Any],
                    settings: Settings, timeout_s: float) -> None:
     """Refuse to start on a topic whose settings break the catalogue, naming each one."""
-    futures = admin.describe_configs(
-        [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in specs],
-        request_timeout=timeout_s)
-    by_name = {resource.name: future.result(timeout=timeout_s)
-               for resource, future in futures.items()}
+    by_name = _topic_configs(admin, [s.name for s in specs], timeout_s)
     problems = []
     for spec in specs:
         actual = {k: entry.value for k, entry in by_name[spec.name].items()}

@@ -65,6 +65,7 @@ from kbank.streams.views.sources import SourceReader
 from kbank.streams.views.writes import TableWrites
 
 log = logging.getLogger("bank.views")
+EXIT_FOLD_FAILED = 70    # the exit status of a worker whose fold raised (EX_SOFTWARE)
 
 VIEWS_APP = "bank-views"
 VIEWS_TABLE = "views"
@@ -228,10 +229,21 @@ class ViewsWorker:
         self.app.sources = self.sources
         self.app.agent(self.ledger_topic, name="apply-ledger")(self._subscription_only)
         self.app.agent(self.outcomes_topic, name="apply-outcomes")(self._subscription_only)
-        self.app.task(self.sources.run)
+        self.app.task(self._fold_sources)
         register_routes(self)
 
     # -- agents (Kafka plumbing only; decisions are in kbank.streams.views.fold) --
+
+    async def _fold_sources(self) -> None:
+        """The fold. If it fails, the worker exits at once, to be restarted: it must not go on
+        answering from a table that has stopped moving (a bug is not bad input, and bad input
+        never raises: it is counted and skipped)."""
+        try:
+            await self.sources.run()
+        except Exception:
+            log.critical("the views' fold failed; the worker exits", exc_info=True)
+            logging.shutdown()
+            os._exit(EXIT_FOLD_FAILED)
 
     async def _subscription_only(self, stream: Any) -> None:
         """Faust assigns a worker the source partitions its agents subscribe to, and the

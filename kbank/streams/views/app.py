@@ -84,6 +84,12 @@ class ReadCommittedThread(AIOKafkaConsumerThread):
         consumer._isolation_level = "read_committed"
         return consumer
 
+    def verify_event_path(self, now: float, tp: TP) -> None:
+        """Faust's check that every assigned partition is fetched and processed; the sources
+        are paused here on purpose (the SourceReader reads them), so they are not checked."""
+        if tp.topic not in self.app.source_topics:  # type: ignore[attr-defined]
+            super().verify_event_path(now, tp)
+
 
 class PauseSources(ConsumerRebalanceListener):
     """Pauses the source partitions in aiokafka as soon as they are assigned: their records
@@ -221,7 +227,7 @@ class ViewsWorker:
         ledger, outcomes = self.ledger_topic.get_topic_name(), self.outcomes_topic.get_topic_name()
         self.sources = SourceReader(
             kafka.consumer(settings, kafka.VIEWS, settings.topic("bank-views-sources"), **{
-                "fetch.wait.max.ms": 5, "queued.min.messages": 100_000,
+                "fetch.wait.max.ms": 100, "queued.min.messages": 100_000,
                 "max.partition.fetch.bytes": 10 * 1024 * 1024}),
             ledger, outcomes, self.apply_ledger_record, self.apply_outcome_record,
             self.writes.flush)

@@ -51,6 +51,7 @@ class TableWrites:
         self._log: list[tuple[int, bytes, bytes | None]] = []      # for the changelog
         self._positions: dict[tuple[int, bytes], bytes] = {}        # after the log
         self._acked: dict[int, int] = {}   # changelog partition -> highest acknowledged offset
+        self._failed: str | None = None    # the first changelog write that failed
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         """The key's value as the fold left it: buffered, else in the partition's store."""
@@ -85,6 +86,8 @@ class TableWrites:
         how many writes."""
         self._producer.poll(0)
         self._record_acknowledged()
+        if self._failed is not None:
+            raise RuntimeError(f"views changelog write failed: {self._failed}")
         if not self._log and not self._positions:
             return 0
         self._table.data.write_values(self._latest)
@@ -100,11 +103,13 @@ class TableWrites:
         return written
 
     def _delivered(self, err: Any, msg: Any) -> None:
-        """librdkafka's delivery report (on whichever thread polled): remember how far each
-        changelog partition is acknowledged. A failed write crashes the worker at the next
-        flush: a table whose changelog lacks a write cannot be recovered from it."""
+        """librdkafka's delivery report (on whichever thread polled, /health's among them):
+        remember how far each changelog partition is acknowledged, and a failure, which
+        crashes the worker at the fold's next flush (a table whose changelog lacks a write
+        cannot be recovered from it). Raising here would reach whoever polled and be lost."""
         if err is not None:
-            raise RuntimeError(f"views changelog write failed: {err}")
+            self._failed = self._failed or str(err)
+            return
         partition, offset = msg.partition(), msg.offset()
         if offset > self._acked.get(partition, -1):
             self._acked[partition] = offset

@@ -23,7 +23,7 @@ from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, TopicPartition
 log = logging.getLogger("bank.views")
 
 BATCH = 2000          # records taken from librdkafka's queue at once
-IDLE_WAIT_S = 0.002   # how long the loop yields when nothing is queued
+IDLE_WAIT_S = (0.002, 0.05)   # the loop's wait when nothing is queued: doubles while idle
 
 FoldLedger = Callable[[int, int, bytes | None], None]           # partition, offset, value
 FoldOutcome = Callable[[int, int, bytes | None, float | None], None]   # + append time (s)
@@ -80,11 +80,17 @@ class SourceReader:
         return folded
 
     async def run(self) -> None:
-        """Fold until cancelled; yield to the event loop between batches."""
+        """Fold until cancelled; yield to the event loop between batches. An idle worker
+        waits longer and longer (up to 50 ms) between looks, so it does not spend a slice of
+        a core asking an empty queue 500 times a second."""
+        shortest, longest = IDLE_WAIT_S
+        wait = shortest
         while True:
             if self.fold_available() == 0:
-                await asyncio.sleep(IDLE_WAIT_S)
+                await asyncio.sleep(wait)
+                wait = min(longest, wait * 2)
             else:
+                wait = shortest
                 await asyncio.sleep(0)
 
     def lag(self) -> list[tuple[str, int, int]]:

@@ -20,7 +20,8 @@ import orjson
 
 from kbank.streams.model import (BALANCE_SIGN, CLOSED_STATE, CREDITED, DEBITED,
                                  DEFAULT_CURRENCY, DEPOSITED, GENESIS_HASH, LIMITS_SET, OPEN,
-                                 OPENED, REFUNDED, REJECTED, STATE_AFTER, WITHDRAWN, chain_event)
+                                 OPENED, REFUNDED, REJECTED, STATE_AFTER, WITHDRAWN, chain_link,
+                                 chained_parts)
 
 _OUTFLOWS = (WITHDRAWN, DEBITED)        # decided against the overdraft floor when made
 _INFLOWS = (DEPOSITED, CREDITED)        # decided against max_balance when made
@@ -83,8 +84,8 @@ class LedgerFold:
             event = orjson.loads(raw)
             name, seq, kind, amount = event["account"], event["seq"], event["kind"], event["amount"]
             sign = BALANCE_SIGN[kind]
-            if not isinstance(name, str) or not all(
-                    isinstance(v, int) and not isinstance(v, bool) for v in (seq, amount, event["balance"])):
+            if type(name) is not str or type(seq) is not int or type(amount) is not int \
+                    or type(event["balance"]) is not int:   # bool is not int here
                 raise TypeError("account must be a string; seq, amount and balance integers")
             if seq < 1:
                 raise TypeError(f"seq {seq} is not positive")
@@ -102,7 +103,7 @@ class LedgerFold:
                     f"{where}: account {name} seq {seq} re-delivered with different content")
             return None
         if partition is not None:
-            self._link(event, where, partition, offset)
+            self._link(raw, event, where, partition, offset)
         if seq != acct.seq + 1:
             self.violations.append(f"{where}: account {name} seq gap: expected {acct.seq + 1}, got {seq}")
             return None
@@ -136,13 +137,23 @@ class LedgerFold:
             self.violations.append(f"{where}: account {name} seq {seq} balance {event['balance']} "
                                    f"above its max_balance {acct.max_balance}")
 
-    def _link(self, event: dict[str, Any], where: object, partition: int, offset: int) -> None:
-        """Check the event's link in its partition's hash chain, then move the head to it."""
+    def _link(self, raw: bytes, event: dict[str, Any], where: object, partition: int,
+              offset: int) -> None:
+        """Check the event's link in its partition's hash chain, then move the head to it.
+        The hash is checked over the stored bytes when they are in chain_event's form (no
+        re-encoding), else over the event re-encoded without its `hash`."""
         head = self.heads.get(partition)
         if head is None:
             head = self.heads[partition] = ChainHead()
-        stated = event.pop("hash", None)
-        expected, _ = chain_event(head.hash, orjson.dumps(event))
+        parts = chained_parts(raw)
+        if parts is not None:
+            stated: str | None = parts[0]
+            expected = chain_link(head.hash, parts[1])
+        else:
+            stated = event.pop("hash", None)
+            expected = chain_link(head.hash, orjson.dumps(event))
+            if stated is not None:
+                event["hash"] = stated
         if stated != expected:
             what = "has no hash" if stated is None else "breaks the hash chain (it, or " \
                 "the event before it in the partition, was rewritten, removed or inserted)"
@@ -150,5 +161,3 @@ class LedgerFold:
         if stated is not None:
             self.expect.get(partition, {}).pop(stated, None)
         head.offset, head.hash, head.events = offset, stated or expected, head.events + 1
-        if stated is not None:
-            event["hash"] = stated

@@ -28,6 +28,7 @@ import orjson
 from confluent_kafka import Message
 
 from kbank.replay.ledger import LedgerFold
+from kbank.replay.parallel import in_processes, partition_shares
 from kbank.streams.progress import progress_bar
 from kbank.streams import kafka, topics
 from kbank.streams.client import read_topic
@@ -52,13 +53,14 @@ def _slot(message: dict[str, Any]) -> tuple[str, str, int | None]:
             message.get("index"))
 
 
-def applied_batches(settings: Settings) -> dict[int, list[Input]]:
-    """Per partition, the inputs the live engine applied, in its processing order.
+def applied_batches(settings: Settings, partitions: list[int] | None = None) -> dict[int, list[Input]]:
+    """Per partition (of all, or of `partitions`), the inputs the live engine applied, in
+    its processing order.
 
     The changelog's batch records are written in the engine's transactions, so a
     read_committed reader sees exactly the committed batches, in commit order."""
     order: dict[int, list[Input]] = defaultdict(list)
-    for msg in read_topic(settings, settings.topic(topics.CHANGELOG)):
+    for msg in read_topic(settings, settings.topic(topics.CHANGELOG), partitions=partitions):
         if msg.key() is None or not msg.key().startswith(BATCH_PREFIX):
             continue
         batch = BatchRecord.decode(msg.value())
@@ -69,8 +71,26 @@ def applied_batches(settings: Settings) -> dict[int, list[Input]]:
     return order
 
 
-def _index(settings: Settings, logical_topic: str) -> dict[tuple[int, int], Message]:
-    return {(m.partition(), m.offset()): m for m in read_topic(settings, settings.topic(logical_topic))}
+def _index(settings: Settings, logical_topic: str,
+           partitions: list[int] | None = None) -> dict[tuple[int, int], Message]:
+    return {(m.partition(), m.offset()): m
+            for m in read_topic(settings, settings.topic(logical_topic), partitions=partitions)}
+
+
+def live_inputs(settings: Settings, partitions: list[int] | None = None
+                ) -> tuple[dict[int, list[Input]], dict[tuple[int, int], Message],
+                           dict[tuple[int, int], Message]]:
+    """(the processing order per partition, the requests, the credits) of all partitions or
+    of `partitions`. Inputs after the last committed batch (being processed, or still
+    queued) come last, credits before requests as the engine takes them."""
+    order = applied_batches(settings, partitions)
+    requests = _index(settings, topics.REQUESTS, partitions)
+    credits = _index(settings, topics.CREDITS, partitions)
+    for p in {p for p, _ in requests} | {p for p, _ in credits}:
+        seen = set(order[p])
+        order[p] += [("c", off) for (q, off) in sorted(credits) if q == p and ("c", off) not in seen]
+        order[p] += [("r", off) for (q, off) in sorted(requests) if q == p and ("r", off) not in seen]
+    return order, requests, credits
 
 
 @dataclass
@@ -81,7 +101,7 @@ class Generation:
     states: dict[int, MemoryState] = field(default_factory=lambda: defaultdict(MemoryState))
     events: list[tuple[str, bytes]] = field(default_factory=list)       # (account, raw event)
     outcomes: list[tuple[str, bytes]] = field(default_factory=list)     # (request key, raw outcome)
-    # credit messages the new logic sent, by _slot: [key, message, ts, claimed]
+    # credit messages the new logic sent, by _slot: [key, message, ts, claimed, encoded]
     messages: dict[tuple[str, str], deque] = field(default_factory=lambda: defaultdict(deque))
     sent: list[list] = field(default_factory=list)    # the same, in creation order
 
@@ -95,8 +115,8 @@ class Generation:
         if out.event is not None:
             self.events.append((decision.account, out.event))
         self.outcomes += [(key.decode(), raw) for key, raw in out.outcomes]
-        for key, message in decision.messages:
-            item = [key, message, ts, False]
+        for (key, message), (_, encoded) in zip(decision.messages, out.messages):
+            item = [key, message, ts, False, encoded]
             self.messages[_slot(message)].append(item)
             self.sent.append(item)
 
@@ -105,15 +125,7 @@ def simulate(settings: Settings, rules: Rules, partitions: int,
              show_progress: bool = True) -> Generation:
     """Re-decide the live generation's inputs with `rules`, in the live processing order
     (`partitions`: the live topics' partition count)."""
-    order = applied_batches(settings)
-    requests = _index(settings, topics.REQUESTS)
-    credits = _index(settings, topics.CREDITS)
-    # inputs after the last committed batch (being processed, or still queued) come last,
-    # credits before requests as the engine takes them
-    for p in {p for p, _ in requests} | {p for p, _ in credits}:
-        seen = set(order[p])
-        order[p] += [("c", off) for (q, off) in sorted(credits) if q == p and ("c", off) not in seen]
-        order[p] += [("r", off) for (q, off) in sorted(requests) if q == p and ("r", off) not in seen]
+    order, requests, credits = live_inputs(settings)
     gen = Generation()
     decided: set[tuple[int, int]] = set()
     request_positions: dict[str, list[tuple[int, int]]] = defaultdict(list)   # by request key
@@ -188,7 +200,7 @@ def simulate(settings: Settings, rules: Rules, partitions: int,
     # messages of the new logic that no live credit slot took (they may send more)
     i = 0
     while i < len(gen.sent):
-        key, message, ts, claimed = gen.sent[i]
+        key, message, ts, claimed, _ = gen.sent[i]
         i += 1
         if claimed:
             continue
@@ -217,6 +229,83 @@ def _decide_credit(gen: Generation, message: dict[str, Any], partition: int, ts:
     except BadMessage:
         return   # a record the engine could not have written: dead-lettered live too
     gen.emit(decision, partition, ts)
+
+
+@dataclass
+class ShareRun:
+    """One process's share of a parallel recompute: its partitions re-decided, each credit
+    slot filled with the live message (what the other partitions sent live), and what its
+    decisions sent and its slots took, to check afterwards that the two agree."""
+
+    gen: Generation
+    sent: dict[tuple[str, str, int | None], list[tuple[int, bytes]]]   # slot -> (sender, message)
+    used: dict[tuple[str, str, int | None], list[bytes]]               # slot -> live message taken
+
+
+def simulate_share(settings: Settings, rules: Rules, share: list[int]) -> ShareRun:
+    """Re-decide the inputs of the partitions in `share`, each partition in the live order;
+    a credit slot takes the live message."""
+    order, requests, credits = live_inputs(settings, share)
+    gen = Generation()
+    used: dict[tuple[str, str, int | None], list[bytes]] = defaultdict(list)
+    sent: dict[tuple[str, str, int | None], list[tuple[int, bytes]]] = defaultdict(list)
+    for p in share:
+        for kind, off in order.get(p, []):
+            sent_before = len(gen.sent)
+            if kind == "r":
+                if (msg := requests.get((p, off))) is not None:
+                    _decide_request(gen, msg, p, rules)
+            elif (old := credits.get((p, off))) is not None:
+                try:
+                    message = parse_message(old.key(), old.value())
+                except BadMessage:
+                    continue   # dead-lettered live too
+                if message["kind"] != EXPIRE:   # the engine's clock writes expires, no decision
+                    used[_slot(message)].append(old.value())
+                _decide_credit(gen, message, p, old.timestamp()[1], Position(old.topic(), p, off))
+            for _, message, _, _, encoded in gen.sent[sent_before:]:
+                sent[_slot(message)].append((p, encoded))
+    gen.messages.clear()
+    gen.sent.clear()
+    return ShareRun(gen, dict(sent), dict(used))
+
+
+def shares_agree(runs: list[ShareRun]) -> bool:
+    """Whether every slot took exactly the messages the new logic sent it, in the order one
+    partition sent them: then each partition saw the inputs the one-process simulation
+    gives it, and the shares' decisions are that simulation's."""
+    sent: dict[tuple[str, str, int | None], list[tuple[int, bytes]]] = defaultdict(list)
+    used: dict[tuple[str, str, int | None], list[bytes]] = {}
+    for run in runs:
+        for slot, items in run.sent.items():
+            sent[slot] += items
+        used.update(run.used)   # a slot's account lives on one partition: one share takes it
+    for slot in sent.keys() | used.keys():
+        items = sent.get(slot, [])
+        if len({partition for partition, _ in items}) > 1 \
+                or [encoded for _, encoded in items] != used.get(slot, []):
+            return False
+    return True
+
+
+def simulate_in_parallel(settings: Settings, rules: Rules, partitions: int,
+                         processes: int) -> Generation:
+    """`simulate` across processes, one share of the partitions each, every credit slot
+    filled with the live message. Where the new rules send other messages between
+    partitions than the live ones, a partition's inputs depend on the others' new
+    decisions: then the shares' work is dropped and `simulate` runs in one process."""
+    shares = partition_shares(settings, settings.topic(topics.REQUESTS), processes)
+    runs = in_processes(simulate_share, [(settings, rules, share) for share in shares])
+    if not shares_agree(runs):
+        print("recompute: the new rules change messages between partitions; "
+              "recomputing in one process", flush=True)
+        return simulate(settings, rules, partitions)
+    gen = Generation()
+    for run in runs:
+        gen.states.update(run.gen.states)
+        gen.events += run.gen.events
+        gen.outcomes += run.gen.outcomes
+    return gen
 
 
 def final_outcomes(raw_outcomes: list[bytes]) -> dict[str, tuple[str, str | None]]:
@@ -301,11 +390,12 @@ def write_generation(settings: Settings, generation: str, gen: Generation) -> Se
     return target
 
 
-def main(settings: Settings, generation: str) -> int:
+def main(settings: Settings, generation: str, processes: int = 1) -> int:
     partitions = partition_count(settings, topics.REQUESTS, kafka.TOOLS)
     rules = Rules.from_settings(settings, partitions)
     print(f"recompute: rules {rules}; new generation {generation!r}", flush=True)
-    gen = simulate(settings, rules, partitions)
+    gen = simulate_in_parallel(settings, rules, partitions, processes) if processes > 1 \
+        else simulate(settings, rules, partitions)
     target = write_generation(settings, generation, gen)
     report = diff(settings, gen)
     print(report.render())

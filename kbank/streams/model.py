@@ -335,10 +335,32 @@ def chain_event(prev_hash: str, encoded: bytes) -> tuple[str, bytes]:
     hash = SHA-256(previous hash || the event's canonical encoding), appended as the last
     field. Returns (hash, the encoding with it), which equals orjson.dumps of the event
     with `hash` added, so a reader checks it by popping `hash` and encoding the rest."""
+    digest = chain_link(prev_hash, encoded)
+    return digest, b"%s,\"hash\":\"%s\"}" % (encoded[:-1], digest.encode())
+
+
+_HASH_FIELD = b',"hash":"'
+_HASH_SUFFIX = len(_HASH_FIELD) + 64 + 2          # ,"hash":"<64 hex digits>"}
+
+
+def chained_parts(raw: bytes) -> tuple[str, bytes] | None:
+    """(stated hash, the bytes it was chained over) of an event in chain_event's form, read
+    off the stored bytes without decoding and re-encoding them; None if `raw` is not in that
+    form. Every byte but the hash itself is covered by it, so a check of these parts binds
+    the whole event."""
+    if len(raw) <= _HASH_SUFFIX or raw[-_HASH_SUFFIX:-66] != _HASH_FIELD or raw[-2:] != b'"}':
+        return None
+    stated = raw[-66:-2]
+    if stated.strip(b"0123456789abcdef"):
+        return None
+    return stated.decode(), raw[:-_HASH_SUFFIX] + b"}"
+
+
+def chain_link(prev_hash: str, encoded: bytes) -> str:
+    """The hash chain_event gives `encoded` after `prev_hash`."""
     chained = hashlib.sha256(prev_hash.encode())
     chained.update(encoded)
-    digest = chained.hexdigest()
-    return digest, b"%s,\"hash\":\"%s\"}" % (encoded[:-1], digest.encode())
+    return chained.hexdigest()
 
 
 def outcome(account: str, request_id: str, status: str, ts: int, reason: str | None = None,

@@ -308,3 +308,29 @@ def test_the_hash_chain_names_a_rewritten_event():
         fold.apply(orjson.dumps(event), f"@{offset}", 0, offset)
     broken = [v for v in fold.violations if "hash chain" in v]
     assert len(broken) == 1 and broken[0].startswith("@3:"), fold.violations
+
+
+def test_the_hash_chain_is_checked_on_the_stored_bytes_or_on_the_re_encoding():
+    led = Ledger()
+    _open(led, "a", 100)
+    _open(led, "b")
+    _transfer(led, "t1", "a", "b", 40)
+    led.deliver_all()
+    # `hash` moved to the front: not chain_event's form, so it is checked over the event
+    # re-encoded without it, and the chain holds
+    reordered = []
+    for raw in led.events:
+        event = orjson.loads(raw)
+        reordered.append(orjson.dumps({"hash": event.pop("hash"), **event}))
+    fold = LedgerFold()
+    for offset, raw in enumerate(reordered):
+        fold.apply(raw, f"@{offset}", 0, offset)
+    assert fold.violations == [] and fold.applied == len(led.events)
+    # a byte changed inside a string of the stored event (its hash kept): that link breaks
+    forged = list(led.events)
+    forged[1] = forged[1].replace(b'"request_id":"', b'"request_id":"x', 1)
+    fold = LedgerFold()
+    for offset, raw in enumerate(forged):
+        fold.apply(raw, f"@{offset}", 0, offset)
+    broken = [v for v in fold.violations if "hash chain" in v]
+    assert len(broken) == 1 and broken[0].startswith("@1:"), fold.violations

@@ -12,9 +12,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-import urllib.request
 
-import orjson
 
 from kbank.bench.driver import fresh_deployment, opened_by_engine
 from kbank.bench.procs import cpu_by_kind
@@ -23,7 +21,7 @@ from kbank.streams.client import OutcomeTail, RequestSender
 from kbank.streams.config import Settings
 from kbank.streams.model import request_key
 from kbank.streams.progress import progress_bar, wait_with_progress
-from kbank.streams.supervisor import WorkerPool, wait_for_views
+from kbank.streams.supervisor import WorkerPool, wait_for_views, wait_for_views_caught_up
 from kbank.streams.broker import free_port
 
 
@@ -52,32 +50,6 @@ class DrainClock:
 
     def close(self) -> None:
         self._tail.close()
-
-
-def views_caught_up(urls: list[str], partitions: int, timeout_s: float = 300.0) -> bool:
-    """Wait until every views worker has read its sources to the end and its table writes
-    are acknowledged. Its /health lag counts the commit marker that ends each transactional
-    partition, so "the end" is a lag of at most one per source partition that stays put for
-    a second, with no changelog backlog."""
-    deadline = time.monotonic() + timeout_s
-    still, last = 0, None
-    while time.monotonic() < deadline:
-        healths = []
-        try:
-            for url in urls:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
-                    healths.append(orjson.loads(resp.read()))
-        except OSError:   # 503 while a worker is not ready (a rebalance): ask again
-            time.sleep(0.2)
-            continue
-        lag = sum(h["lag"] for h in healths)
-        settled = lag <= 2 * partitions and all(h["changelog_backlog"] == 0 for h in healths)
-        still = still + 1 if settled and lag == last else 0
-        last = lag
-        if still >= 5:
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def drain_speed(settings: Settings, *, workers: int, views: int, accounts: int, backlog: int,
@@ -116,8 +88,7 @@ def drain_speed(settings: Settings, *, workers: int, views: int, accounts: int, 
         wait_with_progress(lambda: drain.done, backlog, "draining", "transfers")
         after = cpu_by_kind(pids)
         if views:   # the views' cost is all of their fold, not what they did by the last outcome
-            caught_up = views_caught_up([pools[0].url(str(i)) for i in range(views)],
-                                        settings.partitions)
+            caught_up = wait_for_views_caught_up([pools[0].url(str(i)) for i in range(views)])
             views_s = time.monotonic() - started
             after["views"] = cpu_by_kind({"views": pids["views"]})["views"]
     finally:

@@ -113,28 +113,51 @@ def exit_reason(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def wait_for_views(urls: list[str], partitions: int, timeout_s: float = 120.0) -> bool:
-    """Wait until the views workers accept requests and together own every ledger partition."""
+def views_health(urls: list[str]) -> list[dict] | None:
+    """Every views worker's /health, or None while one is unreachable or not ready (not
+    accepting requests, or in a rebalance: its /health answers 503 then)."""
     import urllib.request
 
     import orjson
 
+    healths = []
+    try:
+        for url in urls:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+                health = orjson.loads(resp.read())
+            if health["rebalancing"] or not health["accepting_requests"]:
+                return None
+            healths.append(health)
+    except (OSError, ValueError, KeyError):
+        return None
+    return healths
+
+
+def wait_for_views(urls: list[str], partitions: int, timeout_s: float = 120.0) -> bool:
+    """Wait until the views workers accept requests and together own every ledger partition."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        owned: list[int] = []
-        try:
-            for url in urls:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    health = orjson.loads(resp.read())
-                if health["rebalancing"] or not health["accepting_requests"]:
-                    raise OSError("not ready")
-                owned += health["ledger_partitions"]
-        except (OSError, ValueError, KeyError):
-            time.sleep(0.5)
-            continue
-        if sorted(owned) == list(range(partitions)):
+        healths = views_health(urls)
+        if healths is not None and sorted(
+                p for h in healths for p in h["ledger_partitions"]) == list(range(partitions)):
             return True
         time.sleep(0.5)
+    return False
+
+
+def wait_for_views_caught_up(urls: list[str], timeout_s: float = 300.0) -> bool:
+    """Wait until every views worker has folded its sources to their end and the changelog
+    acknowledged all of its table writes, and that stays so for a second."""
+    deadline = time.monotonic() + timeout_s
+    settled = 0
+    while time.monotonic() < deadline:
+        healths = views_health(urls)
+        caught_up = healths is not None and all(
+            h["lag"] == 0 and h["changelog_backlog"] == 0 for h in healths)
+        settled = settled + 1 if caught_up else 0
+        if settled >= 5:
+            return True
+        time.sleep(0.2)
     return False
 
 

@@ -94,11 +94,17 @@ class SourceReader:
                 await asyncio.sleep(0)
 
     def lag(self) -> list[tuple[str, int, int]]:
-        """(topic, partition, records behind) per assigned partition whose end is known."""
+        """(topic, partition, records behind) per assigned partition whose end is known.
+        librdkafka's position has stepped over the commit marker that ends a transactional
+        partition, which no record of ours does: a reader at the end has a lag of 0."""
+        assigned = sorted(self.positions.items())
+        stepped = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(
+            [TopicPartition(topic, partition) for (topic, partition), _ in assigned])}
         rows = []
-        for (topic, partition), position in sorted(self.positions.items()):
+        for (topic, partition), position in assigned:
             low, high = self._consumer.get_watermark_offsets(
                 TopicPartition(topic, partition), cached=True)
             if high >= 0:
+                position = max(position, stepped.get((topic, partition), -1))
                 rows.append((topic, partition, max(0, high - position)))
         return rows

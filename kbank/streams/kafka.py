@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from kbank.streams.config import Settings, SettingsError
 
@@ -66,6 +66,13 @@ def produce_waiting(producer: Producer, topic: str, poll_s: float = 0.01,
             return
         except BufferError:
             producer.poll(poll_s)
+
+
+def is_fatal(err: KafkaError) -> bool:
+    """Whether a client is unusable after this error. librdkafka reports a consumer's fatal
+    error (a static member fenced, say) as an error event of code _FATAL whose fatal() is
+    False, so both are asked."""
+    return err.fatal() or err.code() == KafkaError._FATAL
 
 
 def consumer(settings: Settings, role: str, group_id: str | None = None,

@@ -44,7 +44,9 @@ def test_rebuilt_views_equal_the_live_ones_after_crashes(settings, pool_factory,
         while wl.watcher.finished(wl.request_ids) < len(wl.request_ids) or sender.is_alive() \
                 or holder.is_alive():
             crashes += len(engine.restart_dead())
-            assert time.monotonic() < deadline, "workload did not finish"
+            assert time.monotonic() < deadline, \
+                f"workload did not finish: {wl.watcher.finished(wl.request_ids)} of " \
+                f"{len(wl.request_ids)} requests final after {crashes} engine crashes"
             time.sleep(0.3)
         sender.join()
         holder.join()
@@ -52,6 +54,7 @@ def test_rebuilt_views_equal_the_live_ones_after_crashes(settings, pool_factory,
     finally:
         wl.close()
     assert crashes > 0, "the engine workers should have crashed themselves"
+    print(f"{crashes} engine crashes")
     report = assert_invariants(settings, wl, drained_by=engine)
     assert min(report.holds[k] for k in ("posted", "hold_released", "expired")) > 0, report.render()
     views_rebuilt = rebuild(settings, str(tmp_path / "rebuilt"), show_progress=False)

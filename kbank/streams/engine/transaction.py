@@ -179,7 +179,7 @@ class EngineTransaction:
         """WorkerFenced for fencing or a fatal error, else TransactionAborted (a produce refused
         because the transaction is in an error state aborts the batch too)."""
         err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-        if err is not None and (err.code() in _FENCED or err.fatal()):
+        if err is not None and (err.code() in _FENCED or kafka.is_fatal(err)):
             return WorkerFenced(str(err))
         return TransactionAborted(str(exc))
 

@@ -235,7 +235,7 @@ class EngineWorker:
         self.lag = lag
 
     def _on_consume_error(self, err: KafkaError) -> None:
-        if err.fatal():
+        if kafka.is_fatal(err):   # exit, to be restarted, rather than poll a dead consumer
             raise RuntimeError(f"fatal consumer error: {err}")
         if err.code() != KafkaError._PARTITION_EOF:
             log.warning("consume error: %s", err)

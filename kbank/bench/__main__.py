@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                              "first to the last final outcome (their LogAppendTime); with --views, "
                              "also how long the views took to fold everything, and all of "
                              "their CPU")
+    parser.add_argument("--recompute", action="store_true",
+                        help="with --backlog: then time `bank replay recompute`'s re-decision of "
+                             "the drained log in one process and in one per core")
     parser.add_argument("--statement-events", type=int, default=0, metavar="N",
                         help="instead: p50/p99 of a statement over an account's N events, and of "
                              "a filtered page, on a real store (kbank/bench/queries.py)")
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
                     drained = drain_speed(settings, workers=workers, views=args.views,
                                           accounts=args.accounts, backlog=args.backlog,
-                                          broker_pids=broker_pids)
+                                          broker_pids=broker_pids, recompute=args.recompute)
                     drained.update(auth=auth, broker_raw_msgs_per_s=raw["msgs_per_s"])
                     print(orjson.dumps(drained).decode() if args.json else
                           f"backlog of {args.backlog:,} drained by {workers} worker(s)"

@@ -9,6 +9,7 @@ each process kind used while draining is reported per transfer.
 """
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -52,8 +53,35 @@ class DrainClock:
         self._tail.close()
 
 
+def recompute_speed(settings: Settings, processes: int) -> dict[str, object]:
+    """`bank replay recompute`'s re-decision of the drained log, unchanged rules, in one
+    process and in `processes`: decided events/s, and whether the two agree byte for byte."""
+    from kbank.replay.recompute import simulate, simulate_in_parallel
+    from kbank.streams.decisions import Rules
+
+    rules = Rules.from_settings(settings, settings.partitions)
+    started = time.monotonic()
+    alone = simulate(settings, rules, settings.partitions, show_progress=False)
+    alone_s = time.monotonic() - started
+    started = time.monotonic()
+    shared = simulate_in_parallel(settings, rules, settings.partitions, processes)
+    shared_s = time.monotonic() - started
+
+    def by_account(events: list[tuple[str, bytes]]) -> dict[str, list[bytes]]:
+        out: dict[str, list[bytes]] = {}
+        for account, raw in events:
+            out.setdefault(account, []).append(raw)
+        return out
+
+    return {"recompute_events": len(alone.events),
+            "recompute_events_per_s": round(len(alone.events) / alone_s),
+            "recompute_processes": processes,
+            "recompute_parallel_events_per_s": round(len(shared.events) / shared_s),
+            "recompute_parallel_same": by_account(alone.events) == by_account(shared.events)}
+
+
 def drain_speed(settings: Settings, *, workers: int, views: int, accounts: int, backlog: int,
-                broker_pids: list[int], seed: int = 3) -> dict[str, object]:
+                broker_pids: list[int], seed: int = 3, recompute: bool = False) -> dict[str, object]:
     settings = fresh_deployment(settings, "backlog")
     opened_by_engine(settings, accounts, deposit=10_000_000, workers=workers)
     rng = random.Random(seed)
@@ -96,7 +124,8 @@ def drain_speed(settings: Settings, *, workers: int, views: int, accounts: int, 
         for pool in pools:
             pool.stop_all()
     seconds = max(1e-3, (drain.last - drain.first) / 1000)
-    return {"mode": "backlog", "backlog": backlog, "workers": workers, "views": views,
+    recomputed = recompute_speed(settings, os.cpu_count() or 1) if recompute else {}
+    return {**recomputed, "mode": "backlog", "backlog": backlog, "workers": workers, "views": views,
             "accounts": accounts, "drain_s": round(seconds, 2),
             "drain_transfers_per_s": round(backlog / seconds, 1),
             **({"views_caught_up": caught_up, "views_folded_in_s": round(views_s, 2)}

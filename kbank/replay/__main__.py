@@ -42,9 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("recompute", help="re-decide the request log with the current rules into a "
                                          "new generation and list what it decides differently")
     p.add_argument("--generation", required=True, help="id of the new generation (names its topics)")
-    p.add_argument("--processes", type=int, default=os.cpu_count() or 1,
-                   help="re-decide the partitions in this many processes (default: one per core); "
-                        "if the new rules change messages between partitions, in one")
+    p.add_argument("--processes", type=int, default=max(1, (os.cpu_count() or 1) - 1),
+                   help="re-decide the partitions in this many processes (default: one per core "
+                        "but one, which the broker's reads need: on 2 cores two processes were "
+                        "no faster, BENCHMARKS.md); if the new rules change messages between "
+                        "partitions, in one")
     p = sub.add_parser("switch", help="make the views serve a generation (after reviewing its diff); "
                                       "views workers pick it up when restarted")
     p.add_argument("--generation", required=True, help="generation id, or 'live' for the live one")

@@ -267,6 +267,8 @@ def simulate_share(settings: Settings, rules: Rules, share: list[int]) -> ShareR
                 sent[_slot(message)].append((p, encoded))
     gen.messages.clear()
     gen.sent.clear()
+    for state in gen.states.values():   # what the report and the new generation do not need:
+        state.markers, state.holds = {}, {}   # not sent back to the parent process
     return ShareRun(gen, dict(sent), dict(used))
 
 

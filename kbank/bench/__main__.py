@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recompute", action="store_true",
                         help="with --backlog: then time `bank replay recompute`'s re-decision of "
                              "the drained log in one process and in one per core")
+    parser.add_argument("--store-keys", type=int, default=0, metavar="N",
+                        help="instead: CPU per miss-and-put as an engine store grows to N keys, "
+                             "with its options and with RocksDB's defaults (kbank/bench/store.py)")
     parser.add_argument("--statement-events", type=int, default=0, metavar="N",
                         help="instead: p50/p99 of a statement over an account's N events, and of "
                              "a filtered page, on a real store (kbank/bench/queries.py)")
@@ -89,6 +92,15 @@ def main(argv: list[str] | None = None) -> int:
               f"the 10 largest balances of {result['ranking_accounts']:,} accounts: p50 "
               f"{result['top10_p50_ms']} ms, p99 {result['top10_p99_ms']} ms (100: p99 "
               f"{result['top100_p99_ms']} ms)")
+        return 0
+    if args.store_keys:
+        from kbank.bench.store import store_growth
+
+        result = store_growth(args.store_keys)
+        print(orjson.dumps(result).decode() if args.json else
+              f"a miss and a put, us of CPU, per million keys {result['per_million_keys']}: "
+              f"engine options {result['engine_options_us']}, RocksDB defaults "
+              f"{result['rocksdb_defaults_us']}")
         return 0
     if args.replay_events:
         return replay_main(args)

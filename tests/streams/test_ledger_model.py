@@ -280,57 +280,56 @@ def test_metadata_and_external_ref_travel_to_both_sides_and_the_outcomes():
     _verified(led)
 
 
-def test_the_hash_chain_names_a_rewritten_event():
+def _one_transfer() -> Ledger:
     led = Ledger()
     _open(led, "a", 100)
     _open(led, "b")
     _transfer(led, "t1", "a", "b", 40)
     led.deliver_all()
+    return led
+
+
+def _folded(events: list[bytes]) -> LedgerFold:
+    """The events folded as one partition's, each named by its offset."""
     fold = LedgerFold()
-    for offset, raw in enumerate(led.events):
+    for offset, raw in enumerate(events):
         fold.apply(raw, f"@{offset}", 0, offset)
+    return fold
+
+
+def test_the_hash_chain_names_a_rewritten_event():
+    led = _one_transfer()
+    fold = _folded(led.events)
     assert fold.violations == [] and fold.heads[0].offset == len(led.events) - 1
     # the same log with one amount changed (hash left as it was): that event is named
     rewritten = [orjson.loads(raw) for raw in led.events]
     rewritten[2]["amount"] += 1
     rewritten[2]["balance"] += 1
-    fold = LedgerFold()
-    for offset, event in enumerate(rewritten):
-        fold.apply(orjson.dumps(event), f"@{offset}", 0, offset)
+    fold = _folded([orjson.dumps(event) for event in rewritten])
     broken = [v for v in fold.violations if "hash chain" in v]
     assert len(broken) == 1 and broken[0].startswith("@2:"), fold.violations
     # re-hashing the rewritten event moves the break to the next link
     body = {k: v for k, v in rewritten[2].items() if k != "hash"}
     prev = rewritten[1]["hash"]
     rewritten[2]["hash"] = chain_event(prev, orjson.dumps(body))[0]
-    fold = LedgerFold()
-    for offset, event in enumerate(rewritten):
-        fold.apply(orjson.dumps(event), f"@{offset}", 0, offset)
+    fold = _folded([orjson.dumps(event) for event in rewritten])
     broken = [v for v in fold.violations if "hash chain" in v]
     assert len(broken) == 1 and broken[0].startswith("@3:"), fold.violations
 
 
 def test_the_hash_chain_is_checked_on_the_stored_bytes_or_on_the_re_encoding():
-    led = Ledger()
-    _open(led, "a", 100)
-    _open(led, "b")
-    _transfer(led, "t1", "a", "b", 40)
-    led.deliver_all()
+    led = _one_transfer()
     # `hash` moved to the front: not chain_event's form, so it is checked over the event
     # re-encoded without it, and the chain holds
     reordered = []
     for raw in led.events:
         event = orjson.loads(raw)
         reordered.append(orjson.dumps({"hash": event.pop("hash"), **event}))
-    fold = LedgerFold()
-    for offset, raw in enumerate(reordered):
-        fold.apply(raw, f"@{offset}", 0, offset)
+    fold = _folded(reordered)
     assert fold.violations == [] and fold.applied == len(led.events)
     # a byte changed inside a string of the stored event (its hash kept): that link breaks
     forged = list(led.events)
     forged[1] = forged[1].replace(b'"request_id":"', b'"request_id":"x', 1)
-    fold = LedgerFold()
-    for offset, raw in enumerate(forged):
-        fold.apply(raw, f"@{offset}", 0, offset)
+    fold = _folded(forged)
     broken = [v for v in fold.violations if "hash chain" in v]
     assert len(broken) == 1 and broken[0].startswith("@1:"), fold.violations

@@ -231,7 +231,8 @@ class ViewsWorker:
         self.sources = SourceReader(
             kafka.consumer(settings, kafka.VIEWS, settings.topic("bank-views-sources"), **{
                 "fetch.wait.max.ms": 100, "queued.min.messages": 100_000,
-                "max.partition.fetch.bytes": 10 * 1024 * 1024}),
+                "max.partition.fetch.bytes": 10 * 1024 * 1024,
+                "enable.partition.eof": True}),   # where a source ends: SourceReader.lag
             ledger, outcomes, self.apply_ledger_record, self.apply_outcome_record,
             self.writes.flush)
         self.app.source_topics = frozenset({ledger, outcomes})

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from typing import Callable
 
-from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, TopicPartition
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, TopicPartition
 
 log = logging.getLogger("bank.views")
 
@@ -40,10 +40,14 @@ class SourceReader:
         self._fold_ledger, self._fold_outcome = fold_ledger, fold_outcome
         self._after_batch = after_batch
         self.positions: dict[tuple[str, int], int] = {}   # next offset to fold, assigned only
+        # where each source partition ended when the reader last reached it: past the commit
+        # marker that ends a transactional partition, which no record's offset + 1 is
+        self.ends: dict[tuple[str, int], int] = {}
 
     def assign(self, positions: dict[tuple[str, int], int]) -> None:
         """Read these source partitions from these offsets (and no others)."""
         self.positions = dict(positions)
+        self.ends = {}
         self._consumer.assign([TopicPartition(t, p, o) for (t, p), o in positions.items()])
         for (topic, partition), offset in sorted(positions.items()):
             log.info("reading %s[%d] from %d (the views table's position)", topic, partition,
@@ -52,6 +56,7 @@ class SourceReader:
     def revoke(self) -> None:
         """Stop reading: a rebalance is taking the partitions away."""
         self.positions = {}
+        self.ends = {}
         self._consumer.unassign()
 
     def fold_available(self) -> int:
@@ -60,10 +65,13 @@ class SourceReader:
         folded = 0
         positions = self.positions
         for msg in msgs:
-            if msg.error() is not None:
-                log.warning("reading the views' sources: %s", msg.error())
-                continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if msg.error() is not None:
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("reading the views' sources: %s", msg.error())
+                elif (topic, partition) in positions:
+                    self.ends[(topic, partition)] = offset
+                continue
             if (topic, partition) not in positions:
                 continue            # fetched before a revocation
             if topic == self.ledger_topic:
@@ -94,17 +102,15 @@ class SourceReader:
                 await asyncio.sleep(0)
 
     def lag(self) -> list[tuple[str, int, int]]:
-        """(topic, partition, records behind) per assigned partition whose end is known.
-        librdkafka's position has stepped over the commit marker that ends a transactional
-        partition, which no record of ours does: a reader at the end has a lag of 0."""
-        assigned = sorted(self.positions.items())
-        stepped = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(
-            [TopicPartition(topic, partition) for (topic, partition), _ in assigned])}
+        """(topic, partition, records behind) per assigned partition whose end is known. A
+        reader that reached the end of a transactional partition has a lag of 0, not 1 for
+        the commit marker there (librdkafka's position() is no help: it runs ahead of the
+        fold by whatever is prefetched)."""
         rows = []
-        for (topic, partition), position in assigned:
+        for (topic, partition), position in sorted(self.positions.items()):
             low, high = self._consumer.get_watermark_offsets(
                 TopicPartition(topic, partition), cached=True)
             if high >= 0:
-                position = max(position, stepped.get((topic, partition), -1))
+                position = max(position, self.ends.get((topic, partition), -1))
                 rows.append((topic, partition, max(0, high - position)))
         return rows

@@ -56,7 +56,7 @@ class DrainClock:
 def recompute_speed(settings: Settings, processes: int) -> dict[str, object]:
     """`bank replay recompute`'s re-decision of the drained log, unchanged rules, in one
     process and in `processes`: decided events/s, and whether the two agree byte for byte."""
-    from kbank.replay.recompute import simulate, simulate_in_parallel
+    from kbank.replay.recompute import events_by_account, simulate, simulate_in_parallel
     from kbank.streams.decisions import Rules
 
     rules = Rules.from_settings(settings, settings.partitions)
@@ -67,17 +67,12 @@ def recompute_speed(settings: Settings, processes: int) -> dict[str, object]:
     shared = simulate_in_parallel(settings, rules, settings.partitions, processes)
     shared_s = time.monotonic() - started
 
-    def by_account(events: list[tuple[str, bytes]]) -> dict[str, list[bytes]]:
-        out: dict[str, list[bytes]] = {}
-        for account, raw in events:
-            out.setdefault(account, []).append(raw)
-        return out
-
     return {"recompute_events": len(alone.events),
             "recompute_events_per_s": round(len(alone.events) / alone_s),
             "recompute_processes": processes,
             "recompute_parallel_events_per_s": round(len(shared.events) / shared_s),
-            "recompute_parallel_same": by_account(alone.events) == by_account(shared.events)}
+            "recompute_parallel_same": events_by_account(alone.events) ==
+            events_by_account(shared.events)}
 
 
 def drain_speed(settings: Settings, *, workers: int, views: int, accounts: int, backlog: int,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import orjson
 from confluent_kafka import Message
@@ -308,6 +308,15 @@ def simulate_in_parallel(settings: Settings, rules: Rules, partitions: int,
         gen.events += run.gen.events
         gen.outcomes += run.gen.outcomes
     return gen
+
+
+def events_by_account(events: Iterable[tuple[str, bytes]]) -> dict[str, list[bytes]]:
+    """Each account's raw events in the order decided: how two generations (or the shares of
+    a parallel recompute) are compared byte for byte."""
+    out: dict[str, list[bytes]] = {}
+    for account, raw in events:
+        out.setdefault(account, []).append(raw)
+    return out
 
 
 def final_outcomes(raw_outcomes: list[bytes]) -> dict[str, tuple[str, str | None]]:

@@ -334,13 +334,15 @@ def chain_event(prev_hash: str, encoded: bytes) -> tuple[str, bytes]:
     """Chain an encoded ledger event (without `hash`) to its partition's previous event:
     hash = SHA-256(previous hash || the event's canonical encoding), appended as the last
     field. Returns (hash, the encoding with it), which equals orjson.dumps of the event
-    with `hash` added, so a reader checks it by popping `hash` and encoding the rest."""
+    with `hash` added, so a reader checks it on the stored bytes (chained_parts) or by
+    popping `hash` and encoding the rest."""
     digest = chain_link(prev_hash, encoded)
     return digest, b"%s,\"hash\":\"%s\"}" % (encoded[:-1], digest.encode())
 
 
 _HASH_FIELD = b',"hash":"'
-_HASH_SUFFIX = len(_HASH_FIELD) + 64 + 2          # ,"hash":"<64 hex digits>"}
+_HEX_DIGEST = 64                                   # SHA-256 in hex
+_HASH_SUFFIX = len(_HASH_FIELD) + _HEX_DIGEST + 2  # ,"hash":"<64 hex digits>"}
 
 
 def chained_parts(raw: bytes) -> tuple[str, bytes] | None:
@@ -348,9 +350,11 @@ def chained_parts(raw: bytes) -> tuple[str, bytes] | None:
     off the stored bytes without decoding and re-encoding them; None if `raw` is not in that
     form. Every byte but the hash itself is covered by it, so a check of these parts binds
     the whole event."""
-    if len(raw) <= _HASH_SUFFIX or raw[-_HASH_SUFFIX:-66] != _HASH_FIELD or raw[-2:] != b'"}':
+    digest_at = -_HEX_DIGEST - 2
+    if len(raw) <= _HASH_SUFFIX or raw[-_HASH_SUFFIX:digest_at] != _HASH_FIELD \
+            or raw[-2:] != b'"}':
         return None
-    stated = raw[-66:-2]
+    stated = raw[digest_at:-2]
     if stated.strip(b"0123456789abcdef"):
         return None
     return stated.decode(), raw[:-_HASH_SUFFIX] + b"}"

@@ -11,8 +11,8 @@ import orjson
 from kbank.chaos.holds import HoldMix
 from kbank.streams.model import split_request_key
 from kbank.replay.ledger import LedgerFold
-from kbank.replay.recompute import (diff, shares_agree, simulate, simulate_in_parallel,
-                                    simulate_share, write_generation)
+from kbank.replay.recompute import (diff, events_by_account, shares_agree, simulate,
+                                    simulate_in_parallel, simulate_share, write_generation)
 from kbank.streams import topics
 from kbank.streams.client import read_topic
 from kbank.streams.decisions import Rules
@@ -79,10 +79,10 @@ def test_recompute_reproduces_the_live_ledger_and_names_what_a_rule_changes(sett
     halves = [list(range(0, settings.partitions, 2)), list(range(1, settings.partitions, 2))]
     runs = [simulate_share(settings, rules, half) for half in halves]
     assert shares_agree(runs)
-    assert _by_account(e for run in runs for e in run.gen.events) == _by_account(same.events)
+    assert events_by_account(e for run in runs for e in run.gen.events) == events_by_account(same.events)
     assert sorted(o for run in runs for o in run.gen.outcomes) == sorted(same.outcomes)
     in_two = simulate_in_parallel(settings, rules, settings.partitions, 2)   # spawned processes
-    assert _by_account(in_two.events) == _by_account(same.events)
+    assert events_by_account(in_two.events) == events_by_account(same.events)
 
     # a cap on single transfers: exactly the transfers above it, and the accounts they moved
     capped_rules = replace(rules, max_transfer_amount=CAP)
@@ -91,7 +91,7 @@ def test_recompute_reproduces_the_live_ledger_and_names_what_a_rule_changes(sett
     # recompute must notice and decide in one process
     assert not shares_agree([simulate_share(settings, capped_rules, half) for half in halves])
     capped_in_two = simulate_in_parallel(settings, capped_rules, settings.partitions, 2)
-    assert _by_account(capped_in_two.events) == _by_account(capped.events)
+    assert events_by_account(capped_in_two.events) == events_by_account(capped.events)
     report = diff(settings, capped)
     by_rid = {split_request_key(key)[1]: v for key, v in report.requests.items()}
     over = {rid for rid, (_, _, amount) in transfers.items() if amount > CAP} | {"t-ghost"}
@@ -118,14 +118,6 @@ def test_recompute_reproduces_the_live_ledger_and_names_what_a_rule_changes(sett
     assert ledger(settings).applied == live.applied
     rejected = [orjson.loads(r) for r in new_ledger.accounts[names[0]].events]
     assert any(e["kind"] == "rejected" and e.get("reason") == "limit_exceeded" for e in rejected)
-
-
-def _by_account(events) -> dict[str, list[bytes]]:
-    """Each account's events in the order decided (a generation's events, from any share)."""
-    out: dict[str, list[bytes]] = {}
-    for account, raw in events:
-        out.setdefault(account, []).append(raw)
-    return out
 
 
 def _first_difference(a: LedgerFold, b: LedgerFold) -> str:

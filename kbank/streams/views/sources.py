@@ -66,9 +66,10 @@ class SourceReader:
         positions = self.positions
         for msg in msgs:
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            if msg.error() is not None:
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("reading the views' sources: %s", msg.error())
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("reading the views' sources: %s", err)
                 elif (topic, partition) in positions:
                     self.ends[(topic, partition)] = offset
                 continue

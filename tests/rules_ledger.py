@@ -55,8 +55,10 @@ class Ledger:
 
     def emit(self, d: Decision) -> None:
         """Encode every output (bounded), then apply the decision, as the processor does."""
-        assert d.marker is None or d.marker not in self.applied, d.marker
-        out = record(self.state, d)
+        previous = self.applied.get(d.marker) if d.marker is not None else None
+        assert previous is None or (int(previous.split("|")[0]) + self.rules.id_window_ms <= self.ts
+                                    and not d.marker.startswith("i:")), (d.marker, previous)
+        out = record(self.state, d, self.ts)
         assert self.supply <= self.rules.supply_cap
         if out.event is not None:
             self.events.append(out.event)
@@ -83,7 +85,7 @@ class Ledger:
         """Decide one transfers.credits message, as it arrives on the wire."""
         try:
             msg = parse_message(msg["account"].encode("utf-8", "surrogatepass"), orjson.dumps(msg))
-            decision = credit_decision(self.state, msg, self.ts, CREDITS_POS)
+            decision = credit_decision(self.state, msg, self.ts, CREDITS_POS, self.rules)
         except BadMessage as exc:
             self.dead_letters.append(str(exc))
             return

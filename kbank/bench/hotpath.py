@@ -51,7 +51,7 @@ def hot_path_speed(transfers: int, accounts: int = 2_000, seed: int = 1) -> dict
         task = PartitionTask(0, store)
         out = _Nowhere()
         processor = BatchProcessor(Settings(), Topics("req", "cred", "ledger", "out", "dead",
-                                                      "changelog"), PARTITIONS, out)
+                                                      "changelog", "batches"), PARTITIONS, out)
         offset = 0
         setup = []
         for name in mine:

@@ -3,7 +3,7 @@
 Re-decides every input of the live generation with kbank.streams.decisions (the
 same pure functions the engine runs, with the current settings' Rules), in
 the order the live engine processed them: per partition, the batches that
-engine.changelog's committed batch records name, credits then requests
+engine.batches' committed records name, credits then requests
 within a batch, exactly as the engine does, through the engine's own adapter
 (kbank.streams.engine.apply). A credit slot takes the new generation's
 message for the same (request, account), whatever its kind; a slot whose
@@ -36,8 +36,7 @@ from kbank.streams.config import Settings
 from kbank.streams.generations import generation_settings
 from kbank.streams.decisions import (EXPIRE, BadMessage, Decision, Rules, Undecodable, deciding_account,
                                message_scope, parse_message)
-from kbank.streams.engine import (BATCH_PREFIX, BatchRecord, MemoryState, credit_decision, record,
-                                   request_decision)
+from kbank.streams.engine import MemoryState, credit_decision, record, request_decision
 from kbank.streams.model import (LINK_ACK, REFUND, VERSION_HEADERS, Account, Position, outcome_key,
                                  request_key, status_moves)
 from kbank.streams.partitioning import partition_for
@@ -57,16 +56,11 @@ def applied_batches(settings: Settings, partitions: list[int] | None = None) -> 
     """Per partition (of all, or of `partitions`), the inputs the live engine applied, in
     its processing order.
 
-    The changelog's batch records are written in the engine's transactions, so a
-    read_committed reader sees exactly the committed batches, in commit order."""
+    engine.batches' records are written in the engine's transactions, so a read_committed
+    reader sees exactly the committed batches, in commit order."""
     order: dict[int, list[Input]] = defaultdict(list)
-    for msg in read_topic(settings, settings.topic(topics.CHANGELOG), partitions=partitions):
-        if msg.key() is None or not msg.key().startswith(BATCH_PREFIX):
-            continue
-        batch = BatchRecord.decode(msg.value())
-        if batch.part is not None:
-            continue   # more of a batch's ids; its own record gives the ranges
-        (c0, c1), (r0, r1) = batch.credits, batch.requests
+    for msg in read_topic(settings, settings.topic(topics.BATCHES), partitions=partitions):
+        c0, c1, r0, r1 = orjson.loads(msg.value())["in"]
         order[msg.partition()] += [("c", o) for o in range(c0, c1)] + [("r", o) for o in range(r0, r1)]
     return order
 
@@ -111,7 +105,7 @@ class Generation:
         return {name: acct for state in self.states.values() for name, acct in state.accounts.items()}
 
     def emit(self, decision: Decision, partition: int, ts: int) -> None:
-        out = record(self.states[partition], decision)
+        out = record(self.states[partition], decision, ts)
         if out.event is not None:
             self.events.append((decision.account, out.event))
         self.outcomes += [(key.decode(), raw) for key, raw in out.outcomes]
@@ -167,7 +161,8 @@ def simulate(settings: Settings, rules: Rules, partitions: int,
         except BadMessage:
             return True   # dead-lettered live too
         if message["kind"] == EXPIRE:   # the engine's own clock wrote it: an input as it is
-            _decide_credit(gen, message, p, old.timestamp()[1], Position(old.topic(), p, off))
+            _decide_credit(gen, message, p, old.timestamp()[1], Position(old.topic(), p, off),
+                           rules)
             return True
         if not force and not slot_ready(message):
             return False
@@ -176,7 +171,8 @@ def simulate(settings: Settings, rules: Rules, partitions: int,
         if queue:
             item = queue.popleft()
             item[3] = True
-            _decide_credit(gen, item[1], p, old.timestamp()[1], Position(old.topic(), p, off))
+            _decide_credit(gen, item[1], p, old.timestamp()[1], Position(old.topic(), p, off),
+                           rules)
         return True
 
     remaining = sum(len(v) for v in order.values())
@@ -207,7 +203,7 @@ def simulate(settings: Settings, rules: Rules, partitions: int,
         gen.sent[i - 1][3] = True
         gen.messages[_slot(message)].popleft()
         _decide_credit(gen, message, partition_for(key, partitions), ts,
-                       Position(settings.topic(topics.CREDITS), -1, -1))
+                       Position(settings.topic(topics.CREDITS), -1, -1), rules)
     progress.close()
     return gen
 
@@ -223,9 +219,9 @@ def _decide_request(gen: Generation, msg: Message, partition: int, rules: Rules)
 
 
 def _decide_credit(gen: Generation, message: dict[str, Any], partition: int, ts: int,
-                   pos: Position) -> None:
+                   pos: Position, rules: Rules) -> None:
     try:
-        decision = credit_decision(gen.states[partition], message, ts, pos)
+        decision = credit_decision(gen.states[partition], message, ts, pos, rules)
     except BadMessage:
         return   # a record the engine could not have written: dead-lettered live too
     gen.emit(decision, partition, ts)
@@ -262,7 +258,8 @@ def simulate_share(settings: Settings, rules: Rules, share: list[int]) -> ShareR
                     continue   # dead-lettered live too
                 if message["kind"] != EXPIRE:   # the engine's clock writes expires, no decision
                     used[_slot(message)].append(old.value())
-                _decide_credit(gen, message, p, old.timestamp()[1], Position(old.topic(), p, off))
+                _decide_credit(gen, message, p, old.timestamp()[1],
+                               Position(old.topic(), p, off), rules)
             for _, message, _, _, encoded in gen.sent[sent_before:]:
                 sent[_slot(message)].append((p, encoded))
     gen.messages.clear()

@@ -86,6 +86,11 @@ class Settings:
     max_transfer_amount: Annotated[int, Field(ge=0, le=MAX_AMOUNT)] = field(default=0, metadata={
         "env": "BANK_MAX_TRANSFER_AMOUNT",
         "help": "decision rule: reject transfers above this amount (limit_exceeded); 0 = no cap"})
+    id_retention_s: Annotated[int, Field(ge=1, le=10 * 366 * 86_400)] = field(default=7 * 86_400, metadata={
+        "env": "BANK_ID_RETENTION_S",
+        "help": "decision rule: how long the engine remembers an applied request id (and an "
+                "external_ref, a settled hold): a retry within it gets the first decision, a "
+                "request re-using the id after it is a new request (default 7 days)"})
     web_host: str = field(default="127.0.0.1", metadata={
         "env": "BANK_WEB_HOST",
         "help": "host name other views workers use to reach this one (its advertised URL)"})

@@ -241,11 +241,13 @@ class Rules:
 
     max_transfer_amount: int = 0   # 0: no cap; above it a transfer is rejected limit_exceeded
     supply_cap: int = MAX_AMOUNT
+    id_window_ms: int = 7 * DAY_MS  # how long an applied id is remembered (engine/apply.py)
 
     @classmethod
     def from_settings(cls, settings: Any, partitions: int) -> "Rules":
         return cls(max_transfer_amount=settings.max_transfer_amount,
-                   supply_cap=MAX_AMOUNT // max(1, partitions))
+                   supply_cap=MAX_AMOUNT // max(1, partitions),
+                   id_window_ms=settings.id_retention_s * 1000)
 
 
 @dataclass(slots=True)
@@ -499,6 +501,15 @@ def marker_key(prefix: str, scope: str, request_id: str) -> str:
 def request_marker(account: str, request_id: str) -> str:
     """The applied-id marker of a client request, in its deciding account's scope."""
     return marker_key("r:", account, request_id)
+
+
+def marked_request(marker: str) -> str | None:
+    """The request key of a request's marker (request_marker), None for other markers."""
+    if not marker.startswith("r:"):
+        return None
+    head, length = marker.rsplit("\x00", 1)
+    n = 2 + int(length)
+    return request_key(head[n + 1:], head[2:n])
 
 
 def external_ref_marker(sender: str, external_ref: str) -> str:

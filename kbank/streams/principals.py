@@ -46,6 +46,8 @@ GRANTS: tuple[Grant, ...] = (
           "sends and receives the money in flight between partitions, and its own expiries"),
     Grant(ENGINE, "topic", topics.CHANGELOG, ("READ", "WRITE", "DESCRIBE"),
           "its state store's changelog: written in each transaction, read on restore"),
+    Grant(ENGINE, "topic", topics.BATCHES, ("WRITE", "DESCRIBE"),
+          "each batch's input ranges, written in its transaction (recompute's order)"),
     Grant(ENGINE, "topic", topics.LEDGER, ("WRITE", "DESCRIBE"), "appends the audit log"),
     Grant(ENGINE, "topic", topics.OUTCOMES, ("WRITE", "DESCRIBE"), "answers every request"),
     Grant(ENGINE, "topic", topics.DEADLETTER, ("WRITE", "DESCRIBE"),

@@ -6,6 +6,22 @@ supply), decide, encode the outputs within their bounds, then write the decision
 state. The engine's processor runs it over its RocksDB store; `bank replay recompute` and
 the rules' in-memory tests run it over MemoryState, so a recompute with unchanged rules
 takes exactly the engine's code path.
+
+Applied ids are remembered for a window (Rules.id_window_ms, BANK_ID_RETENTION_S): each
+marker's value carries the timestamp of the input that applied it, and `live_marker` is the
+one rule that says whether it still counts. It is a pure function of the state, so the
+engine, which deletes markers once they can never count again (PartitionStore.expire), and
+recompute, whose MemoryState keeps them all, decide the same:
+
+  - the rule's time `now` is the input's timestamp, but never more than the margin
+    (a seventh of the window: a day of the default week) behind the partition's clock, the
+    latest input timestamp it has applied. So once a marker is older than the clock minus
+    margin minus window it counts for no input to come, and the engine may delete it;
+  - a marker counts while its timestamp + window > now; a request id whose marker stopped
+    counting is a new request (documented: a retry after the window is a new request);
+  - a request's marker keeps counting while the hold it made is pending (its retry must not
+    make a second hold over the first), and a hold notice's marker (i:) always counts: it
+    says the receiver holds the amount as pending-in, for as long as the hold lives.
 """
 from __future__ import annotations
 
@@ -18,7 +34,7 @@ from kbank.streams.decisions import (EXPIRE, Decision, FirstDecision, Rules, cre
                                      decide_credit, decide_request, external_ref_marker,
                                      incoming_marker, message_scope, parse_request,
                                      request_marker)
-from kbank.streams.model import (GENESIS_HASH, LINK_ABORT, LINK_ACK, LINK_COMMIT, Account, Hold,
+from kbank.streams.model import (GENESIS_HASH, LINK_ABORT, LINK_ACK, LINK_COMMIT, PENDING, Account, Hold,
                                  Position, chain_event, link_hold_key, outcome_key, request_key)
 
 MAX_OUTPUT_BYTES = 262_144     # no record the engine writes is larger (the broker's limit is 1 MB)
@@ -32,11 +48,58 @@ class PartitionState(Protocol):
     def hold(self, key: str) -> Hold | None: ...
     def supply(self) -> int: ...
     def chain_head(self) -> str: ...
+    def clock(self) -> int: ...
     def put_account(self, name: str, acct: Account) -> None: ...
     def mark_applied(self, marker: str, value: str) -> None: ...
     def put_hold(self, key: str, hold: Hold) -> None: ...
     def add_supply(self, amount: int) -> None: ...
     def set_chain_head(self, head: str) -> None: ...
+    def advance_clock(self, ts: int) -> None: ...
+
+
+NEVER_EXPIRES = "i:"   # a hold notice's marker: the receiver's pending-in, as long as the hold
+
+
+def stamp(value: str, ts: int) -> str:
+    """A marker's stored value: the timestamp of the input that applied it, then its value."""
+    return f"{ts}|{value}"
+
+
+def unstamp(stored: str) -> tuple[int, str]:
+    ts, _, value = stored.partition("|")
+    return int(ts), value
+
+
+def margin_ms(rules: Rules) -> int:
+    """How far behind the partition's clock an input's timestamp may be for the window rule."""
+    return rules.id_window_ms // 7
+
+
+def rule_time(state: "PartitionState", ts: int, rules: Rules) -> int:
+    """The time the window rule uses for an input stamped ts."""
+    return max(ts, state.clock() - margin_ms(rules))
+
+
+def expiry_horizon(clock: int, rules: Rules) -> int:
+    """A marker stamped at or before this counts for no input to come, whatever its
+    timestamp (rule_time never goes below clock - margin, and the clock never goes back)."""
+    return clock - margin_ms(rules) - rules.id_window_ms
+
+
+def live_marker(state: "PartitionState", marker: str, now: int, rules: Rules) -> str | None:
+    """The value of an applied-id marker if it still counts at `now` (rule_time), else None."""
+    stored = state.applied(marker)
+    if stored is None:
+        return None
+    ts, value = unstamp(stored)
+    if ts + rules.id_window_ms > now or marker.startswith(NEVER_EXPIRES):
+        return value
+    return None
+
+
+def holds_open(hold: Hold | None) -> bool:
+    """A pending hold keeps its request's marker counting (PartitionStore.expire too)."""
+    return hold is not None and hold.state == PENDING
 
 
 @dataclass
@@ -48,6 +111,7 @@ class MemoryState:
     holds: dict[str, Hold] = field(default_factory=dict)     # by request key
     money: int = 0
     head: str = GENESIS_HASH
+    time: int = 0                                            # the partition's clock
 
     def account(self, name: str) -> Account | None:
         return self.accounts.get(name)
@@ -79,34 +143,46 @@ class MemoryState:
     def set_chain_head(self, head: str) -> None:
         self.head = head
 
+    def clock(self) -> int:
+        return self.time
+
+    def advance_clock(self, ts: int) -> None:
+        self.time = max(self.time, ts)
+
 
 def request_decision(state: PartitionState, key: bytes | None, value: bytes | None, ts: int,
                      pos: Position, rules: Rules, dedupe: bool = True) -> Decision:
     """Decide one transfers.requests record (raises Undecodable: dead-letter it)."""
     req = parse_request(key, value)
     acct = state.account(req.account) if req.account is not None else None
+    now = rule_time(state, ts, rules)
     first = None
     if dedupe and req.account is not None:
-        stored = state.applied(request_marker(req.account, req.request_id))
+        marker = request_marker(req.account, req.request_id)
+        stored = live_marker(state, marker, now, rules)
+        if stored is None and state.applied(marker) is not None \
+                and holds_open(state.hold(request_key(req.account, req.request_id))):
+            stored = unstamp(state.applied(marker))[1]   # type: ignore[arg-type]
         first = FirstDecision.decode(stored) if stored is not None else None
     hold_id = req.body.get("hold_id")
     hold = state.hold(request_key(req.account, hold_id)) \
         if isinstance(hold_id, str) and req.account is not None else None
     ref, ref_owner = req.body.get("external_ref"), None
     if isinstance(ref, str) and req.account is not None:
-        ref_owner = state.applied(external_ref_marker(req.account, ref))
+        ref_owner = live_marker(state, external_ref_marker(req.account, ref), now, rules)
     return decide_request(req, acct, first, ts, pos, rules, hold, state.supply(), ref_owner)
 
 
 def credit_decision(state: PartitionState, message: dict[str, Any], ts: int, pos: Position,
-                    dedupe: bool = True) -> Decision:
+                    rules: Rules, dedupe: bool = True) -> Decision:
     """Decide one transfers.credits message, validated by parse_message (raises BadMessage:
     dead-letter it)."""
     name = message["account"]
-    applied = dedupe and state.applied(credit_marker(message)) is not None
+    now = rule_time(state, ts, rules)
+    applied = dedupe and live_marker(state, credit_marker(message), now, rules) is not None
     hold_id = message.get("hold_id")
-    recorded = isinstance(hold_id, str) and state.applied(
-        incoming_marker(message_scope(message), hold_id)) is not None
+    recorded = isinstance(hold_id, str) and live_marker(
+        state, incoming_marker(message_scope(message), hold_id), now, rules) is not None
     kind = message["kind"]
     linked = state.hold(request_key(name, message["request_id"])) if kind in (LINK_ACK, EXPIRE) \
         else state.hold(link_hold_key(message["index"], message["counterparty"],
@@ -141,8 +217,9 @@ def encode(decision: Decision, chain_head: str) -> Outputs:
     return Outputs(event, outcomes, messages, head)
 
 
-def apply_decision(state: PartitionState, decision: Decision, out: Outputs) -> None:
-    """Write a decision into the partition's state (after its outputs were encoded)."""
+def apply_decision(state: PartitionState, decision: Decision, out: Outputs, ts: int) -> None:
+    """Write a decision of an input stamped ts into the partition's state (after its outputs
+    were encoded); its markers carry ts."""
     if decision.event is not None:
         previous = state.account(decision.account)
         assert decision.state is not None and decision.event["seq"] == (
@@ -150,20 +227,22 @@ def apply_decision(state: PartitionState, decision: Decision, out: Outputs) -> N
     if decision.state is not None:
         state.put_account(decision.account, decision.state)
     if decision.marker is not None:
-        state.mark_applied(decision.marker, decision.marker_value)
+        state.mark_applied(decision.marker, stamp(decision.marker_value, ts))
     if decision.ref_marker is not None:
-        state.mark_applied(*decision.ref_marker)
+        state.mark_applied(decision.ref_marker[0], stamp(decision.ref_marker[1], ts))
     if out.head is not None:
         state.set_chain_head(out.head)
     if decision.hold is not None:
         state.put_hold(*decision.hold)
     if decision.supply:
         state.add_supply(decision.supply)
+    state.advance_clock(ts)
 
 
-def record(state: PartitionState, decision: Decision) -> Outputs:
-    """Encode a decision's outputs (its event chained to the partition's head), then write
-    it into the state: what the engine sends, recompute writes and the tests collect."""
+def record(state: PartitionState, decision: Decision, ts: int) -> Outputs:
+    """Encode a decision of an input stamped ts (its event chained to the partition's head),
+    then write it into the state: what the engine sends, recompute writes and the tests
+    collect."""
     out = encode(decision, state.chain_head())
-    apply_decision(state, decision, out)
+    apply_decision(state, decision, out, ts)
     return out

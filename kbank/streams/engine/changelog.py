@@ -12,12 +12,19 @@ transactions, so a read_committed reader sees whole batches or nothing:
                           limits granted), which Rules.supply_cap bounds
     l:                 -> the hash of the partition's last ledger event: the head its next
                           event is chained to (model.chain_event)
+    t:                 -> the partition's clock: the latest input timestamp it applied
+    i:<hold id>...     -> a hold notice's marker (the receiver counts the hold as pending-in):
+                          kept under its own key, as it lives as long as the hold
     b:<c0>:<r0>        -> one record per batch (BatchRecord): the exact input ranges
                           [c0, c1) of transfers.credits and [r0, r1) of transfers.requests
-                          it processed, and the ids it applied with their values (a
-                          request's FirstDecision). The key is unique, so compaction keeps
-                          every one: they are the applied-id set, and the processing order
-                          that recompute re-runs. A batch whose ids would make the record
+                          it processed, the partition's clock after it, and the ids it
+                          applied with their stamped values (a request's FirstDecision).
+                          The key is unique: the records are the applied-id set. Once the
+                          window rule (engine/apply.py) lets none of a batch's ids count
+                          again, the engine writes the record's tombstone (and its parts'),
+                          so the changelog, and a restore, stay bounded by the window.
+                          (The processing order that recompute re-runs is kept apart, for
+                          good, in engine.batches.) A batch whose ids would make the record
                           too large writes the excess first as parts, b:<c0>:<r0>:<n>,
                           with the same ranges; the record without a part comes last.
 """
@@ -32,6 +39,8 @@ HOLD_PREFIX = b"h:"
 BATCH_PREFIX = b"b:"
 SUPPLY_KEY = b"s:"
 CHAIN_KEY = b"l:"
+CLOCK_KEY = b"t:"
+INCOMING_PREFIX = b"i:"
 
 
 def account_key(name: str) -> bytes:
@@ -49,8 +58,9 @@ class BatchRecord:
 
     credits: tuple[int, int]
     requests: tuple[int, int]
-    applied: dict[str, str]          # marker -> its value
+    applied: dict[str, str]          # marker -> its stamped value
     part: int | None = None          # a continuation part of the batch's ids
+    clock: int = 0                   # the partition's clock after the batch
 
     @property
     def key(self) -> bytes:
@@ -58,7 +68,7 @@ class BatchRecord:
         return BATCH_PREFIX + f"{self.credits[0]}:{self.requests[0]}{suffix}".encode()
 
     def encode(self) -> bytes:
-        body = {"in": [*self.credits, *self.requests], "ids": self.applied}
+        body = {"in": [*self.credits, *self.requests], "ids": self.applied, "t": self.clock}
         if self.part is not None:
             body["part"] = self.part
         return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
@@ -70,15 +80,21 @@ class BatchRecord:
             value = self.applied[marker]
             item = len(marker.encode()) + len(value.encode()) + 16   # quotes, escapes, comma
             if chunk and size + item > max_bytes // 2:   # an escaped character may double
-                records.append(BatchRecord(self.credits, self.requests, chunk, len(records)))
+                records.append(BatchRecord(self.credits, self.requests, chunk, len(records),
+                                           self.clock))
                 chunk, size = {}, 0
             chunk[marker] = value
             size += item
-        records.append(BatchRecord(self.credits, self.requests, chunk))
+        records.append(BatchRecord(self.credits, self.requests, chunk, None, self.clock))
         return records
 
     @classmethod
     def decode(cls, value: bytes) -> "BatchRecord":
         body = orjson.loads(value)
         c0, c1, r0, r1 = body["in"]
-        return cls((c0, c1), (r0, r1), body["ids"], body.get("part"))
+        return cls((c0, c1), (r0, r1), body["ids"], body.get("part"), body.get("t", 0))
+
+    @property
+    def range_record(self) -> bytes:
+        """The batch's input ranges alone: its engine.batches record (recompute's order)."""
+        return orjson.dumps({"in": [*self.credits, *self.requests]})

@@ -22,8 +22,10 @@ from confluent_kafka import KafkaError, Message
 from kbank.streams.config import Settings
 from kbank.streams.decisions import (BadMessage, Decision, Rules, Undecodable, expiry_message,
                                parse_message)
-from kbank.streams.engine.apply import MAX_OUTPUT_BYTES, credit_decision, record, request_decision
-from kbank.streams.engine.changelog import CHAIN_KEY, SUPPLY_KEY, BatchRecord, account_key, hold_key
+from kbank.streams.engine.apply import (MAX_OUTPUT_BYTES, NEVER_EXPIRES, credit_decision,
+                                       expiry_horizon, record, request_decision)
+from kbank.streams.engine.changelog import (CHAIN_KEY, CLOCK_KEY, SUPPLY_KEY, BatchRecord,
+                                            account_key, hold_key)
 from kbank.streams.engine.task import PartitionTask
 from kbank.streams.engine.transaction import EngineTransaction
 from kbank.streams.model import VERSION_HEADERS, Position, split_request_key
@@ -33,6 +35,7 @@ from kbank.streams.partitioning import partition_for
 FORWARDED_FROM = "bank-forwarded-from"   # header of a forwarded record: "topic/partition/offset"
 MAX_FORWARD_BYTES = 65_536     # a larger misrouted record is dead-lettered, not copied
 DEADLETTER_COPY_BYTES = 4_096  # of a dead-lettered record's value, the rest is cut (and said so)
+_EXPIRY_STEP = 1_000   # expiry index entries a batch may retire beyond twice its inputs
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Topics:
     outcomes: str
     deadletter: str
     changelog: str
+    batches: str
 
 
 @dataclass
@@ -78,21 +82,37 @@ class BatchProcessor:
             self._guarded(task, msg, self._apply_request)
         c1 = credits[-1].offset() + 1 if credits else c0
         r1 = requests[-1].offset() + 1 if requests else r0
-        accounts, marks, holds = task.store.changes()
+        store = task.store
         changelog, partition, send = self.topics.changelog, task.partition, self.out.send
+        if self.dedupe:
+            for key in store.expire(expiry_horizon(store.clock(), self.rules),
+                                    _EXPIRY_STEP + 2 * (len(credits) + len(requests))):
+                send(changelog, key, None, partition)
+        accounts, marks, holds = store.changes()
         for name, acct in accounts.items():
             send(changelog, account_key(name), orjson.dumps(acct.to_json()), partition)
         for key, hold in holds.items():
             send(changelog, hold_key(key), orjson.dumps(hold.to_json()), partition)
-        if task.store.supply_changed():
-            send(changelog, SUPPLY_KEY, orjson.dumps(task.store.supply()), partition)
-        if task.store.chain_moved():
-            send(changelog, CHAIN_KEY, task.store.chain_head().encode(), partition)
+        if store.supply_changed():
+            send(changelog, SUPPLY_KEY, orjson.dumps(store.supply()), partition)
+        if store.chain_moved():
+            send(changelog, CHAIN_KEY, store.chain_head().encode(), partition)
+        if store.clock_moved():
+            send(changelog, CLOCK_KEY, str(store.clock()).encode(), partition)
+        ids = {}
+        for marker, value in marks.items():
+            if marker.startswith(NEVER_EXPIRES):
+                send(changelog, marker.encode(), value.encode(), partition)
+            else:
+                ids[marker] = value
         if mid_changelog is not None:
             mid_changelog()
-        *parts, record = BatchRecord((c0, c1), (r0, r1), dict(marks)).split(MAX_OUTPUT_BYTES)
+        *parts, record = BatchRecord((c0, c1), (r0, r1), ids, None,
+                                     store.clock()).split(MAX_OUTPUT_BYTES)
         for part in parts:
             send(changelog, part.key, part.encode(), partition)
+        store.note_batch_records([part.key for part in parts] + [record.key])
+        send(self.topics.batches, record.key, record.range_record, partition)
 
         def delivered(err: KafkaError | None, msg: Message) -> None:
             """The batch record is the task's last changelog record of the batch: its offset
@@ -146,7 +166,7 @@ class BatchProcessor:
 
     def _emit(self, task: PartitionTask, decision: Decision, ts: int) -> None:
         """Encode every output, then change the state, then send: all or nothing."""
-        out = record(task.store, decision)
+        out = record(task.store, decision, ts)
         if out.event is not None:
             self.out.send(self.topics.ledger, decision.account.encode(), out.event,
                           task.partition, ts, headers=VERSION_HEADERS)
@@ -183,7 +203,7 @@ class BatchProcessor:
         pos = Position(msg.topic(), msg.partition(), msg.offset())
         try:
             decision = credit_decision(task.store, parse_message(msg.key(), msg.value()), ts, pos,
-                                       self.dedupe)
+                                       self.rules, self.dedupe)
         except BadMessage as exc:
             self._dead_letter(msg, f"bad credit message: {exc}")
             return

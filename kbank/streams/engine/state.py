@@ -9,7 +9,11 @@ offset and finds the batch there.
 
 Keys: b"a:<account>" -> Account json; b"h:<hold key>" -> Hold json; the applied-id marker
 (b"r:<request key>", b"c:<request key>", ...) -> its value (a request's FirstDecision, else
-b"1"); b"s:" -> the partition's money supply; b"l:" -> the ledger chain's head; b"__changelog" -> the next changelog offset to read;
+b"1"), stamped with its input's timestamp (engine/apply.py); b"s:" -> the partition's money
+supply; b"l:" -> the ledger chain's head; b"t:" -> the partition's clock;
+b"z:<clock>:<key>" -> b"": the expiry index, the markers and batch records a batch wrote, by
+the clock after it (a batch record's key after "~", so it sorts after its markers);
+b"__changelog" -> the next changelog offset to read;
 b"__position" -> the input offsets [credits, requests] the state reflects (the
 end of the last batch applied), which a restore compares with the group's
 committed offsets.
@@ -23,13 +27,22 @@ from typing import Iterator
 import orjson
 from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
 
-from kbank.streams.engine.changelog import (ACCOUNT_PREFIX, BATCH_PREFIX, CHAIN_KEY, HOLD_PREFIX,
-                                            SUPPLY_KEY, BatchRecord, account_key, hold_key)
+from kbank.streams.engine.apply import NEVER_EXPIRES, holds_open, unstamp
+from kbank.streams.engine.changelog import (ACCOUNT_PREFIX, BATCH_PREFIX, CHAIN_KEY, CLOCK_KEY,
+                                            HOLD_PREFIX, INCOMING_PREFIX, SUPPLY_KEY, BatchRecord,
+                                            account_key, hold_key)
+from kbank.streams.decisions import marked_request
 from kbank.streams.model import GENESIS_HASH, PENDING, Account, Hold
 
 _CHANGELOG_OFFSET = b"__changelog"
 _POSITION = b"__position"
 _CACHE_ACCOUNTS = 200_000  # decoded accounts kept in memory, most recently used
+_EXPIRY_PREFIX = b"z:"
+_BATCH_ENTRY = "~"           # an index entry of a batch record sorts after its markers'
+
+
+def _expiry_entry(clock: int, key: str) -> bytes:
+    return f"z:{clock:015d}:{key}".encode()
 
 
 def store_options() -> Options:
@@ -63,6 +76,10 @@ class PartitionStore:
         self._committed_supply: int | None = None  # the committed supply, once read
         self._head: str | None = None              # the open batch's chain head, if it moved
         self._committed_head: str | None = None    # the committed chain head, once read
+        self._clock: int | None = None             # the open batch's clock, if it moved
+        self._committed_clock: int | None = None   # the committed clock, once read
+        self._expired: list[bytes] = []            # keys the open batch deletes (expiry)
+        self._batch_keys: list[bytes] = []         # the open batch's changelog batch records
 
     # -- reads and writes of the open batch --------------------------------
     def account(self, name: str) -> Account | None:
@@ -123,6 +140,51 @@ class PartitionStore:
     def chain_moved(self) -> bool:
         return self._head is not None
 
+    def clock(self) -> int:
+        """The latest input timestamp the partition applied, as of the open batch."""
+        if self._clock is not None:
+            return self._clock
+        if self._committed_clock is None:
+            raw = self._db.get(CLOCK_KEY)
+            self._committed_clock = int(raw) if raw is not None else 0
+        return self._committed_clock
+
+    def advance_clock(self, ts: int) -> None:
+        if ts > self.clock():
+            self._clock = ts
+
+    def clock_moved(self) -> bool:
+        return self._clock is not None
+
+    def expire(self, horizon: int, limit: int) -> list[bytes]:
+        """Forget, in the open batch, up to `limit` index entries of batches committed with a
+        clock at or before `horizon` (apply.expiry_horizon): delete their markers, but carry
+        a marker forward (re-applied in this batch, so its record has it) while the hold its
+        request made is pending. Returns the batch records whose tombstones to write."""
+        tombstones: list[bytes] = []
+        end = _expiry_entry(horizon + 1, "")
+        for n, key in enumerate(self._db.keys(from_key=_EXPIRY_PREFIX)):
+            if n >= limit or key >= end:
+                break
+            self._expired.append(key)
+            target = key.decode().split(":", 2)[2]
+            if target.startswith(_BATCH_ENTRY):
+                tombstones.append(target[len(_BATCH_ENTRY):].encode())
+                continue
+            raw = self._db.get(target.encode())
+            if raw is None or target in self._dirty_marks or unstamp(raw.decode())[0] > horizon:
+                continue      # re-applied since (a new request): its own entry comes later
+            request = marked_request(target)
+            if request is not None and holds_open(self.hold(request)):
+                self._dirty_marks[target] = raw.decode()
+            else:
+                self._expired.append(target.encode())
+        return tombstones
+
+    def note_batch_records(self, keys: list[bytes]) -> None:
+        """The changelog records carrying the open batch's ids (expired with them)."""
+        self._batch_keys = keys
+
     def hold(self, hold_id: str) -> Hold | None:
         hold = self._dirty_holds.get(hold_id)
         if hold is not None:
@@ -154,8 +216,18 @@ class PartitionStore:
         wb.put(_POSITION, orjson.dumps(_max_position(self.position, position)))
         for name, acct in self._dirty.items():
             wb.put(account_key(name), orjson.dumps(acct.to_json()))
+        clock = self.clock()
         for marker, value in self._dirty_marks.items():
             wb.put(marker.encode(), value.encode())
+            if not marker.startswith(NEVER_EXPIRES):
+                wb.put(_expiry_entry(clock, marker), b"")
+        for key in self._batch_keys:
+            wb.put(_expiry_entry(clock, _BATCH_ENTRY + key.decode()), b"")
+        for key in self._expired:
+            wb.delete(key)
+        if self._clock is not None:
+            wb.put(CLOCK_KEY, str(self._clock).encode())
+            self._committed_clock = self._clock
         for key, hold in self._dirty_holds.items():
             wb.put(hold_key(key), orjson.dumps(hold.to_json()))
         if self._supply is not None:
@@ -176,6 +248,9 @@ class PartitionStore:
         self._dirty_holds = {}
         self._supply = None
         self._head = None
+        self._clock = None
+        self._expired = []
+        self._batch_keys = []
 
     # -- restore from the changelog -----------------------------------------
     @property
@@ -195,20 +270,27 @@ class PartitionStore:
         wb = WriteBatch(raw_mode=True)
         position = self.position
         for key, value in records:
-            if key.startswith(ACCOUNT_PREFIX) or key.startswith(HOLD_PREFIX) \
-                    or key in (SUPPLY_KEY, CHAIN_KEY):
-                wb.put(key, value)
-            elif key.startswith(BATCH_PREFIX):
+            if key.startswith(BATCH_PREFIX):
+                if value is None:
+                    continue   # an expired batch: its ids are gone (or go) from the store too
                 batch = BatchRecord.decode(value)
                 for marker, marker_value in batch.applied.items():
                     wb.put(marker.encode(), marker_value.encode())
+                    wb.put(_expiry_entry(batch.clock, marker), b"")
+                wb.put(_expiry_entry(batch.clock, _BATCH_ENTRY + key.decode()), b"")
                 position = _max_position(position, (batch.credits[1], batch.requests[1]))
+            elif value is None:
+                wb.delete(key)
+            elif key.startswith((ACCOUNT_PREFIX, HOLD_PREFIX, INCOMING_PREFIX)) \
+                    or key in (SUPPLY_KEY, CHAIN_KEY, CLOCK_KEY):
+                wb.put(key, value)
         wb.put(_CHANGELOG_OFFSET, str(next_offset).encode())
         wb.put(_POSITION, orjson.dumps(position))
         self._db.write(wb)
         self._cache.clear()
         self._committed_supply = None
         self._committed_head = None
+        self._committed_clock = None
         self.discard()
 
     def close(self) -> None:

@@ -97,7 +97,7 @@ class EngineTransaction:
         self._report_each = None if self.transactional else self._current(self.record_delivery)
         self._open = True
 
-    def send(self, topic: str, key: bytes | None, value: bytes, partition: int = -1,
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int = -1,
              timestamp: int = 0,
              on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
              headers: list[tuple[str, bytes]] | None = None) -> None:

@@ -57,7 +57,7 @@ class EngineWorker:
         self.worker_id = worker_id
         self.topics = Topics(*(settings.topic(t) for t in (
             topics.REQUESTS, topics.CREDITS, topics.LEDGER, topics.OUTCOMES, topics.DEADLETTER,
-            topics.CHANGELOG)))
+            topics.CHANGELOG, topics.BATCHES)))
         self.faults = EngineFaults(settings)
         self.lag: dict[tuple[str, int], int] = {}   # (topic, partition) -> records behind
         self._lag_read_at = 0.0

@@ -16,7 +16,7 @@ from kbank.streams.engine.state import PartitionStore
 from kbank.streams.engine.transaction import TransactionAborted
 from kbank.streams.partitioning import partition_for
 
-TOPICS = Topics("req", "cred", "ledger", "out", "dead", "changelog")
+TOPICS = Topics("req", "cred", "ledger", "out", "dead", "changelog", "batches")
 
 
 class RecordingOutput:

@@ -1,0 +1,140 @@
+"""Applied ids are remembered for a window (BANK_ID_RETENTION_S): the rule, and the store that
+forgets them.
+
+The store deletes what the rule can never count again, so a store that forgets (RocksDB,
+as the engine runs) and one that keeps everything (MemoryState, as recompute runs) must
+decide every input the same; and a restore from the changelog, its expired batch records
+gone, must decide the same as the store it replaces."""
+from __future__ import annotations
+
+import orjson
+
+from kbank.streams.decisions import Rules, request_marker
+from kbank.streams.engine.apply import (MemoryState, credit_decision, expiry_horizon, record,
+                                        request_decision, stamp)
+from kbank.streams.engine.changelog import BatchRecord
+from kbank.streams.engine.state import PartitionStore
+from kbank.streams.decisions import parse_message
+from kbank.streams.model import Position
+
+WINDOW_MS = 10_000
+RULES = Rules(id_window_ms=WINDOW_MS)
+T0 = 1_764_000_000_000
+POS = Position("transfers.requests", 0, 0)
+
+
+def _decide_all(state, requests: list[tuple[dict, int]]) -> list[bytes]:  # noqa: ANN001
+    """Decide each (request, ts), then deliver its messages (every account on one partition):
+    the outcomes, encoded."""
+    outcomes: list[bytes] = []
+    queue: list[tuple[bytes, bytes, int]] = []
+    for body, ts in requests:
+        key = (body.get("from") or body["account"]).encode()
+        queue.append((key, orjson.dumps(body), ts))
+        while queue:
+            key, value, at = queue.pop(0)
+            if value.startswith(b"{\"kind\""):
+                decision = credit_decision(state, parse_message(key, value), at, POS, RULES)
+            else:
+                decision = request_decision(state, key, value, at, POS, RULES)
+            out = record(state, decision, at)
+            outcomes += [v for _, v in out.outcomes]
+            queue += [(k, v, at) for k, v in out.messages]
+    return outcomes
+
+
+def _history() -> list[tuple[dict, int]]:
+    """Opens, a deposit retried within and re-used after the window, a transfer, and a hold
+    that stays pending past the window (its retry must still be a retry)."""
+    steps = [({"type": "open_account", "request_id": "o1", "account": "alice"}, T0),
+             ({"type": "open_account", "request_id": "o2", "account": "bob"}, T0),
+             ({"type": "deposit", "request_id": "d1", "account": "alice", "amount": 100}, T0 + 1),
+             ({"type": "hold", "request_id": "h1", "from": "alice", "to": "bob", "amount": 30,
+               "timeout_s": 3_600}, T0 + 2),
+             ({"type": "deposit", "request_id": "d1", "account": "alice", "amount": 100}, T0 + 5_000)]
+    later = T0 + WINDOW_MS + WINDOW_MS // 7 + 1
+    steps += [({"type": "transfer", "request_id": "t1", "from": "alice", "to": "bob", "amount": 5},
+               later + i * 1_000) for i in range(3)]
+    steps += [({"type": "deposit", "request_id": "d1", "account": "alice", "amount": 100}, later + 5_000),
+              ({"type": "hold", "request_id": "h1", "from": "alice", "to": "bob", "amount": 30,
+                "timeout_s": 3_600}, later + 5_000)]
+    return steps
+
+
+def test_the_rule_counts_an_id_for_its_window_and_a_pending_hold_for_as_long_as_it_lives():
+    state = MemoryState()
+    outcomes = [orjson.loads(o) for o in _decide_all(state, _history())]
+    deposits = [o for o in outcomes if o["request_id"] == "d1"]
+    # the first, its retry (the first decision again), the re-use after the window: new
+    assert [o["status"] for o in deposits] == ["completed", "completed", "completed"]
+    assert state.accounts["alice"].balance == 100 + 100 - 5
+    holds = [o for o in outcomes if o["request_id"] == "h1"]
+    assert [o["status"] for o in holds] == ["held", "held"]
+    assert state.accounts["alice"].held == 30, "a retried hold after the window made no second hold"
+    # t1 three times within its window: applied once, its retries told the first decision
+    assert [o["status"] for o in outcomes if o["request_id"] == "t1"] == [
+        "debited", "completed", "debited", "debited"]
+    assert state.accounts["bob"].balance == 5
+
+
+def _store_run(path: str, steps: list[tuple[dict, int]], per_batch: int = 2,
+               horizon=lambda clock: expiry_horizon(clock, RULES)) -> tuple[  # noqa: ANN001
+        list[bytes], PartitionStore, list[tuple[bytes, bytes | None]]]:
+    """The steps through a RocksDB store in batches, expiring after each as the processor
+    does; the outcomes, the store and the changelog it would have written (ids only)."""
+    store = PartitionStore(path)
+    outcomes: list[bytes] = []
+    changelog: list[tuple[bytes, bytes | None]] = []
+    for b in range(0, len(steps), per_batch):
+        outcomes += _decide_all(store, steps[b:b + per_batch])
+        changelog += [(key, None) for key in store.expire(horizon(store.clock()), 100)]
+        _, marks, _ = store.changes()
+        batch = BatchRecord((0, 0), (b, b + per_batch), dict(marks), None, store.clock())
+        store.note_batch_records([batch.key])
+        changelog.append((batch.key, batch.encode()))
+        store.commit(len(changelog), (0, b + per_batch))
+    return outcomes, store, changelog
+
+
+def test_a_store_that_forgets_decides_as_one_that_keeps_everything(tmp_path):
+    steps = _history()
+    kept = _decide_all(MemoryState(), steps)
+    for per_batch in (1, 3):
+        forgot, store, _ = _store_run(str(tmp_path / f"b{per_batch}"), steps, per_batch)
+        assert forgot == kept
+        store.close()
+    forgot, store, changelog = _store_run(str(tmp_path / "p0"), steps)
+    assert forgot == kept
+    d1 = request_marker("alice", "d1")
+    assert store.applied(d1) == stamp(store.applied(d1).split("|", 1)[1], T0 + WINDOW_MS
+                                      + WINDOW_MS // 7 + 1 + 5_000), "the re-use's marker"
+    assert store.applied(request_marker("alice", "o1")) is None, "expired and deleted"
+    assert store.applied(request_marker("alice", "h1")) is not None, "its hold is pending"
+    tombstones = [key for key, value in changelog if value is None]
+    assert tombstones and all(key.startswith(b"b:") for key in tombstones)
+    store.close()
+
+
+def test_negative_control_a_store_that_forgets_at_the_clock_decides_otherwise(tmp_path):
+    """Deleting markers as soon as they are stamped (ignoring the window) changes decisions:
+    the equality above depends on the horizon."""
+    steps = _history()
+    forgot, store, _ = _store_run(str(tmp_path / "p0"), steps, 1, horizon=lambda clock: clock)
+    assert forgot != _decide_all(MemoryState(), steps)
+    store.close()
+
+
+def test_a_restore_after_expiry_decides_as_the_store_it_replaces(tmp_path):
+    steps = _history()
+    _, store, changelog = _store_run(str(tmp_path / "p0"), steps)
+    compacted = {key: value for key, value in changelog}   # the latest per key, as compaction
+    restored = PartitionStore(str(tmp_path / "restored"))
+    restored.apply_changelog([(k, v) for k, v in changelog if compacted[k] is not None
+                              or v is None], len(changelog))
+    for marker in (request_marker("alice", "d1"), request_marker("alice", "h1"),
+                   request_marker("alice", "o1"), request_marker("bob", "o2")):
+        assert restored.applied(marker) == store.applied(marker), marker
+    assert restored.applied(request_marker("alice", "h1")) is not None
+    assert restored.clock() == 0 and store.clock() == steps[-1][1]   # t: is its own record
+    store.close()
+    restored.close()

@@ -144,7 +144,7 @@ class Ledger:
         return total
 
     def verify(self) -> VerifyReport:
-        fold, checks, report = LedgerFold(), LedgerChecks(), VerifyReport()
+        fold, checks, report = LedgerFold(), LedgerChecks(self.rules.id_window_ms), VerifyReport()
         for offset, raw in enumerate(self.events):
             ev = fold.apply(raw, f"event {offset}", 0, offset)   # one partition: one chain
             assert ev is not None, "every event is new: seqs gap-free, no copies"

@@ -9,7 +9,8 @@ Reads ledger.events, transfers.requests and transfers.outcomes and checks:
     event is named); `--anchor` prints each chain's head, `--against FILE` checks that
     the chains still pass through the heads printed earlier;
   - each request is applied at most once (one deciding event, at most one
-    credit or refund per transfer, never both);
+    credit or refund per transfer, never both) within the id window
+    (BANK_ID_RETENTION_S): an id used again after it is a new request, applied anew;
   - every debit has exactly one credit or refund, or is still in flight;
   - money is conserved in each currency: sum of balances + in flight = deposits -
     withdrawals;
@@ -143,8 +144,11 @@ class VerifyReport:
 class LedgerChecks:
     """The cross-account checks, accumulated one applied (de-duplicated) event at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, window_ms: int) -> None:
+        self.window_ms = window_ms     # the engine's id window: an id re-used after it is new
         self.deciding: Counter[tuple[str, str, str]] = Counter()   # (request, kind, account)
+        self.life: dict[tuple[str, str, str], int] = {}   # when its id's current use began
+        self.twice: list[tuple[str, int]] = []   # (request, applications) of earlier uses
         # per (request, currency): a linked exchange moves two currencies under one request
         self.returned: Counter[tuple[str, str]] = Counter()   # amount credited + refunded
         self.refunds: Counter[tuple[str, str]] = Counter()
@@ -161,7 +165,14 @@ class LedgerChecks:
         kind = ev["kind"]
         if kind in _DECIDING:
             rid = event_request_key(ev)
-            self.deciding[(rid, kind, ev["account"])] += 1   # a linked transfer: held, posted
+            key = (rid, kind, ev["account"])    # a linked transfer: held, then posted
+            began = self.life.get(key)
+            if began is None or ev["ts"] - began >= self.window_ms:
+                if self.deciding[key] > 1:
+                    self.twice.append((rid, self.deciding[key]))
+                self.life[key] = ev["ts"]
+                self.deciding[key] = 0
+            self.deciding[key] += 1
             money = self.money.get(acct.currency)
             if money is None:
                 money = self.money[acct.currency] = Money()
@@ -184,6 +195,8 @@ class LedgerChecks:
         kind, name, amount = ev["kind"], ev["account"], ev["amount"]
         hold_id = request_key(name, ev["hold_id"]) + (f"@{ev['link']}" if "link" in ev else "")
         if kind == HELD:
+            if hold_id in self.reserved:
+                self._retire_hold(hold_id)
             self.reserved[hold_id] = amount
             self.held[name] += amount
         else:
@@ -197,6 +210,19 @@ class LedgerChecks:
         if self.held[name] < 0 or (kind == HELD and self.held[name] > floor):
             self.violations.append(f"account {name} seq {ev['seq']}: held {self.held[name]} "
                                    f"outside 0..balance + overdraft {floor} (available < 0)")
+
+    def _retire_hold(self, hold_id: str) -> None:
+        """A hold id made again (its request id re-used after the window): the earlier hold
+        must be settled, exactly once and in full; it is counted as done."""
+        steps = self.settled.pop(hold_id, [])
+        if len(steps) != 1:
+            self.violations.append(f"hold {hold_id} made again after {len(steps)} settlements")
+        elif steps[0][1] != self.reserved[hold_id]:
+            self.violations.append(f"hold {hold_id}: posted + released {steps[0][1]} != "
+                                   f"reserved {self.reserved[hold_id]}")
+        else:
+            self.holds_done["made"] += 1
+            self.holds_done[steps[0][0]] += 1
 
     def _finish_holds(self, report: VerifyReport) -> None:
         before = len(report.violations)
@@ -227,7 +253,7 @@ class LedgerChecks:
         for acct in fold.accounts.values():
             self.money.setdefault(acct.currency, Money()).balance += acct.balance
         self._finish_holds(report)
-        for (rid, _, _), n in self.deciding.items():
+        for rid, n in self.twice + [(rid, n) for (rid, _, _), n in self.deciding.items()]:
             if n > 1:
                 report.applied_twice += 1
                 report.violations.append(f"request {rid} applied {n} times")
@@ -313,7 +339,7 @@ def fold_ledger(settings: Settings, topic: str, partitions: list[int] | None,
     """Fold the ledger (or some of its partitions): every per-account and per-partition
     check, and the running sums the global checks need; `since` and `start`: go on from a
     checkpoint's fold at its offsets."""
-    fold, checks = since or (LedgerFold(), LedgerChecks())
+    fold, checks = since or (LedgerFold(), LedgerChecks(settings.id_retention_s * 1000))
     for head in anchor or []:
         fold.expect.setdefault(int(head["partition"]), {})[str(head["hash"])] = int(head["offset"])
     total = records_to_read(settings, topic, partitions, start) if show_progress else None
@@ -370,7 +396,7 @@ def _fold_part(settings: Settings, topic: str, partitions: list[int],
 def merge_folds(parts: list[tuple[LedgerFold, LedgerChecks]]) -> tuple[LedgerFold, LedgerChecks]:
     """The partitions' folds as one: every account and hold lives on one partition, so their
     maps are disjoint; the per-request sums (a debit here, its credit there) add up."""
-    fold, checks = LedgerFold(), LedgerChecks()
+    fold, checks = LedgerFold(), LedgerChecks(parts[0][1].window_ms)
     for part_fold, part_checks in parts:
         assert not fold.accounts.keys() & part_fold.accounts.keys()
         fold.accounts.update(part_fold.accounts)
@@ -396,6 +422,9 @@ def merge_folds(parts: list[tuple[LedgerFold, LedgerChecks]]) -> tuple[LedgerFol
             total.withdrawals += money.withdrawals
         checks.reserved.update(part_checks.reserved)
         checks.settled.update(part_checks.settled)
+        checks.life.update(part_checks.life)
+        checks.holds_done.update(part_checks.holds_done)
+        checks.twice += part_checks.twice
         checks.violations += part_checks.violations
     return fold, checks
 
@@ -477,7 +506,8 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
     if since is not None:
         matches_log(settings, topic, since)
         fold, checks = fold_ledger(settings, topic, None, anchor, show_progress,
-                                   restored(since), dict(since.ledger_next))
+                                   restored(since, settings.id_retention_s * 1000),
+                                   dict(since.ledger_next))
     elif processes > 1:
         fold, checks = fold_in_parallel(settings, topic, processes, anchor)
     else:
@@ -541,13 +571,13 @@ def snapshot(topic: str, fold: LedgerFold, checks: LedgerChecks,
         request_counts=final_counts)
 
 
-def restored(cp: Checkpoint) -> tuple[LedgerFold, LedgerChecks]:
+def restored(cp: Checkpoint, window_ms: int) -> tuple[LedgerFold, LedgerChecks]:
     """A fold and its checks as the checkpoint left them."""
     fold = LedgerFold(accounts={n: a.without_events() for n, a in cp.accounts.items()},
                       applied=cp.applied, duplicates=cp.duplicates,
                       heads={p: replace(h) for p, h in cp.heads.items()},
                       ends=dict(cp.ledger_next))
-    checks = LedgerChecks()
+    checks = LedgerChecks(window_ms)
     for cur, (deposits, withdrawals) in cp.money.items():
         checks.money[cur] = Money(deposits=deposits, withdrawals=withdrawals)
     for key, (debited, returned, refunds) in cp.open_transfers.items():

@@ -16,6 +16,7 @@ from kbank.streams.engine.changelog import BatchRecord
 from kbank.streams.engine.state import PartitionStore
 from kbank.streams.decisions import parse_message
 from kbank.streams.model import Position
+from tests.rules_ledger import Ledger, opened
 
 WINDOW_MS = 10_000
 RULES = Rules(id_window_ms=WINDOW_MS)
@@ -138,3 +139,35 @@ def test_a_restore_after_expiry_decides_as_the_store_it_replaces(tmp_path):
     assert restored.clock() == 0 and store.clock() == steps[-1][1]   # t: is its own record
     store.close()
     restored.close()
+
+
+def _reused_after_the_window(window_ms: int) -> "Ledger":
+    """A transfer and a hold, each re-used (same ids, same bodies) after a 10 s window."""
+    led = opened(("alice", 1_000), ("bob", 0), rules=Rules(id_window_ms=window_ms))
+    transfer = {"type": "transfer", "request_id": "t1", "from": "alice", "to": "bob", "amount": 5}
+    hold = {"type": "hold", "request_id": "h1", "from": "alice", "to": "bob", "amount": 7,
+            "timeout_s": 60}
+    for _ in range(2):
+        led.send(transfer)
+        led.send(hold)
+        led.send({"type": "void", "request_id": f"v{led.ts}", "from": "alice", "hold_id": "h1"})
+        led.deliver_all()
+        led.ts += WINDOW_MS + WINDOW_MS // 7 + 1
+    return led
+
+
+def test_verify_counts_an_id_re_used_after_the_window_as_a_new_request():
+    led = _reused_after_the_window(WINDOW_MS)
+    assert led.accounts["bob"].balance == 10, "applied twice: once per window"
+    report = led.verify()
+    assert report.violations == [] and report.applied_twice == 0, report.render()
+    assert report.holds["made"] == 2 and report.holds["hold_released"] == 2, report.holds
+
+
+def test_negative_control_verify_with_a_longer_window_names_the_second_use():
+    """The same ledger checked as if the window were longer: t1 and h1 applied twice."""
+    led = _reused_after_the_window(WINDOW_MS)
+    led.rules = Rules(id_window_ms=10 * WINDOW_MS)
+    report = led.verify()
+    assert report.applied_twice >= 2
+    assert any("request" in v and "t1" in v for v in report.violations), report.violations

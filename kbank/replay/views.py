@@ -113,7 +113,7 @@ def rebuild_part(settings: Settings, store_dir: str, partitions: list[int] | Non
             if out is None:
                 continue
             key = outcome_key(out)
-            new = merge_status(part.status.get(key), out)
+            new = merge_status(part.status.get(key), out, settings.id_retention_s * 1000)
             if new is not None:
                 part.status[key] = new
         outcomes.close()

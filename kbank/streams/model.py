@@ -94,14 +94,28 @@ DECIDED_STATUSES = frozenset({COMPLETED, REJECTED_STATUS, HELD_STATUS, POSTED_ST
                               VOIDED_STATUS, EXPIRED_STATUS})
 
 
-def status_moves(current: str | None, outcome: dict[str, Any]) -> bool:
+def status_moves(current: str | None, outcome: dict[str, Any], since: int | None = None,
+                 window_ms: int = 0) -> bool:
     """The one rule of every status fold (views, verify, recompute, client tails): a status
     only moves forward, and an answer to a re-sent request id (`retry`: the original
-    decision restated, or an idempotency_conflict) never moves it."""
+    decision restated, or an idempotency_conflict) never moves it.
+
+    An id re-used after the engine's id window (BANK_ID_RETENTION_S) is a new request: with
+    `since` (the timestamp of the current status's first decision) and the window, a
+    decision stamped at least window_ms later starts the status over (renews)."""
     status = outcome.get("status")
     if status not in STATUS_RANK or outcome.get("retry"):
         return False
-    return current is None or STATUS_RANK[status] > STATUS_RANK[current]
+    return current is None or STATUS_RANK[status] > STATUS_RANK[current] \
+        or renews(current, outcome, since, window_ms)
+
+
+def renews(current: str | None, outcome: dict[str, Any], since: int | None,
+           window_ms: int) -> bool:
+    """Whether an outcome is the first decision of a request id re-used after the window."""
+    ts = outcome.get("ts")
+    return since is not None and window_ms > 0 and is_final(current) \
+        and isinstance(ts, int) and ts - since >= window_ms
 
 
 def is_final(status: str | None) -> bool:

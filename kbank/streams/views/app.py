@@ -379,7 +379,7 @@ class ViewsWorker:
         key = ViewKeys.status(outcome_key(out))
         stored = self.writes.get(partition, key)
         current = orjson.loads(stored) if stored is not None else None
-        new = merge_status(current, out)
+        new = merge_status(current, out, self.settings.id_retention_s * 1000)
         if new is not None:
             self.writes.put(partition, key, orjson.dumps(new))
             self.writes.put_position(partition, ViewKeys.outcomes_position(partition),

@@ -26,7 +26,7 @@ from kbank.streams.model import (BALANCE_SIGN, CREDITED, CURRENCY_DECIMALS, DAY_
                                  DEFAULT_CURRENCY, DEPOSITED, EXPIRED, HELD, HOLD_RELEASED,
                                  LIMITS_SET, MAX_AMOUNT, OPEN, OPENED, POSTED, REFUNDED, REJECTED,
                                  REJECTED_STATUS, STATE_AFTER, STATUS_RANK, WITHDRAWN,
-                                 int_in, is_name, labels_ok, status_moves)
+                                 int_in, is_name, labels_ok, renews, status_moves)
 
 _OUTFLOW = {WITHDRAWN, DEBITED, HELD}   # what counts toward the daily limit when it happens
 
@@ -342,18 +342,26 @@ def global_figures(parts: list[PartitionTotals]) -> dict[str, Any]:
     }
 
 
-def merge_status(current: dict[str, Any] | None, outcome: dict[str, Any]) -> dict[str, Any] | None:
+def merge_status(current: dict[str, Any] | None, outcome: dict[str, Any],
+                 window_ms: int) -> dict[str, Any] | None:
     """The status of a request after an outcome; None if it changes nothing.
 
     Statuses only move forward (accepted -> debited -> completed | rejected), so
     re-deliveries and reordering cannot move one back, and the answer to a re-sent
-    request id never overrides the first decision (model.status_moves).
+    request id never overrides the first decision (model.status_moves). An id re-used
+    after the engine's id window (window_ms) is a new request: its status starts over,
+    `since` its first decision.
     """
-    if not status_moves(current["status"] if current is not None else None, outcome):
+    before = current["status"] if current is not None else None
+    since = current.get("since", current.get("ts")) if current is not None else None
+    if not status_moves(before, outcome, since, window_ms):
         return None
+    if renews(before, outcome, since, window_ms):
+        current = None
     status = outcome["status"]
     new = {"request_id": outcome["request_id"], "account": outcome.get("account"),
-           "status": status, "ts": outcome.get("ts")}
+           "status": status, "ts": outcome.get("ts"),
+           "since": outcome.get("ts") if current is None else since}
     if status == REJECTED_STATUS:
         new["reason"] = outcome.get("reason")
         if outcome.get("detail") is not None:

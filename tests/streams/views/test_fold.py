@@ -65,11 +65,33 @@ def test_a_redelivered_record_is_told_from_a_copy_and_a_gap():
     assert AccountView.from_bytes(view.to_bytes()) == view
 
 
+WINDOW_MS = 1_000
+
+
 def test_status_only_moves_forward_and_a_duplicate_never_overrides():
-    s = merge_status(None, {"request_id": "r", "status": "debited", "ts": 1})
-    s = merge_status(s, {"request_id": "r", "status": "completed", "ts": 2}) or s
+    s = merge_status(None, {"request_id": "r", "status": "debited", "ts": 1}, WINDOW_MS)
+    s = merge_status(s, {"request_id": "r", "status": "completed", "ts": 2}, WINDOW_MS) or s
     assert s["status"] == "completed"
-    assert merge_status(s, {"request_id": "r", "status": "debited", "ts": 3}) is None
-    assert merge_status(s, {"request_id": "r", "status": "rejected", "reason": "duplicate"}) is None
-    first = merge_status(None, {"request_id": "q", "status": "rejected", "reason": "duplicate"})
+    assert merge_status(s, {"request_id": "r", "status": "debited", "ts": 3}, WINDOW_MS) is None
+    assert merge_status(s, {"request_id": "r", "status": "rejected", "reason": "duplicate"},
+                        WINDOW_MS) is None
+    first = merge_status(None, {"request_id": "q", "status": "rejected", "reason": "duplicate"},
+                         WINDOW_MS)
     assert first["reason"] == "duplicate"
+
+
+def test_an_id_re_used_after_the_window_starts_its_status_over():
+    s = merge_status(None, {"request_id": "r", "status": "debited", "ts": 1,
+                            "metadata": {"a": "1"}}, WINDOW_MS)
+    s = merge_status(s, {"request_id": "r", "status": "completed", "ts": 1}, WINDOW_MS)
+    assert s["since"] == 1 and s["metadata"] == {"a": "1"}
+    # within the window a decision cannot move a final status (nor can a retry, ever)
+    assert merge_status(s, {"request_id": "r", "status": "debited", "ts": WINDOW_MS}, WINDOW_MS) is None
+    assert merge_status(s, {"request_id": "r", "status": "debited", "ts": 5 * WINDOW_MS,
+                            "retry": True}, WINDOW_MS) is None
+    again = merge_status(s, {"request_id": "r", "status": "debited", "ts": 1 + WINDOW_MS}, WINDOW_MS)
+    assert again["status"] == "debited" and again["since"] == 1 + WINDOW_MS
+    assert "metadata" not in again, "the new request's labels, not the old one's"
+    done = merge_status(again, {"request_id": "r", "status": "completed", "ts": 1 + WINDOW_MS},
+                        WINDOW_MS)
+    assert done["status"] == "completed" and done["since"] == 1 + WINDOW_MS

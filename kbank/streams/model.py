@@ -228,10 +228,13 @@ class Hold:
     state: str = PENDING
     members: list[list[Any]] | None = None   # a linked transfer's [receiver, amount] pairs
     confirmed: int = 0                       # receivers that confirmed so far
+    settled_at: int = 0      # the timestamp of the input that settled it (0: pending)
 
     def to_json(self) -> list[Any]:
         row = [self.sender, self.receiver, self.amount, self.deadline, self.day, self.state]
-        return row + [self.members, self.confirmed] if self.members is not None else row
+        if self.members is not None or self.settled_at:
+            row += [self.members, self.confirmed]
+        return row + [self.settled_at] if self.settled_at else row
 
     @classmethod
     def from_json(cls, raw: list[Any]) -> "Hold":

@@ -21,11 +21,13 @@ recompute, whose MemoryState keeps them all, decide the same:
     counting is a new request (documented: a retry after the window is a new request);
   - a request's marker keeps counting while the hold it made is pending (its retry must not
     make a second hold over the first), and a hold notice's marker (i:) always counts: it
-    says the receiver holds the amount as pending-in, for as long as the hold lives.
+    says the receiver holds the amount as pending-in, for as long as the hold lives;
+  - a settled hold is forgotten a window after it settled (`live_hold`): a post or void
+    of it after that is told unknown_hold rather than hold_closed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import orjson
@@ -97,6 +99,15 @@ def live_marker(state: "PartitionState", marker: str, now: int, rules: Rules) ->
     return None
 
 
+def live_hold(state: "PartitionState", key: str, now: int, rules: Rules) -> Hold | None:
+    """A hold as the rules see it at `now` (rule_time): one settled a window or more before
+    is forgotten, as its id is (PartitionStore.expire deletes it)."""
+    hold = state.hold(key)
+    if hold is not None and hold.settled_at and hold.settled_at + rules.id_window_ms <= now:
+        return None
+    return hold
+
+
 def holds_open(hold: Hold | None) -> bool:
     """A pending hold keeps its request's marker counting (PartitionStore.expire too)."""
     return hold is not None and hold.state == PENDING
@@ -165,7 +176,7 @@ def request_decision(state: PartitionState, key: bytes | None, value: bytes | No
             stored = unstamp(state.applied(marker))[1]   # type: ignore[arg-type]
         first = FirstDecision.decode(stored) if stored is not None else None
     hold_id = req.body.get("hold_id")
-    hold = state.hold(request_key(req.account, hold_id)) \
+    hold = live_hold(state, request_key(req.account, hold_id), now, rules) \
         if isinstance(hold_id, str) and req.account is not None else None
     ref, ref_owner = req.body.get("external_ref"), None
     if isinstance(ref, str) and req.account is not None:
@@ -184,9 +195,10 @@ def credit_decision(state: PartitionState, message: dict[str, Any], ts: int, pos
     recorded = isinstance(hold_id, str) and live_marker(
         state, incoming_marker(message_scope(message), hold_id), now, rules) is not None
     kind = message["kind"]
-    linked = state.hold(request_key(name, message["request_id"])) if kind in (LINK_ACK, EXPIRE) \
-        else state.hold(link_hold_key(message["index"], message["counterparty"],
-                                      message["request_id"])) \
+    linked = live_hold(state, request_key(name, message["request_id"]), now, rules) \
+        if kind in (LINK_ACK, EXPIRE) \
+        else live_hold(state, link_hold_key(message["index"], message["counterparty"],
+                                            message["request_id"]), now, rules) \
         if kind in (LINK_COMMIT, LINK_ABORT) else None
     return decide_credit(message, state.account(name), applied, ts, pos, recorded, linked)
 
@@ -233,7 +245,10 @@ def apply_decision(state: PartitionState, decision: Decision, out: Outputs, ts: 
     if out.head is not None:
         state.set_chain_head(out.head)
     if decision.hold is not None:
-        state.put_hold(*decision.hold)
+        key, hold = decision.hold
+        if hold.state != PENDING and not hold.settled_at:
+            hold = replace(hold, settled_at=ts)
+        state.put_hold(key, hold)
     if decision.supply:
         state.add_supply(decision.supply)
     state.advance_clock(ts)

@@ -11,8 +11,9 @@ Keys: b"a:<account>" -> Account json; b"h:<hold key>" -> Hold json; the applied-
 (b"r:<request key>", b"c:<request key>", ...) -> its value (a request's FirstDecision, else
 b"1"), stamped with its input's timestamp (engine/apply.py); b"s:" -> the partition's money
 supply; b"l:" -> the ledger chain's head; b"t:" -> the partition's clock;
-b"z:<clock>:<key>" -> b"": the expiry index, the markers and batch records a batch wrote, by
-the clock after it (a batch record's key after "~", so it sorts after its markers);
+b"z:<clock>:<key>" -> b"": the expiry index, the markers, settled holds (h:<key>) and batch
+records a batch wrote, by the clock after it (a batch record's key after "~", so it sorts
+after its markers);
 b"__changelog" -> the next changelog offset to read;
 b"__position" -> the input offsets [credits, requests] the state reflects (the
 end of the last batch applied), which a restore compares with the group's
@@ -160,7 +161,8 @@ class PartitionStore:
         """Forget, in the open batch, up to `limit` index entries of batches committed with a
         clock at or before `horizon` (apply.expiry_horizon): delete their markers, but carry
         a marker forward (re-applied in this batch, so its record has it) while the hold its
-        request made is pending. Returns the batch records whose tombstones to write."""
+        request made is pending; delete settled holds. Returns the changelog keys whose
+        tombstones to write (batch records, settled holds)."""
         tombstones: list[bytes] = []
         end = _expiry_entry(horizon + 1, "")
         for n, key in enumerate(self._db.keys(from_key=_EXPIRY_PREFIX)):
@@ -171,6 +173,13 @@ class PartitionStore:
             if target.startswith(_BATCH_ENTRY):
                 tombstones.append(target[len(_BATCH_ENTRY):].encode())
                 continue
+            if target.startswith("h:"):
+                hold = self.hold(target[2:])
+                if hold is not None and hold.settled_at and hold.settled_at <= horizon \
+                        and target[2:] not in self._dirty_holds:
+                    self._expired.append(target.encode())
+                    tombstones.append(target.encode())
+                continue      # else made again since: its own entry comes later
             raw = self._db.get(target.encode())
             if raw is None or target in self._dirty_marks or unstamp(raw.decode())[0] > horizon:
                 continue      # re-applied since (a new request): its own entry comes later
@@ -230,6 +239,8 @@ class PartitionStore:
             self._committed_clock = self._clock
         for key, hold in self._dirty_holds.items():
             wb.put(hold_key(key), orjson.dumps(hold.to_json()))
+            if hold.settled_at:
+                wb.put(_expiry_entry(clock, "h:" + key), b"")
         if self._supply is not None:
             wb.put(SUPPLY_KEY, orjson.dumps(self._supply))
             self._committed_supply = self._supply
@@ -281,7 +292,12 @@ class PartitionStore:
                 position = _max_position(position, (batch.credits[1], batch.requests[1]))
             elif value is None:
                 wb.delete(key)
-            elif key.startswith((ACCOUNT_PREFIX, HOLD_PREFIX, INCOMING_PREFIX)) \
+            elif key.startswith(HOLD_PREFIX):
+                wb.put(key, value)
+                settled_at = Hold.from_json(orjson.loads(value)).settled_at
+                if settled_at:
+                    wb.put(_expiry_entry(settled_at, key.decode()), b"")
+            elif key.startswith((ACCOUNT_PREFIX, INCOMING_PREFIX)) \
                     or key in (SUPPLY_KEY, CHAIN_KEY, CLOCK_KEY):
                 wb.put(key, value)
         wb.put(_CHANGELOG_OFFSET, str(next_offset).encode())

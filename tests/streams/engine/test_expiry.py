@@ -12,10 +12,10 @@ import orjson
 from kbank.streams.decisions import Rules, request_marker
 from kbank.streams.engine.apply import (MemoryState, credit_decision, expiry_horizon, record,
                                         request_decision, stamp)
-from kbank.streams.engine.changelog import BatchRecord
+from kbank.streams.engine.changelog import BatchRecord, hold_key
 from kbank.streams.engine.state import PartitionStore
 from kbank.streams.decisions import parse_message
-from kbank.streams.model import Position
+from kbank.streams.model import Position, request_key
 from tests.rules_ledger import Ledger, opened
 
 WINDOW_MS = 10_000
@@ -52,13 +52,18 @@ def _history() -> list[tuple[dict, int]]:
              ({"type": "deposit", "request_id": "d1", "account": "alice", "amount": 100}, T0 + 1),
              ({"type": "hold", "request_id": "h1", "from": "alice", "to": "bob", "amount": 30,
                "timeout_s": 3_600}, T0 + 2),
+             ({"type": "hold", "request_id": "h2", "from": "alice", "to": "bob", "amount": 1,
+               "timeout_s": 3_600}, T0 + 3),
+             ({"type": "void", "request_id": "v1", "from": "alice", "hold_id": "h2"}, T0 + 4),
+             ({"type": "void", "request_id": "v2", "from": "alice", "hold_id": "h2"}, T0 + 4_000),
              ({"type": "deposit", "request_id": "d1", "account": "alice", "amount": 100}, T0 + 5_000)]
     later = T0 + WINDOW_MS + WINDOW_MS // 7 + 1
     steps += [({"type": "transfer", "request_id": "t1", "from": "alice", "to": "bob", "amount": 5},
                later + i * 1_000) for i in range(3)]
     steps += [({"type": "deposit", "request_id": "d1", "account": "alice", "amount": 100}, later + 5_000),
               ({"type": "hold", "request_id": "h1", "from": "alice", "to": "bob", "amount": 30,
-                "timeout_s": 3_600}, later + 5_000)]
+                "timeout_s": 3_600}, later + 5_000),
+              ({"type": "void", "request_id": "v3", "from": "alice", "hold_id": "h2"}, later + 6_000)]
     return steps
 
 
@@ -72,6 +77,9 @@ def test_the_rule_counts_an_id_for_its_window_and_a_pending_hold_for_as_long_as_
     holds = [o for o in outcomes if o["request_id"] == "h1"]
     assert [o["status"] for o in holds] == ["held", "held"]
     assert state.accounts["alice"].held == 30, "a retried hold after the window made no second hold"
+    # a settled hold: closed within the window after it settled, then forgotten
+    assert [(o["status"], o.get("reason")) for o in outcomes if o["request_id"] in ("v2", "v3")] \
+        == [("rejected", "hold_closed"), ("rejected", "unknown_hold")]
     # t1 three times within its window: applied once, its retries told the first decision
     assert [o["status"] for o in outcomes if o["request_id"] == "t1"] == [
         "debited", "completed", "debited", "debited"]
@@ -82,14 +90,15 @@ def _store_run(path: str, steps: list[tuple[dict, int]], per_batch: int = 2,
                horizon=lambda clock: expiry_horizon(clock, RULES)) -> tuple[  # noqa: ANN001
         list[bytes], PartitionStore, list[tuple[bytes, bytes | None]]]:
     """The steps through a RocksDB store in batches, expiring after each as the processor
-    does; the outcomes, the store and the changelog it would have written (ids only)."""
+    does; the outcomes, the store and the changelog it would have written (ids and holds)."""
     store = PartitionStore(path)
     outcomes: list[bytes] = []
     changelog: list[tuple[bytes, bytes | None]] = []
     for b in range(0, len(steps), per_batch):
         outcomes += _decide_all(store, steps[b:b + per_batch])
         changelog += [(key, None) for key in store.expire(horizon(store.clock()), 100)]
-        _, marks, _ = store.changes()
+        _, marks, holds = store.changes()
+        changelog += [(hold_key(key), orjson.dumps(hold.to_json())) for key, hold in holds.items()]
         batch = BatchRecord((0, 0), (b, b + per_batch), dict(marks), None, store.clock())
         store.note_batch_records([batch.key])
         changelog.append((batch.key, batch.encode()))
@@ -111,8 +120,12 @@ def test_a_store_that_forgets_decides_as_one_that_keeps_everything(tmp_path):
                                       + WINDOW_MS // 7 + 1 + 5_000), "the re-use's marker"
     assert store.applied(request_marker("alice", "o1")) is None, "expired and deleted"
     assert store.applied(request_marker("alice", "h1")) is not None, "its hold is pending"
+    assert store.hold(request_key("alice", "h2")) is None, "settled a window ago: deleted"
+    assert store.hold(request_key("alice", "h1")).state == "pending"
     tombstones = [key for key, value in changelog if value is None]
-    assert tombstones and all(key.startswith(b"b:") for key in tombstones)
+    assert tombstones and all(key.startswith(b"b:") or key == b"h:" + request_key("alice", "h2").encode()
+                              for key in tombstones)
+    assert b"h:" + request_key("alice", "h2").encode() in tombstones
     store.close()
 
 
@@ -136,6 +149,8 @@ def test_a_restore_after_expiry_decides_as_the_store_it_replaces(tmp_path):
                    request_marker("alice", "o1"), request_marker("bob", "o2")):
         assert restored.applied(marker) == store.applied(marker), marker
     assert restored.applied(request_marker("alice", "h1")) is not None
+    for hold_id in ("h1", "h2"):
+        assert restored.hold(request_key("alice", hold_id)) == store.hold(request_key("alice", hold_id))
     assert restored.clock() == 0 and store.clock() == steps[-1][1]   # t: is its own record
     store.close()
     restored.close()

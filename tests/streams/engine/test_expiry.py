@@ -7,6 +7,8 @@ decide every input the same; and a restore from the changelog, its expired batch
 gone, must decide the same as the store it replaces."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
 
 from kbank.streams.decisions import Rules, request_marker
@@ -16,7 +18,13 @@ from kbank.streams.engine.changelog import BatchRecord, hold_key
 from kbank.streams.engine.state import PartitionStore
 from kbank.streams.decisions import parse_message
 from kbank.streams.model import Position, request_key
+from kbank.replay.ledger import LedgerFold
+from kbank.replay.recompute import events_by_account, simulate
+from kbank.replay.verify import LedgerChecks, VerifyReport
+from kbank.streams import topics
+from kbank.streams.client import read_topic
 from tests.rules_ledger import Ledger, opened
+from tests.workload import Workload, assert_invariants, ledger, wait_until
 
 WINDOW_MS = 10_000
 RULES = Rules(id_window_ms=WINDOW_MS)
@@ -186,3 +194,82 @@ def test_negative_control_verify_with_a_longer_window_names_the_second_use():
     report = led.verify()
     assert report.applied_twice >= 2
     assert any("request" in v and "t1" in v for v in report.violations), report.violations
+
+
+# -- the engine over the broker, with a one-second window --------------------------------
+
+def _deposits_of(settings, request_id: str) -> list[dict]:  # noqa: ANN001
+    return [e for acct in ledger(settings).accounts.values()
+            for e in map(orjson.loads, acct.events)
+            if e["kind"] == "deposited" and e["request_id"] == request_id]
+
+
+def _expired_batch_records(settings) -> int:  # noqa: ANN001
+    return sum(1 for msg in read_topic(settings, settings.topic(topics.CHANGELOG))
+               if msg.key().startswith(b"b:") and msg.value() is None)
+
+
+def _past_the_window(settings, wl, since_ts: int, window_ms: int) -> None:  # noqa: ANN001
+    """Deposit to bob until the broker stamps one a window and its margin past since_ts (the
+    broker's clock, not this one, decides)."""
+    def stamped_past() -> bool:
+        request_id = f"fill-{len(wl.request_ids)}"
+        wl.send({"type": "deposit", "request_id": request_id, "account": "bob", "amount": 1})
+        wl.deposits += 1
+        wl.sender.flush()
+        assert wl.wait(60)
+        latest = max(e["ts"] for e in _deposits_of(settings, request_id))
+        return latest >= since_ts + window_ms + window_ms // 7 + 1
+    wait_until(stamped_past, 60, "the broker's clock to pass the window", poll_s=0.2)
+
+
+def test_the_engine_forgets_ids_after_the_window_and_restore_verify_and_recompute_agree(
+        settings, pool_factory, tmp_path):
+    settings = replace(settings, id_retention_s=1)
+    window_ms = 1_000
+    pool = pool_factory(settings, 1)
+    wl = Workload(settings)
+    deposit = {"type": "deposit", "request_id": "d1", "account": "alice", "amount": 10}
+    try:
+        wl.open_accounts(["alice", "bob"], 1_000)
+        wl.send(deposit, duplicate=True)      # within the window: applied once
+        wl.deposits += 10
+        wl.sender.flush()
+        assert wl.wait(60)
+        first = _deposits_of(settings, "d1")
+        assert len(first) == 1
+        _past_the_window(settings, wl, first[0]["ts"], window_ms)
+        wl.send(deposit)                      # after it: a new request
+        wl.deposits += 10
+        wl.sender.flush()
+        wait_until(lambda: len(_deposits_of(settings, "d1")) == 2, 60, "d1 applied anew")
+        _past_the_window(settings, wl, max(e["ts"] for e in _deposits_of(settings, "d1")), window_ms)
+        wait_until(lambda: _expired_batch_records(settings) > 0, 60,
+                   "the engine to write tombstones for expired batch records")
+        # a worker with no local state restores from the changelog with its tombstones
+        pool.stop_all()
+        pool_factory(replace(settings, state_dir=str(tmp_path / "fresh")), 1)
+        _past_the_window(settings, wl, max(e["ts"] for e in _deposits_of(settings, "d1")), window_ms)
+        wl.send(deposit)
+        wl.deposits += 10
+        wl.sender.flush()
+        wait_until(lambda: len(_deposits_of(settings, "d1")) == 3, 60, "d1 applied a third time")
+    finally:
+        wl.close()
+    report = assert_invariants(settings, wl)
+    assert report.applied_twice == 0
+    # recompute re-runs the live order (engine.batches) through a state that forgets nothing
+    rules = Rules.from_settings(settings, settings.partitions)
+    same = simulate(settings, rules, settings.partitions, show_progress=False)
+    assert events_by_account(same.events) == {name: acct.events for name, acct
+                                              in ledger(settings).accounts.items()}
+    # negative control: the same log under a longer window is d1 applied three times
+    longer = LedgerChecks(100 * window_ms)
+    fold = LedgerFold()
+    for msg in read_topic(settings, settings.topic(topics.LEDGER)):
+        ev = fold.apply(msg.value())
+        if ev is not None:
+            longer.add(ev, fold.accounts[ev["account"]])
+    vr = VerifyReport()
+    longer.finish(fold, vr)
+    assert vr.applied_twice == 1 and any("d1" in v and "3 times" in v for v in vr.violations), vr.violations

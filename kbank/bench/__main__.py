@@ -74,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store-keys", type=int, default=0, metavar="N",
                         help="instead: CPU per miss-and-put as an engine store grows to N keys, "
                              "with its options and with RocksDB's defaults (kbank/bench/store.py)")
+    parser.add_argument("--retention-days", type=int, default=0, metavar="D",
+                        help="instead: D simulated days of one engine partition's history, with "
+                             "the id window (BANK_ID_RETENTION_S) and with ids kept for good: "
+                             "what a restore reads and takes, and the store's size, per day; "
+                             "plot in docs/bench/retention.png (kbank/bench/retention.py)")
+    parser.add_argument("--transfers-per-day", type=int, default=100_000, metavar="N",
+                        help="with --retention-days: transfers in each simulated day")
     parser.add_argument("--statement-events", type=int, default=0, metavar="N",
                         help="instead: p50/p99 of a statement over an account's N events, and of "
                              "a filtered page, on a real store (kbank/bench/queries.py)")
@@ -93,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{result['top10_p50_ms']} ms, p99 {result['top10_p99_ms']} ms (100: p99 "
               f"{result['top100_p99_ms']} ms)")
         return 0
+    if args.retention_days:
+        return retention_main(args)
     if args.store_keys:
         from kbank.bench.store import store_growth
 
@@ -225,6 +234,32 @@ def replay_main(args: argparse.Namespace) -> int:
               f"({'OK' if result['incremental_ok'] else 'FAILED'})")
     return 0 if result["verify_ok"] and result["verify_parallel_ok"] and \
         result["incremental_ok"] and result["rebuild_parallel_ok"] else 1
+
+
+def retention_main(args: argparse.Namespace) -> int:
+    """--retention-days: the state with the id window against ids kept for good."""
+    from kbank.bench.retention import plot_retention, retention_growth
+
+    window_s = Settings.from_env().id_retention_s
+    runs = {"window_s": window_s, "transfers_per_day": args.transfers_per_day,
+            "with_window": retention_growth(args.retention_days, args.transfers_per_day, window_s),
+            "kept_for_good": retention_growth(args.retention_days, args.transfers_per_day, None)}
+    if args.json:
+        print(orjson.dumps(runs).decode())
+    else:
+        print(f"{'day':>4} {'records':>9} {'restore s':>9} {'store MB':>9}   "
+              f"{'records':>9} {'restore s':>9} {'store MB':>9}   (with the {window_s / 86_400:g}-day "
+              f"window | ids kept for good)")
+        for a, b in zip(runs["with_window"], runs["kept_for_good"]):
+            print(f"{a['day']:>4} {a['changelog_records']:>9,} {a['restore_s']:>9} {a['store_mb']:>9}   "
+                  f"{b['changelog_records']:>9,} {b['restore_s']:>9} {b['store_mb']:>9}")
+    try:
+        path = plot_retention(runs["with_window"], runs["kept_for_good"], window_s / 86_400,
+                              "docs/bench/retention.png")
+        print(f"plot: {path}", file=sys.stderr)
+    except ImportError:
+        print("plot skipped: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)
+    return 0
 
 
 def restore_main(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from kbank.streams.progress import progress_bar
 from kbank.streams import kafka, topics
 from kbank.streams.config import Settings
 from kbank.streams.engine import BatchRecord, ChangelogRestore, PartitionStore, PartitionTask, account_key
+from kbank.streams.engine.apply import stamp
 from kbank.streams.model import Account
 from kbank.streams.topics import ensure_topics
 
@@ -37,7 +38,7 @@ def restore_speed(settings: Settings, accounts: int, ids: int) -> dict[str, Any]
     for i in range(accounts):
         put(account_key(f"acct-{i:07d}"), orjson.dumps(Account(balance=i, seq=1).to_json()))
     for b in range(batches):
-        ids_of_batch = tuple(f"r:req-{b}-{j}" for j in range(IDS_PER_BATCH))
+        ids_of_batch = {f"r:req-{b}-{j}": stamp("fingerprint completed ", b) for j in range(IDS_PER_BATCH)}
         record = BatchRecord((0, 0), (b * IDS_PER_BATCH, (b + 1) * IDS_PER_BATCH), ids_of_batch)
         put(record.key, record.encode())
     if producer.flush(300) > 0:

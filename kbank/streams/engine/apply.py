@@ -67,8 +67,14 @@ def stamp(value: str, ts: int) -> str:
     return f"{ts}|{value}"
 
 
+_UNSTAMPED = 2**63 - 1   # a marker written before the id window existed: never expires
+
+
 def unstamp(stored: str) -> tuple[int, str]:
-    ts, _, value = stored.partition("|")
+    """(timestamp, value) of a stored marker value (stamp)."""
+    ts, bar, value = stored.partition("|")
+    if not (bar and ts.isdigit()):
+        return _UNSTAMPED, stored
     return int(ts), value
 
 

@@ -35,7 +35,9 @@ from kbank.streams.partitioning import partition_for
 FORWARDED_FROM = "bank-forwarded-from"   # header of a forwarded record: "topic/partition/offset"
 MAX_FORWARD_BYTES = 65_536     # a larger misrouted record is dead-lettered, not copied
 DEADLETTER_COPY_BYTES = 4_096  # of a dead-lettered record's value, the rest is cut (and said so)
-_EXPIRY_STEP = 1_000   # expiry index entries a batch may retire beyond twice its inputs
+# expiry index entries a batch may retire beyond three per input (an input makes at most
+# three: its id, its external_ref, a hold it settles), so expiry keeps up with what comes in
+_EXPIRY_STEP = 1_000
 
 
 @dataclass
@@ -86,7 +88,7 @@ class BatchProcessor:
         changelog, partition, send = self.topics.changelog, task.partition, self.out.send
         if self.dedupe:
             for key in store.expire(expiry_horizon(store.clock(), self.rules),
-                                    _EXPIRY_STEP + 2 * (len(credits) + len(requests))):
+                                    _EXPIRY_STEP + 3 * (len(credits) + len(requests))):
                 send(changelog, key, None, partition)
         accounts, marks, holds = store.changes()
         for name, acct in accounts.items():

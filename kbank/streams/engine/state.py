@@ -287,8 +287,10 @@ class PartitionStore:
                 batch = BatchRecord.decode(value)
                 for marker, marker_value in batch.applied.items():
                     wb.put(marker.encode(), marker_value.encode())
-                    wb.put(_expiry_entry(batch.clock, marker), b"")
-                wb.put(_expiry_entry(batch.clock, _BATCH_ENTRY + key.decode()), b"")
+                    if batch.clock:
+                        wb.put(_expiry_entry(batch.clock, marker), b"")
+                if batch.clock:   # else written before the id window: its ids never expire
+                    wb.put(_expiry_entry(batch.clock, _BATCH_ENTRY + key.decode()), b"")
                 position = _max_position(position, (batch.credits[1], batch.requests[1]))
             elif value is None:
                 wb.delete(key)
@@ -308,6 +310,10 @@ class PartitionStore:
         self._committed_head = None
         self._committed_clock = None
         self.discard()
+
+    def flush(self) -> None:
+        """Write the memtables to files (how `bank bench --retention-days` sizes a store)."""
+        self._db.flush()
 
     def close(self) -> None:
         self._db.close()

@@ -32,6 +32,9 @@ class Ledger:
     state: MemoryState = field(default_factory=MemoryState)
     pending: list[dict] = field(default_factory=list)
     delivered: list[dict] = field(default_factory=list)
+    # each message's record timestamp: its sending input's, as the engine stamps credits
+    pending_ts: list[int] = field(default_factory=list)
+    delivered_ts: list[int] = field(default_factory=list)
     events: list[bytes] = field(default_factory=list)
     outcomes: list[dict] = field(default_factory=list)
     dead_letters: list[str] = field(default_factory=list)
@@ -64,6 +67,7 @@ class Ledger:
             self.events.append(out.event)
         self.outcomes += d.outcomes
         self.pending += [m for _, m in d.messages]
+        self.pending_ts += [self.ts] * len(d.messages)
 
     def send_raw(self, key: bytes | None, value: bytes) -> list[dict]:
         """Decide one transfers.requests record; returns its outcomes."""
@@ -81,11 +85,13 @@ class Ledger:
         return self.send_raw(key.encode("utf-8", "surrogatepass") if isinstance(key, str) else None,
                              orjson.dumps(body))
 
-    def deliver_message(self, msg: dict) -> None:
-        """Decide one transfers.credits message, as it arrives on the wire."""
+    def deliver_message(self, msg: dict, ts: int | None = None) -> None:
+        """Decide one transfers.credits message stamped ts (default: now), as it arrives on
+        the wire."""
         try:
             msg = parse_message(msg["account"].encode("utf-8", "surrogatepass"), orjson.dumps(msg))
-            decision = credit_decision(self.state, msg, self.ts, CREDITS_POS, self.rules)
+            decision = credit_decision(self.state, msg, self.ts if ts is None else ts,
+                                       CREDITS_POS, self.rules)
         except BadMessage as exc:
             self.dead_letters.append(str(exc))
             return
@@ -96,16 +102,23 @@ class Ledger:
         receiver's messages from one sender in order: a hold's notice precedes its settlement),
         or deliver an earlier message again."""
         if again:
-            msg = self.delivered[i % len(self.delivered)]
+            msg, ts = self.delivered[i % len(self.delivered)], self.delivered_ts[i % len(self.delivered)]
         else:
             heads = list({m["account"]: n for n, m in reversed(list(enumerate(self.pending)))}.values())
-            msg = self.pending.pop(heads[i % len(heads)])
+            msg, ts = self.pending.pop(heads[i % len(heads)]), self.pending_ts.pop(heads[i % len(heads)])
         self.delivered.append(msg)
-        self.deliver_message(msg)
+        self.delivered_ts.append(ts)
+        self.deliver_message(msg, ts)
 
     def deliver_all(self) -> None:
         while self.pending:
             self.deliver()
+
+    def deliver_older_than(self, age_ms: int) -> None:
+        """Deliver every message sent more than age_ms ago: the engine reads a partition's
+        credits with its requests, so none waits anywhere near the id window."""
+        while self.pending and min(self.pending_ts) < self.ts - age_ms:
+            self.deliver(0)
 
     def expire_due(self) -> None:
         """The engine's timer: an expiry message for every pending hold past its deadline."""

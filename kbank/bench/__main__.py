@@ -247,12 +247,11 @@ def retention_main(args: argparse.Namespace) -> int:
     if args.json:
         print(orjson.dumps(runs).decode())
     else:
-        print(f"{'day':>4} {'records':>9} {'restore s':>9} {'store MB':>9}   "
-              f"{'records':>9} {'restore s':>9} {'store MB':>9}   (with the {window_s / 86_400:g}-day "
-              f"window | ids kept for good)")
+        columns = ("changelog_records", "changelog_mb", "restore_s", "store_mb")
+        print(f"{'day':>4} " + " ".join(f"{c:>17}" for c in columns) + "   (with the "
+              f"{window_s / 86_400:g}-day window / ids kept for good)")
         for a, b in zip(runs["with_window"], runs["kept_for_good"]):
-            print(f"{a['day']:>4} {a['changelog_records']:>9,} {a['restore_s']:>9} {a['store_mb']:>9}   "
-                  f"{b['changelog_records']:>9,} {b['restore_s']:>9} {b['store_mb']:>9}")
+            print(f"{a['day']:>4} " + " ".join(f"{f'{a[c]:,} / {b[c]:,}':>17}" for c in columns))
     try:
         path = plot_retention(runs["with_window"], runs["kept_for_good"], window_s / 86_400,
                               "docs/bench/retention.png")

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from kbank.streams.model import STATUS_RANK, outcome_key, parse_ledger_event, split_request_key
 from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
-                                global_figures, history_key, merge_status,
+                                global_figures, history_key, merge_status, status_expired,
                                 parse_outcome)
 
 _FLUSH_EVERY = 20_000
@@ -67,6 +67,7 @@ class RebuiltPart:
     totals: dict[int, PartitionTotals] = field(default_factory=dict)
     status: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: int = 0
+    clock: int = 0           # the latest outcome timestamp its partitions hold
 
 
 def rebuild_part(settings: Settings, store_dir: str, partitions: list[int] | None,
@@ -107,16 +108,20 @@ def rebuild_part(settings: Settings, store_dir: str, partitions: list[int] | Non
         progress.close()
         outcomes = progress_bar("rebuild views: transfers.outcomes", "records",
                                 enabled=show_progress)
+        window_ms, clock = settings.id_retention_s * 1000, 0   # the latest outcome ts
         for msg in read_topic(settings, settings.topic(topics.OUTCOMES), partitions=partitions):
             outcomes.update()
             out = parse_outcome(msg.value())
             if out is None:
                 continue
+            if isinstance(out.get("ts"), int):
+                clock = max(clock, out["ts"])
             key = outcome_key(out)
-            new = merge_status(part.status.get(key), out, settings.id_retention_s * 1000)
+            new = merge_status(part.status.get(key), out, window_ms)
             if new is not None:
                 part.status[key] = new
         outcomes.close()
+        part.clock = clock
     finally:
         gc.enable()
         store.close()
@@ -144,6 +149,11 @@ def rebuild(settings: Settings, store_dir: str, show_progress: bool = True,
         views.totals.update(part.totals)
         views.status.update(part.status)
         views.events += part.events
+    # statuses past the id window, as the live views forget them: their clocks are at most
+    # this one, so they keep a superset of these (the comparison asks them only for these)
+    clock = max(part.clock for part in parts)
+    views.status = {key: status for key, status in views.status.items()
+                    if not status_expired(status, clock, settings.id_retention_s * 1000)}
     views.seconds = time.monotonic() - started
     return views
 

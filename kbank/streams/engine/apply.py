@@ -23,7 +23,12 @@ recompute, whose MemoryState keeps them all, decide the same:
     make a second hold over the first), and a hold notice's marker (i:) always counts: it
     says the receiver holds the amount as pending-in, for as long as the hold lives;
   - a settled hold is forgotten a window after it settled (`live_hold`): a post or void
-    of it after that is told unknown_hold rather than hold_closed.
+    of it after that is told unknown_hold rather than hold_closed;
+  - a transfers.credits message stamped a window or more before `now` is dead-lettered,
+    never applied: its marker may be gone, so a copy of a credit could not be told from
+    the credit (money would be minted). The engine reads a partition's credits with its
+    requests, so a message waits that long only if its topic was out of reach for a
+    window; the money is then in flight for verify to show, and the dead letter says why.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from kbank.streams.decisions import (EXPIRE, Decision, FirstDecision, Rules, credit_marker,
+from kbank.streams.decisions import (EXPIRE, BadMessage, Decision, FirstDecision, Rules, credit_marker,
                                      decide_credit, decide_request, external_ref_marker,
                                      incoming_marker, message_scope, parse_request,
                                      request_marker)
@@ -84,8 +89,10 @@ def margin_ms(rules: Rules) -> int:
 
 
 def rule_time(state: "PartitionState", ts: int, rules: Rules) -> int:
-    """The time the window rule uses for an input stamped ts."""
-    return max(ts, state.clock() - margin_ms(rules))
+    """The time the window rule uses for an input stamped ts (margin_ms, inlined: it runs
+    for every input)."""
+    clamp = state.clock() - rules.id_window_ms // 7
+    return ts if ts > clamp else clamp
 
 
 def expiry_horizon(clock: int, rules: Rules) -> int:
@@ -196,6 +203,9 @@ def credit_decision(state: PartitionState, message: dict[str, Any], ts: int, pos
     dead-letter it)."""
     name = message["account"]
     now = rule_time(state, ts, rules)
+    if dedupe and ts + rules.id_window_ms <= now:
+        raise BadMessage(f"stamped {ts}, a window (BANK_ID_RETENTION_S) before the partition's "
+                         f"time {now}: whether it was applied can no longer be told")
     applied = dedupe and live_marker(state, credit_marker(message), now, rules) is not None
     hold_id = message.get("hold_id")
     recorded = isinstance(hold_id, str) and live_marker(

@@ -11,9 +11,9 @@ Keys: b"a:<account>" -> Account json; b"h:<hold key>" -> Hold json; the applied-
 (b"r:<request key>", b"c:<request key>", ...) -> its value (a request's FirstDecision, else
 b"1"), stamped with its input's timestamp (engine/apply.py); b"s:" -> the partition's money
 supply; b"l:" -> the ledger chain's head; b"t:" -> the partition's clock;
-b"z:<clock>:<key>" -> b"": the expiry index, the markers, settled holds (h:<key>) and batch
-records a batch wrote, by the clock after it (a batch record's key after "~", so it sorts
-after its markers);
+b"z:<clock>:<batch record key>" -> [markers, settled holds, batch records] (JSON): the expiry
+index, what each batch wrote by the clock after it (a restore writes one per batch record
+and one per settled hold, under its h: key);
 b"__changelog" -> the next changelog offset to read;
 b"__position" -> the input offsets [credits, requests] the state reflects (the
 end of the last batch applied), which a restore compares with the group's
@@ -39,7 +39,6 @@ _CHANGELOG_OFFSET = b"__changelog"
 _POSITION = b"__position"
 _CACHE_ACCOUNTS = 200_000  # decoded accounts kept in memory, most recently used
 _EXPIRY_PREFIX = b"z:"
-_BATCH_ENTRY = "~"           # an index entry of a batch record sorts after its markers'
 
 
 def _expiry_entry(clock: int, key: str) -> bytes:
@@ -158,36 +157,37 @@ class PartitionStore:
         return self._clock is not None
 
     def expire(self, horizon: int, limit: int) -> list[bytes]:
-        """Forget, in the open batch, up to `limit` index entries of batches committed with a
-        clock at or before `horizon` (apply.expiry_horizon): delete their markers, but carry
-        a marker forward (re-applied in this batch, so its record has it) while the hold its
-        request made is pending; delete settled holds. Returns the changelog keys whose
-        tombstones to write (batch records, settled holds)."""
+        """Forget, in the open batch, the index entries of batches committed with a clock at
+        or before `horizon` (apply.expiry_horizon), whole entries until `limit` markers and
+        holds are done: delete their markers, but carry a marker forward (re-applied in
+        this batch, so its record has it) while the hold its request made is pending;
+        delete settled holds. Returns the changelog keys whose tombstones to write (the
+        entries' batch records, the settled holds)."""
         tombstones: list[bytes] = []
-        end = _expiry_entry(horizon + 1, "")
-        for n, key in enumerate(self._db.keys(from_key=_EXPIRY_PREFIX)):
-            if n >= limit or key >= end:
+        end, done = _expiry_entry(horizon + 1, ""), 0
+        for key, value in self._db.items(from_key=_EXPIRY_PREFIX):
+            if done >= limit or key >= end:
                 break
             self._expired.append(key)
-            target = key.decode().split(":", 2)[2]
-            if target.startswith(_BATCH_ENTRY):
-                tombstones.append(target[len(_BATCH_ENTRY):].encode())
-                continue
-            if target.startswith("h:"):
-                hold = self.hold(target[2:])
+            markers, holds, records = orjson.loads(value)
+            done += 1 + len(markers) + len(holds)
+            tombstones += [record.encode() for record in records]
+            for hold_id in holds:
+                hold = self.hold(hold_id)
                 if hold is not None and hold.settled_at and hold.settled_at <= horizon \
-                        and target[2:] not in self._dirty_holds:
-                    self._expired.append(target.encode())
-                    tombstones.append(target.encode())
-                continue      # else made again since: its own entry comes later
-            raw = self._db.get(target.encode())
-            if raw is None or target in self._dirty_marks or unstamp(raw.decode())[0] > horizon:
-                continue      # re-applied since (a new request): its own entry comes later
-            request = marked_request(target)
-            if request is not None and holds_open(self.hold(request)):
-                self._dirty_marks[target] = raw.decode()
-            else:
-                self._expired.append(target.encode())
+                        and hold_id not in self._dirty_holds:
+                    self._expired.append(hold_key(hold_id))
+                    tombstones.append(hold_key(hold_id))
+                # else made again since: its own entry comes later
+            for marker in markers:
+                raw = self._db.get(marker.encode())
+                if raw is None or marker in self._dirty_marks or unstamp(raw.decode())[0] > horizon:
+                    continue      # re-applied since (a new request): its own entry comes later
+                request = marked_request(marker)
+                if request is not None and holds_open(self.hold(request)):
+                    self._dirty_marks[marker] = raw.decode()
+                else:
+                    self._expired.append(marker.encode())
         return tombstones
 
     def note_batch_records(self, keys: list[bytes]) -> None:
@@ -225,13 +225,13 @@ class PartitionStore:
         wb.put(_POSITION, orjson.dumps(_max_position(self.position, position)))
         for name, acct in self._dirty.items():
             wb.put(account_key(name), orjson.dumps(acct.to_json()))
-        clock = self.clock()
         for marker, value in self._dirty_marks.items():
             wb.put(marker.encode(), value.encode())
-            if not marker.startswith(NEVER_EXPIRES):
-                wb.put(_expiry_entry(clock, marker), b"")
-        for key in self._batch_keys:
-            wb.put(_expiry_entry(clock, _BATCH_ENTRY + key.decode()), b"")
+        if self._batch_keys:
+            wb.put(_expiry_entry(self.clock(), self._batch_keys[-1].decode()), orjson.dumps([
+                [m for m in self._dirty_marks if not m.startswith(NEVER_EXPIRES)],
+                [key for key, hold in self._dirty_holds.items() if hold.settled_at],
+                [key.decode() for key in self._batch_keys]]))
         for key in self._expired:
             wb.delete(key)
         if self._clock is not None:
@@ -239,8 +239,6 @@ class PartitionStore:
             self._committed_clock = self._clock
         for key, hold in self._dirty_holds.items():
             wb.put(hold_key(key), orjson.dumps(hold.to_json()))
-            if hold.settled_at:
-                wb.put(_expiry_entry(clock, "h:" + key), b"")
         if self._supply is not None:
             wb.put(SUPPLY_KEY, orjson.dumps(self._supply))
             self._committed_supply = self._supply
@@ -287,10 +285,9 @@ class PartitionStore:
                 batch = BatchRecord.decode(value)
                 for marker, marker_value in batch.applied.items():
                     wb.put(marker.encode(), marker_value.encode())
-                    if batch.clock:
-                        wb.put(_expiry_entry(batch.clock, marker), b"")
                 if batch.clock:   # else written before the id window: its ids never expire
-                    wb.put(_expiry_entry(batch.clock, _BATCH_ENTRY + key.decode()), b"")
+                    wb.put(_expiry_entry(batch.clock, key.decode()),
+                           orjson.dumps([list(batch.applied), [], [key.decode()]]))
                 position = _max_position(position, (batch.credits[1], batch.requests[1]))
             elif value is None:
                 wb.delete(key)
@@ -298,7 +295,8 @@ class PartitionStore:
                 wb.put(key, value)
                 settled_at = Hold.from_json(orjson.loads(value)).settled_at
                 if settled_at:
-                    wb.put(_expiry_entry(settled_at, key.decode()), b"")
+                    hold_id = key[len(HOLD_PREFIX):].decode()
+                    wb.put(_expiry_entry(settled_at, key.decode()), orjson.dumps([[], [hold_id], []]))
             elif key.startswith((ACCOUNT_PREFIX, INCOMING_PREFIX)) \
                     or key in (SUPPLY_KEY, CHAIN_KEY, CLOCK_KEY):
                 wb.put(key, value)

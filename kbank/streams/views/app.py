@@ -56,7 +56,7 @@ from kbank.streams.views.credentials import faust_credentials
 from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, Ranked,
                                       apply_to_account, classify, index_entries, merge_status,
                                       parse_outcome, ranked_figure,
-                                      ranking_entries, ranking_moves, standing)
+                                      ranking_entries, ranking_moves, standing, status_expired)
 from kbank.streams.views.queries import highest, parse_rank_value, rank_value, top_ranked
 from kbank.streams.views.metrics import LagUnavailable, ViewsMetrics
 from kbank.streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys, split_history_value
@@ -66,6 +66,7 @@ from kbank.streams.views.writes import TableWrites
 
 log = logging.getLogger("bank.views")
 EXIT_FOLD_FAILED = 70    # the exit status of a worker whose fold raised (EX_SOFTWARE)
+_SWEEP_EXTRA = 8         # statuses a sweep looks at beyond two per outcome folded
 
 VIEWS_APP = "bank-views"
 VIEWS_TABLE = "views"
@@ -234,7 +235,12 @@ class ViewsWorker:
                 "max.partition.fetch.bytes": 10 * 1024 * 1024,
                 "enable.partition.eof": True}),   # where a source ends: SourceReader.lag
             ledger, outcomes, self.apply_ledger_record, self.apply_outcome_record,
-            self.writes.flush)
+            self.after_batch)
+        # statuses kept for the id window: per outcomes partition, the latest outcome ts
+        # folded, the outcomes folded since the last sweep, and where the sweep goes on
+        self._status_clock: dict[int, int] = {}
+        self._outcomes_folded: dict[int, int] = {}
+        self._sweep_after: dict[int, bytes] = {}
         self.app.source_topics = frozenset({ledger, outcomes})
         self.app.sources = self.sources
         self.app.agent(self.ledger_topic, name="apply-ledger")(self._subscription_only)
@@ -366,6 +372,33 @@ class ViewsWorker:
         finally:
             consumer.close()
 
+    def after_batch(self) -> None:
+        """A batch of sources folded: forget statuses past the id window, then write."""
+        self.expire_statuses()
+        self.writes.flush()
+
+    def expire_statuses(self) -> None:
+        """Look at two statuses (and a few more) per outcome folded since the last sweep, on
+        each partition that had outcomes, from where its sweep left off, and delete those
+        past the id window (fold.status_expired). A partition's statuses are each visited
+        once per (their number / 2) outcomes, and a request makes one status and at least
+        one outcome, so a partition keeps at most twice the statuses made in a window and
+        a seventh. The clock is this worker's, from its outcomes: it starts low after a
+        restart, which only deletes later."""
+        window_ms = self.settings.id_retention_s * 1000
+        for partition, folded in self._outcomes_folded.items():
+            limit = 2 * folded + _SWEEP_EXTRA
+            after = self._sweep_after.get(partition, b"")
+            found = self.views.data.scan_items(partition, ViewKeys.STATUS, after, limit)
+            clock = self._status_clock.get(partition, 0)
+            for key, _ in found:
+                current = self.writes.get(partition, key)   # the batch's own, if it wrote one
+                if current is not None and status_expired(orjson.loads(current), clock, window_ms):
+                    self.writes.delete(partition, key)
+            self._sweep_after[partition] = found[-1][0][len(ViewKeys.STATUS):] \
+                if len(found) == limit else b""
+        self._outcomes_folded.clear()
+
     def apply_outcome_record(self, partition: int, offset: int, raw: bytes | None,
                              appended_s: float | None = None) -> None:
         """Fold one outcome into its request's status; then record the position. A status
@@ -376,6 +409,9 @@ class ViewsWorker:
             log.error("malformed outcome at %s@%d: skipped", partition, offset)
             return
         self.metrics.count_outcome(out["status"], out.get("reason") or "")
+        self._outcomes_folded[partition] = self._outcomes_folded.get(partition, 0) + 1
+        if isinstance(out.get("ts"), int) and out["ts"] > self._status_clock.get(partition, 0):
+            self._status_clock[partition] = out["ts"]
         key = ViewKeys.status(outcome_key(out))
         stored = self.writes.get(partition, key)
         current = orjson.loads(stored) if stored is not None else None

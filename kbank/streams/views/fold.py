@@ -26,7 +26,7 @@ from kbank.streams.model import (BALANCE_SIGN, CREDITED, CURRENCY_DECIMALS, DAY_
                                  DEFAULT_CURRENCY, DEPOSITED, EXPIRED, HELD, HOLD_RELEASED,
                                  LIMITS_SET, MAX_AMOUNT, OPEN, OPENED, POSTED, REFUNDED, REJECTED,
                                  REJECTED_STATUS, STATE_AFTER, STATUS_RANK, WITHDRAWN,
-                                 int_in, is_name, labels_ok, renews, status_moves)
+                                 int_in, is_final, is_name, labels_ok, renews, status_moves)
 
 _OUTFLOW = {WITHDRAWN, DEBITED, HELD}   # what counts toward the daily limit when it happens
 
@@ -374,6 +374,16 @@ def merge_status(current: dict[str, Any] | None, outcome: dict[str, Any],
         if value is not None:
             new[label] = value
     return new
+
+
+def status_expired(status: dict[str, Any], clock: int, window_ms: int) -> bool:
+    """Whether the views may forget a request's status: it is final, and its first decision
+    is a window and a seventh (the engine's margin) behind `clock`, the latest outcome
+    timestamp folded. Its id, used again now, is a new request (model.renews), as the
+    engine forgot it too; so statuses, like the engine's ids, are kept for the window."""
+    since = status.get("since", status.get("ts"))
+    return is_final(status.get("status")) and isinstance(since, int) \
+        and since + window_ms + window_ms // 7 <= clock
 
 
 def parse_outcome(raw: bytes | None) -> dict[str, Any] | None:

@@ -88,8 +88,9 @@ def _progress(prefix: bytes, value: bytes) -> tuple[int, ...]:
         return (fields[1], fields[2])
     if prefix == ViewKeys.TOTALS:
         return (orjson.loads(value)[0],)      # PartitionTotals: [offset, ...]
-    if prefix == ViewKeys.STATUS:
-        return (STATUS_RANK[orjson.loads(value)["status"]],)
+    if prefix == ViewKeys.STATUS:     # a later use of the id (fold.merge_status), then rank
+        status = orjson.loads(value)
+        return (status.get("since") or status.get("ts") or 0, STATUS_RANK[status["status"]])
     if prefix == ViewKeys.OUTCOMES_POSITION:
         return (int(value),)
     return ()                                 # history: immutable, any copy will do
@@ -116,14 +117,19 @@ class MonotoneRocksDBStore(RocksDBStore):
     last_write_wins = False  # testing only (BANK_UNSAFE_VIEWS_LAST_WRITE_WINS)
 
     def scan(self, partition: int, prefix: bytes, after: bytes, limit: int) -> list[bytes]:
-        """Up to `limit` values of keys that start with `prefix` and sort after
+        """The values of scan_items."""
+        return [value for _, value in self.scan_items(partition, prefix, after, limit)]
+
+    def scan_items(self, partition: int, prefix: bytes, after: bytes,
+                   limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` (key, value) of keys that start with `prefix` and sort after
         prefix + `after`, in key order, from one partition's local store."""
-        out: list[bytes] = []
+        out: list[tuple[bytes, bytes]] = []
         for key, value in self._db_for_partition(partition).items(from_key=prefix + after):
             if not key.startswith(prefix) or len(out) >= limit:
                 break
             if key != prefix + after or not after:
-                out.append(value)
+                out.append((key, value))
         return out
 
     def values(self, partition: int, prefix: bytes) -> Iterator[bytes]:

@@ -7,6 +7,7 @@ decide every input the same; and a restore from the changelog, its expired batch
 gone, must decide the same as the store it replaces."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import orjson
@@ -18,13 +19,16 @@ from kbank.streams.engine.changelog import BatchRecord, hold_key
 from kbank.streams.engine.state import PartitionStore
 from kbank.streams.decisions import parse_message
 from kbank.streams.model import Position, request_key
+from kbank.streams.partitioning import partition_for
 from kbank.replay.ledger import LedgerFold
 from kbank.replay.recompute import events_by_account, simulate
+from kbank.replay.views import compare, rebuild
 from kbank.replay.verify import LedgerChecks, VerifyReport
 from kbank.streams import topics
 from kbank.streams.client import read_topic
 from tests.rules_ledger import Ledger, opened
-from tests.workload import Workload, assert_invariants, ledger, wait_until
+from tests.http import current_key, get_json, request
+from tests.workload import Workload, assert_invariants, ledger, status_path, wait_until
 
 WINDOW_MS = 10_000
 RULES = Rules(id_window_ms=WINDOW_MS)
@@ -224,10 +228,11 @@ def _past_the_window(settings, wl, since_ts: int, window_ms: int) -> None:  # no
 
 
 def test_the_engine_forgets_ids_after_the_window_and_restore_verify_and_recompute_agree(
-        settings, pool_factory, tmp_path):
+        settings, pool_factory, views_factory, tmp_path):
     settings = replace(settings, id_retention_s=1)
     window_ms = 1_000
     pool = pool_factory(settings, 1)
+    url = views_factory(settings, 1).url("0")
     wl = Workload(settings)
     deposit = {"type": "deposit", "request_id": "d1", "account": "alice", "amount": 10}
     try:
@@ -254,6 +259,24 @@ def test_the_engine_forgets_ids_after_the_window_and_restore_verify_and_recomput
         wl.deposits += 10
         wl.sender.flush()
         wait_until(lambda: len(_deposits_of(settings, "d1")) == 3, 60, "d1 applied a third time")
+        third = max(e["ts"] for e in _deposits_of(settings, "d1"))
+        # the views: d1's status is its third use's; open-alice's, long final, is forgotten
+        # once outcomes on its partition move the views' clock and their sweep past it
+        wait_until(lambda: get_json(url + status_path(request_key("alice", "d1")))["since"] == third,
+                   30, "the views to show d1's third use")
+        opened_key = request_key("alice", "open-alice")
+        same_partition = (f"fill-p-{i}" for i in range(10**6)
+                          if partition_for(request_key("bob", f"fill-p-{i}").encode(), 8)
+                          == partition_for(opened_key.encode(), 8))
+
+        def forgotten() -> bool:
+            wl.send({"type": "deposit", "request_id": next(same_partition), "account": "bob",
+                     "amount": 1})
+            wl.deposits += 1
+            wl.sender.flush()
+            return request("GET", url + status_path(opened_key)).status == 404
+        wait_until(forgotten, 60, "the views to forget open-alice's status", poll_s=0.2)
+        assert wl.wait(60)
     finally:
         wl.close()
     report = assert_invariants(settings, wl)
@@ -273,3 +296,22 @@ def test_the_engine_forgets_ids_after_the_window_and_restore_verify_and_recomput
     vr = VerifyReport()
     longer.finish(fold, vr)
     assert vr.applied_twice == 1 and any("d1" in v and "3 times" in v for v in vr.violations), vr.violations
+    # the views rebuilt from the log forget what the live ones may, and agree with them
+    rebuilt = rebuild(settings, str(tmp_path / "rebuilt"), show_progress=False)
+    assert opened_key not in rebuilt.status
+    assert asyncio.run(compare(rebuilt, url, settings.partitions, current_key(),
+                               show_progress=False)) == []
+
+
+def test_a_credit_copy_older_than_the_window_is_dead_lettered_not_applied():
+    led = opened(("alice", 100), ("bob", 0), rules=Rules(id_window_ms=WINDOW_MS))
+    led.send({"type": "transfer", "request_id": "t1", "from": "alice", "to": "bob", "amount": 5})
+    led.deliver_all()
+    led.ts += WINDOW_MS // 2
+    led.deliver(0, again=True)          # a copy within the window: its marker says applied
+    assert led.dead_letters == [] and led.accounts["bob"].balance == 5
+    led.ts += WINDOW_MS + WINDOW_MS // 7
+    led.send({"type": "deposit", "request_id": "d9", "account": "bob", "amount": 1})  # the clock moves
+    led.deliver(0, again=True)          # a copy past it: its marker may be gone, so refused
+    assert len(led.dead_letters) == 1 and "can no longer be told" in led.dead_letters[0]
+    assert led.accounts["bob"].balance == 6, "no credit minted"

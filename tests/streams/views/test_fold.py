@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from kbank.streams.model import Account, Position, ledger_event
 from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
-                                global_figures, merge_status)
+                                global_figures, merge_status, status_expired)
 
 REQ = Position("transfers.requests", 0, 0)
 CRED = Position("transfers.credits", 0, 0)
@@ -95,3 +95,14 @@ def test_an_id_re_used_after_the_window_starts_its_status_over():
     done = merge_status(again, {"request_id": "r", "status": "completed", "ts": 1 + WINDOW_MS},
                         WINDOW_MS)
     assert done["status"] == "completed" and done["since"] == 1 + WINDOW_MS
+
+
+def test_a_final_status_is_forgotten_a_window_and_a_seventh_after_its_first_decision():
+    margin = WINDOW_MS // 7
+    done = {"request_id": "r", "status": "completed", "ts": 5, "since": 1}
+    assert not status_expired(done, 1 + WINDOW_MS + margin - 1, WINDOW_MS)
+    assert status_expired(done, 1 + WINDOW_MS + margin, WINDOW_MS)
+    in_flight = {**done, "status": "debited"}
+    assert not status_expired(in_flight, 10 * WINDOW_MS, WINDOW_MS), "only final statuses"
+    assert status_expired({"request_id": "r", "status": "rejected", "ts": 1}, 10 * WINDOW_MS,
+                          WINDOW_MS), "a status written before `since` existed: its ts"

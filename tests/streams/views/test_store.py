@@ -7,8 +7,8 @@ from kbank.streams.views.fold import AccountView, PartitionTotals
 from kbank.streams.views.store import ViewKeys, recovered_value
 
 
-def status(name: str) -> bytes:
-    return orjson.dumps({"request_id": "r", "status": name, "ts": 1})
+def status(name: str, since: int = 1) -> bytes:
+    return orjson.dumps({"request_id": "r", "status": name, "ts": since, "since": since})
 
 
 def test_the_value_further_along_wins_whatever_the_order():
@@ -18,6 +18,8 @@ def test_the_value_further_along_wins_whatever_the_order():
         (ViewKeys.totals(0), PartitionTotals(offset=4).to_bytes(), PartitionTotals(offset=11).to_bytes()),
         (ViewKeys.status("r"), status("debited"), status("completed")),
         (ViewKeys.status("r"), status("accepted"), status("rejected")),
+        # the id re-used after the window: its new use, though less far along, is newer
+        (ViewKeys.status("r"), status("completed"), status("debited", since=10**9)),
         (ViewKeys.outcomes_position(3), b"9", b"10"),
     ]
     for key, older, newer in pairs:

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: D simulated days of one engine partition's history, with "
                              "the id window (BANK_ID_RETENTION_S) and with ids kept for good: "
                              "what a restore reads and takes, and the store's size, per day; "
-                             "plot in docs/bench/retention.png (kbank/bench/retention.py)")
+                             "plot retention.png in --out (kbank/bench/retention.py)")
     parser.add_argument("--transfers-per-day", type=int, default=100_000, metavar="N",
                         help="with --retention-days: transfers in each simulated day")
     parser.add_argument("--statement-events", type=int, default=0, metavar="N",
@@ -254,7 +254,7 @@ def retention_main(args: argparse.Namespace) -> int:
             print(f"{a['day']:>4} " + " ".join(f"{f'{a[c]:,} / {b[c]:,}':>17}" for c in columns))
     try:
         path = plot_retention(runs["with_window"], runs["kept_for_good"], window_s / 86_400,
-                              "docs/bench/retention.png")
+                              os.path.join(args.out, "retention.png"))
         print(f"plot: {path}", file=sys.stderr)
     except ImportError:
         print("plot skipped: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)

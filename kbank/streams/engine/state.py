@@ -33,12 +33,15 @@ from kbank.streams.engine.changelog import (ACCOUNT_PREFIX, BATCH_PREFIX, CHAIN_
                                             HOLD_PREFIX, INCOMING_PREFIX, SUPPLY_KEY, BatchRecord,
                                             account_key, hold_key)
 from kbank.streams.decisions import marked_request
-from kbank.streams.model import GENESIS_HASH, PENDING, Account, Hold
+from kbank.streams.model import ACCEPTED, GENESIS_HASH, HELD_STATUS, PENDING, Account, Hold
 
 _CHANGELOG_OFFSET = b"__changelog"
 _POSITION = b"__position"
 _CACHE_ACCOUNTS = 200_000  # decoded accounts kept in memory, most recently used
 _EXPIRY_PREFIX = b"z:"
+# a request marker's value (FirstDecision) with one of these first statuses may have made a
+# hold (a linked transfer is first `accepted`): only then is the hold looked up on expiry
+_MAY_HOLD = (f" {HELD_STATUS} ", f" {ACCEPTED} ")
 
 
 def _expiry_entry(clock: int, key: str) -> bytes:
@@ -181,11 +184,14 @@ class PartitionStore:
                 # else made again since: its own entry comes later
             for marker in markers:
                 raw = self._db.get(marker.encode())
-                if raw is None or marker in self._dirty_marks or unstamp(raw.decode())[0] > horizon:
+                if raw is None or marker in self._dirty_marks:
+                    continue
+                stamped, value = unstamp(raw.decode())
+                if stamped > horizon:
                     continue      # re-applied since (a new request): its own entry comes later
-                request = marked_request(marker)
-                if request is not None and holds_open(self.hold(request)):
-                    self._dirty_marks[marker] = raw.decode()
+                if value.startswith(_MAY_HOLD, value.find(" ")) \
+                        and holds_open(self.hold(marked_request(marker) or "")):
+                    self._dirty_marks[marker] = raw.decode()   # its hold is still pending
                 else:
                     self._expired.append(marker.encode())
         return tombstones

@@ -315,3 +315,30 @@ def test_a_credit_copy_older_than_the_window_is_dead_lettered_not_applied():
     led.deliver(0, again=True)          # a copy past it: its marker may be gone, so refused
     assert len(led.dead_letters) == 1 and "can no longer be told" in led.dead_letters[0]
     assert led.accounts["bob"].balance == 6, "no credit minted"
+
+
+def test_expiry_keeps_the_id_of_a_pending_linked_transfer_first_told_accepted(tmp_path):
+    """A linked transfer's first decision is `accepted`, not `held`: its id must still be
+    kept while its reservation is pending, and go once that is settled."""
+    from kbank.streams.model import Hold
+
+    store = PartitionStore(str(tmp_path / "p0"))
+    marker, key = request_marker("alice", "l1"), request_key("alice", "l1")
+    store.mark_applied(marker, stamp("fp accepted ", T0))
+    store.put_hold(key, Hold("alice", "", 7, 0, 1, "pending", [["bob", 7]]))
+    store.advance_clock(T0)
+    store.note_batch_records([b"b:0:0"])
+    store.commit(1, (0, 1))
+    store.advance_clock(T0 + 2 * WINDOW_MS)
+    horizon = expiry_horizon(store.clock(), RULES)
+    assert store.expire(horizon, 100) == [b"b:0:0"]
+    store.note_batch_records([b"b:0:1"])
+    store.commit(2, (0, 2))
+    assert store.applied(marker) is not None, "carried forward: its reservation is pending"
+    store.put_hold(key, Hold("alice", "", 7, 0, 1, "posted", [["bob", 7]], 1, T0 + 2))
+    store.commit(3, (0, 3))
+    store.advance_clock(T0 + 4 * WINDOW_MS)
+    store.expire(expiry_horizon(store.clock(), RULES), 100)
+    store.commit(4, (0, 4))
+    assert store.applied(marker) is None, "settled: its id goes"
+    store.close()

@@ -110,6 +110,13 @@ def status_moves(current: str | None, outcome: dict[str, Any], since: int | None
         or renews(current, outcome, since, window_ms)
 
 
+def id_margin_ms(window_ms: int) -> int:
+    """How far behind a partition's latest input an input's time may be for the id window's
+    rule (engine/apply.rule_time): a seventh of the window; the engine and the views forget
+    an id, or a status, once it is a window and this margin old."""
+    return window_ms // 7
+
+
 def renews(current: str | None, outcome: dict[str, Any], since: int | None,
            window_ms: int) -> bool:
     """Whether an outcome is the first decision of a request id re-used after the window."""

@@ -42,7 +42,8 @@ from kbank.streams.decisions import (EXPIRE, BadMessage, Decision, FirstDecision
                                      incoming_marker, message_scope, parse_request,
                                      request_marker)
 from kbank.streams.model import (GENESIS_HASH, LINK_ABORT, LINK_ACK, LINK_COMMIT, PENDING, Account, Hold,
-                                 Position, chain_event, link_hold_key, outcome_key, request_key)
+                                 Position, chain_event, id_margin_ms, link_hold_key, outcome_key,
+                                 request_key)
 
 MAX_OUTPUT_BYTES = 262_144     # no record the engine writes is larger (the broker's limit is 1 MB)
 
@@ -85,13 +86,12 @@ def unstamp(stored: str) -> tuple[int, str]:
 
 def margin_ms(rules: Rules) -> int:
     """How far behind the partition's clock an input's timestamp may be for the window rule."""
-    return rules.id_window_ms // 7
+    return id_margin_ms(rules.id_window_ms)
 
 
 def rule_time(state: "PartitionState", ts: int, rules: Rules) -> int:
-    """The time the window rule uses for an input stamped ts (margin_ms, inlined: it runs
-    for every input)."""
-    clamp = state.clock() - rules.id_window_ms // 7
+    """The time the window rule uses for an input stamped ts."""
+    clamp = state.clock() - margin_ms(rules)
     return ts if ts > clamp else clamp
 
 
@@ -107,9 +107,12 @@ def live_marker(state: "PartitionState", marker: str, now: int, rules: Rules) ->
     if stored is None:
         return None
     ts, value = unstamp(stored)
-    if ts + rules.id_window_ms > now or marker.startswith(NEVER_EXPIRES):
-        return value
-    return None
+    return value if _counts(ts, now, rules) or marker.startswith(NEVER_EXPIRES) else None
+
+
+def _counts(stamped: int, now: int, rules: Rules) -> bool:
+    """Whether an id applied at `stamped` still counts at `now`."""
+    return stamped + rules.id_window_ms > now
 
 
 def live_hold(state: "PartitionState", key: str, now: int, rules: Rules) -> Hold | None:
@@ -182,12 +185,12 @@ def request_decision(state: PartitionState, key: bytes | None, value: bytes | No
     now = rule_time(state, ts, rules)
     first = None
     if dedupe and req.account is not None:
-        marker = request_marker(req.account, req.request_id)
-        stored = live_marker(state, marker, now, rules)
-        if stored is None and state.applied(marker) is not None \
-                and holds_open(state.hold(request_key(req.account, req.request_id))):
-            stored = unstamp(state.applied(marker))[1]   # type: ignore[arg-type]
-        first = FirstDecision.decode(stored) if stored is not None else None
+        stored = state.applied(request_marker(req.account, req.request_id))
+        if stored is not None:
+            stamped, value = unstamp(stored)
+            if _counts(stamped, now, rules) \
+                    or holds_open(state.hold(request_key(req.account, req.request_id))):
+                first = FirstDecision.decode(value)
     hold_id = req.body.get("hold_id")
     hold = live_hold(state, request_key(req.account, hold_id), now, rules) \
         if isinstance(hold_id, str) and req.account is not None else None

@@ -26,7 +26,8 @@ from kbank.streams.model import (BALANCE_SIGN, CREDITED, CURRENCY_DECIMALS, DAY_
                                  DEFAULT_CURRENCY, DEPOSITED, EXPIRED, HELD, HOLD_RELEASED,
                                  LIMITS_SET, MAX_AMOUNT, OPEN, OPENED, POSTED, REFUNDED, REJECTED,
                                  REJECTED_STATUS, STATE_AFTER, STATUS_RANK, WITHDRAWN,
-                                 int_in, is_final, is_name, labels_ok, renews, status_moves)
+                                 id_margin_ms, int_in, is_final, is_name, labels_ok, renews,
+                                 status_moves)
 
 _OUTFLOW = {WITHDRAWN, DEBITED, HELD}   # what counts toward the daily limit when it happens
 
@@ -383,7 +384,7 @@ def status_expired(status: dict[str, Any], clock: int, window_ms: int) -> bool:
     engine forgot it too; so statuses, like the engine's ids, are kept for the window."""
     since = status.get("since", status.get("ts"))
     return is_final(status.get("status")) and isinstance(since, int) \
-        and since + window_ms + window_ms // 7 <= clock
+        and since + window_ms + id_margin_ms(window_ms) <= clock
 
 
 def parse_outcome(raw: bytes | None) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ from kbank.streams.config import Settings
 from kbank.streams.engine import PartitionStore, PartitionTask
 from kbank.streams.engine.processor import BatchProcessor, Topics
 from kbank.streams.partitioning import partition_for
+from kbank.streams.storage import StoreBudget
 
 PARTITIONS = 8
 BATCH = 2_500
@@ -47,7 +48,7 @@ def hot_path_speed(transfers: int, accounts: int = 2_000, seed: int = 1) -> dict
     names = [f"a{i}" for i in range(accounts * PARTITIONS * 2)]
     mine = [n for n in names if partition_for(n, PARTITIONS) == 0][:accounts]
     with tempfile.TemporaryDirectory(prefix="bank-bench-hotpath-") as path:
-        store = PartitionStore(f"{path}/p")
+        store = PartitionStore(f"{path}/p", StoreBudget(Settings().rocksdb_memory_mb))
         task = PartitionTask(0, store)
         out = _Nowhere()
         processor = BatchProcessor(Settings(), Topics("req", "cred", "ledger", "out", "dead",

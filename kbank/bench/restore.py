@@ -21,6 +21,7 @@ from kbank.streams.engine import BatchRecord, ChangelogRestore, PartitionStore, 
 from kbank.streams.engine.apply import stamp
 from kbank.streams.model import Account
 from kbank.streams.topics import ensure_topics
+from kbank.streams.storage import StoreBudget
 
 IDS_PER_BATCH = 100
 
@@ -43,7 +44,8 @@ def restore_speed(settings: Settings, accounts: int, ids: int) -> dict[str, Any]
         put(record.key, record.encode())
     if producer.flush(300) > 0:
         raise TimeoutError("the changelog was not written")
-    task = PartitionTask(0, PartitionStore(os.path.join(tempfile.mkdtemp(prefix="bank-bench-restore-"), "p0")),
+    task = PartitionTask(0, PartitionStore(os.path.join(tempfile.mkdtemp(prefix="bank-bench-restore-"), "p0"),
+                                            StoreBudget(settings.rocksdb_memory_mb)),
                          next_request=batches * IDS_PER_BATCH)
     restorer = kafka.consumer(settings, kafka.ADMIN, settings.topic("bench-restore"), **{"enable.partition.eof": True})
     progress = progress_bar("restore: changelog records", "records")

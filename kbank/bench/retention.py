@@ -30,6 +30,7 @@ from kbank.streams.engine import PartitionStore, PartitionTask
 from kbank.streams.engine.processor import BatchProcessor, Topics
 from kbank.streams.partitioning import partition_for
 from kbank.streams.progress import progress_bar
+from kbank.streams.storage import StoreBudget
 
 DAY_S = 86_400
 PARTITIONS = 8
@@ -64,7 +65,7 @@ def _disk_bytes(path: str) -> int:
 def _restore_seconds(records: dict[bytes, bytes], path: str) -> float:
     """A new worker's restore of the compacted changelog into a fresh store (the broker's
     reading of it is left out: the same for both runs per record)."""
-    store = PartitionStore(path)
+    store = PartitionStore(path, StoreBudget(Settings().rocksdb_memory_mb))
     items = list(records.items())
     started = time.perf_counter()
     for i in range(0, len(items), RESTORE_CHUNK):
@@ -85,7 +86,7 @@ def retention_growth(days: int, transfers_per_day: int, window_s: int | None,
     step_ms = DAY_S * 1000 / transfers_per_day
     root = tempfile.mkdtemp(prefix="bank-bench-retention-")
     out = _Compacted()
-    store = PartitionStore(os.path.join(root, "live"))
+    store = PartitionStore(os.path.join(root, "live"), StoreBudget(settings.rocksdb_memory_mb))
     task = PartitionTask(0, store)
     processor = BatchProcessor(settings, _TOPICS, PARTITIONS, out)
     offset, t0 = 0, 1_700_000_000_000

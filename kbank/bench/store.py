@@ -2,7 +2,7 @@
 
 Most of the engine's store reads are misses (is this request id, this credit, new?). N
 applied-id markers are written in batches of 2,500, each looked up first (a miss), into a
-store opened with the engine's options (engine.state.store_options) and into one opened
+store opened with the engine's options (kbank.streams.storage) and into one opened
 with RocksDB's defaults; the CPU per look-up and write is printed per million keys.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ import time
 
 from rocksdict import Options, Rdict, WriteBatch
 
-from kbank.streams.engine.state import store_options
+from kbank.streams.config import Settings
+from kbank.streams.storage import StoreBudget
 
 BATCH = 2_500
 STEP = 1_000_000
@@ -44,5 +45,5 @@ def _growth(options: Options, keys: int) -> list[float]:
 
 def store_growth(keys: int) -> dict[str, object]:
     return {"keys": keys, "per_million_keys": [f"{(i + 1)}M" for i in range(keys // STEP)],
-            "engine_options_us": _growth(store_options(), keys),
+            "engine_options_us": _growth(StoreBudget(Settings().rocksdb_memory_mb).options(), keys),
             "rocksdb_defaults_us": _growth(Options(raw_mode=True), keys)}

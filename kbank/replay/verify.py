@@ -339,7 +339,7 @@ def fold_ledger(settings: Settings, topic: str, partitions: list[int] | None,
     """Fold the ledger (or some of its partitions): every per-account and per-partition
     check, and the running sums the global checks need; `since` and `start`: go on from a
     checkpoint's fold at its offsets."""
-    fold, checks = since or (LedgerFold(), LedgerChecks(settings.id_retention_s * 1000))
+    fold, checks = since or (LedgerFold(), LedgerChecks(settings.id_window_ms))
     for head in anchor or []:
         fold.expect.setdefault(int(head["partition"]), {})[str(head["hash"])] = int(head["offset"])
     total = records_to_read(settings, topic, partitions, start) if show_progress else None
@@ -506,7 +506,7 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
     if since is not None:
         matches_log(settings, topic, since)
         fold, checks = fold_ledger(settings, topic, None, anchor, show_progress,
-                                   restored(since, settings.id_retention_s * 1000),
+                                   restored(since, settings.id_window_ms),
                                    dict(since.ledger_next))
     elif processes > 1:
         fold, checks = fold_in_parallel(settings, topic, processes, anchor)

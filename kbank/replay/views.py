@@ -108,7 +108,7 @@ def rebuild_part(settings: Settings, store_dir: str, partitions: list[int] | Non
         progress.close()
         outcomes = progress_bar("rebuild views: transfers.outcomes", "records",
                                 enabled=show_progress)
-        window_ms, clock = settings.id_retention_s * 1000, 0   # the latest outcome ts
+        window_ms, clock = settings.id_window_ms, 0   # the latest outcome ts
         for msg in read_topic(settings, settings.topic(topics.OUTCOMES), partitions=partitions):
             outcomes.update()
             out = parse_outcome(msg.value())
@@ -153,7 +153,7 @@ def rebuild(settings: Settings, store_dir: str, show_progress: bool = True,
     # this one, so they keep a superset of these (the comparison asks them only for these)
     clock = max(part.clock for part in parts)
     views.status = {key: status for key, status in views.status.items()
-                    if not status_expired(status, clock, settings.id_retention_s * 1000)}
+                    if not status_expired(status, clock, settings.id_window_ms)}
     views.seconds = time.monotonic() - started
     return views
 

@@ -91,6 +91,10 @@ class Settings:
         "help": "decision rule: how long the engine remembers an applied request id (and an "
                 "external_ref, a settled hold): a retry within it gets the first decision, a "
                 "request re-using the id after it is a new request (default 7 days)"})
+    rocksdb_memory_mb: Annotated[int, Field(ge=8, le=1_048_576)] = field(default=128, metadata={
+        "env": "BANK_ROCKSDB_MEMORY_MB",
+        "help": "RocksDB memory of one engine or views worker, all its partition stores "
+                "together: one block cache of this size, memtables (at most half) included"})
     web_host: str = field(default="127.0.0.1", metadata={
         "env": "BANK_WEB_HOST",
         "help": "host name other views workers use to reach this one (its advertised URL)"})
@@ -275,6 +279,11 @@ class Settings:
             raise SettingsError(f"bank {command} needs KAFKA_BOOTSTRAP_SERVERS (bank up starts a "
                                 f"broker and prints it; a secured one also BANK_KAFKA_CREDENTIALS)")
         return self
+
+    @property
+    def id_window_ms(self) -> int:
+        """The id retention window in milliseconds, the unit of the records' timestamps."""
+        return self.id_retention_s * 1000
 
     def topic(self, name: str) -> str:
         """The full name of a topic (or group) under this run's prefix."""

@@ -247,7 +247,7 @@ class Rules:
     def from_settings(cls, settings: Any, partitions: int) -> "Rules":
         return cls(max_transfer_amount=settings.max_transfer_amount,
                    supply_cap=MAX_AMOUNT // max(1, partitions),
-                   id_window_ms=settings.id_retention_s * 1000)
+                   id_window_ms=settings.id_window_ms)
 
 
 @dataclass(slots=True)

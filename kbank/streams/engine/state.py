@@ -26,7 +26,7 @@ from collections import OrderedDict
 from typing import Iterator
 
 import orjson
-from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
+from rocksdict import Rdict, WriteBatch
 
 from kbank.streams.engine.apply import NEVER_EXPIRES, holds_open, unstamp
 from kbank.streams.engine.changelog import (ACCOUNT_PREFIX, BATCH_PREFIX, CHAIN_KEY, CLOCK_KEY,
@@ -34,6 +34,7 @@ from kbank.streams.engine.changelog import (ACCOUNT_PREFIX, BATCH_PREFIX, CHAIN_
                                             account_key, hold_key)
 from kbank.streams.decisions import marked_request
 from kbank.streams.model import ACCEPTED, GENESIS_HASH, HELD_STATUS, PENDING, Account, Hold
+from kbank.streams.storage import StoreBudget
 
 _CHANGELOG_OFFSET = b"__changelog"
 _POSITION = b"__position"
@@ -48,18 +49,6 @@ def _expiry_entry(clock: int, key: str) -> bytes:
     return f"z:{clock:015d}:{key}".encode()
 
 
-def store_options() -> Options:
-    """RocksDB options of a partition store. Most reads are misses (is this request id, this
-    credit, new?), which without a bloom filter look into every level's files: measured, a
-    miss and a put went from 4.8 to about 14 us as a store grew from 1 to 4 million keys;
-    with 10 bits a key they stay about 5 (BENCHMARKS.md)."""
-    options = Options(raw_mode=True)
-    table = BlockBasedOptions()
-    table.set_bloom_filter(10, False)
-    options.set_block_based_table_factory(table)
-    return options
-
-
 def _max_position(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
     return (max(a[0], b[0]), max(a[1], b[1]))
 
@@ -67,10 +56,10 @@ def _max_position(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
 class PartitionStore:
     """State of one engine partition."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, budget: StoreBudget) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.path = path
-        self._db = Rdict(path, store_options())
+        self._db = Rdict(path, budget.options())
         self._cache: OrderedDict[str, Account] = OrderedDict()  # committed accounts, decoded
         self._dirty: dict[str, Account] = {}       # accounts changed by the open batch
         self._dirty_marks: dict[str, str] = {}     # ids applied by the open batch -> value

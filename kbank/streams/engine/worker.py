@@ -34,6 +34,7 @@ from kbank.streams.engine.processor import BatchProcessor, Topics
 from kbank.streams.engine.task import PartitionTask
 from kbank.streams.engine.restore import ChangelogRestore
 from kbank.streams.engine.state import PartitionStore
+from kbank.streams.storage import StoreBudget
 from kbank.streams.engine.transaction import (CommitOutcomeUnknown, EngineTransaction, TransactionAborted,
                                         WorkerFenced)
 
@@ -59,6 +60,7 @@ class EngineWorker:
             topics.REQUESTS, topics.CREDITS, topics.LEDGER, topics.OUTCOMES, topics.DEADLETTER,
             topics.CHANGELOG, topics.BATCHES)))
         self.faults = EngineFaults(settings)
+        self.store_budget = StoreBudget(settings.rocksdb_memory_mb)  # shared by its stores
         self.lag: dict[tuple[str, int], int] = {}   # (topic, partition) -> records behind
         self._lag_read_at = 0.0
         self.tasks: dict[int, PartitionTask] = {}
@@ -104,7 +106,7 @@ class EngineWorker:
         # another cluster or topic
         path = os.path.join(self.settings.state_dir, self.cluster_id, self.topics.changelog,
                             f"engine-{self.worker_id}", f"p{partition}")
-        task = self.tasks[partition] = PartitionTask(partition, PartitionStore(path))
+        task = self.tasks[partition] = PartitionTask(partition, PartitionStore(path, self.store_budget))
         return task
 
     def _read_committed(self, tasks: list[PartitionTask]) -> None:

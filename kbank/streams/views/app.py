@@ -60,6 +60,7 @@ from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, Ran
 from kbank.streams.views.queries import highest, parse_rank_value, rank_value, top_ranked
 from kbank.streams.views.metrics import LagUnavailable, ViewsMetrics
 from kbank.streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys, split_history_value
+from kbank.streams.storage import StoreBudget
 from kbank.streams.views.web import observe_middleware, register_routes
 from kbank.streams.views.sources import SourceReader
 from kbank.streams.views.writes import TableWrites
@@ -211,11 +212,10 @@ class ViewsWorker:
         )
         self.app.source_positions = self.source_positions
         MonotoneRocksDBStore.last_write_wins = settings.unsafe_views_last_write_wins
-        # a status, a history entry and an account per key: most reads of new requests
-        # miss, so a bloom filter of 10 bits a key (Faust's default is 3), as the engine's
+        # the stores' options, bloom filters included (most reads of new requests miss)
+        MonotoneRocksDBStore.budget = StoreBudget(settings.rocksdb_memory_mb)
         self.views = self.app.Table(VIEWS_TABLE, partitions=settings.partitions,
-                                    key_type=bytes, value_type=bytes,
-                                    options={"bloom_filter_size": 10})
+                                    key_type=bytes, value_type=bytes)
         self.folded_totals: dict[int, PartitionTotals] = {}   # the fold's, decoded once
         self.writes = TableWrites(self.views, kafka.producer(settings, kafka.VIEWS, **{
             "acks": "all", "linger.ms": settings.fault_views_changelog_linger_ms or 5,
@@ -385,7 +385,7 @@ class ViewsWorker:
         one outcome, so a partition keeps at most twice the statuses made in a window and
         a seventh. The clock is this worker's, from its outcomes: it starts low after a
         restart, which only deletes later."""
-        window_ms = self.settings.id_retention_s * 1000
+        window_ms = self.settings.id_window_ms
         for partition, folded in self._outcomes_folded.items():
             limit = 2 * folded + _SWEEP_EXTRA
             after = self._sweep_after.get(partition, b"")
@@ -415,7 +415,7 @@ class ViewsWorker:
         key = ViewKeys.status(outcome_key(out))
         stored = self.writes.get(partition, key)
         current = orjson.loads(stored) if stored is not None else None
-        new = merge_status(current, out, self.settings.id_retention_s * 1000)
+        new = merge_status(current, out, self.settings.id_window_ms)
         if new is not None:
             self.writes.put(partition, key, orjson.dumps(new))
             self.writes.put_position(partition, ViewKeys.outcomes_position(partition),

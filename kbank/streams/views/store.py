@@ -16,10 +16,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 from faust import stores
-from faust.stores.rocksdb import Store as RocksDBStore
-from rocksdict import WriteBatch
+from faust.stores.rocksdb import RocksDBOptions, Store as RocksDBStore
+from rocksdict import Options, WriteBatch
 
 from kbank.streams.model import STATUS_RANK
+from kbank.streams.storage import StoreBudget
 from kbank.streams.views.fold import history_key
 
 STORE_URL = "bank-views-rocksdb://"
@@ -111,10 +112,28 @@ def recovered_value(key: bytes, stored: bytes | None, incoming: bytes | None) ->
         return incoming
 
 
+class _BudgetedOptions(RocksDBOptions):
+    """Faust's opener of a partition's RocksDB, with the process's StoreBudget for options
+    (Faust's own give each partition a 2 GB block cache and up to three 64 MB memtables)."""
+
+    def __init__(self, budget: StoreBudget) -> None:
+        super().__init__(use_rocksdict=True)
+        self.budget = budget
+
+    def as_options(self) -> Options:
+        return self.budget.options()
+
+
 class MonotoneRocksDBStore(RocksDBStore):
     """Faust's RocksDB store whose changelog recovery keeps the furthest value per key."""
 
     last_write_wins = False  # testing only (BANK_UNSAFE_VIEWS_LAST_WRITE_WINS)
+    budget: StoreBudget | None = None  # the process's, set by the views app before any store opens
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assert self.budget is not None, "the views app sets MonotoneRocksDBStore.budget"
+        self.rocksdb_options = _BudgetedOptions(self.budget)
 
     def scan(self, partition: int, prefix: bytes, after: bytes, limit: int) -> list[bytes]:
         """The values of scan_items."""

@@ -26,6 +26,7 @@ from kbank.replay.views import compare, rebuild
 from kbank.replay.verify import LedgerChecks, VerifyReport
 from kbank.streams import topics
 from kbank.streams.client import read_topic
+from kbank.streams.storage import StoreBudget
 from tests.rules_ledger import Ledger, opened
 from tests.http import current_key, request
 from tests.workload import Workload, assert_invariants, ledger, status_path, wait_until
@@ -103,7 +104,7 @@ def _store_run(path: str, steps: list[tuple[dict, int]], per_batch: int = 2,
         list[bytes], PartitionStore, list[tuple[bytes, bytes | None]]]:
     """The steps through a RocksDB store in batches, expiring after each as the processor
     does; the outcomes, the store and the changelog it would have written (ids and holds)."""
-    store = PartitionStore(path)
+    store = PartitionStore(path, StoreBudget(64))
     outcomes: list[bytes] = []
     changelog: list[tuple[bytes, bytes | None]] = []
     for b in range(0, len(steps), per_batch):
@@ -154,7 +155,7 @@ def test_a_restore_after_expiry_decides_as_the_store_it_replaces(tmp_path):
     steps = _history()
     _, store, changelog = _store_run(str(tmp_path / "p0"), steps)
     compacted = {key: value for key, value in changelog}   # the latest per key, as compaction
-    restored = PartitionStore(str(tmp_path / "restored"))
+    restored = PartitionStore(str(tmp_path / "restored"), StoreBudget(64))
     restored.apply_changelog([(k, v) for k, v in changelog if compacted[k] is not None
                               or v is None], len(changelog))
     for marker in (request_marker("alice", "d1"), request_marker("alice", "h1"),
@@ -324,7 +325,7 @@ def test_expiry_keeps_the_id_of_a_pending_linked_transfer_first_told_accepted(tm
     kept while its reservation is pending, and go once that is settled."""
     from kbank.streams.model import Hold
 
-    store = PartitionStore(str(tmp_path / "p0"))
+    store = PartitionStore(str(tmp_path / "p0"), StoreBudget(64))
     marker, key = request_marker("alice", "l1"), request_key("alice", "l1")
     store.mark_applied(marker, stamp("fp accepted ", T0))
     store.put_hold(key, Hold("alice", "", 7, 0, 1, "pending", [["bob", 7]]))

@@ -15,6 +15,7 @@ from kbank.streams.engine.task import PartitionTask
 from kbank.streams.engine.state import PartitionStore
 from kbank.streams.engine.transaction import TransactionAborted
 from kbank.streams.partitioning import partition_for
+from kbank.streams.storage import StoreBudget
 
 TOPICS = Topics("req", "cred", "ledger", "out", "dead", "changelog", "batches")
 
@@ -37,7 +38,7 @@ def _request(partition: int, offset: int, key: bytes, body: bytes) -> Message:
 
 @pytest.fixture
 def task(tmp_path):
-    store = PartitionStore(str(tmp_path / "p"))
+    store = PartitionStore(str(tmp_path / "p"), StoreBudget(64))
     yield PartitionTask(partition_for("alice", 8), store)
     store.close()
 

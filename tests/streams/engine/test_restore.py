@@ -11,6 +11,7 @@ from kbank.streams.engine.task import PartitionTask
 from kbank.streams.engine.restore import ChangelogRestore
 from kbank.streams.engine.state import PartitionStore
 from kbank.streams.model import Account
+from kbank.streams.storage import StoreBudget
 
 
 def _write(settings, records: list[tuple[bytes, bytes]]) -> None:  # noqa: ANN001
@@ -25,7 +26,7 @@ def test_a_restore_goes_in_bounded_steps_until_the_committed_offsets_are_reflect
                 for i in range(1_000)]
     first = BatchRecord((0, 0), (0, 1_000), {"r:x": "fp completed "})
     _write(settings, accounts + [(first.key, first.encode())])
-    task = PartitionTask(0, PartitionStore(str(tmp_path / "p0")), next_request=1_500)
+    task = PartitionTask(0, PartitionStore(str(tmp_path / "p0"), StoreBudget(64)), next_request=1_500)
     restorer = kafka.consumer(settings, kafka.ADMIN, settings.topic("restore-test"), **{"enable.partition.eof": True})
     applied: list[int] = []
     restore = ChangelogRestore(restorer, settings.topic(topics.CHANGELOG), progress=applied.append)

@@ -56,6 +56,8 @@ class BenchResult:
     last_minute_cpu_us_per_transfer: dict[str, float] = field(default_factory=dict)
     minute_cpu_us_per_transfer: dict[str, list[float]] = field(default_factory=dict)
     rss_growth_pct: dict[str, float] = field(default_factory=dict)   # per process, after warm-up
+    # the machine's speed: median CPU ms of a fixed piece of work each minute (procs.reference_work_ms)
+    minute_reference_cpu_ms: list[float] = field(default_factory=list)
     initiation: LatencyHistogram = field(default_factory=LatencyHistogram, repr=False)
     completion: LatencyHistogram = field(default_factory=LatencyHistogram, repr=False)
     timeline: Timeline = field(default_factory=Timeline, repr=False)
@@ -268,6 +270,7 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
         minute_cpu_us_per_transfer=timeline.minute_cpu_us(),
         # the first two minutes are warm-up for memory (caches and RocksDB memtables fill)
         rss_growth_pct=timeline.memory_growth(120 if seconds >= 240 else 0),
+        minute_reference_cpu_ms=timeline.minute_reference_ms(),
         initiation=initiation, completion=clock.completion, timeline=timeline)
 
 

@@ -4,6 +4,7 @@ to optimise next, and a long run shows whether any process's memory keeps growin
 from __future__ import annotations
 
 import os
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,19 @@ def rss_bytes(pid: int) -> int:
         return 0
 
 
+def reference_work_ms() -> float:
+    """CPU milliseconds this thread takes for a fixed piece of pure-Python work (dicts,
+    strings, integers: what the engine and the views do), sampled through a run: if it costs
+    more late in a run, the machine got slower (another tenant of the host, the caches
+    shared with our processes), not only our code."""
+    started = time.thread_time()
+    table: dict[str, int] = {}
+    for i in range(20_000):
+        table[f"acct-{i}"] = i * 7
+    assert sum(table.values()) == 7 * 20_000 * 19_999 // 2
+    return (time.thread_time() - started) * 1000
+
+
 def cpu_by_kind(pids_by_kind: dict[str, list[int]]) -> dict[str, float]:
     """CPU seconds so far of each kind; the broker's JIT compiler threads also on their own
     ("broker JIT", a part of "broker")."""
@@ -92,6 +106,7 @@ class Timeline:
     finished: list[int] = field(default_factory=list)
     rss_mb: dict[str, list[float]] = field(default_factory=dict)  # "kind pid" -> MB per sample
     cpu_s: dict[str, list[float]] = field(default_factory=dict)   # kind -> CPU seconds so far
+    reference_ms: list[float] = field(default_factory=list)       # reference_work_ms() per sample
 
     def _minute_bounds(self) -> list[int]:
         """Indexes of the samples that start each minute and end the last whole one (the
@@ -121,6 +136,11 @@ class Timeline:
         return {kind: [round(1e6 * (cpu[j] - cpu[i]) / max(1, self.finished[j] - self.finished[i]), 1)
                        for i, j in zip(b, b[1:])]
                 for kind, cpu in self.cpu_s.items()}
+
+    def minute_reference_ms(self) -> list[float]:
+        """The median CPU ms of the reference work in each whole minute: the machine's speed."""
+        b = self._minute_bounds()
+        return [round(statistics.median(self.reference_ms[i:j]), 2) for i, j in zip(b, b[1:])]
 
     def last_minute_cpu_us(self) -> dict[str, float]:
         """CPU us per transfer of each kind in the last whole minute (warm caches and JIT)."""
@@ -164,6 +184,7 @@ class Sampler:
             tl.rss_mb.setdefault(name, []).append(rss_bytes(pid) / 2**20)
         for kind, used in cpu_by_kind(self._kinds).items():
             tl.cpu_s.setdefault(kind, []).append(used)
+        tl.reference_ms.append(reference_work_ms())
 
     def stop(self) -> Timeline:
         """Stop sampling, with a last sample at the end of the window."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 
 from kbank.bench.driver import BenchResult, per_cpu_second
 
@@ -33,7 +34,7 @@ def table(results: list[BenchResult], cores: int) -> str:
 
 def plot(results: list[BenchResult], out_dir: str) -> list[str]:
     """latency.png (distributions of the last run), timeline.png (its throughput, the CPU of
-    each kind of process and each process's memory over time) and, for several runs, scaling.png."""
+    each kind of process, each process's memory and the machine's speed over time) and, for several runs, scaling.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,7 +64,8 @@ def plot(results: list[BenchResult], out_dir: str) -> list[str]:
     plt.close(fig)
     tl = last.timeline
     if len(tl.t) > 10:
-        fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(10, 10), sharex=True)
+        fig, (top, middle, bottom, machine) = plt.subplots(
+            4, 1, figsize=(10, 12), sharex=True, gridspec_kw={"height_ratios": [3, 3, 3, 1.5]})
         step = 10   # throughput over 10-second spans
         xs = [tl.t[i] for i in range(step, len(tl.t), step)]
         ys = [(tl.finished[i] - tl.finished[i - step]) / (tl.t[i] - tl.t[i - step])
@@ -86,9 +88,19 @@ def plot(results: list[BenchResult], out_dir: str) -> list[str]:
             bottom.plot(tl.t[:len(mb)], mb, label=name)
         bottom.set_ylim(bottom=0)
         bottom.set_ylabel("resident memory (MB)")
-        bottom.set_xlabel("seconds since the measured window opened")
         bottom.legend(loc="lower right", fontsize="small")
         bottom.grid(alpha=0.3)
+        if tl.reference_ms:   # the machine's own speed: the same work, its CPU time
+            machine.plot(tl.t[:len(tl.reference_ms)], tl.reference_ms, ".", color="0.6", markersize=2)
+            for m, ms in enumerate(last.minute_reference_cpu_ms):
+                machine.hlines(ms, 60 * m, 60 * (m + 1), color="k", linewidth=2,
+                               label="median per minute" if m == 0 else None)
+            machine.set_ylim(0, 2.5 * statistics.median(tl.reference_ms))
+            if last.minute_reference_cpu_ms:
+                machine.legend(loc="lower right", fontsize="small")
+        machine.set_ylabel("reference work\n(CPU ms)")
+        machine.set_xlabel("seconds since the measured window opened")
+        machine.grid(alpha=0.3)
         fig.tight_layout()
         paths.append(os.path.join(out_dir, "timeline.png"))
         fig.savefig(paths[-1], dpi=100)

@@ -30,7 +30,9 @@ KAFKA_VERSION = "4.4.0"  # keep in step with pom.xml
 ADMIN_USER = "admin"        # the secured broker's only super user
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 _HERE = Path(__file__).resolve().parent
-_NODE_HEAP = "-Xmx512m"
+# a fixed heap, touched at start: the broker's memory is what it is from its first second,
+# not a heap that grows under load for minutes (measured: 480 -> 690 MB over a 10-minute run)
+_NODE_HEAP = ("-Xms512m", "-Xmx512m", "-XX:+AlwaysPreTouch")
 
 
 class BrokerError(RuntimeError):
@@ -305,7 +307,7 @@ class KafkaCluster:
             return
         out = open(self.data_dir / "logs" / f"stdout-{node.node_id}.log", "ab")
         node.proc = subprocess.Popen(
-            [*_DIE_WITH_PARENT, java_command(), _NODE_HEAP, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            [*_DIE_WITH_PARENT, java_command(), *_NODE_HEAP, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
              "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={node.data_dir / 'log4j2.yaml'}",
              "-cp", f"{libs_dir()}/*", "kafka.Kafka", str(self._config_path(node))],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)

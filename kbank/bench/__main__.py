@@ -87,7 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webhook-events", type=int, default=0, metavar="N",
                         help="instead: deliveries/s of one webhook worker to a local receiver, "
                              "over N ledger events (kbank/bench/webhooks.py)")
+    parser.add_argument("--machine-minutes", type=int, default=0, metavar="M",
+                        help="instead: the machine's own speed for M minutes with nothing else "
+                             "running: the CPU ms of the reference work that every run samples "
+                             "once a second (kbank/bench/procs.py), per minute")
     args = parser.parse_args(argv)
+    if args.machine_minutes:
+        from kbank.bench.procs import machine_speed
+
+        for minute in machine_speed(args.machine_minutes):
+            print(orjson.dumps(minute).decode() if args.json else
+                  f"minute {minute['minute']}: reference work median {minute['median_ms']} ms "
+                  f"(min {minute['min_ms']}, max {minute['max_ms']})", flush=True)
+        return 0
     if args.statement_events:
         from kbank.bench.queries import statement_cost
 

@@ -8,6 +8,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -64,6 +65,17 @@ def reference_work_ms() -> float:
         table[f"acct-{i}"] = i * 7
     assert sum(table.values()) == 7 * 20_000 * 19_999 // 2
     return (time.thread_time() - started) * 1000
+
+
+def machine_speed(minutes: int) -> Iterator[dict[str, float]]:
+    """reference_work_ms() once a second, summed up per minute as it ends."""
+    for minute in range(1, minutes + 1):
+        samples, end = [], time.monotonic() + 60
+        while time.monotonic() < end:
+            samples.append(reference_work_ms())
+            time.sleep(1)
+        yield {"minute": minute, "median_ms": round(statistics.median(samples), 2),
+               "min_ms": round(min(samples), 2), "max_ms": round(max(samples), 2)}
 
 
 def cpu_by_kind(pids_by_kind: dict[str, list[int]]) -> dict[str, float]:

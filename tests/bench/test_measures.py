@@ -7,7 +7,7 @@ import random
 
 from kbank.bench.driver import per_cpu_second
 from kbank.bench.histogram import LatencyHistogram
-from kbank.bench.procs import Timeline
+from kbank.bench.procs import Timeline, reference_work_ms
 
 
 def test_histogram_percentiles_are_within_one_percent_of_the_exact_ones():
@@ -49,6 +49,17 @@ def test_timeline_cpu_per_transfer_in_the_last_minute():
     assert tl.last_minute_cpu_us() == {"engine": 200.0}    # 0.2 core / 1,000 per s
     assert tl.cores("engine", 60) == [0.5, 0.2]
     assert tl.minute_cpu_us() == {"engine": [500.0, 200.0]}
+
+
+def test_the_machine_speed_is_the_median_reference_work_of_each_minute():
+    tl = Timeline()
+    for t in range(121):
+        tl.t.append(float(t))
+        tl.finished.append(0)
+        # minute 1: mostly 4 ms with two outliers; minute 2: mostly 8 ms
+        tl.reference_ms.append(30.0 if t in (5, 6) else 4.0 if t < 60 else 8.0)
+    assert tl.minute_reference_ms() == [4.0, 8.0]
+    assert 0 < reference_work_ms() < 1000        # real CPU time of real work
 
 
 def test_the_last_sample_a_moment_short_of_the_minute_still_ends_it():

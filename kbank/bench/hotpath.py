@@ -48,10 +48,11 @@ def hot_path_speed(transfers: int, accounts: int = 2_000, seed: int = 1) -> dict
     names = [f"a{i}" for i in range(accounts * PARTITIONS * 2)]
     mine = [n for n in names if partition_for(n, PARTITIONS) == 0][:accounts]
     with tempfile.TemporaryDirectory(prefix="bank-bench-hotpath-") as path:
-        store = PartitionStore(f"{path}/p", StoreBudget(Settings().rocksdb_memory_mb))
+        settings = Settings()
+        store = PartitionStore(f"{path}/p", StoreBudget(settings.rocksdb_memory_mb))
         task = PartitionTask(0, store)
         out = _Nowhere()
-        processor = BatchProcessor(Settings(), Topics("req", "cred", "ledger", "out", "dead",
+        processor = BatchProcessor(settings, Topics("req", "cred", "ledger", "out", "dead",
                                                       "changelog", "batches"), PARTITIONS, out)
         offset = 0
         setup = []

@@ -62,10 +62,10 @@ def _disk_bytes(path: str) -> int:
                for f in files)
 
 
-def _restore_seconds(records: dict[bytes, bytes], path: str) -> float:
+def _restore_seconds(records: dict[bytes, bytes], path: str, settings: Settings) -> float:
     """A new worker's restore of the compacted changelog into a fresh store (the broker's
     reading of it is left out: the same for both runs per record)."""
-    store = PartitionStore(path, StoreBudget(Settings().rocksdb_memory_mb))
+    store = PartitionStore(path, StoreBudget(settings.rocksdb_memory_mb))   # a new worker's own
     items = list(records.items())
     started = time.perf_counter()
     for i in range(0, len(items), RESTORE_CHUNK):
@@ -132,7 +132,7 @@ def retention_growth(days: int, transfers_per_day: int, window_s: int | None,
         records = out.changelog
         rows.append({"day": day, "transfers": n, "changelog_records": len(records),
                      "changelog_mb": round(sum(len(k) + len(v) for k, v in records.items()) / 2**20, 2),
-                     "restore_s": round(_restore_seconds(records, os.path.join(root, f"r{day}")), 3),
+                     "restore_s": round(_restore_seconds(records, os.path.join(root, f"r{day}"), settings), 3),
                      "store_mb": round(_disk_bytes(store.path) / 2**20, 2),
                      "cpu_us_per_transfer": round(cpu / (transfers_per_day // BATCH * BATCH) * 1e6, 1)})
         progress.update()

@@ -1,46 +1,82 @@
-"""Shared fixtures: one real broker per test session, fresh topics per test.
+"""Shared fixtures: one real, secured broker per test session, a fresh deployment per test.
 
-KAFKA_BOOTSTRAP_SERVERS points the suite at another cluster; otherwise an
-embedded Apache Kafka node is started on a free loopback port and stopped at
-the end (the cluster tests start a 3-node cluster of their own).
+The suite runs what `bank up` runs (issue 40): the embedded Apache Kafka with SASL/SCRAM and
+ACLs, and every test's deployment provisioned by the same `secure_deployment` path, so each
+process and tool connects as its role's principal with only the grants of
+kbank.streams.principals. A test that needs more (planting a record on an internal topic, as
+an attacker with the super user's rights would) asks for kafka.ADMIN and says why.
+
+KAFKA_BOOTSTRAP_SERVERS points the suite at another cluster; with
+BANK_TEST_ADMIN_PROPERTIES (a librdkafka properties file of that cluster's super user) its
+deployments are provisioned the same way, else its tests connect as whoever the KAFKA_*
+client settings say (an unsecured cluster: everyone is the super user).
 """
 from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pytest
 
 from kbank.streams.broker import KafkaCluster, free_port
 from kbank.streams.config import Settings
 from kbank.streams.apikeys import OPERATOR
+from kbank.streams.kafka import read_properties
 from kbank.streams.keystore import create_key
+from kbank.streams.principals import secure_deployment
 from kbank.streams.supervisor import WorkerPool, wait_for_views
 from kbank.streams.topics import ensure_topics
 from tests import http
 
 
+@dataclass(frozen=True)
+class TestCluster:
+    """The session's cluster: where it is and its super user's client settings (None: an
+    external cluster without them, used as it is)."""
+
+    bootstrap_servers: str
+    admin_config: dict[str, str] | None
+    cluster: KafkaCluster | None = None
+
+
 @pytest.fixture(scope="session")
-def bootstrap_servers(tmp_path_factory) -> str:
+def test_cluster(tmp_path_factory) -> TestCluster:
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
-        yield external
+        admin_file = os.environ.get("BANK_TEST_ADMIN_PROPERTIES")
+        yield TestCluster(external, read_properties(admin_file) if admin_file else None)
         return
-    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka"), nodes=1).start()
-    yield cluster.bootstrap_servers
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka"), nodes=1, secured=True).start()
+    yield TestCluster(cluster.bootstrap_servers, cluster.admin_config(), cluster)
     cluster.stop()
 
 
-@pytest.fixture
-def settings(bootstrap_servers: str, tmp_path) -> Settings:
-    """Settings for one test: its own topic prefix and state directory, topics created."""
-    base = Settings.from_env()
-    s = replace(base, bootstrap_servers=bootstrap_servers,
-                topic_prefix=f"t{uuid.uuid4().hex[:10]}-", state_dir=str(tmp_path / "state"),
-                partitions=8, test_mode=True)
-    ensure_topics(s)
+@pytest.fixture(scope="session")
+def bootstrap_servers(test_cluster: TestCluster) -> str:
+    return test_cluster.bootstrap_servers
+
+
+def deployment(test_cluster: TestCluster, directory, prefix: str | None = None,
+               create_topics: bool = True, **overrides: object) -> Settings:
+    """A fresh deployment on the session's cluster, as `bank up` makes one: its own topic
+    prefix, principals, ACLs (secure_deployment) and topics; its state and credentials in
+    `directory`."""
+    prefix = prefix or f"t{uuid.uuid4().hex[:10]}-"
+    s = replace(Settings.from_env(), bootstrap_servers=test_cluster.bootstrap_servers,
+                topic_prefix=prefix, state_dir=os.path.join(directory, "state"), partitions=8, test_mode=True,
+                **overrides)
+    if test_cluster.admin_config is not None:
+        s = secure_deployment(s, test_cluster.admin_config, os.path.join(directory, "credentials"))
+    if create_topics:
+        ensure_topics(s)
     return s
+
+
+@pytest.fixture
+def settings(test_cluster: TestCluster, tmp_path) -> Settings:
+    """Settings for one test: its own secured deployment and state directory."""
+    return deployment(test_cluster, tmp_path)
 
 
 @pytest.fixture

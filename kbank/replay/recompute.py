@@ -36,7 +36,8 @@ from kbank.streams.config import Settings
 from kbank.streams.generations import generation_settings
 from kbank.streams.decisions import (EXPIRE, BadMessage, Decision, Rules, Undecodable, deciding_account,
                                message_scope, parse_message)
-from kbank.streams.engine import MemoryState, credit_decision, record, request_decision
+from kbank.streams.engine import (MemoryState, credit_decision, forwarded_from, is_misrouted,
+                                  record, request_decision)
 from kbank.streams.model import (LINK_ACK, REFUND, VERSION_HEADERS, Account, Position, outcome_key,
                                  request_key, status_moves)
 from kbank.streams.partitioning import partition_for
@@ -149,14 +150,18 @@ def simulate(settings: Settings, rules: Rules, partitions: int,
     def run_input(p: int, kind: str, off: int, force: bool) -> bool:
         if kind == "r":
             msg = requests.get((p, off))
-            decided.add((p, off))
-            if msg is not None:
+            if msg is not None and not is_misrouted(msg.key(), p, partitions):
+                decided.add((p, off))
                 _decide_request(gen, msg, p, rules)
-            return True
+            return True   # a misrouted request is decided where the engine forwarded it
         old = credits.get((p, off))
         if old is None:
             return True
         try:
+            if (original := forwarded_from(old)) is not None:
+                decided.add((original.partition, original.offset))
+                _decide_request(gen, old, p, rules, original)
+                return True
             message = parse_message(old.key(), old.value())
         except BadMessage:
             return True   # dead-lettered live too
@@ -208,9 +213,11 @@ def simulate(settings: Settings, rules: Rules, partitions: int,
     return gen
 
 
-def _decide_request(gen: Generation, msg: Message, partition: int, rules: Rules) -> None:
+def _decide_request(gen: Generation, msg: Message, partition: int, rules: Rules,
+                    pos: Position | None = None) -> None:
+    """Decide a request on `partition` (`pos`: where a forwarded one was written)."""
     ts = msg.timestamp()[1]
-    pos = Position(msg.topic(), partition, msg.offset())
+    pos = pos or Position(msg.topic(), partition, msg.offset())
     try:
         decision = request_decision(gen.states[partition], msg.key(), msg.value(), ts, pos, rules)
     except Undecodable:
@@ -242,6 +249,7 @@ def simulate_share(settings: Settings, rules: Rules, share: list[int]) -> ShareR
     """Re-decide the inputs of the partitions in `share`, each partition in the live order;
     a credit slot takes the live message."""
     order, requests, credits = live_inputs(settings, share)
+    partitions = partition_count(settings, topics.REQUESTS, kafka.TOOLS)
     gen = Generation()
     used: dict[tuple[str, str, int | None], list[bytes]] = defaultdict(list)
     sent: dict[tuple[str, str, int | None], list[tuple[int, bytes]]] = defaultdict(list)
@@ -249,10 +257,14 @@ def simulate_share(settings: Settings, rules: Rules, share: list[int]) -> ShareR
         for kind, off in order.get(p, []):
             sent_before = len(gen.sent)
             if kind == "r":
-                if (msg := requests.get((p, off))) is not None:
+                if (msg := requests.get((p, off))) is not None \
+                        and not is_misrouted(msg.key(), p, partitions):
                     _decide_request(gen, msg, p, rules)
             elif (old := credits.get((p, off))) is not None:
                 try:
+                    if (original := forwarded_from(old)) is not None:
+                        _decide_request(gen, old, p, rules, original)
+                        continue
                     message = parse_message(old.key(), old.value())
                 except BadMessage:
                     continue   # dead-lettered live too

@@ -22,8 +22,7 @@ from tests.broker.conftest import provisioned
 
 @pytest.fixture(scope="module")
 def secured(secured_cluster, tmp_path_factory) -> Settings:
-    return provisioned(secured_cluster, tmp_path_factory.mktemp("credentials"),
-                       tmp_path_factory.mktemp("state"))
+    return provisioned(secured_cluster, tmp_path_factory.mktemp("deployment"))
 
 
 def _produce(settings: Settings, role: str | None, topic: str) -> KafkaError | None:

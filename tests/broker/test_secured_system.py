@@ -3,14 +3,12 @@ with only the ACLs of kbank.streams.principals, and the ledger stays exact."""
 from __future__ import annotations
 
 from kbank.replay.ledger import LedgerFold
-from tests.broker.conftest import provisioned
 from tests.http import get_json
 from tests.workload import Workload, assert_invariants, ledger
 
 
-def test_engine_views_clients_and_tools_run_with_least_privilege(secured_cluster, tmp_path,
-                                                                 pool_factory, views_factory):
-    settings = provisioned(secured_cluster, tmp_path / "credentials", tmp_path / "state")
+def test_engine_views_clients_and_tools_run_with_least_privilege(settings, pool_factory,
+                                                                 views_factory):
     engine = pool_factory(settings, 1)          # the engine principal
     views = views_factory(settings, 1)          # the views and intake principals
     wl = Workload(settings)                     # the client principal

@@ -9,6 +9,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from kbank.streams.config import Settings
 from kbank.streams.kafka import ADMIN, client_config
+from tests.conftest import deployment
 from kbank.streams.topics import (LEDGER, TopicLayoutError, TopicSpec, config_mismatches,
                             ensure_topics, load_specs)
 
@@ -38,10 +39,8 @@ def test_weaker_replication_is_refused_and_stronger_accepted():
     assert [w.split(" ")[0] for w in wrong] == ["replication", "min.insync.replicas='1'"]
 
 
-def test_an_audit_log_with_the_brokers_default_retention_is_refused(bootstrap_servers, tmp_path):
-    settings = replace(Settings.from_env(), bootstrap_servers=bootstrap_servers,
-                       topic_prefix=f"t{uuid.uuid4().hex[:10]}-", partitions=8,
-                       state_dir=str(tmp_path / "state"))
+def test_an_audit_log_with_the_brokers_default_retention_is_refused(test_cluster, tmp_path):
+    settings = deployment(test_cluster, tmp_path, create_topics=False)
     admin = AdminClient(client_config(settings, ADMIN))
     ledger = settings.topic(LEDGER)
     # created beforehand the way a user's tooling might: partitions right, retention 7 days

@@ -5,11 +5,12 @@ state from the task's store, writes the decisions' outputs through the
 transaction, and writes the changelog (account states, then the batch record).
 It never commits or aborts: the worker does, through EngineTransaction.
 
-A record on a partition its key does not map to (a producer with another
+A request on a partition its key does not map to (a producer with another
 partitioner, or a hand-picked partition) is forwarded, unchanged and inside
-the same transaction, to the partition that owns its key, as Kafka Streams
-repartitions: every account's state lives on exactly one partition whatever
-client wrote the request.
+the same transaction, to the owning partition of the engine's own
+transfers.credits (kbank.streams.engine.routing), and decided there: every
+account's state lives on exactly one partition whatever client wrote the
+request, and the engine needs no write access to the clients' topic.
 """
 from __future__ import annotations
 
@@ -26,14 +27,11 @@ from kbank.streams.engine.apply import (MAX_OUTPUT_BYTES, NEVER_EXPIRES, credit_
                                        expiry_horizon, record, request_decision)
 from kbank.streams.engine.changelog import (CHAIN_KEY, CLOCK_KEY, SUPPLY_KEY, BatchRecord,
                                             account_key, hold_key)
+from kbank.streams.engine import routing
 from kbank.streams.engine.task import PartitionTask
 from kbank.streams.engine.transaction import EngineTransaction
 from kbank.streams.model import VERSION_HEADERS, Position, split_request_key
-from kbank.streams.partitioning import partition_for
 
-
-FORWARDED_FROM = "bank-forwarded-from"   # header of a forwarded record: "topic/partition/offset"
-MAX_FORWARD_BYTES = 65_536     # a larger misrouted record is dead-lettered, not copied
 DEADLETTER_COPY_BYTES = 4_096  # of a dead-lettered record's value, the rest is cut (and said so)
 # expiry index entries a batch may retire beyond three per input (an input makes at most
 # three: its id, its external_ref, a hold it settles), so expiry keeps up with what comes in
@@ -81,7 +79,8 @@ class BatchProcessor:
         for msg in credits:
             self._guarded(task, msg, self._apply_credit)
         for msg in requests:
-            self._guarded(task, msg, self._apply_request)
+            if not self._forward_if_misrouted(task, msg):
+                self._guarded(task, msg, self._apply_request)
         c1 = credits[-1].offset() + 1 if credits else c0
         r1 = requests[-1].offset() + 1 if requests else r0
         store = task.store
@@ -143,8 +142,6 @@ class BatchProcessor:
         """Apply one record. Bad input is dead-lettered by `apply` itself (only decoding and
         validation errors are); anything else is a bug in the engine: it propagates, with
         the record named, and aborts the batch and the worker, loudly."""
-        if self._forward_if_misrouted(task, msg):
-            return
         try:
             apply(task, msg)
         except Exception as exc:
@@ -152,17 +149,16 @@ class BatchProcessor:
             raise
 
     def _forward_if_misrouted(self, task: PartitionTask, msg: Message) -> bool:
+        """Forward a request of another partition's key to that partition (routing)."""
         key = msg.key()
-        if key is None:
-            return False   # nowhere to route it: the request parser rejects it with a reason
-        owner = partition_for(key, self.partitions)
-        if owner == task.partition:
+        if not routing.is_misrouted(key, task.partition, self.partitions):
             return False
-        if len(msg.value() or b"") > MAX_FORWARD_BYTES:
+        if len(msg.value() or b"") > routing.MAX_FORWARD_BYTES:
             self._dead_letter(msg, "misrouted and too large to forward")
             return True
-        headers = [(FORWARDED_FROM, f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode())]
-        self.out.send(msg.topic(), key, msg.value(), owner, msg.timestamp()[1], headers=headers)
+        self.out.send(self.topics.credits, key, msg.value(),
+                      routing.owner(key, self.partitions), msg.timestamp()[1],
+                      headers=routing.forward_headers(msg))
         self.stats.forwarded += 1
         return True
 
@@ -189,9 +185,12 @@ class BatchProcessor:
         self.out.send(self.topics.deadletter, key, orjson.dumps(record),
                       timestamp=msg.timestamp()[1])
 
-    def _apply_request(self, task: PartitionTask, msg: Message) -> None:
+    def _apply_request(self, task: PartitionTask, msg: Message,
+                       pos: Position | None = None) -> None:
+        """Decide a request: one of this partition's, or one forwarded to it (`pos`: where
+        the client wrote it)."""
         ts = msg.timestamp()[1]
-        pos = Position(msg.topic(), msg.partition(), msg.offset())
+        pos = pos or Position(msg.topic(), msg.partition(), msg.offset())
         try:
             decision = request_decision(task.store, msg.key(), msg.value(), ts, pos, self.rules,
                                         self.dedupe)
@@ -204,6 +203,9 @@ class BatchProcessor:
         ts = msg.timestamp()[1]
         pos = Position(msg.topic(), msg.partition(), msg.offset())
         try:
+            if (original := routing.forwarded_from(msg)) is not None:
+                self._apply_request(task, msg, original)
+                return
             decision = credit_decision(task.store, parse_message(msg.key(), msg.value()), ts, pos,
                                        self.rules, self.dedupe)
         except BadMessage as exc:

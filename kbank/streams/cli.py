@@ -21,9 +21,15 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from kbank.streams.engine import EngineWorker
+    from kbank.streams.engine.failures import WorkerHalted
+    from kbank.streams.health import HALTED_EXIT_CODE
 
     settings = _settings(args).needs_broker("worker")
-    EngineWorker(settings, args.worker_id, args.metrics_port).run()
+    try:
+        EngineWorker(settings, args.worker_id, args.metrics_port).run()
+    except WorkerHalted as halted:   # an error no retry fixes: one line, and the supervisor
+        print(halted, file=sys.stderr, flush=True)   # restarts it with a backoff
+        return HALTED_EXIT_CODE
     return 0
 
 

@@ -181,6 +181,15 @@ class Settings:
         "help": "an engine worker whose poll loop makes no step for this long prints every "
                 "thread's stack to its log and exits, to be restarted (a client call stuck on a "
                 "lost broker must not stall its partitions forever; 0 = never)"})
+    engine_abort_limit: Annotated[int, Field(ge=1, le=10_000)] = field(default=10, metadata={
+        "env": "BANK_ENGINE_ABORT_LIMIT",
+        "help": "an engine worker whose batches abort this many times in a row (no commit "
+                "between) ends with one line naming the causes, to be restarted with a backoff (an error "
+                "no retry fixes, an ACL refused say, ends it at once)"})
+    engine_stall_after_s: Annotated[float, Field(gt=0, le=86_400)] = field(default=30.0, metadata={
+        "env": "BANK_ENGINE_STALL_AFTER_S",
+        "help": "the views' /health says the engine is stalled when a partition has had "
+                "records waiting and no transaction committed for it this long"})
     engine_restore_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = field(default=300.0, metadata={
         "env": "BANK_ENGINE_RESTORE_TIMEOUT_S",
         "help": "longest an engine worker may take to restore one partition from its changelog "
@@ -224,6 +233,10 @@ class Settings:
     unsafe_no_dedupe: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_NO_DEDUPE", "testing": True,
         "help": "testing: disable the request-id idempotency guard (breaks exactly-once)"})
+    unsafe_retry_refused: bool = field(default=False, metadata={
+        "env": "BANK_UNSAFE_RETRY_REFUSED", "testing": True,
+        "help": "testing: the engine retries a batch the broker refused for good (an ACL, a "
+                "missing topic) as if it were a passing error (the old abort loop)"})
     unsafe_read_uncommitted: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_READ_UNCOMMITTED", "testing": True,
         "help": "testing: the engine reads its inputs read_uncommitted (applies credits of "

@@ -43,7 +43,9 @@ class Grant:
 GRANTS: tuple[Grant, ...] = (
     Grant(ENGINE, "topic", topics.REQUESTS, ("READ", "DESCRIBE"), "decides every request"),
     Grant(ENGINE, "topic", topics.CREDITS, ("READ", "WRITE", "DESCRIBE"),
-          "sends and receives the money in flight between partitions, and its own expiries"),
+          "sends and receives the money in flight between partitions, its own expiries, and "
+          "requests a client wrote on another key's partition, forwarded to their owner (so "
+          "the engine needs no write access to transfers.requests)"),
     Grant(ENGINE, "topic", topics.CHANGELOG, ("READ", "WRITE", "DESCRIBE"),
           "its state store's changelog: written in each transaction, read on restore"),
     Grant(ENGINE, "topic", topics.BATCHES, ("WRITE", "DESCRIBE"),
@@ -69,8 +71,12 @@ GRANTS: tuple[Grant, ...] = (
     Grant(VIEWS, "group", "bank-views*", ("READ", "DESCRIBE"), "its consumer groups"),
     Grant(VIEWS, "group", topics.ENGINE_GROUP, ("DESCRIBE",),
           "the engine's lag: its committed offsets (read, never by joining the group)"),
-    Grant(VIEWS, "topic", topics.REQUESTS, ("DESCRIBE",), "the engine's lag: the inputs' ends"),
-    Grant(VIEWS, "topic", topics.CREDITS, ("DESCRIBE",), "the engine's lag: the inputs' ends"),
+    Grant(VIEWS, "topic", topics.REQUESTS, ("READ", "DESCRIBE"),
+          "the engine's lag: the inputs' ends, and whether a record waits past its offsets "
+          "(read only when they say it is stalled: a marker is not a record)"),
+    Grant(VIEWS, "topic", topics.CREDITS, ("READ", "DESCRIBE"),
+          "the engine's lag: the inputs' ends, and whether a record waits past its offsets "
+          "(read only when they say it is stalled: a marker is not a record)"),
     Grant(INTAKE, "topic", topics.REQUESTS, ("WRITE", "DESCRIBE"), "POST /transfers and /requests"),
     Grant(INTAKE, "topic", topics.OUTCOMES, ("READ", "DESCRIBE"), "answers ?wait=completed"),
     Grant(INTAKE, "group", "bank-web-outcomes*", ("READ",), "its outcome reader"),

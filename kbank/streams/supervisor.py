@@ -19,9 +19,12 @@ from contextlib import ExitStack
 
 from kbank.streams.broker import KafkaCluster
 from kbank.streams.config import Settings
-from kbank.streams.health import record_crash
+from kbank.streams.health import HALTED_EXIT_CODE, read_crashes, record_crash
 from kbank.streams.principals import secure_deployment, write_private
 from kbank.streams.topics import ensure_topics
+
+
+MAX_BACKOFF_S = 60.0   # a worker that keeps halting is retried about once a minute
 
 
 class WorkerPool:
@@ -78,8 +81,9 @@ class WorkerPool:
                 proc.wait()
 
     def restart_dead(self, backoff: bool = False) -> list[str]:
-        """Restart workers that exited; with `backoff`, after 0.5 s doubling up to 30 s
-        while they keep exiting within a minute of their start."""
+        """Restart workers that exited; with `backoff`, after 0.5 s doubling up to a minute
+        while they keep exiting within a minute of their start. Each exit is printed with
+        its reason: the worker's own line if it halted (an error no retry fixes)."""
         restarted = []
         now = time.monotonic()
         for wid, proc in list(self.procs.items()):
@@ -89,9 +93,13 @@ class WorkerPool:
                 self.crashes[wid] = self.crashes.get(wid, 0) + 1
                 quick = now - self._started_at.get(wid, now) < 60
                 self._streak[wid] = self._streak.get(wid, 0) + 1 if quick else 1
-                delay = min(30.0, 0.5 * 2 ** (self._streak[wid] - 1)) if backoff else 0.0
+                delay = min(MAX_BACKOFF_S, 0.5 * 2 ** (self._streak[wid] - 1)) if backoff else 0.0
                 self._restart_at[wid] = now + delay
                 reason = exit_reason(proc.returncode)
+                if proc.returncode == HALTED_EXIT_CODE:
+                    halt = read_crashes(self.settings.state_dir).get(self.command, {}) \
+                        .get(wid, {}).get("halt")
+                    reason = f"{reason}: {halt}" if halt else reason
                 print(f"{self.command} {wid} exited ({reason}); crash "
                       f"{self.crashes[wid]}, restarting in {delay:.1f} s", flush=True)
                 record_crash(self.settings.state_dir, self.command, wid, self.crashes[wid], reason)

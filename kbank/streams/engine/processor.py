@@ -182,8 +182,9 @@ class BatchProcessor:
                   "offset": msg.offset(), "key": base64.b64encode(key).decode(),
                   "value": base64.b64encode(value[:DEADLETTER_COPY_BYTES]).decode(),
                   "value_bytes": len(value), "truncated": len(value) > DEADLETTER_COPY_BYTES}
+        # with its own delivery report (dead letters are rare): a refusal names its topic
         self.out.send(self.topics.deadletter, key, orjson.dumps(record),
-                      timestamp=msg.timestamp()[1])
+                      timestamp=msg.timestamp()[1], on_delivery=self.out.record_delivery)
 
     def _apply_request(self, task: PartitionTask, msg: Message,
                        pos: Position | None = None) -> None:

@@ -5,32 +5,39 @@ changelog records) goes through `send`; `commit` flushes, fails if any record
 was not delivered, then commits together with the input offsets and the
 consumer's group metadata (KIP-447), so a worker whose partitions moved is
 fenced by the broker: its commit fails and nothing it wrote becomes visible
-to read_committed readers. Errors are sorted into TransactionAborted (abort,
-rewind, go on), WorkerFenced (a newer incarnation or owner exists: drop
-every task and rejoin with a new producer) and CommitOutcomeUnknown (the
-commit failed without saying whether it happened: a new producer settles it
-on the broker, and the worker resumes from what was committed).
+to read_committed readers. Errors are sorted (kbank.streams.engine.failures
+decides each error's kind) into TransactionAborted (abort, rewind, go on),
+WorkerFenced (a newer incarnation or owner exists: drop every task and rejoin
+with a new producer), CommitOutcomeUnknown (the commit failed without saying
+whether it happened: a new producer settles it on the broker, and the worker
+resumes from what was committed) and TransactionRefused (no retry can succeed:
+the worker halts).
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from kbank.streams import kafka
 from kbank.streams.config import Settings
+from kbank.streams.engine.failures import ClientLog, FailureKind, kind_of
 
 log = logging.getLogger("bank.engine")
-
-_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
-           KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
-           KafkaError.FENCED_INSTANCE_ID, KafkaError.REBALANCE_IN_PROGRESS}
 
 
 class TransactionAborted(Exception):
     """The batch did not commit; nothing of it is visible. Rewind and retry."""
+
+    kafka_error: KafkaError | None = None
+
+
+class TransactionRefused(TransactionAborted):
+    """The broker refused the batch for a reason no retry fixes (an ACL, a missing topic, a
+    record too large): the worker halts (failures.FailureKind.NOT_RETRIABLE)."""
 
 
 class WorkerFenced(TransactionAborted):
@@ -51,12 +58,13 @@ class EngineTransaction:
         self.settings = settings
         self.worker_id = worker_id
         self.transactional = transactional
-        self._errors: list[str] = []
+        self._errors: list[tuple[str, KafkaError]] = []   # (topic[partition], error) undelivered
         self._open = False
         # delivery reports of an aborted transaction, or of a retired producer, arrive later
         # (records purged by the abort or the destruction): they must not fail the next batch
         self._attempt = 0
         self._report_each: Callable[[KafkaError | None, Message], None] | None = None
+        self.client_log = ClientLog()   # names the topic a refused transaction wanted
         self.producer = self._new_producer()
 
     def _new_producer(self) -> Producer:
@@ -65,18 +73,30 @@ class EngineTransaction:
         conf: dict[str, object] = {
             "linger.ms": 1000, "batch.num.messages": 10000, "batch.size": 1_000_000,
             "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 1_048_576,
-            "client.id": f"engine-{self.worker_id}"}
+            "client.id": f"engine-{self.worker_id}", "logger": self.client_log.logger}
         if not self.transactional:   # BANK_UNSAFE_NO_TRANSACTIONS, for the negative controls
             return kafka.producer(self.settings, kafka.ENGINE, **conf)
         producer = kafka.producer(self.settings, kafka.ENGINE, **conf, **{
             "transactional.id": self.settings.topic(f"bank-engine-{self.worker_id}"),
             "transaction.timeout.ms": self.settings.transaction_timeout_ms})
-        producer.init_transactions(60)   # fences an earlier incarnation of this worker
-        return producer
+        deadline = time.monotonic() + 60
+        while True:   # fences an earlier incarnation of this worker (whose abort may be
+            try:      # still under way: CONCURRENT_TRANSACTIONS, retriable)
+                producer.init_transactions(max(1.0, deadline - time.monotonic()))
+                return producer
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or time.monotonic() > deadline:
+                    raise
+                log.info("worker %s: init_transactions: %s; again", self.worker_id, err)
+                time.sleep(0.5)
 
     def record_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+            if err.code() == KafkaError._MSG_TIMED_OUT and msg.partition() in (None, -1):
+                # never given a partition: the producer never learnt of the topic
+                err = KafkaError(KafkaError._UNKNOWN_TOPIC, f"timed out: {err.str()}")
+            self._errors.append((f"{msg.topic()}[{msg.partition()}]", err))
 
     def _current(self, callback: Callable[[KafkaError | None, Message], None]
                  ) -> Callable[[KafkaError | None, Message], None]:
@@ -89,6 +109,7 @@ class EngineTransaction:
         return report
 
     def begin(self) -> None:
+        self.client_log.txn_error = None
         if self.transactional:
             self._run(self.producer.begin_transaction)
         # a transaction fails its commit if any of its records was not delivered, so its
@@ -117,7 +138,14 @@ class EngineTransaction:
             raise TransactionAborted("records not acknowledged within 30 s")
         if self._errors:
             errors, self._errors = self._errors, []
-            raise TransactionAborted(f"not delivered: {errors[:3]}")
+            final = [(where, err) for where, err in errors
+                     if kind_of(err) is FailureKind.NOT_RETRIABLE]
+            if final:   # a record refused for good: the whole batch is
+                where, err = final[0]
+                raise self._sorted(KafkaException(KafkaError(err.code(), f"{where}: {err.str()}")))
+            if self.client_log.txn_error is not None:   # why the records were purged
+                raise self._sorted(KafkaException(self.client_log.txn_error))
+            raise TransactionAborted(f"not delivered: {[f'{w}: {e}' for w, e in errors[:3]]}")
 
     def commit(self, offsets: list[TopicPartition], consumer) -> None:  # noqa: ANN001
         """Commit the open transaction with the input offsets (or, unsafe: after it)."""
@@ -133,10 +161,14 @@ class EngineTransaction:
             self._run(self.producer.commit_transaction, 30)
         except WorkerFenced:
             raise
+        except TransactionRefused:
+            raise
         except TransactionAborted as exc:
-            cause = exc.__cause__.args[0] if isinstance(exc.__cause__, KafkaException) else None
+            cause = exc.kafka_error
             if not (isinstance(cause, KafkaError) and cause.txn_requires_abort()):
-                raise CommitOutcomeUnknown(str(exc)) from exc
+                unknown = CommitOutcomeUnknown(str(exc))
+                unknown.kafka_error = cause
+                raise unknown from exc
             raise
         self._open = False
 
@@ -176,12 +208,20 @@ class EngineTransaction:
 
     @staticmethod
     def _sorted(exc: KafkaException) -> TransactionAborted:
-        """WorkerFenced for fencing or a fatal error, else TransactionAborted (a produce refused
-        because the transaction is in an error state aborts the batch too)."""
+        """By the error's kind: WorkerFenced for fencing or a fatal error, TransactionRefused
+        for one no retry fixes, else TransactionAborted (a produce refused because the
+        transaction is in an error state aborts the batch too)."""
         err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-        if err is not None and (err.code() in _FENCED or kafka.is_fatal(err)):
-            return WorkerFenced(str(err))
-        return TransactionAborted(str(exc))
+        kind = kind_of(err) if err is not None else FailureKind.RETRIABLE
+        sorted_exc: TransactionAborted
+        if kind is FailureKind.NOT_RETRIABLE:
+            sorted_exc = TransactionRefused(str(err))
+        elif kind in (FailureKind.FENCED, FailureKind.FATAL):
+            sorted_exc = WorkerFenced(str(err))
+        else:
+            sorted_exc = TransactionAborted(str(exc))
+        sorted_exc.kafka_error = err
+        return sorted_exc
 
     def close(self) -> None:
         self.producer.flush(10)

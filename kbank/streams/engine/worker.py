@@ -13,6 +13,9 @@ polling), then resume at the group's committed offset (read with
 require_stable: librdkafka asks for stable offsets when reading
 read_committed, so a pending transaction of the previous owner is waited
 for). A failed or fenced transaction rewinds every task to its last commit.
+An error no retry fixes, or the same abort `BANK_ENGINE_ABORT_LIMIT` times in
+a row, ends the worker with one line (kbank.streams.engine.failures): it
+never spins, and its supervisor restarts it with a backoff.
 """
 from __future__ import annotations
 
@@ -28,6 +31,9 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from kbank.streams import kafka, topics
 from kbank.streams.config import Settings
+from kbank.streams.engine.failures import (AbortStreak, FailureKind, WorkerHalted, error_of,
+                                           halt_message, kind_of)
+from kbank.streams.health import record_halt
 from kbank.streams.engine.faults import EngineFaults, InjectedAbort
 from kbank.streams.engine.metrics import EngineMetrics
 from kbank.streams.engine.processor import BatchProcessor, Topics
@@ -35,8 +41,10 @@ from kbank.streams.engine.task import PartitionTask
 from kbank.streams.engine.restore import ChangelogRestore
 from kbank.streams.engine.state import PartitionStore
 from kbank.streams.storage import StoreBudget
-from kbank.streams.engine.transaction import (CommitOutcomeUnknown, EngineTransaction, TransactionAborted,
-                                        WorkerFenced)
+from kbank.streams.engine.transaction import (CommitOutcomeUnknown, EngineTransaction,
+                                              TransactionAborted, TransactionRefused,
+                                              WorkerFenced)
+from kbank.streams.principals import user_name
 
 log = logging.getLogger("bank.engine")
 
@@ -66,6 +74,7 @@ class EngineWorker:
         self.tasks: dict[int, PartitionTask] = {}
         self.batches = 0
         self.aborts = 0
+        self.streak = AbortStreak(settings.engine_abort_limit)
         self._stopping = False
         self.consumer = kafka.consumer(
             settings, kafka.ENGINE, settings.topic(topics.ENGINE_GROUP),
@@ -194,7 +203,7 @@ class EngineWorker:
                 for msg in received:
                     err = msg.error()
                     if err is not None:
-                        self._on_consume_error(err)
+                        self._on_consume_error(err, msg.topic())
                         continue
                     task = self.tasks.get(msg.partition())
                     if task is not None and msg.partition() not in self.restore.tasks:
@@ -236,12 +245,26 @@ class EngineWorker:
             return
         self.lag = lag
 
-    def _on_consume_error(self, err: KafkaError) -> None:
-        if kafka.is_fatal(err):   # exit, to be restarted, rather than poll a dead consumer
+    def _on_consume_error(self, err: KafkaError, topic: str | None = None) -> None:
+        kind = kind_of(err)
+        if kind is FailureKind.NOT_RETRIABLE:   # READ refused, a topic gone: no retry fixes it
+            self._halt(err, [topic] if topic else [], f"consuming: {err.str()}")
+        if kind is FailureKind.FATAL:   # exit, to be restarted, rather than poll a dead consumer
             raise RuntimeError(f"fatal consumer error: {err}")
         if err.code() != KafkaError._PARTITION_EOF:
             log.warning("consume error: %s", err)
             self.metrics.consume_errors.inc()
+
+    def _halt(self, err: KafkaError | None, topics_named: list[str], detail: str) -> None:
+        """End the worker with one line naming what was refused (WorkerHalted), recorded
+        where the supervisor and the views' /health read it."""
+        message = halt_message(self.worker_id,
+                               f"User:{user_name(self.settings, kafka.ENGINE)}"
+                               if self.settings.kafka_credentials else "(unauthenticated)",
+                               err, topics_named, detail)
+        log.error("%s", message)
+        record_halt(self.settings.state_dir, "worker", self.worker_id, message)
+        raise WorkerHalted(message)
 
     def _close(self) -> None:
         closer = threading.Thread(target=self.consumer.close, daemon=True)
@@ -289,6 +312,7 @@ class EngineWorker:
         except (TransactionAborted, InjectedAbort) as exc:
             self._rewind(exc)
             return
+        self.streak.committed()
         for task, credits, requests in batch:
             if credits:
                 task.next_credit = credits[-1].offset() + 1
@@ -306,6 +330,17 @@ class EngineWorker:
         batch committed: a new producer, and the committed offsets and stores read again."""
         self.aborts += 1
         self.metrics.aborted(type(exc).__name__)
+        err = error_of(exc)
+        cause = f"{type(exc).__name__}: {err.name() if err is not None else str(exc)[:120]}"
+        self.streak.aborted(cause)
+        refused = isinstance(exc, TransactionRefused) and not self.settings.unsafe_retry_refused
+        if refused or self.streak.exhausted:
+            detail = str(exc) if refused else \
+                f"{self.streak.count} aborts in a row, no commit between ({self.streak.describe()})"
+            try:
+                self.txn.abort()   # leave no open transaction behind (bounded: 30 s, or renew)
+            finally:
+                self._halt(err, self.txn.client_log.topics_named(), detail)
         fenced = isinstance(exc, WorkerFenced) or (
             isinstance(exc, CommitOutcomeUnknown) and not self.settings.unsafe_rerun_unknown_commit)
         log.warning("worker %s aborting transaction%s: %s", self.worker_id,

@@ -61,6 +61,7 @@ from kbank.streams.views.queries import highest, parse_rank_value, rank_value, t
 from kbank.streams.views.metrics import LagUnavailable, ViewsMetrics
 from kbank.streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys, split_history_value
 from kbank.streams.storage import StoreBudget
+from kbank.streams.views.engine_watch import EngineWatch
 from kbank.streams.views.web import observe_middleware, register_routes
 from kbank.streams.views.sources import SourceReader
 from kbank.streams.views.writes import TableWrites
@@ -177,7 +178,9 @@ class ViewsWorker:
         self.worker_id = worker_id
         self.web_port = web_port
         self.requests_topic = settings.topic(topics.REQUESTS)
-        self.metrics = ViewsMetrics(self.lag, settings.state_dir)
+        self.engine_watch = EngineWatch(settings)
+        self.metrics = ViewsMetrics(self.lag, settings.state_dir,
+                                    self.engine_watch.stalled_partitions)
         # every API key, tailed from auth.keys (none with BANK_UNSAFE_WEB_NO_AUTH: no checks)
         self.keys = None if settings.unsafe_web_no_auth else KeyRing(settings)
         self.generation = live_generation(settings, kafka.VIEWS, "bank-views-generation")
@@ -246,6 +249,7 @@ class ViewsWorker:
         self.app.agent(self.ledger_topic, name="apply-ledger")(self._subscription_only)
         self.app.agent(self.outcomes_topic, name="apply-outcomes")(self._subscription_only)
         self.app.task(self._fold_sources)
+        self.app.timer(2.0)(self._watch_engine)
         register_routes(self)
 
     # -- agents (Kafka plumbing only; decisions are in kbank.streams.views.fold) --
@@ -260,6 +264,12 @@ class ViewsWorker:
             log.critical("the views' fold failed; the worker exits", exc_info=True)
             logging.shutdown()
             os._exit(EXIT_FOLD_FAILED)
+
+    async def _watch_engine(self) -> None:
+        """Read the engine's offsets (off the event loop): /health tells a stalled engine."""
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, self.engine_watch.sample)
 
     async def _subscription_only(self, stream: Any) -> None:
         """Faust assigns a worker the source partitions its agents subscribe to, and the

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -78,53 +77,6 @@ def latency_summary(cumulative: list[float]) -> dict[str, Any]:
     return {"p50_ms": ms(0.5), "p99_ms": ms(0.99), "count": int(cumulative[-1]) if cumulative else 0}
 
 
-class EngineLag:
-    """Records not yet processed by the engine, per partition (its group's committed offsets
-    against the ends of transfers.requests and transfers.credits), read at most once a second
-    through the Admin API: the views only describe the engine's group, never join it."""
-
-    def __init__(self, worker: ViewsReads) -> None:
-        self.settings = worker.settings
-        self._admin: Any = None
-        self._lock = threading.Lock()
-        self._cached: tuple[float, list[dict[str, Any]]] = (0.0, [])
-
-    def read(self) -> list[dict[str, Any]]:
-        """Raises KafkaException (or a timeout) when the broker does not answer."""
-        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-        from confluent_kafka.admin import AdminClient, OffsetSpec
-
-        from kbank.streams import kafka
-
-        with self._lock:
-            at, rows = self._cached
-            if time.monotonic() - at < 1.0:
-                return rows
-            if self._admin is None:
-                self._admin = AdminClient(kafka.client_config(self.settings, kafka.VIEWS))
-            names = {"requests": self.settings.topic(topics.REQUESTS),
-                     "credits": self.settings.topic(topics.CREDITS)}
-            wanted = [TopicPartition(t, p) for t in names.values() for p in range(self.settings.partitions)]
-            group = self.settings.topic(topics.ENGINE_GROUP)
-            answer = self._admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group, wanted)], request_timeout=5)[group].result(10)
-            committed = {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions}
-
-            def offsets(spec: Any) -> dict[tuple[str, int], int]:
-                futures = self._admin.list_offsets({tp: spec for tp in wanted}, request_timeout=5)
-                return {(tp.topic, tp.partition): f.result(10).offset for tp, f in futures.items()}
-            low, high = offsets(OffsetSpec.earliest()), offsets(OffsetSpec.latest())
-            rows = []
-            for p in range(self.settings.partitions):
-                row: dict[str, Any] = {"partition": p}
-                for label, topic in names.items():
-                    done = committed.get((topic, p), -1)
-                    row[label] = max(0, high[(topic, p)] - (done if done >= 0 else low[(topic, p)]))
-                rows.append(row)
-            self._cached = (time.monotonic(), rows)
-            return rows
-
-
 def local_overview(worker: ViewsReads) -> dict[str, Any]:
     """What this worker alone knows: its latency histograms and its consumers' lag."""
     try:
@@ -154,7 +106,7 @@ async def gather_overviews(worker: ViewsReads, headers: dict[str, str]) -> list[
 
 
 def register_console(worker: ViewsReads) -> None:
-    engine_lag = EngineLag(worker)
+    engine_lag = worker.engine_watch.lag
     app = worker.app
     settings = worker.settings
 
@@ -204,6 +156,7 @@ def register_console(worker: ViewsReads) -> None:
                 "latency": {kind: latency_summary(merge_cumulative([w[kind] for w in answered]))
                             for kind in ("initiation", "completion")},
                 "engine_lag": engine, **({"engine_lag_reason": engine_reason} if engine_reason else {}),
+                "engine_progress": worker.engine_watch.state(),
                 "views_lag": [{"worker": w["worker"], "topic": t, "partition": p, "lag": n}
                               for w in answered for t, p, n in (w.get("lag") or [])],
                 "workers": [{k: w[k] for k in ("worker", "url", "ok", "reason") if k in w}

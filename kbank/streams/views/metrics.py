@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info,
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info,
                                ProcessCollector, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -67,8 +67,13 @@ class _CrashCollector(Collector):
 
 
 class ViewsMetrics:
-    def __init__(self, lag_source: LagSource, state_dir: str = ".state") -> None:
+    def __init__(self, lag_source: LagSource, state_dir: str = ".state",
+                 stalled_partitions: Callable[[], int] | None = None) -> None:
         self.registry = CollectorRegistry()
+        if stalled_partitions is not None:
+            Gauge("bank_engine_stalled_partitions", "engine partitions with records waiting and "
+                  "no transaction committed for BANK_ENGINE_STALL_AFTER_S (0: progressing)",
+                  registry=self.registry).set_function(stalled_partitions)
         self.ledger_events = Counter(
             "bank_views_ledger_events", "ledger events consumed, by what the views did with them",
             ["result"], registry=self.registry)

@@ -8,6 +8,7 @@ from kbank.streams.config import Settings
 from kbank.streams.keystore import KeyRing
 from kbank.streams.views.fold import AccountView, PartitionTotals
 from kbank.streams.views.metrics import ViewsMetrics
+from kbank.streams.views.engine_watch import EngineWatch
 
 
 class ViewsReads(Protocol):
@@ -16,6 +17,7 @@ class ViewsReads(Protocol):
     generation: str
     metrics: ViewsMetrics
     keys: KeyRing | None     # None: BANK_UNSAFE_WEB_NO_AUTH
+    engine_watch: EngineWatch   # whether the engine makes progress
     app: Any                 # the Faust app: pages, router, peers' URLs, rebalancing state
 
     @property

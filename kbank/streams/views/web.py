@@ -209,6 +209,17 @@ class Router:
                             retry_after=1) from None
 
 
+def stalled_for(worker: ViewsReads, account: str) -> str | None:
+    """Why a request of this account would not be decided soon: the engine's partition of
+    it is stalled (None: it is not, as far as the views can tell)."""
+    state = worker.engine_watch.state()
+    if state["engine"] != "stalled":
+        return None
+    if partition_for(account, worker.settings.partitions) not in state["stall"]["partitions"]:
+        return None
+    return f"the engine's partition of this account is stalled: {state['stall']['cause']}"
+
+
 def register_routes(worker: ViewsReads) -> None:
     app = worker.app
     settings = worker.settings
@@ -279,6 +290,8 @@ def register_routes(worker: ViewsReads) -> None:
         if "producer" not in intake:
             raise HTTPError(503, "starting", "worker is starting", retry_after=1)
         waiter: OutcomeWaiter = intake["waiter"]
+        if wait and (stall := stalled_for(worker, key_name)) is not None:
+            raise HTTPError(503, "engine_stalled", stall, retry_after=30)
         status_key = request_key(key_name, parsed.request_id)
         fut = waiter.register(status_key) if wait else None
         try:
@@ -635,8 +648,11 @@ def register_routes(worker: ViewsReads) -> None:
             if not accepting:
                 reasons.append("starting: the request producer or the API keys are not ready")
             ready = not reasons
+            engine = worker.engine_watch.state()   # the views serve reads whatever it says
             return json_response({
-                "status": "ok" if ready else "not_ready",
+                "status": ("ok" if engine["engine"] != "stalled" else "degraded") if ready
+                else "not_ready",
+                **engine,
                 **({"reason": "; ".join(reasons)} if reasons else {}),
                 "worker": worker.worker_id, "generation": worker.generation,
                 "ledger_partitions": worker.ledger_partitions(),

@@ -173,6 +173,12 @@ async function refreshOverview() {
   const li = o.latency.initiation, lc = o.latency.completion;
   $("lat-initiation").textContent = `${ms(li.p50_ms)} / ${ms(li.p99_ms)}`;
   $("lat-completion").textContent = `${ms(lc.p50_ms)} / ${ms(lc.p99_ms)}`;
+  const p = o.engine_progress || {engine: "unknown"};
+  $("engine-state").textContent = {ok: "Progressing", stalled: "STALLED", unknown: "Unknown"}[p.engine] || p.engine;
+  $("engine-card").className = `card ${p.engine === "stalled" ? "bad" : p.engine === "ok" ? "ok" : ""}`;
+  $("engine-detail").textContent = p.engine === "stalled"
+    ? `partitions ${p.stall.partitions.join(", ")} since ${new Date(p.stall.since).toISOString()}: ${p.stall.cause}`
+    : (p.reason || "");
   const eng = $("engine-lag").tBodies[0];
   eng.replaceChildren();
   for (const r of o.engine_lag || []) {

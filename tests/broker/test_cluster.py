@@ -10,18 +10,16 @@ import asyncio
 import os
 import threading
 import time
-import uuid
-from dataclasses import replace
 
 import pytest
 from confluent_kafka.admin import AdminClient
 
 from kbank.replay.views import compare, rebuild
-from kbank.streams import topics
+from kbank.streams import kafka, topics
 from kbank.streams.broker import KafkaCluster
 from kbank.streams.config import Settings
 from kbank.streams.supervisor import wait_for_views
-from kbank.streams.topics import ensure_topics
+from tests.conftest import TestCluster, deployment
 from tests.http import current_key
 from tests.workload import Workload, assert_invariants
 
@@ -32,24 +30,22 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = KafkaCluster(tmp_path_factory.mktemp("kafka3"), nodes=3).start()
+    c = KafkaCluster(tmp_path_factory.mktemp("kafka3"), nodes=3, secured=True).start()
     yield c
     c.stop()
 
 
 def _leader(settings: Settings, logical_topic: str, partition: int) -> int:
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(kafka.client_config(settings, kafka.TOOLS))
     return admin.list_topics(settings.topic(logical_topic), timeout=10) \
         .topics[settings.topic(logical_topic)].partitions[partition].leader
 
 
 def test_killing_brokers_controller_and_a_leader_mid_transaction_loses_nothing(
         cluster, pool_factory, views_factory, tmp_path):
-    settings = replace(Settings.from_env(), bootstrap_servers=cluster.bootstrap_servers,
-                       topic_prefix=f"c{uuid.uuid4().hex[:8]}-", state_dir=str(tmp_path / "state"),
-                       partitions=8, replication_factor=3,
-                       fault_commit_delay_ms=20, test_mode=True)   # transactions stay open a while: kills land in them
-    ensure_topics(settings)
+    # secured as `bank up --brokers 3` runs it; transactions stay open a while: kills land in them
+    settings = deployment(TestCluster(cluster.bootstrap_servers, cluster.admin_config(), cluster),
+                          tmp_path, replication_factor=3, fault_commit_delay_ms=20)
     engine = pool_factory(settings, 2)
     views = views_factory(settings, 1)
     names = [f"acct-{i}" for i in range(200)]

@@ -13,6 +13,7 @@ def test_cluster_ids_are_what_the_storage_tool_accepts():
 
 
 def test_a_node_dies_with_its_supervisor_and_a_held_data_dir_is_refused(tmp_path):
+    # unsecured on purpose: the broker process's life is tested here, not who connects to it
     """`bank up` killed hard must not leave its JVM holding the port and the data directory;
     while a node still runs on a directory, another start there is refused, naming the pid."""
     import os

@@ -23,12 +23,17 @@ TOPICS = Topics("req", "cred", "ledger", "out", "dead", "changelog", "batches")
 class RecordingOutput:
     def __init__(self, fail_on: str | None = None) -> None:
         self.sent: list[tuple[str, bytes | None, bytes, int | None]] = []
+        self.headers: list[list[tuple[str, bytes]] | None] = []   # of each record sent
         self.fail_on = fail_on
 
     def send(self, topic, key, value, partition=None, timestamp=None, on_delivery=None, headers=None):  # noqa: ANN001
         if topic == self.fail_on:
             raise TransactionAborted("the transaction is in an error state")
         self.sent.append((topic, key, value, partition))
+        self.headers.append(headers)
+
+    def record_delivery(self, err, msg) -> None:  # noqa: ANN001 - never called: nothing is delivered
+        raise AssertionError("no delivery reports here")
 
 
 def _request(partition: int, offset: int, key: bytes, body: bytes) -> Message:
@@ -97,6 +102,29 @@ def test_a_record_on_another_partition_is_forwarded_unchanged(task):
     owner = task.partition
     task.partition = (owner + 1) % 8    # the task of a partition alice's key does not map to
     body = orjson.dumps({"type": "open_account", "request_id": "o", "account": "alice"})
-    processor.run(task, [], [_request(task.partition, 7, b"alice", body)])
-    assert [(t, k, v, part) for t, k, v, part in out.sent if t == "req"] == [("req", b"alice", body, owner)]
-    assert not any(t == "ledger" for t, *_ in out.sent)
+    misrouted = task.partition
+    processor.run(task, [], [_request(misrouted, 7, b"alice", body)])
+    # to the engine's own topic (never the clients'), on the owner's partition, saying whence
+    forwards = [(i, rec) for i, rec in enumerate(out.sent) if rec[0] == "cred"]
+    assert [rec for _, rec in forwards] == [("cred", b"alice", body, owner)]
+    assert out.headers[forwards[0][0]] == [("bank-forwarded-from", f"req/{misrouted}/7".encode())]
+    assert not any(t in ("ledger", "req") for t, *_ in out.sent)
+    # the owner decides it with the client's record as its source
+    task.partition = owner
+    decided = RecordingOutput()
+    forwarded = Message(topic="cred", partition=owner, offset=3, key=b"alice", value=body,
+                        headers=out.headers[forwards[0][0]], timestamp=(1, 1_700_000_000_000))
+    BatchProcessor(Settings(), TOPICS, 8, decided).run(task, [forwarded], [])  # type: ignore[arg-type]
+    events = [orjson.loads(v) for t, _, v, _ in decided.sent if t == "ledger"]
+    assert [(e["kind"], e["source"]) for e in events] == [
+        ("opened", {"topic": "req", "partition": misrouted, "offset": 7})]
+
+
+def test_a_forwarded_request_with_a_malformed_header_is_dead_lettered(task):
+    out = RecordingOutput()
+    body = orjson.dumps({"type": "open_account", "request_id": "o", "account": "alice"})
+    forged = Message(topic="cred", partition=task.partition, offset=3, key=b"alice", value=body,
+                     headers=[("bank-forwarded-from", b"req/x/7")],
+                     timestamp=(1, 1_700_000_000_000))
+    BatchProcessor(Settings(), TOPICS, 8, out).run(task, [forged], [])  # type: ignore[arg-type]
+    assert [t for t, *_ in out.sent if t in ("ledger", "dead")] == ["dead"]

@@ -243,7 +243,7 @@ def source_ends(settings: Settings) -> dict[tuple[str, int], int]:
 
 def commit_views_group_offsets(settings: Settings, offsets: dict[tuple[str, int], int]) -> bool:
     """Commit offsets for the views' group; False while the group still has a member."""
-    consumer = kafka.consumer(settings, settings.topic(VIEWS_APP))
+    consumer = kafka.consumer(settings, kafka.VIEWS, settings.topic(VIEWS_APP))
     try:
         consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
                         asynchronous=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 from jsonschema import Draft202012Validator
 
 import kbank
@@ -227,8 +227,7 @@ def _committed_to_end(settings) -> bool:
     ends: dict[int, int] = {}
     for msg in read_topic(settings, settings.topic(topics.LEDGER)):
         ends[msg.partition()] = msg.offset() + 1
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                         "group.id": settings.topic(topics.WEBHOOKS_GROUP)})
+    consumer = kafka.consumer(settings, kafka.WEBHOOKS, settings.topic(topics.WEBHOOKS_GROUP))
     try:
         ledger = settings.topic(topics.LEDGER)
         committed = consumer.committed([TopicPartition(ledger, p) for p in ends], timeout=10)

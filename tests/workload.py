@@ -147,6 +147,16 @@ def assert_invariants(settings: Settings, workload: Workload, drained_by=None) -
     return report
 
 
+def denied_operations(log_path, settings: Settings) -> list[str]:  # noqa: ANN001 - a Path
+    """The broker's authorizer log lines (StandardAuthorizer, INFO) denying an operation to a
+    principal of this deployment (its users are named after its topic prefix)."""
+    import re
+
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    user = re.compile(rf"User:{re.escape(settings.topic_prefix)}\w+")
+    return [line for line in text.splitlines() if "Denied" in line and user.search(line)]
+
+
 def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.1) -> None:  # noqa: ANN001
     """Poll `condition()` until it is true; fail naming `what` after the timeout."""
     deadline = time.monotonic() + timeout_s

@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: closed loop at maximum)")
     parser.add_argument("--inflight", type=int, default=20_000, help="closed loop: most unfinished")
     parser.add_argument("--zipf", type=float, default=None, help="skew accounts with this Zipf exponent")
+    parser.add_argument("--misrouted", type=float, default=0.0, metavar="SHARE",
+                        help="send this share (0-1) of the transfers on a partition their key does "
+                             "not map to (as another partitioner would): the engine forwards them")
     parser.add_argument("--raw-messages", type=int, default=300_000)
     parser.add_argument("--out", default="bench-out", help="directory for the PNG plots")
     parser.add_argument("--json", action="store_true", help="print one JSON object per run")
@@ -92,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                              "running: the CPU ms of the reference work that every run samples "
                              "once a second (kbank/bench/procs.py), per minute")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.misrouted <= 1.0:
+        parser.error("--misrouted takes a share from 0 to 1")
     if args.machine_minutes:
         from kbank.bench.procs import machine_speed
 
@@ -197,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_bench(settings, workers=workers, accounts=args.accounts,
                                    seconds=args.seconds, warmup=args.warmup, rate=args.rate,
                                    inflight=args.inflight, zipf=args.zipf, views=args.views,
-                                   raw_msgs_per_s=raw["msgs_per_s"], broker_pids=broker_pids)
+                                   raw_msgs_per_s=raw["msgs_per_s"], broker_pids=broker_pids,
+                                   misrouted=args.misrouted)
                 result.auth = auth if embedded else "as configured"
                 results.append(result)
         finally:

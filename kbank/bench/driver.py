@@ -24,6 +24,7 @@ from kbank.streams.broker import free_port
 from kbank.streams.client import OutcomeTail, RequestSender
 from kbank.streams.config import Settings
 from kbank.streams.model import request_key
+from kbank.streams.partitioning import partition_for
 from kbank.streams.principals import secure_deployment
 from kbank.streams.supervisor import WorkerPool, wait_for_views
 from kbank.streams.topics import ensure_topics
@@ -181,9 +182,12 @@ def opened_by_engine(settings: Settings, accounts: int, deposit: int, workers: i
 
 def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float, warmup: float,
           rate: float | None, inflight: int, zipf: float | None, seed: int = 1,
-          pids_by_kind: dict[str, list[int]] | None = None) -> BenchResult:
+          pids_by_kind: dict[str, list[int]] | None = None,
+          misrouted: float = 0.0) -> BenchResult:
     """Send transfers for warmup + seconds; measure the window after the warm-up: latencies,
-    throughput (per minute too), and the CPU and memory of each kind of process in it."""
+    throughput (per minute too), and the CPU and memory of each kind of process in it.
+    `misrouted`: the share sent on a partition the sender's key does not map to (as a client
+    with another partitioner would), which the engine forwards."""
     rng = random.Random(seed)
     pick = _account_picker(accounts, zipf, rng)
     sender = RequestSender(settings, **{"linger.ms": 5, "acks": "all"})
@@ -231,8 +235,11 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
                               "to": f"a{dst}", "amount": rng.randint(1, 1000)})
         # the outcome's record key: model.request_key(sender, request_id)
         sent_at[b"%d:%s/%s" % (len(sender_name), sender_name, rid)] = time.perf_counter()
+        wrong = misrouted and rng.random() < misrouted
         kafka.produce_waiting(producer, topic, 0.001, value=value, key=sender_name,
-                              on_delivery=on_ack)
+                              on_delivery=on_ack, **({"partition": (partition_for(
+                                  sender_name, settings.partitions) + 1) % settings.partitions}
+                                  if wrong else {}))
         i += 1
         if i % 256 == 0:
             producer.poll(0)
@@ -277,7 +284,7 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
 def run_bench(settings: Settings, *, workers: int, accounts: int, seconds: float, warmup: float,
               rate: float | None, inflight: int, zipf: float | None, raw_msgs_per_s: float,
               views: int = 0, log_dir: str | None = None,
-              broker_pids: list[int] | None = None) -> BenchResult:
+              broker_pids: list[int] | None = None, misrouted: float = 0.0) -> BenchResult:
     """One benchmark run on fresh topics with `workers` engine processes (and `views` views
     workers folding the ledger meanwhile, their CPU measured too)."""
     settings = fresh_deployment(settings, "run")
@@ -298,7 +305,7 @@ def run_bench(settings: Settings, *, workers: int, accounts: int, seconds: float
         if views:
             pids["views"] = [p.pid for p in pools[1].procs.values()]
         result = drive(settings, clock, accounts, seconds, warmup, rate, inflight, zipf,
-                       pids_by_kind=pids)
+                       pids_by_kind=pids, misrouted=misrouted)
     finally:
         clock.close()
         for pool in pools:

@@ -25,7 +25,13 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
+import orjson
+from confluent_kafka import Producer
+
 from kbank.chaos.holds import HoldMix
+from kbank.streams import kafka, topics
+from kbank.streams.kafka import produce_waiting
+from kbank.streams.model import request_key
 from kbank.streams.broker import KafkaCluster, free_port
 from kbank.streams.client import OutcomeWatcher, RequestSender
 from kbank.streams.config import Settings, describe
@@ -46,6 +52,8 @@ class ChaosReport:
     faults: list[str] = field(default_factory=list)
     sent: int = 0
     duplicates_sent: int = 0
+    misrouted_sent: int = 0     # through librdkafka's default partitioner
+    hostile_sent: int = 0
     applied: int = 0
     completed: int = 0
     rejected: int = 0
@@ -65,7 +73,9 @@ class ChaosReport:
     def render(self) -> str:
         return "\n".join([
             f"faults injected      {len(self.faults)}: {', '.join(self.faults)}",
-            f"requests sent        {self.sent} (+{self.duplicates_sent} duplicate deliveries)",
+            f"requests sent        {self.sent} (+{self.duplicates_sent} duplicate deliveries; "
+            f"{self.misrouted_sent} by librdkafka's default partitioner, {self.hostile_sent} "
+            f"hostile records)",
             f"applied              {self.applied} ({self.completed} completed, {self.rejected} rejected)",
             f"lost                 {self.lost}",
             f"applied twice        {self.applied_twice}",
@@ -78,13 +88,33 @@ class ChaosReport:
         ])
 
 
+def hostile_requests(i: int, src: str, dst: str) -> list[tuple[dict | bytes, bool]]:
+    """Records a careless or hostile client sends, keyed by `src`: (record, whether it has
+    an outcome to wait for). None may stop the engine (issues 40 and 41)."""
+    return [
+        (b"not json at all", False),                                        # dead-lettered
+        ({"type": ["transfer"], "request_id": f"hz-{i}", "from": src, "to": dst, "amount": 1},
+         False),                                                            # rejected: invalid
+        ({"type": "linked", "request_id": f"hl-{i}", "from": src,
+          "transfers": [{"to": dst, "amount": 1, "from": None}]}, True),     # rejected: invalid
+        ({"type": "transfer", "request_id": f"hn-{i}", "from": src, "to": dst, "amount": -5},
+         True),                                                             # rejected: invalid
+    ]
+
+
 class Load(threading.Thread):
     """Transfers at a steady rate among opened accounts, every 30th sent twice; every 10th
-    step also makes a hold and may post, void or race an earlier one (kbank.chaos.holds)."""
+    step also makes a hold and may post, void or race an earlier one (kbank.chaos.holds).
+    Every 4th transfer goes through librdkafka's default partitioner (consistent_random: most
+    land on a partition their key does not map to, and are forwarded), and every 50th step
+    sends the hostile records of `hostile_requests`."""
 
     def __init__(self, settings: Settings, names: list[str], rate: float, seed: int = 3) -> None:
         super().__init__(daemon=True)
+        self.settings = settings
         self.sender = RequestSender(settings)
+        self.plain = Producer(kafka.client_config(settings, kafka.CLIENT))   # its defaults
+        self.misrouted = self.hostile = 0
         self.names, self.rate, self.rng = names, rate, random.Random(seed)
         self.holds = HoldMix(names, "ch", 3_000, random.Random(seed + 1))
         self.ids: list[str] = []
@@ -97,7 +127,19 @@ class Load(threading.Thread):
             src, dst = self.rng.sample(self.names, 2)
             req = {"type": "transfer", "request_id": f"c-{i}", "from": src, "to": dst,
                    "amount": self.rng.randint(1, 3_000)}
-            key = self.sender.send(req)
+            if i % 4 == 2:
+                self._send_plain(src, orjson.dumps(req))
+                key = request_key(src, req["request_id"])
+                self.misrouted += 1
+            else:
+                key = self.sender.send(req)
+            if i % 50 == 25:
+                for record, answered in hostile_requests(i, src, dst):
+                    raw = record if isinstance(record, bytes) else orjson.dumps(record)
+                    self._send_plain(src, raw)
+                    self.hostile += 1
+                    if answered:
+                        self.ids.append(request_key(src, record["request_id"]))
             if i % 30 == 0:
                 self.sender.send(req)
                 self.duplicates += 1
@@ -110,6 +152,13 @@ class Load(threading.Thread):
             if ahead > 0:
                 time.sleep(ahead)
         self.sender.flush()
+        self.plain.flush(60)
+
+    def _send_plain(self, account: str, value: bytes) -> None:
+        """A record through the plain producer, keyed by `account`."""
+        produce_waiting(self.plain, self.settings.topic(topics.REQUESTS), key=account.encode(),
+                        value=value)
+        self.plain.poll(0)
 
 
 def run_chaos(settings: Settings, seconds: float, every: float, rate: float, accounts: int,
@@ -165,6 +214,7 @@ def run_chaos(settings: Settings, seconds: float, every: float, rate: float, acc
             time.sleep(0.5)
         watcher.close()
         report.sent, report.duplicates_sent = len(all_ids), load.duplicates
+        report.misrouted_sent, report.hostile_sent = load.misrouted, load.hostile
         _check(settings, report, urls, views, log, api_key)
     finally:
         for pool in (engine, views):

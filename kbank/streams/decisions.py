@@ -160,7 +160,9 @@ EXPIRE = "expire"   # the engine's own message (on transfers.credits), never a c
 
 def deciding_account(body: dict[str, Any]) -> Any:
     """The field naming the account that decides a request (and keys its record)."""
-    return body.get("from") if body.get("type") in _SENT_FROM else body.get("account")
+    kind = body.get("type")
+    return body.get("from") if isinstance(kind, str) and kind in _SENT_FROM \
+        else body.get("account")
 
 
 def expiry_message(hold_id: str, hold: Hold) -> dict[str, Any]:
@@ -342,6 +344,8 @@ def parse_request(key: bytes | None, value: bytes | None) -> Request:
     req = Request(body, request_id, account)
     if len(value) > MAX_REQUEST_BYTES:
         req.problem = f"the request is {len(value)} bytes, over the limit of {MAX_REQUEST_BYTES}"
+    elif not isinstance(kind, str):
+        req.problem = f"type must be a string, not {_quote(kind)}"
     elif kind == EXPIRE:
         req.problem = "expire is the engine's own: a hold expires at its deadline"
     elif kind not in _FIELDS:
@@ -417,7 +421,7 @@ def _members_problem(sender: str, members: Any) -> str | None:
         if not isinstance(member, dict) or set(member) - {"from"} != {"to", "amount"}:
             return f"transfers[{i}] must be an object with to, amount and, optionally, from"
         to, debtor = member["to"], member.get("from")
-        if not is_name(to) or (debtor is not None and not is_name(debtor)):
+        if not is_name(to) or ("from" in member and not is_name(debtor)):
             return f"transfers[{i}]: account names must be strings of 1 to 128 characters"
         if to == sender or to in receivers:
             return f"transfers[{i}]: each transfer goes to a different account than the others and the sender"

@@ -153,6 +153,32 @@ def wait_for_views(urls: list[str], partitions: int, timeout_s: float = 120.0) -
     return False
 
 
+def engine_report(url: str) -> str | None:
+    """What a views worker's /health says of the engine, as one line (None: no answer)."""
+    import urllib.error
+    import urllib.request
+
+    import orjson
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+            health = orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:   # 503: not ready, but it still says
+        try:
+            health = orjson.loads(exc.read())
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+    state = health.get("engine")
+    if state == "stalled":
+        stall = health["stall"]
+        return (f"ENGINE STALLED on partitions {stall['partitions']} since "
+                f"{time.strftime('%H:%M:%S', time.localtime(stall['since'] / 1000))}: "
+                f"{stall['cause']}")
+    return None if state is None else f"engine {'progressing' if state == 'ok' else state}"
+
+
 def wait_for_views_caught_up(urls: list[str], timeout_s: float = 300.0) -> bool:
     """Wait until every views worker has folded its sources to their end and the changelog
     acknowledged all of its table writes, and that stays so for a second."""
@@ -260,9 +286,16 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: ReadyHoo
                 if once:
                     return 0 if ok else 1
             print("serving; Ctrl-C to stop", flush=True)
+            said, asked_at = "engine progressing", 0.0
             while not stopping:
                 for pool in pools:
                     pool.restart_dead(backoff=True)
+                if views and time.monotonic() - asked_at > 5:   # a stall, said once as it starts
+                    asked_at = time.monotonic()                 # and once as it ends
+                    report = engine_report(urls[0])
+                    if report is not None and report.split(" since")[0] != said.split(" since")[0]:
+                        print(report, flush=True)
+                        said = report
                 time.sleep(0.5)
         finally:
             print("stopping workers", flush=True)

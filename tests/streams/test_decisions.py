@@ -207,3 +207,16 @@ def test_no_bytes_make_the_parser_raise_anything_but_undecodable(raw):
 def test_no_two_requests_share_a_marker(a, b):
     """Whatever characters scopes and ids hold (NULs and digits included)."""
     assert (request_marker(*a) == request_marker(*b)) == (a == b)
+
+
+@pytest.mark.parametrize("body", [
+    {"type": ["transfer"], "request_id": "pz-1", "from": "a", "to": "b", "amount": 1},
+    {"type": {"t": 1}, "request_id": "pz-2", "account": "a"},
+    {"type": "linked", "request_id": "pz-3", "from": "a",
+     "transfers": [{"to": "b", "amount": 1}, {"to": "c", "amount": 1, "from": None}]},
+])
+def test_a_field_of_the_wrong_type_is_a_problem_not_a_crash(body):
+    """Issue 41: a list for the type crashed parse_request (unhashable), a null member
+    `from` crashed the rules; both crash-looped every engine worker."""
+    req = parse_request(b"a", orjson.dumps(body))
+    assert req.problem is not None and req.request_id == body["request_id"]

@@ -179,6 +179,7 @@ class ViewsWorker:
         self.web_port = web_port
         self.requests_topic = settings.topic(topics.REQUESTS)
         self.engine_watch = EngineWatch(settings)
+        self._watching = False
         self.metrics = ViewsMetrics(self.lag, settings.state_dir,
                                     self.engine_watch.stalled_partitions)
         # every API key, tailed from auth.keys (none with BANK_UNSAFE_WEB_NO_AUTH: no checks)
@@ -249,7 +250,7 @@ class ViewsWorker:
         self.app.agent(self.ledger_topic, name="apply-ledger")(self._subscription_only)
         self.app.agent(self.outcomes_topic, name="apply-outcomes")(self._subscription_only)
         self.app.task(self._fold_sources)
-        self.app.timer(2.0)(self._watch_engine)
+        self.app.timer(3.0)(self._watch_engine)
         register_routes(self)
 
     # -- agents (Kafka plumbing only; decisions are in kbank.streams.views.fold) --
@@ -266,10 +267,17 @@ class ViewsWorker:
             os._exit(EXIT_FOLD_FAILED)
 
     async def _watch_engine(self) -> None:
-        """Read the engine's offsets (off the event loop): /health tells a stalled engine."""
+        """Read the engine's offsets (off the event loop): /health tells a stalled engine. A
+        reading that takes longer than the interval (a broker down) is not doubled."""
         import asyncio
 
-        await asyncio.get_running_loop().run_in_executor(None, self.engine_watch.sample)
+        if self._watching:
+            return
+        self._watching = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.engine_watch.sample)
+        finally:
+            self._watching = False
 
     async def _subscription_only(self, stream: Any) -> None:
         """Faust assigns a worker the source partitions its agents subscribe to, and the

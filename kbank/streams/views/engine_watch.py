@@ -44,19 +44,23 @@ class InputOffsets:
 
 class EngineLag:
     """The engine group's committed offsets against the ends of transfers.requests and
-    transfers.credits, read at most once a second through the Admin API."""
+    transfers.credits, read at most once a second.
+
+    Read with a consumer that names the engine's group but never joins it (OffsetFetch and
+    ListOffsets only: the views' DESCRIBE on that group), not the Admin API: sampled every
+    few seconds in every views worker, librdkafka's admin requests timing out while a
+    broker was down ended a views worker on an internal assertion (rd_kafka_enq_once)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._admin: Any = None
+        self._reader: Any = None
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[tuple[str, int], InputOffsets]] = (0.0, {})
 
     def offsets(self) -> dict[tuple[str, int], InputOffsets]:
-        """(input, partition) -> offsets. Raises KafkaException (or a timeout) when the broker
-        does not answer."""
-        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-        from confluent_kafka.admin import AdminClient, OffsetSpec
+        """(input, partition) -> offsets. Raises KafkaException when the broker does not
+        answer in time."""
+        from confluent_kafka import TopicPartition
 
         from kbank.streams import kafka
 
@@ -64,24 +68,21 @@ class EngineLag:
             at, found = self._cached
             if time.monotonic() - at < 1.0:
                 return found
-            if self._admin is None:
-                self._admin = AdminClient(kafka.client_config(self.settings, kafka.VIEWS))
+            if self._reader is None:
+                self._reader = kafka.consumer(self.settings, kafka.VIEWS,
+                                              self.settings.topic(topics.ENGINE_GROUP))
             names = {"requests": self.settings.topic(topics.REQUESTS),
                      "credits": self.settings.topic(topics.CREDITS)}
             wanted = [TopicPartition(t, p) for t in names.values()
                       for p in range(self.settings.partitions)]
-            group = self.settings.topic(topics.ENGINE_GROUP)
-            answer = self._admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group, wanted)], request_timeout=5)[group].result(10)
-            committed = {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions}
-
-            def ends(spec: Any) -> dict[tuple[str, int], int]:
-                futures = self._admin.list_offsets({tp: spec for tp in wanted}, request_timeout=5)
-                return {(tp.topic, tp.partition): f.result(10).offset for tp, f in futures.items()}
-            low, high = ends(OffsetSpec.earliest()), ends(OffsetSpec.latest())
-            found = {(label, p): InputOffsets(committed.get((topic, p), -1), low[(topic, p)],
-                                              high[(topic, p)])
-                     for label, topic in names.items() for p in range(self.settings.partitions)}
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in self._reader.committed(wanted, timeout=10)}
+            found = {}
+            for label, topic in names.items():
+                for p in range(self.settings.partitions):
+                    low, high = self._reader.get_watermark_offsets(TopicPartition(topic, p),
+                                                                   timeout=5)
+                    found[(label, p)] = InputOffsets(committed.get((topic, p), -1), low, high)
             self._cached = (time.monotonic(), found)
             return found
 

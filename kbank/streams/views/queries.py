@@ -32,10 +32,18 @@ class QueryError(ValueError):
     """A query that cannot be answered as asked (a bad cursor, a window past the budget)."""
 
 
+MAX_TIME_MS = 253_402_300_799_999   # 9999-12-31T23:59:59.999Z, what ISO-8601 can say
+
+
 def parse_time(text: str) -> int:
-    """Milliseconds since the epoch from an ISO-8601 time or a number of milliseconds."""
-    if text.isdigit():
+    """Milliseconds since the epoch from an ISO-8601 time or a number of milliseconds (ASCII
+    digits, at most MAX_TIME_MS: a `²` or 5,000 digits is refused, never an error)."""
+    if text.isascii() and text.isdigit():
+        if len(text) > len(str(MAX_TIME_MS)) or int(text) > MAX_TIME_MS:
+            raise QueryError(f"a time in milliseconds is at most {MAX_TIME_MS}")
         return int(text)
+    if len(text) > 64:
+        raise QueryError(f"not a time: {text[:40]!r}... (ISO-8601 or epoch milliseconds)")
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

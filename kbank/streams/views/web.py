@@ -268,8 +268,6 @@ def register_routes(worker: ViewsReads) -> None:
         if "requested_by" in body:
             raise HTTPError(400, "invalid", "requested_by is set by the server: the API key's id")
         if api_key is not None:
-            if (refusal := submit_refusal(api_key, body, key_name)) is not None:
-                raise HTTPError(403, "forbidden", refusal)
             body["requested_by"] = api_key.principal
         key = key_name.encode("utf-8", "surrogatepass")
         try:
@@ -282,6 +280,9 @@ def register_routes(worker: ViewsReads) -> None:
             raise HTTPError(400, "invalid", str(exc)) from None
         if parsed.problem is not None:
             raise HTTPError(400, "invalid", parsed.problem)
+        # the key's rights are checked on the validated body (its fields have their types)
+        if api_key is not None and (refusal := submit_refusal(api_key, body, key_name)):
+            raise HTTPError(403, "forbidden", refusal)
         wait = request.query.get("wait")
         if wait not in (None, "completed"):
             raise HTTPError(400, "invalid", "wait must be 'completed'")

@@ -100,3 +100,10 @@ def test_a_statement_adds_up_and_names_its_events():
         queries.statement(READ, 60, T0 + 5, T0, False, 3)
     with pytest.raises(QueryError):
         queries.parse_time("yesterday")
+
+
+@pytest.mark.parametrize("text", ["²", "1" * 5_000, str(2**64), "9" * 16, "x" * 70])
+def test_a_time_no_query_can_use_is_refused_with_a_reason(text):
+    """Issue 41: `as_of=²`, 5,000 digits and a `to` past 64 bits answered 500."""
+    with pytest.raises(queries.QueryError):
+        queries.parse_time(text)

@@ -291,3 +291,22 @@ def test_a_cross_site_page_can_neither_post_nor_frame_nor_rebind(web):
     rebound = request("GET", f"{url}/accounts/victim", headers={"Host": "attacker.example"})
     assert rebound.status == 421 and rebound.json()["error"] == "misdirected"
     assert request("GET", f"{url}/health", headers={"Host": "localhost"}).status == 200
+
+
+def test_the_inputs_that_answered_500_answer_400_with_a_reason(web):
+    """Issue 41's seven: a list for the type, null or malformed linked members, and times no
+    query can use; each answered 500 with a traceback in the log."""
+    settings, views, url = web
+    check("POST", url, "/requests?wait=completed", orjson.dumps(
+        {"type": "open_account", "request_id": "o-e", "account": "e"}), expect=200)
+    for body in ({"type": ["transfer"], "from": "e", "to": "f", "amount": 1},
+                 {"type": "linked", "from": "e", "transfers": None},
+                 {"type": "linked", "from": "e",
+                  "transfers": [{"to": "f", "amount": 1}, {"to": "g", "amount": 1, "from": None}]},
+                 {"type": "linked", "from": "e", "transfers": ["from"]}):
+        resp = check("POST", url, "/requests", orjson.dumps(body), expect=400)
+        assert resp.json()["reason"], resp.body
+    for path in (f"/accounts/e/statement?from=0&to={2**64}", "/accounts/e/balance?as_of=²",
+                 f"/accounts/e/transfers?from={'1' * 5000}"):
+        resp = request("GET", url + quote(path, safe="/?=&"))
+        assert resp.status == 400 and resp.json()["reason"], (path[:60], resp.status, resp.body[:200])

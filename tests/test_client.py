@@ -145,6 +145,9 @@ def test_queries_over_http_and_the_cli(bank):
     first, last = events[-1]["ts"], events[0]["ts"]
     st = get_json(f"{url}/accounts/q/statement?from={first}&to={last}&daily=true")
     assert (st["opening_balance"], st["closing_balance"]) == (0, events[0]["balance"])
+    # without `to`, to now: the same events (issue 41)
+    assert get_json(f"{url}/accounts/q/statement?from={first}")["counts"] == \
+        {"opened": 1, "deposited": 1, "debited": 8}
     assert st["money_in"] == 10_000 and st["money_out"] == sum(100 + i for i in range(8))
     assert st["counts"] == {"opened": 1, "deposited": 1, "debited": 8}
     resp = request("GET", f"{url}/accounts/r/statement?from=0&to={quote('2100-01-01T00:00:00')}")

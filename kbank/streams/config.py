@@ -149,6 +149,10 @@ class Settings:
         "env": "BANK_WEBHOOK_CONCURRENCY",
         "help": "calls one webhook worker makes to one receiver at once (a slow receiver "
                 "holds only its own)"})
+    webhooks_per_key: Annotated[int, Field(ge=1, le=100_000)] = field(default=100, metadata={
+        "env": "BANK_WEBHOOKS_PER_KEY",
+        "help": "webhooks one API key may have registered at a time (POST /webhooks past it: "
+                "409 webhook_limit)"})
     webhook_max_pending: Annotated[int, Field(ge=1, le=10_000_000)] = field(default=100_000, metadata={
         "env": "BANK_WEBHOOK_MAX_PENDING",
         "help": "deliveries one webhook may have waiting in one worker; past it a new event's "

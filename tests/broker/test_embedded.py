@@ -50,3 +50,37 @@ def test_a_node_dies_with_its_supervisor_and_a_held_data_dir_is_refused(tmp_path
         parent.kill()
     again = KafkaCluster(data).start()      # the directory is free again
     again.stop()
+
+
+def test_the_super_users_password_is_on_no_command_line_and_the_directories_are_private(
+        tmp_path, monkeypatch):
+    """Issue 41: formatting the storage put the password in /proc/<pid>/cmdline, and the
+    logs and node directories were world-readable."""
+    import subprocess
+
+    import kbank.streams.broker as broker
+    from kbank.streams.broker import KafkaCluster
+
+    argvs: list[list[str]] = []
+    real_run, real_popen = subprocess.run, subprocess.Popen
+
+    def run(cmd, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        argvs.append(list(cmd))
+        return real_run(cmd, *args, **kwargs)
+
+    class Popen(real_popen):  # type: ignore[misc, valid-type]
+        def __init__(self, cmd, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+            argvs.append(list(cmd))
+            super().__init__(cmd, *args, **kwargs)
+    monkeypatch.setattr(broker.subprocess, "run", run)
+    monkeypatch.setattr(broker.subprocess, "Popen", Popen)
+    cluster = KafkaCluster(tmp_path / "kafka", secured=True).start()
+    try:
+        password = cluster.admin_password
+        assert password and argvs
+        assert not [a for a in argvs if any(password in part for part in a)], "on a command line"
+        for path in (cluster.data_dir, cluster.data_dir / "logs", cluster.nodes[0].data_dir):
+            assert path.stat().st_mode & 0o077 == 0, path
+        assert not list(cluster.nodes[0].data_dir.glob("*.args"))   # the argfile is gone
+    finally:
+        cluster.stop()

@@ -224,6 +224,13 @@ def _live_holder(node: "KafkaNode") -> int | None:
     return pid if b"kafka.Kafka" in cmdline and str(node.data_dir).encode() in cmdline else None
 
 
+def private_dir(path: Path) -> Path:
+    """A directory only its owner may enter (made so, or made so now)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
 class KafkaCluster:
     """One or three Apache Kafka KRaft nodes on 127.0.0.1, stopped on exit."""
 
@@ -234,7 +241,8 @@ class KafkaCluster:
         self.data_dir = Path(data_dir).resolve()
         if clean:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)            # node dirs hold secrets, logs name principals
+        private_dir(self.data_dir / "logs")
         ports = [port + i for i in range(nodes)] if port else [free_port() for _ in range(nodes)]
         self.nodes = [KafkaNode(i + 1, ports[i], free_port(), self.data_dir / f"node-{i + 1}")
                       for i in range(nodes)]
@@ -276,7 +284,7 @@ class KafkaCluster:
 
     def _config_path(self, node: KafkaNode) -> Path:
         path = node.data_dir / "server.properties"
-        node.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(node.data_dir)
         path.write_text(node.properties(self.voters, self.replication, self.admin_password))
         path.chmod(0o600)   # it holds the admin's password when secured
         (node.data_dir / "log4j2.yaml").write_text(_LOG4J.format(log=node.log_path))
@@ -291,12 +299,24 @@ class KafkaCluster:
                               "--clean or choose another --data-dir")
         cluster_id = _cluster_id()
         for node in fresh:
-            cmd = [java_command(), "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-                   "-t", cluster_id, "-c", str(self._config_path(node))]
+            args = ["-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
+                    "-t", cluster_id, "-c", str(self._config_path(node))]
             if self.admin_password is not None:
-                cmd += ["--add-scram", f"{SCRAM_MECHANISM}=[name={ADMIN_USER},"
-                                       f"password={self.admin_password}]"]
-            done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+                args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={ADMIN_USER},"
+                                        f"password={self.admin_password}]"]
+            # the arguments in a file only the user reads (the java launcher's @argfile): on a
+            # command line the super user's password would be in /proc for anyone to see
+            argfile = node.data_dir / "format.args"
+            argfile.unlink(missing_ok=True)
+            fd = os.open(argfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write("\n".join('"' + a.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                                    for a in args) + "\n")
+            try:
+                done = subprocess.run([java_command(), f"@{argfile}"], capture_output=True,
+                                      text=True, stdin=subprocess.DEVNULL)
+            finally:
+                argfile.unlink(missing_ok=True)
             if done.returncode != 0:
                 raise BrokerError(f"formatting node {node.node_id} failed: {done.stdout}{done.stderr}")
 

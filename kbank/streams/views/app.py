@@ -213,6 +213,10 @@ class ViewsWorker:
             web_router_enabled=False, web_tables_enabled=False, web_graph_enabled=False,
             web_stats_enabled=False, web_metrics_enabled=False,
             key_serializer="raw", value_serializer="raw",
+            # every setting above is ours: Faust reads WEB_PORT, WEB_HOST, BROKER_URL and
+            # dozens more from the environment over what it is given, so it gets none (a
+            # WEB_PORT exported in a shell took every views worker to one port)
+            env={},
         )
         self.app.source_positions = self.source_positions
         MonotoneRocksDBStore.last_write_wins = settings.unsafe_views_last_write_wins

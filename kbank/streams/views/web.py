@@ -522,12 +522,14 @@ def register_routes(worker: ViewsReads) -> None:
         async def get(self, request: aioweb.Request, account: str) -> aioweb.Response:
             async def local() -> aioweb.Response:
                 view = await account_view(request, account)
-                if "from" not in request.query or "to" not in request.query:
-                    raise HTTPError(400, "invalid", "from and to are required (ISO-8601 or ms)")
+                if "from" not in request.query:
+                    raise HTTPError(400, "invalid", "from is required (ISO-8601 or ms); to "
+                                    "defaults to now")
+                to = request.query.get("to")   # a statement without `to` runs to now
                 found = query(lambda: queries.statement(
                     account_reader(account), view.seq,
                     queries.parse_time(request.query["from"]),
-                    queries.parse_time(request.query["to"]),
+                    queries.parse_time(to) if to is not None else int(time.time() * 1000),
                     request.query.get("daily") in ("1", "true"),
                     partition_for(account, settings.partitions), settings.web_query_budget))
                 return json_response({"account": account, "currency": view.currency, **found})

@@ -133,6 +133,10 @@ def register_webhook_routes(worker: ViewsReads, send: Callable[[], Send]) -> Non
             if outside:
                 raise HTTPError(403, "forbidden", f"API key {key.id} does not cover "  # type: ignore[union-attr]
                                 f"account {outside[0]!r}")
+            owned = sum(1 for h in registry().hooks.values() if h.owner == hook.owner)
+            if owned >= settings.webhooks_per_key:   # (as far as this worker has read them)
+                raise HTTPError(409, "webhook_limit", f"this key has {owned} webhooks, the most "
+                                f"one key may have (BANK_WEBHOOKS_PER_KEY); delete some first")
             await store(hook.id, hook)
             return json_response({**hook.public(), "secret": hook.secret}, status=201)
 

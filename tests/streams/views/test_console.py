@@ -153,6 +153,12 @@ def test_the_console_shows_the_system_live_and_moves_money(settings, pool_factor
         events = text(browser, "transfer-events")
         assert "debited" in events and "credited" in events and "ledger.events p" in events
         shoot(browser, tmp_path, "transfer")
+        # an id holding "@" (or "/") names that id of that account, never another's request
+        from urllib.parse import quote
+        browser.get(f"{url}/#/transfer/{quote(src, safe='')}/{quote('x@victim/1', safe='')}")
+        wait_until(lambda: browser.find_element(By.ID, "transfer-id").get_attribute("value")
+                   == "x@victim/1", 30, "the link's id in the form")
+        assert browser.find_element(By.ID, "transfer-account").get_attribute("value") == src
 
         # a bad one: the server's reason, next to the field it is about
         browser.get(f"{url}/#/new")

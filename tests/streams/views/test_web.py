@@ -310,3 +310,15 @@ def test_the_inputs_that_answered_500_answer_400_with_a_reason(web):
                  f"/accounts/e/transfers?from={'1' * 5000}"):
         resp = request("GET", url + quote(path, safe="/?=&"))
         assert resp.status == 400 and resp.json()["reason"], (path[:60], resp.status, resp.body[:200])
+
+
+def test_faust_takes_no_setting_from_the_environment(settings, views_factory, monkeypatch):
+    """Issue 41: with WEB_PORT exported, Faust took it over the port each views worker is
+    given, and all but one crash-looped on "address already in use"."""
+    for name, value in (("WEB_PORT", "1"), ("WEB_BIND", "203.0.113.1"),
+                        ("WEB_HOST", "elsewhere.invalid"), ("BROKER_URL", "kafka://127.0.0.1:9"),
+                        ("F_WEB_BIND", "203.0.113.1")):
+        monkeypatch.setenv(name, value)
+    views = views_factory(settings, 2)      # each ready on its own port, or this fails
+    for wid in views.procs:
+        assert get_json(f"{views.url(wid)}/health")["worker"] == wid

@@ -184,7 +184,8 @@ def test_every_event_arrives_through_a_sigkill_and_dead_receivers_are_parked_and
 
 
 def test_registrations_are_checked_and_owned(settings, views_factory, receiver):
-    settings = replace(settings, webhook_allowed_hosts=f"127.0.0.1:{receiver.port}")
+    settings = replace(settings, webhook_allowed_hosts=f"127.0.0.1:{receiver.port}",
+                       webhooks_per_key=2)
     url = views_factory(settings, 1).url("0")
     base = f"http://127.0.0.1:{receiver.port}"
     for body, why in (({"url": "http://169.254.169.254/latest", "events": ["*"]}, "allowed list"),
@@ -212,7 +213,14 @@ def test_registrations_are_checked_and_owned(settings, views_factory, receiver):
         assert resp.status == 404, (method, path, resp.status)
     assert request("GET", f"{url}/webhooks", key=None).status == 401
     assert get_json(f"{url}/webhooks")["webhooks"][0]["owner"] == mine["owner"]   # the operator
+    # a key may have BANK_WEBHOOKS_PER_KEY of them (issue 41: one key registered 1,000)
+    second = _post(f"{url}/webhooks", {"url": f"{base}/ok", "accounts": ["alice"]}, key=alice)
+    third = request("POST", f"{url}/webhooks", orjson.dumps(
+        {"url": f"{base}/ok", "accounts": ["alice"]}), key=alice)
+    assert third.status == 409 and third.json()["error"] == "webhook_limit", third.body
     assert request("DELETE", f"{url}/webhooks/{mine['id']}", key=alice).status == 200
+    assert request("DELETE", f"{url}/webhooks/{second['id']}", key=alice).status == 200
+    _post(f"{url}/webhooks", {"url": f"{base}/ok", "accounts": ["alice"]}, key=alice)
 
 
 def _register(settings, hook: Webhook) -> None:

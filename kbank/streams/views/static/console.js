@@ -106,11 +106,15 @@ $("signin-form").addEventListener("submit", async (ev) => {
 });
 $("signout").addEventListener("click", () => signOut("Signed out."));
 const enc = encodeURIComponent;
+// the console's link to a request: its account and its id, each encoded on its own
+const transferLink = (rid, account) => account ? `#/transfer/${enc(account)}/${enc(rid)}` : `#/transfer/${enc(rid)}`;
 
 // -- pages -----------------------------------------------------------------
 const pages = ["overview", "account", "transfer", "new"];
 function route() {
-  const [, page = "", arg = ""] = location.hash.split("/");
+  // each part is encoded on its own (encodeURIComponent encodes "/" and "@"), so an id or
+  // an account holding either cannot name another request
+  const [, page = "", arg = "", second = ""] = location.hash.split("/");
   const name = { "": "overview", account: "account", transfer: "transfer", new: "new" }[page] || "overview";
   for (const p of pages) $(`page-${p}`).hidden = p !== name;
   document.querySelectorAll("nav a").forEach((a) => {
@@ -120,7 +124,7 @@ function route() {
   const decoded = decodeURIComponent(arg);
   if (name === "account" && decoded) { $("account-id").value = decoded; showAccount(decoded); }
   if (name === "transfer" && decoded) {
-    const [rid, sender = ""] = decoded.split("@");
+    const sender = second ? decoded : "", rid = second ? decodeURIComponent(second) : decoded;
     $("transfer-id").value = rid;
     $("transfer-account").value = sender;
     showTransfer(rid, sender);
@@ -273,7 +277,7 @@ async function loadHistory(before) {
     if (e.counterparty) cell(row, e.counterparty, `#/account/${enc(e.counterparty)}`); else cell(row, "");
     cell(row, money(e.balance, d)); cell(row, when(e.ts));
     cell(row, Object.entries(e.metadata || {}).map(([k, v]) => `${k}=${v}`).join(", "));
-    cell(row, e.request_id, `#/transfer/${enc(`${e.request_id}@${a}`)}`);
+    cell(row, e.request_id, transferLink(e.request_id, a));
     cell(row, pos && pos.offset !== null ? `ledger.events p${pos.partition} @${pos.offset}` : "–");
   });
   const first = page.entries.length ? page.entries[0].seq : 0;
@@ -376,7 +380,7 @@ async function showTransfer(requestId, sender) {
 $("transfer-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const rid = $("transfer-id").value.trim(), sender = $("transfer-account").value.trim();
-  location.hash = `#/transfer/${enc(sender ? `${rid}@${sender}` : rid)}`;
+  location.hash = transferLink(rid, sender);
 });
 
 // -- new transfer -------------------------------------------------------------
@@ -413,7 +417,7 @@ $("new-form").addEventListener("submit", async (ev) => {
       await new Promise((r) => setTimeout(r, 500));
       out = await api(`/transfers/${enc(requestId)}?account=${enc(from)}`).catch(() => out);
     }
-    const link = `#/transfer/${enc(`${requestId}@${from}`)}`;
+    const link = transferLink(requestId, from);
     $("new-result").innerHTML = "";
     $("new-result").append(`Transfer ${requestId}: ${out.status}${out.reason ? ` (${out.reason})` : ""}. `);
     const a = document.createElement("a");

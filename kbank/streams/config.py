@@ -185,6 +185,15 @@ class Settings:
         "help": "an engine worker whose poll loop makes no step for this long prints every "
                 "thread's stack to its log and exits, to be restarted (a client call stuck on a "
                 "lost broker must not stall its partitions forever; 0 = never)"})
+    engine_failure_limit: Annotated[int, Field(ge=1, le=100)] = field(default=3, metadata={
+        "env": "BANK_ENGINE_FAILURE_LIMIT",
+        "help": "a request the engine fails deciding this many times (a bug: each failure "
+                "ends the worker) is refused with engine_error and dead-lettered, so it cannot "
+                "halt its partitions; money in flight is never skipped (the worker halts)"})
+    fault_bug_on: str = field(default="", metadata={
+        "env": "BANK_FAULT_BUG_ON", "testing": True,
+        "help": "testing: a planted bug: the engine raises deciding a record of this input "
+                "(`requests:TEXT` or `credits:TEXT`) whose value contains TEXT"})
     engine_abort_limit: Annotated[int, Field(ge=1, le=10_000)] = field(default=10, metadata={
         "env": "BANK_ENGINE_ABORT_LIMIT",
         "help": "an engine worker whose batches abort this many times in a row (no commit "

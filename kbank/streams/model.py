@@ -146,12 +146,14 @@ ACCOUNT_CLOSED = "account_closed"
 ACCOUNT_FROZEN = "account_frozen"
 ACCOUNT_NOT_EMPTY = "account_not_empty"    # a close while money is on, held by or held for it
 DUPLICATE_EXTERNAL_REF = "duplicate_external_ref"   # the sender used this external_ref already
+ENGINE_ERROR = "engine_error"     # the engine failed deciding it again and again (contained)
 # reasons that answer a re-sent request id: they never override the first decision's status
 RESENT_REASONS = frozenset({DUPLICATE, IDEMPOTENCY_CONFLICT})
 REASONS = frozenset({INSUFFICIENT_FUNDS, LIMIT_EXCEEDED, UNKNOWN_ACCOUNT, INVALID, DUPLICATE,
                      ACCOUNT_EXISTS, UNKNOWN_HOLD, HOLD_CLOSED, HOLD_EXCEEDED,
                      IDEMPOTENCY_CONFLICT, OVERFLOW, CURRENCY_MISMATCH, MAX_BALANCE_EXCEEDED,
-                     ACCOUNT_CLOSED, ACCOUNT_FROZEN, ACCOUNT_NOT_EMPTY, DUPLICATE_EXTERNAL_REF})
+                     ACCOUNT_CLOSED, ACCOUNT_FROZEN, ACCOUNT_NOT_EMPTY, DUPLICATE_EXTERNAL_REF,
+                     ENGINE_ERROR})
 
 # messages on transfers.credits
 CREDIT, REFUND, REJECT_NOTICE = "credit", "refund", "reject_notice"

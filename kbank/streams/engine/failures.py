@@ -157,6 +157,8 @@ class AbortStreak:
 def halt_message(worker_id: str, principal: str, err: KafkaError | None, topics: list[str],
                  detail: str) -> str:
     """The one line a halted worker leaves: what was refused, on what, to whom."""
+    if err is None and not topics:   # not the broker's refusal: the engine's own reason
+        return f"engine worker {worker_id} halted ({principal}): {detail}"
     what = refused_operation(err) if err is not None else "a batch"
     on = f" on topic {', '.join(topics)}" if topics else ""
     code = f" ({err.name()})" if err is not None else ""

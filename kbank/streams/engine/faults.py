@@ -69,3 +69,17 @@ class EngineFaults:
         every = self.settings.fault_unknown_commit_every
         if every and self._committed % every == 0:
             raise InjectedUnknownCommit(f"injected unknown outcome of committed batch {batch_no}")
+
+
+class PlantedBug:
+    """BANK_FAULT_BUG_ON (testing): `requests:TEXT` or `credits:TEXT` makes the engine raise,
+    as a bug would, deciding a record of that input whose value contains TEXT."""
+
+    def __init__(self, spec: str) -> None:
+        topic, _, text = spec.partition(":")
+        self.topic_suffix = f"transfers.{topic}" if text else ""
+        self.text = text.encode()
+
+    def planted_bug(self, msg) -> None:  # noqa: ANN001 - a confluent_kafka Message
+        if self.text and msg.topic().endswith(self.topic_suffix) and self.text in (msg.value() or b""):
+            raise RuntimeError(f"a planted bug (BANK_FAULT_BUG_ON) at {msg.topic()}@{msg.offset()}")

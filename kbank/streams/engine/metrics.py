@@ -20,7 +20,7 @@ class _WorkerCollector(Collector):
         stats = self.stats()
         decided = CounterMetricFamily("bank_engine_records_decided",
                                       "input records decided (committed or not), by kind", labels=["kind"])
-        for kind in ("requests", "credits", "forwarded", "deadletters", "expiries"):
+        for kind in ("requests", "credits", "forwarded", "deadletters", "expiries", "contained"):
             decided.add_metric([kind], getattr(stats, kind))
         yield decided
         lag = GaugeMetricFamily("bank_engine_consumer_lag", "records between the engine's position "

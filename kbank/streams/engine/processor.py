@@ -21,16 +21,19 @@ import orjson
 from confluent_kafka import KafkaError, Message
 
 from kbank.streams.config import Settings
-from kbank.streams.decisions import (BadMessage, Decision, Rules, Undecodable, expiry_message,
-                               parse_message)
+from kbank.streams.decisions import (MAX_DETAIL, BadMessage, Decision, Rules, Undecodable,
+                                     expiry_message, parse_message, parse_request)
 from kbank.streams.engine.apply import (MAX_OUTPUT_BYTES, NEVER_EXPIRES, credit_decision,
                                        expiry_horizon, record, request_decision)
 from kbank.streams.engine.changelog import (CHAIN_KEY, CLOCK_KEY, SUPPLY_KEY, BatchRecord,
                                             account_key, hold_key)
 from kbank.streams.engine import routing
+from kbank.streams.engine.faults import PlantedBug
+from kbank.streams.engine.poison import FailureLog, MoneyInFlightFails
 from kbank.streams.engine.task import PartitionTask
 from kbank.streams.engine.transaction import EngineTransaction
-from kbank.streams.model import VERSION_HEADERS, Position, split_request_key
+from kbank.streams.model import (ENGINE_ERROR, REJECTED_STATUS, VERSION_HEADERS, Position,
+                                 outcome, split_request_key)
 
 DEADLETTER_COPY_BYTES = 4_096  # of a dead-lettered record's value, the rest is cut (and said so)
 # expiry index entries a batch may retire beyond three per input (an input makes at most
@@ -56,6 +59,7 @@ class ProcessorStats:
     forwarded: int = 0
     deadletters: int = 0
     expiries: int = 0
+    contained: int = 0   # requests refused with engine_error (kbank.streams.engine.poison)
 
 
 class BatchProcessor:
@@ -70,6 +74,8 @@ class BatchProcessor:
         self.out = out
         self.dedupe = not settings.unsafe_no_dedupe
         self.stats = ProcessorStats()
+        self.failures = FailureLog(settings.state_dir, settings.engine_failure_limit)
+        self.faults = PlantedBug(settings.fault_bug_on)
 
     def run(self, task: PartitionTask, credits: list[Message], requests: list[Message],
             mid_changelog=None) -> tuple[tuple[int, int], tuple[int, int]]:  # noqa: ANN001
@@ -141,12 +147,49 @@ class BatchProcessor:
     def _guarded(self, task: PartitionTask, msg: Message, apply) -> None:  # noqa: ANN001
         """Apply one record. Bad input is dead-lettered by `apply` itself (only decoding and
         validation errors are); anything else is a bug in the engine: it propagates, with
-        the record named, and aborts the batch and the worker, loudly."""
+        the record named, and aborts the batch and the worker, loudly, counted at its
+        position; once a position has failed BANK_ENGINE_FAILURE_LIMIT times, its record is
+        contained (kbank.streams.engine.poison) instead of halting its partitions."""
+        if self.failures.known:   # empty unless a record failed before
+            position = f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
+            error = self.failures.exhausted(position)
+            if error is not None and self._is_request(msg):
+                self._contain(task, msg, error)
+                return
         try:
+            self.faults.planted_bug(msg)
             apply(task, msg)
         except Exception as exc:
-            exc.add_note(f"while deciding {msg.topic()}[{msg.partition()}]@{msg.offset()}")
+            position = f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
+            count = self.failures.failed(position, f"{type(exc).__name__}: {exc}")
+            if count >= self.failures.limit and not self._is_request(msg):
+                raise MoneyInFlightFails(   # tried again at each start: heals once fixed
+                    f"{position} failed {count} times ({type(exc).__name__}: {exc}): money "
+                    f"in flight is never skipped; the engine needs a fix") from exc
+            exc.add_note(f"while deciding {msg.topic()}[{msg.partition()}]@{msg.offset()} "
+                         f"(failure {count} of {self.failures.limit} at this position)")
             raise
+
+    def _is_request(self, msg: Message) -> bool:
+        """A client's request (on its topic, or forwarded to the engine's own), not money in
+        flight."""
+        return msg.topic() == self.topics.requests or any(
+            name == routing.FORWARDED_FROM for name, _ in msg.headers() or [])
+
+    def _contain(self, task: PartitionTask, msg: Message, error: str) -> None:
+        """A request that keeps failing: refused (engine_error) and dead-lettered with the
+        error."""
+        self.stats.contained += 1
+        self._dead_letter(msg, f"engine_error after {self.failures.limit} failures: {error}")
+        try:
+            req = parse_request(msg.key(), msg.value())
+        except Exception:  # noqa: BLE001 - the parser may be what fails: dead-lettered only
+            return
+        ts = msg.timestamp()[1]
+        self._emit(task, Decision(outcomes=[outcome(
+            req.account or "", req.request_id, REJECTED_STATUS, ts, ENGINE_ERROR,
+            f"the engine failed deciding it {self.failures.limit} times: {error}"[:MAX_DETAIL])]),
+            ts)
 
     def _forward_if_misrouted(self, task: PartitionTask, msg: Message) -> bool:
         """Forward a request of another partition's key to that partition (routing)."""

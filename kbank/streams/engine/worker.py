@@ -36,6 +36,7 @@ from kbank.streams.engine.failures import (AbortStreak, FailureKind, WorkerHalte
 from kbank.streams.health import record_halt
 from kbank.streams.engine.faults import EngineFaults, InjectedAbort
 from kbank.streams.engine.metrics import EngineMetrics
+from kbank.streams.engine.poison import MoneyInFlightFails
 from kbank.streams.engine.processor import BatchProcessor, Topics
 from kbank.streams.engine.task import PartitionTask
 from kbank.streams.engine.restore import ChangelogRestore
@@ -299,9 +300,12 @@ class EngineWorker:
             for task in due:
                 self.processor.request_expiries(task, now_ms)
             for task, credits, requests in batch:
-                (c0, c1), (r0, r1) = self.processor.run(
-                    task, credits, requests,
-                    mid_changelog=lambda: self.faults.mid_changelog(batch_no, self.txn.flush))
+                try:
+                    (c0, c1), (r0, r1) = self.processor.run(
+                        task, credits, requests,
+                        mid_changelog=lambda: self.faults.mid_changelog(batch_no, self.txn.flush))
+                except MoneyInFlightFails as exc:   # never skipped: stop, with the reason
+                    self._halt(None, [], str(exc))
                 if credits:
                     offsets.append(TopicPartition(self.topics.credits, task.partition, c1))
                 if requests:

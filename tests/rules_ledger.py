@@ -56,18 +56,21 @@ class Ledger:
     def supply(self) -> int:
         return self.state.money
 
-    def emit(self, d: Decision) -> None:
-        """Encode every output (bounded), then apply the decision, as the processor does."""
+    def emit(self, d: Decision, ts: int | None = None) -> None:
+        """Encode every output (bounded), then apply the decision, as the processor does: with
+        its input's timestamp (a credit's is its sending input's, not the time it arrives),
+        which stamps its markers and its messages."""
+        ts = self.ts if ts is None else ts
         previous = self.applied.get(d.marker) if d.marker is not None else None
-        assert previous is None or (int(previous.split("|")[0]) + self.rules.id_window_ms <= self.ts
+        assert previous is None or (int(previous.split("|")[0]) + self.rules.id_window_ms <= ts
                                     and not d.marker.startswith("i:")), (d.marker, previous)
-        out = record(self.state, d, self.ts)
+        out = record(self.state, d, ts)
         assert self.supply <= self.rules.supply_cap
         if out.event is not None:
             self.events.append(out.event)
         self.outcomes += d.outcomes
         self.pending += [m for _, m in d.messages]
-        self.pending_ts += [self.ts] * len(d.messages)
+        self.pending_ts += [ts] * len(d.messages)
 
     def send_raw(self, key: bytes | None, value: bytes) -> list[dict]:
         """Decide one transfers.requests record; returns its outcomes."""
@@ -95,7 +98,7 @@ class Ledger:
         except BadMessage as exc:
             self.dead_letters.append(str(exc))
             return
-        self.emit(decision)
+        self.emit(decision, ts)
 
     def deliver(self, i: int = 0, again: bool = False) -> None:
         """Deliver the oldest pending message of some receiver (transfers.credits keeps each

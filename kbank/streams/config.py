@@ -83,6 +83,10 @@ class Settings:
     transaction_timeout_ms: Annotated[int, Field(ge=1_000, le=900_000)] = field(default=10000, metadata={
         "env": "BANK_TRANSACTION_TIMEOUT_MS",
         "help": "transaction timeout of the engine's transactional producer"})
+    max_hold_timeout_s: Annotated[int, Field(ge=1, le=366 * 86_400)] = field(default=30 * 86_400, metadata={
+        "env": "BANK_MAX_HOLD_TIMEOUT_S",
+        "help": "decision rule: the longest timeout_s a hold may have (a longer one is rejected "
+                "invalid); 30 days by default"})
     max_transfer_amount: Annotated[int, Field(ge=0, le=MAX_AMOUNT)] = field(default=0, metadata={
         "env": "BANK_MAX_TRANSFER_AMOUNT",
         "help": "decision rule: reject transfers above this amount (limit_exceeded); 0 = no cap"})
@@ -149,6 +153,10 @@ class Settings:
         "env": "BANK_WEBHOOK_CONCURRENCY",
         "help": "calls one webhook worker makes to one receiver at once (a slow receiver "
                 "holds only its own)"})
+    webhook_redrive_interval_s: Annotated[float, Field(ge=0, le=86_400)] = field(default=10.0, metadata={
+        "env": "BANK_WEBHOOK_REDRIVE_INTERVAL_S",
+        "help": "POST /webhooks/{id}/redrive at most once this often per webhook and views "
+                "worker (429 with Retry-After before)"})
     webhooks_per_key: Annotated[int, Field(ge=1, le=100_000)] = field(default=100, metadata={
         "env": "BANK_WEBHOOKS_PER_KEY",
         "help": "webhooks one API key may have registered at a time (POST /webhooks past it: "

@@ -244,12 +244,23 @@ class Rules:
     max_transfer_amount: int = 0   # 0: no cap; above it a transfer is rejected limit_exceeded
     supply_cap: int = MAX_AMOUNT
     id_window_ms: int = 7 * DAY_MS  # how long an applied id is remembered (engine/apply.py)
+    # the longest a hold may reserve money (BANK_MAX_HOLD_TIMEOUT_S): a 1-unit hold to
+    # another account with a one-year timeout blocked that account's close for a year
+    max_hold_timeout_s: int = 30 * 86_400
 
     @classmethod
     def from_settings(cls, settings: Any, partitions: int) -> "Rules":
         return cls(max_transfer_amount=settings.max_transfer_amount,
                    supply_cap=MAX_AMOUNT // max(1, partitions),
-                   id_window_ms=settings.id_window_ms)
+                   id_window_ms=settings.id_window_ms,
+                   max_hold_timeout_s=settings.max_hold_timeout_s)
+
+    def hold_problem(self, body: dict[str, Any]) -> str | None:
+        """What is wrong with a (parsed, valid) hold under these rules, if anything."""
+        if body.get("type") == "hold" and body["timeout_s"] > self.max_hold_timeout_s:
+            return (f"timeout_s must be at most {self.max_hold_timeout_s} "
+                    f"(BANK_MAX_HOLD_TIMEOUT_S)")
+        return None
 
 
 @dataclass(slots=True)
@@ -539,6 +550,8 @@ def decide_request(req: Request, acct: Account | None, first: FirstDecision | No
     An external_ref is unique per sender the same way: the first valid transfer, hold or
     linked transfer that names it claims it, whatever it is decided; a later request with
     another id naming it is rejected duplicate_external_ref."""
+    if req.problem is None and (problem := rules.hold_problem(req.body)) is not None:
+        req = replace(req, problem=problem)
     labels = _labels(req.body) if req.problem is None else _labels(
         {REQUESTED_BY: req.body.get(REQUESTED_BY)})
     if first is not None:

@@ -220,3 +220,18 @@ def test_a_field_of_the_wrong_type_is_a_problem_not_a_crash(body):
     `from` crashed the rules; both crash-looped every engine worker."""
     req = parse_request(b"a", orjson.dumps(body))
     assert req.problem is not None and req.request_id == body["request_id"]
+
+
+def test_a_hold_longer_than_the_rules_allow_is_invalid():
+    """Issue 41: a 1-unit hold with a one-year timeout blocked the receiver's close for a
+    year; holds last at most BANK_MAX_HOLD_TIMEOUT_S (30 days by default)."""
+    from kbank.streams.decisions import Rules
+
+    body = {"type": "hold", "request_id": "h", "from": "alice", "to": "bob", "amount": 1,
+            "timeout_s": 31 * 86_400}
+    acct = Account(balance=10)
+    decided = decide_request(req(body, "alice"), acct, None, TS, POS, Rules())
+    assert [(o["status"], o["reason"]) for o in decided.outcomes] == [("rejected", "invalid")]
+    assert "BANK_MAX_HOLD_TIMEOUT_S" in decided.outcomes[0]["detail"]
+    longer = Rules(max_hold_timeout_s=366 * 86_400)
+    assert decide_request(req(body, "alice"), acct, None, TS, POS, longer).outcomes[0]["status"] == "held"

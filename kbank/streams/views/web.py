@@ -22,7 +22,8 @@ from faust.web import View
 
 from kbank.streams.apikeys import AUDITOR, OPERATOR, submit_refusal
 from kbank.streams.config import Settings
-from kbank.streams.decisions import MAX_NAME, Undecodable, deciding_account, parse_request
+from kbank.streams.decisions import (MAX_NAME, Rules, Undecodable, deciding_account,
+                                     parse_request)
 from kbank.streams.partitioning import partition_for
 from kbank.streams.views.console import register_console
 from kbank.streams.views.webhooks import register_webhook_routes
@@ -225,6 +226,7 @@ def register_routes(worker: ViewsReads) -> None:
     settings = worker.settings
     router = Router(worker)
     cap = settings.web_wait_timeout_s
+    hold_rules = Rules.from_settings(settings, settings.partitions)
     intake: dict[str, Any] = {}
 
     @app.task
@@ -280,6 +282,8 @@ def register_routes(worker: ViewsReads) -> None:
             raise HTTPError(400, "invalid", str(exc)) from None
         if parsed.problem is not None:
             raise HTTPError(400, "invalid", parsed.problem)
+        if (problem := hold_rules.hold_problem(body)) is not None:   # the engine's rule too
+            raise HTTPError(400, "invalid", problem)
         # the key's rights are checked on the validated body (its fields have their types)
         if api_key is not None and (refusal := submit_refusal(api_key, body, key_name)):
             raise HTTPError(403, "forbidden", refusal)

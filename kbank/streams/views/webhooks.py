@@ -61,6 +61,7 @@ def register_webhook_routes(worker: ViewsReads, send: Callable[[], Send]) -> Non
     app, settings = worker.app, worker.settings
     hosts = allowed_hosts(settings)
     tails: dict[str, Any] = {}
+    redriven_at: dict[str, float] = {}   # webhook id -> when this worker last redrove it
 
     @app.task
     async def start_webhook_tails() -> None:
@@ -174,9 +175,19 @@ def register_webhook_routes(worker: ViewsReads, send: Callable[[], Send]) -> Non
     @app.page("/webhooks/{webhook_id}/redrive")
     class RedriveWebhook(View):
         async def post(self, request: aioweb.Request, webhook_id: str) -> aioweb.Response:
-            """Every failed delivery of the webhook is tried again from its first attempt."""
+            """Every failed delivery of the webhook is tried again from its first attempt; at
+            most once per BANK_WEBHOOK_REDRIVE_INTERVAL_S per webhook (per views worker): a
+            client hammering its own webhook's redrive made the webhook workers re-read its
+            registration thousands of times and delayed everyone's deliveries."""
             await read_registrations()
             hook = changeable(request, webhook_id)
+            now = time.monotonic()
+            wait = redriven_at.get(hook.id, -1e9) + settings.webhook_redrive_interval_s - now
+            if wait > 0:
+                raise HTTPError(429, "rate_limited", f"webhook {hook.id} was redriven less than "
+                                f"{settings.webhook_redrive_interval_s:g} s ago",
+                                retry_after=max(1, int(wait + 0.999)))
+            redriven_at[hook.id] = now
             return await update(request, webhook_id, redrive=hook.redrive + 1)
 
     @app.page("/webhooks/{webhook_id}/deliveries")

@@ -42,17 +42,24 @@ def _request(partition: int, offset: int, key: bytes, body: bytes) -> Message:
 
 
 @pytest.fixture
+def here(tmp_path) -> Settings:
+    """Settings whose state directory is the test's own: the processor counts a failing
+    record's failures there (kbank.streams.engine.poison), and they must not outlive it."""
+    return Settings(state_dir=str(tmp_path / "state"))
+
+
+@pytest.fixture
 def task(tmp_path):
     store = PartitionStore(str(tmp_path / "p"), StoreBudget(64))
     yield PartitionTask(partition_for("alice", 8), store)
     store.close()
 
 
-def test_a_bug_in_the_rules_is_not_dead_lettered_but_raised_with_the_record_named(task, monkeypatch):
+def test_a_bug_in_the_rules_is_not_dead_lettered_but_raised_with_the_record_named(here, task, monkeypatch):
     """A bug is not bad input: it must stop the batch (and the worker) loudly, never turn a
     request into a silent dead letter."""
     out = RecordingOutput()
-    processor = BatchProcessor(Settings(), TOPICS, 8, out)  # type: ignore[arg-type]
+    processor = BatchProcessor(here, TOPICS, 8, out)  # type: ignore[arg-type]
     p = task.partition
     import kbank.streams.engine.apply as module
 
@@ -72,9 +79,9 @@ def test_a_bug_in_the_rules_is_not_dead_lettered_but_raised_with_the_record_name
     assert processor.stats.deadletters == 0 and not any(t == "dead" for t, *_ in out.sent)
 
 
-def test_bad_input_is_dead_lettered_bounded_and_the_batch_goes_on(task):
+def test_bad_input_is_dead_lettered_bounded_and_the_batch_goes_on(here, task):
     out = RecordingOutput()
-    processor = BatchProcessor(Settings(), TOPICS, 8, out)  # type: ignore[arg-type]
+    processor = BatchProcessor(here, TOPICS, 8, out)  # type: ignore[arg-type]
     p = task.partition
     huge = b"x" * 500_000
     processor.run(task, [Message(topic="cred", partition=p, offset=0, key=b"alice", value=huge,
@@ -88,17 +95,17 @@ def test_bad_input_is_dead_lettered_bounded_and_the_batch_goes_on(task):
     assert any(t == "ledger" for t, *_ in out.sent), "the next record was still decided"
 
 
-def test_a_failed_output_aborts_the_batch_instead_of_dead_lettering(task):
-    processor = BatchProcessor(Settings(), TOPICS, 8, RecordingOutput(fail_on="ledger"))  # type: ignore[arg-type]
+def test_a_failed_output_aborts_the_batch_instead_of_dead_lettering(here, task):
+    processor = BatchProcessor(here, TOPICS, 8, RecordingOutput(fail_on="ledger"))  # type: ignore[arg-type]
     with pytest.raises(TransactionAborted):
         processor.run(task, [], [_request(task.partition, 0, b"alice", orjson.dumps(
             {"type": "open_account", "request_id": "o", "account": "alice"}))])
     assert processor.stats.deadletters == 0
 
 
-def test_a_record_on_another_partition_is_forwarded_unchanged(task):
+def test_a_record_on_another_partition_is_forwarded_unchanged(here, task):
     out = RecordingOutput()
-    processor = BatchProcessor(Settings(), TOPICS, 8, out)  # type: ignore[arg-type]
+    processor = BatchProcessor(here, TOPICS, 8, out)  # type: ignore[arg-type]
     owner = task.partition
     task.partition = (owner + 1) % 8    # the task of a partition alice's key does not map to
     body = orjson.dumps({"type": "open_account", "request_id": "o", "account": "alice"})
@@ -114,17 +121,17 @@ def test_a_record_on_another_partition_is_forwarded_unchanged(task):
     decided = RecordingOutput()
     forwarded = Message(topic="cred", partition=owner, offset=3, key=b"alice", value=body,
                         headers=out.headers[forwards[0][0]], timestamp=(1, 1_700_000_000_000))
-    BatchProcessor(Settings(), TOPICS, 8, decided).run(task, [forwarded], [])  # type: ignore[arg-type]
+    BatchProcessor(here, TOPICS, 8, decided).run(task, [forwarded], [])  # type: ignore[arg-type]
     events = [orjson.loads(v) for t, _, v, _ in decided.sent if t == "ledger"]
     assert [(e["kind"], e["source"]) for e in events] == [
         ("opened", {"topic": "req", "partition": misrouted, "offset": 7})]
 
 
-def test_a_forwarded_request_with_a_malformed_header_is_dead_lettered(task):
+def test_a_forwarded_request_with_a_malformed_header_is_dead_lettered(here, task):
     out = RecordingOutput()
     body = orjson.dumps({"type": "open_account", "request_id": "o", "account": "alice"})
     forged = Message(topic="cred", partition=task.partition, offset=3, key=b"alice", value=body,
                      headers=[("bank-forwarded-from", b"req/x/7")],
                      timestamp=(1, 1_700_000_000_000))
-    BatchProcessor(Settings(), TOPICS, 8, out).run(task, [forged], [])  # type: ignore[arg-type]
+    BatchProcessor(here, TOPICS, 8, out).run(task, [forged], [])  # type: ignore[arg-type]
     assert [t for t, *_ in out.sent if t in ("ledger", "dead")] == ["dead"]

@@ -245,11 +245,11 @@ class ShareRun:
     used: dict[tuple[str, str, int | None], list[bytes]]               # slot -> live message taken
 
 
-def simulate_share(settings: Settings, rules: Rules, share: list[int]) -> ShareRun:
+def simulate_share(settings: Settings, rules: Rules, share: list[int],
+                   partitions: int) -> ShareRun:
     """Re-decide the inputs of the partitions in `share`, each partition in the live order;
-    a credit slot takes the live message."""
+    a credit slot takes the live message (`partitions`: the live topics' count)."""
     order, requests, credits = live_inputs(settings, share)
-    partitions = partition_count(settings, topics.REQUESTS, kafka.TOOLS)
     gen = Generation()
     used: dict[tuple[str, str, int | None], list[bytes]] = defaultdict(list)
     sent: dict[tuple[str, str, int | None], list[tuple[int, bytes]]] = defaultdict(list)
@@ -306,7 +306,8 @@ def simulate_in_parallel(settings: Settings, rules: Rules, partitions: int,
     partitions than the live ones, a partition's inputs depend on the others' new
     decisions: then the shares' work is dropped and `simulate` runs in one process."""
     shares = partition_shares(settings, settings.topic(topics.REQUESTS), processes)
-    runs = in_processes(simulate_share, [(settings, rules, share) for share in shares])
+    runs = in_processes(simulate_share, [(settings, rules, share, partitions)
+                                         for share in shares])
     if not shares_agree(runs):
         print("recompute: the new rules change messages between partitions; "
               "recomputing in one process", flush=True)

@@ -77,7 +77,7 @@ def test_recompute_reproduces_the_live_ledger_and_names_what_a_rule_changes(sett
     # shares agree with each other, and their decisions are the one-process ones
     rules = Rules.from_settings(settings, settings.partitions)
     halves = [list(range(0, settings.partitions, 2)), list(range(1, settings.partitions, 2))]
-    runs = [simulate_share(settings, rules, half) for half in halves]
+    runs = [simulate_share(settings, rules, half, settings.partitions) for half in halves]
     assert shares_agree(runs)
     assert events_by_account(e for run in runs for e in run.gen.events) == events_by_account(same.events)
     assert sorted(o for run in runs for o in run.gen.outcomes) == sorted(same.outcomes)
@@ -89,7 +89,7 @@ def test_recompute_reproduces_the_live_ledger_and_names_what_a_rule_changes(sett
     capped = simulate(settings, capped_rules, settings.partitions, show_progress=False)
     # it sends fewer credits, so shares filled with the live messages disagree: the parallel
     # recompute must notice and decide in one process
-    assert not shares_agree([simulate_share(settings, capped_rules, half) for half in halves])
+    assert not shares_agree([simulate_share(settings, capped_rules, half, settings.partitions) for half in halves])
     capped_in_two = simulate_in_parallel(settings, capped_rules, settings.partitions, 2)
     assert events_by_account(capped_in_two.events) == events_by_account(capped.events)
     report = diff(settings, capped)

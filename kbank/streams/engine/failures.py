@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
 
+from kbank.streams.kafka import is_fatal
+
 log = logging.getLogger("bank.engine")
 
 
@@ -76,7 +78,7 @@ def kind_of(err: KafkaError) -> FailureKind:
         return FailureKind.NOT_RETRIABLE
     if err.code() in _FENCED:
         return FailureKind.FENCED
-    if err.fatal() or err.code() == KafkaError._FATAL:
+    if is_fatal(err):
         return FailureKind.FATAL
     return FailureKind.RETRIABLE
 

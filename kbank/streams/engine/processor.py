@@ -173,8 +173,7 @@ class BatchProcessor:
     def _is_request(self, msg: Message) -> bool:
         """A client's request (on its topic, or forwarded to the engine's own), not money in
         flight."""
-        return msg.topic() == self.topics.requests or any(
-            name == routing.FORWARDED_FROM for name, _ in msg.headers() or [])
+        return msg.topic() == self.topics.requests or routing.is_forwarded(msg)
 
     def _contain(self, task: PartitionTask, msg: Message, error: str) -> None:
         """A request that keeps failing: refused (engine_error) and dead-lettered with the

@@ -42,6 +42,11 @@ def forward_headers(msg: Message) -> list[tuple[str, bytes]]:
     return [(FORWARDED_FROM, f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode())]
 
 
+def is_forwarded(msg: Message) -> bool:
+    """Whether a record carries the forward header (a request, not money in flight)."""
+    return any(name == FORWARDED_FROM for name, _ in msg.headers() or [])
+
+
 def forwarded_from(msg: Message) -> Position | None:
     """The original request's position if this transfers.credits record is a forwarded
     request, else None. Only the engine writes that topic, but a malformed header is still

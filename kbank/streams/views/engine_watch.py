@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from kbank.streams import topics
 from kbank.streams.config import Settings
 from kbank.streams.health import read_crashes
@@ -190,7 +192,7 @@ class EngineWatch:
         """Read the offsets once (blocking: run it off the event loop)."""
         try:
             self._offsets = self.lag.offsets()
-        except Exception as exc:  # noqa: BLE001 - the broker did not answer: shown, not raised
+        except KafkaException as exc:   # the broker did not answer: shown, not raised
             self.progress.failed(f"{type(exc).__name__}: {exc}")
             return
         now = time.monotonic()

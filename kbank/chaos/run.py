@@ -113,7 +113,7 @@ class Load(threading.Thread):
         super().__init__(daemon=True)
         self.settings = settings
         self.sender = RequestSender(settings)
-        self.plain = Producer(kafka.client_config(settings, kafka.CLIENT))   # its defaults
+        self.plain = Producer(kafka.client_config(settings, kafka.OPERATOR))   # its defaults
         self.misrouted = self.hostile = 0
         self.names, self.rate, self.rng = names, rate, random.Random(seed)
         self.holds = HoldMix(names, "ch", 3_000, random.Random(seed + 1))

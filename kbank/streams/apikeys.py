@@ -24,7 +24,7 @@ import hmac
 import re
 import secrets
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import orjson
 
@@ -127,6 +127,11 @@ class ApiKey:
         """How requests made with this key are recorded (`requested_by`)."""
         return f"key:{self.id}"
 
+    @property
+    def holder(self) -> str:
+        """How a refusal names it."""
+        return f"API key {self.id}"
+
 
 @dataclass(frozen=True)
 class NewKey:
@@ -192,22 +197,34 @@ def lookup(keys: Mapping[str, ApiKey], token: str) -> tuple[ApiKey | None, str]:
     return key, ""
 
 
-def submit_refusal(key: ApiKey, body: dict[str, Any], deciding: str) -> str | None:
-    """Why this key may not send this request (a validated body), if it may not."""
+class Scope(Protocol):
+    """What may send requests: an API key, or a Kafka client's grant (gateway.grants)."""
+
+    role: str
+
+    @property
+    def holder(self) -> str: ...
+
+    def covers(self, account: str) -> bool: ...
+
+
+def submit_refusal(key: Scope, body: dict[str, Any], deciding: str) -> str | None:
+    """Why this key (or Kafka client) may not send this request (a validated body), if it
+    may not: one rule for HTTP and for the Kafka gateway."""
     kind = body.get("type")
     if key.role == AUDITOR:
         return "an auditor key reads, it never writes"
     if key.role == CLIENT and kind in _MONEY_IN_OR_OUT:
-        return f"a {kind} moves money into or out of the ledger: operator keys only"
+        return f"a {kind} moves money into or out of the ledger: operators only"
     if key.role == CLIENT and kind in _OPERATORS_RULES:
-        return f"a {kind} changes an account's rules: operator keys only"
+        return f"a {kind} changes an account's rules: operators only"
     if key.role == CLIENT and kind == "open_account" and body.get("overdraft_limit"):
-        return "an overdraft lends the bank's money: operator keys only"
+        return "an overdraft lends the bank's money: operators only"
     payers = [deciding] + [m["from"] for m in body.get("transfers", []) if "from" in m] \
         if kind == "linked" else [deciding]
     for payer in payers:
         if not key.covers(payer):
-            return f"API key {key.id} does not cover account {payer!r}"
+            return f"{key.holder} does not cover account {payer!r}"
     return None
 
 

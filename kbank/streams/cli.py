@@ -11,7 +11,7 @@ from confluent_kafka import KafkaException
 
 from kbank.streams import kafka
 from kbank.streams.apikeys import KEY_ROLES
-from kbank.streams.config import Settings, describe
+from kbank.streams.config import Settings, SettingsError, describe
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -50,6 +50,15 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from kbank.streams.gateway.worker import GatewayWorker
+
+    settings = _settings(args).needs_broker("gateway")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    GatewayWorker(settings, args.worker_id).run()
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from kbank.streams.supervisor import up
 
@@ -84,14 +93,65 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_kafka_config(args: argparse.Namespace) -> int:
-    """librdkafka properties of one principal, for a user's own producer or consumer."""
+    """librdkafka properties of one principal, for a user's own producer or consumer; with
+    `client NAME`, a payments service's own principal, made on first use (as the admin)."""
     from kbank.streams.kafka import client_config
 
     settings = _settings(args)
     if not settings.kafka_credentials:
         print("bank kafka-config needs BANK_KAFKA_CREDENTIALS (bank up prints it)", file=sys.stderr)
         return 2
-    for key, value in client_config(settings, args.role).items():
+    role = args.role
+    if role in ("client", "clients"):
+        return _kafka_client(settings, args)
+    if args.name or args.accounts or args.account_prefix or args.revoke:
+        print(f"a name, --accounts, --account-prefix and --revoke are for `client`, not {role}",
+              file=sys.stderr)
+        return 2
+    for key, value in client_config(settings, role).items():
+        print(f"{key}={value}")
+    return 0
+
+
+def _kafka_client(settings: Settings, args: argparse.Namespace) -> int:
+    from kbank.streams.apikeys import InvalidKey
+    from kbank.streams.gateway.admin import (ClientNotFound, create_client, list_clients,
+                                             revoke_client)
+    from kbank.streams.gateway.grants import outcomes_topic, requests_topic, role_of
+    from kbank.streams.kafka import client_config
+
+    if args.role == "clients":
+        for grant in list_clients(settings):
+            print(orjson.dumps(grant.public()).decode())
+        return 0
+    if not args.name:
+        print("bank kafka-config client NAME [--accounts a,b] [--account-prefix p] [--revoke]",
+              file=sys.stderr)
+        return 2
+    try:
+        if args.revoke:
+            revoked = revoke_client(settings, args.name)
+            print(f"Kafka client {revoked.name} revoked: its principal and ACLs are gone, the "
+                  f"gateway refuses anything it still finds", file=sys.stderr)
+            return 0
+        accounts = tuple(a for a in args.accounts.split(",") if a)
+        if accounts or args.account_prefix:
+            grant, path = create_client(settings, args.name, accounts, args.account_prefix)
+            print(f"Kafka client {grant.name}: may move money out of "
+                  f"{', '.join(grant.accounts) or '-'} and accounts starting "
+                  f"{grant.account_prefix or '-'}; credentials in {path}", file=sys.stderr)
+    except (InvalidKey, ClientNotFound) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        conf = client_config(settings, role_of(args.name))
+    except SettingsError:
+        print(f"no Kafka client {args.name!r} here: make it with --accounts or --account-prefix",
+              file=sys.stderr)
+        return 1
+    print(f"# write requests to {settings.topic(requests_topic(args.name))}, read their outcomes "
+          f"from {settings.topic(outcomes_topic(args.name))}")
+    for key, value in conf.items():
         print(f"{key}={value}")
     return 0
 
@@ -264,7 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-id", default="0", help="names it in logs")
     p.set_defaults(func=cmd_webhooks)
 
-    p = sub.add_parser("send", help="produce JSON-lines requests; one acknowledgement line each")
+    p = sub.add_parser("gateway", help="run the Kafka gateway: relays each Kafka client's "
+                                       "requests within its grant (bank kafka-config client)")
+    p.add_argument("--worker-id", default="0", help="names it in logs and its transactions")
+    p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("send", help="produce JSON-lines requests as the operator principal; one "
+                                    "acknowledgement line each")
     p.add_argument("file", nargs="?", default="-", help="file of JSON lines (default: stdin)")
     p.set_defaults(func=cmd_send)
 
@@ -273,9 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
                                       "the principals and their ACLs (SECURITY.md)")
     p.set_defaults(func=cmd_topics)
 
-    p = sub.add_parser("kafka-config", help="print the librdkafka properties of one Kafka principal")
-    p.add_argument("role", choices=(kafka.ADMIN, *kafka.ROLES),
-                   help="whose properties (a payments service of your own: client)")
+    p = sub.add_parser("kafka-config", help="print the librdkafka properties of one Kafka "
+                                            "principal; `client NAME --accounts a,b` makes a "
+                                            "payments service's own (SECURITY.md)")
+    p.add_argument("role", choices=(kafka.ADMIN, *kafka.ROLES, "client", "clients"),
+                   help="whose properties (a payments service of your own: client NAME; "
+                        "clients lists them)")
+    p.add_argument("name", nargs="?", default=None, help="client: the service's name")
+    p.add_argument("--accounts", default="", help="client: accounts it may move money out of")
+    p.add_argument("--account-prefix", default=None, help="client: every account starting so")
+    p.add_argument("--revoke", action="store_true", help="client: revoke it")
     p.set_defaults(func=cmd_kafka_config)
 
     p = sub.add_parser("keys", help="HTTP API keys: create (printed once), list, revoke")
@@ -337,7 +410,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     from kbank.streams.broker import BrokerError
-    from kbank.streams.config import SettingsError
     from kbank.streams.kafka import check_client_env
 
     try:

@@ -26,7 +26,7 @@ class RequestSender:
 
     def __init__(self, settings: Settings, **extra: object) -> None:
         self.topic = settings.topic(topics.REQUESTS)
-        self.producer = kafka.producer(settings, kafka.CLIENT, **{"linger.ms": 5, "acks": "all",
+        self.producer = kafka.producer(settings, kafka.OPERATOR, **{"linger.ms": 5, "acks": "all",
                                                     "queue.buffering.max.messages": 1_000_000,
                                                     **extra})
 
@@ -167,7 +167,7 @@ class OutcomeWatcher:
         self.status: dict[str, str] = {}
         self.final_ts: dict[str, float] = {}  # monotonic time a final status was seen
         self._lock = threading.Lock()
-        self._tail = OutcomeTail(settings, kafka.CLIENT, "client-watcher", self._fold,
+        self._tail = OutcomeTail(settings, kafka.OPERATOR, "operator-watcher", self._fold,
                                  from_beginning)
 
     def _fold(self, msgs: list[Message]) -> None:

@@ -10,9 +10,12 @@ from kbank.streams.config import Settings, SettingsError
 
 # the roles a client connects as (kbank.streams.principals says what each may do)
 ADMIN = "admin"   # creates topics, users and ACLs (the super user)
-ENGINE, VIEWS, INTAKE, TOOLS, CLIENT = "engine", "views", "intake", "tools", "client"
-WEBHOOKS = "webhooks"
-ROLES = (ENGINE, VIEWS, INTAKE, TOOLS, CLIENT, WEBHOOKS)   # each a principal of its own
+ENGINE, VIEWS, INTAKE, TOOLS = "engine", "views", "intake", "tools"
+WEBHOOKS, GATEWAY = "webhooks", "gateway"
+OPERATOR = "operator"   # `bank send` and an operator's own services: every request type
+ROLES = (ENGINE, VIEWS, INTAKE, TOOLS, OPERATOR, WEBHOOKS, GATEWAY)   # each a principal of its own
+# a payments service is a principal of its own too, `client-<name>`, made one at a time
+# (kbank.streams.gateway.admin) with the accounts it may move money out of
 
 
 def client_config(settings: Settings, role: str | None = None) -> dict[str, object]:

@@ -6,6 +6,7 @@ records; consumers rely on that to recognise duplicates.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from dataclasses import dataclass
@@ -147,13 +148,14 @@ ACCOUNT_FROZEN = "account_frozen"
 ACCOUNT_NOT_EMPTY = "account_not_empty"    # a close while money is on, held by or held for it
 DUPLICATE_EXTERNAL_REF = "duplicate_external_ref"   # the sender used this external_ref already
 ENGINE_ERROR = "engine_error"     # the engine failed deciding it again and again (contained)
+FORBIDDEN = "forbidden"           # the Kafka gateway: outside the client's grant (never decided)
 # reasons that answer a re-sent request id: they never override the first decision's status
 RESENT_REASONS = frozenset({DUPLICATE, IDEMPOTENCY_CONFLICT})
 REASONS = frozenset({INSUFFICIENT_FUNDS, LIMIT_EXCEEDED, UNKNOWN_ACCOUNT, INVALID, DUPLICATE,
                      ACCOUNT_EXISTS, UNKNOWN_HOLD, HOLD_CLOSED, HOLD_EXCEEDED,
                      IDEMPOTENCY_CONFLICT, OVERFLOW, CURRENCY_MISMATCH, MAX_BALANCE_EXCEEDED,
                      ACCOUNT_CLOSED, ACCOUNT_FROZEN, ACCOUNT_NOT_EMPTY, DUPLICATE_EXTERNAL_REF,
-                     ENGINE_ERROR})
+                     ENGINE_ERROR, FORBIDDEN})
 
 # messages on transfers.credits
 CREDIT, REFUND, REJECT_NOTICE = "credit", "refund", "reject_notice"
@@ -409,6 +411,21 @@ def outcome(account: str, request_id: str, status: str, ts: int, reason: str | N
         out["retry"] = True
     out["ts"] = ts
     return out
+
+
+DEADLETTER_COPY_BYTES = 4_096  # of a dead-lettered record's value, the rest is cut (and said so)
+
+
+def dead_letter(msg: Any, error: str) -> tuple[bytes, bytes]:
+    """A transfers.deadletter record (key, value) for a consumed record `msg` (a Kafka
+    Message): where it was, why, its key and at most DEADLETTER_COPY_BYTES of its value."""
+    value = msg.value() or b""
+    key = (msg.key() or b"")[:DEADLETTER_COPY_BYTES]
+    record = {"error": error, "topic": msg.topic(), "partition": msg.partition(),
+              "offset": msg.offset(), "key": base64.b64encode(key).decode(),
+              "value": base64.b64encode(value[:DEADLETTER_COPY_BYTES]).decode(),
+              "value_bytes": len(value), "truncated": len(value) > DEADLETTER_COPY_BYTES}
+    return key, orjson.dumps(record)
 
 
 def dumps(obj: Any) -> bytes:

@@ -22,8 +22,8 @@ from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, 
 
 from kbank.streams import topics
 from kbank.streams.config import Settings
-from kbank.streams.kafka import (ADMIN, CLIENT, ENGINE, INTAKE, ROLES, TOOLS, VIEWS, WEBHOOKS,
-                                 client_config, read_properties)
+from kbank.streams.kafka import (ADMIN, ENGINE, GATEWAY, INTAKE, OPERATOR, ROLES, TOOLS, VIEWS,
+                                 WEBHOOKS, client_config, read_properties)
 
 SCRAM_ITERATIONS = 8192
 
@@ -100,10 +100,25 @@ GRANTS: tuple[Grant, ...] = (
     Grant(WEBHOOKS, "group", f"{topics.WEBHOOKS_GROUP}*", ("READ", "DESCRIBE"),
           "its consumer group over the ledger (committed once each event's deliveries are "
           "recorded) and its restore reader"),
-    Grant(CLIENT, "topic", topics.REQUESTS, ("WRITE", "DESCRIBE"),
-          "a payments service outside the project sends requests"),
-    Grant(CLIENT, "topic", topics.OUTCOMES, ("READ", "DESCRIBE"), "and reads their outcomes"),
-    Grant(CLIENT, "group", "client-*", ("READ",), "its own consumer groups"),
+    Grant(OPERATOR, "topic", topics.REQUESTS, ("WRITE", "DESCRIBE"),
+          "bank send and an operator's own services: every request type, deposits included"),
+    Grant(OPERATOR, "topic", topics.OUTCOMES, ("READ", "DESCRIBE"), "and every outcome"),
+    Grant(OPERATOR, "group", "operator-*", ("READ",), "its own consumer groups"),
+    Grant(GATEWAY, "topic", f"{topics.CLIENT_TOPICS}*", ("READ", "WRITE", "DESCRIBE"),
+          "reads each Kafka client's requests topic, writes the outcomes of its requests to its "
+          "outcomes topic"),
+    Grant(GATEWAY, "topic", topics.KAFKA_CLIENTS, ("READ", "DESCRIBE"),
+          "each Kafka client's grant: the accounts it may move money out of"),
+    Grant(GATEWAY, "topic", topics.REQUESTS, ("WRITE", "DESCRIBE"),
+          "relays what a client's grant allows, with requested_by set to the client"),
+    Grant(GATEWAY, "topic", topics.OUTCOMES, ("READ", "DESCRIBE"),
+          "copies the outcomes of each client's requests to it"),
+    Grant(GATEWAY, "topic", topics.DEADLETTER, ("WRITE", "DESCRIBE"),
+          "sets aside client records it cannot read"),
+    Grant(GATEWAY, "group", f"{topics.GATEWAY_GROUP}*", ("READ", "DESCRIBE"),
+          "its consumer group (offsets committed in its transactions) and its grant reader"),
+    Grant(GATEWAY, "transactional_id", f"{topics.GATEWAY_GROUP}-*", ("WRITE", "DESCRIBE"),
+          "one transaction per batch: relayed requests, answers and offsets together"),
 )
 
 _RESOURCE = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP,
@@ -151,7 +166,7 @@ def with_admin(settings: Settings, admin_conf: dict[str, str],
                credentials_dir: str | os.PathLike[str]) -> Settings:
     """The super user's properties file in `credentials_dir`, and settings that find it
     there (no role's user yet: secure_deployment makes them)."""
-    _write_properties(properties_path(credentials_dir, ADMIN), admin_conf,
+    write_properties(properties_path(credentials_dir, ADMIN), admin_conf,
                       f"the super user of {settings.bootstrap_servers}: administration only")
     return replace(settings, kafka_credentials=str(credentials_dir))
 
@@ -169,7 +184,7 @@ def write_private(path: str | os.PathLike[str], text: str) -> None:
     tmp.replace(path)
 
 
-def _write_properties(path: Path, conf: dict[str, str], comment: str) -> None:
+def write_properties(path: Path, conf: dict[str, str], comment: str) -> None:
     write_private(path, f"# {comment}\n" + "".join(f"{k}={v}\n" for k, v in conf.items()))
 
 
@@ -191,7 +206,7 @@ def provision(settings: Settings, admin_conf: dict[str, object],
                                                        SCRAM_ITERATIONS),
             conf["sasl.password"].encode()))
         if not path.exists():
-            _write_properties(path, conf, f"the {role} principal of {settings.bootstrap_servers} "
+            write_properties(path, conf, f"the {role} principal of {settings.bootstrap_servers} "
                                           f"(BANK_TOPIC_PREFIX {settings.topic_prefix!r})")
         paths[role] = path
     for future in admin.alter_user_scram_credentials(upserts, request_timeout=timeout_s).values():

@@ -1,8 +1,9 @@
 """Every principal's needs, proven on the secured broker with its authorizer log (issue 40).
 
 One deployment drives every request type (over HTTP, as the intake principal, and through
-`bank send`, as the client principal), requests on partitions their keys do not map to (a
-client with librdkafka's default partitioner and hand-picked partitions), a webhook
+`bank send`, as the operator principal), requests on partitions their keys do not map to
+(librdkafka's default partitioner and hand-picked partitions), a Kafka client of its own
+made by `bank kafka-config client` whose requests the gateway relays, a webhook
 delivered by the webhooks principal, `bank keys` as the super user and `bank replay verify |
 views | recompute | as-of` as the tools principal. The broker logs every operation it
 denies (StandardAuthorizer's `kafka.authorizer.logger`, INFO): none may name this
@@ -24,7 +25,8 @@ from confluent_kafka import Producer
 
 from kbank.streams import kafka, topics
 from kbank.streams.partitioning import partition_for
-from kbank.streams.principals import user_name
+from kbank.streams.gateway.admin import user_of
+from kbank.streams.gateway.grants import requests_topic, role_of
 from tests.http import current_key, get_json, request
 from tests.workload import Workload, denied_operations, wait_until
 
@@ -61,6 +63,7 @@ def test_every_principal_does_its_work_without_one_denied_operation(
     engine = pool_factory(settings, 2)
     url = views_factory(settings, 1).url("0")
     pool_factory(settings, 1, "webhooks")
+    pool_factory(settings, 1, "gateway")
     wl = Workload(settings)
     try:
         hook = request("POST", f"{url}/webhooks", orjson.dumps(
@@ -94,13 +97,13 @@ def test_every_principal_does_its_work_without_one_denied_operation(
                    "the hold to expire")
         post({"type": "open_account", "request_id": "o-z", "account": "z"})
         post({"type": "close_account", "request_id": "x", "account": "z"})
-        # `bank send`, as the client principal
+        # `bank send`, as the operator principal
         lines = b"".join(orjson.dumps(r) + b"\n" for r in (
             {"type": "open_account", "request_id": "o-s", "account": "s"},
             {"type": "transfer", "request_id": "ts", "from": "b", "to": "s", "amount": 3}))
         assert _bank(settings, "send", stdin=lines).count('"offset"') == 2
         # misrouted: librdkafka's default partitioner, and hand-picked wrong partitions
-        plain = Producer(kafka.client_config(settings, kafka.CLIENT))
+        plain = Producer(kafka.client_config(settings, kafka.OPERATOR))
         for i in range(20):
             body = {"type": "transfer", "request_id": f"m{i}", "from": "b", "to": "a", "amount": 1}
             extra = {"partition": (partition_for("b", settings.partitions) + 1 + i % 3)
@@ -110,6 +113,16 @@ def test_every_principal_does_its_work_without_one_denied_operation(
             wl.request_ids.append(f"1:b/m{i}")
         plain.flush(30)
         assert wl.wait(60), "the misrouted requests were decided"
+        # a payments service's own principal, through the gateway
+        printed = _bank(settings, "kafka-config", "client", "shop", "--accounts", "b")
+        assert f"sasl.username={user_of(settings, 'shop')}" in printed
+        shop = Producer(kafka.client_config(settings, role_of("shop")))
+        shop.produce(settings.topic(requests_topic("shop")), value=orjson.dumps(
+            {"type": "transfer", "request_id": "k1", "from": "b", "to": "a", "amount": 2}))
+        shop.flush(30)
+        wl.request_ids.append("1:b/k1")
+        assert wl.wait(60), "the Kafka client's transfer was decided"
+        assert '"name":"shop"' in _bank(settings, "kafka-config", "clients")
         # bank keys, as the super user
         made = _bank(settings, "keys", "create", "--role", "auditor", "--label", "needs")
         key_id = next(line for line in _bank(settings, "keys", "list").splitlines()
@@ -127,16 +140,16 @@ def test_every_principal_does_its_work_without_one_denied_operation(
     _bank(settings, "replay", "views", "--url", url, key=current_key())
     _bank(settings, "replay", "recompute", "--generation", "needs")
     _bank(settings, "replay", "as-of", "--account", "a", "--time", str(int(time.time() * 1000)))
-    # one refusal on purpose: the client principal may not write the ledger
+    # one refusal on purpose: a Kafka client may not write the bank's own request topic
     refused: list[object] = []
-    forger = Producer({**kafka.client_config(settings, kafka.CLIENT), "message.timeout.ms": 10_000})
-    forger.produce(settings.topic(topics.LEDGER), value=b"{}",
+    forger = Producer({**kafka.client_config(settings, role_of("shop")), "message.timeout.ms": 10_000})
+    forger.produce(settings.topic(topics.REQUESTS), key=b"a", value=b"{}",
                    on_delivery=lambda err, _m: refused.append(err))
     forger.flush(20)
     assert refused and refused[0] is not None
-    client = f"User:{user_name(settings, kafka.CLIENT)}"
+    client = f"User:{user_of(settings, 'shop')}"
     wait_until(lambda: any(client in line for line in denied_operations(log_path, settings)), 30,
                "the broker to log the refusal made on purpose")
     unexpected = [line for line in denied_operations(log_path, settings)
-                  if not (client in line and settings.topic(topics.LEDGER) in line)]
+                  if not (client in line and settings.topic(topics.REQUESTS) in line)]
     assert unexpected == [], unexpected[:5]

@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kbank.streams import topics
 from kbank.streams.config import Settings
 from kbank.streams.kafka import ADMIN, client_config
-from kbank.streams.principals import (CLIENT, ENGINE, GRANTS, INTAKE, ROLES, TOOLS, VIEWS,
+from kbank.streams.principals import (ENGINE, GATEWAY, GRANTS, INTAKE, OPERATOR, ROLES, TOOLS, VIEWS,
                                       WEBHOOKS)
 from tests.broker.conftest import provisioned
 
@@ -66,7 +66,8 @@ DENIED = KafkaError.TOPIC_AUTHORIZATION_FAILED
 @pytest.mark.parametrize("role, allowed, refused", [
     (ENGINE, topics.CREDITS, topics.REQUESTS),        # the engine never writes requests
     (INTAKE, topics.REQUESTS, topics.CREDITS),        # a forged credit from the edge
-    (CLIENT, topics.REQUESTS, topics.LEDGER),         # a forged ledger event
+    (OPERATOR, topics.REQUESTS, topics.LEDGER),       # a forged ledger event
+    (GATEWAY, topics.REQUESTS, topics.CREDITS),       # a forged credit
     (TOOLS, "gen-1.ledger.events", topics.LEDGER),    # recompute writes generations only
     (VIEWS, "bank-views-x-changelog", topics.VIEWS_GENERATION),   # a forged generation pointer
     (WEBHOOKS, topics.DELIVERIES, topics.LEDGER),     # a forged ledger event
@@ -83,11 +84,12 @@ def test_each_principal_writes_only_what_its_role_writes(secured, role, allowed,
 @pytest.mark.parametrize("role, allowed, refused, group", [
     (VIEWS, topics.LEDGER, topics.CHANGELOG, "bank-views-t"),
     (INTAKE, topics.OUTCOMES, topics.LEDGER, "bank-web-outcomes-t"),
-    (CLIENT, topics.OUTCOMES, topics.CREDITS, "client-t"),
+    (OPERATOR, topics.OUTCOMES, topics.CREDITS, "operator-t"),
+    (GATEWAY, topics.KAFKA_CLIENTS, topics.LEDGER, "bank-gateway-t"),
     (ENGINE, topics.REQUESTS, topics.OUTCOMES, "bank-engine"),
     (TOOLS, topics.CHANGELOG, None, "bank-reader-t"),
     (WEBHOOKS, topics.LEDGER, topics.CHANGELOG, "bank-webhooks"),
-    (CLIENT, topics.OUTCOMES, topics.WEBHOOKS, "client-t"),   # the signing secrets
+    (OPERATOR, topics.OUTCOMES, topics.WEBHOOKS, "operator-t"),   # the signing secrets
     (INTAKE, topics.OUTCOMES, topics.WEBHOOKS, "bank-web-outcomes-t"),   # writes, never reads
 ])
 def test_each_principal_reads_only_what_its_role_reads(secured, role, allowed, refused, group):
@@ -127,9 +129,11 @@ def test_security_md_lists_every_grant():
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_only_the_super_user_writes_api_keys(secured, role):
-    """A forged key record (an operator key of one's own) is refused for every principal."""
-    err = _produce(secured, role, topics.KEYS)
+@pytest.mark.parametrize("topic", [topics.KEYS, topics.KAFKA_CLIENTS])
+def test_only_the_super_user_writes_api_keys_and_kafka_client_grants(secured, role, topic):
+    """A forged key record (an operator key of one's own) or a Kafka client's grant widened
+    to every account is refused for every principal."""
+    err = _produce(secured, role, topic)
     assert err is not None and err.code() == DENIED, err
 
 

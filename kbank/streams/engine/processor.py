@@ -14,7 +14,6 @@ request, and the engine needs no write access to the clients' topic.
 """
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 
 import orjson
@@ -32,10 +31,9 @@ from kbank.streams.engine.faults import PlantedBug
 from kbank.streams.engine.poison import FailureLog, MoneyInFlightFails
 from kbank.streams.engine.task import PartitionTask
 from kbank.streams.engine.transaction import EngineTransaction
-from kbank.streams.model import (ENGINE_ERROR, REJECTED_STATUS, VERSION_HEADERS, Position,
+from kbank.streams.model import (ENGINE_ERROR, dead_letter, REJECTED_STATUS, VERSION_HEADERS, Position,
                                  outcome, split_request_key)
 
-DEADLETTER_COPY_BYTES = 4_096  # of a dead-lettered record's value, the rest is cut (and said so)
 # expiry index entries a batch may retire beyond three per input (an input makes at most
 # three: its id, its external_ref, a hold it settles), so expiry keeps up with what comes in
 _EXPIRY_STEP = 1_000
@@ -218,14 +216,9 @@ class BatchProcessor:
     def _dead_letter(self, msg: Message, error: str) -> None:
         """The record, its key and at most DEADLETTER_COPY_BYTES of its value."""
         self.stats.deadletters += 1
-        value = msg.value() or b""
-        key = (msg.key() or b"")[:DEADLETTER_COPY_BYTES]
-        record = {"error": error, "topic": msg.topic(), "partition": msg.partition(),
-                  "offset": msg.offset(), "key": base64.b64encode(key).decode(),
-                  "value": base64.b64encode(value[:DEADLETTER_COPY_BYTES]).decode(),
-                  "value_bytes": len(value), "truncated": len(value) > DEADLETTER_COPY_BYTES}
+        key, value = dead_letter(msg, error)
         # with its own delivery report (dead letters are rare): a refusal names its topic
-        self.out.send(self.topics.deadletter, key, orjson.dumps(record),
+        self.out.send(self.topics.deadletter, key, value,
                       timestamp=msg.timestamp()[1], on_delivery=self.out.record_delivery)
 
     def _apply_request(self, task: PartitionTask, msg: Message,

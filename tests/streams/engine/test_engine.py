@@ -130,14 +130,14 @@ def test_records_on_the_wrong_partition_are_forwarded_to_their_accounts_partitio
     partition: every account still has one state, one seq chain, exact balances."""
     from confluent_kafka import Producer
 
-    from kbank.streams.kafka import CLIENT, client_config
+    from kbank.streams.kafka import OPERATOR, client_config
     from kbank.streams.partitioning import partition_for
 
     pool_factory(settings, 2)
     names = [f"p-{i}" for i in range(6)]
     wl = Workload(settings)
     topic = settings.topic(topics.REQUESTS)
-    default_client = Producer(client_config(settings, CLIENT))      # librdkafka's consistent_random
+    default_client = Producer(client_config(settings, OPERATOR))      # librdkafka's consistent_random
     expected = {n: 0 for n in names}
     try:
         # (records sent to different partitions have no order between them: the opens first)

@@ -69,7 +69,7 @@ def test_what_each_role_may_send():
     transfer = {"type": "transfer", "from": "alice", "to": "anyone", "amount": 1}
     assert submit_refusal(client, transfer, "alice") is None        # may credit anyone
     assert "does not cover" in submit_refusal(client, {**transfer, "from": "bob"}, "bob")
-    assert "operator keys only" in submit_refusal(
+    assert "operators only" in submit_refusal(
         client, {"type": "deposit", "account": "alice", "amount": 1}, "alice")
     assert "never writes" in submit_refusal(auditor, transfer, "alice")
     assert submit_refusal(operator, {"type": "deposit", "account": "x", "amount": 1}, "x") is None
@@ -77,7 +77,7 @@ def test_what_each_role_may_send():
     for body in ({"type": "set_limits", "account": "alice", "overdraft_limit": 10**6},
                  {"type": "freeze", "account": "alice"}, {"type": "unfreeze", "account": "alice"},
                  {"type": "open_account", "account": "alice", "overdraft_limit": 1}):
-        assert "operator keys only" in submit_refusal(client, body, "alice"), body
+        assert "operators only" in submit_refusal(client, body, "alice"), body
         assert submit_refusal(operator, body, "alice") is None
     assert submit_refusal(client, {"type": "open_account", "account": "alice",
                                    "max_balance": 0}, "alice") is None

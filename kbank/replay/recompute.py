@@ -27,6 +27,7 @@ from typing import Any, Iterable
 import orjson
 from confluent_kafka import Message
 
+from kbank.streams.files import private_dir
 from kbank.replay.ledger import LedgerFold
 from kbank.replay.parallel import in_processes, partition_shares
 from kbank.streams.progress import progress_bar
@@ -401,7 +402,7 @@ def write_generation(settings: Settings, generation: str, gen: Generation) -> Se
     if producer.flush(120) > 0:
         raise TimeoutError("the new generation's records were not acknowledged")
     path = os.path.join(settings.state_dir, f"gen-{generation}", "accounts")
-    os.makedirs(path, exist_ok=True)
+    private_dir(path)
     store = Rdict(path)
     batch = WriteBatch()
     for name, acct in gen.accounts.items():

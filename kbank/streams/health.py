@@ -8,6 +8,8 @@ import time
 
 import orjson
 
+from kbank.streams.files import private_dir
+
 CRASHES_FILE = "worker-crashes.json"
 HALTED_EXIT_CODE = 78   # a worker that met an error no retry fixes (sysexits' EX_CONFIG)
 
@@ -24,7 +26,7 @@ def _update(state_dir: str, command: str, worker_id: str, fields: dict) -> None:
     data = read_crashes(state_dir)
     entry = data.setdefault(command, {}).setdefault(worker_id, {})
     entry.update(fields)
-    os.makedirs(state_dir, exist_ok=True)
+    private_dir(state_dir)
     tmp = f"{path}.{os.getpid()}.tmp"   # the supervisor and a worker may write at once
     with open(tmp, "wb") as f:
         f.write(orjson.dumps(data))

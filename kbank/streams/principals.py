@@ -22,6 +22,7 @@ from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, 
 
 from kbank.streams import topics
 from kbank.streams.config import Settings
+from kbank.streams.files import write_private
 from kbank.streams.kafka import (ADMIN, ENGINE, GATEWAY, INTAKE, OPERATOR, ROLES, TOOLS, VIEWS,
                                  WEBHOOKS, client_config, read_properties)
 
@@ -169,19 +170,6 @@ def with_admin(settings: Settings, admin_conf: dict[str, str],
     write_properties(properties_path(credentials_dir, ADMIN), admin_conf,
                       f"the super user of {settings.bootstrap_servers}: administration only")
     return replace(settings, kafka_credentials=str(credentials_dir))
-
-
-def write_private(path: str | os.PathLike[str], text: str) -> None:
-    """A credentials file, readable by its owner only from the moment it exists (in a
-    directory only the owner may enter), replaced whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    tmp.replace(path)
 
 
 def write_properties(path: Path, conf: dict[str, str], comment: str) -> None:

@@ -20,7 +20,8 @@ from contextlib import ExitStack
 from kbank.streams.broker import KafkaCluster
 from kbank.streams.config import Settings
 from kbank.streams.health import HALTED_EXIT_CODE, read_crashes, record_crash
-from kbank.streams.principals import secure_deployment, write_private
+from kbank.streams.files import private_dir, write_private
+from kbank.streams.principals import secure_deployment
 from kbank.streams.topics import ensure_topics
 
 
@@ -261,6 +262,9 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: ReadyHoo
         print(f"operator API key (send it as Authorization: Bearer <key>; sign in to the console "
               f"with it; kept in {key_path}):\n  {token}", flush=True)
         log_dir = os.path.join(data_dir, "logs") if embedded else None
+        for private in (settings.state_dir, log_dir):     # stores, failure counts, logs
+            if private is not None:
+                private_dir(private)
         pools = [WorkerPool(settings, workers, log_dir),
                  WorkerPool(settings, views, log_dir, command="views",
                             web_ports=[web_port + i for i in range(views)]),

@@ -2,6 +2,8 @@
 with only the ACLs of kbank.streams.principals, and the ledger stays exact."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from kbank.replay.ledger import LedgerFold
 from tests.http import get_json
 from tests.workload import Workload, assert_invariants, ledger
@@ -32,3 +34,9 @@ def test_engine_views_clients_and_tools_run_with_least_privilege(settings, pool_
     assert [r["partition"] for r in overview["engine_lag"]] == list(range(8))
     # drained: at most a transaction's commit marker after the engine's committed offset
     assert all(r["requests"] <= 1 and r["credits"] <= 1 for r in overview["engine_lag"]), overview
+    # the stores and the workers' files are their owner's only (issue 41): the state
+    # directory and each directory the workers made in it are 0700, so nothing below them
+    # (RocksDB makes its own directories 0755) can be reached by another user
+    state = Path(settings.state_dir)
+    made = [state, *(p for p in state.iterdir() if p.is_dir())]
+    assert len(made) >= 3 and [p for p in made if p.stat().st_mode & 0o077] == [], made

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from kbank.streams.files import private_dir
+
 KAFKA_VERSION = "4.4.0"  # keep in step with pom.xml
 ADMIN_USER = "admin"        # the secured broker's only super user
 SCRAM_MECHANISM = "SCRAM-SHA-512"
@@ -222,13 +224,6 @@ def _live_holder(node: "KafkaNode") -> int | None:
     except (OSError, ValueError):
         return None
     return pid if b"kafka.Kafka" in cmdline and str(node.data_dir).encode() in cmdline else None
-
-
-def private_dir(path: Path) -> Path:
-    """A directory only its owner may enter (made so, or made so now)."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.chmod(0o700)
-    return path
 
 
 class KafkaCluster:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 import orjson
 
+from kbank.streams.files import private_dir
+
 FAILURES_FILE = "engine-failures.json"
 _MAX_ERROR = 500        # characters of an error kept
 _MAX_POSITIONS = 1_000  # positions remembered
@@ -58,7 +60,7 @@ class FailureLog:
         data[position] = {"count": count, "error": error[:_MAX_ERROR]}
         while len(data) > _MAX_POSITIONS:   # the oldest first: bounded
             data.pop(next(iter(data)))
-        os.makedirs(self.state_dir, exist_ok=True)
+        private_dir(self.state_dir)
         tmp = f"{self.path}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:
             f.write(orjson.dumps(data))

@@ -28,6 +28,7 @@ from typing import Iterator
 import orjson
 from rocksdict import Rdict, WriteBatch
 
+from kbank.streams.files import private_dir
 from kbank.streams.engine.apply import NEVER_EXPIRES, holds_open, unstamp
 from kbank.streams.engine.changelog import (ACCOUNT_PREFIX, BATCH_PREFIX, CHAIN_KEY, CLOCK_KEY,
                                             HOLD_PREFIX, INCOMING_PREFIX, SUPPLY_KEY, BatchRecord,
@@ -57,7 +58,7 @@ class PartitionStore:
     """State of one engine partition."""
 
     def __init__(self, path: str, budget: StoreBudget) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        private_dir(os.path.dirname(path) or ".")
         self.path = path
         self._db = Rdict(path, budget.options())
         self._cache: OrderedDict[str, Account] = OrderedDict()  # committed accounts, decoded

@@ -46,6 +46,7 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import ConsumerRebalanceListener
 from faust.types import TP
 
+from kbank.streams.files import private_dir
 from kbank.streams import kafka, topics
 from kbank.streams.config import Settings
 from kbank.streams.generations import LIVE, live_generation, source_settings
@@ -190,7 +191,7 @@ class ViewsWorker:
         datadir = os.path.join(settings.state_dir, f"views-{worker_id}")
         if not settings.unsafe_views_keep_state:
             shutil.rmtree(datadir, ignore_errors=True)  # see the module docstring
-        os.makedirs(datadir, exist_ok=True)
+        private_dir(datadir)
         self.app = ViewsApp(
             app_id,
             broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],

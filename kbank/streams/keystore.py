@@ -103,9 +103,10 @@ class KeyRing:
     `ready` is set once the topic was read to its end: before that a key could be missing,
     so the web layer answers 503, never a wrong 401."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, role: str = kafka.VIEWS,
+                 group: str = "bank-views-keys") -> None:
         self._keys: dict[str, ApiKey] = {}
-        self._tail = TopicTail(settings, kafka.VIEWS, "bank-views-keys", settings.topic(topics.KEYS),
+        self._tail = TopicTail(settings, role, group, settings.topic(topics.KEYS),
                                lambda msg: fold_key_record(self._keys, msg.key(), msg.value(),
                                                            msg.offset()), "key-ring")
         self.ready = self._tail.ready
@@ -113,3 +114,7 @@ class KeyRing:
     def find(self, token: str) -> tuple[ApiKey | None, str]:
         """The key a bearer token names, or None and why not."""
         return lookup(self._keys, token)
+
+    def get(self, key_id: str) -> ApiKey | None:
+        """A key by its id (never by its secret: for what a key owns, such as webhooks)."""
+        return self._keys.get(key_id)

@@ -96,6 +96,9 @@ GRANTS: tuple[Grant, ...] = (
           "POST /webhooks and its pause, resume, redrive and delete"),
     Grant(WEBHOOKS, "topic", topics.LEDGER, ("READ", "DESCRIBE"), "the events it delivers"),
     Grant(WEBHOOKS, "topic", topics.WEBHOOKS, ("READ", "DESCRIBE"), "whom to deliver them to"),
+    Grant(WEBHOOKS, "topic", topics.KEYS, ("READ", "DESCRIBE"),
+          "whether the key that registered a webhook still works (revoked or expired: its "
+          "deliveries wait; hashed keys only)"),
     Grant(WEBHOOKS, "topic", topics.DELIVERIES, ("READ", "WRITE", "DESCRIBE"),
           "each delivery's state: written after each attempt, read back on assignment"),
     Grant(WEBHOOKS, "group", f"{topics.WEBHOOKS_GROUP}*", ("READ", "DESCRIBE"),

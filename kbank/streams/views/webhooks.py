@@ -26,8 +26,9 @@ from kbank.streams.tail import TopicTail
 from kbank.streams.views.access import API_KEY
 from kbank.streams.views.http import HTTPError, json_object, json_response
 from kbank.streams.views.reads import ViewsReads
-from kbank.streams.webhooks.rules import (ACTIVE, DELIVERED, FAILED, PAUSED, PENDING,
-                                          REDRIVE_MARK, InvalidWebhook, Webhook, new_webhook)
+from kbank.streams.webhooks.rules import (ACTIVE, DELIVERED, FAILED, NO_KEY_OWNER, PAUSED,
+                                          PENDING, REDRIVE_MARK, InvalidWebhook, Webhook,
+                                          new_webhook, suspension)
 from kbank.streams.webhooks.registry import Registrations, allowed_hosts, read_delivery
 
 KEPT_PER_WEBHOOK = 10_000     # the newest deliveries a views worker keeps of each webhook
@@ -91,6 +92,16 @@ def register_webhook_routes(worker: ViewsReads, send: Callable[[], Send]) -> Non
             raise HTTPError(404, "not_found", f"no webhook {hook_id!r}")
         return hook
 
+    def shown(hook: Webhook) -> dict[str, Any]:
+        """What the API shows of a webhook, with why its deliveries wait if its key stopped
+        working (revoked or expired)."""
+        out = hook.public()
+        if worker.keys is not None:
+            why = suspension(hook, worker.keys.get(hook.owner), int(time.time() * 1000))
+            if why is not None:
+                out["suspended"] = why
+        return out
+
     def changeable(request: aioweb.Request, hook_id: str) -> Webhook:
         key = request[API_KEY]
         hook = visible(hook_id, key)
@@ -114,7 +125,7 @@ def register_webhook_routes(worker: ViewsReads, send: Callable[[], Send]) -> Non
         await read_registrations()
         hook = replace(changeable(request, hook_id), **changes)
         await store(hook_id, hook)
-        return json_response(hook.public())
+        return json_response(shown(hook))
 
     @app.page("/webhooks")
     class Webhooks(View):
@@ -125,7 +136,7 @@ def register_webhook_routes(worker: ViewsReads, send: Callable[[], Send]) -> Non
             body = await json_object(request)
             key: ApiKey | None = request[API_KEY]
             try:
-                hook = new_webhook(body, owner=key.id if key else "anonymous",
+                hook = new_webhook(body, owner=key.id if key else NO_KEY_OWNER,
                                    may_watch_all=key is None or key.role == OPERATOR,
                                    allowed_hosts=hosts, now_ms=int(time.time() * 1000))
             except InvalidWebhook as exc:
@@ -145,7 +156,7 @@ def register_webhook_routes(worker: ViewsReads, send: Callable[[], Send]) -> Non
             await read_registrations()
             key = request[API_KEY]
             hooks = sorted(registry().hooks.values(), key=lambda h: (h.created_ms, h.id))
-            return json_response({"webhooks": [h.public() for h in hooks
+            return json_response({"webhooks": [shown(h) for h in hooks
                                                if key is None or key.role in (OPERATOR, AUDITOR)
                                                or h.owner == key.id]})
 
@@ -153,7 +164,7 @@ def register_webhook_routes(worker: ViewsReads, send: Callable[[], Send]) -> Non
     class OneWebhook(View):
         async def get(self, request: aioweb.Request, webhook_id: str) -> aioweb.Response:
             await read_registrations()
-            return json_response(visible(webhook_id, request[API_KEY]).public())
+            return json_response(shown(visible(webhook_id, request[API_KEY])))
 
         async def delete(self, request: aioweb.Request, webhook_id: str) -> aioweb.Response:
             await read_registrations()
@@ -170,6 +181,16 @@ def register_webhook_routes(worker: ViewsReads, send: Callable[[], Send]) -> Non
     @app.page("/webhooks/{webhook_id}/resume")
     class ResumeWebhook(View):
         async def post(self, request: aioweb.Request, webhook_id: str) -> aioweb.Response:
+            """Deliveries go on. A webhook suspended because its key stopped working is
+            resumed only by an operator, who takes it over (its owner becomes the operator's
+            key), so the URL the revoked key chose gets nothing unless an operator says so."""
+            await read_registrations()
+            key: ApiKey | None = request[API_KEY]
+            hook = changeable(request, webhook_id)
+            if "suspended" in shown(hook):
+                if key is None or key.role != OPERATOR:
+                    raise HTTPError(403, "forbidden", shown(hook)["suspended"])
+                return await update(request, webhook_id, state=ACTIVE, owner=key.id)
             return await update(request, webhook_id, state=ACTIVE)
 
     @app.page("/webhooks/{webhook_id}/redrive")

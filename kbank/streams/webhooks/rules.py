@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from kbank.streams.apikeys import ApiKey
 from kbank.streams.model import BALANCE_SIGN, MAX_AMOUNT, int_in, is_name
 
 EVENT_TYPES = frozenset(BALANCE_SIGN)        # every ledger event kind
@@ -88,6 +89,21 @@ class Webhook:
     def wants(self, event: dict[str, Any]) -> bool:
         return (ANY in self.events or event["kind"] in self.events) and \
             (self.accounts is None or event["account"] in self.accounts)
+
+
+NO_KEY_OWNER = "anonymous"   # registered with the checks off (BANK_UNSAFE_WEB_NO_AUTH, tests only)
+
+
+def suspension(hook: Webhook, owner_key: ApiKey | None, now_ms: int) -> str | None:
+    """Why a webhook's deliveries wait although it is active: the API key that registered
+    it was revoked or expired (or is unknown), so the URL it chose gets nothing more until
+    an operator resumes the webhook (taking it over) or deletes it."""
+    if hook.owner == NO_KEY_OWNER:
+        return None
+    if owner_key is None:
+        return f"its API key {hook.owner} is unknown"
+    refusal = owner_key.refusal(now_ms)
+    return None if refusal is None else f"{refusal}: an operator may resume or delete it"
 
 
 def check_url(url: Any, allowed_hosts: frozenset[str]) -> str:

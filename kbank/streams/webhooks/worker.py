@@ -39,12 +39,14 @@ from confluent_kafka import Message, TopicPartition
 from kbank.streams import kafka, topics
 from kbank.streams.client import read_topic
 from kbank.streams.config import Settings
+from kbank.streams.keystore import KeyRing
 from kbank.streams.model import parse_ledger_event
 from kbank.streams.webhooks.registry import Registrations, allowed_hosts, read_delivery
 from kbank.streams.webhooks.rules import (EVENT_ID_HEADER, FAILED, PAUSED, PENDING,
                                           REDRIVE_MARK, SIGNATURE_HEADER, WEBHOOK_ID_HEADER,
                                           Delivery, InvalidWebhook, Webhook, after_attempt, check_url,
-                                          delivery_key, event_id, parked, payload, redriven, sign)
+                                          delivery_key, event_id, parked, payload, redriven, sign,
+                                          suspension)
 
 log = logging.getLogger("bank.webhooks")
 _TICK_S = 0.02
@@ -59,6 +61,8 @@ class WebhookWorker:
         self.allowed = allowed_hosts(settings)
         self.registrations = Registrations(settings, kafka.WEBHOOKS,
                                            f"{topics.WEBHOOKS_GROUP}-registrations")
+        # whose key still works: a revoked or expired key's webhooks get nothing more
+        self.keys = KeyRing(settings, kafka.WEBHOOKS, f"{topics.WEBHOOKS_GROUP}-keys")
         self.consumer = kafka.consumer(settings, kafka.WEBHOOKS,
                                        settings.topic(topics.WEBHOOKS_GROUP))
         self.producer = kafka.producer(settings, kafka.WEBHOOKS, **{"acks": "all",
@@ -199,7 +203,7 @@ class WebhookWorker:
                     self._forget(key)
                 del self.due[hook_id]
                 continue
-            if hook.state == PAUSED:
+            if hook.state == PAUSED or suspension(hook, self.keys.get(hook.owner), now):
                 continue
             free = self.settings.webhook_concurrency - self.calls.get(hook_id, 0)
             while free > 0 and due and due[0][0] <= now:
@@ -268,6 +272,7 @@ class WebhookWorker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
         await loop.run_in_executor(None, self.registrations.ready.wait)
+        await loop.run_in_executor(None, self.keys.ready.wait)
         self.consumer.subscribe([self.ledger], on_assign=self.on_assign, on_revoke=self.on_revoke)
         timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout,

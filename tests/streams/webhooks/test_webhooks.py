@@ -284,3 +284,50 @@ def test_events_read_before_a_sigkill_are_delivered_after_it(settings, pool_fact
     else:
         wait_until(lambda: receiver.ids("ok") >= before, 60, "the events read before the kill")
     work.close()
+
+
+def test_a_revoked_keys_webhooks_wait_until_an_operator_takes_them_over(
+        settings, pool_factory, views_factory, receiver):
+    """Issue 41: a revoked key's webhooks kept delivering to the URL it chose."""
+    from kbank.streams.keystore import revoke_key
+
+    settings = replace(settings, webhook_allowed_hosts=f"127.0.0.1:{receiver.port}")
+    pool_factory(settings, 1)
+    url = views_factory(settings, 1).url("0")
+    pool_factory(settings, 1, "webhooks")
+    receiver.up.set()                            # /down answers 200: the operator's control
+    base = f"http://127.0.0.1:{receiver.port}"
+    wl = Workload(settings)
+    try:
+        wl.open_accounts(["alice"], 100)
+        shop = create_key(settings, CLIENT, accounts=("alice",))
+        wait_until(lambda: request("GET", f"{url}/webhooks", key=shop.token).status == 200, 10,
+                   "the new key read")
+        hook = _post(f"{url}/webhooks", {"url": f"{base}/ok", "accounts": ["alice"]},
+                     key=shop.token)
+        control = _post(f"{url}/webhooks", {"url": f"{base}/down", "accounts": ["alice"]})
+
+        def deposit(n: int) -> str:
+            wl.send({"type": "deposit", "request_id": f"d{n}", "account": "alice", "amount": 1})
+            wl.sender.flush()
+            assert wl.wait(60)
+            seq = get_json(f"{url}/accounts/alice?min_seq=0")["seq"]
+            return event_id("alice", seq)
+        first = deposit(1)
+        wait_until(lambda: first in receiver.ids("ok") and first in receiver.ids("down"), 60,
+                   "the first deposit delivered to both webhooks")
+        revoke_key(settings, shop.record.id)
+        wait_until(lambda: "revoked" in get_json(f"{url}/webhooks/{hook['id']}").get(
+            "suspended", ""), 30, "the webhook shown suspended")
+        second = deposit(2)
+        wait_until(lambda: second in receiver.ids("down"), 60, "the control webhook's delivery")
+        assert second not in receiver.ids("ok"), "the revoked key's URL got nothing more"
+        assert "suspended" not in get_json(f"{url}/webhooks/{control['id']}")
+        # its own key no longer works; an operator resumes it and takes it over
+        assert request("POST", f"{url}/webhooks/{hook['id']}/resume", b"{}",
+                       key=shop.token).status == 401
+        resumed = _post(f"{url}/webhooks/{hook['id']}/resume", {}, expect=200)
+        assert resumed["owner"] == control["owner"] and "suspended" not in resumed, resumed
+        wait_until(lambda: second in receiver.ids("ok"), 60, "the waiting delivery, once resumed")
+    finally:
+        wl.close()

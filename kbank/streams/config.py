@@ -124,11 +124,15 @@ class Settings:
         "help": "the HTTP API key bank's own tools send (bank replay views; bank up prints one)"})
     web_rate_limit_per_s: Annotated[float, Field(gt=0)] = field(default=2000.0, metadata={
         "env": "BANK_WEB_RATE_LIMIT_PER_S",
-        "help": "requests per second one API key may make of one views worker, sustained (more: "
-                "429 + Retry-After), so one client cannot starve the rest"})
+        "help": "requests per second one API key may make, sustained, across every views worker "
+                "(more: 429 + Retry-After), so one client cannot starve the rest"})
     web_rate_burst: POSITIVE = field(default=2000, metadata={
         "env": "BANK_WEB_RATE_BURST",
         "help": "requests one API key may make at once above BANK_WEB_RATE_LIMIT_PER_S"})
+    web_rate_share_s: Annotated[float, Field(ge=0.05, le=10)] = field(default=0.25, metadata={
+        "env": "BANK_WEB_RATE_SHARE_S",
+        "help": "how often each views worker tells the others what each API key used at it "
+                "(views.usage): a key's rate is overshot by at most this long's worth per worker"})
     web_query_budget: Annotated[int, Field(ge=10, le=1_000_000)] = field(default=10_000, metadata={
         "env": "BANK_WEB_QUERY_BUDGET",
         "help": "history entries one query may read: a filtered page past it comes back short "

@@ -70,6 +70,8 @@ GRANTS: tuple[Grant, ...] = (
     Grant(VIEWS, "topic", "bank-views*", ("ALL",),
           "its own table changelogs, which it creates and owns"),
     Grant(VIEWS, "group", "bank-views*", ("READ", "DESCRIBE"), "its consumer groups"),
+    Grant(VIEWS, "topic", topics.USAGE, ("READ", "WRITE", "DESCRIBE"),
+          "what each API key used at each views worker: a key's rate holds across all of them"),
     Grant(VIEWS, "group", topics.ENGINE_GROUP, ("DESCRIBE",),
           "the engine's lag: its committed offsets (read, never by joining the group)"),
     Grant(VIEWS, "topic", topics.REQUESTS, ("READ", "DESCRIBE"),

@@ -25,6 +25,7 @@ VIEWS_GENERATION = "views.generation"
 KEYS = "auth.keys"
 KEYS_AUDIT = "auth.audit"
 KAFKA_CLIENTS = "auth.kafka-clients"
+USAGE = "views.usage"           # what each API key used at each views worker (shared rate)
 CLIENT_TOPICS = "clients."      # clients.<name>.requests / .outcomes, one pair per Kafka client
 GATEWAY_GROUP = "bank-gateway"
 WEBHOOKS = "webhooks.registrations"

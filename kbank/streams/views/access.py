@@ -19,6 +19,7 @@ from aiohttp import web as aioweb
 from kbank.streams.apikeys import AUDITOR, CLIENT, KEY_ROLES, OPERATOR, ApiKey
 from kbank.streams.keystore import KeyRing
 from kbank.streams.views.http import HTTPError
+from kbank.streams.views.rate import RateLimiter
 
 API_KEY = "api_key"          # where the middleware leaves the caller's key on the request
 _READERS = frozenset(KEY_ROLES)
@@ -92,25 +93,6 @@ ROUTES: dict[tuple[str, str], RouteRule] = {
 }
 _UNLISTED = RouteRule(frozenset({OPERATOR}), "a route without a rule: the operator's only")
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-
-
-class RateLimiter:
-    """A token bucket per key: `rate` requests a second sustained, `burst` at once."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        assert rate > 0 and burst >= 1, (rate, burst)
-        self.rate, self.burst = rate, float(burst)
-        self._buckets: dict[str, tuple[float, float]] = {}   # key id -> (tokens, at)
-
-    def wait_s(self, key_id: str, now: float) -> float:
-        """0 and take a token if the key may go now; else how long until it may."""
-        tokens, at = self._buckets.get(key_id, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
-        if tokens >= 1:
-            self._buckets[key_id] = (tokens - 1, now)
-            return 0.0
-        self._buckets[key_id] = (tokens, now)
-        return (1 - tokens) / self.rate
 
 
 def rule_for(request: aioweb.Request) -> RouteRule:

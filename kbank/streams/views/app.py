@@ -63,6 +63,8 @@ from kbank.streams.views.metrics import LagUnavailable, ViewsMetrics
 from kbank.streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys, split_history_value
 from kbank.streams.storage import StoreBudget
 from kbank.streams.views.engine_watch import EngineWatch
+from kbank.streams.views.rate import RateLimiter
+from kbank.streams.views.usage import UsageShare
 from kbank.streams.views.web import observe_middleware, register_routes
 from kbank.streams.views.sources import SourceReader
 from kbank.streams.views.writes import TableWrites
@@ -185,6 +187,9 @@ class ViewsWorker:
                                     self.engine_watch.stalled_partitions)
         # every API key, tailed from auth.keys (none with BANK_UNSAFE_WEB_NO_AUTH: no checks)
         self.keys = None if settings.unsafe_web_no_auth else KeyRing(settings)
+        # each key's rate, shared with the other views workers through views.usage
+        self.limiter = RateLimiter(settings.web_rate_limit_per_s, settings.web_rate_burst)
+        self.usage = UsageShare(settings, self.limiter)
         self.generation = live_generation(settings, kafka.VIEWS, "bank-views-generation")
         source = source_settings(settings, self.generation)
         app_id = settings.topic(VIEWS_APP) + ("" if self.generation == LIVE else f"-gen-{self.generation}")
@@ -256,6 +261,7 @@ class ViewsWorker:
         self.app.agent(self.outcomes_topic, name="apply-outcomes")(self._subscription_only)
         self.app.task(self._fold_sources)
         self.app.timer(3.0)(self._watch_engine)
+        self.app.timer(settings.web_rate_share_s)(self._share_usage)
         register_routes(self)
 
     # -- agents (Kafka plumbing only; decisions are in kbank.streams.views.fold) --
@@ -270,6 +276,9 @@ class ViewsWorker:
             log.critical("the views' fold failed; the worker exits", exc_info=True)
             logging.shutdown()
             os._exit(EXIT_FOLD_FAILED)
+
+    async def _share_usage(self) -> None:
+        self.usage.publish()
 
     async def _watch_engine(self) -> None:
         """Read the engine's offsets (off the event loop): /health tells a stalled engine. A

@@ -6,6 +6,7 @@ from typing import Any, Iterable, Protocol
 
 from kbank.streams.config import Settings
 from kbank.streams.keystore import KeyRing
+from kbank.streams.views.rate import RateLimiter
 from kbank.streams.views.fold import AccountView, PartitionTotals
 from kbank.streams.views.metrics import ViewsMetrics
 from kbank.streams.views.engine_watch import EngineWatch
@@ -17,6 +18,7 @@ class ViewsReads(Protocol):
     generation: str
     metrics: ViewsMetrics
     keys: KeyRing | None     # None: BANK_UNSAFE_WEB_NO_AUTH
+    limiter: RateLimiter     # each API key's rate (shared with the other workers)
     engine_watch: EngineWatch   # whether the engine makes progress
     app: Any                 # the Faust app: pages, router, peers' URLs, rebalancing state
 

@@ -33,7 +33,7 @@ from kbank.streams.views.reads import ViewsReads
 from kbank.streams.model import (DAY_MS, DECIDED_STATUSES, DEFAULT_CURRENCY, event_request_key,
                                  is_currency, request_key)
 from kbank.streams.views import queries
-from kbank.streams.views.access import API_KEY, RateLimiter, authorize
+from kbank.streams.views.access import API_KEY, authorize
 from kbank.streams.views.fold import BY_ACTIVITY, BY_BALANCE, global_figures, hold_view
 from kbank.streams.views.intake import OutcomeWaiter, Overloaded, RequestProducer, is_conflict
 from kbank.streams.health import read_crashes
@@ -127,7 +127,7 @@ def observe_middleware(worker: ViewsReads) -> Callable:
     check, the API key check (kbank.streams.views.access) and the security headers."""
     hosts = allowed_hosts(worker.settings)
     keys = worker.keys
-    limiter = RateLimiter(worker.settings.web_rate_limit_per_s, worker.settings.web_rate_burst)
+    limiter = worker.limiter
 
     @aioweb.middleware
     async def observe(request: aioweb.Request, handler: Callable[..., Awaitable]) -> aioweb.StreamResponse:

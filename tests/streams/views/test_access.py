@@ -17,7 +17,8 @@ from kbank.streams.apikeys import (AUDITOR, CLIENT, OPERATOR, ApiKey, InvalidKey
                              parse_token, submit_refusal)
 from kbank.streams.client import read_topic
 from kbank.streams.keystore import create_key, list_keys, revoke_key
-from kbank.streams.views.access import ROUTES, RateLimiter
+from kbank.streams.views.access import ROUTES
+from kbank.streams.views.rate import RateLimiter
 from tests.http import current_key, get_json, request
 from tests.workload import ledger, wait_until
 
@@ -95,6 +96,47 @@ def test_rate_limiter_refills_at_its_rate():
     assert limiter.wait_s("k", 0.0) == pytest.approx(0.1)
     assert limiter.wait_s("other", 0.0) == 0                    # one key never starves another
     assert limiter.wait_s("k", 0.1) == 0
+
+
+def test_what_a_key_used_elsewhere_is_charged_here_and_records_are_checked():
+    from kbank.streams.views.rate import MAX_KEYS_PER_RECORD, read_usage, usage_records
+
+    limiter = RateLimiter(rate=1, burst=5)
+    assert limiter.wait_s("k", 0.0) == 0
+    assert limiter.take_used() == {"k": 1} and limiter.take_used() == {}
+    limiter.charge("k", 4, 0.0)                                  # used at another worker
+    assert limiter.wait_s("k", 0.0) > 0 and limiter.take_used() == {}
+    limiter.charge("k", 10**6, 0.0)                              # debt bounded by one burst
+    assert limiter.wait_s("k", 6.0) == 0
+    records = usage_records("w1", {f"k{i}": 1 for i in range(MAX_KEYS_PER_RECORD + 1)}, 7)
+    assert len(records) == 2 and read_usage(records[0])[:2] == ("w1", 7)
+    for bad in (b"", b"[]", b'{"w":"x","t":1,"used":{"k":0}}', b'{"w":"x","t":1,"used":{"k":true}}',
+                b'{"w":1,"t":1,"used":{}}', b'{"w":"x","t":1,"used":{},"extra":1}'):
+        assert read_usage(bad) is None, bad
+
+
+def test_a_keys_rate_holds_across_views_workers(settings, views_factory):
+    """Issue 41: each views worker had its own bucket, so a key spread over N workers got N
+    times its rate. One worker takes the burst; the other then refuses within a share
+    interval, long before its own bucket (a full burst) would run out."""
+    settings = replace(settings, web_rate_limit_per_s=1.0, web_rate_burst=20)
+    views = views_factory(settings, 2)
+    first, second = (views.url(w) for w in views.procs)
+    key = create_key(settings, CLIENT, accounts=("a",)).token
+    for u in (first, second):
+        wait_until(lambda u=u: request("GET", f"{u}/openapi.yaml", key=key).status != 401, 10,
+                   "the key read by both workers")
+    statuses = []
+    while not statuses or statuses[-1] != 429:                   # the burst, at the first
+        statuses.append(request("GET", f"{first}/openapi.yaml", key=key).status)
+        assert len(statuses) <= 100, statuses
+    let_through = 0
+    deadline = time.monotonic() + 10
+    while request("GET", f"{second}/openapi.yaml", key=key).status != 429:
+        let_through += 1
+        assert time.monotonic() < deadline, "the second worker never refused"
+        time.sleep(0.05)
+    assert let_through < 10, f"the second worker let {let_through} through of its own burst"
 
 
 def _post(url: str, body: dict, key: str | None) -> tuple[int, dict]:

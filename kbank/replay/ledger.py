@@ -19,13 +19,16 @@ from typing import Any
 import orjson
 
 from kbank.streams.model import (BALANCE_SIGN, CLOSED_STATE, CREDITED, DEBITED,
-                                 DEFAULT_CURRENCY, DEPOSITED, GENESIS_HASH, LIMITS_SET, OPEN,
+                                 DEFAULT_CURRENCY, DEPOSITED, GENESIS_HASH, INCOMING_RELEASED,
+                                 LIMITS_SET, OPEN,
                                  OPENED, REFUNDED, REJECTED, STATE_AFTER, WITHDRAWN, chain_link,
                                  chained_parts)
 
 _OUTFLOWS = (WITHDRAWN, DEBITED)        # decided against the overdraft floor when made
 _INFLOWS = (DEPOSITED, CREDITED)        # decided against max_balance when made
-_MOVES_CLOSED = frozenset({REFUNDED, REJECTED})   # what a closed account may still get
+# what a closed account may still get: refunds, refusals, and the release of others' holds
+# for it that were pending when it closed (posted: refunded to the payer; voided, expired)
+_MOVES_CLOSED = frozenset({REFUNDED, REJECTED, INCOMING_RELEASED})
 
 
 @dataclass

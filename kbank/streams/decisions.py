@@ -485,8 +485,11 @@ def _event(d: Decision, name: str, acct: Account, request_id: str, kind: str, am
 
 def _reject(d: Decision, req: Request, acct: Account | None, reason: str, ts: int,
             pos: Position, detail: str | None = None) -> Decision:
-    """A rejected event on the deciding account and, for a transfer, a notice to the
-    receiver (its `rejected` event); the request's outcome: rejected with the reason."""
+    """A rejected event on the deciding account (if it exists) and the request's outcome:
+    rejected with the reason. Nothing reaches the receiver: a refusal on the sender's side
+    is the sender's history only, so nobody can fill another account's history with
+    refusals at no cost (issue 41; until then a `reject_notice` put a `rejected` event in
+    the receiver's ledger, which decide_credit still applies for such records in flight)."""
     body = req.body
     amount = body.get("amount")
     amount = amount if _is_int(amount) and 0 <= amount <= MAX_AMOUNT else 0
@@ -494,10 +497,6 @@ def _reject(d: Decision, req: Request, acct: Account | None, reason: str, ts: in
     to = to if is_name(to) and to != req.account else None
     if acct is not None and req.account is not None:
         _event(d, req.account, acct.copy(), req.request_id, REJECTED, amount, to, ts, pos, reason)
-    if to is not None and req.account is not None:
-        d.messages.append((to, {"kind": REJECT_NOTICE, "request_id": req.request_id,
-                                "account": to, "counterparty": req.account,
-                                "amount": amount, "reason": reason}))
     d.outcomes.append(outcome(req.account, req.request_id, REJECTED_STATUS, ts, reason, detail))
     return d
 
@@ -715,10 +714,13 @@ def _account_rule(d: Decision, req: Request, acct: Account, ts: int, pos: Positi
         d.supply = raised   # a lowered overdraft releases nothing: it may be in use
         event_kind = LIMITS_SET
     elif kind == "close_account":
-        if acct.balance or acct.held or acct.pending_in:
+        # money held for it by others (pending in) does not keep it open: another account's
+        # hold must not block a close for its whole timeout (issue 41). Such a hold, once
+        # posted, is refunded to its payer (a credit to a closed account is), and voided or
+        # expired it is released as ever; either way pending_in goes back to 0.
+        if acct.balance or acct.held:
             return _reject(d, req, acct, ACCOUNT_NOT_EMPTY, ts, pos,
-                           f"balance {acct.balance}, held {acct.held}, pending in "
-                           f"{acct.pending_in}: all must be 0")
+                           f"balance {acct.balance}, held {acct.held}: both must be 0")
         new.state, event_kind = CLOSED_STATE, CLOSED
     elif kind == "freeze":
         if acct.state == FROZEN_STATE:

@@ -316,7 +316,7 @@ def check_account(acct: "Account") -> None:
     assert 0 <= acct.overdraft_limit <= MAX_AMOUNT, acct   # (the currency: when opened)
     assert acct.max_balance is None or 0 <= acct.max_balance <= MAX_AMOUNT, acct
     assert acct.state in (OPEN, FROZEN_STATE, CLOSED_STATE), acct
-    assert acct.state != CLOSED_STATE or acct.held == acct.pending_in == 0, acct
+    assert acct.state != CLOSED_STATE or acct.held == 0, acct   # (pending_in: others' holds)
 
 
 def ledger_event(account: str, seq: int, request_id: str, kind: str, amount: int,

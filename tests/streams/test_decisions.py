@@ -41,12 +41,22 @@ def test_overdraft_is_rejected_and_changes_no_balance():
     assert d.state.balance == 499                           # the rejected event keeps the balance
     assert d.event["kind"] == "rejected" and d.event["reason"] == "insufficient_funds"
     assert d.outcomes[0]["status"] == "rejected"
-    # the receiver only gets a notice for its history, never money
-    (key, notice), = d.messages
-    assert key == "bob" and notice["kind"] == "reject_notice"
+    # nothing reaches the receiver: its history is not the sender's to fill (issue 41)
+    assert d.messages == []
+    # a notice written before that change, still in flight, is applied as it was
+    notice = {"kind": "reject_notice", "request_id": "t1", "account": "bob",
+              "counterparty": "alice", "amount": 500, "reason": "insufficient_funds"}
     bob = Account(balance=10, seq=1)
     n = decide_credit(notice, bob, False, TS, Position("transfers.credits", 0, 0))
     assert n.state.balance == 10 and n.event["kind"] == "rejected"
+
+
+def test_refusals_from_an_unopened_account_leave_no_trace_in_the_receivers_history():
+    """Issue 41: 10,050 refused transfers from a never-opened account, addressed to a
+    victim, each put an entry in the victim's history."""
+    d = decide_request(transfer(1), None, None, TS, POS)
+    assert d.messages == [] and d.event is None and d.state is None
+    assert d.outcomes[0]["reason"] == "unknown_account"
 
 
 def test_transfer_from_unknown_account_is_rejected():

@@ -333,3 +333,36 @@ def test_the_hash_chain_is_checked_on_the_stored_bytes_or_on_the_re_encoding():
     fold = _folded(forged)
     broken = [v for v in fold.violations if "hash chain" in v]
     assert len(broken) == 1 and broken[0].startswith("@1:"), fold.violations
+
+
+def test_an_account_held_for_by_others_can_close_and_their_holds_go_back_to_their_payers():
+    """Issue 41: a 1-unit hold to another account with a one-year timeout blocked that
+    account's close_account for a year."""
+    led = Ledger()
+    _open(led, "payer", 100)
+    _open(led, "victim")
+    for rid in ("h1", "h2"):
+        out = _send(led, {"type": "hold", "request_id": rid, "from": "payer", "to": "victim",
+                          "amount": 1, "timeout_s": 3600})
+        assert out["status"] == "held", out
+    led.deliver_all()
+    assert led.accounts["victim"].pending_in == 2
+    closed = _send(led, {"type": "close_account", "request_id": "c", "account": "victim"})
+    assert closed["status"] == "completed", closed
+    # one posted (its credit finds a closed account: refunded), one voided (released)
+    assert _send(led, {"type": "post", "request_id": "p1", "from": "payer", "hold_id": "h1"})[
+        "status"] in ("debited", "completed")
+    assert _send(led, {"type": "void", "request_id": "v2", "from": "payer", "hold_id": "h2"})[
+        "status"] == "completed"
+    led.deliver_all()
+    assert led.accounts["payer"].balance == 100 and led.accounts["payer"].held == 0
+    assert led.accounts["victim"].pending_in == 0 and led.accounts["victim"].balance == 0
+    kinds = [e["kind"] for e in _events(led, "victim")]
+    assert kinds[kinds.index("closed") + 1:] == ["incoming_released", "incoming_released"], kinds
+    # an account still holding money for others may not close
+    _send(led, {"type": "hold", "request_id": "h3", "from": "payer", "to": "victim2",
+                "amount": 1, "timeout_s": 60})
+    _send(led, {"type": "withdraw", "request_id": "w", "account": "payer", "amount": 99})
+    out = _send(led, {"type": "close_account", "request_id": "c2", "account": "payer"})
+    assert out["reason"] == ACCOUNT_NOT_EMPTY and "held 1" in out["detail"], out
+    _verified(led)

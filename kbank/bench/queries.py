@@ -18,9 +18,10 @@ from rocksdict import Options, Rdict
 
 from kbank.streams.model import DAY_MS, Account, GENESIS_HASH, Position, chain_event, ledger_event
 from kbank.streams.views import queries
-from kbank.streams.views.fold import BY_BALANCE, AccountView, ranked_figure, ranking_entries
+from kbank.streams.views.fold import (BY_BALANCE, AccountView, add_to_totals, ranked_figure,
+                                     ranking_entries)
 from kbank.streams.views.queries import parse_rank_value, rank_value, top_ranked
-from kbank.streams.views.store import ViewKeys, split_history_value
+from kbank.streams.views.store import ViewKeys, history_totals, history_value, split_history_value
 
 T0 = 20_000 * DAY_MS
 
@@ -34,7 +35,7 @@ def statement_cost(events: int, repeats: int = 50) -> dict[str, float]:
     """p50/p99 ms of a statement over `events` events and of a filtered page."""
     with tempfile.TemporaryDirectory(prefix="bank-bench-queries-") as path:
         db = Rdict(path, Options(raw_mode=True))
-        balance, head = 0, GENESIS_HASH
+        balance, head, totals = 0, GENESIS_HASH, [0, 0, {}]
         for seq in range(1, events + 1):
             kind, amount = ("opened", 0) if seq == 1 else ("credited", 7) if seq % 2 else \
                 ("debited", 5)
@@ -43,7 +44,8 @@ def statement_cost(events: int, repeats: int = 50) -> dict[str, float]:
                                  T0 + seq * 1_000, Position("transfers.requests", 0, seq),
                                  acct=Account())
             head, raw = chain_event(head, orjson.dumps(event))
-            db[ViewKeys.history("acct", seq)] = b"%d " % (2 * seq) + raw
+            totals = add_to_totals(totals, kind, amount)
+            db[ViewKeys.history("acct", seq)] = history_value(2 * seq, totals, raw)
 
         def read(seq: int):  # noqa: ANN202 - the web endpoint's history_entry
             stored = db.get(ViewKeys.history("acct", seq))
@@ -52,10 +54,14 @@ def statement_cost(events: int, repeats: int = 50) -> dict[str, float]:
             offset, raw = split_history_value(stored)
             return orjson.loads(raw), offset
 
+        def totals_after(seq: int):  # noqa: ANN202 - the web endpoint's totals_after
+            stored = db.get(ViewKeys.history("acct", seq)) if seq else None
+            return [0, 0, {}] if seq == 0 else None if stored is None else history_totals(stored)
+
         statements, pages = [], []
         for _ in range(repeats):
             t = time.perf_counter()
-            queries.statement(read, events, T0, T0 + (events + 1) * 1_000, True, 0, events)
+            queries.statement(read, totals_after, events, T0, T0 + (events + 1) * 1_000, True, 0)
             statements.append((time.perf_counter() - t) * 1000)
             t = time.perf_counter()
             queries.transfers_page(read, events, queries.TransferFilter(min_amount=7), True, 50,

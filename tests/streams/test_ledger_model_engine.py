@@ -248,3 +248,27 @@ def _copy_ledger(settings, name: str, rehash: bool) -> tuple[str, tuple[int, int
     producer.flush(30)
     assert target is not None
     return copy, target
+
+
+def test_refusals_from_an_unopened_account_leave_the_receivers_history_alone(settings,
+                                                                             pool_factory):
+    """Issue 41: 10,050 refused transfers from a never-opened account, addressed to a
+    victim, each put an entry with the attacker's metadata in the victim's history (and
+    made the victim's statement over that window too large). Through the engine: the
+    refusals are answered, and the victim's ledger holds only its own events."""
+    pool_factory(settings, 1)
+    wl = Workload(settings)
+    try:
+        wl.open_accounts(["victim"], 10)
+        for i in range(50):
+            wl.send({"type": "transfer", "request_id": f"spam-{i}", "from": "ghost",
+                     "to": "victim", "amount": 1, "metadata": {"note": "attacker"}})
+        wl.sender.flush()
+        assert wl.wait(60), "every refusal answered"
+        assert {wl.status(request_key("ghost", f"spam-{i}")) for i in range(50)} == {"rejected"}
+    finally:
+        wl.close()
+    fold = ledger(settings)
+    assert [orjson.loads(raw)["kind"] for raw in fold.accounts["victim"].events] == \
+        ["opened", "deposited"]
+    assert "ghost" not in fold.accounts

@@ -60,7 +60,8 @@ from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, Ran
                                       ranking_entries, ranking_moves, standing, status_expired)
 from kbank.streams.views.queries import highest, parse_rank_value, rank_value, top_ranked
 from kbank.streams.views.metrics import LagUnavailable, ViewsMetrics
-from kbank.streams.views.store import STORE_URL, MonotoneRocksDBStore, ViewKeys, split_history_value
+from kbank.streams.views.store import (STORE_URL, MonotoneRocksDBStore, ViewKeys, history_totals,
+                                      history_value, split_history_value)
 from kbank.streams.storage import StoreBudget
 from kbank.streams.views.engine_watch import EngineWatch
 from kbank.streams.views.rate import RateLimiter
@@ -349,15 +350,17 @@ class ViewsWorker:
             log.error("ledger gap for %s: have seq %s, got %s at %d@%d",
                       account, view.seq if view else 0, seq, partition, offset)
             return
-        # its ledger offset, then it
-        writes.put(partition, ViewKeys.history(account, seq), b"%d " % offset + raw)
         if verdict is Applied.NEW:
             before = standing(view)
             view = apply_to_account(view, event, offset)
+            writes.put(partition, ViewKeys.history(account, seq),
+                       history_value(offset, view.totals, raw))
             writes.put(partition, key, view.to_bytes())
             self.move_in_rankings(partition, account, *ranking_moves(before, view))
-        else:   # the record applied last, again: its ranking writes may not have been made
+        else:   # the record applied last, again: its writes may not have been made
             assert view is not None
+            writes.put(partition, ViewKeys.history(account, seq),
+                       history_value(offset, view.totals, raw))
             self.move_in_rankings(partition, account, [], ranking_entries(view))
         if event["kind"] == OPENED:   # the accounts' indexes: by currency, by metadata pair
             for name, value in index_entries(event):
@@ -500,6 +503,13 @@ class ViewsWorker:
             return None
         offset, raw = split_history_value(stored)
         return orjson.loads(raw), offset
+
+    def totals_after(self, account: str, seq: int) -> list[Any] | None:
+        """The account's running totals after its event `seq` (seq 0: before any)."""
+        if seq == 0:
+            return [0, 0, {}]
+        stored = self.views.get(ViewKeys.history(account, seq))
+        return None if stored is None else history_totals(stored)
 
     def history_page(self, account: str, before_seq: int, limit: int) -> list[tuple[dict[str, Any], int | None]]:
         """Events with seq < before_seq, newest first, each with its ledger offset."""

@@ -60,13 +60,16 @@ class AccountView:
     metadata: dict[str, str] | None = None   # given when it was opened
     active_day: int = 0              # UTC day number that `active` counts
     active: int = 0                  # ledger events of the account on `active_day`
+    # since it opened: [money in, money out, {event kind: count}], so a statement over any
+    # window is two reads, however many events anyone caused in it (issue 41)
+    totals: list[Any] = field(default_factory=lambda: [0, 0, {}])
 
     def to_bytes(self) -> bytes:
         return orjson.dumps([self.balance, self.seq, self.offset, self.daily_limit, self.day,
                              self.outflow, self.opened_ts, self.updated_ts, self.held,
                              self.pending_in, self.currency, self.overdraft_limit,
                              self.max_balance, self.state, self.metadata, self.active_day,
-                             self.active])
+                             self.active, self.totals])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "AccountView":
@@ -89,6 +92,15 @@ class AccountView:
         }
 
 
+def add_to_totals(totals: list[Any], kind: str, amount: int) -> list[Any]:
+    """An account's running totals after one more event (a new list: history entries keep
+    the totals as they were after their own event)."""
+    money_in, money_out, counts = totals
+    moved = BALANCE_SIGN[kind] * amount
+    return [money_in + max(0, moved), money_out + max(0, -moved),
+            {**counts, kind: counts.get(kind, 0) + 1}]
+
+
 def classify(view: AccountView | None, seq: int, offset: int) -> Applied:
     current = view.seq if view is not None else 0
     if seq == current + 1:
@@ -104,6 +116,7 @@ def apply_to_account(view: AccountView | None, event: dict[str, Any], offset: in
     """The account view after a NEW event (the given view is updated in place)."""
     new = AccountView() if view is None else view
     kind, amount, ts = event["kind"], event["amount"], event["ts"]
+    new.totals = add_to_totals(new.totals, kind, amount)
     new.balance, new.seq, new.offset, new.updated_ts = event["balance"], event["seq"], offset, ts
     new.held, new.pending_in = event.get("held", 0), event.get("pending_in", 0)
     if ts // DAY_MS != new.active_day:

@@ -163,66 +163,73 @@ def balance_at(read: Reader, last_seq: int, ts: int | None = None,
     return {"seq": seq, "balance": event["balance"], "ts": event["ts"], "offset": at}
 
 
-def statement(read: Reader, last_seq: int, since_ts: int, until_ts: int, daily: bool,
-              partition: int, scan_budget: int = SCAN_BUDGET) -> dict[str, Any]:
+TotalsReader = Callable[[int], "list[Any] | None"]   # seq -> the account's totals after it
+
+
+MAX_STATEMENT_DAYS = 366     # days with events a daily breakdown may list
+
+
+def statement(read: Reader, totals: TotalsReader, last_seq: int, since_ts: int,
+              until_ts: int, daily: bool, partition: int) -> dict[str, Any]:
     """Opening and closing balance, money in and out, counts by kind over [since, until],
-    per UTC day if asked; each figure names the seqs and ledger offsets it comes from."""
+    per UTC day if asked; each figure names the seqs and ledger offsets it comes from.
+
+    Every history entry keeps the account's running totals, so a window's figures are the
+    difference of two of them: a few binary searches, however many events are in the window
+    (issue 41: others crediting an account, or holding money for it, must not make its
+    owner's statement too large to answer). A daily breakdown costs that per day with
+    events, for at most MAX_STATEMENT_DAYS of them."""
     if until_ts < since_ts:
         raise QueryError("to is before from")
-    first = seq_at(read, last_seq, ts=since_ts - 1) + 1
-    last = seq_at(read, last_seq, ts=until_ts)
-    if last - first + 1 > scan_budget:
-        raise QueryError(f"the window holds {last - first + 1} events, over the limit of "
-                         f"{scan_budget}: ask for a shorter one")
-    opening = read(first - 1)[0]["balance"] if first > 1 else 0  # type: ignore[index]
-    total = _Totals(opening)
-    days: dict[int, _Totals] = {}
-    offsets: list[int | None] = []
-    for seq in range(first, last + 1):
-        event, at = read(seq)  # type: ignore[misc]
-        offsets.append(at)
-        total.add(event, seq)
-        if daily:
-            day = event["ts"] // DAY_MS
-            if day not in days:
-                days[day] = _Totals(event["balance"] - BALANCE_SIGN[event["kind"]] * event["amount"])
-            days[day].add(event, seq)
-    out = {"from": since_ts, "to": until_ts, **total.public(),
-           "positions": {"partition": partition, "first_offset": offsets[0] if offsets else None,
-                         "last_offset": offsets[-1] if offsets else None}}
+
+    def entry(seq: int) -> Entry:
+        found = read(seq)
+        if found is None:
+            raise QueryError(f"history entry {seq} is missing")
+        return found
+
+    def after(seq: int) -> list[Any]:
+        found = totals(seq)
+        if found is None:
+            raise QueryError(f"history entry {seq} is missing")
+        return found
+
+    def window(first: int, last: int) -> dict[str, Any]:
+        opening = entry(first - 1)[0]["balance"] if first > 1 else 0
+        if last < first:
+            return _figures(opening, opening, 0, 0, {}, None, None)
+        (in_0, out_0, counts_0), (in_1, out_1, counts_1) = after(first - 1), after(last)
+        counts = {k: n - counts_0.get(k, 0) for k, n in counts_1.items() if n - counts_0.get(k, 0)}
+        closing = entry(last)[0]["balance"]
+        assert opening + (in_1 - in_0) - (out_1 - out_0) == closing, (first, last)
+        return _figures(opening, closing, in_1 - in_0, out_1 - out_0, counts, first, last)
+
+    first = seq_at(entry, last_seq, ts=since_ts - 1) + 1
+    last = seq_at(entry, last_seq, ts=until_ts)
+    out = {"from": since_ts, "to": until_ts, **window(first, last),
+           "positions": {"partition": partition,
+                         "first_offset": entry(first)[1] if last >= first else None,
+                         "last_offset": entry(last)[1] if last >= first else None}}
     if daily:
-        out["days"] = [{"day": day, **t.public()} for day, t in sorted(days.items())]
+        days: list[dict[str, Any]] = []
+        start = first
+        while start <= last:           # one day with events at a time
+            if len(days) == MAX_STATEMENT_DAYS:
+                raise QueryError(f"a daily statement lists at most {MAX_STATEMENT_DAYS} days "
+                                 f"with events: ask for fewer days")
+            day = entry(start)[0]["ts"] // DAY_MS
+            end = seq_at(entry, last, ts=(day + 1) * DAY_MS - 1)
+            days.append({"day": day, **window(start, end)})
+            start = end + 1
+        out["days"] = days
     return out
 
 
-@dataclass
-class _Totals:
-    opening: int
-    closing: int = 0
-    money_in: int = 0
-    money_out: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-    first_seq: int | None = None
-    last_seq: int | None = None
-
-    def __post_init__(self) -> None:
-        self.closing = self.opening
-
-    def add(self, event: dict[str, Any], seq: int) -> None:
-        moved = BALANCE_SIGN[event["kind"]] * event["amount"]
-        self.money_in += max(0, moved)
-        self.money_out += max(0, -moved)
-        self.closing = event["balance"]
-        self.counts[event["kind"]] = self.counts.get(event["kind"], 0) + 1
-        self.first_seq = self.first_seq or seq
-        self.last_seq = seq
-
-    def public(self) -> dict[str, Any]:
-        assert self.opening + self.money_in - self.money_out == self.closing, self
-        return {"opening_balance": self.opening, "closing_balance": self.closing,
-                "money_in": self.money_in, "money_out": self.money_out,
-                "events": sum(self.counts.values()), "counts": self.counts,
-                "first_seq": self.first_seq, "last_seq": self.last_seq}
+def _figures(opening: int, closing: int, money_in: int, money_out: int, counts: dict[str, int],
+             first_seq: int | None, last_seq: int | None) -> dict[str, Any]:
+    return {"opening_balance": opening, "closing_balance": closing, "money_in": money_in,
+            "money_out": money_out, "events": sum(counts.values()), "counts": counts,
+            "first_seq": first_seq, "last_seq": last_seq}
 
 
 RankedEntry = tuple[int, int, str]      # (bucket, stored figure, account), highest bucket first

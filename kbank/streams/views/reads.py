@@ -44,6 +44,9 @@ class ViewsReads(Protocol):
     def history_entry(self, account: str, seq: int) -> tuple[dict[str, Any], int | None] | None:
         """The event of that seq and its ledger offset."""
 
+    def totals_after(self, account: str, seq: int) -> list[Any] | None:
+        """The account's running totals after its event `seq`: [in, out, {kind: count}]."""
+
     def request_status(self, key: str) -> dict[str, Any] | None: ...
 
     def local_totals_by_partition(self) -> list[tuple[int, PartitionTotals]]: ...

@@ -76,10 +76,21 @@ class ViewKeys:
         return ViewKeys.OUTCOMES_POSITION + b"%d" % partition
 
 
+def history_value(offset: int, totals: list[Any], raw: bytes) -> bytes:
+    """`<ledger offset> <the account's totals after it> <event JSON>` (orjson's encoding
+    has no spaces)."""
+    return b"%d %s %s" % (offset, orjson.dumps(totals), raw)
+
+
 def split_history_value(stored: bytes) -> tuple[int, bytes]:
-    """A history value is `<ledger offset> <event JSON>`."""
-    offset, _, raw = stored.partition(b" ")
-    return int(offset), raw
+    """(ledger offset, event JSON) of a history value."""
+    offset, _, rest = stored.partition(b" ")
+    return int(offset), rest.partition(b" ")[2]
+
+
+def history_totals(stored: bytes) -> list[Any]:
+    """The account's totals after the event of a history value."""
+    return orjson.loads(stored.split(b" ", 2)[1])
 
 
 def _progress(prefix: bytes, value: bytes) -> tuple[int, ...]:

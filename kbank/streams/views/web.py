@@ -531,11 +531,12 @@ def register_routes(worker: ViewsReads) -> None:
                                     "defaults to now")
                 to = request.query.get("to")   # a statement without `to` runs to now
                 found = query(lambda: queries.statement(
-                    account_reader(account), view.seq,
+                    account_reader(account), lambda seq: worker.totals_after(account, seq),
+                    view.seq,
                     queries.parse_time(request.query["from"]),
                     queries.parse_time(to) if to is not None else int(time.time() * 1000),
                     request.query.get("daily") in ("1", "true"),
-                    partition_for(account, settings.partitions), settings.web_query_budget))
+                    partition_for(account, settings.partitions)))
                 return json_response({"account": account, "currency": view.currency, **found})
             return await router.route(request, account, local)
 

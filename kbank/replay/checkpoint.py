@@ -21,7 +21,6 @@ import hashlib
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 

@@ -86,7 +86,7 @@ class LedgerFold:
         try:
             event = orjson.loads(raw)
             name, seq, kind, amount = event["account"], event["seq"], event["kind"], event["amount"]
-            sign = BALANCE_SIGN[kind]
+            BALANCE_SIGN[kind]   # a kind no consumer knows: KeyError, refused below
             if type(name) is not str or type(seq) is not int or type(amount) is not int \
                     or type(event["balance"]) is not int:   # bool is not int here
                 raise TypeError("account must be a string; seq, amount and balance integers")

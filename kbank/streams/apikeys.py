@@ -73,15 +73,7 @@ class ApiKey:
     @classmethod
     def from_bytes(cls, raw: bytes) -> "ApiKey":
         """Raises InvalidKey for anything but a well-formed record."""
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidKey(f"not JSON: {exc}") from None
-        if not isinstance(doc, dict) or doc.pop("v", None) != 1:
-            raise InvalidKey("not a version-1 key record")
-        want = set(cls.__dataclass_fields__)
-        if set(doc) != want:
-            raise InvalidKey(f"fields must be {sorted(want)}")
+        doc = versioned_record(raw, set(cls.__dataclass_fields__), "key")
         ints = ("created_ms", "expires_ms", "revoked_ms")
         if not all(doc[f] is None or _is_int(doc[f]) for f in ints) or doc["created_ms"] is None:
             raise InvalidKey("times must be integers of milliseconds")
@@ -139,6 +131,20 @@ class NewKey:
 
     record: ApiKey
     token: str = field(repr=False)
+
+
+def versioned_record(raw: bytes, fields: set[str], what: str) -> dict[str, Any]:
+    """The fields of a version-1 record with exactly `fields` (an API key's, a Kafka
+    client's grant); raises InvalidKey for anything else."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidKey(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.pop("v", None) != 1:
+        raise InvalidKey(f"not a version-1 {what} record")
+    if set(doc) != fields:
+        raise InvalidKey(f"fields must be {sorted(fields)}")
+    return doc
 
 
 def scope_problem(role: Any, accounts: Any, prefix: Any) -> str | None:

@@ -686,7 +686,7 @@ def _open(d: Decision, req: Request, acct: Account | None, ts: int, pos: Positio
     overdraft = body.get("overdraft_limit", 0)
     if supply + overdraft > rules.supply_cap:
         return _reject(d, req, None, OVERFLOW, ts, pos,
-                       f"the overdraft would exceed the partition's share of the 64-bit range")
+                       "the overdraft would exceed the partition's share of the 64-bit range")
     new = Account(daily_limit=body.get("daily_limit"), day=ts // DAY_MS,
                   currency=body.get("currency", DEFAULT_CURRENCY), overdraft_limit=overdraft,
                   max_balance=body.get("max_balance"))

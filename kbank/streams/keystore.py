@@ -27,31 +27,39 @@ class KeyNotFound(LookupError):
     """No key has this id."""
 
 
-def _actor(settings: Settings) -> str:
+def actor(settings: Settings) -> str:
     """Who is making or revoking a key: the Kafka principal and the OS user running it."""
     user = kafka.client_config(settings, kafka.ADMIN).get("sasl.username") or kafka.ADMIN
     return f"{user} ({getpass.getuser()})"
 
 
-def _write(settings: Settings, record: ApiKey, action: str) -> None:
-    """The key record and its audit record, in one transaction."""
+def write_audited(settings: Settings, logical_topic: str, name: str, value: bytes, action: str,
+                  audited: tuple[str, dict]) -> None:
+    """A credential record (an API key's, a Kafka client's grant) and its auth.audit record
+    (`audited`: its field name and the record's public fields), in one transaction, as the
+    super user: the audit log never misses a credential that works."""
     producer = kafka.producer(settings, kafka.ADMIN, **{
-        "transactional.id": settings.topic(f"bank-keys-{record.id}-{action}"), "acks": "all"})
+        "transactional.id": settings.topic(f"bank-{logical_topic}-{name}-{action}"),
+        "acks": "all"})
     producer.init_transactions(30)
     producer.begin_transaction()
-    audit = {"v": 1, "action": action, "ts": int(time.time() * 1000), "by": _actor(settings),
-             "key": record.public()}
-    producer.produce(settings.topic(topics.KEYS_AUDIT), key=record.id.encode(),
-                     value=orjson.dumps(audit))
-    producer.produce(settings.topic(topics.KEYS), key=record.id.encode(), value=record.to_bytes())
+    audit = {"v": 1, "action": action, "ts": int(time.time() * 1000), "by": actor(settings),
+             audited[0]: audited[1]}
+    producer.produce(settings.topic(topics.KEYS_AUDIT), key=name.encode(), value=orjson.dumps(audit))
+    producer.produce(settings.topic(logical_topic), key=name.encode(), value=value)
     producer.commit_transaction(30)
+
+
+def _write(settings: Settings, record: ApiKey, action: str) -> None:
+    write_audited(settings, topics.KEYS, record.id, record.to_bytes(), action,
+                  ("key", record.public()))
 
 
 def create_key(settings: Settings, role: str, accounts: tuple[str, ...] = (),
                account_prefix: str | None = None, expires_ms: int | None = None,
                label: str = "") -> NewKey:
     """Make and store a key; the caller shows `token` once. Raises InvalidKey."""
-    made = new_key(role, int(time.time() * 1000), _actor(settings), accounts, account_prefix,
+    made = new_key(role, int(time.time() * 1000), actor(settings), accounts, account_prefix,
                    expires_ms, label)
     _write(settings, made.record, "key_created")
     return made

@@ -3,7 +3,7 @@ credits, the invariants hold (TigerBeetle-style: state them, then let the genera
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import orjson
 from hypothesis import given, settings, strategies as st

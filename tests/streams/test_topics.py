@@ -1,8 +1,6 @@
 """ensure_topics refuses existing topics whose settings break topics.yaml."""
 from __future__ import annotations
 
-import uuid
-from dataclasses import replace
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic

@@ -8,13 +8,11 @@ Each create and revoke appends an audit record to auth.audit, in the grant's tra
 """
 from __future__ import annotations
 
-import getpass
 import secrets
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import orjson
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation,
                                    AclPermissionType, AdminClient, NewTopic,
@@ -26,6 +24,7 @@ from kbank.streams import kafka, topics
 from kbank.streams.apikeys import CLIENT, InvalidKey, scope_problem
 from kbank.streams.client import read_topic
 from kbank.streams.config import Settings
+from kbank.streams.keystore import actor, write_audited
 from kbank.streams.gateway.grants import (KafkaClient, is_client_name, outcomes_topic,
                                           requests_topic, role_of)
 from kbank.streams.principals import SCRAM_ITERATIONS, properties_path, write_properties
@@ -41,25 +40,9 @@ def user_of(settings: Settings, name: str) -> str:
     return settings.topic(role_of(name))
 
 
-def _actor(settings: Settings) -> str:
-    user = kafka.client_config(settings, kafka.ADMIN).get("sasl.username") or kafka.ADMIN
-    return f"{user} ({getpass.getuser()})"
-
-
 def _write(settings: Settings, grant: KafkaClient, action: str) -> None:
-    """The grant and its audit record, in one transaction."""
-    producer = kafka.producer(settings, kafka.ADMIN, **{
-        "transactional.id": settings.topic(f"bank-kafka-clients-{grant.name}-{action}"),
-        "acks": "all"})
-    producer.init_transactions(30)
-    producer.begin_transaction()
-    audit = {"v": 1, "action": action, "ts": int(time.time() * 1000), "by": _actor(settings),
-             "kafka_client": grant.public()}
-    producer.produce(settings.topic(topics.KEYS_AUDIT), key=grant.name.encode(),
-                     value=orjson.dumps(audit))
-    producer.produce(settings.topic(topics.KAFKA_CLIENTS), key=grant.name.encode(),
-                     value=grant.to_bytes())
-    producer.commit_transaction(30)
+    write_audited(settings, topics.KAFKA_CLIENTS, grant.name, grant.to_bytes(), action,
+                  ("kafka_client", grant.public()))
 
 
 def fold_grant(grants: dict[str, KafkaClient], key: bytes | None, value: bytes | None) -> str | None:
@@ -124,7 +107,7 @@ def create_client(settings: Settings, name: str, accounts: tuple[str, ...] = (),
     if problem is not None:
         raise InvalidKey(problem)
     assert settings.kafka_credentials, "needs BANK_KAFKA_CREDENTIALS with admin.properties"
-    grant = KafkaClient(name, int(time.time() * 1000), _actor(settings), tuple(accounts),
+    grant = KafkaClient(name, int(time.time() * 1000), actor(settings), tuple(accounts),
                         account_prefix)
     _write(settings, grant, "kafka_client_created")
     admin_conf = kafka.client_config(settings, kafka.ADMIN)

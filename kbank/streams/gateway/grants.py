@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from kbank.streams.apikeys import CLIENT, InvalidKey, scope_problem
+from kbank.streams.apikeys import CLIENT, InvalidKey, scope_problem, versioned_record
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_]{0,47}")   # no '.' or '-': topic and group names stay apart
 REQUESTS_SUFFIX, OUTCOMES_SUFFIX = ".requests", ".outcomes"
@@ -91,15 +91,7 @@ class KafkaClient:
     @classmethod
     def from_bytes(cls, raw: bytes) -> "KafkaClient":
         """Raises InvalidKey for anything but a well-formed record."""
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidKey(f"not JSON: {exc}") from None
-        if not isinstance(doc, dict) or doc.pop("v", None) != 1:
-            raise InvalidKey("not a version-1 Kafka client record")
-        want = set(cls.__dataclass_fields__)
-        if set(doc) != want:
-            raise InvalidKey(f"fields must be {sorted(want)}")
+        doc = versioned_record(raw, set(cls.__dataclass_fields__), "Kafka client")
         if not is_client_name(doc["name"]):
             raise InvalidKey("name must be 1 to 48 of a-z, 0-9 and _, starting with a letter or digit")
         if not all(doc[f] is None or (isinstance(doc[f], int) and not isinstance(doc[f], bool))

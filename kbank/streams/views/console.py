@@ -19,7 +19,6 @@ from aiohttp import web as aioweb
 from confluent_kafka import KafkaException
 from faust.web import View
 
-from kbank.streams import topics
 from kbank.streams.views.fold import global_figures
 from kbank.streams.views.http import HTTPError, ask_peers, caller_headers, gather_totals, json_response
 from kbank.streams.views.metrics import LATENCY_BUCKETS, LagUnavailable, ViewsMetrics

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 import orjson
 
-from kbank.streams.model import BALANCE_SIGN, DAY_MS
+from kbank.streams.model import DAY_MS
 
 Entry = tuple[dict[str, Any], "int | None"]
 Reader = Callable[[int], "Entry | None"]

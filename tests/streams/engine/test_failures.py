@@ -9,10 +9,8 @@ BANK_ENGINE_ABORT_LIMIT out of reach the worker is still running, aborting, at t
 """
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
-import orjson
 import pytest
 from confluent_kafka import KafkaError
 from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation,

@@ -102,8 +102,6 @@ def rebuild_part(settings: Settings, store_dir: str, partitions: list[int] | Non
             if len(batch) >= _FLUSH_EVERY:
                 store.write(batch)
                 batch = WriteBatch()
-        for account, view in part.accounts.items():
-            batch.put(b"a:" + account.encode(), view.to_bytes())
         store.write(batch)
         progress.close()
         outcomes = progress_bar("rebuild views: transfers.outcomes", "records",

@@ -92,6 +92,8 @@ from typing import Any
 
 import orjson
 
+from kbank.streams.storekeys import (EXPIRE, EXTERNAL_REF_MARKER, MEMBER_MARKER, MESSAGE_MARKER,
+                                     REQUEST_MARKER)
 from kbank.streams.model import (
     ACCEPTED, ACCOUNT_CLOSED, ACCOUNT_EXISTS, ACCOUNT_FROZEN, ACCOUNT_NOT_EMPTY, CLOSED,
     CLOSED_STATE, COMPLETED, CREDIT, CREDITED, CURRENCY_MISMATCH, DAY_MS, DEBITED,
@@ -155,7 +157,6 @@ for _kind in _FIELDS:
 _SENT_FROM = frozenset({"transfer", "hold", "post", "void", "linked"})  # keyed by `from`
 _TO_ANOTHER = frozenset({"transfer", "hold"})                             # have a `to`
 _SETTLING = frozenset({"post", "void"})                                   # name a hold_id
-EXPIRE = "expire"   # the engine's own message (on transfers.credits), never a client's request
 
 
 def deciding_account(body: dict[str, Any]) -> Any:
@@ -514,21 +515,21 @@ def marker_key(prefix: str, scope: str, request_id: str) -> str:
 
 def request_marker(account: str, request_id: str) -> str:
     """The applied-id marker of a client request, in its deciding account's scope."""
-    return marker_key("r:", account, request_id)
+    return marker_key(REQUEST_MARKER, account, request_id)
 
 
 def marked_request(marker: str) -> str | None:
     """The request key of a request's marker (request_marker), None for other markers."""
-    if not marker.startswith("r:"):
+    if not marker.startswith(REQUEST_MARKER):
         return None
     head, length = marker.rsplit("\x00", 1)
-    n = 2 + int(length)
-    return request_key(head[n + 1:], head[2:n])
+    n = len(REQUEST_MARKER) + int(length)
+    return request_key(head[n + 1:], head[len(REQUEST_MARKER):n])
 
 
 def external_ref_marker(sender: str, external_ref: str) -> str:
     """The marker of an external_ref the sender used (its value: the request id that did)."""
-    return marker_key("e:", sender, external_ref)
+    return marker_key(EXTERNAL_REF_MARKER, sender, external_ref)
 
 
 def decide_request(req: Request, acct: Account | None, first: FirstDecision | None,
@@ -857,11 +858,8 @@ def expire_hold(msg: dict[str, Any], acct: Account | None, hold: Hold | None, ts
                        ts, pos)
 
 
-_MARKER_PREFIX = {CREDIT: "c:", REFUND: "f:", REJECT_NOTICE: "n:", HOLD_NOTICE: "i:",
-                  RELEASE_NOTICE: "u:", EXPIRE: "x:"}  # requests use "r:"
-# a linked transfer's messages, one per member: prefix "<prefix><index>:"
-_MEMBER_PREFIX = {CREDIT: "C:", REFUND: "F:", LINK_CHECK: "k:", LINK_ACK: "y:",
-                  LINK_RESERVE: "R:", LINK_COMMIT: "P:", LINK_ABORT: "A:"}
+_MARKER_PREFIX = MESSAGE_MARKER     # kbank/streams/storekeys.py: the store's key layout
+_MEMBER_PREFIX = MEMBER_MARKER      # a linked transfer's messages: "<prefix><index>:"
 # messages that go back to the sender (their `account` is the request's scope)
 _TO_SENDER = frozenset({REFUND, LINK_ACK, EXPIRE})
 

@@ -202,7 +202,10 @@ def _provision(settings: Settings, cluster: KafkaCluster, credentials: str) -> S
     settings = secure_deployment(settings, cluster.admin_config(), credentials)
     print(f"Kafka is secured (SASL/SCRAM-SHA-512, ACLs, see SECURITY.md); each principal's "
           f"librdkafka properties are in {credentials} (readable by you only): "
-          f"export BANK_KAFKA_CREDENTIALS={credentials} for other bank commands", flush=True)
+          f"export BANK_KAFKA_CREDENTIALS={credentials} for other bank commands; a payments "
+          f"service of your own gets a principal of its own with `bank kafka-config client "
+          f"NAME --accounts a,b` (its requests topic, its outcomes topic, its accounts only)",
+          flush=True)
     return settings
 
 

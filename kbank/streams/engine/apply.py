@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from kbank.streams.storekeys import INCOMING_MARKER
 from kbank.streams.decisions import (EXPIRE, BadMessage, Decision, FirstDecision, Rules, credit_marker,
                                      decide_credit, decide_request, external_ref_marker,
                                      incoming_marker, message_scope, parse_request,
@@ -65,7 +66,7 @@ class PartitionState(Protocol):
     def advance_clock(self, ts: int) -> None: ...
 
 
-NEVER_EXPIRES = "i:"   # a hold notice's marker: the receiver's pending-in, as long as the hold
+NEVER_EXPIRES = INCOMING_MARKER   # a hold notice's marker: the receiver's pending-in, as long as the hold
 
 
 def stamp(value: str, ts: int) -> str:

@@ -3,30 +3,18 @@
 engine.changelog is compacted and written only inside the engine's
 transactions, so a read_committed reader sees whole batches or nothing:
 
-    a:<account>        -> the account's state after the batch (Account json); compaction
-                          keeps the latest per account, so a restore is bounded by the
-                          number of accounts, not by the length of the history
-    h:<hold_id>        -> a hold's state (Hold json), written when it is made and when it
-                          is settled; compaction keeps the latest
-    s:                 -> the partition's money supply (deposits - withdrawals + overdraft
-                          limits granted), which Rules.supply_cap bounds
-    l:                 -> the hash of the partition's last ledger event: the head its next
-                          event is chained to (model.chain_event)
-    t:                 -> the partition's clock: the latest input timestamp it applied
-    i:<hold id>...     -> a hold notice's marker (the receiver counts the hold as pending-in):
-                          kept under its own key, as it lives as long as the hold
-    b:<c0>:<r0>        -> one record per batch (BatchRecord): the exact input ranges
-                          [c0, c1) of transfers.credits and [r0, r1) of transfers.requests
-                          it processed, the partition's clock after it, and the ids it
-                          applied with their stamped values (a request's FirstDecision).
-                          The key is unique: the records are the applied-id set. Once the
-                          window rule (engine/apply.py) lets none of a batch's ids count
-                          again, the engine writes the record's tombstone (and its parts'),
-                          so the changelog, and a restore, stay bounded by the window.
-                          (The processing order that recompute re-runs is kept apart, for
-                          good, in engine.batches.) A batch whose ids would make the record
-                          too large writes the excess first as parts, b:<c0>:<r0>:<n>,
-                          with the same ranges; the record without a part comes last.
+    (the key layout: kbank/streams/storekeys.py, the one place every prefix is named)
+
+Per batch, the changed accounts (a:), holds (h:), the supply (s:), the chain head (l:) and
+the clock (t:) as they are after it, a hold notice's marker (i:) under its own key, and one
+batch record (b:<c0>:<r0>): the exact input ranges [c0, c1) of transfers.credits and
+[r0, r1) of transfers.requests it processed, its clock, and the ids it applied with their
+stamped values. The key is unique: the records are the applied-id set. Once the window rule
+(engine/apply.py) lets none of a batch's ids count again, the engine writes the record's
+tombstone (and its parts'), so the changelog, and a restore, stay bounded by the window.
+(The processing order recompute re-runs is kept apart, for good, in engine.batches.) A batch
+whose ids would make the record too large writes the excess first as parts, b:<c0>:<r0>:<n>,
+with the same ranges; the record without a part comes last.
 """
 from __future__ import annotations
 
@@ -34,13 +22,7 @@ from dataclasses import dataclass
 
 import orjson
 
-ACCOUNT_PREFIX = b"a:"
-HOLD_PREFIX = b"h:"
-BATCH_PREFIX = b"b:"
-SUPPLY_KEY = b"s:"
-CHAIN_KEY = b"l:"
-CLOCK_KEY = b"t:"
-INCOMING_PREFIX = b"i:"
+from kbank.streams.storekeys import ACCOUNT_PREFIX, BATCH_PREFIX, HOLD_PREFIX
 
 
 def account_key(name: str) -> bytes:

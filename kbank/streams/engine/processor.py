@@ -24,8 +24,8 @@ from kbank.streams.decisions import (MAX_DETAIL, BadMessage, Decision, Rules, Un
                                      expiry_message, parse_message, parse_request)
 from kbank.streams.engine.apply import (MAX_OUTPUT_BYTES, NEVER_EXPIRES, credit_decision,
                                        expiry_horizon, record, request_decision)
-from kbank.streams.engine.changelog import (CHAIN_KEY, CLOCK_KEY, SUPPLY_KEY, BatchRecord,
-                                            account_key, hold_key)
+from kbank.streams.engine.changelog import BatchRecord, account_key, hold_key
+from kbank.streams.storekeys import CHAIN_KEY, CLOCK_KEY, SUPPLY_KEY
 from kbank.streams.engine import routing
 from kbank.streams.engine.faults import PlantedBug
 from kbank.streams.engine.poison import FailureLog, MoneyInFlightFails

@@ -7,17 +7,9 @@ the changelog offset they reflect (which never moves backwards). A crash
 before that write loses nothing: the restore reads the changelog from that
 offset and finds the batch there.
 
-Keys: b"a:<account>" -> Account json; b"h:<hold key>" -> Hold json; the applied-id marker
-(b"r:<request key>", b"c:<request key>", ...) -> its value (a request's FirstDecision, else
-b"1"), stamped with its input's timestamp (engine/apply.py); b"s:" -> the partition's money
-supply; b"l:" -> the ledger chain's head; b"t:" -> the partition's clock;
-b"z:<clock>:<batch record key>" -> [markers, settled holds, batch records] (JSON): the expiry
-index, what each batch wrote by the clock after it (a restore writes one per batch record
-and one per settled hold, under its h: key);
-b"__changelog" -> the next changelog offset to read;
-b"__position" -> the input offsets [credits, requests] the state reflects (the
-end of the last batch applied), which a restore compares with the group's
-committed offsets.
+Keys: kbank/streams/storekeys.py (accounts, holds, markers, supply, chain head, clock, the
+expiry index, the changelog offset and the input position the state reflects, which a
+restore compares with the group's committed offsets).
 """
 from __future__ import annotations
 
@@ -30,17 +22,18 @@ from rocksdict import Rdict, WriteBatch
 
 from kbank.streams.files import private_dir
 from kbank.streams.engine.apply import NEVER_EXPIRES, holds_open, unstamp
-from kbank.streams.engine.changelog import (ACCOUNT_PREFIX, BATCH_PREFIX, CHAIN_KEY, CLOCK_KEY,
-                                            HOLD_PREFIX, INCOMING_PREFIX, SUPPLY_KEY, BatchRecord,
-                                            account_key, hold_key)
+from kbank.streams.engine.changelog import BatchRecord, account_key, hold_key
 from kbank.streams.decisions import marked_request
 from kbank.streams.model import ACCEPTED, GENESIS_HASH, HELD_STATUS, PENDING, Account, Hold
 from kbank.streams.storage import StoreBudget
+from kbank.streams.storekeys import (ACCOUNT_PREFIX, BATCH_PREFIX, CHAIN_KEY,
+                                     CHANGELOG_OFFSET_KEY, CLOCK_KEY, EXPIRY_PREFIX, HOLD_PREFIX,
+                                     INCOMING_PREFIX, POSITION_KEY, SUPPLY_KEY)
 
-_CHANGELOG_OFFSET = b"__changelog"
-_POSITION = b"__position"
+_CHANGELOG_OFFSET = CHANGELOG_OFFSET_KEY
+_POSITION = POSITION_KEY
 _CACHE_ACCOUNTS = 200_000  # decoded accounts kept in memory, most recently used
-_EXPIRY_PREFIX = b"z:"
+_EXPIRY_PREFIX = EXPIRY_PREFIX
 # a request marker's value (FirstDecision) with one of these first statuses may have made a
 # hold (a linked transfer is first `accepted`): only then is the hold looked up on expiry
 _MAY_HOLD = (f" {HELD_STATUS} ", f" {ACCEPTED} ")

@@ -17,8 +17,8 @@ import orjson
 from kbank.streams.progress import progress_bar
 from kbank.streams import kafka, topics
 from kbank.streams.config import Settings
-from kbank.streams.engine import BatchRecord, ChangelogRestore, PartitionStore, PartitionTask, account_key
-from kbank.streams.engine.apply import stamp
+from kbank.streams.engine import (BatchRecord, ChangelogRestore, PartitionStore, PartitionTask,
+                                  account_key, stamp)
 from kbank.streams.model import Account
 from kbank.streams.topics import ensure_topics
 from kbank.streams.storage import StoreBudget

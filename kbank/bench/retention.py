@@ -27,7 +27,7 @@ from confluent_kafka import Message
 
 from kbank.streams.config import Settings
 from kbank.streams.engine import PartitionStore, PartitionTask
-from kbank.streams.engine.processor import BatchProcessor, Topics
+from kbank.streams.engine import BatchProcessor, Topics
 from kbank.streams.partitioning import partition_for
 from kbank.streams.progress import progress_bar
 from kbank.streams.storage import StoreBudget

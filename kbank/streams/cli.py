@@ -20,8 +20,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from kbank.streams.engine import EngineWorker
-    from kbank.streams.engine.failures import WorkerHalted
+    from kbank.streams.engine import EngineWorker, WorkerHalted
     from kbank.streams.health import HALTED_EXIT_CODE
 
     settings = _settings(args).needs_broker("worker")

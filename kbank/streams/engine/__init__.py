@@ -5,14 +5,18 @@ begin/commit/abort), state and restore (RocksDB stores and their recovery from t
 changelog), routing (requests on another key's partition), faults (test seams).
 
 Tools (replay, bench) use the names exported here and nothing deeper."""
-from kbank.streams.engine.apply import MemoryState, credit_decision, record, request_decision
+from kbank.streams.engine.apply import (MemoryState, credit_decision, record, request_decision,
+                                        stamp)
 from kbank.streams.engine.changelog import BATCH_PREFIX, BatchRecord, account_key
+from kbank.streams.engine.failures import WorkerHalted
+from kbank.streams.engine.processor import BatchProcessor, Topics
 from kbank.streams.engine.restore import ChangelogRestore
 from kbank.streams.engine.routing import forwarded_from, is_misrouted
 from kbank.streams.engine.state import PartitionStore
 from kbank.streams.engine.task import PartitionTask
 from kbank.streams.engine.worker import EngineWorker
 
-__all__ = ["BATCH_PREFIX", "BatchRecord", "ChangelogRestore", "EngineWorker", "MemoryState",
-           "PartitionStore", "PartitionTask", "account_key", "credit_decision", "forwarded_from",
-           "is_misrouted", "record", "request_decision"]
+__all__ = ["BATCH_PREFIX", "BatchProcessor", "BatchRecord", "ChangelogRestore", "EngineWorker",
+           "MemoryState", "PartitionStore", "PartitionTask", "Topics", "WorkerHalted",
+           "account_key", "credit_decision", "forwarded_from", "is_misrouted", "record",
+           "request_decision", "stamp"]

@@ -1,0 +1,89 @@
+"""The house rules that were prose only (issue 43), checked on the source: tools use the
+engine's face, the pure rules import no I/O, and no module imports itself in a circle."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "kbank"
+# the rules and record shapes the engine, the views, replay and the tests share: no Kafka,
+# no store, no HTTP, so they are unit-tested alone and reused by replay
+PURE = ("streams/decisions.py", "streams/model.py", "streams/storekeys.py",
+        "streams/apikeys.py", "streams/partitioning.py", "streams/gateway/grants.py",
+        "streams/gateway/relay.py", "streams/views/rate.py", "streams/views/queries.py",
+        "streams/views/fold.py", "streams/webhooks/rules.py")
+IO_MODULES = ("confluent_kafka", "aiokafka", "faust", "rocksdict", "aiohttp", "socket",
+              "subprocess", "requests")
+PURE_HELPERS = ("aiokafka.partitioner",)   # Kafka's murmur2, a pure function
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, top_level_only: bool = False) -> list[str]:
+    """The modules a file imports (`from package import module` names the module only)."""
+    tree = ast.parse(path.read_text(), str(path))
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            submodules = [f"{node.module}.{alias.name}" for alias in node.names
+                          if _is_module(f"{node.module}.{alias.name}")]
+            found += submodules or [node.module]
+    return found
+
+
+def _is_module(name: str) -> bool:
+    parts = name.split(".")
+    if parts[0] != "kbank":
+        return False
+    base = ROOT.joinpath(*parts)
+    return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
+
+
+def test_tools_use_only_the_engines_face():
+    """engine/__init__.py says tools (replay, bench, the CLI, the views) use only the names
+    it exports; its rooms are the engine's own."""
+    engine = PACKAGE / "streams" / "engine"
+    rooms = {p.stem for p in engine.glob("*.py") if p.stem != "__init__"}
+    broken = [f"{path.relative_to(ROOT)} imports {name}"
+              for path in PACKAGE.rglob("*.py") if engine not in path.parents
+              for name in _imports(path)
+              if name.split(".")[:4][:3] == ["kbank", "streams", "engine"]
+              and len(name.split(".")) > 3 and name.split(".")[3] in rooms]
+    assert broken == [], broken
+
+
+def test_the_pure_rules_import_no_io():
+    broken = [f"{rel} imports {name}" for rel in PURE
+              for name in _imports(PACKAGE / rel)
+              if name.split(".")[0] in IO_MODULES and name not in PURE_HELPERS]
+    assert broken == [], broken
+
+
+def test_no_import_circle_among_top_level_imports():
+    modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {name: {m for m in _imports(path, top_level_only=True) if m in modules and m != name}
+             for name, path in modules.items()}
+    state: dict[str, int] = {}          # 1: on the path, 2: done
+    path: list[str] = []
+
+    def visit(name: str) -> None:
+        state[name] = 1
+        path.append(name)
+        for dep in sorted(graph[name]):
+            if state.get(dep) == 1:
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep)
+        path.pop()
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)

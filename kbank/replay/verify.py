@@ -141,6 +141,28 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+# How each piece of LedgerChecks' state is merged across partitions (merge_folds) and what
+# a checkpoint does with it (snapshot / restored): the one list of it, so a new piece cannot
+# be forgotten in one of the places (a test checks every field is here).
+#   add: Counters summed; disjoint: maps whose keys live on one partition; extend: lists;
+#   money: per-currency figures summed
+STATE: dict[str, tuple[str, str]] = {
+    "deciding": ("add", "dropped: counted again from the checkpoint on"),
+    "life": ("disjoint", "dropped: an id's use began before the checkpoint counts as new "
+                         "after it (the window is shorter than a checkpoint's reach)"),
+    "twice": ("extend", "dropped: a violation fails the verify, which writes no checkpoint"),
+    "returned": ("add", "carried for open transfers (open_transfers)"),
+    "refunds": ("add", "carried for open transfers (open_transfers)"),
+    "debits": ("add", "carried for open transfers (open_transfers)"),
+    "money": ("money", "carried: deposits and withdrawals per currency (money)"),
+    "reserved": ("disjoint", "carried for holds not settled (open_holds)"),
+    "settled": ("disjoint", "summed into holds_done"),
+    "held": ("add", "carried (held)"),
+    "violations": ("extend", "dropped: a violation fails the verify"),
+    "holds_done": ("add", "carried (holds_done)"),
+}
+
+
 class LedgerChecks:
     """The cross-account checks, accumulated one applied (de-duplicated) event at a time."""
 
@@ -159,6 +181,25 @@ class LedgerChecks:
         self.held: Counter[str] = Counter()                      # account -> held, from its events
         self.violations: list[str] = []                         # of the holds' rules
         self.holds_done: Counter[str] = Counter()   # holds made and settled before a checkpoint
+        assert set(vars(self)) - {"window_ms"} == set(STATE), "LedgerChecks.STATE is the list"
+
+    def merge(self, other: "LedgerChecks") -> None:
+        """Another partitions' checks into these, as STATE says."""
+        for name, (how, _) in STATE.items():
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if how == "add":
+                mine.update(theirs)
+            elif how == "disjoint":
+                assert not mine.keys() & theirs.keys(), name
+                mine.update(theirs)
+            elif how == "extend":
+                mine += theirs
+            else:
+                assert how == "money", how
+                for cur, money in theirs.items():
+                    total = mine.setdefault(cur, Money())
+                    total.deposits += money.deposits
+                    total.withdrawals += money.withdrawals
 
     def add(self, ev: dict, acct: AccountFold) -> None:
         """One applied event of `acct` (its currency and rules as of the event)."""
@@ -411,21 +452,7 @@ def merge_folds(parts: list[tuple[LedgerFold, LedgerChecks]]) -> tuple[LedgerFol
                 fold.first_ts = ts if fold.first_ts is None else min(fold.first_ts, ts)
                 fold.last_ts = ts if fold.last_ts is None else max(fold.last_ts, ts)
         fold.expect.update(part_fold.expect)
-        for mine, theirs in ((checks.deciding, part_checks.deciding),
-                             (checks.returned, part_checks.returned),
-                             (checks.refunds, part_checks.refunds),
-                             (checks.debits, part_checks.debits), (checks.held, part_checks.held)):
-            mine.update(theirs)
-        for cur, money in part_checks.money.items():
-            total = checks.money.setdefault(cur, Money())
-            total.deposits += money.deposits
-            total.withdrawals += money.withdrawals
-        checks.reserved.update(part_checks.reserved)
-        checks.settled.update(part_checks.settled)
-        checks.life.update(part_checks.life)
-        checks.holds_done.update(part_checks.holds_done)
-        checks.twice += part_checks.twice
-        checks.violations += part_checks.violations
+        checks.merge(part_checks)
     return fold, checks
 
 

@@ -113,50 +113,65 @@ MAX_LINKED = 16
 MAX_REQUEST_BYTES = 16_384   # a larger transfers.requests record is rejected, never copied
 MAX_DETAIL = 200             # characters of client data quoted in a rejection's detail
 _LIMITS = ("daily_limit", "overdraft_limit", "max_balance")
-_FIELDS = {
-    "open_account": {"type", "request_id", "account", "currency", *_LIMITS, "metadata"},
-    "deposit": {"type", "request_id", "account", "amount", "currency", "metadata"},
-    "withdraw": {"type", "request_id", "account", "amount", "currency", "metadata"},
-    "transfer": {"type", "request_id", "from", "to", "amount", "currency", "metadata",
-                 "external_ref"},
-    "hold": {"type", "request_id", "from", "to", "amount", "timeout_s", "currency", "metadata",
-             "external_ref"},
-    "post": {"type", "request_id", "hold_id", "from", "amount", "metadata"},
-    "void": {"type", "request_id", "hold_id", "from", "metadata"},
-    "linked": {"type", "request_id", "from", "transfers", "currency", "metadata",
-               "external_ref"},
-    "set_limits": {"type", "request_id", "account", *_LIMITS},
-    "close_account": {"type", "request_id", "account"},
-    "freeze": {"type", "request_id", "account"},
-    "unfreeze": {"type", "request_id", "account"},
-}
-_REQUIRED = {
-    "open_account": {"type", "request_id", "account"},
-    "deposit": {"type", "request_id", "account", "amount"},
-    "withdraw": {"type", "request_id", "account", "amount"},
-    "transfer": {"type", "request_id", "from", "to", "amount"},
-    "hold": {"type", "request_id", "from", "to", "amount", "timeout_s"},
-    "post": {"type", "request_id", "hold_id", "from"},
-    "void": {"type", "request_id", "hold_id", "from"},
-    "linked": {"type", "request_id", "from", "transfers"},
-    "set_limits": {"type", "request_id", "account"},
-    "close_account": {"type", "request_id", "account"},
-    "freeze": {"type", "request_id", "account"},
-    "unfreeze": {"type", "request_id", "account"},
-}
-_ACCOUNT_RULES = frozenset({"set_limits", "close_account", "freeze", "unfreeze"})
-_OUTGOING = frozenset({"withdraw", "transfer", "hold", "post", "linked", LINK_RESERVE})
-# (what a frozen account refuses: everything that moves money out)
 TAGS = ("metadata", "external_ref")   # a request's labels, copied into all it causes
-# who sent a request: set by the HTTP intake to the API key's principal (`key:<id>`), or by a
-# Kafka client of its own; carried into the ledger events, messages and outcomes it causes
+# who sent a request: set by the HTTP intake to the API key's principal (`key:<id>`), or by
+# the Kafka gateway to a client's (`kafka:<name>`); carried into the ledger events, messages
+# and outcomes it causes
 REQUESTED_BY = "requested_by"
 VERSION = "v"   # the contract's version a request may state (CONTRACT_VERSION if absent)
-for _kind in _FIELDS:
-    _FIELDS[_kind].update((REQUESTED_BY, VERSION))
-_SENT_FROM = frozenset({"transfer", "hold", "post", "void", "linked"})  # keyed by `from`
-_TO_ANOTHER = frozenset({"transfer", "hold"})                             # have a `to`
-_SETTLING = frozenset({"post", "void"})                                   # name a hold_id
+
+
+@dataclass(frozen=True)
+class RequestKind:
+    """One request type of the contract, described once: its fields, the field that names
+    its deciding account, and what it is (issue 43: it was seven parallel tables)."""
+
+    name: str
+    required: frozenset[str]         # besides type and request_id
+    optional: frozenset[str]         # besides requested_by and v
+    deciding: str = "account"        # the field naming the account that decides it
+    to_another: bool = False         # names a `to` (another account)
+    settles_hold: bool = False       # names a `hold_id`
+    rules_account: bool = False      # changes an account's rules or life
+    moves_out: bool = False          # moves money out: refused on a frozen account
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return self.required | self.optional | {"type", "request_id", REQUESTED_BY, VERSION}
+
+
+def _kind(name: str, required: str, optional: str = "", **what: Any) -> RequestKind:
+    return RequestKind(name, frozenset(required.split()), frozenset(optional.split()), **what)
+
+
+REQUEST_KINDS: dict[str, RequestKind] = {k.name: k for k in (
+    _kind("open_account", "account", f"currency {' '.join(_LIMITS)} metadata"),
+    _kind("deposit", "account amount", "currency metadata"),
+    _kind("withdraw", "account amount", "currency metadata", moves_out=True),
+    _kind("transfer", "from to amount", "currency metadata external_ref", deciding="from",
+          to_another=True, moves_out=True),
+    _kind("hold", "from to amount timeout_s", "currency metadata external_ref", deciding="from",
+          to_another=True, moves_out=True),
+    _kind("post", "hold_id from", "amount metadata", deciding="from", settles_hold=True,
+          moves_out=True),
+    _kind("void", "hold_id from", "metadata", deciding="from", settles_hold=True),
+    _kind("linked", "from transfers", "currency metadata external_ref", deciding="from",
+          moves_out=True),
+    _kind("set_limits", "account", " ".join(_LIMITS), rules_account=True),
+    _kind("close_account", "account", rules_account=True),
+    _kind("freeze", "account", rules_account=True),
+    _kind("unfreeze", "account", rules_account=True),
+)}
+# what the rules ask of a kind, read off REQUEST_KINDS (sets: the parser's hot path)
+_FIELDS = {name: set(k.fields) for name, k in REQUEST_KINDS.items()}
+_REQUIRED = {name: {"type", "request_id", *k.required} for name, k in REQUEST_KINDS.items()}
+_ACCOUNT_RULES = frozenset(n for n, k in REQUEST_KINDS.items() if k.rules_account)
+# what a frozen account refuses: everything that moves money out (a linked transfer's member
+# paid by another account, too)
+_OUTGOING = frozenset({*(n for n, k in REQUEST_KINDS.items() if k.moves_out), LINK_RESERVE})
+_SENT_FROM = frozenset(n for n, k in REQUEST_KINDS.items() if k.deciding == "from")
+_TO_ANOTHER = frozenset(n for n, k in REQUEST_KINDS.items() if k.to_another)
+_SETTLING = frozenset(n for n, k in REQUEST_KINDS.items() if k.settles_hold)
 
 
 def deciding_account(body: dict[str, Any]) -> Any:

@@ -93,7 +93,8 @@ class HostileClients(RuleBasedStateMachine):
         if kind == "close_account" and outs and outs[0]["status"] == "completed" \
                 and not outs[0].get("retry"):
             acct = self.led.accounts[account]
-            assert acct.balance == acct.held == acct.pending_in == 0, acct
+            # what others hold for it does not keep it open (issue 41): it goes back to them
+            assert acct.balance == acct.held == 0, acct
 
     @rule(kind=st.sampled_from(["deposit", "withdraw"]), account=names, rid=ids, amount=amounts)
     def move(self, kind, account, rid, amount):

@@ -66,7 +66,8 @@ from kbank.streams.storage import StoreBudget
 from kbank.streams.views.engine_watch import EngineWatch
 from kbank.streams.views.rate import RateLimiter
 from kbank.streams.views.usage import UsageShare
-from kbank.streams.views.web import observe_middleware, register_routes
+from kbank.streams.views.routes import register_routes
+from kbank.streams.views.web import observe_middleware
 from kbank.streams.views.sources import SourceReader
 from kbank.streams.views.writes import TableWrites
 

@@ -88,3 +88,13 @@ def test_docker_compose_runs_the_tested_broker_secured():
     for name in ("engine-0", "engine-1", "views-0", "views-1", "webhooks-0", "tools"):
         env = compose["services"][name]["environment"]
         assert env["BANK_KAFKA_CREDENTIALS"] == "/credentials", name
+
+
+def test_every_package_of_the_source_is_in_the_wheel():
+    """pyproject.toml lists the packages by name: a new one left off it is missing from the
+    wheel (the demo test then fails far from the cause)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "kbank").rglob("__init__.py")}
+    assert found - listed == set(), f"add to pyproject.toml's packages: {sorted(found - listed)}"

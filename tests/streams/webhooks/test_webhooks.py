@@ -20,7 +20,7 @@ from jsonschema import Draft202012Validator
 import kbank
 from kbank.client import verify_webhook
 from kbank.streams import kafka, topics
-from kbank.streams.apikeys import CLIENT
+from kbank.streams.apikeys import CLIENT, OPERATOR
 from kbank.streams.client import read_topic
 from kbank.streams.keystore import create_key
 from kbank.streams.model import parse_ledger_event
@@ -260,9 +260,11 @@ def test_events_read_before_a_sigkill_are_delivered_after_it(settings, pool_fact
                        unsafe_webhooks_commit_first=unsafe)
     pool_factory(settings, 1)
     hooks = pool_factory(settings, 1, "webhooks")
-    # registered straight on the topic (as the intake would), paused: the routes are the
-    # other tests'; this one needs no views worker
-    hook = new_webhook({"url": f"http://127.0.0.1:{receiver.port}/ok"}, "op", True,
+    # registered straight on the topic (as the intake would), paused, owned by a key that
+    # works (a webhook whose key is unknown, revoked or expired is suspended): the routes
+    # are the other tests'; this one needs no views worker
+    owner = create_key(settings, OPERATOR, label="webhook owner").record.id
+    hook = new_webhook({"url": f"http://127.0.0.1:{receiver.port}/ok"}, owner, True,
                        frozenset({f"127.0.0.1:{receiver.port}"}), 0)
     _register(settings, replace(hook, state="paused"))
     work = Workload(settings)

@@ -21,7 +21,7 @@ from kbank.streams.config import Settings
 from kbank.streams.supervisor import wait_for_views
 from tests.conftest import TestCluster, deployment
 from tests.http import current_key
-from tests.workload import Workload, assert_invariants
+from tests.workload import Workload, assert_invariants, engine_backlog
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
@@ -73,7 +73,13 @@ def test_killing_brokers_controller_and_a_leader_mid_transaction_loses_nothing(
         sender.join()
         deadline = time.monotonic() + 300
         while wl.watcher.finished(wl.request_ids) < len(wl.request_ids):
-            assert time.monotonic() < deadline, "requests left unfinished after the broker kills"
+            if time.monotonic() >= deadline:   # say enough to tell a lost send from a lost read
+                open_ids = [r for r in wl.request_ids if wl.watcher.status.get(r) not in
+                            ("completed", "rejected")]
+                raise AssertionError(
+                    f"{len(open_ids)} requests left unfinished after the broker kills (e.g. "
+                    f"{open_ids[:5]}, statuses {[wl.watcher.status.get(r) for r in open_ids[:5]]});"
+                    f" engine backlog {engine_backlog(settings)}")
             engine.restart_dead()
             wl.watcher.wait(wl.request_ids, 1)
         urls = [views.url(w) for w in views.procs]

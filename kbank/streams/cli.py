@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Callable
 
 import orjson
 
@@ -19,17 +20,25 @@ def _settings(args: argparse.Namespace) -> Settings:
     return args.settings
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    from kbank.streams.engine import EngineWorker, WorkerHalted
+def _until_halted(run: Callable[[], None]) -> int:
+    """Run a worker; an error no retry fixes (WorkerHalted) ends it with one line and
+    HALTED_EXIT_CODE, and the supervisor restarts it with a backoff."""
+    from kbank.streams.engine import WorkerHalted
     from kbank.streams.health import HALTED_EXIT_CODE
 
-    settings = _settings(args).needs_broker("worker")
     try:
-        EngineWorker(settings, args.worker_id, args.metrics_port).run()
-    except WorkerHalted as halted:   # an error no retry fixes: one line, and the supervisor
-        print(halted, file=sys.stderr, flush=True)   # restarts it with a backoff
+        run()
+    except WorkerHalted as halted:
+        print(halted, file=sys.stderr, flush=True)
         return HALTED_EXIT_CODE
     return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from kbank.streams.engine import EngineWorker
+
+    settings = _settings(args).needs_broker("worker")
+    return _until_halted(EngineWorker(settings, args.worker_id, args.metrics_port).run)
 
 
 def cmd_views(args: argparse.Namespace) -> int:
@@ -54,8 +63,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     settings = _settings(args).needs_broker("gateway")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
-    GatewayWorker(settings, args.worker_id).run()
-    return 0
+    return _until_halted(GatewayWorker(settings, args.worker_id).run)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

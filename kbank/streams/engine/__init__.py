@@ -8,7 +8,7 @@ Tools (replay, bench) use the names exported here and nothing deeper."""
 from kbank.streams.engine.apply import (MemoryState, credit_decision, record, request_decision,
                                         stamp)
 from kbank.streams.engine.changelog import BATCH_PREFIX, BatchRecord, account_key
-from kbank.streams.engine.failures import WorkerHalted
+from kbank.streams.engine.failures import WorkerHalted, error_of
 from kbank.streams.engine.processor import BatchProcessor, Topics
 from kbank.streams.engine.restore import ChangelogRestore
 from kbank.streams.engine.routing import forwarded_from, is_misrouted
@@ -18,5 +18,5 @@ from kbank.streams.engine.worker import EngineWorker
 
 __all__ = ["BATCH_PREFIX", "BatchProcessor", "BatchRecord", "ChangelogRestore", "EngineWorker",
            "MemoryState", "PartitionStore", "PartitionTask", "Topics", "WorkerHalted",
-           "account_key", "credit_decision", "forwarded_from", "is_misrouted", "record",
+           "account_key", "credit_decision", "error_of", "forwarded_from", "is_misrouted", "record",
            "request_decision", "stamp"]

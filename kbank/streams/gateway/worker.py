@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import time
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
@@ -24,7 +23,8 @@ from kbank.streams.gateway.admin import fold_grant
 from kbank.streams.gateway.grants import (TOPIC_PREFIX, KafkaClient, client_of_topic,
                                           outcomes_topic)
 from kbank.streams.gateway.relay import DeadLetter, Refuse, Relay, decide, is_clients_outcome
-from kbank.streams.health import HALTED_EXIT_CODE, record_halt
+from kbank.streams.engine import WorkerHalted, error_of
+from kbank.streams.health import record_halt
 from kbank.streams.model import VERSION_HEADERS, dead_letter
 
 log = logging.getLogger("bank.gateway")
@@ -184,10 +184,11 @@ class GatewayWorker:
             log.error("abort failed: %s", exc)
 
     def _end(self, exc: KafkaException) -> None:
-        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        """Halt as the engine does on an error no restart fixes (its halt line recorded,
+        WorkerHalted for the CLI to print and exit with); any other one ends the process."""
+        error = error_of(exc)
         if error is not None and (error.code() in _UNFIXABLE or kafka.is_fatal(error)):
             message = f"gateway {self.worker_id} halted: {error.str()} (no restart fixes this)"
-            print(message, file=sys.stderr, flush=True)
             record_halt(self.settings.state_dir, "gateway", self.worker_id, message)
-            sys.exit(HALTED_EXIT_CODE)
+            raise WorkerHalted(message) from exc
         raise exc

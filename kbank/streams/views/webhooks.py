@@ -187,9 +187,10 @@ def register_webhook_routes(worker: ViewsReads, send: Callable[[], Send]) -> Non
             await read_registrations()
             key: ApiKey | None = request[API_KEY]
             hook = changeable(request, webhook_id)
-            if "suspended" in shown(hook):
+            suspended = shown(hook).get("suspended")
+            if suspended is not None:
                 if key is None or key.role != OPERATOR:
-                    raise HTTPError(403, "forbidden", shown(hook)["suspended"])
+                    raise HTTPError(403, "forbidden", suspended)
                 return await update(request, webhook_id, state=ACTIVE, owner=key.id)
             return await update(request, webhook_id, state=ACTIVE)
 

@@ -126,3 +126,7 @@ class KeyRing:
     def get(self, key_id: str) -> ApiKey | None:
         """A key by its id (never by its secret: for what a key owns, such as webhooks)."""
         return self._keys.get(key_id)
+
+    def fresh_since(self, wall_ms: int) -> bool:
+        """Whether every key record written before `wall_ms` has been read (TopicTail)."""
+        return self._tail.fresh_since(wall_ms)

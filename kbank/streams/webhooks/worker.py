@@ -207,10 +207,14 @@ class WebhookWorker:
                 continue
             free = self.settings.webhook_concurrency - self.calls.get(hook_id, 0)
             while free > 0 and due and due[0][0] <= now:
-                next_ms, _, key = heapq.heappop(due)
+                next_ms, _, key = due[0]
                 delivery = self.pending.get(key)
                 if delivery is None or delivery.next_ms != next_ms or key in self.in_flight:
+                    heapq.heappop(due)
                     continue      # delivered, revoked or rescheduled since
+                if not self.keys.fresh_since(delivery.updated_ms):
+                    break         # a revocation written before this event may be unread yet
+                heapq.heappop(due)
                 self.calls[hook_id] = self.calls.get(hook_id, 0) + 1
                 self.in_flight.add(key)
                 task = asyncio.ensure_future(self.attempt(session, key, delivery, hook))

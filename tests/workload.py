@@ -26,16 +26,36 @@ class Workload:
     deposits: int = 0
     duplicates_sent: int = 0
     setup_timeout_s: float = 120
+    # requests the broker refused (a broker killed under the send, say) and the errors: a
+    # client sends them again, as `resend_refused` does, and the id makes that a retry
+    refused: list[tuple[dict, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.sender = RequestSender(self.settings)
         self.watcher = OutcomeWatcher(self.settings, from_beginning=True)
 
     def send(self, request: dict, duplicate: bool = False) -> None:
-        self.request_ids.append(self.sender.send(request))   # its request key
+        def acked(error: str | None, _msg) -> None:  # noqa: ANN001 - a confluent-kafka Message
+            if error is not None:
+                self.refused.append((request, error))
+        self.request_ids.append(self.sender.send(request, acked))   # its request key
         if duplicate:
-            self.sender.send(request)
+            self.sender.send(request, acked)
             self.duplicates_sent += 1
+
+    def resend_refused(self, rounds: int = 5) -> list[str]:
+        """Send again what the broker refused until it takes all of it; the errors seen."""
+        errors: list[str] = []
+        for _ in range(rounds):
+            self.sender.flush()
+            again, self.refused = self.refused, []
+            if not again:
+                break
+            errors += [error for _, error in again]
+            for request, _ in again:
+                self.sender.send(request, lambda e, _m, r=request: e and self.refused.append((r, e)))
+        assert not self.refused, f"the broker kept refusing requests: {self.refused[:3]}"
+        return errors
 
     def open_accounts(self, names: list[str], deposit: int, wait=None) -> None:  # noqa: ANN001
         """Open and fund the accounts; `wait(timeout_s)` (default: the watcher's) until done."""

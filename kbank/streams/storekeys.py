@@ -20,7 +20,7 @@ State (in the store and, but for the expiry index, in engine.changelog):
     __changelog        the store only: the next changelog offset to read
     __position         the store only: the input offsets [credits, requests] it reflects
 
-Applied-id markers (one per kind, deciding account and id: decisions.marker_key puts the
+Applied-id markers (one per kind, deciding account and id: decisions/markers.py marker_key puts the
 id first, then the scope, then the id's length), each mapped to its value stamped with its
 input's timestamp (engine/apply.py); in the changelog they live in their batch's record,
 but for the hold notice's, which lives under its own key as long as the hold:

@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient
 from kbank.replay.views import compare, rebuild
 from kbank.streams import kafka, topics
 from kbank.streams.broker import KafkaCluster
+from kbank.streams.client import OutcomeWatcher
 from kbank.streams.config import Settings
 from kbank.streams.supervisor import wait_for_views
 from tests.conftest import TestCluster, deployment
@@ -71,15 +72,19 @@ def test_killing_brokers_controller_and_a_leader_mid_transaction_loses_nothing(
                 wl.watcher.wait(wl.request_ids, 0.5)
             cluster.start_node(victim)                   # back, and the cluster whole again
         sender.join()
+        resent = wl.resend_refused()                     # what a client does with a refusal
         deadline = time.monotonic() + 300
         while wl.watcher.finished(wl.request_ids) < len(wl.request_ids):
             if time.monotonic() >= deadline:   # say enough to tell a lost send from a lost read
                 open_ids = [r for r in wl.request_ids if wl.watcher.status.get(r) not in
                             ("completed", "rejected")]
+                reread = OutcomeWatcher(settings, from_beginning=True)   # a lost read?
+                reread.wait(open_ids, 30)
                 raise AssertionError(
                     f"{len(open_ids)} requests left unfinished after the broker kills (e.g. "
                     f"{open_ids[:5]}, statuses {[wl.watcher.status.get(r) for r in open_ids[:5]]});"
-                    f" engine backlog {engine_backlog(settings)}")
+                    f" engine backlog {engine_backlog(settings)}; finished when read again "
+                    f"{reread.finished(open_ids)}; sent again after a refusal: {resent[:3]}")
             engine.restart_dead()
             wl.watcher.wait(wl.request_ids, 1)
         urls = [views.url(w) for w in views.procs]

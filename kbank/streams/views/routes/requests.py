@@ -14,8 +14,8 @@ from aiohttp import web as aioweb
 from faust.web import View
 
 from kbank.streams.apikeys import submit_refusal
-from kbank.streams.decisions import MAX_NAME, Rules, Undecodable, deciding_account, parse_request
-from kbank.streams.model import DECIDED_STATUSES, request_key
+from kbank.streams.decisions import Rules, Undecodable, deciding_account, parse_request
+from kbank.streams.model import DECIDED_STATUSES, MAX_NAME, request_key
 from kbank.streams.views.access import API_KEY
 from kbank.streams.views.fold import hold_view
 from kbank.streams.views.http import HTTPError, caller_headers, json_object, json_response

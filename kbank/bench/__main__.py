@@ -30,9 +30,16 @@ def auth_cost(results: list) -> str:  # noqa: ANN001 - BenchResults, off runs fi
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bank bench", description=__doc__, epilog=describe(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    _run_options(parser)
+    _other_measures(parser)
+    return parser
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    """The live run's shape: workers, views, load, accounts, broker."""
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2, help="engine worker processes")
     parser.add_argument("--scaling", default="", help="comma-separated worker counts, e.g. 1,2: "
@@ -49,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--misrouted", type=float, default=0.0, metavar="SHARE",
                         help="send this share (0-1) of the transfers on a partition their key does "
                              "not map to (as another partitioner would): the engine forwards them")
+
+
+def _other_measures(parser: argparse.ArgumentParser) -> None:
+    """What to measure instead of (or besides) the live run, and where the output goes."""
     parser.add_argument("--raw-messages", type=int, default=300_000)
     parser.add_argument("--out", default="bench-out", help="directory for the PNG plots")
     parser.add_argument("--json", action="store_true", help="print one JSON object per run")
@@ -94,111 +105,114 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: the machine's own speed for M minutes with nothing else "
                              "running: the CPU ms of the reference work that every run samples "
                              "once a second (kbank/bench/procs.py), per minute")
-    args = parser.parse_args(argv)
-    if not 0.0 <= args.misrouted <= 1.0:
-        parser.error("--misrouted takes a share from 0 to 1")
+
+
+def _print_result(args: argparse.Namespace, result: dict, line: str) -> None:
+    print(orjson.dumps(result).decode() if args.json else line, flush=True)
+
+
+def single_measure(args: argparse.Namespace) -> int | None:
+    """Run the one measurement an "instead" option asks for (its exit code), or None."""
     if args.machine_minutes:
         from kbank.bench.procs import machine_speed
 
         for minute in machine_speed(args.machine_minutes):
-            print(orjson.dumps(minute).decode() if args.json else
-                  f"minute {minute['minute']}: reference work median {minute['median_ms']} ms "
-                  f"(min {minute['min_ms']}, max {minute['max_ms']})", flush=True)
+            _print_result(args, minute, f"minute {minute['minute']}: reference work median "
+                          f"{minute['median_ms']} ms (min {minute['min_ms']}, max "
+                          f"{minute['max_ms']})")
         return 0
     if args.statement_events:
         from kbank.bench.queries import statement_cost
 
         result = statement_cost(args.statement_events)
-        print(orjson.dumps(result).decode() if args.json else
-              f"statement over {result['events']:,} events: p50 {result['statement_p50_ms']} ms, "
-              f"p99 {result['statement_p99_ms']} ms; a filtered page of 50: p50 "
-              f"{result['filtered_page_p50_ms']} ms, p99 {result['filtered_page_p99_ms']} ms; "
-              f"the 10 largest balances of {result['ranking_accounts']:,} accounts: p50 "
-              f"{result['top10_p50_ms']} ms, p99 {result['top10_p99_ms']} ms (100: p99 "
-              f"{result['top100_p99_ms']} ms)")
+        _print_result(args, result,
+                      f"statement over {result['events']:,} events: p50 "
+                      f"{result['statement_p50_ms']} ms, p99 {result['statement_p99_ms']} ms; a "
+                      f"filtered page of 50: p50 {result['filtered_page_p50_ms']} ms, p99 "
+                      f"{result['filtered_page_p99_ms']} ms; the 10 largest balances of "
+                      f"{result['ranking_accounts']:,} accounts: p50 {result['top10_p50_ms']} ms, "
+                      f"p99 {result['top10_p99_ms']} ms (100: p99 {result['top100_p99_ms']} ms)")
         return 0
-    if args.retention_days:
-        return retention_main(args)
     if args.store_keys:
         from kbank.bench.store import store_growth
 
         result = store_growth(args.store_keys)
-        print(orjson.dumps(result).decode() if args.json else
-              f"a miss and a put, us of CPU, per million keys {result['per_million_keys']}: "
-              f"engine options {result['engine_options_us']}, RocksDB defaults "
-              f"{result['rocksdb_defaults_us']}")
+        _print_result(args, result,
+                      f"a miss and a put, us of CPU, per million keys "
+                      f"{result['per_million_keys']}: engine options "
+                      f"{result['engine_options_us']}, RocksDB defaults "
+                      f"{result['rocksdb_defaults_us']}")
         return 0
-    if args.replay_events:
-        return replay_main(args)
-    if args.restore_ids:
-        return restore_main(args)
     if args.hot_path:
         from kbank.bench.hotpath import hot_path_speed
 
         result = hot_path_speed(args.hot_path)
-        print(orjson.dumps(result).decode() if args.json else
-              f"engine hot path: {result['cpu_us_per_transfer']} us of CPU per transfer "
-              f"({result['transfers']:,} transfers, {result['records_written']:,} records)")
+        _print_result(args, result,
+                      f"engine hot path: {result['cpu_us_per_transfer']} us of CPU per transfer "
+                      f"({result['transfers']:,} transfers, {result['records_written']:,} records)")
         return 0
+    for option, run in (("retention_days", retention_main), ("replay_events", replay_main),
+                        ("restore_ids", restore_main)):
+        if getattr(args, option):
+            return run(args)
+    return None
 
-    from kbank.bench.driver import run_bench
-    from kbank.bench.raw import broker_raw_throughput
-    from kbank.bench.report import plot, table
 
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.misrouted <= 1.0:
+        parser.error("--misrouted takes a share from 0 to 1")
+    done = single_measure(args)
+    if done is not None:
+        return done
     base = Settings.from_env(partitions=args.partitions)
-    counts = [int(x) for x in args.scaling.split(",")] if args.scaling else [args.workers]
-    log = sys.stderr
     embedded = not base.bootstrap_servers
     if not embedded and args.auth == "both":
         parser.error("--auth both starts the embedded broker twice: unset KAFKA_BOOTSTRAP_SERVERS")
-    modes = ("off", "on") if args.auth == "both" else (args.auth,)
     results = []
-    for auth in modes:
-        state_dir = tempfile.mkdtemp(prefix="bank-bench-state-")
-        secured = embedded and auth == "on"
-        cluster = KafkaCluster(os.path.join(state_dir, "kafka"), secured=secured).start() \
-            if embedded else None
-        try:
-            bootstrap = cluster.bootstrap_servers if cluster else base.bootstrap_servers
-            broker_pids = [n.proc.pid for n in cluster.nodes if n.proc] if cluster else []
-            settings = replace(base, bootstrap_servers=bootstrap, state_dir=state_dir)
-            if secured:   # the admin only: each run makes its own principals (run_bench)
-                settings = with_admin(settings, cluster.admin_config(),
-                                      os.path.join(state_dir, "credentials"))
-            print(f"broker: {'embedded Apache Kafka ' + KAFKA_VERSION if embedded else bootstrap}"
-                  f"{', secured (SASL/SCRAM, ACLs)' if secured else ''}; measuring raw throughput",
-                  file=log, flush=True)
-            raw = broker_raw_throughput(replace(settings, topic_prefix=f"bench-raw-{os.getpid()}-"),
-                                        args.raw_messages)
-            print(f"  raw: produce {raw['produce_msgs_per_s']:,.0f} msgs/s, consume "
-                  f"{raw['consume_msgs_per_s']:,.0f} msgs/s", file=log, flush=True)
-            for workers in counts:
-                print(f"run: {workers} worker(s), {args.partitions} partitions, "
-                      f"{args.accounts:,} accounts, authentication {auth}", file=log, flush=True)
-                if args.webhook_events:
-                    from kbank.bench.webhooks import delivery_speed
+    for auth in ("off", "on") if args.auth == "both" else (args.auth,):
+        results += live_runs(args, base, auth)
+    if args.backlog or args.webhook_events:
+        return 0
+    report_runs(args, results)
+    return 0
 
-                    delivered = delivery_speed(settings, args.webhook_events)
-                    delivered.update(auth=auth)
-                    print(orjson.dumps(delivered).decode() if args.json else
-                          f"{delivered['events']:,} events delivered to a local receiver: "
-                          f"{delivered['deliveries_per_s']:,.0f} deliveries/s, "
-                          f"{delivered['worker_cpu_us_per_delivery']} us of the webhook "
-                          f"worker's CPU each", flush=True)
-                    continue
-                if args.backlog:
-                    from kbank.bench.backlog import drain_speed
 
-                    drained = drain_speed(settings, workers=workers, views=args.views,
-                                          accounts=args.accounts, backlog=args.backlog,
-                                          broker_pids=broker_pids, recompute=args.recompute)
-                    drained.update(auth=auth, broker_raw_msgs_per_s=raw["msgs_per_s"])
-                    print(orjson.dumps(drained).decode() if args.json else
-                          f"backlog of {args.backlog:,} drained by {workers} worker(s)"
-                          f"{f' with {args.views} views' if args.views else ''}: "
-                          f"{drained['drain_transfers_per_s']:,.0f} transfers/s; CPU us per "
-                          f"transfer {drained['cpu_us_per_transfer']}", flush=True)
-                    continue
+def live_runs(args: argparse.Namespace, base: Settings, auth: str) -> list:
+    """One broker (embedded, secured if `auth` is on, or the configured one), its raw
+    throughput, then each run asked for on it; the closed- or open-loop runs' results."""
+    from kbank.bench.driver import run_bench
+    from kbank.bench.raw import broker_raw_throughput
+
+    log, embedded, results = sys.stderr, not base.bootstrap_servers, []
+    state_dir = tempfile.mkdtemp(prefix="bank-bench-state-")
+    secured = embedded and auth == "on"
+    cluster = KafkaCluster(os.path.join(state_dir, "kafka"), secured=secured).start() \
+        if embedded else None
+    try:
+        bootstrap = cluster.bootstrap_servers if cluster else base.bootstrap_servers
+        broker_pids = [n.proc.pid for n in cluster.nodes if n.proc] if cluster else []
+        settings = replace(base, bootstrap_servers=bootstrap, state_dir=state_dir)
+        if secured:   # the admin only: each run makes its own principals (run_bench)
+            settings = with_admin(settings, cluster.admin_config(),
+                                  os.path.join(state_dir, "credentials"))
+        print(f"broker: {'embedded Apache Kafka ' + KAFKA_VERSION if embedded else bootstrap}"
+              f"{', secured (SASL/SCRAM, ACLs)' if secured else ''}; measuring raw throughput",
+              file=log, flush=True)
+        raw = broker_raw_throughput(replace(settings, topic_prefix=f"bench-raw-{os.getpid()}-"),
+                                    args.raw_messages)
+        print(f"  raw: produce {raw['produce_msgs_per_s']:,.0f} msgs/s, consume "
+              f"{raw['consume_msgs_per_s']:,.0f} msgs/s", file=log, flush=True)
+        for workers in [int(x) for x in args.scaling.split(",")] if args.scaling \
+                else [args.workers]:
+            print(f"run: {workers} worker(s), {args.partitions} partitions, "
+                  f"{args.accounts:,} accounts, authentication {auth}", file=log, flush=True)
+            if args.webhook_events:
+                _webhook_run(args, settings, auth)
+            elif args.backlog:
+                _backlog_run(args, settings, auth, workers, broker_pids, raw)
+            else:
                 result = run_bench(settings, workers=workers, accounts=args.accounts,
                                    seconds=args.seconds, warmup=args.warmup, rate=args.rate,
                                    inflight=args.inflight, zipf=args.zipf, views=args.views,
@@ -206,12 +220,45 @@ def main(argv: list[str] | None = None) -> int:
                                    misrouted=args.misrouted)
                 result.auth = auth if embedded else "as configured"
                 results.append(result)
-        finally:
-            if cluster:
-                cluster.stop()
-        shutil.rmtree(state_dir, ignore_errors=True)
-    if args.backlog or args.webhook_events:
-        return 0
+    finally:
+        if cluster:
+            cluster.stop()
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return results
+
+
+def _webhook_run(args: argparse.Namespace, settings: Settings, auth: str) -> None:
+    from kbank.bench.webhooks import delivery_speed
+
+    delivered = delivery_speed(settings, args.webhook_events)
+    delivered.update(auth=auth)
+    _print_result(args, delivered,
+                  f"{delivered['events']:,} events delivered to a local receiver: "
+                  f"{delivered['deliveries_per_s']:,.0f} deliveries/s, "
+                  f"{delivered['worker_cpu_us_per_delivery']} us of the webhook "
+                  f"worker's CPU each")
+
+
+def _backlog_run(args: argparse.Namespace, settings: Settings, auth: str, workers: int,
+                 broker_pids: list[int], raw: dict) -> None:
+    from kbank.bench.backlog import drain_speed
+
+    drained = drain_speed(settings, workers=workers, views=args.views, accounts=args.accounts,
+                          backlog=args.backlog, broker_pids=broker_pids,
+                          recompute=args.recompute)
+    drained.update(auth=auth, broker_raw_msgs_per_s=raw["msgs_per_s"])
+    _print_result(args, drained,
+                  f"backlog of {args.backlog:,} drained by {workers} worker(s)"
+                  f"{f' with {args.views} views' if args.views else ''}: "
+                  f"{drained['drain_transfers_per_s']:,.0f} transfers/s; CPU us per "
+                  f"transfer {drained['cpu_us_per_transfer']}")
+
+
+def report_runs(args: argparse.Namespace, results: list) -> None:
+    """The runs' table (or JSON lines), authentication's cost if asked, and the plots."""
+    from kbank.bench.report import plot, table
+
+    log = sys.stderr
     if args.json:
         for r in results:
             print(orjson.dumps(r.summary()).decode())
@@ -224,7 +271,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"plot: {path}", file=log)
     except ImportError:
         print("plots skipped: matplotlib is not installed (pip install -e '.[bench]')", file=log)
-    return 0
 
 
 def replay_main(args: argparse.Namespace) -> int:

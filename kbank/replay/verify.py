@@ -32,7 +32,9 @@ import orjson
 from typing import Any
 
 from kbank.replay.checkpoint import Checkpoint, matches_log
-from kbank.replay.ledger import AccountFold, ChainHead, LedgerFold
+from kbank.replay.checks import LedgerChecks
+from kbank.replay.report import VerifyReport
+from kbank.replay.ledger import LedgerFold
 from kbank.replay.parallel import in_processes, partition_shares
 from kbank.streams.progress import progress_bar
 from confluent_kafka import TopicPartition
@@ -41,294 +43,8 @@ from kbank.streams import kafka, topics
 from kbank.streams.client import read_topic
 from kbank.streams.decisions import deciding_account, parse_json
 from kbank.streams.config import Settings
-from kbank.streams.model import (COMPLETED, CREDITED, DEBITED, DEPOSITED, EXPIRED, HELD, HOLD_RELEASED,
-                           HOLD_SETTLING, OPENED, POSTED, REFUNDED, REJECTED_STATUS, WITHDRAWN,
-                           event_request_key, is_final, is_name, outcome_key, request_key,
+from kbank.streams.model import (COMPLETED, REJECTED_STATUS, is_final, is_name, outcome_key, request_key,
                            status_moves)
-
-_DECIDING = {OPENED, DEPOSITED, WITHDRAWN, DEBITED, HELD, POSTED, HOLD_RELEASED, EXPIRED}
-
-
-@dataclass
-class Money:
-    """One currency's figures: money is conserved in each currency on its own."""
-
-    balance: int = 0
-    in_flight: int = 0
-    deposits: int = 0
-    withdrawals: int = 0
-
-    @property
-    def conserved(self) -> bool:
-        return self.balance + self.in_flight == self.deposits - self.withdrawals
-
-
-@dataclass
-class VerifyReport:
-    events: int = 0
-    duplicates_dropped: int = 0
-    accounts: int = 0
-    total_balance: int = 0
-    deposits: int = 0
-    withdrawals: int = 0
-    in_flight: int = 0
-    in_flight_transfers: int = 0
-    requests: int = 0
-    requests_with_outcome: int = 0
-    requests_final: int = 0
-    completed: int = 0
-    rejected: int = 0
-    applied_twice: int = 0
-    lost: int = 0
-    holds: Counter[str] = field(default_factory=Counter)   # made, posted, voided, expired, pending
-    violations: list[str] = field(default_factory=list)
-    currencies: dict[str, Money] = field(default_factory=dict)
-    heads: dict[int, ChainHead] = field(default_factory=dict)  # ledger partition -> chain head
-    checkpoint: "Checkpoint | None" = None   # where this verify ended (see --checkpoint)
-    read_from: dict[int, int] = field(default_factory=dict)   # ledger partition -> first offset read
-    read_to: dict[int, int] = field(default_factory=dict)     # ledger partition -> next offset
-    first_ts: int | None = None      # the earliest and latest event time read (ms)
-    last_ts: int | None = None
-
-    @property
-    def money_conserved(self) -> bool:
-        return all(m.conserved for m in self.currencies.values())
-
-    def anchor(self) -> list[dict[str, Any]]:
-        """Each partition's chain head, to keep elsewhere (`--anchor`, `--against`)."""
-        return [{"partition": p, "offset": h.offset, "hash": h.hash, "events": h.events}
-                for p, h in sorted(self.heads.items())]
-
-    def describe_range(self) -> str:
-        """The ledger offsets read per partition and the time they span."""
-        if not self.read_to:
-            return "nothing new"
-        parts = ", ".join(f"p{p} {self.read_from.get(p, end)}..{end - 1}"
-                          for p, end in sorted(self.read_to.items()))
-        when = "" if self.first_ts is None else \
-            f"; events of {_iso(self.first_ts)} to {_iso(self.last_ts or self.first_ts)}"
-        return parts + when
-
-    @property
-    def ok(self) -> bool:
-        return not self.violations and self.money_conserved
-
-    def render(self) -> str:
-        lines = [
-            f"ledger events        {self.events} applied, {self.duplicates_dropped} duplicate copies dropped",
-            f"accounts             {self.accounts}",
-            f"requests             {self.requests} sent, {self.requests_with_outcome} with an outcome, "
-            f"{self.requests_final} final ({self.completed} completed, {self.rejected} rejected)",
-            f"lost                 {self.lost}",
-            f"applied twice        {self.applied_twice}",
-            f"holds                {self.holds['made']} made: {self.holds[POSTED]} posted, "
-            f"{self.holds[HOLD_RELEASED]} voided, {self.holds[EXPIRED]} expired, "
-            f"{self.holds['pending']} pending ({self.holds['pending_amount']} reserved)",
-        ]
-        for cur, m in sorted(self.currencies.items()):
-            lines.append(f"money {cur:<14} balances {m.balance} + in flight {m.in_flight} vs "
-                         f"deposits {m.deposits} - withdrawals {m.withdrawals}: "
-                         f"{'conserved' if m.conserved else 'NOT CONSERVED'}")
-        lines += [f"in flight            {self.in_flight_transfers} transfers",
-                  f"hash chains          {len(self.heads)} partitions, "
-                  f"{sum(h.events for h in self.heads.values())} links checked",
-                  f"range read           {self.describe_range()}",
-                  f"violations           {len(self.violations)}"]
-        lines += [f"  - {v}" for v in self.violations[:50]]
-        if len(self.violations) > 50:
-            lines.append(f"  ... and {len(self.violations) - 50} more")
-        lines.append("verify: OK" if self.ok else "verify: FAILED")
-        return "\n".join(lines)
-
-
-# How each piece of LedgerChecks' state is merged across partitions (merge_folds) and what
-# a checkpoint does with it (snapshot / restored): the one list of it, so a new piece cannot
-# be forgotten in one of the places (a test checks every field is here).
-#   add: Counters summed; disjoint: maps whose keys live on one partition; extend: lists;
-#   money: per-currency figures summed
-STATE: dict[str, tuple[str, str]] = {
-    "deciding": ("add", "dropped: counted again from the checkpoint on"),
-    "life": ("disjoint", "dropped: an id's use began before the checkpoint counts as new "
-                         "after it (the window is shorter than a checkpoint's reach)"),
-    "twice": ("extend", "dropped: a violation fails the verify, which writes no checkpoint"),
-    "returned": ("add", "carried for open transfers (open_transfers)"),
-    "refunds": ("add", "carried for open transfers (open_transfers)"),
-    "debits": ("add", "carried for open transfers (open_transfers)"),
-    "money": ("money", "carried: deposits and withdrawals per currency (money)"),
-    "reserved": ("disjoint", "carried for holds not settled (open_holds)"),
-    "settled": ("disjoint", "summed into holds_done"),
-    "held": ("add", "carried (held)"),
-    "violations": ("extend", "dropped: a violation fails the verify"),
-    "holds_done": ("add", "carried (holds_done)"),
-}
-
-
-class LedgerChecks:
-    """The cross-account checks, accumulated one applied (de-duplicated) event at a time."""
-
-    def __init__(self, window_ms: int) -> None:
-        self.window_ms = window_ms     # the engine's id window: an id re-used after it is new
-        self.deciding: Counter[tuple[str, str, str]] = Counter()   # (request, kind, account)
-        self.life: dict[tuple[str, str, str], int] = {}   # when its id's current use began
-        self.twice: list[tuple[str, int]] = []   # (request, applications) of earlier uses
-        # per (request, currency): a linked exchange moves two currencies under one request
-        self.returned: Counter[tuple[str, str]] = Counter()   # amount credited + refunded
-        self.refunds: Counter[tuple[str, str]] = Counter()
-        self.debits: Counter[tuple[str, str]] = Counter()
-        self.money: dict[str, Money] = {}
-        self.reserved: dict[str, int] = {}                       # hold_id -> amount held
-        self.settled: dict[str, list[tuple[str, int]]] = {}      # hold_id -> [(kind, posted+released)]
-        self.held: Counter[str] = Counter()                      # account -> held, from its events
-        self.violations: list[str] = []                         # of the holds' rules
-        self.holds_done: Counter[str] = Counter()   # holds made and settled before a checkpoint
-        assert set(vars(self)) - {"window_ms"} == set(STATE), "LedgerChecks.STATE is the list"
-
-    def merge(self, other: "LedgerChecks") -> None:
-        """Another partitions' checks into these, as STATE says."""
-        for name, (how, _) in STATE.items():
-            mine, theirs = getattr(self, name), getattr(other, name)
-            if how == "add":
-                mine.update(theirs)
-            elif how == "disjoint":
-                assert not mine.keys() & theirs.keys(), name
-                mine.update(theirs)
-            elif how == "extend":
-                mine += theirs
-            else:
-                assert how == "money", how
-                for cur, money in theirs.items():
-                    total = mine.setdefault(cur, Money())
-                    total.deposits += money.deposits
-                    total.withdrawals += money.withdrawals
-
-    def add(self, ev: dict, acct: AccountFold) -> None:
-        """One applied event of `acct` (its currency and rules as of the event)."""
-        kind = ev["kind"]
-        if kind in _DECIDING:
-            rid = event_request_key(ev)
-            key = (rid, kind, ev["account"])    # a linked transfer: held, then posted
-            began = self.life.get(key)
-            if began is None or ev["ts"] - began >= self.window_ms:
-                if self.deciding[key] > 1:
-                    self.twice.append((rid, self.deciding[key]))
-                self.life[key] = ev["ts"]
-                self.deciding[key] = 0
-            self.deciding[key] += 1
-            money = self.money.get(acct.currency)
-            if money is None:
-                money = self.money[acct.currency] = Money()
-            if kind == DEPOSITED:
-                money.deposits += ev["amount"]
-            elif kind == WITHDRAWN:
-                money.withdrawals += ev["amount"]
-            elif kind in (DEBITED, POSTED):
-                self.debits[(rid, acct.currency)] += ev["amount"]
-            if kind == HELD or kind in HOLD_SETTLING:
-                self._hold_step(ev, acct)
-        elif kind == CREDITED:
-            self.returned[(event_request_key(ev), acct.currency)] += ev["amount"]
-        elif kind == REFUNDED:
-            self.returned[(event_request_key(ev), acct.currency)] += ev["amount"]
-            self.refunds[(event_request_key(ev), acct.currency)] += 1
-
-    def _hold_step(self, ev: dict, acct: AccountFold) -> None:
-        """A sender's hold event: the hold's life, and the account's held amount."""
-        kind, name, amount = ev["kind"], ev["account"], ev["amount"]
-        hold_id = request_key(name, ev["hold_id"]) + (f"@{ev['link']}" if "link" in ev else "")
-        if kind == HELD:
-            if hold_id in self.reserved:
-                self._retire_hold(hold_id)
-            self.reserved[hold_id] = amount
-            self.held[name] += amount
-        else:
-            settled = amount + ev.get("released", 0) if kind == POSTED else amount
-            self.settled.setdefault(hold_id, []).append((kind, settled))
-            self.held[name] -= settled
-        if ev.get("held", 0) != self.held[name]:
-            self.violations.append(f"account {name} seq {ev['seq']}: held {ev.get('held', 0)}, "
-                                   f"its hold events give {self.held[name]}")
-        floor = ev["balance"] + acct.overdraft_limit
-        if self.held[name] < 0 or (kind == HELD and self.held[name] > floor):
-            self.violations.append(f"account {name} seq {ev['seq']}: held {self.held[name]} "
-                                   f"outside 0..balance + overdraft {floor} (available < 0)")
-
-    def _retire_hold(self, hold_id: str) -> None:
-        """A hold id made again (its request id re-used after the window): the earlier hold
-        must be settled, exactly once and in full; it is counted as done."""
-        steps = self.settled.pop(hold_id, [])
-        if len(steps) != 1:
-            self.violations.append(f"hold {hold_id} made again after {len(steps)} settlements")
-        elif steps[0][1] != self.reserved[hold_id]:
-            self.violations.append(f"hold {hold_id}: posted + released {steps[0][1]} != "
-                                   f"reserved {self.reserved[hold_id]}")
-        else:
-            self.holds_done["made"] += 1
-            self.holds_done[steps[0][0]] += 1
-
-    def _finish_holds(self, report: VerifyReport) -> None:
-        before = len(report.violations)
-        report.violations += self.violations
-        report.holds.update(self.holds_done)
-        report.holds["made"] += len(self.reserved)
-        for hold_id, steps in self.settled.items():
-            if hold_id not in self.reserved:
-                report.violations.append(f"hold {hold_id} settled but never made")
-                continue
-            if len(steps) > 1:
-                report.applied_twice += 1
-                report.violations.append(f"hold {hold_id} settled {len(steps)} times: "
-                                         f"{[k for k, _ in steps]}")
-            kind, amount = steps[0]
-            report.holds[kind] += 1
-            if amount != self.reserved[hold_id]:
-                report.violations.append(f"hold {hold_id}: posted + released {amount} != "
-                                         f"reserved {self.reserved[hold_id]}")
-        for hold_id, amount in self.reserved.items():
-            if hold_id not in self.settled:
-                report.holds["pending"] += 1
-                report.holds["pending_amount"] += amount
-        report.holds["violations"] = len(report.violations) - before
-
-    def finish(self, fold: LedgerFold, report: VerifyReport) -> None:
-        report.currencies = self.money
-        for acct in fold.accounts.values():
-            self.money.setdefault(acct.currency, Money()).balance += acct.balance
-        self._finish_holds(report)
-        for rid, n in self.twice + [(rid, n) for (rid, _, _), n in self.deciding.items()]:
-            if n > 1:
-                report.applied_twice += 1
-                report.violations.append(f"request {rid} applied {n} times")
-        for (rid, cur), amount in self.returned.items():
-            if (rid, cur) not in self.debits:
-                report.violations.append(f"request {rid} credited/refunded {cur} without a debit")
-            elif amount > self.debits[(rid, cur)]:
-                report.applied_twice += 1
-                report.violations.append(f"request {rid}: {amount} credited or refunded "
-                                         f"({self.refunds[(rid, cur)]} refunds) of "
-                                         f"{self.debits[(rid, cur)]} debited")
-        for (rid, cur), amount in self.debits.items():
-            if self.returned[(rid, cur)] < amount:   # a linked transfer's members land one by one
-                self.money[cur].in_flight += amount - self.returned[(rid, cur)]
-                report.in_flight_transfers += 1
-        report.violations += fold.violations
-        report.events = fold.applied
-        report.duplicates_dropped = fold.duplicates
-        report.accounts = len(fold.accounts)
-        report.total_balance = sum(a.balance for a in fold.accounts.values())
-        report.deposits = sum(m.deposits for m in self.money.values())
-        report.withdrawals = sum(m.withdrawals for m in self.money.values())
-        report.in_flight = sum(m.in_flight for m in self.money.values())
-        report.heads = fold.heads
-        report.read_from = dict(fold.starts)
-        report.read_to = {p: end for p, end in fold.ends.items() if p in fold.starts}
-        report.first_ts, report.last_ts = fold.first_ts, fold.last_ts
-
-
-def _iso(ts_ms: int) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).isoformat(timespec="seconds")
-
 
 class _Where:
     """A record's position, formatted only if a violation names it."""
@@ -437,7 +153,7 @@ def _fold_part(settings: Settings, topic: str, partitions: list[int],
 def merge_folds(parts: list[tuple[LedgerFold, LedgerChecks]]) -> tuple[LedgerFold, LedgerChecks]:
     """The partitions' folds as one: every account and hold lives on one partition, so their
     maps are disjoint; the per-request sums (a debit here, its credit there) add up."""
-    fold, checks = LedgerFold(), LedgerChecks(parts[0][1].window_ms)
+    fold, checks = LedgerFold(), LedgerChecks(parts[0][1].applied.window_ms)
     for part_fold, part_checks in parts:
         assert not fold.accounts.keys() & part_fold.accounts.keys()
         fold.accounts.update(part_fold.accounts)
@@ -544,25 +260,17 @@ def verify(settings: Settings, require_final: bool = False, show_progress: bool 
             fold.violations.append(f"anchor: ledger partition {partition} no longer passes "
                                    f"through {digest[:16]}... (offset {offset} when anchored): "
                                    f"the log was cut or rewritten")
-    open_transfers = open_items(checks)
     checks.finish(fold, report)
     requests = fold_requests(settings, report, since)
     check_requests(requests.keys, requests.status, report, require_final)
     for name in ("requests", "requests_with_outcome", "requests_final", "completed", "rejected"):
         setattr(report, name, getattr(report, name) + requests.carried[name])
-    report.checkpoint = snapshot(topic, fold, checks, open_transfers, requests)
+    report.checkpoint = snapshot(topic, fold, checks, requests)
     return report
 
 
-def open_items(checks: LedgerChecks) -> dict[str, list[int]]:
-    """The transfers a checkpoint must carry: debited but not all credited or refunded."""
-    return {f"{rid}\x00{cur}": [debited, checks.returned[(rid, cur)], checks.refunds[(rid, cur)]]
-            for (rid, cur), debited in checks.debits.items()
-            if checks.returned[(rid, cur)] != debited}
-
-
 def snapshot(topic: str, fold: LedgerFold, checks: LedgerChecks,
-             open_transfers: dict[str, list[int]], requests: RequestFold) -> Checkpoint:
+             requests: RequestFold) -> Checkpoint:
     """Where this verify ended, as a checkpoint (written only if it passed)."""
     final_counts = {"requests": 0, "requests_with_outcome": 0, "requests_final": 0,
                     "completed": 0, "rejected": 0}
@@ -579,21 +287,12 @@ def snapshot(topic: str, fold: LedgerFold, checks: LedgerChecks,
             open_requests[key] = status
     for name, value in requests.carried.items():
         final_counts[name] += value
-    settled = {h for h in checks.settled if h in checks.reserved}
-    holds_done = Counter(checks.holds_done)
-    holds_done["made"] += len(settled)
-    for hold_id in settled:
-        holds_done[checks.settled[hold_id][0][0]] += 1
     return Checkpoint(
         ledger_topic=topic, ledger_next=dict(fold.ends),
         heads={p: replace(h) for p, h in fold.heads.items()},
         accounts={n: a.without_events() for n, a in fold.accounts.items()},
-        applied=fold.applied, duplicates=fold.duplicates,
-        money={cur: [m.deposits, m.withdrawals] for cur, m in checks.money.items()},
-        open_transfers=open_transfers,
-        open_holds={h: a for h, a in checks.reserved.items() if h not in checks.settled},
-        held={n: v for n, v in checks.held.items() if v},
-        holds_done=dict(holds_done), requests_next=dict(requests.requests_next),
+        applied=fold.applied, duplicates=fold.duplicates, **checks.save(),
+        requests_next=dict(requests.requests_next),
         outcomes_next=dict(requests.outcomes_next), open_requests=open_requests,
         request_counts=final_counts)
 
@@ -604,17 +303,7 @@ def restored(cp: Checkpoint, window_ms: int) -> tuple[LedgerFold, LedgerChecks]:
                       applied=cp.applied, duplicates=cp.duplicates,
                       heads={p: replace(h) for p, h in cp.heads.items()},
                       ends=dict(cp.ledger_next))
-    checks = LedgerChecks(window_ms)
-    for cur, (deposits, withdrawals) in cp.money.items():
-        checks.money[cur] = Money(deposits=deposits, withdrawals=withdrawals)
-    for key, (debited, returned, refunds) in cp.open_transfers.items():
-        rid, _, cur = key.partition("\x00")
-        checks.debits[(rid, cur)] = debited
-        checks.returned[(rid, cur)] = returned
-        checks.refunds[(rid, cur)] = refunds
-    checks.reserved.update(cp.open_holds)
-    checks.held.update(cp.held)
-    checks.holds_done.update(cp.holds_done)
+    checks = LedgerChecks.restored(cp, window_ms)
     return fold, checks
 
 

@@ -295,7 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bank", description="Exactly-once bank transfers on Kafka.",
         epilog=describe(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_process_commands, _access_commands, _read_commands, _tool_commands):
+        add(sub)
+    return parser
 
+
+def _process_commands(sub: argparse._SubParsersAction) -> None:
+    """`bank up` and the processes it runs, each of which runs alone too."""
     p = sub.add_parser("up", help="start the broker (unless KAFKA_BOOTSTRAP_SERVERS), topics and workers")
     p.add_argument("--workers", type=int, default=2, help="engine worker processes (default 2)")
     p.add_argument("--broker-port", type=int, default=None,
@@ -336,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-id", default="0", help="names it in logs and its transactions")
     p.set_defaults(func=cmd_gateway)
 
+
+def _access_commands(sub: argparse._SubParsersAction) -> None:
+    """Sending requests, the topics, and who may do what: Kafka principals and API keys."""
     p = sub.add_parser("send", help="produce JSON-lines requests as the operator principal; one "
                                     "acknowledgement line each")
     p.add_argument("file", nargs="?", default="-", help="file of JSON lines (default: stdin)")
@@ -374,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("key_id", help="the key's id (bank keys list)")
     p.set_defaults(func=cmd_keys)
 
+
+def _read_commands(sub: argparse._SubParsersAction) -> None:
+    """Reads over HTTP, as an API key."""
     for name, what in (("balance", "an account's balance, limits, currency, state and metadata"),
                        ("status", "a request's status (its account: the sender, or the account "
                                   "it names)"),
@@ -387,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--url", default="http://127.0.0.1:8080", help="a views worker's URL")
         p.set_defaults(func=cmd_read)
 
+
+def _tool_commands(sub: argparse._SubParsersAction) -> None:
+    """The tools with parsers of their own: replay, bench, chaos."""
     p = sub.add_parser("replay", help="rebuild and verify from the logs (see bank replay --help)",
                        add_help=False)
     p.add_argument("replay_args", nargs=argparse.REMAINDER)
@@ -401,7 +416,6 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("chaos_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_chaos)
-    return parser
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@
     accounts    an account's reads, statements and the accounts index
     aggregates  the rankings and /stats, merged from every worker
     operations  /health, /live, /metrics, /openapi.yaml
-    (webhooks and the console: kbank.streams.views.webhooks and .console)
+    webhooks    register, list, pause, resume, redrive, delete, and deliveries
+    (the console: kbank.streams.views.console)
 
 Each registers its pages on the worker's Faust app; common.Router sends a keyed query to the
 worker that owns its key.
@@ -13,9 +14,8 @@ from __future__ import annotations
 
 from kbank.streams.views.console import register_console
 from kbank.streams.views.reads import ViewsReads
-from kbank.streams.views.routes import accounts, aggregates, operations, requests
+from kbank.streams.views.routes import accounts, aggregates, operations, requests, webhooks
 from kbank.streams.views.routes.common import Router
-from kbank.streams.views.webhooks import register_webhook_routes
 
 
 def register_routes(worker: ViewsReads) -> None:
@@ -25,5 +25,5 @@ def register_routes(worker: ViewsReads) -> None:
     accounts.register(worker, router)
     aggregates.register(worker, router)
     operations.register(worker, write_path)
-    register_webhook_routes(worker, write_path.send)
+    webhooks.register(worker, write_path.send)
     register_console(worker)

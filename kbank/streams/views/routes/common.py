@@ -7,6 +7,7 @@ from typing import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web as aioweb
+from faust.web import View
 
 from kbank.streams.partitioning import partition_for
 from kbank.streams.views import queries
@@ -108,6 +109,32 @@ class Router:
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise HTTPError(503, "unavailable", f"owner worker {owner} did not answer: {exc}",
                             retry_after=1) from None
+
+
+Handler = Callable[..., Awaitable[aioweb.Response]]
+
+
+def page(app, path: str, name: str, **handlers: Handler) -> None:  # noqa: ANN001 - faust.App
+    """A route whose handlers, by HTTP method, are plain coroutines of (request, **the path's
+    parts): the route rooms keep their handlers as named methods, not classes in a closure."""
+    def method(handler: Handler):  # noqa: ANN202
+        async def call(view, request: aioweb.Request, **parts: str) -> aioweb.Response:  # noqa: ANN001
+            return await handler(request, **parts)
+        call.__doc__ = handler.__doc__
+        return call
+    app.page(path, name=name)(type(name, (View,), {m: method(h) for m, h in handlers.items()}))
+
+
+def get_page(app, path: str, name: str, handler: Handler) -> None:  # noqa: ANN001 - faust.App
+    page(app, path, name, get=handler)
+
+
+def keyed_page(app, router: "Router", path: str, name: str, handler: Handler) -> None:  # noqa: ANN001
+    """A GET route of one account's data, run on the views worker owning the account."""
+    async def on_owner(request: aioweb.Request, account: str) -> aioweb.Response:
+        return await router.route(request, account, lambda: handler(request, account))
+    on_owner.__doc__ = handler.__doc__
+    get_page(app, path, name, on_owner)
 
 
 def stalled_for(worker: ViewsReads, account: str) -> str | None:

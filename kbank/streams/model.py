@@ -10,7 +10,7 @@ import base64
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NewType
 
 import orjson
 
@@ -64,17 +64,29 @@ def metadata_problem(value: Any) -> str | None:
     return None
 
 
+# One vocabulary per concept (issue 43): a ledger event's kind, a request's status, an
+# account's state, a rejection's reason and a message's kind are distinct types, though some
+# share a word ("debited" is an event and a status, "frozen" an event and a state); the
+# constants of each are typed and listed (EVENT_KINDS, STATUSES, ACCOUNT_STATES, REASONS,
+# MESSAGE_KINDS), and a test keeps the lists whole and names every word they share.
+EventKind = NewType("EventKind", str)
+Status = NewType("Status", str)
+AccountState = NewType("AccountState", str)
+Reason = NewType("Reason", str)
+MessageKind = NewType("MessageKind", str)
+
 # ledger event kinds; `refunded` returns a debited amount whose receiver did not take it
-OPENED, DEPOSITED, WITHDRAWN, DEBITED, CREDITED, REFUNDED, REJECTED = (
-    "opened", "deposited", "withdrawn", "debited", "credited", "refunded", "rejected")
+OPENED, DEPOSITED, WITHDRAWN, DEBITED, CREDITED, REFUNDED, REJECTED = map(EventKind, (
+    "opened", "deposited", "withdrawn", "debited", "credited", "refunded", "rejected"))
 # an account's rules and life: `limits_set` (daily, overdraft, max balance), `frozen` and
 # `unfrozen` (debits and holds refused meanwhile), `closed` (for good)
-LIMITS_SET, FROZEN, UNFROZEN, CLOSED = "limits_set", "frozen", "unfrozen", "closed"
+LIMITS_SET, FROZEN, UNFROZEN, CLOSED = map(EventKind, ("limits_set", "frozen", "unfrozen",
+                                                       "closed"))
 # two-phase transfers: on the sender, `held` reserves, then exactly one of `posted` (moves
 # part or all of it, releasing the rest), `hold_released` (voided) or `expired`; on the
 # receiver, `incoming_held` and `incoming_released` show money on its way (a post credits it)
-HELD, POSTED, HOLD_RELEASED, EXPIRED, INCOMING_HELD, INCOMING_RELEASED = (
-    "held", "posted", "hold_released", "expired", "incoming_held", "incoming_released")
+HELD, POSTED, HOLD_RELEASED, EXPIRED, INCOMING_HELD, INCOMING_RELEASED = map(EventKind, (
+    "held", "posted", "hold_released", "expired", "incoming_held", "incoming_released"))
 HOLD_SETTLING = (POSTED, HOLD_RELEASED, EXPIRED)
 
 # how each kind of event moves the balance
@@ -82,14 +94,18 @@ BALANCE_SIGN = {OPENED: 0, DEPOSITED: 1, WITHDRAWN: -1, DEBITED: -1, CREDITED: 1
                 REFUNDED: 1, REJECTED: 0, HELD: 0, POSTED: -1, HOLD_RELEASED: 0, EXPIRED: 0,
                 INCOMING_HELD: 0, INCOMING_RELEASED: 0, LIMITS_SET: 0, FROZEN: 0, UNFROZEN: 0,
                 CLOSED: 0}
+EVENT_KINDS: frozenset[EventKind] = frozenset(BALANCE_SIGN)
 
 # outcome statuses, in the order a request moves through them. A hold's own request_id
 # goes accepted -> held -> posted | voided | expired (or rejected).
-ACCEPTED, DEBITED_STATUS, COMPLETED, REJECTED_STATUS = "accepted", "debited", "completed", "rejected"
-HELD_STATUS, POSTED_STATUS, VOIDED_STATUS, EXPIRED_STATUS = "held", "posted", "voided", "expired"
-STATUS_RANK = {ACCEPTED: 0, DEBITED_STATUS: 1, HELD_STATUS: 1, COMPLETED: 2, REJECTED_STATUS: 2,
+ACCEPTED, DEBITED_STATUS, COMPLETED, REJECTED_STATUS = map(Status, (
+    "accepted", "debited", "completed", "rejected"))
+HELD_STATUS, POSTED_STATUS, VOIDED_STATUS, EXPIRED_STATUS = map(Status, (
+    "held", "posted", "voided", "expired"))
+STATUS_RANK: dict[Status, int] = {ACCEPTED: 0, DEBITED_STATUS: 1, HELD_STATUS: 1, COMPLETED: 2, REJECTED_STATUS: 2,
                POSTED_STATUS: 2, VOIDED_STATUS: 2, EXPIRED_STATUS: 2}
 FINAL_RANK = 2
+STATUSES: frozenset[Status] = frozenset(STATUS_RANK)
 # where a client's `?wait=completed` stops: the request's own decision is known
 DECIDED_STATUSES = frozenset({COMPLETED, REJECTED_STATUS, HELD_STATUS, POSTED_STATUS,
                               VOIDED_STATUS, EXPIRED_STATUS})
@@ -129,41 +145,49 @@ def renews(current: str | None, outcome: dict[str, Any], since: int | None,
 def is_final(status: str | None) -> bool:
     return status is not None and STATUS_RANK.get(status) == FINAL_RANK
 
+
 # rejection reasons
-INSUFFICIENT_FUNDS = "insufficient_funds"
-LIMIT_EXCEEDED = "limit_exceeded"
-UNKNOWN_ACCOUNT = "unknown_account"
-INVALID = "invalid"
-DUPLICATE = "duplicate"
-ACCOUNT_EXISTS = "account_exists"
-UNKNOWN_HOLD = "unknown_hold"
-HOLD_CLOSED = "hold_closed"       # posted, voided or expired already
-HOLD_EXCEEDED = "hold_exceeded"   # a post of more than was held
-IDEMPOTENCY_CONFLICT = "idempotency_conflict"   # a request id reused with another body
-OVERFLOW = "overflow"             # the result would leave the signed 64-bit range
-CURRENCY_MISMATCH = "currency_mismatch"    # the accounts (or the request) differ in currency
-MAX_BALANCE_EXCEEDED = "max_balance_exceeded"   # the receiver's balance would pass its cap
-ACCOUNT_CLOSED = "account_closed"
-ACCOUNT_FROZEN = "account_frozen"
-ACCOUNT_NOT_EMPTY = "account_not_empty"    # a close while money is on, held by or held for it
-DUPLICATE_EXTERNAL_REF = "duplicate_external_ref"   # the sender used this external_ref already
-ENGINE_ERROR = "engine_error"     # the engine failed deciding it again and again (contained)
-FORBIDDEN = "forbidden"           # the Kafka gateway: outside the client's grant (never decided)
+INSUFFICIENT_FUNDS = Reason("insufficient_funds")
+LIMIT_EXCEEDED = Reason("limit_exceeded")
+UNKNOWN_ACCOUNT = Reason("unknown_account")
+INVALID = Reason("invalid")
+DUPLICATE = Reason("duplicate")
+ACCOUNT_EXISTS = Reason("account_exists")
+UNKNOWN_HOLD = Reason("unknown_hold")
+HOLD_CLOSED = Reason("hold_closed")       # posted, voided or expired already
+HOLD_EXCEEDED = Reason("hold_exceeded")   # a post of more than was held
+IDEMPOTENCY_CONFLICT = Reason("idempotency_conflict")   # a request id reused with another body
+OVERFLOW = Reason("overflow")             # the result would leave the signed 64-bit range
+CURRENCY_MISMATCH = Reason("currency_mismatch")    # the accounts (or the request) differ in currency
+MAX_BALANCE_EXCEEDED = Reason("max_balance_exceeded")   # the receiver's balance would pass its cap
+ACCOUNT_CLOSED = Reason("account_closed")
+ACCOUNT_FROZEN = Reason("account_frozen")
+ACCOUNT_NOT_EMPTY = Reason("account_not_empty")    # a close while money is on, held by or held for it
+DUPLICATE_EXTERNAL_REF = Reason("duplicate_external_ref")   # the sender used this external_ref already
+ENGINE_ERROR = Reason("engine_error")     # the engine failed deciding it again and again (contained)
+FORBIDDEN = Reason("forbidden")           # the Kafka gateway: outside the client's grant (never decided)
 # reasons that answer a re-sent request id: they never override the first decision's status
 RESENT_REASONS = frozenset({DUPLICATE, IDEMPOTENCY_CONFLICT})
-REASONS = frozenset({INSUFFICIENT_FUNDS, LIMIT_EXCEEDED, UNKNOWN_ACCOUNT, INVALID, DUPLICATE,
+REASONS: frozenset[Reason] = frozenset({INSUFFICIENT_FUNDS, LIMIT_EXCEEDED, UNKNOWN_ACCOUNT, INVALID, DUPLICATE,
                      ACCOUNT_EXISTS, UNKNOWN_HOLD, HOLD_CLOSED, HOLD_EXCEEDED,
                      IDEMPOTENCY_CONFLICT, OVERFLOW, CURRENCY_MISMATCH, MAX_BALANCE_EXCEEDED,
                      ACCOUNT_CLOSED, ACCOUNT_FROZEN, ACCOUNT_NOT_EMPTY, DUPLICATE_EXTERNAL_REF,
                      ENGINE_ERROR, FORBIDDEN})
 
 # messages on transfers.credits
-CREDIT, REFUND, REJECT_NOTICE = "credit", "refund", "reject_notice"
-HOLD_NOTICE, RELEASE_NOTICE = "hold_notice", "release_notice"   # the receiver's pending-in
-LINK_CHECK, LINK_ACK = "link_check", "link_ack"   # a linked transfer asks each receiver first
+CREDIT, REFUND, REJECT_NOTICE = map(MessageKind, ("credit", "refund", "reject_notice"))
+# the receiver's pending-in
+HOLD_NOTICE, RELEASE_NOTICE = map(MessageKind, ("hold_notice", "release_notice"))
+# a linked transfer asks each receiver first
+LINK_CHECK, LINK_ACK = map(MessageKind, ("link_check", "link_ack"))
 # a linked transfer's member paid by another account (its `from`, the debtor): the debtor
 # reserves it (link_reserve), then moves it (link_commit) or releases it (link_abort)
-LINK_RESERVE, LINK_COMMIT, LINK_ABORT = "link_reserve", "link_commit", "link_abort"
+LINK_RESERVE, LINK_COMMIT, LINK_ABORT = map(MessageKind, ("link_reserve", "link_commit",
+                                                          "link_abort"))
+# (and the engine's own `expire`: storekeys.EXPIRE)
+MESSAGE_KINDS: frozenset[MessageKind] = frozenset({
+    CREDIT, REFUND, REJECT_NOTICE, HOLD_NOTICE, RELEASE_NOTICE, LINK_CHECK, LINK_ACK,
+    LINK_RESERVE, LINK_COMMIT, LINK_ABORT})
 
 
 def link_hold_key(index: int, coordinator: str, request_id: str) -> str:
@@ -173,8 +197,11 @@ def link_hold_key(index: int, coordinator: str, request_id: str) -> str:
     return f"L{index}:{request_key(coordinator, request_id)}"
 
 
-OPEN, FROZEN_STATE, CLOSED_STATE = "open", "frozen", "closed"   # an account's state
-STATE_AFTER = {FROZEN: FROZEN_STATE, UNFROZEN: OPEN, CLOSED: CLOSED_STATE}  # by event kind
+OPEN, FROZEN_STATE, CLOSED_STATE = map(AccountState, ("open", "frozen", "closed"))
+ACCOUNT_STATES: frozenset[AccountState] = frozenset({OPEN, FROZEN_STATE, CLOSED_STATE})
+# an account's state after an event of its life, by the event's kind
+STATE_AFTER: dict[EventKind, AccountState] = {FROZEN: FROZEN_STATE, UNFROZEN: OPEN,
+                                              CLOSED: CLOSED_STATE}
 
 
 @dataclass(slots=True)
@@ -194,7 +221,7 @@ class Account:
     currency: str = DEFAULT_CURRENCY
     overdraft_limit: int = 0      # the balance may go down to -overdraft_limit
     max_balance: int | None = None  # the balance may not go above it (None: no cap)
-    state: str = OPEN             # open, frozen or closed
+    state: AccountState = OPEN    # open, frozen or closed
 
     @property
     def available(self) -> int:
@@ -319,7 +346,7 @@ def check_account(acct: "Account") -> None:
     assert acct.state != CLOSED_STATE or acct.held == 0, acct   # (pending_in: others' holds)
 
 
-def ledger_event(account: str, seq: int, request_id: str, kind: str, amount: int,
+def ledger_event(account: str, seq: int, request_id: str, kind: EventKind, amount: int,
                  counterparty: str | None, balance: int, ts: int, source: Position,
                  reason: str | None = None, acct: "Account | None" = None,
                  held: int = 0, pending_in: int = 0, hold_id: str | None = None,
@@ -395,7 +422,7 @@ def chain_link(prev_hash: str, encoded: bytes) -> str:
     return chained.hexdigest()
 
 
-def outcome(account: str, request_id: str, status: str, ts: int, reason: str | None = None,
+def outcome(account: str, request_id: str, status: Status, ts: int, reason: str | None = None,
             detail: str | None = None, hold: dict[str, Any] | None = None,
             retry: bool = False) -> dict[str, Any]:
     """A transfers.outcomes record (keyed by request_key(account, request_id)); a hold's

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 from kbank.streams.model import (CREDIT, HOLD_NOTICE, LINK_ABORT, LINK_ACK, LINK_CHECK,
                                  LINK_COMMIT, LINK_RESERVE, REFUND, REJECT_NOTICE,
-                                 RELEASE_NOTICE)
+                                 RELEASE_NOTICE, MessageKind)
 
-EXPIRE = "expire"   # the engine's own message (on transfers.credits), never a client's request
+# the engine's own message (on transfers.credits), never a client's request
+EXPIRE = MessageKind("expire")
 
 # state
 ACCOUNT_PREFIX = b"a:"

@@ -17,10 +17,10 @@ from typing import Any
 
 from aiohttp import web as aioweb
 from confluent_kafka import KafkaException
-from faust.web import View
 
 from kbank.streams.views.fold import global_figures
-from kbank.streams.views.http import HTTPError, ask_peers, caller_headers, gather_totals, json_response
+from kbank.streams.views.http import (HTTPError, ask_peers, caller_headers, gather_totals, get_page,
+                                      json_response)
 from kbank.streams.views.metrics import LATENCY_BUCKETS, LagUnavailable, ViewsMetrics
 from kbank.streams.views.reads import ViewsReads
 
@@ -104,60 +104,61 @@ async def gather_overviews(worker: ViewsReads, headers: dict[str, str]) -> list[
     return found
 
 
+class ConsoleRoutes:
+    """The console's page and files, and the overview it reads."""
+
+    def __init__(self, worker: ViewsReads) -> None:
+        self.worker = worker
+
+    async def page(self, request: aioweb.Request) -> aioweb.Response:
+        return aioweb.Response(body=(STATIC_DIR / "console.html").read_bytes(),
+                               content_type="text/html", charset="utf-8")
+
+    async def favicon(self, request: aioweb.Request) -> aioweb.Response:
+        return aioweb.Response(status=204)
+
+    async def static(self, request: aioweb.Request, name: str) -> aioweb.Response:
+        if name not in STATIC_FILES:
+            raise HTTPError(404, "not_found", f"no console file {name!r}")
+        return aioweb.Response(body=(STATIC_DIR / name).read_bytes(),
+                               content_type=STATIC_FILES[name], charset="utf-8")
+
+    async def overview_here(self, request: aioweb.Request) -> aioweb.Response:
+        return json_response(local_overview(self.worker))
+
+    async def overview(self, request: aioweb.Request) -> aioweb.Response:
+        worker, partitions = self.worker, self.worker.settings.partitions
+        headers = caller_headers(request)
+        parts, workers = await asyncio.gather(gather_totals(worker, headers),
+                                              gather_overviews(worker, headers))
+        stats = global_figures(parts) if len(parts) == partitions else None
+        try:
+            engine = await asyncio.get_running_loop().run_in_executor(
+                None, worker.engine_watch.lag.read)
+            engine_reason = None
+        except (KafkaException, concurrent.futures.TimeoutError) as exc:   # shown on the page
+            engine, engine_reason = None, f"{type(exc).__name__}: {exc}"
+        answered = [w for w in workers if w["ok"]]
+        return json_response({
+            "ts": int(time.time() * 1000),
+            "stats": stats,
+            "partitions_answered": len(parts), "partitions": partitions,
+            "conservation": None if stats is None else conservation(stats),
+            "latency": {kind: latency_summary(merge_cumulative([w[kind] for w in answered]))
+                        for kind in ("initiation", "completion")},
+            "engine_lag": engine, **({"engine_lag_reason": engine_reason} if engine_reason else {}),
+            "engine_progress": worker.engine_watch.state(),
+            "views_lag": [{"worker": w["worker"], "topic": t, "partition": p, "lag": n}
+                          for w in answered for t, p, n in (w.get("lag") or [])],
+            "workers": [{k: w[k] for k in ("worker", "url", "ok", "reason") if k in w}
+                        for w in workers],
+        })
+
+
 def register_console(worker: ViewsReads) -> None:
-    engine_lag = worker.engine_watch.lag
-    app = worker.app
-    settings = worker.settings
-
-    @app.page("/")
-    class Console(View):
-        async def get(self, request: aioweb.Request) -> aioweb.Response:
-            return aioweb.Response(body=(STATIC_DIR / "console.html").read_bytes(),
-                                   content_type="text/html", charset="utf-8")
-
-    @app.page("/favicon.ico")
-    class Favicon(View):
-        async def get(self, request: aioweb.Request) -> aioweb.Response:
-            return aioweb.Response(status=204)
-
-    @app.page("/console/{name}")
-    class Static(View):
-        async def get(self, request: aioweb.Request, name: str) -> aioweb.Response:
-            if name not in STATIC_FILES:
-                raise HTTPError(404, "not_found", f"no console file {name!r}")
-            return aioweb.Response(body=(STATIC_DIR / name).read_bytes(),
-                                   content_type=STATIC_FILES[name], charset="utf-8")
-
-    @app.page("/internal/overview")
-    class InternalOverview(View):
-        async def get(self, request: aioweb.Request) -> aioweb.Response:
-            return json_response(local_overview(worker))
-
-    @app.page("/overview")
-    class Overview(View):
-        async def get(self, request: aioweb.Request) -> aioweb.Response:
-            headers = caller_headers(request)
-            parts, workers = await asyncio.gather(gather_totals(worker, headers),
-                                                  gather_overviews(worker, headers))
-            complete = len(parts) == settings.partitions
-            stats = global_figures(parts) if complete else None
-            try:
-                engine = await asyncio.get_running_loop().run_in_executor(None, engine_lag.read)
-                engine_reason = None
-            except (KafkaException, concurrent.futures.TimeoutError) as exc:   # shown on the page
-                engine, engine_reason = None, f"{type(exc).__name__}: {exc}"
-            answered = [w for w in workers if w["ok"]]
-            return json_response({
-                "ts": int(time.time() * 1000),
-                "stats": stats,
-                "partitions_answered": len(parts), "partitions": settings.partitions,
-                "conservation": None if stats is None else conservation(stats),
-                "latency": {kind: latency_summary(merge_cumulative([w[kind] for w in answered]))
-                            for kind in ("initiation", "completion")},
-                "engine_lag": engine, **({"engine_lag_reason": engine_reason} if engine_reason else {}),
-                "engine_progress": worker.engine_watch.state(),
-                "views_lag": [{"worker": w["worker"], "topic": t, "partition": p, "lag": n}
-                              for w in answered for t, p, n in (w.get("lag") or [])],
-                "workers": [{k: w[k] for k in ("worker", "url", "ok", "reason") if k in w}
-                            for w in workers],
-            })
+    app, console = worker.app, ConsoleRoutes(worker)
+    get_page(app, "/", "Console", console.page)
+    get_page(app, "/favicon.ico", "Favicon", console.favicon)
+    get_page(app, "/console/{name}", "Static", console.static)
+    get_page(app, "/internal/overview", "InternalOverview", console.overview_here)
+    get_page(app, "/overview", "Overview", console.overview)

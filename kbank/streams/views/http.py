@@ -3,11 +3,12 @@ credentials, and asking the other views workers (the peer fan-out of /stats and 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 import orjson
 from aiohttp import web as aioweb
+from faust.web import View
 
 from kbank.streams.decisions import parse_json
 from kbank.streams.views.fold import PartitionTotals
@@ -109,3 +110,21 @@ async def gather_totals(worker: ViewsReads, headers: dict[str, str]) -> list[Par
         for partition, raw in rows if status == 200 else []:
             found[partition] = PartitionTotals(*raw)
     return list(found.values())
+
+
+Handler = Callable[..., Awaitable[aioweb.Response]]
+
+
+def page(app, path: str, name: str, **handlers: Handler) -> None:  # noqa: ANN001 - faust.App
+    """A route whose handlers, by HTTP method, are plain coroutines of (request, **the path's
+    parts): the route rooms keep their handlers as named methods, not classes in a closure."""
+    def method(handler: Handler):  # noqa: ANN202
+        async def call(view, request: aioweb.Request, **parts: str) -> aioweb.Response:  # noqa: ANN001
+            return await handler(request, **parts)
+        call.__doc__ = handler.__doc__
+        return call
+    app.page(path, name=name)(type(name, (View,), {m: method(h) for m, h in handlers.items()}))
+
+
+def get_page(app, path: str, name: str, handler: Handler) -> None:  # noqa: ANN001 - faust.App
+    page(app, path, name, get=handler)

@@ -14,10 +14,10 @@ from kbank.streams.model import event_request_key
 from kbank.streams.partitioning import partition_for
 from kbank.streams.views import queries
 from kbank.streams.views.access import API_KEY
-from kbank.streams.views.http import HTTPError, every_peer, json_response
+from kbank.streams.views.http import HTTPError, every_peer, get_page, json_response
 from kbank.streams.views.reads import ViewsReads
 from kbank.streams.views.fold import AccountView
-from kbank.streams.views.routes.common import (MAX_HISTORY_PAGE, STATUS_CHUNK, Router, get_page,
+from kbank.streams.views.routes.common import (MAX_HISTORY_PAGE, STATUS_CHUNK, Router,
                                                keyed_page, query, query_int, query_timeout,
                                                transfer_filter)
 

@@ -7,11 +7,10 @@ from typing import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web as aioweb
-from faust.web import View
 
 from kbank.streams.partitioning import partition_for
 from kbank.streams.views import queries
-from kbank.streams.views.http import HTTPError, caller_headers
+from kbank.streams.views.http import Handler, HTTPError, caller_headers, get_page
 from kbank.streams.views.reads import ViewsReads
 
 ROUTED_HEADER = "X-Bank-Routed-By"
@@ -109,24 +108,6 @@ class Router:
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise HTTPError(503, "unavailable", f"owner worker {owner} did not answer: {exc}",
                             retry_after=1) from None
-
-
-Handler = Callable[..., Awaitable[aioweb.Response]]
-
-
-def page(app, path: str, name: str, **handlers: Handler) -> None:  # noqa: ANN001 - faust.App
-    """A route whose handlers, by HTTP method, are plain coroutines of (request, **the path's
-    parts): the route rooms keep their handlers as named methods, not classes in a closure."""
-    def method(handler: Handler):  # noqa: ANN202
-        async def call(view, request: aioweb.Request, **parts: str) -> aioweb.Response:  # noqa: ANN001
-            return await handler(request, **parts)
-        call.__doc__ = handler.__doc__
-        return call
-    app.page(path, name=name)(type(name, (View,), {m: method(h) for m, h in handlers.items()}))
-
-
-def get_page(app, path: str, name: str, handler: Handler) -> None:  # noqa: ANN001 - faust.App
-    page(app, path, name, get=handler)
 
 
 def keyed_page(app, router: "Router", path: str, name: str, handler: Handler) -> None:  # noqa: ANN001

@@ -23,9 +23,8 @@ from kbank.streams.apikeys import AUDITOR, OPERATOR, ApiKey
 from kbank.streams.config import Settings
 from kbank.streams.tail import TopicTail
 from kbank.streams.views.access import API_KEY
-from kbank.streams.views.http import HTTPError, json_object, json_response
+from kbank.streams.views.http import HTTPError, get_page, json_object, json_response, page
 from kbank.streams.views.reads import ViewsReads
-from kbank.streams.views.routes.common import get_page, page
 from kbank.streams.webhooks.rules import (ACTIVE, DELIVERED, FAILED, NO_KEY_OWNER, PAUSED,
                                           PENDING, REDRIVE_MARK, InvalidWebhook, Webhook,
                                           new_webhook, suspension)

@@ -11,18 +11,9 @@ from typing import Any
 
 import orjson
 
-from kbank.streams.model import (
-    CONTRACT_VERSION,
-    LINK_RESERVE,
-    MAX_AMOUNT,
-    MAX_NAME,
-    is_currency,
-    is_name,
-    metadata_problem,
-)
-from kbank.streams.storekeys import (
-    EXPIRE,
-)
+from kbank.streams.model import (CONTRACT_VERSION, LINK_RESERVE, MAX_AMOUNT, MAX_NAME, is_currency,
+                                 is_name, metadata_problem)
+from kbank.streams.storekeys import EXPIRE
 
 MAX_HOLD_TIMEOUT_S = 366 * 86_400
 MAX_LINKED = 16

@@ -9,21 +9,9 @@ from typing import Any
 
 from kbank.streams.decisions.contract import Request, _is_int
 
-from kbank.streams.model import (
-    DAY_MS,
-    INSUFFICIENT_FUNDS,
-    LIMIT_EXCEEDED,
-    MAX_AMOUNT,
-    REJECTED,
-    REJECTED_STATUS,
-    Account,
-    Hold,
-    Position,
-    check_account,
-    is_name,
-    ledger_event,
-    outcome,
-)
+from kbank.streams.model import (DAY_MS, INSUFFICIENT_FUNDS, LIMIT_EXCEEDED, MAX_AMOUNT, REJECTED,
+                                 REJECTED_STATUS, Account, Hold, Position, check_account, is_name,
+                                 ledger_event, outcome)
 
 
 def _stamp(d: "Decision", labels: dict[str, Any]) -> "Decision":

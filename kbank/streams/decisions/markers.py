@@ -6,16 +6,9 @@ from typing import Any
 
 from kbank.streams.decisions.messages import message_scope
 
-from kbank.streams.model import (
-    HOLD_NOTICE,
-    request_key,
-)
-from kbank.streams.storekeys import (
-    EXTERNAL_REF_MARKER,
-    MEMBER_MARKER,
-    MESSAGE_MARKER,
-    REQUEST_MARKER,
-)
+from kbank.streams.model import HOLD_NOTICE, request_key
+from kbank.streams.storekeys import (EXTERNAL_REF_MARKER, MEMBER_MARKER, MESSAGE_MARKER,
+                                     REQUEST_MARKER)
 
 
 def marker_key(prefix: str, scope: str, request_id: str) -> str:

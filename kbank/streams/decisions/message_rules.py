@@ -11,46 +11,14 @@ from kbank.streams.decisions.markers import credit_marker
 from kbank.streams.decisions.messages import BadMessage
 from kbank.streams.decisions.request_rules import _inflow_problem, _refusal, expire_hold
 
-from kbank.streams.model import (
-    CLOSED_STATE,
-    COMPLETED,
-    CREDIT,
-    CREDITED,
-    DAY_MS,
-    DEBITED_STATUS,
-    HELD,
-    HOLD_NOTICE,
-    HOLD_POSTED,
-    HOLD_RELEASED,
-    HOLD_VOIDED,
-    INCOMING_HELD,
-    INCOMING_RELEASED,
-    INVALID,
-    LINK_ABORT,
-    LINK_ACK,
-    LINK_CHECK,
-    LINK_COMMIT,
-    LINK_RESERVE,
-    MAX_AMOUNT,
-    PENDING,
-    POSTED,
-    REFUND,
-    REFUNDED,
-    REJECT_NOTICE,
-    REJECTED,
-    REJECTED_STATUS,
-    RELEASE_NOTICE,
-    UNKNOWN_ACCOUNT,
-    Account,
-    Hold,
-    Position,
-    link_hold_key,
-    outcome,
-    request_key,
-)
-from kbank.streams.storekeys import (
-    EXPIRE,
-)
+from kbank.streams.model import (CLOSED_STATE, COMPLETED, CREDIT, CREDITED, DAY_MS, DEBITED_STATUS,
+                                 HELD, HOLD_NOTICE, HOLD_POSTED, HOLD_RELEASED, HOLD_VOIDED,
+                                 INCOMING_HELD, INCOMING_RELEASED, INVALID, LINK_ABORT, LINK_ACK,
+                                 LINK_CHECK, LINK_COMMIT, LINK_RESERVE, MAX_AMOUNT, PENDING, POSTED,
+                                 REFUND, REFUNDED, REJECT_NOTICE, REJECTED, REJECTED_STATUS,
+                                 RELEASE_NOTICE, UNKNOWN_ACCOUNT, Account, Hold, Position,
+                                 link_hold_key, outcome, request_key)
+from kbank.streams.storekeys import EXPIRE
 
 
 def decide_credit(msg: dict[str, Any], acct: Account | None, already_applied: bool,

@@ -5,35 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from kbank.streams.decisions.contract import (
-    _CHECKED_LABELS,
-    MAX_LINKED,
-    MAX_REQUEST_BYTES,
-    REQUESTED_BY,
-    TAGS,
-    _is_int,
-    _labels_problem,
-)
+from kbank.streams.decisions.contract import (_CHECKED_LABELS, MAX_LINKED, MAX_REQUEST_BYTES,
+                                              REQUESTED_BY, TAGS, _is_int, _labels_problem)
 
-from kbank.streams.model import (
-    CREDIT,
-    HOLD_NOTICE,
-    LINK_ABORT,
-    LINK_ACK,
-    LINK_CHECK,
-    LINK_COMMIT,
-    LINK_RESERVE,
-    MAX_AMOUNT,
-    MAX_NAME,
-    REFUND,
-    REJECT_NOTICE,
-    RELEASE_NOTICE,
-    Hold,
-    is_name,
-)
-from kbank.streams.storekeys import (
-    EXPIRE,
-)
+from kbank.streams.model import (CREDIT, HOLD_NOTICE, LINK_ABORT, LINK_ACK, LINK_CHECK, LINK_COMMIT,
+                                 LINK_RESERVE, MAX_AMOUNT, MAX_NAME, REFUND, REJECT_NOTICE,
+                                 RELEASE_NOTICE, Hold, is_name)
+from kbank.streams.storekeys import EXPIRE
 
 
 def expiry_message(hold_id: str, hold: Hold) -> dict[str, Any]:

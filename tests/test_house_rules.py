@@ -100,10 +100,10 @@ def test_no_import_circle_among_top_level_imports():
 # then: one may shrink (lower its figure here) or leave the list, never grow; a new one over
 # 60 lines, or any over 100, fails. Modules stay under 600 lines.
 LONG_FUNCTIONS = {
-    "kbank/bench/driver.py:drive": 99,
+    "kbank/bench/driver.py:drive": 95,
     "kbank/replay/recompute.py:simulate": 95,
     "kbank/bench/report.py:plot": 88,
-    "kbank/streams/views/app.py:ViewsWorker.__init__": 87,
+    "kbank/streams/views/app.py:ViewsWorker.__init__": 84,
     "kbank/streams/decisions/message_rules.py:_decide_credit": 85,
     "kbank/streams/supervisor.py:up": 81,
     "kbank/replay/views.py:compare": 80,

@@ -98,6 +98,11 @@ def _other_measures(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--statement-events", type=int, default=0, metavar="N",
                         help="instead: p50/p99 of a statement over an account's N events, and of "
                              "a filtered page, on a real store (kbank/bench/queries.py)")
+    parser.add_argument("--views-failover", type=int, default=0, metavar="N",
+                        help="instead: over a synthetic ledger of N events, how long one views "
+                             "worker takes to serve every partition caught up: from nothing, "
+                             "restarted on its own store, and a second worker without a store "
+                             "taking over (kbank/bench/failover.py)")
     parser.add_argument("--webhook-events", type=int, default=0, metavar="N",
                         help="instead: deliveries/s of one webhook worker to a local receiver, "
                              "over N ledger events (kbank/bench/webhooks.py)")
@@ -152,7 +157,7 @@ def single_measure(args: argparse.Namespace) -> int | None:
                       f"({result['transfers']:,} transfers, {result['records_written']:,} records)")
         return 0
     for option, run in (("retention_days", retention_main), ("replay_events", replay_main),
-                        ("restore_ids", restore_main)):
+                        ("restore_ids", restore_main), ("views_failover", failover_main)):
         if getattr(args, option):
             return run(args)
     return None
@@ -298,6 +303,24 @@ def replay_main(args: argparse.Namespace) -> int:
               f"({'OK' if result['incremental_ok'] else 'FAILED'})")
     return 0 if result["verify_ok"] and result["verify_parallel_ok"] and \
         result["incremental_ok"] and result["rebuild_parallel_ok"] else 1
+
+
+def failover_main(args: argparse.Namespace) -> int:
+    """--views-failover: a views worker's time to serve again, on its own embedded broker."""
+    from kbank.bench.failover import views_failover
+
+    settings = Settings.from_env(partitions=args.partitions)
+    data_dir = tempfile.mkdtemp(prefix="bank-bench-failover-kafka-")
+    with kafka_cluster(settings.bootstrap_servers, data_dir=data_dir) as bootstrap:
+        settings = replace(settings, bootstrap_servers=bootstrap,
+                           topic_prefix=f"bench-failover-{os.getpid()}-")
+        result = views_failover(settings, args.views_failover, args.accounts)
+    _print_result(args, result,
+                  f"{result['ledger_events']:,} ledger events: a views worker from nothing "
+                  f"{result['cold_fold_s']} s ({result['cold_fold_events_per_s']:,} events/s); "
+                  f"restarted on its own store {result['restart_on_own_store_s']} s; another "
+                  f"worker without a store taking over {result['failover_without_store_s']} s")
+    return 0
 
 
 def retention_main(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, replace
 
 import orjson
+from confluent_kafka import TopicPartition
 
 from kbank.bench.histogram import LatencyHistogram
 from kbank.bench.procs import CpuMeter, Sampler, Timeline
@@ -57,6 +58,9 @@ class BenchResult:
     last_minute_cpu_us_per_transfer: dict[str, float] = field(default_factory=dict)
     minute_cpu_us_per_transfer: dict[str, list[float]] = field(default_factory=dict)
     rss_growth_pct: dict[str, float] = field(default_factory=dict)   # per process, after warm-up
+    # offsets appended per finished transfer in the window, by topic (transaction markers
+    # included: they take offsets too), and their sum: what the system wrote to Kafka
+    records_per_transfer: dict[str, float] = field(default_factory=dict)
     # the machine's speed: median CPU ms of a fixed piece of work each minute (procs.reference_work_ms)
     minute_reference_cpu_ms: list[float] = field(default_factory=list)
     initiation: LatencyHistogram = field(default_factory=LatencyHistogram, repr=False)
@@ -180,6 +184,39 @@ def opened_by_engine(settings: Settings, accounts: int, deposit: int, workers: i
         engine.stop_all()
 
 
+def log_ends(settings: Settings) -> dict[str, int]:
+    """The sum of every partition's end offset, per topic of this deployment."""
+    consumer = kafka.consumer(settings, kafka.ADMIN)
+    try:
+        ends: dict[str, int] = {}
+        for name, meta in consumer.list_topics(timeout=30).topics.items():
+            if name.startswith(settings.topic_prefix) and not name.startswith("__"):
+                ends[name[len(settings.topic_prefix):]] = sum(
+                    consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1]
+                    for p in meta.partitions)
+        return ends
+    finally:
+        consumer.close()
+
+
+def per_transfer(before: dict[str, int], after: dict[str, int], transfers: int) -> dict[str, float]:
+    grown = {t: after[t] - before.get(t, 0) for t in after if after[t] > before.get(t, 0)}
+    out = {t: round(n / max(1, transfers), 2) for t, n in sorted(grown.items())}
+    out["all topics"] = round(sum(grown.values()) / max(1, transfers), 2)
+    return out
+
+
+def _drain(sent_at: dict[bytes, float], sent: int, timeout_s: float = 120) -> None:
+    """Wait (showing progress) until every request sent reached a final outcome."""
+    bar = progress_bar("waiting for the last outcomes", "transfers", total=sent)
+    deadline = time.monotonic() + timeout_s
+    while sent_at and time.monotonic() < deadline:
+        bar.update(sent - len(sent_at) - bar.n)
+        time.sleep(0.2)
+    bar.update(sent - len(sent_at) - bar.n)
+    bar.close()
+
+
 def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float, warmup: float,
           rate: float | None, inflight: int, zipf: float | None, seed: int = 1,
           pids_by_kind: dict[str, list[int]] | None = None,
@@ -213,12 +250,14 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
     while True:
         now = time.perf_counter()
         if sampler is None and now >= window_start:
+            ends_before = log_ends(settings)
             meter.start()
             window_finished = clock.finished
             sampler = Sampler(pids_by_kind or {}, lambda: clock.finished, now)
         if now >= window_end:
             meter.stop()
             window_finished = clock.finished - window_finished
+            written = per_transfer(ends_before, log_ends(settings), window_finished)
             break
         if rate:
             due = int((now - start) * rate)
@@ -249,14 +288,7 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
     producer.flush(60)
     bar.update(int(total) - bar.n)
     bar.close()
-    # drain: every request must reach a final outcome
-    bar = progress_bar("waiting for the last outcomes", "transfers", total=i)
-    deadline = time.monotonic() + 120
-    while sent_at and time.monotonic() < deadline:
-        bar.update(i - len(sent_at) - bar.n)
-        time.sleep(0.2)
-    bar.update(i - len(sent_at) - bar.n)
-    bar.close()
+    _drain(sent_at, i)
     minutes = timeline.per_minute()
     long_run = len(minutes) >= 2
     return BenchResult(
@@ -278,6 +310,7 @@ def drive(settings: Settings, clock: OutcomeClock, accounts: int, seconds: float
         # the first two minutes are warm-up for memory (caches and RocksDB memtables fill)
         rss_growth_pct=timeline.memory_growth(120 if seconds >= 240 else 0),
         minute_reference_cpu_ms=timeline.minute_reference_ms(),
+        records_per_transfer=written,
         initiation=initiation, completion=clock.completion, timeline=timeline)
 
 

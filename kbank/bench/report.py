@@ -14,7 +14,7 @@ def table(results: list[BenchResult], cores: int) -> str:
     rows = [("auth", "workers", "views", "partitions", "accounts", "mode", "transfers/s", "per core",
              "per CPU-s", "per CPU-s w/o load gen", "init p50",
              "init p99", "compl p50", "compl p99", "sent", "rejected", "unfinished", "broker raw msgs/s",
-             "CPU us per transfer")]
+             "records written per transfer", "CPU us per transfer")]
     for r in results:
         with_gen, without_gen = per_cpu_second(r.cpu_us_per_transfer)
         rows.append((r.auth, str(r.workers), str(r.views), str(r.partitions), f"{r.accounts:,}", r.mode,
@@ -24,10 +24,11 @@ def table(results: list[BenchResult], cores: int) -> str:
                      f"{r.completion_p50_ms:.0f} ms", f"{r.completion_p99_ms:.0f} ms",
                      f"{r.sent:,}", f"{r.rejected:,}", f"{r.unfinished:,}",
                      f"{r.broker_raw_msgs_per_s:,.0f}",
+                     f"{r.records_per_transfer.get('all topics', 0):.1f}",
                      ", ".join(f"{k} {v:.0f}" for k, v in r.cpu_us_per_transfer.items())))
     rows.append(("", "published", "", "", "", "2 nodes x 4 vCPU", f"{PUBLISHED['transfers_per_s']:,}",
                  f"{PUBLISHED['transfers_per_s'] / PUBLISHED['vcpus']:,.0f}", "", "", "2 ms", "23 ms", "125 ms",
-                 "220 ms", "", "", "", "", ""))
+                 "220 ms", "", "", "", "", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)
 

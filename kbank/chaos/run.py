@@ -278,8 +278,9 @@ def _check(settings: Settings, report: ChaosReport, urls: list[str], views: Work
         log("chaos: views not ready for the comparison")
         return
     rebuilt = rebuild(settings, tempfile.mkdtemp(prefix="bank-chaos-views-"), show_progress=False)
-    # a views worker restarted late in the run may still be folding the last outcomes (it recovers
-    # its table from the changelog first): differences must vanish within the deadline to pass
+    # a views worker restarted late in the run may still be folding the last outcomes (a worker
+    # that took partitions it had no store for folds them from the ledger's start): differences
+    # must vanish within the deadline to pass
     deadline = time.monotonic() + VIEWS_CATCH_UP_S
     while True:
         diffs = asyncio.run(compare(rebuilt, urls[0], settings.partitions, api_key,

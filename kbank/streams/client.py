@@ -8,7 +8,8 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException,
+                             Message, TopicPartition)
 
 from kbank.streams import kafka, topics
 from kbank.streams.config import Settings
@@ -123,6 +124,26 @@ def read_json(settings: Settings, logical_topic: str, timeout_s: float = 60.0) -
             continue
 
 
+_LEADER_MOVING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
+                  KafkaError.REQUEST_TIMED_OUT)
+
+
+def end_offset(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> int:
+    """A partition's end as its leader says it now; a leader that moves or is not known yet
+    (a topic just made, a broker failing over) is asked again until `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not (err.retriable() or err.code() in _LEADER_MOVING) \
+                    or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
 class OutcomeTail:
     """A thread that reads transfers.outcomes, from its end when started (or its start),
     and hands each fetched batch of records to `on_batch`: the one tail under the web
@@ -130,7 +151,11 @@ class OutcomeTail:
 
     def __init__(self, settings: Settings, role: str, group: str,
                  on_batch: Callable[[list[Message]], None], from_beginning: bool = False,
-                 batch: int = 10_000, wait_s: float = 0.1, **consumer_extra: object) -> None:
+                 batch: int = 10_000, wait_s: float = 0.1, exact_end: bool = False,
+                 **consumer_extra: object) -> None:
+        """`exact_end`: start at each partition's end as the broker says it now (a blocking
+        round trip), so every record appended after the constructor returns is read; the
+        default, OFFSET_END, is resolved later, at the first fetch."""
         import threading
 
         self._on_batch, self._batch, self._wait_s = on_batch, batch, wait_s
@@ -138,8 +163,11 @@ class OutcomeTail:
         self._consumer = kafka.consumer(settings, role, settings.topic(group), **consumer_extra)
         topic = settings.topic(topics.OUTCOMES)
         parts = sorted(self._consumer.list_topics(topic, timeout=30).topics[topic].partitions)
-        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-        self._consumer.assign([TopicPartition(topic, p, start) for p in parts])
+        if exact_end:
+            starts = {p: end_offset(self._consumer, TopicPartition(topic, p)) for p in parts}
+        else:
+            starts = dict.fromkeys(parts, OFFSET_BEGINNING if from_beginning else OFFSET_END)
+        self._consumer.assign([TopicPartition(topic, p, starts[p]) for p in parts])
         self._thread = threading.Thread(target=self._run, name="outcome-tail", daemon=True)
         self._thread.start()
 

@@ -226,19 +226,14 @@ class Settings:
         "env": "BANK_ENGINE_METRICS_BIND",
         "help": "address the engine workers' /metrics listen on (0.0.0.0 for a scraper in "
                 "another container)"})
-    fault_views_changelog_linger_ms: Annotated[int, Field(ge=0, le=60_000)] = field(default=0, metadata={
-        "env": "BANK_FAULT_VIEWS_CHANGELOG_LINGER_MS", "testing": True,
-        "help": "testing: a views worker's table writes wait this long in its changelog producer "
-                "(widens the window in which a killed worker's RocksDB holds writes its changelog "
-                "lacks; 0 = the usual 5 ms)"})
-    unsafe_views_keep_state: bool = field(default=False, metadata={
-        "env": "BANK_UNSAFE_VIEWS_KEEP_STATE", "testing": True,
-        "help": "testing: a views worker keeps its local RocksDB files when it starts (writes its "
-                "changelog never received then go missing once its partitions move)"})
-    unsafe_views_last_write_wins: bool = field(default=False, metadata={
-        "env": "BANK_UNSAFE_VIEWS_LAST_WRITE_WINS", "testing": True,
-        "help": "testing: a views worker recovering its table lets the changelog's last write of a "
-                "key win, as plain Faust does (a late, stale write then comes back)"})
+    fault_views_batch_delay_ms: Annotated[int, Field(ge=0, le=60_000)] = field(default=0, metadata={
+        "env": "BANK_FAULT_VIEWS_BATCH_DELAY_MS", "testing": True,
+        "help": "testing: a views worker pauses this long after each batch it folds (so a kill "
+                "lands mid-fold)"})
+    unsafe_views_resume_at_end: bool = field(default=False, metadata={
+        "env": "BANK_UNSAFE_VIEWS_RESUME_AT_END", "testing": True,
+        "help": "testing: a views worker resumes its sources at their ends instead of at the "
+                "positions its store recorded (what it had not folded is lost)"})
     unsafe_web_no_auth: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_WEB_NO_AUTH", "testing": True,
         "help": "testing: the views' HTTP routes ask for no API key (anyone who reaches the port "

@@ -130,3 +130,6 @@ class KeyRing:
     def fresh_since(self, wall_ms: int) -> bool:
         """Whether every key record written before `wall_ms` has been read (TopicTail)."""
         return self._tail.fresh_since(wall_ms)
+
+    def close(self) -> None:
+        self._tail.close()

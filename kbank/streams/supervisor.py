@@ -181,8 +181,8 @@ def engine_report(url: str) -> str | None:
 
 
 def wait_for_views_caught_up(urls: list[str], timeout_s: float = 300.0) -> bool:
-    """Wait until every views worker has folded its sources to their end and the changelog
-    acknowledged all of its table writes, and that stays so for a second."""
+    """Wait until every views worker has folded its sources to their end and written all of
+    it to its store, and that stays so for a second."""
     deadline = time.monotonic() + timeout_s
     settled = 0
     while time.monotonic() < deadline:

@@ -25,7 +25,8 @@ log = logging.getLogger("bank.tail")
 
 class TopicTail:
     """Hands every record of `topic` (each of its partitions, from the beginning) to `fold`,
-    in order per partition, on a daemon thread that lives as long as the process."""
+    in order per partition, on a daemon thread that lives as long as the process (or until
+    `close`)."""
 
     def __init__(self, settings: Settings, role: str, group: str, topic: str,
                  fold: Callable[[Message], None], name: str) -> None:
@@ -38,6 +39,7 @@ class TopicTail:
         self._topic, self._parts = topic, parts
         self._fresh_ms = 0                    # every record the topic had then is folded
         self._wanted = threading.Event()      # a reader waits for a newer fresh_ms
+        self._closing = threading.Event()
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -53,7 +55,7 @@ class TopicTail:
     def _run(self) -> None:
         last_error = None
         check: tuple[int, dict[int, tuple[int, int]]] | None = None
-        while True:   # a daemon thread: it lives as long as the worker
+        while not self._closing.is_set():   # a daemon thread: it lives as long as the worker
             if check is None and self._wanted.is_set():     # asked for: no idle round trips
                 self._wanted.clear()
                 check = self._ends()
@@ -70,6 +72,12 @@ class TopicTail:
                     last_error = error.code()
             if check is not None and self._reached(check[1]):
                 self._fresh_ms, check = check[0], None
+        self._consumer.close()
+
+    def close(self) -> None:
+        """Stop reading and close the consumer (the fold keeps what it has)."""
+        self._closing.set()
+        self._thread.join(10)
 
     def _ends(self) -> tuple[int, dict[int, tuple[int, int]]] | None:
         """The wall time now and each partition's (low, high) watermark read after it from

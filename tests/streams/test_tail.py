@@ -17,6 +17,13 @@ def _now_ms() -> int:
 
 def test_a_fresh_key_ring_holds_every_record_written_before(settings):
     ring = KeyRing(settings, kafka.VIEWS, "bank-test-keys")
+    try:
+        _check_freshness(settings, ring)
+    finally:
+        ring.close()
+
+
+def _check_freshness(settings, ring: KeyRing) -> None:  # noqa: ANN001 - the test's Settings
     assert ring.ready.wait(30)
     assert not ring.fresh_since(_now_ms() + 3_600_000), "an instant to come is never fresh"
     for attempt in range(3):

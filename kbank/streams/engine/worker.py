@@ -20,7 +20,6 @@ never spins, and its supervisor restarts it with a backoff.
 from __future__ import annotations
 
 import faulthandler
-import gc
 import logging
 import os
 import signal
@@ -46,17 +45,9 @@ from kbank.streams.engine.transaction import (CommitOutcomeUnknown, EngineTransa
                                               TransactionAborted, TransactionRefused,
                                               WorkerFenced)
 from kbank.streams.principals import user_name
+from kbank.streams.runtime import quiet_gc
 
 log = logging.getLogger("bank.engine")
-
-def quiet_gc() -> None:
-    """Collect reference cycles rarely. The engine's hot path makes none (its records, decisions
-    and account states are freed by reference counting), while CPython's collector rescans
-    every tracked object in the older generations, hundreds of thousands here (decoded accounts,
-    buffered records): with the default thresholds that was 27% of the engine's CPU under
-    `bank bench` (py-spy --native). What exists at start-up is frozen out of collection."""
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
 
 class EngineWorker:

@@ -1,41 +1,35 @@
 """The views worker: a Faust app folding ledger.events and transfers.outcomes into one table.
 
-One Faust table, `views` (RocksDB via rocksdict, backed by one changelog
-topic), holds every view, told apart by a key prefix (see ViewKeys):
+One Faust table, `views` (RocksDB via rocksdict, one store per partition), holds every view,
+told apart by a key prefix (see ViewKeys):
   accounts  account -> AccountView (balance, seq, limits)
   history   (account, seq) -> the ledger event, raw bytes
   totals    ledger partition -> PartitionTotals, whose `offset` is also how
             far that ledger partition has been folded
-  status    request_id -> furthest-along status (from transfers.outcomes,
-            which is keyed by request_id, so a status lives on the partition
-            a router finds from the request_id alone)
+  status    request key -> furthest-along status (from transfers.outcomes,
+            which is co-partitioned with the ledger by the deciding account)
   outcomes position  outcomes partition -> next offset to fold
 
-Why one table: a write goes to the changelog partition of the source record
-being folded, so everything derived from source partition p, *and the
-position reached in it*, is one ordered log. Whatever a crash cuts off, a
-worker that recovers partition p from the changelog gets a state that is
-exactly "every record up to the recorded position", and resumes the sources
-there (ViewsApp.read_sources_from_table), not at the consumer group's committed offsets,
-which CI saw disagree with recovered tables after a SIGKILL (missing
-accounts, ledger gaps, totals counting a duplicate). Separate tables would
-be separate logs with no such guarantee between them.
+The sources are the changelog (issue 42). The state is a function of ledger.events and
+transfers.outcomes, both kept for ever, so nothing of it is copied to Kafka: a fold batch's
+writes and the source positions they reach go to the partition's store in one RocksDB
+write batch (kbank.streams.views.writes), and a worker resumes each source partition just
+past what its own store has folded (ViewsApp.read_sources_from_table), never at the consumer
+group's committed offsets. A worker that gets a partition it has no store for (a new
+machine, or a store deleted) folds it from the start of the ledger; one that had it before
+resumes from where its store stopped, and only reads what came since.
 
-Local RocksDB files are deleted when a worker starts: a killed worker's
-files may hold writes its changelog never received, and a state that the
-changelog cannot reproduce must not be resumed from. So a restart recovers
-from the changelog (standby replicas keep failover between live workers
-fast).
+Faust keeps what it is good at: the group (which worker has which partitions), the web
+server and the routing of a key to its owner. It has no changelog to replay and keeps no
+standby: a failover is a fold of the sources, timed by `bank bench --views-failover`.
 
-The app runs at_least_once and reads read_committed (ReadCommittedThread);
-the folds in kbank.streams.views.fold make re-deliveries harmless, and the table's
-store (kbank.streams.views.store) makes a late, stale changelog write harmless.
+The app runs at_least_once and reads read_committed (ReadCommittedThread); the folds in
+kbank.streams.views.fold make re-deliveries harmless.
 """
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from typing import Any, Iterable
 
@@ -60,8 +54,9 @@ from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, Ran
                                       ranking_entries, ranking_moves, standing, status_expired)
 from kbank.streams.views.queries import highest, parse_rank_value, rank_value, top_ranked
 from kbank.streams.views.metrics import LagUnavailable, ViewsMetrics
-from kbank.streams.views.store import (STORE_URL, MonotoneRocksDBStore, ViewKeys, history_totals,
+from kbank.streams.views.store import (STORE_URL, ViewsStore, ViewKeys, history_totals,
                                       history_value, split_history_value)
+from kbank.streams.runtime import quiet_gc
 from kbank.streams.storage import StoreBudget
 from kbank.streams.views.engine_watch import EngineWatch
 from kbank.streams.views.rate import RateLimiter
@@ -120,17 +115,10 @@ class SourcesPausedConsumer(AIOKafkaConsumer):
 
 
 class ViewsApp(faust.App):
-    """A Faust app whose source partitions are read by a SourceReader, started once their
-    table is recovered and stopped before a revocation returns, which then waits until every
-    table write is in the changelog.
-
-    Faust at_least_once flushes its producer buffer on revocation for at most a moment, so a
-    worker losing a partition could still be writing that partition's changelog after the
-    new owner had recovered it and written fresher values: a stale status or account view
-    then lands last in the changelog, and the next recovery (last writer wins) brings it
-    back. Draining before the revocation returns keeps one writer per changelog partition
-    at a time.
-    """
+    """A Faust app whose source partitions are read by a SourceReader, started once the
+    partitions are assigned and stopped, with the fold's writes flushed to the stores, before
+    a revocation returns (so no batch is folded for a partition after it, and the store a
+    worker keeps of it ends at a flush)."""
 
     source_topics: frozenset[str] = frozenset()
     sources: SourceReader | None = None        # set by ViewsWorker
@@ -140,8 +128,9 @@ class ViewsApp(faust.App):
     async def _on_partitions_revoked(self, revoked: Any) -> None:
         if self.sources is not None:
             self.sources.revoke()
+        if self.table_writes is not None:
+            self.table_writes.flush()      # into the stores before Faust closes them
         await super()._on_partitions_revoked(revoked)
-        await drain_table_writes(self)
 
     def _new_consumer(self) -> Any:
         transport = self.transport
@@ -153,26 +142,10 @@ class ViewsApp(faust.App):
         return consumer
 
     async def read_sources_from_table(self, *_: Any, **__: Any) -> None:
-        """Once recovery completes: read each assigned source partition from just past what
-        the table has folded (never from the group's committed offsets)."""
+        """Once the assignment is complete: read each assigned source partition from just
+        past what the store has folded (never from the group's committed offsets)."""
         assert self.sources is not None
         self.sources.assign(self.source_positions(self.consumer.assignment()))
-
-
-async def drain_table_writes(app: ViewsApp, timeout_s: float = 30.0) -> None:
-    """Wait until every table write (the fold's, and any Faust made) is acknowledged."""
-    import asyncio
-
-    if app.table_writes is not None and not await app.table_writes.drain(timeout_s):
-        log.error("table writes not acknowledged within %.0f s of a revocation", timeout_s)
-    producer = app.producer
-    deadline = time.monotonic() + timeout_s
-    while producer.buffer.size and time.monotonic() < deadline:
-        await asyncio.sleep(0.005)
-    try:
-        await asyncio.wait_for(producer.flush(), max(1.0, deadline - time.monotonic()))
-    except asyncio.TimeoutError:
-        log.error("table writes not acknowledged within %.0f s of a revocation", timeout_s)
 
 
 class ViewsWorker:
@@ -196,9 +169,7 @@ class ViewsWorker:
         source = source_settings(settings, self.generation)
         app_id = settings.topic(VIEWS_APP) + ("" if self.generation == LIVE else f"-gen-{self.generation}")
         datadir = os.path.join(settings.state_dir, f"views-{worker_id}")
-        if not settings.unsafe_views_keep_state:
-            shutil.rmtree(datadir, ignore_errors=True)  # see the module docstring
-        private_dir(datadir)
+        private_dir(datadir)      # kept across restarts: the stores resume from it
         self.app = ViewsApp(
             app_id,
             broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
@@ -209,6 +180,8 @@ class ViewsWorker:
             topic_partitions=settings.partitions,
             topic_replication_factor=settings.replication_factor,
             consumer_auto_offset_reset="earliest",
+            # no standby: there is no changelog to keep one warm (the sources are the changelog)
+            table_standby_replicas=0,
             broker_session_timeout=settings.session_timeout_ms / 1000,
             broker_heartbeat_interval=0.5,
             broker_commit_interval=1.0,
@@ -227,16 +200,13 @@ class ViewsWorker:
             env={},
         )
         self.app.source_positions = self.source_positions
-        MonotoneRocksDBStore.last_write_wins = settings.unsafe_views_last_write_wins
         # the stores' options, bloom filters included (most reads of new requests miss)
-        MonotoneRocksDBStore.budget = StoreBudget(settings.rocksdb_memory_mb)
+        ViewsStore.budget = StoreBudget(settings.rocksdb_memory_mb)
         self.views = self.app.Table(VIEWS_TABLE, partitions=settings.partitions,
                                     key_type=bytes, value_type=bytes)
         self.folded_totals: dict[int, PartitionTotals] = {}   # the fold's, decoded once
-        self.writes = TableWrites(self.views, kafka.producer(settings, kafka.VIEWS, **{
-            "acks": "all", "linger.ms": settings.fault_views_changelog_linger_ms or 5,
-            "queue.buffering.max.messages": 1_000_000}),
-            self.views.changelog_topic.get_topic_name())
+        self._totals_moved: set[int] = set()      # partitions whose totals the batch moved
+        self.writes = TableWrites(self.views, before_flush=self.write_totals)
         self.app.table_writes = self.writes
         self.ledger_topic = self.app.topic(source.topic(topics.LEDGER), key_type=bytes,
                                            value_type=bytes, key_serializer="raw",
@@ -251,7 +221,7 @@ class ViewsWorker:
                 "max.partition.fetch.bytes": 10 * 1024 * 1024,
                 "enable.partition.eof": True}),   # where a source ends: SourceReader.lag
             ledger, outcomes, self.apply_ledger_record, self.apply_outcome_record,
-            self.after_batch)
+            self.after_batch, settings.fault_views_batch_delay_ms / 1000)
         # statuses kept for the id window: per outcomes partition, the latest outcome ts
         # folded, the outcomes folded since the last sweep, and where the sweep goes on
         self._status_clock: dict[int, int] = {}
@@ -306,13 +276,18 @@ class ViewsWorker:
         """Where each assigned source partition resumes: just past what the table has folded."""
         ledger, outcomes = self.ledger_topic.get_topic_name(), self.outcomes_topic.get_topic_name()
         positions = {}
-        self.folded_totals.clear()   # recovery may have moved them
+        self.folded_totals.clear()   # another worker may have moved them
+        self._totals_moved.clear()
         for tp in assignment:
             if tp.topic == ledger:
                 positions[(tp.topic, tp.partition)] = self.partition_totals(tp.partition).offset + 1
             elif tp.topic == outcomes:
                 stored = self.writes.get(tp.partition, ViewKeys.outcomes_position(tp.partition))
                 positions[(tp.topic, tp.partition)] = int(stored) if stored is not None else 0
+        if self.settings.unsafe_views_resume_at_end:   # the negative control of the above
+            from confluent_kafka import OFFSET_END
+
+            positions = {tp: OFFSET_END for tp in positions}
         return positions
 
     def apply_ledger_record(self, partition: int, offset: int, raw: bytes | None,
@@ -372,7 +347,15 @@ class ViewsWorker:
         if totals is None:   # the fold is the only writer while it reads the partition
             totals = self.folded_totals[partition] = self.partition_totals(partition)
         if totals.count(event, offset, self.requests_topic, view.currency):
-            writes.put(partition, ViewKeys.totals(partition), totals.to_bytes())
+            self._totals_moved.add(partition)    # written once per flush (write_totals)
+
+    def write_totals(self) -> None:
+        """The totals the batch moved, encoded once, into the flush (with the state they
+        cover: they hold the ledger position)."""
+        for partition in self._totals_moved:
+            self.writes.put_position(partition, ViewKeys.totals(partition),
+                                     self.folded_totals[partition].to_bytes())
+        self._totals_moved.clear()
 
     def move_in_rankings(self, partition: int, account: str, deleted: list[Ranked],
                          written: list[tuple[Ranked, int]]) -> None:
@@ -427,8 +410,8 @@ class ViewsWorker:
             after = self._sweep_after.get(partition, b"")
             found = self.views.data.scan_items(partition, ViewKeys.STATUS, after, limit)
             clock = self._status_clock.get(partition, 0)
-            for key, _ in found:
-                current = self.writes.get(partition, key)   # the batch's own, if it wrote one
+            for key, stored in found:
+                current = self.writes.get_or(partition, key, stored)   # the batch's, if any
                 if current is not None and status_expired(orjson.loads(current), clock, window_ms):
                     self.writes.delete(partition, key)
             self._sweep_after[partition] = found[-1][0][len(ViewKeys.STATUS):] \
@@ -557,4 +540,5 @@ class ViewsWorker:
         # Faust's terminal spinner sets the root logger to DEBUG, so every debug call of
         # aiokafka and Faust built a log record (5% of a busy worker's CPU): no spinner
         worker.spinner = None
+        quiet_gc()   # as the engine: the views hold many long-lived objects too
         worker.execute_from_commandline()

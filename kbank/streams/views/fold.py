@@ -237,7 +237,7 @@ def ranking_figure(view: AccountView, ranking: str, group: str) -> int | None:
 def ranked_figure(view: AccountView | None, ranking: str, group: str, bucket: int,
                   stored: int) -> int | None:
     """What a ranking index entry is worth, or None if it is stale (the account moved on and
-    a late changelog write brought the old entry back): a live entry must still be in the
+    an old entry was left behind): a live entry must still be in the
     account's current bucket; a finished day's activity entry carries its final count."""
     if view is None:
         return None

@@ -64,27 +64,61 @@ class RequestProducer:
 
 
 class OutcomeWaiter:
-    """Tails transfers.outcomes from its end and settles the futures of waiting requests.
+    """Settles the futures of waiting requests from transfers.outcomes, which it reads only
+    while someone waits (issue 42: every views worker tailed every outcome from boot, four
+    reads per transfer with two workers, whether anyone waited or not).
 
-    Only requests someone waits for are remembered (by request key), so memory
-    is bounded by the number of open `?wait=completed` calls. A record it cannot
+    The tail starts with the first wait, at the outcomes' ends as the broker says them then
+    (before the request is produced, so its outcome cannot be missed), and stops once no one
+    has waited for IDLE_S. Only requests someone waits for are remembered (by request key),
+    so memory is bounded by the number of open `?wait=completed` calls. A record it cannot
     read is counted (`malformed`) and skipped.
     """
 
+    IDLE_S = 30.0
+
     def __init__(self, settings: Settings) -> None:
         self.malformed = 0
+        self.starts = 0
+        self._settings = settings
         self._waiting: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}
         self._lock = threading.Lock()
-        self._tail = OutcomeTail(settings, kafka.INTAKE, "bank-web-outcomes", self._settle_waiting,
-                                 batch=1000)
+        self._tail: OutcomeTail | None = None
+        self._changing = asyncio.Lock()
+        self._last_wait = 0.0
 
-    def register(self, key: str) -> asyncio.Future:
+    async def register(self, key: str) -> asyncio.Future:
         """Call before producing the request, so its outcome cannot be missed."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        with self._lock:
-            self._waiting.setdefault(key, []).append((loop, fut))
+        async with self._changing:     # never while the tail is being stopped
+            self._last_wait = loop.time()
+            if self._tail is None:
+                self._tail = await loop.run_in_executor(None, self._start_tail)
+            with self._lock:
+                self._waiting.setdefault(key, []).append((loop, fut))
         return fut
+
+    def _start_tail(self) -> OutcomeTail:
+        self.starts += 1
+        return OutcomeTail(self._settings, kafka.INTAKE, "bank-web-outcomes",
+                           self._settle_waiting, batch=1000, exact_end=True)
+
+    async def stop_when_idle(self) -> None:
+        """Run for ever: stop the tail once no one has waited for IDLE_S."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(5.0, self.IDLE_S / 2))
+            async with self._changing:
+                if self._tail is None or self._waiting or \
+                        loop.time() - self._last_wait < self.IDLE_S:
+                    continue
+                tail, self._tail = self._tail, None
+                await loop.run_in_executor(None, tail.close)
+
+    @property
+    def reading(self) -> bool:
+        return self._tail is not None
 
     def forget(self, key: str, fut: asyncio.Future) -> None:
         with self._lock:

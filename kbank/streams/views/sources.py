@@ -34,8 +34,9 @@ class SourceReader:
 
     def __init__(self, consumer: Consumer, ledger_topic: str, outcomes_topic: str,
                  fold_ledger: FoldLedger, fold_outcome: FoldOutcome,
-                 after_batch: Callable[[], object]) -> None:
+                 after_batch: Callable[[], object], batch_delay_s: float = 0.0) -> None:
         self._consumer = consumer
+        self._batch_delay_s = batch_delay_s      # testing (BANK_FAULT_VIEWS_BATCH_DELAY_MS)
         self.ledger_topic, self.outcomes_topic = ledger_topic, outcomes_topic
         self._fold_ledger, self._fold_outcome = fold_ledger, fold_outcome
         self._after_batch = after_batch
@@ -100,7 +101,7 @@ class SourceReader:
                 wait = min(longest, wait * 2)
             else:
                 wait = shortest
-                await asyncio.sleep(0)
+                await asyncio.sleep(self._batch_delay_s)
 
     def lag(self) -> list[tuple[str, int, int]]:
         """(topic, partition, records behind) per assigned partition whose end is known. A

@@ -1,25 +1,19 @@
-"""The views table's layout (ViewKeys) and its store: recovery keeps the value furthest along.
+"""The views table's layout (ViewKeys) and its store.
 
-Every value of the views table only moves forward: an account view by seq, a
-partition's totals and the outcomes position by offset, a request's status by
-rank, and a history entry never changes. A Faust changelog is last-writer-wins,
-so one late write (a revoked worker's agent still folding a buffered record after
-the new owner took over the partition) lands after fresher values and comes back
-at the next recovery: a status stuck at `debited`, an account one seq behind.
-MonotoneRocksDBStore applies changelog records during recovery and on standbys
-by keeping, per key, whichever value is further along (`recovered_value`), so
-the order in which the writes reached the changelog no longer matters.
+Every view lives in one RocksDB store per ledger partition, told apart by a key prefix. The
+store is resumable on its own: it holds, with the state, how far the state has folded each
+source partition (kbank.streams.views.writes), so the ledger and the outcomes are its
+changelog (issue 42): nothing of it is written to Kafka.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterator
 
 import orjson
 from faust import stores
 from faust.stores.rocksdb import RocksDBOptions, Store as RocksDBStore
 from rocksdict import Options, WriteBatch
 
-from kbank.streams.model import STATUS_RANK
 from kbank.streams.storage import StoreBudget
 from kbank.streams.views.fold import history_key
 
@@ -93,36 +87,6 @@ def history_totals(stored: bytes) -> list[Any]:
     return orjson.loads(stored.split(b" ", 2)[1])
 
 
-def _progress(prefix: bytes, value: bytes) -> tuple[int, ...]:
-    """How far along a value is; higher is newer (see the module docstring)."""
-    if prefix == ViewKeys.ACCOUNT:
-        fields = orjson.loads(value)          # AccountView: [balance, seq, offset, ...]
-        return (fields[1], fields[2])
-    if prefix == ViewKeys.TOTALS:
-        return (orjson.loads(value)[0],)      # PartitionTotals: [offset, ...]
-    if prefix == ViewKeys.STATUS:     # a later use of the id (fold.merge_status), then rank
-        status = orjson.loads(value)
-        return (status.get("since") or status.get("ts") or 0, STATUS_RANK[status["status"]])
-    if prefix == ViewKeys.OUTCOMES_POSITION:
-        return (int(value),)
-    return ()                                 # history: immutable, any copy will do
-
-
-def recovered_value(key: bytes, stored: bytes | None, incoming: bytes | None) -> bytes | None:
-    """The value recovery keeps when the changelog brings `incoming` for a key holding `stored`.
-
-    The one further along wins; on a tie (or a value this version cannot read) the
-    later write wins, as in a plain changelog. The views never delete: a tombstone is
-    applied as it is."""
-    if incoming is None or stored is None:
-        return incoming
-    prefix = key[:2]
-    try:
-        return stored if _progress(prefix, stored) > _progress(prefix, incoming) else incoming
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
-        return incoming
-
-
 class _BudgetedOptions(RocksDBOptions):
     """Faust's opener of a partition's RocksDB, with the process's StoreBudget for options
     (Faust's own give each partition a 2 GB block cache and up to three 64 MB memtables)."""
@@ -135,15 +99,15 @@ class _BudgetedOptions(RocksDBOptions):
         return self.budget.options()
 
 
-class MonotoneRocksDBStore(RocksDBStore):
-    """Faust's RocksDB store whose changelog recovery keeps the furthest value per key."""
+class ViewsStore(RocksDBStore):
+    """Faust's RocksDB store under the process's memory budget, with the scans and the
+    batched writes the views need."""
 
-    last_write_wins = False  # testing only (BANK_UNSAFE_VIEWS_LAST_WRITE_WINS)
     budget: StoreBudget | None = None  # the process's, set by the views app before any store opens
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        assert self.budget is not None, "the views app sets MonotoneRocksDBStore.budget"
+        assert self.budget is not None, "the views app sets ViewsStore.budget"
         self.rocksdb_options = _BudgetedOptions(self.budget)
 
     def scan(self, partition: int, prefix: bytes, after: bytes, limit: int) -> list[bytes]:
@@ -183,21 +147,5 @@ class MonotoneRocksDBStore(RocksDBStore):
         for partition, batch in batches.items():
             self._db_for_partition(partition).write(batch)
 
-    def apply_changelog_batch(self, batch: Iterable[Any], to_key: Callable[[Any], Any],
-                              to_value: Callable[[Any], Any]) -> None:
-        if self.last_write_wins:
-            return super().apply_changelog_batch(batch, to_key, to_value)
-        merged: dict[tuple[int, bytes], bytes | None] = {}
-        offsets: dict[Any, int] = {}
-        for event in batch:
-            msg = event.message
-            offsets[msg.tp] = max(msg.offset, offsets.get(msg.tp, -1))
-            slot = (msg.partition, msg.key)
-            stored = merged[slot] if slot in merged else self._db_for_partition(msg.partition).get(msg.key)
-            merged[slot] = recovered_value(msg.key, stored, msg.value)
-        self.write_values(merged)
-        for tp, offset in offsets.items():
-            self.set_persisted_offset(tp, offset)
 
-
-stores.STORES.aliases["bank-views-rocksdb"] = f"{__name__}:MonotoneRocksDBStore"
+stores.STORES.aliases["bank-views-rocksdb"] = f"{__name__}:ViewsStore"

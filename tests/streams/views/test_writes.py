@@ -1,4 +1,6 @@
-"""TableWrites: a fold batch's writes reach RocksDB once and a real changelog in order."""
+"""TableWrites: a fold batch's writes and the positions they cover reach RocksDB together,
+in one write batch per partition, and nothing of them goes anywhere else (issue 42: the
+sources are the views' changelog)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,33 +9,27 @@ from typing import Any
 
 from rocksdict import Options, Rdict
 
-from kbank.streams import kafka, topics
-from kbank.streams.client import read_topic
-from kbank.streams.views.store import MonotoneRocksDBStore, ViewKeys
+from kbank.streams.views.store import ViewsStore, ViewKeys
 from kbank.streams.views.writes import TableWrites
 
 
 class PartitionStores:
     """The part of the views' store TableWrites uses, on real RocksDB files."""
 
-    write_values = MonotoneRocksDBStore.write_values
+    write_values = ViewsStore.write_values
 
     def __init__(self, path: Any) -> None:
-        self.path, self.dbs, self.persisted = path, {}, {}
+        self.path, self.dbs, self.batches = path, {}, 0
 
     def _db_for_partition(self, partition: int) -> Rdict:
         if partition not in self.dbs:
             self.dbs[partition] = Rdict(str(self.path / str(partition)), Options(raw_mode=True))
         return self.dbs[partition]
 
-    def set_persisted_offset(self, tp: Any, offset: int) -> None:
-        self.persisted[tp.partition] = offset
 
-
-def test_a_batch_reaches_the_changelog_in_the_fold_order_with_its_position_last(settings, tmp_path):
-    topic = settings.topic(topics.LEDGER)      # an empty topic of this test's own
+def test_a_batch_and_its_positions_reach_rocksdb_together(tmp_path):
     stores = PartitionStores(tmp_path)
-    writes = TableWrites(SimpleNamespace(data=stores), kafka.producer(settings, kafka.ADMIN), topic)
+    writes = TableWrites(SimpleNamespace(data=stores))
     position = ViewKeys.outcomes_position(2)
     writes.put_position(2, position, b"5")
     writes.put(2, b"k1", b"a")
@@ -45,13 +41,23 @@ def test_a_batch_reaches_the_changelog_in_the_fold_order_with_its_position_last(
 
     assert (writes.get(2, b"k1"), writes.get(2, b"k2"), writes.get(2, position)) == (b"c", None, b"9")
     assert stores._db_for_partition(2).get(b"k1") is None, "nothing reaches RocksDB before a flush"
-    assert writes.flush() == 6     # the position once
+    assert writes.unacknowledged == 4
+    assert writes.flush() == 4     # each key's last value once
     assert asyncio.run(writes.drain(30)) and writes.unacknowledged == 0
-
-    assert [(m.key(), m.value()) for m in read_topic(settings, topic, partitions=[2])] == [
-        (b"k1", b"a"), (b"k2", b"b"), (b"k1", b"c"), (b"k2", None), (position, b"9")]
-    assert [m.value() for m in read_topic(settings, topic, partitions=[5])] == [b"other partition"]
     db = stores._db_for_partition(2)
     assert (db.get(b"k1"), db.get(b"k2"), db.get(position)) == (b"c", None, b"9")
-    assert stores.persisted == {2: 4, 5: 0}, "the acknowledged changelog offsets are recorded"
+    assert stores._db_for_partition(5).get(b"k1") == b"other partition"
     assert writes.flush() == 0
+
+
+def test_a_store_reopened_after_a_flush_holds_the_state_and_its_position(tmp_path):
+    """What a restarted worker reads back: the state with the position it covers."""
+    stores = PartitionStores(tmp_path)
+    writes = TableWrites(SimpleNamespace(data=stores))
+    writes.put(1, ViewKeys.account("alice"), b"view")
+    writes.put_position(1, ViewKeys.outcomes_position(1), b"42")
+    writes.flush()
+    stores.dbs[1].close()
+    again = Rdict(str(tmp_path / "1"), Options(raw_mode=True))
+    assert (again.get(ViewKeys.account("alice")), again.get(ViewKeys.outcomes_position(1))) == \
+        (b"view", b"42")

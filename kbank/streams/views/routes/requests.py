@@ -50,8 +50,8 @@ class WritePath:
 
     async def start(self) -> None:
         # daemon threads: every POST awaits its acknowledgement, so nothing is left to flush
-        loop = asyncio.get_running_loop()
-        self.waiter = await loop.run_in_executor(None, OutcomeWaiter, self.worker.settings)
+        self.waiter = OutcomeWaiter(self.worker.settings)   # it reads only while someone waits
+        self._idle_stop = asyncio.ensure_future(self.waiter.stop_when_idle())
         self.producer = RequestProducer(self.worker.settings)
 
     @property
@@ -157,7 +157,7 @@ class WritePath:
         producer: RequestProducer = self.started_producer()
         waiter: OutcomeWaiter = self.started_waiter()
         status_key = request_key(submission.account, submission.request_id)
-        fut = waiter.register(status_key) if wait else None
+        fut = await waiter.register(status_key) if wait else None
         try:
             try:
                 partition, offset = await producer.send(submission.key, submission.value)

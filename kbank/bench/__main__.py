@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import sys
 from dataclasses import replace
+from typing import Callable
 
 import orjson
 
@@ -278,14 +279,21 @@ def report_runs(args: argparse.Namespace, results: list) -> None:
         print("plots skipped: matplotlib is not installed (pip install -e '.[bench]')", file=log)
 
 
+def on_its_own_broker(name: str, partitions: int, measure: Callable[[Settings], dict]) -> dict:
+    """Run `measure` on the embedded broker (or KAFKA_BOOTSTRAP_SERVERS'), on topics of its
+    own: the measurements that are not a live run."""
+    settings = Settings.from_env(partitions=partitions)
+    data_dir = tempfile.mkdtemp(prefix=f"bank-bench-{name}-")
+    with kafka_cluster(settings.bootstrap_servers, data_dir=data_dir) as bootstrap:
+        return measure(replace(settings, bootstrap_servers=bootstrap,
+                               topic_prefix=f"bench-{name}-{os.getpid()}-"))
+
+
 def replay_main(args: argparse.Namespace) -> int:
     from kbank.bench.replay import replay_speed
 
-    settings = Settings.from_env(partitions=args.partitions)
-    data_dir = tempfile.mkdtemp(prefix="bank-bench-replay-")
-    with kafka_cluster(settings.bootstrap_servers, data_dir=data_dir) as bootstrap:
-        settings = replace(settings, bootstrap_servers=bootstrap, topic_prefix=f"bench-replay-{os.getpid()}-")
-        result = replay_speed(settings, args.replay_events, args.accounts)
+    result = on_its_own_broker("replay", args.partitions,
+                               lambda s: replay_speed(s, args.replay_events, args.accounts))
     if args.json:
         print(orjson.dumps(result).decode())
     else:
@@ -309,12 +317,8 @@ def failover_main(args: argparse.Namespace) -> int:
     """--views-failover: a views worker's time to serve again, on its own embedded broker."""
     from kbank.bench.failover import views_failover
 
-    settings = Settings.from_env(partitions=args.partitions)
-    data_dir = tempfile.mkdtemp(prefix="bank-bench-failover-kafka-")
-    with kafka_cluster(settings.bootstrap_servers, data_dir=data_dir) as bootstrap:
-        settings = replace(settings, bootstrap_servers=bootstrap,
-                           topic_prefix=f"bench-failover-{os.getpid()}-")
-        result = views_failover(settings, args.views_failover, args.accounts)
+    result = on_its_own_broker("failover", args.partitions,
+                               lambda s: views_failover(s, args.views_failover, args.accounts))
     _print_result(args, result,
                   f"{result['ledger_events']:,} ledger events: a views worker from nothing "
                   f"{result['cold_fold_s']} s ({result['cold_fold_events_per_s']:,} events/s); "
@@ -351,12 +355,8 @@ def retention_main(args: argparse.Namespace) -> int:
 def restore_main(args: argparse.Namespace) -> int:
     from kbank.bench.restore import restore_speed
 
-    settings = Settings.from_env(partitions=1)
-    data_dir = tempfile.mkdtemp(prefix="bank-bench-restore-")
-    with kafka_cluster(settings.bootstrap_servers, data_dir=data_dir) as bootstrap:
-        settings = replace(settings, bootstrap_servers=bootstrap,
-                           topic_prefix=f"bench-restore-{os.getpid()}-")
-        result = restore_speed(settings, args.accounts, args.restore_ids)
+    result = on_its_own_broker("restore", 1,
+                               lambda s: restore_speed(s, args.accounts, args.restore_ids))
     if args.json:
         print(orjson.dumps(result).decode())
     else:

@@ -278,8 +278,9 @@ class LedgerChecks:
         """What a checkpoint carries of the checks (Checkpoint's fields by name)."""
         saved: dict[str, Any] = {}
         for part in self._parts():
-            assert not saved.keys() & part.save().keys(), "each field has one owner"
-            saved.update(part.save())
+            fields = part.save()
+            assert not saved.keys() & fields.keys(), "each field has one owner"
+            saved.update(fields)
         return saved
 
     @classmethod

@@ -15,7 +15,6 @@ position), and that both reach the disk in one write batch:
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 _DELETED = None
@@ -30,8 +29,6 @@ class TableWrites:
         self._before_flush = before_flush   # the fold's last writes of a batch (its totals)
         self._flush_at = flush_at
         self._latest: dict[tuple[int, bytes], bytes | None] = {}
-        self.flushes = 0
-        self.flushed_s = 0.0             # wall time spent writing batches (metrics)
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         """The key's value as the fold left it: buffered, else in the partition's store."""
@@ -68,15 +65,7 @@ class TableWrites:
         self._before_flush()
         if not self._latest:
             return 0
-        started = time.perf_counter()
         self._table.data.write_values(self._latest)
         written = len(self._latest)
         self._latest.clear()
-        self.flushes += 1
-        self.flushed_s += time.perf_counter() - started
         return written
-
-    async def drain(self, timeout_s: float) -> bool:
-        """Flush before a revocation returns (the next owner folds from its own store)."""
-        self.flush()
-        return True

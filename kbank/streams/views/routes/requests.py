@@ -70,9 +70,7 @@ class WritePath:
 
     def send(self) -> Callable[..., Awaitable[Any]]:
         """The producer's send (for the webhook registrations), or 503 while starting."""
-        if self.producer is None:
-            raise HTTPError(503, "starting", "worker is starting", retry_after=1)
-        return self.producer.send
+        return self.started_producer().send
 
     async def first_decision(self, account: str, request_id: str, deadline: float,
                              headers: dict[str, str]) -> dict[str, Any] | None:

@@ -65,6 +65,9 @@ class EngineTransaction:
         self._attempt = 0
         self._report_each: Callable[[KafkaError | None, Message], None] | None = None
         self.client_log = ClientLog()   # names the topic a refused transaction wanted
+        # the topics this attempt wrote to: what a halt names when the broker's refusal names
+        # none (an AddPartitionsToTxn refused by the transaction coordinator)
+        self.topics_written: set[str] = set()
         self.producer = self._new_producer()
 
     def _new_producer(self) -> Producer:
@@ -110,6 +113,7 @@ class EngineTransaction:
 
     def begin(self) -> None:
         self.client_log.txn_error = None
+        self.topics_written = set()
         if self.transactional:
             self._run(self.producer.begin_transaction)
         # a transaction fails its commit if any of its records was not delivered, so its
@@ -126,6 +130,7 @@ class EngineTransaction:
         partition -1: by the key; timestamp 0: now; on_delivery: this record's report (its
         error, if any, also fails the batch)."""
         report = self._current(on_delivery) if on_delivery is not None else self._report_each
+        self.topics_written.add(topic)
         try:
             kafka.produce_waiting(self.producer, topic, value=value, key=key, partition=partition,
                                   on_delivery=report, timestamp=timestamp, headers=headers)

@@ -332,10 +332,13 @@ class EngineWorker:
         if refused or self.streak.exhausted:
             detail = str(exc) if refused else \
                 f"{self.streak.count} aborts in a row, no commit between ({self.streak.describe()})"
+            named = self.txn.client_log.topics_named()
+            if not named and self.txn.topics_written:   # the coordinator's refusal names none
+                detail += f" (the batch was writing to {', '.join(sorted(self.txn.topics_written))})"
             try:
                 self.txn.abort()   # leave no open transaction behind (bounded: 30 s, or renew)
             finally:
-                self._halt(err, self.txn.client_log.topics_named(), detail)
+                self._halt(err, named, detail)
         fenced = isinstance(exc, WorkerFenced) or (
             isinstance(exc, CommitOutcomeUnknown) and not self.settings.unsafe_rerun_unknown_commit)
         log.warning("worker %s aborting transaction%s: %s", self.worker_id,

@@ -21,7 +21,7 @@ from kbank.streams.views import queries
 from kbank.streams.views.fold import (BY_BALANCE, AccountView, add_to_totals, ranked_figure,
                                      ranking_entries)
 from kbank.streams.views.queries import parse_rank_value, rank_value, top_ranked
-from kbank.streams.views.store import ViewKeys, history_totals, history_value, split_history_value
+from kbank.streams.views.layout import ViewKeys, history_totals, history_value, split_history_value
 
 T0 = 20_000 * DAY_MS
 

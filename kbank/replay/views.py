@@ -1,10 +1,10 @@
 """`bank replay views`: rebuild every view from the logs into fresh stores, compare with the live ones.
 
-The rebuild uses the very fold the views workers use (kbank.streams.views.fold),
-over ledger.events and transfers.outcomes read from the beginning, into a
-new RocksDB store. The comparison asks the live web endpoint for every
-account (balance, seq, limits, full history), every request status, and the
-global figures, and prints each difference.
+The rebuild is the live views' own fold (kbank.streams.views.processor) over ledger.events
+and transfers.outcomes read from the beginning, into fresh RocksDB stores of the live layout
+(kbank.streams.views.layout). The comparison asks the live web endpoint for every account
+(balance, seq, limits, full history), every request status, and the global figures, and
+prints each difference.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from rocksdict import Rdict, WriteBatch
 
 from kbank.streams.progress import progress_bar
 from kbank.replay.parallel import in_processes, partition_shares
@@ -28,128 +27,105 @@ from kbank.streams.client import read_topic
 from kbank.streams.config import Settings
 from urllib.parse import quote
 
-from kbank.streams.model import STATUS_RANK, outcome_key, parse_ledger_event, split_request_key
-from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, apply_to_account, classify,
-                                global_figures, history_key, merge_status, status_expired,
-                                parse_outcome)
-
-_FLUSH_EVERY = 20_000
+from kbank.streams.model import STATUS_RANK, split_request_key
+from kbank.streams.views.fold import AccountView, PartitionTotals, global_figures, status_expired
+from kbank.streams.views.layout import ViewKeys, split_history_value
+from kbank.streams.views.partition_stores import LocalStores
+from kbank.streams.views.processor import ViewsProcessor
 
 
 @dataclass
 class RebuiltViews:
-    """The views as the log says they must be (the history lives in the stores: one per
-    process that rebuilt them, `where` says which holds an account's)."""
+    """The views as the log says they must be, read back from the rebuilt stores (one
+    directory per process that rebuilt them; `where` says which holds an account's)."""
 
-    stores: list[Rdict]
+    stores: list[LocalStores]
     accounts: dict[str, AccountView] = field(default_factory=dict)
-    where: dict[str, int] = field(default_factory=dict)      # account -> index in stores
+    where: dict[str, tuple[int, int]] = field(default_factory=dict)  # -> (store, partition)
     totals: dict[int, PartitionTotals] = field(default_factory=dict)
     status: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: int = 0
     seconds: float = 0.0
     processes: int = 1
 
+    def read_back(self) -> None:
+        """Every account, status and partition's totals the stores hold."""
+        for i, stores in enumerate(self.stores):
+            for partition in stores.partitions():
+                for key, value in stores.scan_items(partition, ViewKeys.ACCOUNT, b"", 2**62):
+                    name = key[len(ViewKeys.ACCOUNT):].decode("utf-8", "surrogatepass")
+                    assert name not in self.accounts, name   # an account is one partition's
+                    self.accounts[name] = AccountView.from_bytes(value)
+                    self.where[name] = (i, partition)
+                for key, value in stores.scan_items(partition, ViewKeys.STATUS, b"", 2**62):
+                    self.status[key[len(ViewKeys.STATUS):].decode("utf-8", "surrogatepass")] = \
+                        orjson.loads(value)
+                totals = stores.read(partition, ViewKeys.totals(partition))
+                if totals is not None:
+                    self.totals[partition] = PartitionTotals.from_bytes(totals)
+        self.events = sum(totals.events for totals in self.totals.values())
+
     def history(self, account: str) -> list[dict[str, Any]]:
         """The account's events, newest first (like GET /accounts/{id}/history)."""
-        view, store = self.accounts[account], self.stores[self.where[account]]
-        return [orjson.loads(store[history_key(account, seq)]) for seq in range(view.seq, 0, -1)]
+        view, (i, partition) = self.accounts[account], self.where[account]
+        stores = self.stores[i]
+        return [orjson.loads(split_history_value(stores.read(partition, ViewKeys.history(
+            account, seq)) or b"0 0 null")[1]) for seq in range(view.seq, 0, -1)]
 
     def figures(self, partitions: int) -> dict[str, int]:
         return global_figures([self.totals.get(p, PartitionTotals()) for p in range(partitions)])
 
 
-@dataclass
-class RebuiltPart:
-    """What one process rebuilt from its share of the partitions (its store is on disk)."""
-
-    accounts: dict[str, AccountView] = field(default_factory=dict)
-    totals: dict[int, PartitionTotals] = field(default_factory=dict)
-    status: dict[str, dict[str, Any]] = field(default_factory=dict)
-    events: int = 0
-    clock: int = 0           # the latest outcome timestamp its partitions hold
-
-
 def rebuild_part(settings: Settings, store_dir: str, partitions: list[int] | None,
-                 show_progress: bool) -> RebuiltPart:
-    """Fold some ledger and outcome partitions (None: all) into a fresh store at `store_dir`.
-    The topics are co-partitioned, so partition p of both is one process's share."""
-    part = RebuiltPart()
-    store = Rdict(store_dir)
-    requests_topic = settings.topic(topics.REQUESTS)
-    progress = progress_bar("rebuild views: ledger.events", enabled=show_progress)
-    batch = WriteBatch()
+                 show_progress: bool) -> int:
+    """Fold some ledger and outcome partitions (None: all) into fresh stores in `store_dir`
+    with the live views' processor; returns the latest outcome timestamp they hold. The
+    topics are co-partitioned, so partition p of both is one process's share."""
+    stores = LocalStores(store_dir)
+    processor = ViewsProcessor(lambda: stores, settings.topic(topics.REQUESTS),
+                               settings.id_window_ms, cached_accounts=None)
     gc.disable()  # many live objects: generational GC would rescan them all (measured: ~2x slower)
     try:
-        for msg in read_topic(settings, settings.topic(topics.LEDGER), partitions=partitions):
-            progress.update()
-            raw, offset, partition = msg.value(), msg.offset(), msg.partition()
-            event = parse_ledger_event(raw)
-            if event is None:
-                continue   # the live views count and skip it too
-            account, seq = event["account"], event["seq"]
-            view = part.accounts.get(account)
-            verdict = classify(view, seq, offset)
-            if verdict is not Applied.NEW:
-                continue
-            view = part.accounts[account] = apply_to_account(view, event, offset)
-            batch.put(history_key(account, seq), raw)
-            totals = part.totals.get(partition)
-            if totals is None:
-                totals = part.totals[partition] = PartitionTotals()
-            totals.count(event, offset, requests_topic, view.currency)
-            part.events += 1
-            if len(batch) >= _FLUSH_EVERY:
-                store.write(batch)
-                batch = WriteBatch()
-        store.write(batch)
-        progress.close()
-        outcomes = progress_bar("rebuild views: transfers.outcomes", "records",
-                                enabled=show_progress)
-        window_ms, clock = settings.id_window_ms, 0   # the latest outcome ts
-        for msg in read_topic(settings, settings.topic(topics.OUTCOMES), partitions=partitions):
-            outcomes.update()
-            out = parse_outcome(msg.value())
-            if out is None:
-                continue
-            if isinstance(out.get("ts"), int):
-                clock = max(clock, out["ts"])
-            key = outcome_key(out)
-            new = merge_status(part.status.get(key), out, window_ms)
-            if new is not None:
-                part.status[key] = new
-        outcomes.close()
-        part.clock = clock
+        for label, topic, fold in (
+                ("ledger.events", topics.LEDGER, processor.fold_ledger),
+                ("transfers.outcomes", topics.OUTCOMES, processor.fold_outcome)):
+            progress = progress_bar(f"rebuild views: {label}", "records", enabled=show_progress)
+            folded = 0
+            for msg in read_topic(settings, settings.topic(topic), partitions=partitions):
+                progress.update()
+                fold(msg.partition(), msg.offset(), msg.value())
+                folded += 1
+                if folded % _BATCH == 0:
+                    processor.after_batch()
+            processor.after_batch()
+            progress.close()
     finally:
         gc.enable()
-        store.close()
-    return part
+        stores.close()
+    return max(processor.status_clock.values(), default=0)
+
+
+_BATCH = 20_000    # records folded between two flushes (the live worker: at most 2,000)
 
 
 def rebuild(settings: Settings, store_dir: str, show_progress: bool = True,
             processes: int = 1) -> RebuiltViews:
     """Fold the ledger and the outcomes from the beginning into fresh stores: in one
-    process, or in `processes`, each folding its share of the partitions into a store of its
+    process, or in `processes`, each folding its share of the partitions into stores of its
     own (every view is of one partition, so the shares never meet)."""
     started = time.monotonic()
     if processes <= 1:
-        dirs, parts = [store_dir], [rebuild_part(settings, store_dir, None, show_progress)]
+        dirs, clocks = [store_dir], [rebuild_part(settings, store_dir, None, show_progress)]
     else:
         shares = partition_shares(settings, settings.topic(topics.LEDGER), processes)
         dirs = [os.path.join(store_dir, f"part-{i}") for i in range(len(shares))]
-        parts = in_processes(rebuild_part, [(settings, d, share, False)
-                                            for d, share in zip(dirs, shares)])
-    views = RebuiltViews([Rdict(d) for d in dirs], processes=len(dirs))
-    for i, part in enumerate(parts):
-        assert not views.accounts.keys() & part.accounts.keys()   # an account is one partition's
-        views.accounts.update(part.accounts)
-        views.where.update(dict.fromkeys(part.accounts, i))
-        views.totals.update(part.totals)
-        views.status.update(part.status)
-        views.events += part.events
+        clocks = in_processes(rebuild_part, [(settings, d, share, False)
+                                             for d, share in zip(dirs, shares)])
+    views = RebuiltViews([LocalStores(d) for d in dirs], processes=len(dirs))
+    views.read_back()
     # statuses past the id window, as the live views forget them: their clocks are at most
     # this one, so they keep a superset of these (the comparison asks them only for these)
-    clock = max(part.clock for part in parts)
+    clock = max(clocks)
     views.status = {key: status for key, status in views.status.items()
                     if not status_expired(status, clock, settings.id_window_ms)}
     views.seconds = time.monotonic() - started

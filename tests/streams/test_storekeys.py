@@ -8,7 +8,7 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 from kbank.streams import storekeys
 from kbank.streams.decisions import (credit_marker, external_ref_marker, incoming_marker,
                                      marked_request, marker_key, request_marker)
-from kbank.streams.views.store import ViewKeys
+from kbank.streams.views.layout import ViewKeys
 
 
 def test_no_prefix_begins_another_and_a_new_one_that_would_is_refused():

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import faust
 import orjson
@@ -44,18 +44,15 @@ from kbank.streams.files import private_dir
 from kbank.streams import kafka, topics
 from kbank.streams.config import Settings
 from kbank.streams.generations import LIVE, live_generation, source_settings
-from kbank.streams.model import OPENED, is_final, outcome_key, parse_ledger_event
 from kbank.streams.kafka import client_config
 from kbank.streams.keystore import KeyRing
 from kbank.streams.views.credentials import faust_credentials
-from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, Ranked,
-                                      apply_to_account, classify, index_entries, merge_status,
-                                      parse_outcome, ranked_figure,
-                                      ranking_entries, ranking_moves, standing, status_expired)
-from kbank.streams.views.queries import highest, parse_rank_value, rank_value, top_ranked
+from kbank.streams.views.fold import AccountView, PartitionTotals, ranked_figure
+from kbank.streams.views.queries import highest, parse_rank_value, top_ranked
 from kbank.streams.views.metrics import LagUnavailable, ViewsMetrics
-from kbank.streams.views.store import (STORE_URL, ViewsStore, ViewKeys, history_totals,
-                                      history_value, split_history_value)
+from kbank.streams.views.layout import ViewKeys, history_totals, split_history_value
+from kbank.streams.views.processor import ViewsProcessor
+from kbank.streams.views.store import STORE_URL, ViewsStore
 from kbank.streams.runtime import quiet_gc
 from kbank.streams.storage import StoreBudget
 from kbank.streams.views.engine_watch import EngineWatch
@@ -64,11 +61,9 @@ from kbank.streams.views.usage import UsageShare
 from kbank.streams.views.routes import register_routes
 from kbank.streams.views.web import observe_middleware
 from kbank.streams.views.sources import SourceReader
-from kbank.streams.views.writes import TableWrites
 
 log = logging.getLogger("bank.views")
 EXIT_FOLD_FAILED = 70    # the exit status of a worker whose fold raised (EX_SOFTWARE)
-_SWEEP_EXTRA = 8         # statuses a sweep looks at beyond two per outcome folded
 
 VIEWS_APP = "bank-views"
 VIEWS_TABLE = "views"
@@ -122,14 +117,14 @@ class ViewsApp(faust.App):
 
     source_topics: frozenset[str] = frozenset()
     sources: SourceReader | None = None        # set by ViewsWorker
-    table_writes: TableWrites | None = None    # set by ViewsWorker
+    processor: ViewsProcessor | None = None    # set by ViewsWorker
     source_positions: Any = None   # set by ViewsWorker: assignment -> {(topic, p): offset}
 
     async def _on_partitions_revoked(self, revoked: Any) -> None:
         if self.sources is not None:
             self.sources.revoke()
-        if self.table_writes is not None:
-            self.table_writes.flush()      # into the stores before Faust closes them
+        if self.processor is not None:
+            self.processor.flush()      # into the stores before Faust closes them
         await super()._on_partitions_revoked(revoked)
 
     def _new_consumer(self) -> Any:
@@ -204,10 +199,9 @@ class ViewsWorker:
         ViewsStore.budget = StoreBudget(settings.rocksdb_memory_mb)
         self.views = self.app.Table(VIEWS_TABLE, partitions=settings.partitions,
                                     key_type=bytes, value_type=bytes)
-        self.folded_totals: dict[int, PartitionTotals] = {}   # the fold's, decoded once
-        self._totals_moved: set[int] = set()      # partitions whose totals the batch moved
-        self.writes = TableWrites(self.views, before_flush=self.write_totals)
-        self.app.table_writes = self.writes
+        self.processor = ViewsProcessor(lambda: self.views.data, self.requests_topic,
+                                        settings.id_window_ms, self.metrics, self.read_ledger)
+        self.app.processor = self.processor
         self.ledger_topic = self.app.topic(source.topic(topics.LEDGER), key_type=bytes,
                                            value_type=bytes, key_serializer="raw",
                                            value_serializer="raw")
@@ -220,13 +214,8 @@ class ViewsWorker:
                 "fetch.wait.max.ms": 100, "queued.min.messages": 100_000,
                 "max.partition.fetch.bytes": 10 * 1024 * 1024,
                 "enable.partition.eof": True}),   # where a source ends: SourceReader.lag
-            ledger, outcomes, self.apply_ledger_record, self.apply_outcome_record,
-            self.after_batch, settings.fault_views_batch_delay_ms / 1000)
-        # statuses kept for the id window: per outcomes partition, the latest outcome ts
-        # folded, the outcomes folded since the last sweep, and where the sweep goes on
-        self._status_clock: dict[int, int] = {}
-        self._outcomes_folded: dict[int, int] = {}
-        self._sweep_after: dict[int, bytes] = {}
+            ledger, outcomes, self.processor.fold_ledger, self.processor.fold_outcome,
+            self.processor.after_batch, settings.fault_views_batch_delay_ms / 1000)
         self.app.source_topics = frozenset({ledger, outcomes})
         self.app.sources = self.sources
         self.app.agent(self.ledger_topic, name="apply-ledger")(self._subscription_only)
@@ -275,99 +264,23 @@ class ViewsWorker:
     def source_positions(self, assignment: Iterable[TP]) -> dict[tuple[str, int], int]:
         """Where each assigned source partition resumes: just past what the table has folded."""
         ledger, outcomes = self.ledger_topic.get_topic_name(), self.outcomes_topic.get_topic_name()
+        self.processor.forget_decoded()   # another worker may have moved the partitions
         positions = {}
-        self.folded_totals.clear()   # another worker may have moved them
-        self._totals_moved.clear()
         for tp in assignment:
             if tp.topic == ledger:
-                positions[(tp.topic, tp.partition)] = self.partition_totals(tp.partition).offset + 1
+                positions[(tp.topic, tp.partition)] = self.processor.ledger_position(tp.partition)
             elif tp.topic == outcomes:
-                stored = self.writes.get(tp.partition, ViewKeys.outcomes_position(tp.partition))
-                positions[(tp.topic, tp.partition)] = int(stored) if stored is not None else 0
+                positions[(tp.topic, tp.partition)] = self.processor.outcomes_position(tp.partition)
         if self.settings.unsafe_views_resume_at_end:   # the negative control of the above
             from confluent_kafka import OFFSET_END
 
             positions = {tp: OFFSET_END for tp in positions}
         return positions
 
-    def apply_ledger_record(self, partition: int, offset: int, raw: bytes | None,
-                            heal: bool = True) -> None:
-        """Fold one ledger record; the totals, written last, record the position.
-
-        A gap (the account's view is behind the event's seq) means the table lost events
-        that the ledger has: they are read back from the ledger, from just after the
-        account's last applied event up to this one, and folded first (`heal_gap`)."""
-        event = parse_ledger_event(raw)
-        if event is None:
-            log.error("malformed ledger event at %s@%d: counted and skipped", partition, offset)
-            self.metrics.count_ledger_event("malformed")
-            return
-        account, seq = event["account"], event["seq"]
-        key = ViewKeys.account(account)
-        writes = self.writes
-        stored = writes.get(partition, key)
-        view = AccountView.from_bytes(stored) if stored is not None else None
-        verdict = classify(view, seq, offset)
-        self.metrics.count_ledger_event(verdict.value)
-        if verdict is Applied.DUPLICATE:
-            return
-        if verdict is Applied.GAP and heal and view is not None:
-            # an account the views know: read back from its last applied event (bounded by
-            # this partition's range); an unknown account's gap is never read from offset 0
-            start = view.offset + 1
-            log.warning("ledger gap for %s: have seq %s, got %s at %d@%d; reading %d@%d.. back",
-                        account, view.seq if view else 0, seq, partition, offset, partition, start)
-            self.heal_gap(partition, start, offset)
-            self.metrics.count_ledger_event("healed")
-            stored = writes.get(partition, key)
-            view = AccountView.from_bytes(stored) if stored is not None else None
-            verdict = classify(view, seq, offset)
-        if verdict is Applied.GAP:
-            log.error("ledger gap for %s: have seq %s, got %s at %d@%d",
-                      account, view.seq if view else 0, seq, partition, offset)
-            return
-        if verdict is Applied.NEW:
-            before = standing(view)
-            view = apply_to_account(view, event, offset)
-            writes.put(partition, ViewKeys.history(account, seq),
-                       history_value(offset, view.totals, raw))
-            writes.put(partition, key, view.to_bytes())
-            self.move_in_rankings(partition, account, *ranking_moves(before, view))
-        else:   # the record applied last, again: its writes may not have been made
-            assert view is not None
-            writes.put(partition, ViewKeys.history(account, seq),
-                       history_value(offset, view.totals, raw))
-            self.move_in_rankings(partition, account, [], ranking_entries(view))
-        if event["kind"] == OPENED:   # the accounts' indexes: by currency, by metadata pair
-            for name, value in index_entries(event):
-                writes.put(partition, ViewKeys.index(name, value, account),
-                           account.encode("utf-8", "surrogatepass"))
-        assert view is not None   # NEW made it; REDELIVERED is its last event again
-        totals = self.folded_totals.get(partition)
-        if totals is None:   # the fold is the only writer while it reads the partition
-            totals = self.folded_totals[partition] = self.partition_totals(partition)
-        if totals.count(event, offset, self.requests_topic, view.currency):
-            self._totals_moved.add(partition)    # written once per flush (write_totals)
-
-    def write_totals(self) -> None:
-        """The totals the batch moved, encoded once, into the flush (with the state they
-        cover: they hold the ledger position)."""
-        for partition in self._totals_moved:
-            self.writes.put_position(partition, ViewKeys.totals(partition),
-                                     self.folded_totals[partition].to_bytes())
-        self._totals_moved.clear()
-
-    def move_in_rankings(self, partition: int, account: str, deleted: list[Ranked],
-                         written: list[tuple[Ranked, int]]) -> None:
-        for ranking, group, bucket in deleted:
-            self.writes.delete(partition, ViewKeys.rank(ranking, group, bucket, account))
-        for (ranking, group, bucket), figure in written:
-            self.writes.put(partition, ViewKeys.rank(ranking, group, bucket, account),
-                            rank_value(bucket, figure, account))
-
-    def heal_gap(self, partition: int, start: int, end: int) -> None:
-        """Fold the ledger records [start, end) of a partition again, read straight from the
-        log (read_committed): the fold skips what it has and applies what it lacks."""
+    def read_ledger(self, partition: int, start: int, end: int
+                    ) -> Iterator[tuple[int, bytes | None]]:
+        """The ledger records [start, end) of a partition, read straight from the log
+        (read_committed): what the processor heals a gap with."""
         from confluent_kafka import TopicPartition
 
         from kbank.streams.client import BULK_READ
@@ -377,74 +290,14 @@ class ViewsWorker:
                                   **BULK_READ)
         try:
             consumer.assign([TopicPartition(topic, partition, start)])
-            done = start >= end
             deadline = time.monotonic() + 60
-            while not done and time.monotonic() < deadline:
+            while start < end and time.monotonic() < deadline:
                 for msg in consumer.consume(1000, 1.0):
-                    if msg.error() is not None:
-                        done = True     # end of the partition (EOF) or an error: stop here
-                        break
-                    if msg.offset() >= end:
-                        done = True
-                        break
-                    self.apply_ledger_record(partition, msg.offset(), msg.value(), heal=False)
+                    if msg.error() is not None or msg.offset() >= end:
+                        return     # the end of the partition (EOF), an error, or `end`
+                    yield msg.offset(), msg.value()
         finally:
             consumer.close()
-
-    def after_batch(self) -> None:
-        """A batch of sources folded: forget statuses past the id window, then write."""
-        self.expire_statuses()
-        self.writes.flush()
-
-    def expire_statuses(self) -> None:
-        """Look at two statuses (and a few more) per outcome folded since the last sweep, on
-        each partition that had outcomes, from where its sweep left off, and delete those
-        past the id window (fold.status_expired). A partition's statuses are each visited
-        once per (their number / 2) outcomes, and a request makes one status and at least
-        one outcome, so a partition keeps at most twice the statuses made in a window and
-        a seventh. The clock is this worker's, from its outcomes: it starts low after a
-        restart, which only deletes later."""
-        window_ms = self.settings.id_window_ms
-        for partition, folded in self._outcomes_folded.items():
-            limit = 2 * folded + _SWEEP_EXTRA
-            after = self._sweep_after.get(partition, b"")
-            found = self.views.data.scan_items(partition, ViewKeys.STATUS, after, limit)
-            clock = self._status_clock.get(partition, 0)
-            for key, stored in found:
-                current = self.writes.get_or(partition, key, stored)   # the batch's, if any
-                if current is not None and status_expired(orjson.loads(current), clock, window_ms):
-                    self.writes.delete(partition, key)
-            self._sweep_after[partition] = found[-1][0][len(ViewKeys.STATUS):] \
-                if len(found) == limit else b""
-        self._outcomes_folded.clear()
-
-    def apply_outcome_record(self, partition: int, offset: int, raw: bytes | None,
-                             appended_s: float | None = None) -> None:
-        """Fold one outcome into its request's status; then record the position. A status
-        that moves is timed (request timestamp to the outcome's append time, when known)."""
-        out = parse_outcome(raw)
-        if out is None:
-            self.metrics.count_outcome("malformed", "")
-            log.error("malformed outcome at %s@%d: skipped", partition, offset)
-            return
-        self.metrics.count_outcome(out["status"], out.get("reason") or "")
-        self._outcomes_folded[partition] = self._outcomes_folded.get(partition, 0) + 1
-        if isinstance(out.get("ts"), int) and out["ts"] > self._status_clock.get(partition, 0):
-            self._status_clock[partition] = out["ts"]
-        key = ViewKeys.status(outcome_key(out))
-        stored = self.writes.get(partition, key)
-        current = orjson.loads(stored) if stored is not None else None
-        new = merge_status(current, out, self.settings.id_window_ms)
-        if new is not None:
-            self.writes.put(partition, key, orjson.dumps(new))
-            self.writes.put_position(partition, ViewKeys.outcomes_position(partition),
-                                     b"%d" % (offset + 1))
-            if appended_s is not None and isinstance(out.get("ts"), int):
-                took = max(0.0, appended_s - out["ts"] / 1000)
-                if current is None:
-                    self.metrics.initiation.observe(took)
-                if is_final(new["status"]):
-                    self.metrics.completion.observe(took)
 
     # -- reads used by the web endpoint --
 
@@ -518,7 +371,8 @@ class ViewsWorker:
                 if tp.topic == self.ledger_topic.get_topic_name()]
 
     def partition_totals(self, partition: int) -> PartitionTotals:
-        stored = self.writes.get(partition, ViewKeys.totals(partition))
+        """A partition's totals as the store holds them (as of the fold's last flush)."""
+        stored = self.views.data.read(partition, ViewKeys.totals(partition))
         return PartitionTotals.from_bytes(stored) if stored is not None else PartitionTotals()
 
     def request_status(self, key: str) -> dict[str, Any] | None:

@@ -250,11 +250,6 @@ def ranked_figure(view: AccountView | None, ranking: str, group: str, bucket: in
     return None
 
 
-def history_key(account: str, seq: int) -> bytes:
-    """Keys sort by account, then seq: a page of history is one key range."""
-    return f"{account}\x00{seq:012d}".encode()
-
-
 MONEY_FIGURES = ("balance", "deposits", "withdrawals", "debited", "returned", "held")
 _BALANCE, _DEPOSITS, _WITHDRAWALS, _DEBITED, _RETURNED, _HELD = range(len(MONEY_FIGURES))
 

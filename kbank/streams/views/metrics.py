@@ -116,6 +116,14 @@ class ViewsMetrics:
             child = self._outcome_children[label] = self.outcomes.labels(*label)
         child.inc()
 
+    def status_moved(self, took_s: float, first: bool, final: bool) -> None:
+        """A request's status moved, `took_s` after its timestamp: its first decision, its
+        final one, or both."""
+        if first:
+            self.initiation.observe(took_s)
+        if final:
+            self.completion.observe(took_s)
+
     def render(self) -> bytes:
         """The text exposition format, served as CONTENT_TYPE (Prometheus 3 checks it)."""
         return generate_latest(self.registry)

@@ -15,7 +15,9 @@ position), and that both reach the disk in one write batch:
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
+
+from kbank.streams.views.partition_stores import PartitionReads
 
 _DELETED = None
 
@@ -23,9 +25,9 @@ _DELETED = None
 class TableWrites:
     """The writes of the fold not yet in RocksDB, per (partition, key)."""
 
-    def __init__(self, table: Any, flush_at: int = 20_000,
+    def __init__(self, stores: Callable[[], PartitionReads], flush_at: int = 20_000,
                  before_flush: Callable[[], None] = lambda: None) -> None:
-        self._table = table              # the Faust table: its store is created lazily
+        self.stores = stores             # e.g. the Faust table's, which it makes lazily
         self._before_flush = before_flush   # the fold's last writes of a batch (its totals)
         self._flush_at = flush_at
         self._latest: dict[tuple[int, bytes], bytes | None] = {}
@@ -35,7 +37,7 @@ class TableWrites:
         slot = (partition, key)
         if slot in self._latest:
             return self._latest[slot]
-        return self._table.data._db_for_partition(partition).get(key)
+        return self.stores().read(partition, key)
 
     def get_or(self, partition: int, key: bytes, stored: bytes | None) -> bytes | None:
         """The key's value as the fold left it, given what its store holds (read already,
@@ -47,8 +49,9 @@ class TableWrites:
         if len(self._latest) >= self._flush_at:
             self.flush()
 
-    def put_position(self, partition: int, key: bytes, value: bytes) -> None:
-        """A read position: written with the state it covers, in the same batch."""
+    def put_no_flush(self, partition: int, key: bytes, value: bytes) -> None:
+        """A write that never starts a flush itself: a read position (written with the state
+        it covers, in the same batch), or what the fold writes while a flush begins."""
         self._latest[(partition, key)] = value
 
     def delete(self, partition: int, key: bytes) -> None:
@@ -65,7 +68,7 @@ class TableWrites:
         self._before_flush()
         if not self._latest:
             return 0
-        self._table.data.write_values(self._latest)
+        self.stores().write_values(self._latest)
         written = len(self._latest)
         self._latest.clear()
         return written

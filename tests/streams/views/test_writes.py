@@ -3,39 +3,23 @@ in one write batch per partition, and nothing of them goes anywhere else (issue 
 sources are the views' changelog)."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
-
 from rocksdict import Options, Rdict
 
-from kbank.streams.views.store import ViewsStore, ViewKeys
+from kbank.streams.views.layout import ViewKeys
+from kbank.streams.views.partition_stores import LocalStores
 from kbank.streams.views.writes import TableWrites
 
 
-class PartitionStores:
-    """The part of the views' store TableWrites uses, on real RocksDB files."""
-
-    write_values = ViewsStore.write_values
-
-    def __init__(self, path: Any) -> None:
-        self.path, self.dbs, self.batches = path, {}, 0
-
-    def _db_for_partition(self, partition: int) -> Rdict:
-        if partition not in self.dbs:
-            self.dbs[partition] = Rdict(str(self.path / str(partition)), Options(raw_mode=True))
-        return self.dbs[partition]
-
-
 def test_a_batch_and_its_positions_reach_rocksdb_together(tmp_path):
-    stores = PartitionStores(tmp_path)
-    writes = TableWrites(SimpleNamespace(data=stores))
+    stores = LocalStores(str(tmp_path))
+    writes = TableWrites(lambda: stores)
     position = ViewKeys.outcomes_position(2)
-    writes.put_position(2, position, b"5")
+    writes.put_no_flush(2, position, b"5")
     writes.put(2, b"k1", b"a")
     writes.put(2, b"k2", b"b")
     writes.put(2, b"k1", b"c")
     writes.delete(2, b"k2")
-    writes.put_position(2, position, b"9")
+    writes.put_no_flush(2, position, b"9")
     writes.put(5, b"k1", b"other partition")
 
     assert (writes.get(2, b"k1"), writes.get(2, b"k2"), writes.get(2, position)) == (b"c", None, b"9")
@@ -51,12 +35,12 @@ def test_a_batch_and_its_positions_reach_rocksdb_together(tmp_path):
 
 def test_a_store_reopened_after_a_flush_holds_the_state_and_its_position(tmp_path):
     """What a restarted worker reads back: the state with the position it covers."""
-    stores = PartitionStores(tmp_path)
-    writes = TableWrites(SimpleNamespace(data=stores))
+    stores = LocalStores(str(tmp_path))
+    writes = TableWrites(lambda: stores)
     writes.put(1, ViewKeys.account("alice"), b"view")
-    writes.put_position(1, ViewKeys.outcomes_position(1), b"42")
+    writes.put_no_flush(1, ViewKeys.outcomes_position(1), b"42")
     writes.flush()
-    stores.dbs[1].close()
+    stores.close()
     again = Rdict(str(tmp_path / "1"), Options(raw_mode=True))
     assert (again.get(ViewKeys.account("alice")), again.get(ViewKeys.outcomes_position(1))) == \
         (b"view", b"42")

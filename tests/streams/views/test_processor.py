@@ -1,0 +1,192 @@
+"""The views' one fold (ViewsProcessor) on real RocksDB stores, without a broker: the live
+worker's and `bank replay views`' code (issue 42, item 2).
+
+The records are a small valid ledger and its outcomes, made here. A fold interrupted at
+any point without its last flush (what a SIGKILL leaves) and resumed from its store's own
+positions ends with exactly the stores of a fold that never stopped; resumed from where it
+had read instead (not what it had written), it loses what was not flushed; and keeping
+fewer decoded views, or healing a gap from the log, changes nothing.
+"""
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+import orjson
+
+from kbank.streams.model import (ACCEPTED, COMPLETED, CREDITED, DEBITED, DEBITED_STATUS,
+                                 DEPOSITED, OPENED, Position, dumps, ledger_event)
+from kbank.streams.views.fold import PartitionTotals
+from kbank.streams.views.layout import ViewKeys
+from kbank.streams.views.partition_stores import LocalStores
+from kbank.streams.views.processor import ViewsProcessor
+
+REQUESTS = "bank.transfers.requests"
+PARTITIONS = 2
+WINDOW_MS = 10 * 60_000
+Record = tuple[str, int, int, bytes]     # (source, partition, offset, value)
+
+
+def _records(transfers: int, seed: int = 3) -> list[Record]:
+    """Ledger events (accounts opened, funded, transfers between them) and their outcomes,
+    in the order a worker might read them, both sources interleaved."""
+    rng = random.Random(seed)
+    names = [f"acct-{i}" for i in range(8)]
+    where = {name: i % PARTITIONS for i, name in enumerate(names)}
+    balance, seq = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
+    offsets = {("ledger", p): 0 for p in range(PARTITIONS)} | \
+        {("outcomes", p): 0 for p in range(PARTITIONS)}
+    ts = 1_700_000_000_000
+    records: list[Record] = []
+
+    def emit(source: str, account: str, value: bytes) -> None:
+        partition = where[account]
+        records.append((source, partition, offsets[(source, partition)], value))
+        offsets[(source, partition)] += 1
+
+    def event(account: str, rid: str, kind: str, amount: int, other: str | None) -> None:
+        seq[account] += 1
+        emit("ledger", account, dumps(ledger_event(
+            account, seq[account], rid, kind, amount, other, balance[account], ts,
+            Position(REQUESTS, where[account], 0))))
+
+    def outcome(account: str, rid: str, status: str) -> None:
+        emit("outcomes", account, orjson.dumps(
+            {"request_id": rid, "account": account, "status": status, "ts": ts}))
+
+    for name in names:
+        event(name, f"open-{name}", OPENED, 0, None)
+        balance[name] = 1_000
+        event(name, f"dep-{name}", DEPOSITED, 1_000, None)
+    for i in range(transfers):
+        ts += 1_000
+        a, b = rng.sample(names, 2)
+        amount = rng.randint(1, 50)
+        rid = f"t-{i}"
+        outcome(a, rid, ACCEPTED)
+        balance[a] -= amount
+        event(a, rid, DEBITED, amount, b)
+        outcome(a, rid, DEBITED_STATUS)
+        balance[b] += amount
+        event(b, rid, CREDITED, amount, a)
+        outcome(a, rid, COMPLETED)
+    return records
+
+
+def _processor(stores: LocalStores, cached_accounts: int | None = None) -> ViewsProcessor:
+    return ViewsProcessor(lambda: stores, REQUESTS, WINDOW_MS, cached_accounts=cached_accounts)
+
+
+def _fold(processor: ViewsProcessor, records: list[Record], batch: int) -> None:
+    for i, (source, partition, offset, value) in enumerate(records, 1):
+        fold = processor.fold_ledger if source == "ledger" else processor.fold_outcome
+        fold(partition, offset, value)
+        if i % batch == 0:
+            processor.after_batch()
+    processor.after_batch()
+
+
+def _contents(stores: LocalStores) -> dict[int, dict[bytes, bytes]]:
+    """Every key and value of the stores. A ranking entry's value keeps the figure it was
+    written with (readers take the account's live one: fold.ranked_figure), and a record
+    folded again writes its account's entries anew: only its bucket and account are
+    compared."""
+    contents = {p: dict(stores.scan_items(p, b"", b"", 2**62)) for p in range(PARTITIONS)}
+    for values in contents.values():
+        for key, value in values.items():
+            if key.startswith(ViewKeys.RANK):
+                bucket, _, account = value.split(b" ", 2)
+                values[key] = bucket + b" " + account
+    return contents
+
+
+def _folded_at_once(tmp_path, records: list[Record]) -> dict[int, dict[bytes, bytes]]:
+    stores = LocalStores(str(tmp_path / "at-once"))
+    _fold(_processor(stores), records, batch=len(records))
+    contents = _contents(stores)
+    stores.close()
+    return contents
+
+
+def _resumed(processor: ViewsProcessor, records: list[Record],
+             positions: dict[tuple[str, int], int]) -> Iterator[Record]:
+    """The records a worker reads once it resumes at `positions`."""
+    return (r for r in records if r[2] >= positions[(r[0], r[1])])
+
+
+def test_a_fold_killed_between_flushes_resumes_from_its_store_to_the_same_views(tmp_path):
+    records = _records(300)
+    want = _folded_at_once(tmp_path, records)
+    assert want[0] and want[1]
+    rng = random.Random(11)
+    stores = LocalStores(str(tmp_path / "killed"))
+    remaining = records
+    for _ in range(6):    # killed six times, each after some flushed and some unflushed work
+        processor = _processor(stores, cached_accounts=rng.choice([None, 1, 4]))
+        positions = {("ledger", p): processor.ledger_position(p) for p in range(PARTITIONS)} | \
+            {("outcomes", p): processor.outcomes_position(p) for p in range(PARTITIONS)}
+        remaining = list(_resumed(processor, records, positions))
+        flushed, unflushed = rng.randint(0, 60), rng.randint(1, 40)
+        _fold(processor, remaining[:flushed], batch=7)
+        for source, partition, offset, value in remaining[flushed:flushed + unflushed]:
+            (processor.fold_ledger if source == "ledger" else processor.fold_outcome)(
+                partition, offset, value)
+        # SIGKILL: what was folded since the last flush never reaches the store
+    processor = _processor(stores)
+    positions = {("ledger", p): processor.ledger_position(p) for p in range(PARTITIONS)} | \
+        {("outcomes", p): processor.outcomes_position(p) for p in range(PARTITIONS)}
+    _fold(processor, list(_resumed(processor, records, positions)), batch=50)
+    assert _contents(stores) == want
+
+
+def test_negative_control_resuming_where_it_had_read_loses_what_it_had_not_flushed(tmp_path):
+    records = _records(100)
+    want = _folded_at_once(tmp_path, records)
+    stores = LocalStores(str(tmp_path / "killed"))
+    processor = _processor(stores)
+    _fold(processor, records[:200], batch=50)
+    for source, partition, offset, value in records[200:230]:   # read, not flushed: killed
+        (processor.fold_ledger if source == "ledger" else processor.fold_outcome)(
+            partition, offset, value)
+    _fold(_processor(stores), records[230:], batch=50)    # resumed where it had read
+    assert _contents(stores) != want
+
+
+def test_folding_records_again_changes_nothing(tmp_path):
+    """At-least-once reading: a whole batch delivered twice (as after a revocation) and
+    every record twice in a row fold to the same views; the totals count each event once."""
+    records = _records(120)
+    want = _folded_at_once(tmp_path, records)
+    stores = LocalStores(str(tmp_path / "twice"))
+    processor = _processor(stores, cached_accounts=2)
+    _fold(processor, records[:150], batch=40)
+    _fold(processor, records[:150] + [r for r in records[150:] for _ in range(2)], batch=40)
+    assert _contents(stores) == want
+    events = sum(PartitionTotals.from_bytes(want[p][ViewKeys.totals(p)]).events
+                 for p in range(PARTITIONS))
+    assert events == sum(1 for r in records if r[0] == "ledger")
+
+
+def test_a_gap_is_healed_from_the_log(tmp_path):
+    """A ledger event the fold never got (its seq skipped) is read back through
+    read_ledger when its account's next event comes, and the views end as if it had been
+    folded in order. (The missing event is followed by its account's next one: the
+    partition's totals count an event only beyond the last offset they counted.)"""
+    records = _records(60)
+    want = _folded_at_once(tmp_path, records)
+    ledger = [r for r in records if r[0] == "ledger"]
+    account = {r: orjson.loads(r[3])["account"] for r in ledger}
+    in_partition = [r for r in ledger if r[1] == 0]
+    missing = next(r for r, after in zip(in_partition[16:], in_partition[17:])
+                   if account[r] == account[after])
+    asked: list[tuple[int, int, int]] = []
+
+    def read_ledger(partition: int, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        asked.append((partition, start, end))
+        return ((o, v) for _, p, o, v in ledger if p == partition and start <= o < end)
+
+    stores = LocalStores(str(tmp_path / "gap"))
+    processor = ViewsProcessor(lambda: stores, REQUESTS, WINDOW_MS, read_ledger=read_ledger)
+    _fold(processor, [r for r in records if r != missing], batch=25)
+    assert asked, "the gap was seen"
+    assert _contents(stores) == want

@@ -468,10 +468,34 @@ def labels_ok(record: dict[str, Any]) -> bool:
 
 
 def int_in(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    """An int (not a bool) from low to high. (`type(value) is int`: JSON makes no int
+    subclass but bool, and the check runs for every field of every record a reader folds.)"""
+    return type(value) is int and low <= value <= high
+
+
+def _ints_in(record: dict[str, Any], fields: tuple[str, ...], default: Any, low: int,
+             high: int) -> bool:
+    """Every one of `fields` of the record (`default` if absent) is an int in range."""
+    for name in fields:
+        value = record.get(name, default)
+        if type(value) is not int or not low <= value <= high:
+            return False
+    return True
+
+
+def _optional_ints_in(record: dict[str, Any], fields: tuple[str, ...], low: int,
+                      high: int) -> bool:
+    """Every one of `fields` of the record is absent, null, or an int in range."""
+    for name in fields:
+        value = record.get(name)
+        if value is not None and (type(value) is not int or not low <= value <= high):
+            return False
+    return True
 
 
 _EVENT_INTS = ("seq", "amount", "ts")
+_EVENT_HOLD_INTS = ("held", "pending_in", "released")
+_EVENT_LIMITS = ("daily_limit", "overdraft_limit", "max_balance")
 
 
 def parse_ledger_event(raw: bytes | None) -> dict[str, Any] | None:
@@ -484,13 +508,11 @@ def parse_ledger_event(raw: bytes | None) -> dict[str, Any] | None:
         return None
     if not isinstance(ev, dict) or not is_name(ev.get("account")) \
             or not is_name(ev.get("request_id")) or ev.get("kind") not in BALANCE_SIGN \
-            or not all(int_in(ev.get(f), 0, MAX_AMOUNT) for f in _EVENT_INTS) or ev["seq"] < 1 \
+            or not _ints_in(ev, _EVENT_INTS, None, 0, MAX_AMOUNT) or ev["seq"] < 1 \
             or not int_in(ev.get("balance"), -MAX_AMOUNT, MAX_AMOUNT) \
             or not (ev.get("counterparty") is None or is_name(ev["counterparty"])) \
-            or not all(int_in(ev.get(f, 0), 0, MAX_AMOUNT) for f in ("held", "pending_in",
-                                                                       "released")) \
-            or not all(ev.get(f) is None or int_in(ev[f], 0, MAX_AMOUNT)
-                       for f in ("daily_limit", "overdraft_limit", "max_balance")) \
+            or not _ints_in(ev, _EVENT_HOLD_INTS, 0, 0, MAX_AMOUNT) \
+            or not _optional_ints_in(ev, _EVENT_LIMITS, 0, MAX_AMOUNT) \
             or not is_currency(ev.get("currency", DEFAULT_CURRENCY)) or not labels_ok(ev) \
             or not ("link" not in ev or is_name(ev["link"])):
         return None

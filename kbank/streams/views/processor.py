@@ -8,10 +8,10 @@ an account's events is healed through `read_ledger`, which the live worker gives
 
 What it writes is the layout of kbank.streams.views.layout; how each record changes a view
 is the pure rules of kbank.streams.views.fold. What it keeps decoded between batches: the
-account views it has read or moved, and each partition's totals (which say how far its
-ledger partition is folded). Each is encoded and written once per flush, not once per event
-(`_write_decoded`), in the same RocksDB write batch as everything the flush covers
-(kbank.streams.views.writes).
+account views and request statuses it has read or moved, and each partition's totals (which
+say how far its ledger partition is folded). Each is encoded and written once per flush, not
+once per event (`_write_decoded`), in the same RocksDB write batch as everything the flush
+covers (kbank.streams.views.writes).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ log = logging.getLogger("bank.views")
 
 SWEEP_EXTRA = 8                  # statuses a sweep looks at beyond two per outcome folded
 CACHED_ACCOUNTS = 200_000        # decoded account views kept between flushes, at most
+CACHED_STATUSES = 100_000        # decoded request statuses kept between flushes, at most
 
 # partition, start offset, end offset -> the committed ledger records in [start, end)
 ReadLedger = Callable[[int, int, int], Iterable[tuple[int, bytes | None]]]
@@ -79,6 +80,8 @@ class ViewsProcessor:
         self._accounts_moved: set[tuple[int, str]] = set()
         self._totals: dict[int, PartitionTotals] = {}
         self._totals_moved: set[int] = set()
+        self._statuses: dict[tuple[int, bytes], dict] = {}   # by (partition, ViewKeys.status)
+        self._statuses_moved: set[tuple[int, bytes]] = set()
         # statuses kept for the id window: per outcomes partition, the latest outcome ts
         # folded, the outcomes folded since the last sweep, and where the sweep goes on
         self.status_clock: dict[int, int] = {}
@@ -90,11 +93,12 @@ class ViewsProcessor:
     def forget_decoded(self) -> None:
         """Drop what is kept decoded: the partitions may have moved (another worker folded
         them since). Flush first: what is not in the store is lost."""
-        assert self.writes.unacknowledged == 0, "forget_decoded before a flush"
+        assert self.writes.unacknowledged == 0 and not (
+            self._accounts_moved or self._totals_moved or self._statuses_moved), \
+            "forget_decoded before a flush"
         self._accounts.clear()
-        self._accounts_moved.clear()
         self._totals.clear()
-        self._totals_moved.clear()
+        self._statuses.clear()
 
     def ledger_position(self, partition: int) -> int:
         """The next ledger offset of `partition` to fold: just past what the store holds."""
@@ -210,18 +214,28 @@ class ViewsProcessor:
         self._outcomes_folded[partition] = self._outcomes_folded.get(partition, 0) + 1
         if isinstance(out.get("ts"), int) and out["ts"] > self.status_clock.get(partition, 0):
             self.status_clock[partition] = out["ts"]
-        key = ViewKeys.status(outcome_key(out))
-        stored = self.writes.get(partition, key)
-        current = orjson.loads(stored) if stored is not None else None
+        slot = (partition, ViewKeys.status(outcome_key(out)))
+        current = self._status(slot)
         new = merge_status(current, out, self.window_ms)
         if new is None:
             return
-        self.writes.put(partition, key, orjson.dumps(new))
+        self._statuses[slot] = new
+        self._statuses_moved.add(slot)
         self.writes.put_no_flush(partition, ViewKeys.outcomes_position(partition),
                                  b"%d" % (offset + 1))
         if appended_s is not None and isinstance(out.get("ts"), int):
             self.metrics.status_moved(max(0.0, appended_s - out["ts"] / 1000),
                                       current is None, is_final(new["status"]))
+
+    def _status(self, slot: tuple[int, bytes]) -> dict | None:
+        """A request's status as the fold left it (decoded once, then kept)."""
+        status = self._statuses.get(slot)
+        if status is None:
+            stored = self.writes.get(*slot)
+            if stored is None:
+                return None
+            status = self._statuses[slot] = orjson.loads(stored)
+        return status
 
     def _expire_statuses(self) -> None:
         """Look at two statuses (and a few more) per outcome folded since the last sweep, on
@@ -238,10 +252,15 @@ class ViewsProcessor:
             found = stores.scan_items(partition, ViewKeys.STATUS, after, limit)
             clock = self.status_clock.get(partition, 0)
             for key, stored in found:
-                current = self.writes.get_or(partition, key, stored)   # the batch's, if any
-                if current is not None and status_expired(orjson.loads(current), clock,
-                                                           self.window_ms):
+                slot = (partition, key)
+                current = self._statuses.get(slot)   # the fold's, if it has it decoded
+                if current is None:
+                    value = self.writes.get_or(partition, key, stored)   # the batch's, if any
+                    current = orjson.loads(value) if value is not None else None
+                if current is not None and status_expired(current, clock, self.window_ms):
                     self.writes.delete(partition, key)
+                    self._statuses.pop(slot, None)
+                    self._statuses_moved.discard(slot)
             self._sweep_after[partition] = found[-1][0][len(ViewKeys.STATUS):] \
                 if len(found) == limit else b""
         self._outcomes_folded.clear()
@@ -259,9 +278,12 @@ class ViewsProcessor:
         self.writes.flush()
         if self._cached_accounts is not None and len(self._accounts) > self._cached_accounts:
             self._accounts.clear()    # all written: read back from the store when next met
+        if len(self._statuses) > CACHED_STATUSES:
+            self._statuses.clear()
 
     def _write_decoded(self) -> None:
-        """The views and totals the fold moved since the last flush, each encoded once, into
+        """The views, totals and statuses the fold moved since the last flush, each encoded
+        once, into
         the flush (with the history and positions they cover)."""
         for partition, account in self._accounts_moved:
             self.writes.put_no_flush(partition, ViewKeys.account(account),
@@ -271,3 +293,6 @@ class ViewsProcessor:
             self.writes.put_no_flush(partition, ViewKeys.totals(partition),
                                      self._totals[partition].to_bytes())
         self._totals_moved.clear()
+        for partition, key in self._statuses_moved:
+            self.writes.put_no_flush(partition, key, orjson.dumps(self._statuses[(partition, key)]))
+        self._statuses_moved.clear()

@@ -16,7 +16,7 @@ import orjson
 
 from kbank.streams.model import (ACCEPTED, COMPLETED, CREDITED, DEBITED, DEBITED_STATUS,
                                  DEPOSITED, OPENED, Position, dumps, ledger_event)
-from kbank.streams.views.fold import PartitionTotals
+from kbank.streams.views.fold import PartitionTotals, status_expired
 from kbank.streams.views.layout import ViewKeys
 from kbank.streams.views.partition_stores import LocalStores
 from kbank.streams.views.processor import ViewsProcessor
@@ -190,3 +190,28 @@ def test_a_gap_is_healed_from_the_log(tmp_path):
     _fold(processor, [r for r in records if r != missing], batch=25)
     assert asked, "the gap was seen"
     assert _contents(stores) == want
+
+
+def test_statuses_past_the_id_window_are_swept_as_the_fold_goes(tmp_path):
+    """The sweep deletes statuses past the window, whether the fold has them decoded or
+    not, and keeps every status still inside it as a fold that never swept would have it."""
+    window_ms = 20_000      # the records span 300 s: most statuses expire during the fold
+    records = _records(300)
+    stores = LocalStores(str(tmp_path / "swept"))
+    processor = ViewsProcessor(lambda: stores, REQUESTS, window_ms, cached_accounts=3)
+    _fold(processor, records, batch=30)
+    unswept = LocalStores(str(tmp_path / "unswept"))
+    reference = ViewsProcessor(lambda: unswept, REQUESTS, 10**12)   # nothing ever expires
+    _fold(reference, records, batch=len(records))
+
+    def statuses(of: LocalStores) -> dict[bytes, dict]:
+        return {key: orjson.loads(value) for p in range(PARTITIONS)
+                for key, value in of.scan_items(p, ViewKeys.STATUS, b"", 2**62)}
+
+    clock = max(processor.status_clock.values())
+    swept, every = statuses(stores), statuses(unswept)
+    live = {key: status for key, status in every.items()
+            if not status_expired(status, clock, window_ms)}
+    assert len(every) == 300 and 0 < len(live) < 100
+    assert {key: swept[key] for key in live} == live     # inside the window: all kept, equal
+    assert len(swept) < 2 * len(live) + 2 * 30, (len(swept), len(live))   # past it: most deleted

@@ -124,7 +124,7 @@ class ViewsApp(faust.App):
         if self.sources is not None:
             self.sources.revoke()
         if self.processor is not None:
-            self.processor.flush()      # into the stores before Faust closes them
+            self.processor.after_batch()   # into the stores before Faust closes them
         await super()._on_partitions_revoked(revoked)
 
     def _new_consumer(self) -> Any:

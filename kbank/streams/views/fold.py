@@ -390,9 +390,14 @@ def status_expired(status: dict[str, Any], clock: int, window_ms: int) -> bool:
     is a window and a seventh (the engine's margin) behind `clock`, the latest outcome
     timestamp folded. Its id, used again now, is a new request (model.renews), as the
     engine forgot it too; so statuses, like the engine's ids, are kept for the window."""
+    expiry = status_expiry(status, window_ms)
+    return is_final(status.get("status")) and expiry is not None and expiry <= clock
+
+
+def status_expiry(status: dict[str, Any], window_ms: int) -> int | None:
+    """The clock from which a status may be forgotten once final (None: never)."""
     since = status.get("since", status.get("ts"))
-    return is_final(status.get("status")) and isinstance(since, int) \
-        and since + window_ms + id_margin_ms(window_ms) <= clock
+    return since + window_ms + id_margin_ms(window_ms) if type(since) is int else None
 
 
 def parse_outcome(raw: bytes | None) -> dict[str, Any] | None:

@@ -5,15 +5,26 @@ scans, and a batch of writes made atomic per partition); it is written once, ove
 `_db_for_partition`. The live worker's stores are Faust's (kbank.streams.views.store.ViewsStore,
 opened as Faust assigns partitions); `LocalStores` are the same stores without Faust, in a
 directory of their own: the ones `bank replay views` rebuilds and the fold's tests use.
+
+The writes skip RocksDB's write-ahead log, as Kafka Streams' stores do, and for the same
+reason: the state can be made again from its changelog, here the sources. A crash then loses
+the writes not yet flushed from the memtable, and only a suffix of them: each write batch is
+atomic and memtables reach the disk in order, so the store is left at an earlier batch with
+the source positions of that batch, and the worker folds again from there. (A clean close
+flushes the memtables: RocksDB does when data is not in a log.) Measured: 1.58 us a key
+with the log, 1.20 without.
 """
 from __future__ import annotations
 
 import os
 from typing import Callable, Iterator
 
-from rocksdict import Rdict, WriteBatch
+from rocksdict import Rdict, WriteBatch, WriteOptions
 
 from kbank.streams.storage import StoreBudget
+
+_NO_LOG = WriteOptions()
+_NO_LOG.disable_wal = True
 
 
 class PartitionReads:
@@ -63,7 +74,7 @@ class PartitionReads:
             else:
                 batch.put(key, value)
         for partition, batch in batches.items():
-            self._db_for_partition(partition).write(batch)
+            self._db_for_partition(partition).write(batch, _NO_LOG)
 
 
 class LocalStores(PartitionReads):

@@ -24,7 +24,7 @@ from kbank.streams.model import OPENED, is_final, outcome_key, parse_ledger_even
 from kbank.streams.views.fold import (AccountView, Applied, PartitionTotals, Ranked,
                                       apply_to_account, classify, index_entries, merge_status,
                                       parse_outcome, ranking_entries, ranking_moves, standing,
-                                      status_expired)
+                                      status_expired, status_expiry)
 from kbank.streams.views.layout import ViewKeys, history_value
 from kbank.streams.views.partition_stores import PartitionReads
 from kbank.streams.views.queries import rank_value
@@ -87,6 +87,11 @@ class ViewsProcessor:
         self.status_clock: dict[int, int] = {}
         self._outcomes_folded: dict[int, int] = {}
         self._sweep_after: dict[int, bytes] = {}
+        # per partition: a clock before which no status there can expire (the earliest expiry
+        # of a whole sweep, and of every status made since), and the earliest expiry the
+        # sweep's current pass has seen: until then, there is nothing to sweep
+        self._quiet_until: dict[int, int] = {}
+        self._pass_earliest: dict[int, int] = {}
 
     # -- where to resume --
 
@@ -99,6 +104,9 @@ class ViewsProcessor:
         self._accounts.clear()
         self._totals.clear()
         self._statuses.clear()
+        self._outcomes_folded.clear()
+        self._quiet_until.clear()
+        self._pass_earliest.clear()
 
     def ledger_position(self, partition: int) -> int:
         """The next ledger offset of `partition` to fold: just past what the store holds."""
@@ -221,6 +229,8 @@ class ViewsProcessor:
             return
         self._statuses[slot] = new
         self._statuses_moved.add(slot)
+        if current is None or new["since"] != current.get("since"):   # made, or made anew
+            self._may_expire(partition, status_expiry(new, self.window_ms))
         self.writes.put_no_flush(partition, ViewKeys.outcomes_position(partition),
                                  b"%d" % (offset + 1))
         if appended_s is not None and isinstance(out.get("ts"), int):
@@ -237,6 +247,14 @@ class ViewsProcessor:
             status = self._statuses[slot] = orjson.loads(stored)
         return status
 
+    def _may_expire(self, partition: int, expiry: int | None) -> None:
+        """A status of the partition may be forgotten from `expiry` on."""
+        if expiry is not None:
+            if expiry < self._quiet_until.get(partition, expiry):   # unknown: swept anyway
+                self._quiet_until[partition] = expiry
+            if expiry < self._pass_earliest.get(partition, expiry + 1):
+                self._pass_earliest[partition] = expiry
+
     def _expire_statuses(self) -> None:
         """Look at two statuses (and a few more) per outcome folded since the last sweep, on
         each partition that had outcomes, from where its sweep left off, and delete those
@@ -244,25 +262,36 @@ class ViewsProcessor:
         once per (their number / 2) outcomes, and a request makes one status and at least
         one outcome, so a partition keeps at most twice the statuses made in a window and
         a seventh. The clock is this worker's, from its outcomes: it starts low after a
-        restart, which only deletes later."""
+        restart, which only deletes later. A partition is not looked at while its clock is
+        before the earliest expiry of its last whole pass and of the statuses made since
+        (with a window of hours, that is most of the time)."""
         stores = self.writes.stores()
         for partition, folded in self._outcomes_folded.items():
+            clock = self.status_clock.get(partition, 0)
+            if clock < self._quiet_until.get(partition, 0):
+                continue
             limit = 2 * folded + SWEEP_EXTRA
             after = self._sweep_after.get(partition, b"")
             found = stores.scan_items(partition, ViewKeys.STATUS, after, limit)
-            clock = self.status_clock.get(partition, 0)
             for key, stored in found:
                 slot = (partition, key)
                 current = self._statuses.get(slot)   # the fold's, if it has it decoded
                 if current is None:
                     value = self.writes.get_or(partition, key, stored)   # the batch's, if any
                     current = orjson.loads(value) if value is not None else None
-                if current is not None and status_expired(current, clock, self.window_ms):
+                if current is None:
+                    continue
+                if status_expired(current, clock, self.window_ms):
                     self.writes.delete(partition, key)
                     self._statuses.pop(slot, None)
                     self._statuses_moved.discard(slot)
-            self._sweep_after[partition] = found[-1][0][len(ViewKeys.STATUS):] \
-                if len(found) == limit else b""
+                else:
+                    self._may_expire(partition, status_expiry(current, self.window_ms))
+            if len(found) == limit:
+                self._sweep_after[partition] = found[-1][0][len(ViewKeys.STATUS):]
+            else:   # a whole pass: nothing expires before the earliest it saw, or made since
+                self._sweep_after[partition] = b""
+                self._quiet_until[partition] = self._pass_earliest.pop(partition, 2**63)
         self._outcomes_folded.clear()
 
     # -- writing --

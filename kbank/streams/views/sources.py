@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Callable
 
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, TopicPartition
@@ -24,6 +25,10 @@ log = logging.getLogger("bank.views")
 
 BATCH = 2000          # records taken from librdkafka's queue at once
 IDLE_WAIT_S = (0.002, 0.05)   # the loop's wait when nothing is queued: doubles while idle
+# a busy reader writes what it folded at most this often (each write has costs that do not
+# grow with its size: a RocksDB write per partition, the status sweep's look); an idle one
+# writes as soon as it has caught up
+FLUSH_EVERY_S = 0.02
 
 FoldLedger = Callable[[int, int, bytes | None], None]           # partition, offset, value
 FoldOutcome = Callable[[int, int, bytes | None, float | None], None]   # + append time (s)
@@ -39,7 +44,9 @@ class SourceReader:
         self._batch_delay_s = batch_delay_s      # testing (BANK_FAULT_VIEWS_BATCH_DELAY_MS)
         self.ledger_topic, self.outcomes_topic = ledger_topic, outcomes_topic
         self._fold_ledger, self._fold_outcome = fold_ledger, fold_outcome
-        self._after_batch = after_batch
+        self._after_batch = after_batch     # writes what was folded (the processor's flush)
+        self._unwritten = 0                 # records folded since the last after_batch
+        self._written_at = time.monotonic()
         self.positions: dict[tuple[str, int], int] = {}   # next offset to fold, assigned only
         # where each source partition ended when the reader last reached it: past the commit
         # marker that ends a transactional partition, which no record's offset + 1 is
@@ -58,10 +65,13 @@ class SourceReader:
         """Stop reading: a rebalance is taking the partitions away."""
         self.positions = {}
         self.ends = {}
+        self._unwritten = 0     # the revocation writes what was folded (ViewsApp)
         self._consumer.unassign()
 
     def fold_available(self) -> int:
-        """Fold what librdkafka has queued (at most BATCH records); how many were folded."""
+        """Fold what librdkafka has queued (at most BATCH records); how many were folded.
+        What is folded is written (after_batch) once FLUSH_EVERY_S has passed since the
+        last write, or once the reader has caught up."""
         msgs = self._consumer.consume(BATCH, 0)
         folded = 0
         positions = self.positions
@@ -85,8 +95,11 @@ class SourceReader:
                                    else None)
             positions[(topic, partition)] = offset + 1
             folded += 1
-        if folded:
+        self._unwritten += folded
+        now = time.monotonic()
+        if self._unwritten and (folded == 0 or now - self._written_at >= FLUSH_EVERY_S):
             self._after_batch()
+            self._unwritten, self._written_at = 0, now
         return folded
 
     async def run(self) -> None:

@@ -215,3 +215,28 @@ def test_statuses_past_the_id_window_are_swept_as_the_fold_goes(tmp_path):
     assert len(every) == 300 and 0 < len(live) < 100
     assert {key: swept[key] for key in live} == live     # inside the window: all kept, equal
     assert len(swept) < 2 * len(live) + 2 * 30, (len(swept), len(live))   # past it: most deleted
+
+
+def test_the_sweep_rests_while_no_status_can_have_expired(tmp_path):
+    """After one whole pass, a partition's statuses are not looked at again before the
+    earliest of them can expire; then the sweep goes on and deletes what expired."""
+    records = _records(300)
+    stores = LocalStores(str(tmp_path / "resting"))
+    scans: list[int] = []
+    scan_items = stores.scan_items
+
+    def counted(partition: int, prefix: bytes, after: bytes, limit: int) -> list:
+        scans.append(partition)
+        return scan_items(partition, prefix, after, limit)
+
+    stores.scan_items = counted   # type: ignore[method-assign]
+    window_ms = 200_000      # the records span 300 s: nothing expires in the first 228 s
+    processor = ViewsProcessor(lambda: stores, REQUESTS, window_ms)
+    half = len(records) // 2     # ~150 s of records
+    _fold(processor, records[:half], batch=10)
+    resting = len(scans)
+    assert resting < 20, resting     # a pass or two per partition, not one per batch (45)
+    _fold(processor, records[half:], batch=10)
+    assert len(scans) > resting + 10     # past the earliest expiry: sweeping again
+    statuses = sum(len(stores.scan(p, ViewKeys.STATUS, b"", 2**62)) for p in range(PARTITIONS))
+    assert statuses < 300     # and deleting

@@ -93,12 +93,16 @@ class AccountView:
 
 
 def add_to_totals(totals: list[Any], kind: str, amount: int) -> list[Any]:
-    """An account's running totals after one more event (a new list: history entries keep
-    the totals as they were after their own event)."""
-    money_in, money_out, counts = totals
+    """An account's running totals after one more event, changed in place (and returned):
+    each history entry encodes them as they are after its own event, at once."""
     moved = BALANCE_SIGN[kind] * amount
-    return [money_in + max(0, moved), money_out + max(0, -moved),
-            {**counts, kind: counts.get(kind, 0) + 1}]
+    if moved > 0:
+        totals[0] += moved
+    elif moved < 0:
+        totals[1] -= moved
+    counts = totals[2]
+    counts[kind] = counts.get(kind, 0) + 1
+    return totals
 
 
 def classify(view: AccountView | None, seq: int, offset: int) -> Applied:

@@ -2,6 +2,8 @@
 the budget that pages or refuses an expensive query."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from kbank.streams.model import DAY_MS, Account, Position, ledger_event
@@ -29,11 +31,13 @@ def _history(n: int) -> dict[int, tuple[dict, int]]:
 
 
 def _totals(history: dict[int, tuple[dict, int]]) -> dict[int, list]:
-    """seq -> the running totals the views keep after it (fold.add_to_totals)."""
+    """seq -> the running totals the views keep after it (fold.add_to_totals, which changes
+    them in place: each is copied, as a history entry encodes it)."""
     out, running = {0: [0, 0, {}]}, [0, 0, {}]
     for seq in sorted(history):
         event = history[seq][0]
-        out[seq] = running = add_to_totals(running, event["kind"], event["amount"])
+        running = add_to_totals(running, event["kind"], event["amount"])
+        out[seq] = copy.deepcopy(running)
     return out
 
 

@@ -264,6 +264,7 @@ class ViewsWorker:
     def source_positions(self, assignment: Iterable[TP]) -> dict[tuple[str, int], int]:
         """Where each assigned source partition resumes: just past what the table has folded."""
         ledger, outcomes = self.ledger_topic.get_topic_name(), self.outcomes_topic.get_topic_name()
+        self.processor.flush()            # nothing, if the revocation wrote it all
         self.processor.forget_decoded()   # another worker may have moved the partitions
         positions = {}
         for tp in assignment:

@@ -74,6 +74,10 @@ def _other_measures(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hot-path", type=int, default=0, metavar="N",
                         help="instead: the engine's CPU per transfer without Kafka, over N "
                              "transfers through its processor and a real store (kbank/bench/hotpath.py)")
+    parser.add_argument("--views-hot-path", type=int, default=0, metavar="N",
+                        help="instead: the views' CPU per transfer without Kafka, over N "
+                             "transfers' ledger events and outcomes through their fold and real "
+                             "stores (kbank/bench/views_hotpath.py)")
     parser.add_argument("--restore-ids", type=int, default=0,
                         help="instead: time a new engine worker's restore of one partition whose "
                              "changelog holds --accounts accounts and this many applied request ids")
@@ -156,6 +160,15 @@ def single_measure(args: argparse.Namespace) -> int | None:
         _print_result(args, result,
                       f"engine hot path: {result['cpu_us_per_transfer']} us of CPU per transfer "
                       f"({result['transfers']:,} transfers, {result['records_written']:,} records)")
+        return 0
+    if args.views_hot_path:
+        from kbank.bench.views_hotpath import views_hot_path_speed
+
+        result = views_hot_path_speed(args.views_hot_path)
+        _print_result(args, result,
+                      f"views hot path: {result['cpu_us_per_transfer']} us of CPU per transfer "
+                      f"({result['transfers']:,} transfers, {result['records']:,} records, "
+                      f"{result['cpu_us_per_record']} us a record)")
         return 0
     for option, run in (("retention_days", retention_main), ("replay_events", replay_main),
                         ("restore_ids", restore_main), ("views_failover", failover_main)):

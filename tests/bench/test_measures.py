@@ -71,3 +71,12 @@ def test_transfers_per_cpu_second_with_and_without_the_load_generator():
     cpu = {"engine": 50.0, "broker": 30.0, "broker JIT": 10.0, "load generator": 20.0}
     assert per_cpu_second(cpu) == (1e6 / 100, 1e6 / 80)   # the JIT is inside the broker's 30
     assert per_cpu_second({}) == (0.0, 0.0)
+
+
+def test_the_views_hot_path_folds_five_records_a_transfer_and_times_them():
+    from kbank.bench.views_hotpath import views_hot_path_speed
+
+    result = views_hot_path_speed(300, accounts=50)
+    assert result["transfers"] == 300 and result["records"] == 5 * 300
+    assert result["cpu_us_per_transfer"] > 0
+    assert math.isclose(result["cpu_us_per_record"] * 5, result["cpu_us_per_transfer"], rel_tol=0.05)

@@ -240,3 +240,25 @@ def test_the_sweep_rests_while_no_status_can_have_expired(tmp_path):
     assert len(scans) > resting + 10     # past the earliest expiry: sweeping again
     statuses = sum(len(stores.scan(p, ViewKeys.STATUS, b"", 2**62)) for p in range(PARTITIONS))
     assert statuses < 300     # and deleting
+
+
+def test_negative_control_totals_that_forget_their_offset_count_a_refold_twice(tmp_path,
+                                                                                 monkeypatch):
+    """What the totals' stored offset is for: an account's last event, folded again after a
+    restart (the REDELIVERED case: its side effects are redone), would count twice."""
+    records = _records(60)
+    stores = LocalStores(str(tmp_path / "forgetful"))
+    original = PartitionTotals.count
+
+    def forgetful(self: PartitionTotals, event: dict, offset: int, requests_topic: str,
+                  currency: str) -> bool:
+        self.offset = -1       # as if it had not recorded how far it counted
+        return original(self, event, offset, requests_topic, currency)
+
+    monkeypatch.setattr(PartitionTotals, "count", forgetful)
+    processor = _processor(stores)
+    _fold(processor, records, batch=40)
+    _fold(_processor(stores), records, batch=40)     # a restart that reads the sources again
+    events = sum(PartitionTotals.from_bytes(stores.read(p, ViewKeys.totals(p))).events
+                 for p in range(PARTITIONS))
+    assert events > sum(1 for r in records if r[0] == "ledger")

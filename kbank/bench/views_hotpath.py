@@ -25,13 +25,17 @@ REQUESTS = "bank.transfers.requests"
 Record = tuple[bool, int, int, bytes]     # (from the ledger, partition, offset, value)
 
 
-def _records(transfers: int, accounts: int, seed: int) -> tuple[list[Record], list[Record]]:
-    """The accounts' set-up, then the transfers' records in the order the topics get them."""
+def transfer_records(transfers: int, accounts: int, seed: int, partitions: int = PARTITIONS,
+                     step_ms: int = 1) -> tuple[list[Record], list[Record]]:
+    """A valid ledger and its outcomes: the accounts' set-up (opened, funded), then the
+    transfers' records (each a debit, a credit and three outcomes, `step_ms` apart), in the
+    order a views worker may read them, both sources interleaved. The fold's tests use it
+    too."""
     rng = random.Random(seed)
     names = [f"acct-{i:07d}" for i in range(accounts)]
-    where = {name: i % PARTITIONS for i, name in enumerate(names)}
+    where = {name: i % partitions for i, name in enumerate(names)}
     balance, seq = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
-    offsets = {(source, p): 0 for source in (True, False) for p in range(PARTITIONS)}
+    offsets = {(source, p): 0 for source in (True, False) for p in range(partitions)}
     ts = 1_700_000_000_000
     out: list[Record] = []
 
@@ -56,7 +60,7 @@ def _records(transfers: int, accounts: int, seed: int) -> tuple[list[Record], li
         event(name, f"dep-{name}", DEPOSITED, 10**9, None)
     setup, out = out, []
     for i in range(transfers):
-        ts += 1
+        ts += step_ms
         a, b = rng.sample(names, 2)
         rid, amount = f"t-{i}", rng.randint(1, 1_000)
         outcome(a, rid, ACCEPTED)
@@ -82,7 +86,7 @@ def _fold(processor: ViewsProcessor, records: list[Record]) -> None:
 def views_hot_path_speed(transfers: int, accounts: int = 10_000,
                          seed: int = 1) -> dict[str, float]:
     """CPU microseconds per transfer folded, over `transfers` after the accounts' set-up."""
-    setup, records = _records(transfers, accounts, seed)
+    setup, records = transfer_records(transfers, accounts, seed)
     with tempfile.TemporaryDirectory(prefix="bank-bench-views-hotpath-") as path:
         stores = LocalStores(path)
         processor = ViewsProcessor(lambda: stores, REQUESTS, 24 * 3_600_000)

@@ -14,8 +14,7 @@ from typing import Iterator
 
 import orjson
 
-from kbank.streams.model import (ACCEPTED, COMPLETED, CREDITED, DEBITED, DEBITED_STATUS,
-                                 DEPOSITED, OPENED, Position, dumps, ledger_event)
+from kbank.bench.views_hotpath import Record, transfer_records
 from kbank.streams.views.fold import PartitionTotals, status_expired
 from kbank.streams.views.layout import ViewKeys
 from kbank.streams.views.partition_stores import LocalStores
@@ -24,53 +23,11 @@ from kbank.streams.views.processor import ViewsProcessor
 REQUESTS = "bank.transfers.requests"
 PARTITIONS = 2
 WINDOW_MS = 10 * 60_000
-Record = tuple[str, int, int, bytes]     # (source, partition, offset, value)
-
-
 def _records(transfers: int, seed: int = 3) -> list[Record]:
-    """Ledger events (accounts opened, funded, transfers between them) and their outcomes,
-    in the order a worker might read them, both sources interleaved."""
-    rng = random.Random(seed)
-    names = [f"acct-{i}" for i in range(8)]
-    where = {name: i % PARTITIONS for i, name in enumerate(names)}
-    balance, seq = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
-    offsets = {("ledger", p): 0 for p in range(PARTITIONS)} | \
-        {("outcomes", p): 0 for p in range(PARTITIONS)}
-    ts = 1_700_000_000_000
-    records: list[Record] = []
-
-    def emit(source: str, account: str, value: bytes) -> None:
-        partition = where[account]
-        records.append((source, partition, offsets[(source, partition)], value))
-        offsets[(source, partition)] += 1
-
-    def event(account: str, rid: str, kind: str, amount: int, other: str | None) -> None:
-        seq[account] += 1
-        emit("ledger", account, dumps(ledger_event(
-            account, seq[account], rid, kind, amount, other, balance[account], ts,
-            Position(REQUESTS, where[account], 0))))
-
-    def outcome(account: str, rid: str, status: str) -> None:
-        emit("outcomes", account, orjson.dumps(
-            {"request_id": rid, "account": account, "status": status, "ts": ts}))
-
-    for name in names:
-        event(name, f"open-{name}", OPENED, 0, None)
-        balance[name] = 1_000
-        event(name, f"dep-{name}", DEPOSITED, 1_000, None)
-    for i in range(transfers):
-        ts += 1_000
-        a, b = rng.sample(names, 2)
-        amount = rng.randint(1, 50)
-        rid = f"t-{i}"
-        outcome(a, rid, ACCEPTED)
-        balance[a] -= amount
-        event(a, rid, DEBITED, amount, b)
-        outcome(a, rid, DEBITED_STATUS)
-        balance[b] += amount
-        event(b, rid, CREDITED, amount, a)
-        outcome(a, rid, COMPLETED)
-    return records
+    """Eight accounts' set-up and `transfers` transfers among them, a second apart."""
+    setup, records = transfer_records(transfers, accounts=8, seed=seed,
+                                      partitions=PARTITIONS, step_ms=1_000)
+    return setup + records
 
 
 def _processor(stores: LocalStores, cached_accounts: int | None = None) -> ViewsProcessor:
@@ -78,8 +35,8 @@ def _processor(stores: LocalStores, cached_accounts: int | None = None) -> Views
 
 
 def _fold(processor: ViewsProcessor, records: list[Record], batch: int) -> None:
-    for i, (source, partition, offset, value) in enumerate(records, 1):
-        fold = processor.fold_ledger if source == "ledger" else processor.fold_outcome
+    for i, (is_ledger, partition, offset, value) in enumerate(records, 1):
+        fold = processor.fold_ledger if is_ledger else processor.fold_outcome
         fold(partition, offset, value)
         if i % batch == 0:
             processor.after_batch()
@@ -109,7 +66,7 @@ def _folded_at_once(tmp_path, records: list[Record]) -> dict[int, dict[bytes, by
 
 
 def _resumed(processor: ViewsProcessor, records: list[Record],
-             positions: dict[tuple[str, int], int]) -> Iterator[Record]:
+             positions: dict[tuple[bool, int], int]) -> Iterator[Record]:
     """The records a worker reads once it resumes at `positions`."""
     return (r for r in records if r[2] >= positions[(r[0], r[1])])
 
@@ -123,18 +80,18 @@ def test_a_fold_killed_between_flushes_resumes_from_its_store_to_the_same_views(
     remaining = records
     for _ in range(6):    # killed six times, each after some flushed and some unflushed work
         processor = _processor(stores, cached_accounts=rng.choice([None, 1, 4]))
-        positions = {("ledger", p): processor.ledger_position(p) for p in range(PARTITIONS)} | \
-            {("outcomes", p): processor.outcomes_position(p) for p in range(PARTITIONS)}
+        positions = {(True, p): processor.ledger_position(p) for p in range(PARTITIONS)} | \
+            {(False, p): processor.outcomes_position(p) for p in range(PARTITIONS)}
         remaining = list(_resumed(processor, records, positions))
         flushed, unflushed = rng.randint(0, 60), rng.randint(1, 40)
         _fold(processor, remaining[:flushed], batch=7)
-        for source, partition, offset, value in remaining[flushed:flushed + unflushed]:
-            (processor.fold_ledger if source == "ledger" else processor.fold_outcome)(
+        for is_ledger, partition, offset, value in remaining[flushed:flushed + unflushed]:
+            (processor.fold_ledger if is_ledger else processor.fold_outcome)(
                 partition, offset, value)
         # SIGKILL: what was folded since the last flush never reaches the store
     processor = _processor(stores)
-    positions = {("ledger", p): processor.ledger_position(p) for p in range(PARTITIONS)} | \
-        {("outcomes", p): processor.outcomes_position(p) for p in range(PARTITIONS)}
+    positions = {(True, p): processor.ledger_position(p) for p in range(PARTITIONS)} | \
+        {(False, p): processor.outcomes_position(p) for p in range(PARTITIONS)}
     _fold(processor, list(_resumed(processor, records, positions)), batch=50)
     assert _contents(stores) == want
 
@@ -145,8 +102,8 @@ def test_negative_control_resuming_where_it_had_read_loses_what_it_had_not_flush
     stores = LocalStores(str(tmp_path / "killed"))
     processor = _processor(stores)
     _fold(processor, records[:200], batch=50)
-    for source, partition, offset, value in records[200:230]:   # read, not flushed: killed
-        (processor.fold_ledger if source == "ledger" else processor.fold_outcome)(
+    for is_ledger, partition, offset, value in records[200:230]:   # read, not flushed: killed
+        (processor.fold_ledger if is_ledger else processor.fold_outcome)(
             partition, offset, value)
     _fold(_processor(stores), records[230:], batch=50)    # resumed where it had read
     assert _contents(stores) != want
@@ -164,7 +121,7 @@ def test_folding_records_again_changes_nothing(tmp_path):
     assert _contents(stores) == want
     events = sum(PartitionTotals.from_bytes(want[p][ViewKeys.totals(p)]).events
                  for p in range(PARTITIONS))
-    assert events == sum(1 for r in records if r[0] == "ledger")
+    assert events == sum(1 for r in records if r[0])
 
 
 def test_a_gap_is_healed_from_the_log(tmp_path):
@@ -174,7 +131,7 @@ def test_a_gap_is_healed_from_the_log(tmp_path):
     partition's totals count an event only beyond the last offset they counted.)"""
     records = _records(60)
     want = _folded_at_once(tmp_path, records)
-    ledger = [r for r in records if r[0] == "ledger"]
+    ledger = [r for r in records if r[0]]
     account = {r: orjson.loads(r[3])["account"] for r in ledger}
     in_partition = [r for r in ledger if r[1] == 0]
     missing = next(r for r, after in zip(in_partition[16:], in_partition[17:])
@@ -261,4 +218,4 @@ def test_negative_control_totals_that_forget_their_offset_count_a_refold_twice(t
     _fold(_processor(stores), records, batch=40)     # a restart that reads the sources again
     events = sum(PartitionTotals.from_bytes(stores.read(p, ViewKeys.totals(p))).events
                  for p in range(PARTITIONS))
-    assert events > sum(1 for r in records if r[0] == "ledger")
+    assert events > sum(1 for r in records if r[0])

@@ -33,6 +33,8 @@ from kbank.streams.views.layout import ViewKeys, split_history_value
 from kbank.streams.views.partition_stores import LocalStores
 from kbank.streams.views.processor import ViewsProcessor
 
+_BATCH = 20_000    # records folded between two flushes (the live worker's: every 20 ms)
+
 
 @dataclass
 class RebuiltViews:
@@ -68,9 +70,12 @@ class RebuiltViews:
     def history(self, account: str) -> list[dict[str, Any]]:
         """The account's events, newest first (like GET /accounts/{id}/history)."""
         view, (i, partition) = self.accounts[account], self.where[account]
-        stores = self.stores[i]
-        return [orjson.loads(split_history_value(stores.read(partition, ViewKeys.history(
-            account, seq)) or b"0 0 null")[1]) for seq in range(view.seq, 0, -1)]
+        stores, entries = self.stores[i], []
+        for seq in range(view.seq, 0, -1):
+            stored = stores.read(partition, ViewKeys.history(account, seq))
+            assert stored is not None, (account, seq)   # the fold writes each seq it applies
+            entries.append(orjson.loads(split_history_value(stored)[1]))
+        return entries
 
     def figures(self, partitions: int) -> dict[str, int]:
         return global_figures([self.totals.get(p, PartitionTotals()) for p in range(partitions)])
@@ -104,8 +109,6 @@ def rebuild_part(settings: Settings, store_dir: str, partitions: list[int] | Non
         stores.close()
     return max(processor.status_clock.values(), default=0)
 
-
-_BATCH = 20_000    # records folded between two flushes (the live worker: at most 2,000)
 
 
 def rebuild(settings: Settings, store_dir: str, show_progress: bool = True,

@@ -82,6 +82,7 @@ class ViewsProcessor:
         self._totals_moved: set[int] = set()
         self._statuses: dict[tuple[int, bytes], dict] = {}   # by (partition, ViewKeys.status)
         self._statuses_moved: set[tuple[int, bytes]] = set()
+        self._outcomes_reached: dict[int, int] = {}   # outcomes partition -> next offset
         # statuses kept for the id window: per outcomes partition, the latest outcome ts
         # folded, the outcomes folded since the last sweep, and where the sweep goes on
         self.status_clock: dict[int, int] = {}
@@ -98,9 +99,7 @@ class ViewsProcessor:
     def forget_decoded(self) -> None:
         """Drop what is kept decoded: the partitions may have moved (another worker folded
         them since). Flush first: what is not in the store is lost."""
-        assert self.writes.unacknowledged == 0 and not (
-            self._accounts_moved or self._totals_moved or self._statuses_moved), \
-            "forget_decoded before a flush"
+        assert self.unwritten == 0, "forget_decoded before a flush"
         self._accounts.clear()
         self._totals.clear()
         self._statuses.clear()
@@ -114,6 +113,8 @@ class ViewsProcessor:
 
     def outcomes_position(self, partition: int) -> int:
         """The next outcomes offset of `partition` to fold."""
+        if partition in self._outcomes_reached:
+            return self._outcomes_reached[partition]
         stored = self.writes.get(partition, ViewKeys.outcomes_position(partition))
         return int(stored) if stored is not None else 0
 
@@ -231,8 +232,7 @@ class ViewsProcessor:
         self._statuses_moved.add(slot)
         if current is None or new["since"] != current.get("since"):   # made, or made anew
             self._may_expire(partition, status_expiry(new, self.window_ms))
-        self.writes.put_no_flush(partition, ViewKeys.outcomes_position(partition),
-                                 b"%d" % (offset + 1))
+        self._outcomes_reached[partition] = offset + 1   # written with the status, at the flush
         if appended_s is not None and isinstance(out.get("ts"), int):
             self.metrics.status_moved(max(0.0, appended_s - out["ts"] / 1000),
                                       current is None, is_final(new["status"]))
@@ -310,10 +310,16 @@ class ViewsProcessor:
         if len(self._statuses) > CACHED_STATUSES:
             self._statuses.clear()
 
+    @property
+    def unwritten(self) -> int:
+        """What the fold has made that is not in the stores yet (0: all of it is)."""
+        return self.writes.unacknowledged + len(self._accounts_moved) + \
+            len(self._totals_moved) + len(self._statuses_moved) + len(self._outcomes_reached)
+
     def _write_decoded(self) -> None:
         """The views, totals and statuses the fold moved since the last flush, each encoded
-        once, into
-        the flush (with the history and positions they cover)."""
+        once, and the outcomes positions they reach, into the flush (with the history they
+        cover)."""
         for partition, account in self._accounts_moved:
             self.writes.put_no_flush(partition, ViewKeys.account(account),
                                      self._accounts[(partition, account)].to_bytes())
@@ -325,3 +331,7 @@ class ViewsProcessor:
         for partition, key in self._statuses_moved:
             self.writes.put_no_flush(partition, key, orjson.dumps(self._statuses[(partition, key)]))
         self._statuses_moved.clear()
+        for partition, reached in self._outcomes_reached.items():
+            self.writes.put_no_flush(partition, ViewKeys.outcomes_position(partition),
+                                     b"%d" % reached)
+        self._outcomes_reached.clear()

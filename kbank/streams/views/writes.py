@@ -28,7 +28,8 @@ class TableWrites:
     def __init__(self, stores: Callable[[], PartitionReads], flush_at: int = 20_000,
                  before_flush: Callable[[], None] = lambda: None) -> None:
         self.stores = stores             # e.g. the Faust table's, which it makes lazily
-        self._before_flush = before_flush   # the fold's last writes of a batch (its totals)
+        self._before_flush = before_flush   # the fold's writes made at a flush (what it
+        # keeps decoded: views, statuses, totals, positions)
         self._flush_at = flush_at
         self._latest: dict[tuple[int, bytes], bytes | None] = {}
 

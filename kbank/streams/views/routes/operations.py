@@ -46,7 +46,7 @@ class Operations:
             "ledger_partitions": worker.ledger_partitions(),
             "rebalancing": bool(app.rebalancing), "accepting_requests": accepting,
             "auth": "off" if worker.keys is None else "api_keys",
-            "lag": lag, "changelog_backlog": app.producer.buffer.size + worker.processor.writes.unacknowledged,
+            "lag": lag, "changelog_backlog": app.producer.buffer.size + worker.processor.unwritten,
             "worker_crashes": read_crashes(worker.settings.state_dir)},
             200 if ready else 503, None if ready else {"Retry-After": "1"})
 

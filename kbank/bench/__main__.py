@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
     """The live run's shape: workers, views, load, accounts, broker."""
-    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--accounts", type=int, default=None,
+                        help="accounts the transfers move among (default 100,000; 10,000 with "
+                             "--peer)")
     parser.add_argument("--workers", type=int, default=2, help="engine worker processes")
     parser.add_argument("--scaling", default="", help="comma-separated worker counts, e.g. 1,2: "
                         "one run each and a throughput-vs-workers plot")
@@ -87,6 +89,15 @@ def _other_measures(parser: argparse.ArgumentParser) -> None:
                              "first to the last final outcome (their LogAppendTime); with --views, "
                              "also how long the views took to fold everything, and all of "
                              "their CPU")
+    parser.add_argument("--peer", choices=("quix",), default=None,
+                        help="instead: the engine against the pipeline a Python user would "
+                             "write with Quix Streams (exactly-once), draining the same backlog "
+                             "(--backlog, default 150,000) on the same broker, interleaved, for "
+                             "each worker count (--scaling, default 1,2), --rounds times; the "
+                             "medians, their ratio, CPU per transfer, and peer.png in --out "
+                             "(kbank/bench/peer.py; the peer gets a virtualenv of its own, "
+                             ".venv-peer or BANK_PEER_VENV, installed on first use)")
+    parser.add_argument("--rounds", type=int, default=3, help="with --peer: rounds of each run")
     parser.add_argument("--recompute", action="store_true",
                         help="with --backlog: then time `bank replay recompute`'s re-decision of "
                              "the drained log in one process and in one per core")
@@ -182,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0.0 <= args.misrouted <= 1.0:
         parser.error("--misrouted takes a share from 0 to 1")
+    if args.accounts is None:
+        args.accounts = 10_000 if args.peer else 100_000
+    if args.peer and not args.backlog:
+        args.backlog = 150_000
+    if args.peer and args.rounds < 1:
+        parser.error("--rounds takes 1 or more")
     done = single_measure(args)
     if done is not None:
         return done
@@ -192,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for auth in ("off", "on") if args.auth == "both" else (args.auth,):
         results += live_runs(args, base, auth)
-    if args.backlog or args.webhook_events:
+    if args.backlog or args.webhook_events or args.peer:
         return 0
     report_runs(args, results)
     return 0
@@ -223,6 +240,9 @@ def live_runs(args: argparse.Namespace, base: Settings, auth: str) -> list:
                                     args.raw_messages)
         print(f"  raw: produce {raw['produce_msgs_per_s']:,.0f} msgs/s, consume "
               f"{raw['consume_msgs_per_s']:,.0f} msgs/s", file=log, flush=True)
+        if args.peer:
+            _peer_runs(args, settings, auth, broker_pids)
+            return results
         for workers in [int(x) for x in args.scaling.split(",")] if args.scaling \
                 else [args.workers]:
             print(f"run: {workers} worker(s), {args.partitions} partitions, "
@@ -271,6 +291,29 @@ def _backlog_run(args: argparse.Namespace, settings: Settings, auth: str, worker
                   f"{f' with {args.views} views' if args.views else ''}: "
                   f"{drained['drain_transfers_per_s']:,.0f} transfers/s; CPU us per "
                   f"transfer {drained['cpu_us_per_transfer']}")
+
+
+def _peer_runs(args: argparse.Namespace, settings: Settings, auth: str,
+               broker_pids: list[int]) -> None:
+    from kbank.bench.peer import compare, plot_comparison, summary, summary_table
+
+    worker_counts = [int(x) for x in args.scaling.split(",")] if args.scaling else [1, 2]
+    runs = []
+    for run in compare(settings, rounds=args.rounds, worker_counts=worker_counts,
+                       accounts=args.accounts, backlog=args.backlog, broker_pids=broker_pids):
+        run.update(auth=auth)
+        runs.append(run)
+        _print_result(args, run, f"  {run['side']}, {run['workers']} worker(s), round "
+                      f"{run['round']}: {run['drain_transfers_per_s']:,.0f} transfers/s; CPU us "
+                      f"per transfer {run['cpu_us_per_transfer']}")
+    rows = summary(runs)
+    _print_result(args, {"mode": "peer summary", "rows": rows}, summary_table(rows))
+    try:
+        print(f"plot: {plot_comparison(runs, os.path.join(args.out, 'peer.png'))}",
+              file=sys.stderr)
+    except ImportError:
+        print("plot skipped: matplotlib is not installed (pip install -e '.[bench]')",
+              file=sys.stderr)
 
 
 def report_runs(args: argparse.Namespace, results: list) -> None:

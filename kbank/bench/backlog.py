@@ -13,7 +13,7 @@ import os
 import random
 import threading
 import time
-
+from collections.abc import Iterator
 
 from kbank.bench.driver import fresh_deployment, opened_by_engine
 from kbank.bench.procs import cpu_by_kind
@@ -24,6 +24,15 @@ from kbank.streams.model import request_key
 from kbank.streams.progress import progress_bar, wait_with_progress
 from kbank.streams.supervisor import WorkerPool, wait_for_views, wait_for_views_caught_up
 from kbank.streams.broker import free_port
+
+
+def backlog_transfers(accounts: int, backlog: int, seed: int) -> Iterator[tuple[str, str, str]]:
+    """The backlog (request id, payer, receiver) of one unit each: the engine's, and the
+    same for the peer it is compared with (kbank/bench/peer.py)."""
+    rng = random.Random(seed)
+    for i in range(backlog):
+        a, b = rng.sample(range(accounts), 2)
+        yield f"b{i}", f"a{a}", f"a{b}"
 
 
 class DrainClock:
@@ -79,15 +88,12 @@ def drain_speed(settings: Settings, *, workers: int, views: int, accounts: int, 
                 broker_pids: list[int], seed: int = 3, recompute: bool = False) -> dict[str, object]:
     settings = fresh_deployment(settings, "backlog")
     opened_by_engine(settings, accounts, deposit=10_000_000, workers=workers)
-    rng = random.Random(seed)
     sender = RequestSender(settings)
     keys = set()
     bar = progress_bar("backlog (no engine running)", "transfers", total=backlog)
-    for i in range(backlog):
-        a, b = rng.sample(range(accounts), 2)
-        rid = f"b{i}"
-        keys.add(request_key(f"a{a}", rid).encode())
-        sender.send({"type": "transfer", "request_id": rid, "from": f"a{a}", "to": f"a{b}",
+    for i, (rid, payer, receiver) in enumerate(backlog_transfers(accounts, backlog, seed)):
+        keys.add(request_key(payer, rid).encode())
+        sender.send({"type": "transfer", "request_id": rid, "from": payer, "to": receiver,
                      "amount": 1})
         if i % 10_000 == 0:
             bar.update(i - bar.n)

@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _run_options(parser)
     _other_measures(parser)
+    _peer_options(parser)
     return parser
 
 
@@ -86,18 +87,10 @@ def _other_measures(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backlog", type=int, default=0, metavar="N",
                         help="instead: N transfers produced while no engine runs, then the workers "
                              "started (--workers or --scaling, --views); the drain rate from the "
-                             "first to the last final outcome (their LogAppendTime); with --views, "
+                             "first transfer decided (its debit's outcome) to the last completed "
+                             "(their LogAppendTime); with --views, "
                              "also how long the views took to fold everything, and all of "
                              "their CPU")
-    parser.add_argument("--peer", choices=("quix",), default=None,
-                        help="instead: the engine against the pipeline a Python user would "
-                             "write with Quix Streams (exactly-once), draining the same backlog "
-                             "(--backlog, default 150,000) on the same broker, interleaved, for "
-                             "each worker count (--scaling, default 1,2), --rounds times; the "
-                             "medians, their ratio, CPU per transfer, and peer.png in --out "
-                             "(kbank/bench/peer.py; the peer gets a virtualenv of its own, "
-                             ".venv-peer or BANK_PEER_VENV, installed on first use)")
-    parser.add_argument("--rounds", type=int, default=3, help="with --peer: rounds of each run")
     parser.add_argument("--recompute", action="store_true",
                         help="with --backlog: then time `bank replay recompute`'s re-decision of "
                              "the drained log in one process and in one per core")
@@ -126,6 +119,19 @@ def _other_measures(parser: argparse.ArgumentParser) -> None:
                         help="instead: the machine's own speed for M minutes with nothing else "
                              "running: the CPU ms of the reference work that every run samples "
                              "once a second (kbank/bench/procs.py), per minute")
+
+
+def _peer_options(parser: argparse.ArgumentParser) -> None:
+    """The engine against what a Python user would build instead (kbank/bench/peer.py)."""
+    parser.add_argument("--peer", choices=("quix",), default=None,
+                        help="instead: the engine against the pipeline a Python user would "
+                             "write with Quix Streams (exactly-once), draining the same backlog "
+                             "(--backlog, default 150,000) on the same broker, interleaved, for "
+                             "each worker count (--scaling, default 1,2), --rounds times; the "
+                             "medians, their ratio, CPU per transfer, and peer.png in --out "
+                             "(kbank/bench/peer.py; the peer gets a virtualenv of its own, "
+                             ".venv-peer or BANK_PEER_VENV, installed on first use)")
+    parser.add_argument("--rounds", type=int, default=3, help="with --peer: rounds of each run")
 
 
 def _print_result(args: argparse.Namespace, result: dict, line: str) -> None:
@@ -303,9 +309,11 @@ def _peer_runs(args: argparse.Namespace, settings: Settings, auth: str,
                        accounts=args.accounts, backlog=args.backlog, broker_pids=broker_pids):
         run.update(auth=auth)
         runs.append(run)
+        checked = f"; {run['completed']:,} completed, {run['refused']} refused, " \
+                  f"{run['applied_twice']} applied twice" if "completed" in run else ""
         _print_result(args, run, f"  {run['side']}, {run['workers']} worker(s), round "
                       f"{run['round']}: {run['drain_transfers_per_s']:,.0f} transfers/s; CPU us "
-                      f"per transfer {run['cpu_us_per_transfer']}")
+                      f"per transfer {run['cpu_us_per_transfer']}{checked}")
     rows = summary(runs)
     _print_result(args, {"mode": "peer summary", "rows": rows}, summary_table(rows))
     try:

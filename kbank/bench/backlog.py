@@ -3,8 +3,9 @@ are usually compared.
 
 The accounts are opened, the engine is stopped, N transfers are produced while no engine
 runs, then the engine workers (and views workers, if asked) are started. The drain rate is
-N over the time from the first to the last final outcome, both read off the outcomes'
-LogAppendTime, so neither the load generator nor the workers' start-up is in it. The CPU
+N over the time from the first transfer decided (its first outcome, the debit's) to the last
+completed (its final outcome), both read off the outcomes' LogAppendTime, so neither the
+load generator nor the workers' start-up is in it. The CPU
 each process kind used while draining is reported per transfer.
 """
 from __future__ import annotations
@@ -36,11 +37,13 @@ def backlog_transfers(accounts: int, backlog: int, seed: int) -> Iterator[tuple[
 
 
 class DrainClock:
-    """Counts the backlog's final outcomes and the first and last of their append times."""
+    """Counts the backlog's final outcomes; `first` is the earliest append time of any of
+    its outcomes (a debit's, written as the transfer is first decided), `last` the latest of
+    the final ones: the drain from the first transfer decided to the last completed."""
 
     def __init__(self, settings: Settings, keys: set[bytes]) -> None:
-        self.keys, self.done = keys, 0
-        self.first = self.last = None
+        self.keys, self.backlog, self.done = keys, frozenset(keys), 0
+        self.first = self.last = self.first_completed = None
         self._lock = threading.Lock()
         self._tail = OutcomeTail(settings, kafka.ADMIN, "bench-drain", self._count, batch=20000,
                                  wait_s=0.05)
@@ -49,14 +52,17 @@ class DrainClock:
         with self._lock:
             for msg in msgs:
                 value = msg.value()
-                if msg.error() or value is None or b'"status":"debited"' in value \
-                        or msg.key() not in self.keys:
+                if msg.error() or value is None or msg.key() not in self.backlog:
+                    continue
+                appended = msg.timestamp()[1]
+                self.first = appended if self.first is None else min(self.first, appended)
+                if b'"status":"debited"' in value or msg.key() not in self.keys:
                     continue
                 self.keys.discard(msg.key())
                 self.done += 1
-                appended = msg.timestamp()[1]
-                self.first = appended if self.first is None else min(self.first, appended)
                 self.last = appended if self.last is None else max(self.last, appended)
+                self.first_completed = appended if self.first_completed is None \
+                    else min(self.first_completed, appended)
 
     def close(self) -> None:
         self._tail.close()
@@ -129,6 +135,7 @@ def drain_speed(settings: Settings, *, workers: int, views: int, accounts: int, 
     return {**recomputed, "mode": "backlog", "backlog": backlog, "workers": workers, "views": views,
             "accounts": accounts, "drain_s": round(seconds, 2),
             "drain_transfers_per_s": round(backlog / seconds, 1),
+            "first_completed_after_s": round((drain.first_completed - drain.first) / 1000, 2),
             **({"views_caught_up": caught_up, "views_folded_in_s": round(views_s, 2)}
                if views else {}),
             "cpu_us_per_transfer": {kind: round((after[kind] - before[kind]) / backlog * 1e6, 1)

@@ -5,8 +5,9 @@ broker, interleaved, with 1 and 2 workers each, round after round (issue 44).
 Each side gets the same accounts funded before its backlog is written (the engine opens
 them; the peer takes them as deposits, then is stopped), then the same transfers, written
 while nothing runs; its workers are then started. A side's rate is the backlog over the
-time from its first to its last final outcome (their LogAppendTime), so neither side's
-start is in it; its CPU per transfer is every process's from start to the last outcome.
+time from its first transfer decided to its last completed, read off the broker's append
+times (the engine's first outcome, a debit's, or the peer's first record to its
+repartition topic; then each side's last final outcome), so neither side's start is in it; its CPU per transfer is every process's from start to the last outcome.
 Each side's outcomes are checked: every transfer completed, once.
 """
 from __future__ import annotations
@@ -22,17 +23,20 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry,
+                                  ConfigResource, NewTopic, ResourceType)
 
 from kbank.bench.backlog import backlog_transfers, drain_speed
 from kbank.bench.procs import cpu_by_kind
 from kbank.streams import kafka, topics
-from kbank.streams.client import OutcomeTail
+from kbank.streams.client import OutcomeTail, end_offset
 from kbank.streams.config import Settings
 from kbank.streams.progress import progress_bar, wait_with_progress
 
@@ -163,6 +167,52 @@ def _make_topics(settings: Settings) -> None:
         future.result()
 
 
+def _stamped_on_append(settings: Settings, group: str) -> str:
+    """The peer's repartition topic (made by Quix at its first start), set to take the
+    broker's append time: its first record is when the peer decided its first transfer, as
+    the engine's first outcome (a debit's) is; the peer's own outcomes are only final ones."""
+    admin = AdminClient(kafka.client_config(settings, kafka.ADMIN))
+    found = [name for name in admin.list_topics(timeout=30).topics
+             if name.startswith("repartition__") and group in name]
+    if len(found) != 1:
+        raise RuntimeError(f"expected one repartition topic of the Quix group {group}, found "
+                           f"{found}")
+    entry = ConfigEntry("message.timestamp.type", "LogAppendTime",
+                        incremental_operation=AlterConfigOpType.SET)
+    for future in admin.incremental_alter_configs(
+            [ConfigResource(ResourceType.TOPIC, found[0], incremental_configs=[entry])]).values():
+        future.result()
+    return found[0]
+
+
+def _ends(settings: Settings, topic: str) -> dict[int, int]:
+    consumer = kafka.consumer(settings, kafka.ADMIN)
+    try:
+        parts = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        return {p: end_offset(consumer, TopicPartition(topic, p)) for p in parts}
+    finally:
+        consumer.close()
+
+
+def _first_appended(settings: Settings, topic: str, starts: dict[int, int]) -> int:
+    """The earliest append time of the records written to `topic` after `starts`
+    (committed or not: an aborted attempt was work too)."""
+    consumer = kafka.consumer(settings, kafka.ADMIN, **{"isolation.level": "read_uncommitted"})
+    try:
+        consumer.assign([TopicPartition(topic, p, offset) for p, offset in starts.items()])
+        firsts: dict[int, int] = {}
+        deadline = time.monotonic() + 30
+        while len(firsts) < len(starts) and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.5):
+                if msg.error() is None:
+                    firsts.setdefault(msg.partition(), msg.timestamp()[1])
+        if not firsts:
+            raise RuntimeError(f"no record in {topic} after {starts}")
+        return min(firsts.values())
+    finally:
+        consumer.close()
+
+
 def _write(producer, topic: str, requests: Iterator[tuple[str, dict]], total: int,  # noqa: ANN001
            label: str) -> None:
     bar = progress_bar(label, "requests", total=total)
@@ -216,6 +266,8 @@ def quix_drain(settings: Settings, *, workers: int, accounts: int, backlog: int,
     finally:
         funded.close()
 
+    repartition = _stamped_on_append(settings, config["group"])
+    starts = _ends(settings, repartition)
     transfers = list(backlog_transfers(accounts, backlog, seed))
     _write(producer, requests_topic, ((payer, {"type": "transfer", "request_id": rid,
                                                "from": payer, "to": receiver, "amount": 1})
@@ -228,7 +280,8 @@ def quix_drain(settings: Settings, *, workers: int, accounts: int, backlog: int,
     finally:
         drained.close()
     shutil.rmtree(work_dir, ignore_errors=True)
-    seconds = max(1e-3, (drained.last - drained.first) / 1000)
+    first = min(drained.first, _first_appended(settings, repartition, starts))
+    seconds = max(1e-3, (drained.last - first) / 1000)
     return {"mode": "peer", "peer": "quix", "backlog": backlog, "workers": workers,
             "accounts": accounts, "drain_s": round(seconds, 2),
             "drain_transfers_per_s": round(backlog / seconds, 1),

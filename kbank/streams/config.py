@@ -77,6 +77,14 @@ class Settings:
     engine_fetch_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = field(default=20, metadata={
         "env": "BANK_ENGINE_FETCH_WAIT_MS",
         "help": "longest a fetch of an engine waits for BANK_ENGINE_FETCH_MIN_BYTES"})
+    engine_fetch_queue_kb: Annotated[int, Field(ge=64, le=2_097_151)] = field(default=65536, metadata={
+        "env": "BANK_ENGINE_FETCH_QUEUE_KB",
+        "help": "most input an engine fetches ahead of what it has decided (librdkafka's "
+                "queued.max.messages.kbytes)"})
+    engine_linger_ms: Annotated[int, Field(ge=0, le=10_000)] = field(default=1000, metadata={
+        "env": "BANK_ENGINE_LINGER_MS",
+        "help": "longest an engine's records wait to fill a produce request while its batch is "
+                "decided (the commit sends what is left)"})
     session_timeout_ms: Annotated[int, Field(ge=1_000, le=3_600_000)] = field(default=6000, metadata={
         "env": "BANK_SESSION_TIMEOUT_MS",
         "help": "consumer group session timeout (a dead worker's partitions move after this)"})

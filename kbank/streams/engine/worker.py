@@ -73,6 +73,7 @@ class EngineWorker:
             **{"partition.assignment.strategy": "range",
                "fetch.wait.max.ms": settings.engine_fetch_wait_ms,
                "fetch.min.bytes": settings.engine_fetch_min_bytes,
+               "queued.max.messages.kbytes": settings.engine_fetch_queue_kb,
                "client.id": f"engine-{worker_id}",
                "isolation.level": "read_uncommitted" if settings.unsafe_read_uncommitted
                else "read_committed"})

@@ -379,7 +379,7 @@ def plot_comparison(runs: list[dict], path: str) -> str:
         ax.set_xticks([i * 3 + 0.5 for i in range(len(rows))],
                       [f"{row['workers']} worker(s)" for row in rows])
         ax.legend(fontsize=8)
-    rates.set_ylabel("transfers/s, first to last outcome (dots: rounds)")
+    rates.set_ylabel("transfers/s, first decided to last completed (dots: rounds)")
     rates.set_title(f"draining {runs[0]['backlog']:,} transfers among {runs[0]['accounts']:,} "
                     f"accounts")
     cpu.set_ylabel("CPU us per transfer (median)")

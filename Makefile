@@ -33,4 +33,4 @@ bench: $(STAMP)
 	$(BIN)/bank bench
 
 clean:
-	rm -rf $(VENV) .state build *.egg-info
+	rm -rf $(VENV) .venv-peer .state build *.egg-info

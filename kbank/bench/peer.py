@@ -7,7 +7,8 @@ them; the peer takes them as deposits, then is stopped), then the same transfers
 while nothing runs; its workers are then started. A side's rate is the backlog over the
 time from its first transfer decided to its last completed, read off the broker's append
 times (the engine's first outcome, a debit's, or the peer's first record to its
-repartition topic; then each side's last final outcome), so neither side's start is in it; its CPU per transfer is every process's from start to the last outcome.
+repartition topic; then each side's last final outcome), so neither side's start is in it;
+its CPU per transfer is every process's from start to the last outcome.
 Each side's outcomes are checked: every transfer completed, once.
 """
 from __future__ import annotations
@@ -40,7 +41,6 @@ from kbank.streams.client import OutcomeTail, end_offset
 from kbank.streams.config import Settings
 from kbank.streams.progress import progress_bar, wait_with_progress
 
-PEERS = ("quix",)
 PIPELINE = Path(__file__).with_name("quix_peer.py")
 
 
@@ -78,7 +78,8 @@ def peer_python(venv: str | None = None) -> str:
 
 
 def pipeline_version(python: str) -> dict[str, str]:
-    out = subprocess.run([python, "-I", "-c", "import quixstreams, confluent_kafka, importlib.metadata, json; "
+    out = subprocess.run([python, "-I", "-c",
+                          "import quixstreams, confluent_kafka, importlib.metadata, json; "
                           "print(json.dumps({'quixstreams': quixstreams.__version__, "
                           "'confluent_kafka': importlib.metadata.version('confluent-kafka'), "
                           "'librdkafka': confluent_kafka.libversion()[0]}))"],
@@ -217,7 +218,8 @@ def _write(producer, topic: str, requests: Iterator[tuple[str, dict]], total: in
            label: str) -> None:
     bar = progress_bar(label, "requests", total=total)
     for i, (key, request) in enumerate(requests):
-        kafka.produce_waiting(producer, topic, key=key.encode(), value=json.dumps(request).encode())
+        kafka.produce_waiting(producer, topic, key=key.encode(),
+                              value=json.dumps(request).encode())
         if i % 10_000 == 0:
             bar.update(i - bar.n)
     producer.flush()
@@ -227,8 +229,8 @@ def _write(producer, topic: str, requests: Iterator[tuple[str, dict]], total: in
 
 def _run_until(python: str, config: dict, workers: int, log_dir: str, count: OutcomeCount,
                label: str, broker_pids: list[int]) -> dict[str, float]:
-    """Start the workers, wait for `total` outcomes, stop them; the CPU they and the broker
-    used meanwhile."""
+    """Start the workers, wait until `count` has every request it wants, stop them; the CPU
+    they and the broker used meanwhile."""
     quix = QuixWorkers(python, config, workers, log_dir)
     pids = {"quix": quix.pids, "broker": broker_pids}
     before = cpu_by_kind(pids)
@@ -244,7 +246,8 @@ def _run_until(python: str, config: dict, workers: int, log_dir: str, count: Out
 
 
 def quix_drain(settings: Settings, *, workers: int, accounts: int, backlog: int,
-               broker_pids: list[int], deposit: int = 10_000_000, seed: int = 3) -> dict[str, object]:
+               broker_pids: list[int], deposit: int = 10_000_000,
+               seed: int = 3) -> dict[str, object]:
     """The peer's drain of the backlog, measured as `backlog.drain_speed` measures the engine's."""
     python = peer_python()
     settings = replace(settings, topic_prefix=f"bench-peer-{uuid.uuid4().hex[:8]}-")
@@ -255,7 +258,7 @@ def quix_drain(settings: Settings, *, workers: int, accounts: int, backlog: int,
               "outcomes": settings.topic(topics.OUTCOMES),
               "group": settings.topic("quix"), "state_dir": os.path.join(work_dir, "state")}
     producer = kafka.producer(settings, kafka.ADMIN, **{"linger.ms": 20})
-    requests_topic = settings.topic(topics.REQUESTS)
+    requests_topic = config["requests"]
 
     funded = OutcomeCount(settings, {f"d{i}" for i in range(accounts)})
     _write(producer, requests_topic, ((f"a{i}", {"type": "deposit", "request_id": f"d{i}",
@@ -290,7 +293,6 @@ def quix_drain(settings: Settings, *, workers: int, accounts: int, backlog: int,
             "cpu_us_per_transfer": {kind: round(cpu / backlog * 1e6, 1)
                                     for kind, cpu in used.items()},
             "versions": pipeline_version(python)}
-
 
 
 def compare(settings: Settings, *, rounds: int, worker_counts: list[int], accounts: int,
@@ -331,8 +333,8 @@ def summary(runs: list[dict]) -> list[dict[str, object]]:
 
 
 def summary_table(rows: list[dict]) -> str:
-    lines = ["| workers | engine (median; rounds) | Quix (median; rounds) | ratio | engine CPU us per "
-             "transfer | Quix CPU us per transfer |", "|---|---|---|---|---|---|"]
+    lines = ["| workers | engine (median; rounds) | Quix (median; rounds) | ratio | engine CPU us "
+             "per transfer | Quix CPU us per transfer |", "|---|---|---|---|---|---|"]
     for row in rows:
         cells = [str(row["workers"])]
         for side in ("engine", "quix"):

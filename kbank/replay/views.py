@@ -110,7 +110,6 @@ def rebuild_part(settings: Settings, store_dir: str, partitions: list[int] | Non
     return max(processor.status_clock.values(), default=0)
 
 
-
 def rebuild(settings: Settings, store_dir: str, show_progress: bool = True,
             processes: int = 1) -> RebuiltViews:
     """Fold the ledger and the outcomes from the beginning into fresh stores: in one

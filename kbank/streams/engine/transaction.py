@@ -74,7 +74,8 @@ class EngineTransaction:
         # the commit flushes: a batch's records wait for it and go in few produce requests (a
         # short linger sent one every few ms while the batch was processed: 85 per transaction)
         conf: dict[str, object] = {
-            "linger.ms": self.settings.engine_linger_ms, "batch.num.messages": 10000, "batch.size": 1_000_000,
+            "linger.ms": self.settings.engine_linger_ms, "batch.num.messages": 10000,
+            "batch.size": 1_000_000,
             "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 1_048_576,
             "client.id": f"engine-{self.worker_id}", "logger": self.client_log.logger}
         if not self.transactional:   # BANK_UNSAFE_NO_TRANSACTIONS, for the negative controls

@@ -5,6 +5,7 @@ only. Through the real secured broker: these are the attacks issue 41 found thro
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import orjson
 from confluent_kafka import KafkaError, Producer, TopicPartition
@@ -64,6 +65,15 @@ def relayed(settings) -> list[dict]:  # noqa: ANN001
     """transfers.requests records the gateway wrote."""
     return [orjson.loads(m.value()) for m in read_topic(settings, settings.topic(topics.REQUESTS))
             if any(h == RELAYED_FROM for h, _ in m.headers() or [])]
+
+
+def gateway_relayed(settings, pool) -> bool:  # noqa: ANN001
+    """Whether the gateway relayed anything yet; fails at once, with its log, if it died."""
+    proc = pool.procs["0"]
+    if proc.poll() is not None:
+        log = Path(pool.log_dir, "gateway-0.log").read_text(errors="replace")
+        raise AssertionError(f"the gateway exited ({proc.returncode}):\n{log[-3000:]}")
+    return len(relayed(settings)) > 0
 
 
 def test_a_kafka_client_moves_only_its_own_money_and_reads_only_its_own_outcomes(
@@ -153,7 +163,6 @@ def test_a_kafka_client_moves_only_its_own_money_and_reads_only_its_own_outcomes
 
 def test_a_gateway_killed_mid_stream_relays_each_request_once(settings, pool_factory):
     pool_factory(settings, 1)
-    gateway = pool_factory(settings, 1, command="gateway")
     operator = Workload(settings)
     names = [f"s-{i}" for i in range(4)]
     try:
@@ -161,6 +170,8 @@ def test_a_gateway_killed_mid_stream_relays_each_request_once(settings, pool_fac
     finally:
         operator.close()
     create_client(settings, "fast", account_prefix="s-")
+    # started after the client exists: the test above covers a client made while it runs
+    gateway = pool_factory(settings, 1, command="gateway")
     fast = Service(settings, "fast")
     fast.producer = Producer({**fast.conf, "linger.ms": 5})
     topic = settings.topic(requests_topic("fast"))
@@ -171,7 +182,8 @@ def test_a_gateway_killed_mid_stream_relays_each_request_once(settings, pool_fac
              "amount": 1}))
         if i == count // 3:
             fast.producer.flush(30)
-            wait_until(lambda: len(relayed(settings)) > 0, 60, "the gateway to relay something")
+            wait_until(lambda: gateway_relayed(settings, gateway), 60,
+                       "the gateway to relay something")
             gateway.kill("0", signal.SIGKILL)            # mid-stream, likely mid-transaction
             gateway.start("0")
         fast.producer.poll(0)

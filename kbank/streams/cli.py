@@ -401,7 +401,7 @@ def _read_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _tool_commands(sub: argparse._SubParsersAction) -> None:
-    """The tools with parsers of their own: replay, bench, chaos."""
+    """The tools with parsers of their own: replay, bench, chaos, close."""
     p = sub.add_parser("replay", help="rebuild and verify from the logs (see bank replay --help)",
                        add_help=False)
     p.add_argument("replay_args", nargs=argparse.REMAINDER)
@@ -417,6 +417,11 @@ def _tool_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("chaos_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_chaos)
 
+    p = sub.add_parser("close", help="close the books at an instant, list and show closes (see "
+                       "bank close --help)", add_help=False)
+    p.add_argument("close_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_close)
+
 
 def cmd_chaos(args: argparse.Namespace) -> int:
     from kbank.chaos.run import main as chaos_main
@@ -424,7 +429,13 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return chaos_main(args.chaos_args)
 
 
-_DELEGATED = {"bench": cmd_bench, "replay": cmd_replay, "chaos": cmd_chaos}
+def cmd_close(args: argparse.Namespace) -> int:
+    from kbank.books.__main__ import main as close_main
+
+    return close_main(args.close_args)
+
+
+_DELEGATED = {"bench": cmd_bench, "replay": cmd_replay, "chaos": cmd_chaos, "close": cmd_close}
 
 
 def main(argv: list[str] | None = None) -> int:

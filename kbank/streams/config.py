@@ -92,6 +92,11 @@ class Settings:
     transaction_timeout_ms: Annotated[int, Field(ge=1_000, le=900_000)] = field(default=10000, metadata={
         "env": "BANK_TRANSACTION_TIMEOUT_MS",
         "help": "transaction timeout of the engine's transactional producer"})
+    close_settle_margin_ms: Annotated[int, Field(ge=0, le=3_600_000)] = field(default=10000, metadata={
+        "env": "BANK_CLOSE_SETTLE_MARGIN_MS",
+        "help": "bank close: how long past an instant plus the transaction timeout it waits "
+                "before it trusts that every input stamped by then is in its topic (clock "
+                "skew between the engine's hosts and the broker's)"})
     max_hold_timeout_s: Annotated[int, Field(ge=1, le=366 * 86_400)] = field(default=30 * 86_400, metadata={
         "env": "BANK_MAX_HOLD_TIMEOUT_S",
         "help": "decision rule: the longest timeout_s a hold may have (a longer one is rejected "

@@ -90,6 +90,11 @@ GRANTS: tuple[Grant, ...] = (
     Grant(TOOLS, "topic", topics.CHECKPOINTS, ("WRITE",),
           "verify --checkpoint signs off where a verify that passed ended"),
     Grant(TOOLS, "group", "bank-reader*", ("READ",), "its readers"),
+    Grant(TOOLS, "topic", topics.CLOSES, ("WRITE",), "bank close writes each close of the books"),
+    Grant(TOOLS, "group", topics.ENGINE_GROUP, ("DESCRIBE",),
+          "bank close waits for the engine's committed offsets to pass its instant (read, "
+          "never by joining the group)"),
+    Grant(VIEWS, "topic", topics.CLOSES, ("READ", "DESCRIBE"), "GET /closes"),
     Grant(VIEWS, "topic", topics.WEBHOOKS, ("READ", "DESCRIBE"),
           "lists webhook registrations and checks who owns one"),
     Grant(VIEWS, "topic", topics.DELIVERIES, ("READ", "DESCRIBE"),

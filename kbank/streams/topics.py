@@ -30,6 +30,7 @@ CLIENT_TOPICS = "clients."      # clients.<name>.requests / .outcomes, one pair 
 GATEWAY_GROUP = "bank-gateway"
 WEBHOOKS = "webhooks.registrations"
 CHECKPOINTS = "verify.checkpoints"
+CLOSES = "books.closes"          # closes of the books (bank close), kept for good
 DELIVERIES = "webhooks.deliveries"
 WEBHOOKS_GROUP = "bank-webhooks"
 ENGINE_GROUP = "bank-engine"

@@ -1,0 +1,207 @@
+"""`bank close --at T`: make the close of the books at T, store it in books.closes, read it back.
+
+A close of T is made only once T is settled: no event that belongs to it (kbank.books.cut)
+is still to come. That takes two things. Every input with a timestamp at or before T must be
+in its topic: requests are stamped by the broker when they land, and a credit is stamped by
+the engine when it makes it, inside a transaction that commits or aborts within the engine's
+transaction timeout; so once T + that timeout + a margin (BANK_CLOSE_SETTLE_MARGIN_MS) has passed, both inputs' ends hold
+every one of them. And the engine must have decided everything up to those ends: its
+committed offsets reach them (or only transaction markers lie between, which are not
+records). Then the ledger, read to its end, holds every event of the close, and any event
+written after it comes from a later input and is past the cut. A request on the wrong
+partition is forwarded to its owner's credits with its own timestamp, so the credits' ends
+are taken a second time once the requests are decided.
+
+A close is stored as zlib-compressed chunks and a manifest naming them with the SHA-256 of the
+close's bytes, each under keys of its own (`<id>/chunk-<n>`, `<id>`), so a torn or altered
+close is refused when read. Making a close that exists checks the new one has the same bytes
+and writes nothing.
+"""
+from __future__ import annotations
+
+import getpass
+import hashlib
+import time
+import zlib
+from typing import Any, Callable
+
+import orjson
+from confluent_kafka import Consumer, TopicPartition
+
+from kbank.books.cut import Close, CloseError, CloseFold, close_id
+from kbank.replay.report import VerifyReport
+from kbank.streams import kafka, topics
+from kbank.streams.client import end_offset, read_to_end, read_topic
+from kbank.streams.config import Settings
+from kbank.streams.progress import progress_bar
+
+CHUNK_BYTES = 900_000          # under the broker's default largest record (1 MiB)
+
+
+class NotSettled(RuntimeError):
+    """The instant cannot be closed yet: the engine has not decided every input up to it."""
+
+
+def settle_ms(settings: Settings) -> int:
+    """How long after T every input stamped at or before T is in its topic."""
+    return settings.transaction_timeout_ms + settings.close_settle_margin_ms
+
+
+def _ends(consumer: Consumer, topic: str, partitions: int) -> dict[TopicPartition, int]:
+    return {TopicPartition(topic, p): end_offset(consumer, TopicPartition(topic, p))
+            for p in range(partitions)}
+
+
+def _undecided(settings: Settings, engine: Consumer,
+               ends: dict[TopicPartition, int]) -> list[str]:
+    """The input partitions with a record below its end the engine has not committed past
+    (a transaction marker is not a record: the committed offset may stop before one)."""
+    committed = {(tp.topic, tp.partition): tp.offset
+                 for tp in engine.committed(list(ends), timeout=10)}
+    behind = {tp: committed.get((tp.topic, tp.partition), -1) for tp, end in ends.items()}
+    behind = {tp: max(at, 0) for tp, at in behind.items() if max(at, 0) < ends[tp]}
+    waiting = []
+    if behind:
+        reader = kafka.consumer(settings, kafka.TOOLS, settings.topic("bank-reader-close"),
+                                **{"enable.partition.eof": True})
+        try:
+            for tp, start in behind.items():
+                for msg in read_to_end(reader, [TopicPartition(tp.topic, tp.partition, start)], 30):
+                    if msg.offset() < ends[tp]:
+                        waiting.append(f"{tp.topic}[{tp.partition}] from offset {start}")
+                    break
+        finally:
+            reader.close()
+    return waiting
+
+
+def wait_settled(settings: Settings, at_ms: int, timeout_s: float,
+                 say: Callable[[str], None] = print) -> None:
+    """Return once no event of the close at `at_ms` is still to come; NotSettled after
+    `timeout_s` of waiting for the engine."""
+    ready_ms = at_ms + settle_ms(settings)
+    now_ms = int(time.time() * 1000)
+    if ready_ms > now_ms:
+        say(f"close {close_id(at_ms)}: waiting {(ready_ms - now_ms) / 1000:.1f} s until every "
+            f"input stamped by then is in its topic")
+        time.sleep((ready_ms - now_ms) / 1000)
+    engine = kafka.consumer(settings, kafka.TOOLS, settings.topic(topics.ENGINE_GROUP))
+    deadline = time.monotonic() + timeout_s
+    try:
+        requests, credits = settings.topic(topics.REQUESTS), settings.topic(topics.CREDITS)
+        rounds = [lambda: {**_ends(engine, requests, settings.partitions),
+                           **_ends(engine, credits, settings.partitions)},
+                  lambda: _ends(engine, credits, settings.partitions)]   # forwarded requests
+        for take_ends in rounds:
+            ends = take_ends()
+            while waiting := _undecided(settings, engine, ends):
+                if time.monotonic() > deadline:
+                    raise NotSettled(f"the engine has not decided every input up to "
+                                     f"{close_id(at_ms)} after {timeout_s:.0f} s (is it running?): "
+                                     f"records wait in {', '.join(waiting[:4])}")
+                time.sleep(0.5)
+    finally:
+        engine.close()
+
+
+def fold_close(settings: Settings, at_ms: int, show_progress: bool = False) -> tuple[Close, VerifyReport]:
+    """Read the ledger (every partition from its start, up to its first event past the cut)
+    and fold the close. Call once the instant is settled (wait_settled)."""
+    fold = CloseFold(at_ms, settings.partitions, settings.id_window_ms)
+    progress = progress_bar(f"close {close_id(at_ms)}: ledger.events", enabled=show_progress)
+    for msg in read_topic(settings, settings.topic(topics.LEDGER)):
+        progress.update()
+        fold.add(msg.partition(), msg.offset(), msg.value())
+        if len(fold.passed) == settings.partitions:
+            break          # every partition's cut is complete: the rest is after it
+    progress.close()
+    return fold.close(topics.LEDGER)
+
+
+def write_close(settings: Settings, close: Close) -> tuple[str, bool]:
+    """Store a close; returns its digest and whether it was written (False: it was there,
+    with the same bytes). CloseError if a different close of that instant is stored."""
+    body = close.to_bytes()
+    digest = hashlib.sha256(body).hexdigest()
+    stored = {m["id"]: m for m in list_closes(settings)}.get(close.id)
+    if stored is not None:
+        if stored["sha256"] != digest:
+            raise CloseError(f"close {close.id} is stored with another content "
+                             f"({stored['sha256'][:16]}..., this one {digest[:16]}...): the log "
+                             "it was made from differs from this one")
+        return digest, False
+    packed = zlib.compress(body, 6)
+    chunks = [packed[i:i + CHUNK_BYTES] for i in range(0, len(packed), CHUNK_BYTES)] or [b""]
+    topic = settings.topic(topics.CLOSES)
+    producer = kafka.producer(settings, kafka.TOOLS, **{"acks": "all",
+                                                        "message.max.bytes": 2 * CHUNK_BYTES})
+    for i, chunk in enumerate(chunks):
+        producer.produce(topic, key=f"{close.id}/chunk-{i}".encode(),
+                         value=digest.encode() + b"\n" + chunk)
+    if producer.flush(60):
+        raise CloseError("the close's chunks were not acknowledged in 60 s")
+    user = kafka.client_config(settings, kafka.TOOLS).get("sasl.username") or kafka.TOOLS
+    manifest = {"id": close.id, "sha256": digest, "chunks": len(chunks), "bytes": len(body),
+                "made_ms": int(time.time() * 1000), "made_by": f"{user} ({getpass.getuser()})",
+                **close.summary()}
+    producer.produce(topic, key=close.id.encode(), value=orjson.dumps(manifest))
+    if producer.flush(60):
+        raise CloseError("the close's manifest was not acknowledged in 60 s")
+    return digest, True
+
+
+def is_manifest(key: bytes | None, manifest: Any) -> bool:
+    return (isinstance(manifest, dict) and key is not None and b"/" not in key
+            and manifest.get("id") == key.decode("utf-8", "replace")
+            and isinstance(manifest.get("sha256"), str) and type(manifest.get("chunks")) is int)
+
+
+def list_closes(settings: Settings) -> list[dict[str, Any]]:
+    """Every stored close's manifest, oldest instant first."""
+    found: dict[str, dict[str, Any]] = {}
+    for msg in read_topic(settings, settings.topic(topics.CLOSES)):
+        if msg.value() is None or b"/" in (msg.key() or b"/"):
+            continue
+        try:
+            manifest = orjson.loads(msg.value())
+        except orjson.JSONDecodeError:
+            continue
+        if is_manifest(msg.key(), manifest):
+            found[manifest["id"]] = manifest
+    return [found[k] for k in sorted(found, key=lambda k: found[k].get("at_ms", 0))]
+
+
+def assemble(manifest: dict[str, Any], chunks: dict[int, bytes]) -> Close:
+    """A close from its manifest and stored chunks (each `<sha256>\\n<bytes>`); CloseError
+    if one is missing, of another close, or the whole does not match its digest."""
+    digest, parts = manifest["sha256"], []
+    for i in range(manifest["chunks"]):
+        chunk_id, _, chunk = chunks.get(i, b"").partition(b"\n")
+        if chunk_id.decode(errors="replace") != digest:
+            raise CloseError(f"chunk {i} of close {manifest['id']} is missing or of another close")
+        parts.append(chunk)
+    try:
+        body = zlib.decompress(b"".join(parts))
+    except zlib.error as exc:
+        raise CloseError(f"close {manifest['id']} does not decompress: {exc}") from None
+    if hashlib.sha256(body).hexdigest() != digest:
+        raise CloseError(f"close {manifest['id']}'s content does not match its digest: altered")
+    close = Close.from_bytes(body)
+    if close.id != manifest["id"]:
+        raise CloseError(f"manifest {manifest['id']} holds close {close.id}")
+    return close
+
+
+def read_close(settings: Settings, wanted: str) -> Close:
+    """The stored close of that id, whole and as made; CloseError otherwise."""
+    manifest, chunks = None, {}
+    prefix = f"{wanted}/chunk-".encode()
+    for msg in read_topic(settings, settings.topic(topics.CLOSES)):
+        key = msg.key() or b""
+        if key == wanted.encode() and msg.value() is not None:
+            manifest = orjson.loads(msg.value())
+        elif key.startswith(prefix) and key[len(prefix):].isdigit() and msg.value() is not None:
+            chunks[int(key[len(prefix):])] = msg.value()
+    if not is_manifest(wanted.encode(), manifest):
+        raise CloseError(f"there is no close {wanted} (bank close --list)")
+    return assemble(manifest, chunks)

@@ -1,0 +1,157 @@
+"""Closing the books against the real broker, the engine running as `bank up` runs it."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import orjson
+import pytest
+
+from kbank.books.close import fold_close, list_closes, read_close, wait_settled, write_close
+from kbank.books.cut import Close, CloseError
+from kbank.books.trial import trial_balance
+from kbank.streams import topics
+from kbank.streams.client import read_topic
+from kbank.streams.model import CREDITED, DEBITED, split_request_key
+from tests.workload import Workload
+
+CURRENCIES = {"EUR": 12, "USD": 12}      # currency -> accounts
+
+
+def open_books(work: Workload) -> dict[str, list[str]]:
+    """Accounts in two currencies, each with a chart-of-accounts code, funded."""
+    names: dict[str, list[str]] = {}
+    for cur, count in CURRENCIES.items():
+        names[cur] = [f"{cur.lower()}-{i}" for i in range(count)]
+        for i, name in enumerate(names[cur]):
+            work.send({"type": "open_account", "request_id": f"open-{name}", "account": name,
+                       "currency": cur, "metadata": {"coa": "1000" if i % 3 else "2000"}})
+        for name in names[cur]:
+            work.send({"type": "deposit", "request_id": f"dep-{name}", "account": name,
+                       "amount": 100_000, "currency": cur})
+    work.sender.flush()
+    assert work.wait(120), "the accounts were not opened in time"
+    return names
+
+
+def load(work: Workload, names: dict[str, list[str]], count: int, rate_per_s: float) -> None:
+    """Transfers within each currency, across partitions, at a steady rate."""
+    import time
+
+    start = time.monotonic()
+    for i in range(count):
+        cur = "EUR" if i % 2 else "USD"
+        src, dst = work.rng.sample(names[cur], 2)
+        work.send({"type": "transfer", "request_id": f"t-{i}", "from": src, "to": dst,
+                   "amount": work.rng.randint(1, 500), "currency": cur})
+        if i % 50 == 0:
+            work.sender.flush()
+            ahead = start + i / rate_per_s - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+    work.sender.flush()
+
+
+def ledger_so_far(settings) -> list[tuple[int, dict]]:  # noqa: ANN001
+    return [(m.partition(), orjson.loads(m.value()))
+            for m in read_topic(settings, settings.topic(topics.LEDGER))]
+
+
+def in_the_cut(events: list[tuple[int, dict]], at_ms: int) -> list[dict]:
+    """The oracle, written apart from the fold: each partition up to its first event past T."""
+    passed: set[int] = set()
+    kept = []
+    for partition, event in events:
+        if partition in passed or event["ts"] > at_ms:
+            passed.add(partition)
+            continue
+        kept.append(event)
+    return kept
+
+
+def owed_at(events: list[tuple[int, dict]], at_ms: int) -> dict[str, int]:
+    """Request id -> amount debited in the cut and not yet credited in it."""
+    owed: dict[str, int] = {}
+    for event in in_the_cut(events, at_ms):
+        if event["kind"] == DEBITED:
+            owed[event["request_id"]] = owed.get(event["request_id"], 0) + event["amount"]
+        elif event["kind"] == CREDITED:
+            owed[event["request_id"]] = owed.get(event["request_id"], 0) - event["amount"]
+    return {rid: amount for rid, amount in owed.items() if amount}
+
+
+def a_cut_with_money_in_flight(events: list[tuple[int, dict]]) -> int | None:
+    """An instant of the ledger so far at which some transfer is debited and not credited."""
+    stamps = sorted({e["ts"] for _, e in events if e["kind"] == DEBITED})
+    for at_ms in stamps[len(stamps) // 2::max(1, len(stamps) // 40)]:
+        if owed_at(events, at_ms):
+            return at_ms
+    return None
+
+
+def test_a_close_during_load_adds_up_to_the_unit_and_a_later_one_is_the_same_bytes(
+        settings, pool_factory):
+    settings = dataclasses.replace(settings, close_settle_margin_ms=1000)
+    pool_factory(settings, 2)
+    work = Workload(settings)
+    try:
+        names = open_books(work)
+        sender = threading.Thread(target=load, args=(work, names, 12_000, 300), daemon=True)
+        sender.start()
+        cut = None
+        while cut is None and sender.is_alive():
+            cut = a_cut_with_money_in_flight(ledger_so_far(settings))
+        assert cut is not None, "no instant had a transfer debited and not credited"
+        at_ms = cut
+
+        wait_settled(settings, at_ms, 120, say=lambda _: None)
+        assert sender.is_alive(), "the close was to be made while transfers flow"
+        close, report = fold_close(settings, at_ms)
+        assert report.violations == [], report.violations
+        digest, written = write_close(settings, close)
+        assert written
+
+        assert set(close.currencies) == set(CURRENCIES)
+        for cur, money in close.currencies.items():
+            assert money.accounts == CURRENCIES[cur]
+            assert money.balances + money.in_flight == money.deposits - money.withdrawals, cur
+            assert money.deposits == 100_000 * CURRENCIES[cur] and money.withdrawals == 0
+        events = ledger_so_far(settings)
+        owed = {split_request_key(key)[1]: amount for key, _, amount in close.in_flight}
+        assert owed == owed_at(events, at_ms) != {}
+        assert {a.name: a.balance for a in close.accounts} == \
+            {e["account"]: e["balance"] for e in in_the_cut(events, at_ms)}
+        assert {a.name: a.metadata["coa"] for a in close.accounts}["eur-0"] == "2000"
+        tb = trial_balance(close, "coa")
+        assert all(c["totals"]["balanced"] for c in tb["currencies"].values())
+        assert [line["group"] for line in tb["currencies"]["EUR"]["lines"]] == ["1000", "2000"]
+        sender.join(120)
+        assert work.wait(180), "the load did not complete"
+    finally:
+        work.close()
+
+    # made again once the load is over: the same instant gives the same bytes
+    again, report = fold_close(settings, at_ms)
+    assert report.violations == []
+    assert again.to_bytes() == close.to_bytes()
+    assert write_close(settings, again) == (digest, False)
+    assert read_close(settings, close.id).to_bytes() == close.to_bytes()
+    assert [m["id"] for m in list_closes(settings)] == [close.id]
+    # a later instant, after every transfer completed: nothing in flight
+    later, _ = fold_close(settings, at_ms + 10**9)
+    assert later.in_flight == [] and all(m.conserved for m in later.currencies.values())
+
+
+def test_a_stored_close_whose_sums_do_not_follow_from_its_rows_is_refused():
+    close = Close.from_bytes(Close(0, topics.LEDGER, [], {}, [], []).to_bytes())
+    assert close.accounts == []
+    forged = orjson.loads(close.to_bytes())
+    forged["currencies"] = {"EUR": [1, 10, 0, 0, 0, 10, 0]}
+    forged["accounts"] = [["a", "EUR", 11, 0, 0, 1, "open", {}]]
+    with pytest.raises(CloseError, match="do not add up"):
+        Close.from_bytes(orjson.dumps(forged))
+    forged["accounts"][0][2] = 10
+    assert Close.from_bytes(orjson.dumps(forged)).currencies["EUR"].balances == 10
+    forged["currencies"]["EUR"][1] = forged["accounts"][0][2] = 9
+    with pytest.raises(CloseError, match="not conserved"):
+        Close.from_bytes(orjson.dumps(forged))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 
 import orjson
@@ -11,9 +12,12 @@ from kbank.books.close import fold_close, list_closes, read_close, wait_settled,
 from kbank.books.cut import Close, CloseError
 from kbank.books.trial import trial_balance
 from kbank.streams import topics
+from kbank.streams.apikeys import AUDITOR, CLIENT
+from kbank.streams.keystore import create_key
 from kbank.streams.client import read_topic
 from kbank.streams.model import CREDITED, DEBITED, split_request_key
-from tests.workload import Workload
+from tests import http
+from tests.workload import Workload, wait_until
 
 CURRENCIES = {"EUR": 12, "USD": 12}      # currency -> accounts
 
@@ -90,9 +94,10 @@ def a_cut_with_money_in_flight(events: list[tuple[int, dict]]) -> int | None:
 
 
 def test_a_close_during_load_adds_up_to_the_unit_and_a_later_one_is_the_same_bytes(
-        settings, pool_factory):
+        settings, pool_factory, views_factory):
     settings = dataclasses.replace(settings, close_settle_margin_ms=1000)
     pool_factory(settings, 2)
+    views = views_factory(settings, 1)
     work = Workload(settings)
     try:
         names = open_books(work)
@@ -140,6 +145,36 @@ def test_a_close_during_load_adds_up_to_the_unit_and_a_later_one_is_the_same_byt
     # a later instant, after every transfer completed: nothing in flight
     later, _ = fold_close(settings, at_ms + 10**9)
     assert later.in_flight == [] and all(m.conserved for m in later.currencies.values())
+    served_over_http(settings, views.url("0"), close)
+
+
+def served_over_http(settings, url: str, close: Close) -> None:  # noqa: ANN001
+    """GET /closes and its pages: the operator's and the auditor's, never a client's."""
+    auditor = create_key(settings, AUDITOR).token
+    client = create_key(settings, CLIENT, account_prefix="eur-").token
+    wait_until(lambda: http.request("GET", f"{url}/closes").status == 200 and
+               http.get_json(f"{url}/closes")["closes"], 30, "the views to read the close")
+    for key in (http.current_key(), auditor):
+        listed = http.get_json(f"{url}/closes", key=key)["closes"]
+        assert [(m["id"], m["sha256"]) for m in listed] == \
+            [(close.id, hashlib.sha256(close.to_bytes()).hexdigest())]
+        assert http.get_json(f"{url}/closes/{close.at_ms}", key=key)["currencies"]["EUR"][
+            "conserved"] is True
+    pages, after = [], ""
+    while after is not None:
+        body = http.get_json(f"{url}/closes/{close.id}/accounts?limit=7&after={after}")
+        pages += body["accounts"]
+        after = body["next"]
+    assert [a["name"] for a in pages] == [a.name for a in close.accounts]
+    assert [a["balance"] for a in pages] == [a.balance for a in close.accounts]
+    tb = http.get_json(f"{url}/closes/{close.id}/trial-balance?by=coa", key=auditor)
+    assert tb == orjson.loads(orjson.dumps(trial_balance(close, "coa")))
+    for path in ("/closes", f"/closes/{close.id}", f"/closes/{close.id}/accounts",
+                 f"/closes/{close.id}/trial-balance"):
+        refused = http.request("GET", f"{url}{path}", key=client)
+        assert refused.status == 403, (path, refused.status)
+    assert http.request("GET", f"{url}/closes/2001-01-01").status == 404
+    assert http.request("GET", f"{url}/closes/yesterday").status == 400
 
 
 def test_a_stored_close_whose_sums_do_not_follow_from_its_rows_is_refused():

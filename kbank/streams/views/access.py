@@ -90,6 +90,10 @@ ROUTES: dict[tuple[str, str], RouteRule] = {
     ("GET", "/internal/overview"): RouteRule(_BANK_WIDE, "peers' fan-out for /overview, with "
                                                          "the caller's key"),
     ("GET", "/openapi.yaml"): RouteRule(_READERS, "the API's description"),
+    ("GET", "/closes"): RouteRule(_BANK_WIDE, "the closes of the books, bank-wide"),
+    ("GET", "/closes/{close_id}"): RouteRule(_BANK_WIDE, "a close's figures, bank-wide"),
+    ("GET", "/closes/{close_id}/accounts"): RouteRule(_BANK_WIDE, "every account at a close"),
+    ("GET", "/closes/{close_id}/trial-balance"): RouteRule(_BANK_WIDE, "a close's trial balance"),
 }
 _UNLISTED = RouteRule(frozenset({OPERATOR}), "a route without a rule: the operator's only")
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Protocol
 
+from kbank.books.shelf import ClosesShelf
 from kbank.streams.config import Settings
 from kbank.streams.keystore import KeyRing
 from kbank.streams.views.rate import RateLimiter
@@ -20,6 +21,7 @@ class ViewsReads(Protocol):
     keys: KeyRing | None     # None: BANK_UNSAFE_WEB_NO_AUTH
     limiter: RateLimiter     # each API key's rate (shared with the other workers)
     engine_watch: EngineWatch   # whether the engine makes progress
+    closes: ClosesShelf      # the closes of the books (GET /closes)
     app: Any                 # the Faust app: pages, router, peers' URLs, rebalancing state
 
     @property

@@ -5,6 +5,7 @@
     aggregates  the rankings and /stats, merged from every worker
     operations  /health, /live, /metrics, /openapi.yaml
     webhooks    register, list, pause, resume, redrive, delete, and deliveries
+    closes      the closes of the books (bank close): list, figures, accounts, trial balance
     (the console: kbank.streams.views.console)
 
 Each registers its pages on the worker's Faust app; common.Router sends a keyed query to the
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 from kbank.streams.views.console import register_console
 from kbank.streams.views.reads import ViewsReads
-from kbank.streams.views.routes import accounts, aggregates, operations, requests, webhooks
+from kbank.streams.views.routes import (accounts, aggregates, closes, operations, requests,
+                                       webhooks)
 from kbank.streams.views.routes.common import Router
 
 
@@ -26,4 +28,5 @@ def register_routes(worker: ViewsReads) -> None:
     aggregates.register(worker, router)
     operations.register(worker, write_path)
     webhooks.register(worker, write_path.send)
+    closes.register(worker)
     register_console(worker)

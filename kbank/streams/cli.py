@@ -66,6 +66,15 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return _until_halted(GatewayWorker(settings, args.worker_id).run)
 
 
+def cmd_reconciler(args: argparse.Namespace) -> int:
+    from kbank.books.reconcile import Reconciler
+
+    settings = _settings(args).needs_broker("reconciler")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    Reconciler(settings).run()
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from kbank.streams.supervisor import up
 
@@ -342,6 +351,11 @@ def _process_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--worker-id", default="0", help="names it in logs and its transactions")
     p.set_defaults(func=cmd_gateway)
 
+    p = sub.add_parser("reconciler", help="run the reconciler: each account's statement lines "
+                                          "against its ledger events (bank reconcile)")
+    p.add_argument("--worker-id", default="0", help="names it in logs (one runs at a time)")
+    p.set_defaults(func=cmd_reconciler)
+
 
 def _access_commands(sub: argparse._SubParsersAction) -> None:
     """Sending requests, the topics, and who may do what: Kafka principals and API keys."""
@@ -401,7 +415,7 @@ def _read_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _tool_commands(sub: argparse._SubParsersAction) -> None:
-    """The tools with parsers of their own: replay, bench, chaos, close."""
+    """The tools with parsers of their own: replay, bench, chaos, close, reconcile."""
     p = sub.add_parser("replay", help="rebuild and verify from the logs (see bank replay --help)",
                        add_help=False)
     p.add_argument("replay_args", nargs=argparse.REMAINDER)
@@ -416,6 +430,11 @@ def _tool_commands(sub: argparse._SubParsersAction) -> None:
                        add_help=False)
     p.add_argument("chaos_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_chaos)
+
+    p = sub.add_parser("reconcile", help="import statements, set matching rules, report (see "
+                       "bank reconcile --help)", add_help=False)
+    p.add_argument("reconcile_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("close", help="close the books at an instant, list and show closes (see "
                        "bank close --help)", add_help=False)
@@ -435,7 +454,14 @@ def cmd_close(args: argparse.Namespace) -> int:
     return close_main(args.close_args)
 
 
-_DELEGATED = {"bench": cmd_bench, "replay": cmd_replay, "chaos": cmd_chaos, "close": cmd_close}
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from kbank.books.reconcile_cli import main as reconcile_main
+
+    return reconcile_main(args.reconcile_args)
+
+
+_DELEGATED = {"bench": cmd_bench, "replay": cmd_replay, "chaos": cmd_chaos, "close": cmd_close,
+              "reconcile": cmd_reconcile}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,8 +12,9 @@ from kbank.streams.config import Settings, SettingsError
 ADMIN = "admin"   # creates topics, users and ACLs (the super user)
 ENGINE, VIEWS, INTAKE, TOOLS = "engine", "views", "intake", "tools"
 WEBHOOKS, GATEWAY = "webhooks", "gateway"
+BOOKS = "books"   # the reconciler: statements against the ledger
 OPERATOR = "operator"   # `bank send` and an operator's own services: every request type
-ROLES = (ENGINE, VIEWS, INTAKE, TOOLS, OPERATOR, WEBHOOKS, GATEWAY)   # each a principal of its own
+ROLES = (ENGINE, VIEWS, INTAKE, TOOLS, OPERATOR, WEBHOOKS, GATEWAY, BOOKS)   # each a principal of its own
 # a payments service is a principal of its own too, `client-<name>`, made one at a time
 # (kbank.streams.gateway.admin) with the accounts it may move money out of
 

@@ -23,7 +23,7 @@ from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, 
 from kbank.streams import topics
 from kbank.streams.config import Settings
 from kbank.streams.files import write_private
-from kbank.streams.kafka import (ADMIN, ENGINE, GATEWAY, INTAKE, OPERATOR, ROLES, TOOLS, VIEWS,
+from kbank.streams.kafka import (ADMIN, BOOKS, ENGINE, GATEWAY, INTAKE, OPERATOR, ROLES, TOOLS, VIEWS,
                                  WEBHOOKS, client_config, read_properties)
 
 SCRAM_ITERATIONS = 8192
@@ -95,6 +95,21 @@ GRANTS: tuple[Grant, ...] = (
           "bank close waits for the engine's committed offsets to pass its instant (read, "
           "never by joining the group)"),
     Grant(VIEWS, "topic", topics.CLOSES, ("READ", "DESCRIBE"), "GET /closes"),
+    Grant(BOOKS, "topic", topics.LEDGER, ("READ", "DESCRIBE"),
+          "the events of the accounts that have statements"),
+    Grant(BOOKS, "topic", topics.RECON_LINES, ("READ", "DESCRIBE"), "the statement lines"),
+    Grant(BOOKS, "topic", topics.RECON_RULES, ("READ", "DESCRIBE"), "each account's rules"),
+    Grant(BOOKS, "topic", topics.RECON_RESULTS, ("READ", "WRITE", "DESCRIBE"),
+          "its results: read back at start, written in its transactions"),
+    Grant(BOOKS, "group", "bank-reconciler*", ("READ", "DESCRIBE"), "its readers (it commits nothing)"),
+    Grant(BOOKS, "transactional_id", "bank-reconciler", ("WRITE", "DESCRIBE"),
+          "one writer of results at a time: a successor fences it"),
+    Grant(OPERATOR, "topic", topics.RECON_LINES, ("READ", "WRITE", "DESCRIBE"),
+          "bank reconcile import: a file's new lines in one transaction"),
+    Grant(OPERATOR, "transactional_id", "bank-recon-import-*", ("WRITE", "DESCRIBE"),
+          "one transaction per imported file"),
+    Grant(OPERATOR, "topic", topics.RECON_RULES, ("WRITE", "DESCRIBE"), "bank reconcile rules"),
+    Grant(VIEWS, "topic", topics.RECON_RESULTS, ("READ", "DESCRIBE"), "GET /reconciliation"),
     Grant(VIEWS, "topic", topics.WEBHOOKS, ("READ", "DESCRIBE"),
           "lists webhook registrations and checks who owns one"),
     Grant(VIEWS, "topic", topics.DELIVERIES, ("READ", "DESCRIBE"),

@@ -272,9 +272,11 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: ReadyHoo
                  WorkerPool(settings, views, log_dir, command="views",
                             web_ports=[web_port + i for i in range(views)]),
                  WorkerPool(settings, webhook_workers, log_dir, command="webhooks"),
-                 WorkerPool(settings, 1, log_dir, command="gateway")]
-        print(f"{workers} engine worker(s), {webhook_workers} webhook worker(s) and the Kafka "
-              f"gateway started; KAFKA_BOOTSTRAP_SERVERS={bootstrap}", flush=True)
+                 WorkerPool(settings, 1, log_dir, command="gateway"),
+                 WorkerPool(settings, 1, log_dir, command="reconciler")]
+        print(f"{workers} engine worker(s), {webhook_workers} webhook worker(s), the Kafka "
+              f"gateway and the reconciler started; KAFKA_BOOTSTRAP_SERVERS={bootstrap}",
+              flush=True)
         if webhook_workers:
             hosts = settings.webhook_allowed_hosts or "none: set BANK_WEBHOOK_ALLOWED_HOSTS " \
                 "to the hosts (or host:port) of your receivers"

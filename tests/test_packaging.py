@@ -52,9 +52,9 @@ def test_the_wheel_installs_and_runs_the_demo_on_its_own(tmp_path):
     assert "Kafka is secured" in out, out[-2000:]
     credentials = tmp_path / "kafka" / "credentials"
     assert sorted(p.name for p in credentials.iterdir()) == [
-        "admin.properties", "engine.properties", "gateway.properties", "intake.properties",
-        "operator.key", "operator.properties", "tools.properties", "views.properties",
-        "webhooks.properties"]
+        "admin.properties", "books.properties", "engine.properties", "gateway.properties",
+        "intake.properties", "operator.key", "operator.properties", "tools.properties",
+        "views.properties", "webhooks.properties"]
     # and so is the web endpoint: the demo read balances back with the operator key it printed
     key = (credentials / "operator.key").read_text().strip()
     assert "operator API key" in out and key in out, out[-2000:]

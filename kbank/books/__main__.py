@@ -7,10 +7,10 @@ import time
 
 import orjson
 
-from kbank.books.close import NotSettled, fold_close, list_closes, read_close, wait_settled, \
-    write_close
-from kbank.books.cut import Close, CloseError, close_id
-from kbank.books.trial import TooManyGroups, trial_balance
+from kbank.books.close import NotSettled, fold_close, wait_settled
+from kbank.streams.books.closes import Close, CloseError, close_id
+from kbank.streams.books.store import list_closes, read_close, write_close
+from kbank.streams.books.trial import TooManyGroups, trial_balance
 from kbank.streams.config import Settings
 from kbank.streams.views.queries import QueryError, parse_time
 

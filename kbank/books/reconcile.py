@@ -14,6 +14,7 @@ and writes what they still lack.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections import defaultdict
@@ -138,7 +139,7 @@ class Reconciler:
         self.results: dict[str, dict[str, Any]] = defaultdict(dict)
         self.dirty: set[str] = set()
         self.behind: set[tuple[str, int]] = set()
-        self.written = 0
+        self.written = self.transactions = 0
         self._stopping = False
         self.producer = kafka.producer(settings, kafka.BOOKS, **{
             "transactional.id": settings.topic(WORKER_TRANSACTION), "acks": "all"})
@@ -200,29 +201,39 @@ class Reconciler:
                 self.ledger.add(orjson.loads(msg.value()))
 
     def reconcile_dirty(self) -> int:
-        """Reconcile each account that changed; write the differences in one transaction."""
-        changes: list[tuple[bytes, bytes | None]] = []
+        """Reconcile each account that changed; write its differences in a transaction."""
+        written = 0
         for account in sorted(self.dirty):
             rules = self.rules.get(account, DEFAULT_RULES)
             now = reconcile(list(self.lines.get(account, {}).values()),
                             self.ledger.items(account, rules), rules)
-            for item, result in sorted(differences(self.results.get(account, {}), now).items()):
-                changes.append((result_key(account, item),
-                                None if result is None else orjson.dumps(result)))
+            changes = differences(self.results.get(account, {}), now)
+            if changes:
+                self._write(account, changes)
+                written += len(changes)
             self.results[account] = now
         self.dirty.clear()
-        if changes:
-            self.producer.begin_transaction()
-            try:
-                for key, value in changes:
-                    self.producer.produce(self.settings.topic(topics.RECON_RESULTS), key=key,
-                                          value=value)
-                self.producer.commit_transaction(60)
-            except BaseException:
-                self.producer.abort_transaction(30)
-                raise
-            self.written += len(changes)
-        return len(changes)
+        return written
+
+    def _write(self, account: str, changes: dict[str, dict[str, Any] | None]) -> None:
+        """One account's changed results (None: a tombstone) in one transaction."""
+        self.producer.begin_transaction()
+        try:
+            for item, result in sorted(changes.items()):
+                self.producer.produce(self.settings.topic(topics.RECON_RESULTS),
+                                      key=result_key(account, item),
+                                      value=None if result is None else orjson.dumps(result))
+            self.transactions += 1
+            if self.transactions == self.settings.fault_reconciler_crash_at:
+                self.producer.flush(30)
+                log.warning("injected crash in transaction %d", self.transactions)
+                logging.shutdown()
+                os.kill(os.getpid(), signal.SIGKILL)
+            self.producer.commit_transaction(60)
+        except BaseException:
+            self.producer.abort_transaction(30)
+            raise
+        self.written += len(changes)
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stopping", True))

@@ -244,6 +244,10 @@ class Settings:
         "env": "BANK_FAULT_VIEWS_BATCH_DELAY_MS", "testing": True,
         "help": "testing: a views worker pauses this long after each batch it folds (so a kill "
                 "lands mid-fold)"})
+    fault_reconciler_crash_at: NON_NEGATIVE = field(default=0, metadata={
+        "env": "BANK_FAULT_RECONCILER_CRASH_AT", "testing": True,
+        "help": "testing: the reconciler SIGKILLs itself in its Nth transaction, once its "
+                "results are produced and flushed, before it commits"})
     unsafe_views_resume_at_end: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_VIEWS_RESUME_AT_END", "testing": True,
         "help": "testing: a views worker resumes its sources at their ends instead of at the "

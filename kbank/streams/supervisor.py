@@ -229,6 +229,26 @@ def operator_key(settings: Settings, path: str) -> str:
 ReadyHook = Callable[[Settings, "str | None", str], bool]
 
 
+def _start_pools(settings: Settings, log_dir: str | None, workers: int, views: int,
+                 web_port: int, webhook_workers: int) -> list[WorkerPool]:
+    """Every worker process `bank up` runs: the engine's, the views' (second), the webhook
+    workers, the gateway and the reconciler."""
+    pools = [WorkerPool(settings, workers, log_dir),
+             WorkerPool(settings, views, log_dir, command="views",
+                        web_ports=[web_port + i for i in range(views)]),
+             WorkerPool(settings, webhook_workers, log_dir, command="webhooks"),
+             WorkerPool(settings, 1, log_dir, command="gateway"),
+             WorkerPool(settings, 1, log_dir, command="reconciler")]
+    print(f"{workers} engine worker(s), {webhook_workers} webhook worker(s), the Kafka "
+          f"gateway and the reconciler started; KAFKA_BOOTSTRAP_SERVERS="
+          f"{settings.bootstrap_servers}", flush=True)
+    if webhook_workers:
+        hosts = settings.webhook_allowed_hosts or "none: set BANK_WEBHOOK_ALLOWED_HOSTS " \
+            "to the hosts (or host:port) of your receivers"
+        print(f"webhooks (POST /webhooks) may call: {hosts}", flush=True)
+    return pools
+
+
 def up(settings: Settings, workers: int, broker_port: int | None, demo: ReadyHook | None,
        views: int = 2, web_port: int = 8080, brokers: int = 1, data_dir: str | None = None,
        clean: bool = False, once: bool = False, webhook_workers: int = 1) -> int:
@@ -268,19 +288,7 @@ def up(settings: Settings, workers: int, broker_port: int | None, demo: ReadyHoo
         for private in (settings.state_dir, log_dir):     # stores, failure counts, logs
             if private is not None:
                 private_dir(private)
-        pools = [WorkerPool(settings, workers, log_dir),
-                 WorkerPool(settings, views, log_dir, command="views",
-                            web_ports=[web_port + i for i in range(views)]),
-                 WorkerPool(settings, webhook_workers, log_dir, command="webhooks"),
-                 WorkerPool(settings, 1, log_dir, command="gateway"),
-                 WorkerPool(settings, 1, log_dir, command="reconciler")]
-        print(f"{workers} engine worker(s), {webhook_workers} webhook worker(s), the Kafka "
-              f"gateway and the reconciler started; KAFKA_BOOTSTRAP_SERVERS={bootstrap}",
-              flush=True)
-        if webhook_workers:
-            hosts = settings.webhook_allowed_hosts or "none: set BANK_WEBHOOK_ALLOWED_HOSTS " \
-                "to the hosts (or host:port) of your receivers"
-            print(f"webhooks (POST /webhooks) may call: {hosts}", flush=True)
+        pools = _start_pools(settings, log_dir, workers, views, web_port, webhook_workers)
         urls = [pools[1].url(str(i)) for i in range(views)]
         try:
             if views:

@@ -8,9 +8,10 @@ import threading
 import orjson
 import pytest
 
-from kbank.books.close import fold_close, list_closes, read_close, wait_settled, write_close
-from kbank.books.cut import Close, CloseError
-from kbank.books.trial import trial_balance
+from kbank.books.close import fold_close, wait_settled
+from kbank.streams.books.store import list_closes, read_close, write_close
+from kbank.streams.books.closes import Close, CloseError
+from kbank.streams.books.trial import trial_balance
 from kbank.streams import topics
 from kbank.streams.apikeys import AUDITOR, CLIENT
 from kbank.streams.keystore import create_key

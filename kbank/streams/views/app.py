@@ -40,7 +40,7 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import ConsumerRebalanceListener
 from faust.types import TP
 
-from kbank.books.shelf import ClosesShelf
+from kbank.streams.books.shelf import ClosesShelf
 from kbank.streams.files import private_dir
 from kbank.streams import kafka, topics
 from kbank.streams.config import Settings

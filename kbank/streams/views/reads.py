@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Protocol
 
-from kbank.books.shelf import ClosesShelf
+from kbank.streams.books.shelf import ClosesShelf
 from kbank.streams.config import Settings
 from kbank.streams.keystore import KeyRing
 from kbank.streams.views.rate import RateLimiter

@@ -1,4 +1,4 @@
-"""The closes of the books (kbank.books): their list, one close's figures, its accounts page
+"""The closes of the books (bank close, kbank.streams.books): their list, one close's figures, its accounts page
 by page, its trial balance. Any views worker answers: each reads books.closes whole."""
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import asyncio
 
 from aiohttp import web as aioweb
 
-from kbank.books import cut
-from kbank.books.cut import Close, CloseError
-from kbank.books.shelf import ClosesShelf
-from kbank.books.trial import TooManyGroups, trial_balance
+from kbank.streams.books.closes import Close, CloseError, close_id as name_of
+from kbank.streams.books.shelf import ClosesShelf
+from kbank.streams.books.trial import TooManyGroups, trial_balance
 from kbank.streams.model import is_currency, is_name
 from kbank.streams.views.http import HTTPError, get_page, json_response
 from kbank.streams.views.queries import QueryError, parse_time
@@ -31,7 +30,7 @@ class Closes:
     def _manifest(self, name: str) -> dict:
         self._ready()
         try:
-            wanted = cut.close_id(parse_time(name))
+            wanted = name_of(parse_time(name))
         except QueryError as exc:
             raise HTTPError(400, "invalid", f"a close is named by its instant: {exc}") from None
         manifest = self.shelf.manifest(wanted)

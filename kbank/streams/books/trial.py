@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kbank.books.cut import Close
+from kbank.streams.books.closes import Close
 
 MAX_GROUPS = 10_000        # an answer's bound: a key with more values is refused, not truncated
 

@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 from confluent_kafka import Message
 
-from kbank.books.close import assemble, is_manifest
-from kbank.books.cut import Close, CloseError
+from kbank.streams.books.store import assemble, is_manifest
+from kbank.streams.books.closes import Close, CloseError
 from kbank.streams import kafka, topics
 from kbank.streams.client import read_topic
 from kbank.streams.config import Settings

@@ -123,7 +123,15 @@ class _Matcher:
         self.lines = sorted(lines, key=lambda ln: (ln.value_date, ln.line_no, ln.line_id))
         self.moves = [i for i in sorted(items, key=lambda i: i.seq) if i.kind != REJECTED]
         self.refused = {i.reference for i in items if i.kind == REJECTED and i.reference}
-        self.free = {i.seq: i for i in self.moves}
+        self.free = {i.seq: i for i in self.moves}      # not matched yet, by seq (in order)
+        # indexes over the free events: by reference, by (currency, amount), by day
+        self.free_by_reference: dict[str | None, dict[int, LedgerItem]] = {}
+        self.free_by_amount: dict[tuple[str, int], dict[int, LedgerItem]] = {}
+        self.free_by_day: dict[str, dict[int, LedgerItem]] = {}
+        for item in self.moves:
+            self.free_by_reference.setdefault(item.reference, {})[item.seq] = item
+            self.free_by_amount.setdefault((item.currency, item.amount), {})[item.seq] = item
+            self.free_by_day.setdefault(item.value_date, {})[item.seq] = item
         self.results: dict[str, dict[str, Any]] = {}
         self.open_lines: list[StatementLine] = []
 
@@ -131,12 +139,15 @@ class _Matcher:
              field: str | None = None) -> None:
         for item in items:
             del self.free[item.seq]
+            del self.free_by_reference[item.reference][item.seq]
+            del self.free_by_amount[(item.currency, item.amount)][item.seq]
+            del self.free_by_day[item.value_date][item.seq]
         reason = None if field is None else f"the {field} differs from the ledger's"
         self.results[f"line:{line.line_id}"] = _result(status, "both", [line], items, reason, field)
 
     def by_reference(self, line: StatementLine) -> bool:
-        found = [i for i in self.free.values() if i.reference == line.reference
-                 and i.currency == line.currency]
+        found = [i for i in self.free_by_reference.get(line.reference, {}).values()
+                 if i.currency == line.currency]
         if not found:
             return False
         exact = [i for i in found if i.amount == line.amount]
@@ -152,16 +163,19 @@ class _Matcher:
         return True
 
     def by_amount_date(self, line: StatementLine) -> bool:
-        near = [i for i in self.free.values() if i.currency == line.currency
-                and _days(i.value_date, line.value_date) <= self.rules.date_window_days
-                and (not self.rules.counterparty or i.counterparty == line.counterparty)]
-        single = next((i for i in near if i.amount == line.amount), None)
+        def fits(i: LedgerItem) -> bool:
+            return i.currency == line.currency and \
+                _days(i.value_date, line.value_date) <= self.rules.date_window_days and \
+                (not self.rules.counterparty or i.counterparty == line.counterparty)
+
+        same = self.free_by_amount.get((line.currency, line.amount), {})
+        single = next((i for i in same.values() if fits(i)), None)
         if single is not None:
             self.take(line, [single])
             return True
         if self.rules.many_to_one:
-            batch = [i for i in near if i.value_date == line.value_date
-                     and (i.amount > 0) == (line.amount > 0)]
+            batch = [i for i in self.free_by_day.get(line.value_date, {}).values()
+                     if fits(i) and (i.amount > 0) == (line.amount > 0)]
             if len(batch) > 1 and sum(i.amount for i in batch) == line.amount:
                 self.take(line, batch)
                 return True

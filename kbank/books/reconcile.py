@@ -26,6 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 from kbank.books.matching import LedgerItem, Rules, differences, reconcile
 from kbank.books.statements import StatementLine
 from kbank.streams import kafka, topics
+from kbank.streams.books.recon import result_key, split_result_key
 from kbank.streams.client import BULK_READ, read_topic
 from kbank.streams.config import Settings
 from kbank.streams.model import OPENED, VERSION_HEADERS
@@ -44,15 +45,6 @@ def _read(settings: Settings, logical_topic: str, role: str, **options: Any):  #
     """read_topic as `role`, under a group of its own (each principal's ACLs name its groups)."""
     return read_topic(settings, settings.topic(logical_topic), role=role, group=_READERS[role],
                       **options)
-
-
-def result_key(account: str, item: str) -> bytes:
-    return f"{account}\x00{item}".encode()
-
-
-def split_result_key(key: bytes) -> tuple[str, str]:
-    account, _, item = key.decode("utf-8", "surrogatepass").partition("\x00")
-    return account, item
 
 
 def stored_lines(settings: Settings, role: str = kafka.TOOLS) -> dict[str, dict[str, StatementLine]]:

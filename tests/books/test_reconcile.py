@@ -13,14 +13,17 @@ import orjson
 import pytest
 
 from kbank.books.matching import MATCHED, MISMATCHED, UNMATCHED, Rules, differences
-from kbank.books.reconcile import (import_lines, split_result_key, stored_results,
-                                   write_rules)
+from kbank.books.reconcile import import_lines, stored_results, write_rules
+from kbank.streams.books.recon import split_result_key
 from kbank.books.reconcile_cli import rerun
 from kbank.books.statements import StatementError, parse_file
 from kbank.streams import topics
+from kbank.streams.apikeys import AUDITOR, CLIENT
+from kbank.streams.keystore import create_key
 from kbank.streams.client import read_topic
 from kbank.streams.model import BALANCE_SIGN
 from tests.books.statement_files import SUFFIX, WRITERS
+from tests import http
 from tests.workload import Workload, wait_until
 
 FORMATS = tuple(WRITERS)
@@ -94,8 +97,9 @@ def breaks(bank: str, results: dict[str, dict]) -> list[tuple]:
 
 
 def test_statements_in_three_formats_report_each_planted_break_and_nothing_else(
-        settings, pool_factory, tmp_path):
+        settings, pool_factory, views_factory, tmp_path):
     pool_factory(settings, 2)
+    url = views_factory(settings, 1).url("0")
     work = Workload(settings)
     banks = [f"bank-{f}" for f in FORMATS]
     customers = [f"cust-{i}" for i in range(6)]
@@ -160,12 +164,35 @@ def test_statements_in_three_formats_report_each_planted_break_and_nothing_else(
     for key, values in history.items():
         assert all(a != b for a, b in zip(values, values[1:])), (split_result_key(key), values)
 
+    served_over_http(settings, url, banks, expected)
+
     # other rules, re-run over the same log: the difference, nothing written
     waiting = dataclasses.replace(RULES, grace_days=30)
     changed = differences(results_of(settings, banks[0]), rerun(settings, banks[0], waiting))
     assert sorted(k.split(":")[0] for k, v in changed.items() if v is None) == \
         ["event", "line", "line"], "the unmatched become pending; the mismatch stays"
     assert results_of(settings, banks[0]) == expected[banks[0]]
+
+
+def served_over_http(settings, url: str, banks: list[str], expected: dict) -> None:  # noqa: ANN001
+    """GET /reconciliation and an account's breaks: the operator's and the auditor's only."""
+    auditor = create_key(settings, AUDITOR).token
+    client = create_key(settings, CLIENT, account_prefix="cust-").token
+    wait_until(lambda: http.get_json(f"{url}/reconciliation")["breaks"] == 4 * len(banks), 30,
+               "the views to read the results")
+    for bank in banks:
+        body = http.get_json(f"{url}/reconciliation/{bank}?status=unmatched", key=auditor)
+        assert [r["item"] for r in body["results"]] == sorted(
+            k for k, r in expected[bank].items() if r["status"] == UNMATCHED)
+        pages, after = [], ""
+        while after is not None:
+            page = http.get_json(f"{url}/reconciliation/{bank}?limit=10&after={after}")
+            pages += page["results"]
+            after = page["next"]
+        assert {r.pop("item"): r for r in pages} == expected[bank]
+    for path in ("/reconciliation", f"/reconciliation/{banks[0]}"):
+        assert http.request("GET", url + path, key=client).status == 403, path
+    assert http.request("GET", f"{url}/reconciliation/{banks[0]}?status=lost").status == 400
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

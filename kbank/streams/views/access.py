@@ -94,6 +94,9 @@ ROUTES: dict[tuple[str, str], RouteRule] = {
     ("GET", "/closes/{close_id}"): RouteRule(_BANK_WIDE, "a close's figures, bank-wide"),
     ("GET", "/closes/{close_id}/accounts"): RouteRule(_BANK_WIDE, "every account at a close"),
     ("GET", "/closes/{close_id}/trial-balance"): RouteRule(_BANK_WIDE, "a close's trial balance"),
+    ("GET", "/reconciliation"): RouteRule(_BANK_WIDE, "each reconciled account's breaks"),
+    ("GET", "/reconciliation/{account}"): RouteRule(_BANK_WIDE, "an account's reconciliation "
+                                                                "results"),
 }
 _UNLISTED = RouteRule(frozenset({OPERATOR}), "a route without a rule: the operator's only")
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}

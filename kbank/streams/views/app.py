@@ -40,6 +40,7 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.drivers.aiokafka import ConsumerRebalanceListener
 from faust.types import TP
 
+from kbank.streams.books.recon import ReconShelf
 from kbank.streams.books.shelf import ClosesShelf
 from kbank.streams.files import private_dir
 from kbank.streams import kafka, topics
@@ -162,6 +163,7 @@ class ViewsWorker:
         self.limiter = RateLimiter(settings.web_rate_limit_per_s, settings.web_rate_burst)
         self.usage = UsageShare(settings, self.limiter)
         self.closes = ClosesShelf(settings)
+        self.recon = ReconShelf(settings)
         self.generation = live_generation(settings, kafka.VIEWS, "bank-views-generation")
         source = source_settings(settings, self.generation)
         app_id = settings.topic(VIEWS_APP) + ("" if self.generation == LIVE else f"-gen-{self.generation}")

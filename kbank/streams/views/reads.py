@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Protocol
 
+from kbank.streams.books.recon import ReconShelf
 from kbank.streams.books.shelf import ClosesShelf
 from kbank.streams.config import Settings
 from kbank.streams.keystore import KeyRing
@@ -22,6 +23,7 @@ class ViewsReads(Protocol):
     limiter: RateLimiter     # each API key's rate (shared with the other workers)
     engine_watch: EngineWatch   # whether the engine makes progress
     closes: ClosesShelf      # the closes of the books (GET /closes)
+    recon: ReconShelf        # the reconciliation's results (GET /reconciliation)
     app: Any                 # the Faust app: pages, router, peers' URLs, rebalancing state
 
     @property

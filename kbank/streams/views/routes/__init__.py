@@ -6,6 +6,7 @@
     operations  /health, /live, /metrics, /openapi.yaml
     webhooks    register, list, pause, resume, redrive, delete, and deliveries
     closes      the closes of the books (bank close): list, figures, accounts, trial balance
+    reconciliation  the reconciler's results: counts per account, an account's results
     (the console: kbank.streams.views.console)
 
 Each registers its pages on the worker's Faust app; common.Router sends a keyed query to the
@@ -15,8 +16,8 @@ from __future__ import annotations
 
 from kbank.streams.views.console import register_console
 from kbank.streams.views.reads import ViewsReads
-from kbank.streams.views.routes import (accounts, aggregates, closes, operations, requests,
-                                       webhooks)
+from kbank.streams.views.routes import (accounts, aggregates, closes, operations,
+                                       reconciliation, requests, webhooks)
 from kbank.streams.views.routes.common import Router
 
 
@@ -29,4 +30,5 @@ def register_routes(worker: ViewsReads) -> None:
     operations.register(worker, write_path)
     webhooks.register(worker, write_path.send)
     closes.register(worker)
+    reconciliation.register(worker)
     register_console(worker)

@@ -70,6 +70,12 @@ def _other_measures(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay-events", type=int, default=0,
                         help="instead: time `replay views` and `replay verify` over this many "
                              "synthetic ledger events (among --accounts accounts)")
+    parser.add_argument("--close-events", type=int, default=0, metavar="N",
+                        help="instead: time a close of the books (bank close) over N synthetic "
+                             "ledger events among --accounts accounts, and its memory")
+    parser.add_argument("--recon-lines", type=int, default=0, metavar="N",
+                        help="instead: a statement of N lines parsed and reconciled against N "
+                             "ledger events (no Kafka): lines per second")
     parser.add_argument("--auth", choices=("on", "off", "both"), default="on",
                         help="the embedded broker secured as `bank up` runs it (SASL/SCRAM, ACLs, "
                              "one principal per role), or not, or both one after the other, to "
@@ -187,8 +193,18 @@ def single_measure(args: argparse.Namespace) -> int | None:
                       f"({result['transfers']:,} transfers, {result['records']:,} records, "
                       f"{result['cpu_us_per_record']} us a record)")
         return 0
+    if args.recon_lines:
+        from kbank.bench.books import recon_speed
+
+        result = recon_speed(args.recon_lines)
+        _print_result(args, result,
+                      f"reconciliation of {result['lines']:,} lines: parsed (CSV) "
+                      f"{result['parse_lines_per_s']:,} lines/s, matched "
+                      f"{result['match_lines_per_s']:,} lines/s ({result['matched']:,} matched)")
+        return 0 if result["all_matched"] else 1
     for option, run in (("retention_days", retention_main), ("replay_events", replay_main),
-                        ("restore_ids", restore_main), ("views_failover", failover_main)):
+                        ("restore_ids", restore_main), ("views_failover", failover_main),
+                        ("close_events", close_main)):
         if getattr(args, option):
             return run(args)
     return None
@@ -375,6 +391,21 @@ def replay_main(args: argparse.Namespace) -> int:
               f"({'OK' if result['incremental_ok'] else 'FAILED'})")
     return 0 if result["verify_ok"] and result["verify_parallel_ok"] and \
         result["incremental_ok"] and result["rebuild_parallel_ok"] else 1
+
+
+def close_main(args: argparse.Namespace) -> int:
+    """--close-events: a close of the books over a synthetic ledger, on its own broker."""
+    from kbank.bench.books import close_speed
+
+    result = on_its_own_broker("close", args.partitions,
+                               lambda s: close_speed(s, args.close_events, args.accounts))
+    _print_result(args, result,
+                  f"a close over {result['events']:,} events and {result['accounts']:,} accounts: "
+                  f"folded in {result['fold_s']} s ({result['events_per_s']:,} events/s), stored "
+                  f"after {result['close_s']} s ({result['close_bytes']:,} bytes); peak memory "
+                  f"{result['peak_rss_mb']} MB; "
+                  f"{'conserved' if result['conserved'] else 'NOT CONSERVED'}")
+    return 0 if result["conserved"] and not result["violations"] else 1
 
 
 def failover_main(args: argparse.Namespace) -> int:

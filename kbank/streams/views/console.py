@@ -5,7 +5,8 @@ only the HTTP API: /overview, /accounts/{id}, /accounts/{id}/history,
 /transfers/{id} and POST /transfers. /overview gathers what no single worker
 knows: the global figures (as /stats), the conservation check, request
 latencies merged over every views worker's histograms, and the lag of the
-engine's and the views' consumers per partition. Any worker serves it.
+engine's and the views' consumers per partition; and the last close of the books
+and the reconciliation's breaks. Any worker serves it.
 """
 from __future__ import annotations
 
@@ -104,6 +105,19 @@ async def gather_overviews(worker: ViewsReads, headers: dict[str, str]) -> list[
     return found
 
 
+def books_overview(worker: ViewsReads) -> dict[str, Any]:
+    """The last close of the books and the reconciliation's breaks (None: not read yet)."""
+    closes = worker.closes.manifests() if worker.closes.ready.is_set() else None
+    counts = worker.recon.summary() if worker.recon.ready.is_set() else None
+    breaks = None if counts is None else \
+        {a: c["mismatched"] + c["unmatched"] for a, c in counts.items()
+         if c["mismatched"] + c["unmatched"]}
+    return {"closes": None if closes is None else len(closes),
+            "last_close": closes[-1] if closes else None,
+            "breaks": None if breaks is None else sum(breaks.values()),
+            "accounts_with_breaks": breaks}
+
+
 class ConsoleRoutes:
     """The console's page and files, and the overview it reads."""
 
@@ -143,6 +157,7 @@ class ConsoleRoutes:
             "ts": int(time.time() * 1000),
             "stats": stats,
             "partitions_answered": len(parts), "partitions": partitions,
+            "books": books_overview(worker),
             "conservation": None if stats is None else conservation(stats),
             "latency": {kind: latency_summary(merge_cumulative([w[kind] for w in answered]))
                         for kind in ("initiation", "completion")},

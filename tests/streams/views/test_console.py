@@ -93,6 +93,7 @@ def test_the_console_shows_the_system_live_and_moves_money(settings, pool_factor
         first = text(browser, "totals")
         wait_until(lambda: text(browser, "totals") != first, 30, "the overview to update itself")
         assert text(browser, "conservation") == "Yes"
+        assert (text(browser, "last-close"), text(browser, "breaks")) == ("None yet", "0")
         wait_until(lambda: "ms" in text(browser, "lat-completion"), 30, "latencies to show")
         shoot(browser, tmp_path, "overview")
         sender.join()

@@ -174,6 +174,7 @@ async function refreshOverview() {
       `${cur}: balances + in flight ${money(m.balances_plus_in_flight, m.decimals)}; deposits − withdrawals ${money(m.deposits_minus_withdrawals, m.decimals)}`
     ).join(" · ") || "no money yet";
   }
+  showBooks(o.books);
   const li = o.latency.initiation, lc = o.latency.completion;
   $("lat-initiation").textContent = `${ms(li.p50_ms)} / ${ms(li.p99_ms)}`;
   $("lat-completion").textContent = `${ms(lc.p50_ms)} / ${ms(lc.p99_ms)}`;
@@ -204,6 +205,19 @@ async function refreshOverview() {
   }));
   drawChart();
 }
+function showBooks(b) {
+  const close = b.last_close;
+  $("last-close").textContent = b.closes === null ? "–" : close ? close.id : "None yet";
+  $("close-card").className = `card ${close ? (Object.values(close.currencies).every((m) => m.conserved) ? "ok" : "bad") : ""}`;
+  $("close-detail").textContent = close
+    ? `${close.accounts.toLocaleString("en-US")} accounts, ${close.in_flight_transfers} transfers in flight; ${b.closes} close(s) in all`
+    : "bank close --at TIME";
+  $("breaks").textContent = b.breaks === null ? "–" : b.breaks.toLocaleString("en-US");
+  $("breaks-card").className = `card ${b.breaks === null ? "" : b.breaks ? "bad" : "ok"}`;
+  $("breaks-detail").textContent = Object.entries(b.accounts_with_breaks || {})
+    .map(([account, n]) => `${account}: ${n}`).join(" · ");
+}
+
 function drawChart() {
   const canvas = $("chart"), ctx = canvas.getContext("2d");
   const w = canvas.width, h = canvas.height;

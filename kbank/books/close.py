@@ -97,15 +97,17 @@ def wait_settled(settings: Settings, at_ms: int, timeout_s: float,
         engine.close()
 
 
-def fold_close(settings: Settings, at_ms: int, show_progress: bool = False) -> tuple[Close, VerifyReport]:
+def fold_close(settings: Settings, at_ms: int, show_progress: bool = False,
+               currency: str | None = None) -> tuple[Close, VerifyReport]:
     """Read the ledger (every partition from its start, up to its first event past the cut)
     and fold the close. Call once the instant is settled (wait_settled)."""
     fold = CloseFold(at_ms, settings.partitions, settings.id_window_ms)
-    progress = progress_bar(f"close {close_id(at_ms)}: ledger.events", enabled=show_progress)
+    progress = progress_bar(f"close {close_id(at_ms, currency)}: ledger.events",
+                            enabled=show_progress)
     for msg in read_topic(settings, settings.topic(topics.LEDGER)):
         progress.update()
         fold.add(msg.partition(), msg.offset(), msg.value())
         if len(fold.passed) == settings.partitions:
             break          # every partition's cut is complete: the rest is after it
     progress.close()
-    return fold.close(topics.LEDGER)
+    return fold.close(topics.LEDGER, currency)

@@ -77,8 +77,9 @@ class CloseFold:
             self.metadata[name] = dict(metadata) if isinstance(metadata, dict) else {}
         return True
 
-    def close(self, ledger: str) -> tuple[Close, VerifyReport]:
-        """The close and the checks' report over its events (report.violations: refuse it)."""
+    def close(self, ledger: str, currency: str | None = None) -> tuple[Close, VerifyReport]:
+        """The close and the checks' report over its events (report.violations: refuse it);
+        with `currency`, that currency's books only (every check still ran over them all)."""
         report = VerifyReport()
         self.checks.finish(self.fold, report)
         accounts = [AccountAtClose(name, a.currency, a.balance, *self.figures.get(name, (0, 0)),
@@ -97,7 +98,11 @@ class CloseFold:
                 money.withdrawals)
         heads = [PartitionCut(p, h.offset, h.hash, h.events) if (h := self.fold.heads.get(p))
                  else PartitionCut(p, -1, GENESIS_HASH, 0) for p in range(self.partitions)]
-        made = Close(self.at_ms, ledger, heads, currencies, in_flight, accounts)
+        if currency is not None:
+            accounts = [a for a in accounts if a.currency == currency]
+            in_flight = [t for t in in_flight if t[1] == currency]
+            currencies = {c: m for c, m in currencies.items() if c == currency}
+        made = Close(self.at_ms, ledger, heads, currencies, in_flight, accounts, currency)
         problem = made.problem()
         if problem:
             report.violations.append(f"the close: {problem}")

@@ -143,6 +143,12 @@ def test_a_close_during_load_adds_up_to_the_unit_and_a_later_one_is_the_same_byt
     assert write_close(settings, again) == (digest, False)
     assert read_close(settings, close.id).to_bytes() == close.to_bytes()
     assert [m["id"] for m in list_closes(settings)] == [close.id]
+    # one currency's books at the same instant: its part of the whole, stored beside it
+    eur, report = fold_close(settings, at_ms, currency="EUR")
+    assert report.violations == [] and eur.id == f"{close.id}-EUR"
+    assert eur.currencies == {"EUR": close.currencies["EUR"]}
+    assert eur.accounts == [a for a in close.accounts if a.currency == "EUR"]
+    assert write_close(settings, eur)[1] and read_close(settings, eur.id) == eur
     # a later instant, after every transfer completed: nothing in flight
     later, _ = fold_close(settings, at_ms + 10**9)
     assert later.in_flight == [] and all(m.conserved for m in later.currencies.values())
@@ -154,13 +160,16 @@ def served_over_http(settings, url: str, close: Close) -> None:  # noqa: ANN001
     auditor = create_key(settings, AUDITOR).token
     client = create_key(settings, CLIENT, account_prefix="eur-").token
     wait_until(lambda: http.request("GET", f"{url}/closes").status == 200 and
-               http.get_json(f"{url}/closes")["closes"], 30, "the views to read the close")
+               len(http.get_json(f"{url}/closes")["closes"]) == 2, 30, "the views to read the closes")
     for key in (http.current_key(), auditor):
         listed = http.get_json(f"{url}/closes", key=key)["closes"]
         assert [(m["id"], m["sha256"]) for m in listed] == \
-            [(close.id, hashlib.sha256(close.to_bytes()).hexdigest())]
+            [(close.id, hashlib.sha256(close.to_bytes()).hexdigest()),
+             (f"{close.id}-EUR", listed[1]["sha256"])]
         assert http.get_json(f"{url}/closes/{close.at_ms}", key=key)["currencies"]["EUR"][
             "conserved"] is True
+        assert list(http.get_json(f"{url}/closes/{close.at_ms}-EUR", key=key)["currencies"]) \
+            == ["EUR"]
     pages, after = [], ""
     while after is not None:
         body = http.get_json(f"{url}/closes/{close.id}/accounts?limit=7&after={after}")

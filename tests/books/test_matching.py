@@ -74,3 +74,18 @@ def test_the_unmatched_wait_for_the_statements_to_pass_their_grace_and_say_why()
 def test_rules_that_are_not_rules_are_refused(bad):
     with pytest.raises((ValueError, TypeError)):
         Rules.from_json(bad)
+
+
+def test_a_daily_cut_off_in_a_zone_and_a_close_named_by_instant_and_currency():
+    from kbank.books.__main__ import cut_offs
+    from kbank.streams.books.closes import close_id, split_close_name
+
+    now = 1_796_619_600_000                       # 2026-12-07T05:00:00Z
+    assert close_id(now) == "2026-12-07T05:00:00.000Z"
+    latest, upcoming = cut_offs("17:00", "+01:00", now)
+    assert (close_id(latest), close_id(upcoming)) == ("2026-12-06T16:00:00.000Z",
+                                                      "2026-12-07T16:00:00.000Z")
+    latest, _ = cut_offs("04:30", "+00:00", now)
+    assert close_id(latest, "EUR") == "2026-12-07T04:30:00.000Z-EUR"
+    assert split_close_name("2026-12-07T04:30:00.000Z-EUR") == ("2026-12-07T04:30:00.000Z", "EUR")
+    assert split_close_name("2026-12-07") == ("2026-12-07", None)

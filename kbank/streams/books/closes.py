@@ -5,6 +5,7 @@ made later is the same bytes; a stored close is decoded only if its sums follow 
 rows."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -12,16 +13,27 @@ from typing import Any
 import orjson
 
 VERSION = 1
+_CURRENCY = re.compile(r"[A-Z][A-Z0-9]{2,11}")     # a code: never the tail of an ISO time
 
 
 class CloseError(ValueError):
     """A stored close that is not one: refused, never half-believed."""
 
 
-def close_id(at_ms: int) -> str:
-    """A close's name: its instant in ISO-8601 UTC to the millisecond (one close per instant)."""
+def close_id(at_ms: int, currency: str | None = None) -> str:
+    """A close's name: its instant in ISO-8601 UTC to the millisecond, and the currency if it
+    closes one currency's books only (one close per instant and currency)."""
     moment = datetime.fromtimestamp(at_ms / 1000, timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at_ms % 1000:03d}Z"
+    instant = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at_ms % 1000:03d}Z"
+    return instant if currency is None else f"{instant}-{currency}"
+
+
+def split_close_name(text: str) -> tuple[str, str | None]:
+    """(the instant's text, the currency or None) of a close's name as a caller gives it."""
+    instant, dash, tail = text.rpartition("-")
+    if dash and _CURRENCY.fullmatch(tail):
+        return instant, tail
+    return text, None
 
 
 @dataclass(frozen=True)
@@ -76,10 +88,11 @@ class Close:
     currencies: dict[str, CurrencyAtClose]
     in_flight: list[tuple[str, str, int]]        # (request key, currency, amount owed)
     accounts: list[AccountAtClose]               # sorted by name
+    currency: str | None = None                  # one currency's books only
 
     @property
     def id(self) -> str:
-        return close_id(self.at_ms)
+        return close_id(self.at_ms, self.currency)
 
     def anchor(self) -> list[dict[str, Any]]:
         """The heads the close stops at, as `bank replay verify --against` reads them."""
@@ -88,8 +101,8 @@ class Close:
 
     def summary(self) -> dict[str, Any]:
         """Everything but the accounts and the transfers in flight."""
-        return {"id": self.id, "at_ms": self.at_ms, "ledger": self.ledger,
-                "accounts": len(self.accounts), "in_flight_transfers": len(self.in_flight),
+        return {"id": self.id, "at_ms": self.at_ms, "currency": self.currency,
+                "ledger": self.ledger, "accounts": len(self.accounts), "in_flight_transfers": len(self.in_flight),
                 "partitions": [c.__dict__ for c in self.partitions],
                 "currencies": {cur: {**m.__dict__, "conserved": m.conserved}
                                for cur, m in sorted(self.currencies.items())}}
@@ -97,8 +110,8 @@ class Close:
     def to_bytes(self) -> bytes:
         """The close's one encoding (sorted keys, no time of making): equal closes, equal bytes."""
         return orjson.dumps({
-            "v": VERSION, "id": self.id, "at_ms": self.at_ms, "ledger": self.ledger,
-            "partitions": [[c.partition, c.offset, c.hash, c.events] for c in self.partitions],
+            "v": VERSION, "id": self.id, "at_ms": self.at_ms, "currency": self.currency,
+            "ledger": self.ledger, "partitions": [[c.partition, c.offset, c.hash, c.events] for c in self.partitions],
             "currencies": {cur: [m.accounts, m.balances, m.held, m.pending_in, m.in_flight,
                                  m.deposits, m.withdrawals]
                            for cur, m in self.currencies.items()},
@@ -122,7 +135,8 @@ class Close:
                 in_flight=[(str(k), str(c), _int(a)) for k, c, a in d["in_flight"]],
                 accounts=[AccountAtClose(str(n), str(c), _int(b), _int(h), _int(p), _int(s),
                                          str(st), _metadata(md))
-                          for n, c, b, h, p, s, st, md in d["accounts"]])
+                          for n, c, b, h, p, s, st, md in d["accounts"]],
+                currency=None if d["currency"] is None else str(d["currency"]))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise CloseError(f"not a close: {exc}") from None
         if d["id"] != close.id:
@@ -150,6 +164,8 @@ class Close:
                         f"{money.withdrawals}")
         if {a.currency for a in self.accounts} - self.currencies.keys():
             return "an account's currency has no totals"
+        if self.currency is not None and set(self.currencies) - {self.currency}:
+            return f"a close of {self.currency} holds other currencies"
         return None
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web as aioweb
 
-from kbank.streams.books.closes import Close, CloseError, close_id as name_of
+from kbank.streams.books.closes import Close, CloseError, close_id as name_of, split_close_name
 from kbank.streams.books.shelf import ClosesShelf
 from kbank.streams.books.trial import TooManyGroups, trial_balance
 from kbank.streams.model import is_currency, is_name
@@ -30,7 +30,8 @@ class Closes:
     def _manifest(self, name: str) -> dict:
         self._ready()
         try:
-            wanted = name_of(parse_time(name))
+            instant, currency = split_close_name(name)
+            wanted = name_of(parse_time(instant), currency)
         except QueryError as exc:
             raise HTTPError(400, "invalid", f"a close is named by its instant: {exc}") from None
         manifest = self.shelf.manifest(wanted)

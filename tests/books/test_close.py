@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from kbank.books.close import fold_close, wait_settled
+from kbank.replay.verify import verify
 from kbank.streams.books.store import list_closes, read_close, write_close
 from kbank.streams.books.closes import Close, CloseError
 from kbank.streams.books.trial import trial_balance
@@ -143,6 +144,10 @@ def test_a_close_during_load_adds_up_to_the_unit_and_a_later_one_is_the_same_byt
     assert write_close(settings, again) == (digest, False)
     assert read_close(settings, close.id).to_bytes() == close.to_bytes()
     assert [m["id"] for m in list_closes(settings)] == [close.id]
+    # the chain heads it stops at prove the log later, as bank replay verify --against does
+    assert verify(settings, anchor=close.anchor()).ok
+    forged = [{**close.anchor()[0], "hash": "f" * 64}]
+    assert any("no longer passes" in v for v in verify(settings, anchor=forged).violations)
     # one currency's books at the same instant: its part of the whole, stored beside it
     eur, report = fold_close(settings, at_ms, currency="EUR")
     assert report.violations == [] and eur.id == f"{close.id}-EUR"

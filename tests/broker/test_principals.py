@@ -15,8 +15,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kbank.streams import topics
 from kbank.streams.config import Settings
 from kbank.streams.kafka import ADMIN, client_config
-from kbank.streams.principals import (ENGINE, GATEWAY, GRANTS, INTAKE, OPERATOR, ROLES, TOOLS, VIEWS,
-                                      WEBHOOKS)
+from kbank.streams.principals import (BOOKS, ENGINE, GATEWAY, GRANTS, INTAKE, OPERATOR, ROLES, TOOLS,
+                                      VIEWS, WEBHOOKS)
 from tests.broker.conftest import provisioned
 
 
@@ -141,9 +141,13 @@ def test_only_the_super_user_writes_api_keys_and_kafka_client_grants(secured, ro
     (topics.WEBHOOKS, INTAKE),      # a registration aimed at an attacker's URL
     (topics.DELIVERIES, WEBHOOKS),  # a delivery marked delivered that never was
     (topics.CHECKPOINTS, TOOLS),    # a checkpoint that signs off a rewritten log
+    (topics.CLOSES, TOOLS),         # a close of the books that says what the ledger does not
+    (topics.RECON_LINES, OPERATOR),  # a statement line the bank never sent
+    (topics.RECON_RULES, OPERATOR),  # rules that match anything
+    (topics.RECON_RESULTS, BOOKS),   # a break hidden as matched
 ])
 @pytest.mark.parametrize("role", ROLES)
-def test_only_its_writer_writes_a_webhook_or_checkpoint_topic(secured, role, topic, writer):
+def test_only_its_writer_writes_a_webhook_checkpoint_or_books_topic(secured, role, topic, writer):
     err = _produce(secured, role, topic)
     if role == writer:
         assert err is None, err

@@ -17,7 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import orjson
 import pytest
@@ -39,6 +41,9 @@ def _bank(settings, *args: str, stdin: bytes | None = None, key: str | None = No
     return done.stdout.decode()
 
 
+RULES = Path(__file__).resolve().parents[2] / "docs" / "samples" / "rules.json"
+
+
 class _Hooks(BaseHTTPRequestHandler):
     received: list[bytes] = []
 
@@ -52,14 +57,14 @@ class _Hooks(BaseHTTPRequestHandler):
 
 
 def test_every_principal_does_its_work_without_one_denied_operation(
-        test_cluster, settings, pool_factory, views_factory):
+        test_cluster, settings, pool_factory, views_factory, tmp_path):
     if test_cluster.cluster is None:
         pytest.skip("needs the embedded broker's authorizer log")
     log_path = test_cluster.cluster.nodes[0].log_path
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Hooks)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    from dataclasses import replace
     settings = replace(settings, webhook_allowed_hosts=f"127.0.0.1:{receiver.server_port}")
+    started_ms = int(time.time() * 1000)
     engine = pool_factory(settings, 2)
     url = views_factory(settings, 1).url("0")
     pool_factory(settings, 1, "webhooks")
@@ -140,6 +145,19 @@ def test_every_principal_does_its_work_without_one_denied_operation(
     _bank(settings, "replay", "views", "--url", url, key=current_key())
     _bank(settings, "replay", "recompute", "--generation", "needs")
     _bank(settings, "replay", "as-of", "--account", "a", "--time", str(int(time.time() * 1000)))
+    # closing the books (the tools) and reconciling an account: the operator imports, the
+    # reconciler (books) reads and writes, the views serve both
+    _bank(replace(settings, close_settle_margin_ms=0), "close", "--at", str(started_ms))
+    assert get_json(f"{url}/closes")["closes"] != []
+    statement = tmp_path / "a.csv"
+    statement.write_text("date,amount,currency,reference\n"
+                         f"{time.strftime('%Y-%m-%d', time.gmtime())},10.00,USD,d\n")
+    _bank(settings, "reconcile", "rules", "--account", "a", "--set", str(RULES))
+    _bank(settings, "reconcile", "import", "--account", "a", str(statement))
+    pool_factory(settings, 1, "reconciler")
+    wait_until(lambda: get_json(f"{url}/reconciliation")["accounts"].get("a", {}).get("matched"),
+               60, "the reconciler's results")
+    assert "1 matched" in _bank(settings, "reconcile", "report", "--account", "a")
     # one refusal on purpose: a Kafka client may not write the bank's own request topic
     refused: list[object] = []
     forger = Producer({**kafka.client_config(settings, role_of("shop")), "message.timeout.ms": 10_000})

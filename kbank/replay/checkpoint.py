@@ -7,8 +7,9 @@ state; the money sums per currency; the transfers still in flight and the holds 
 (settled ones are left out: a later credit or settlement of one of them is then named as
 "without a debit" / "never made", still a violation); the requests not yet final; and the
 counts a report shows. It is kept in the compacted topic verify.checkpoints as a manifest
-(its id: the SHA-256 of its content; who signed it off and when) and zlib-compressed chunks
-that each carry the id, so a torn or forged checkpoint is refused, never half-believed.
+(the SHA-256 of its content; who signed it off and when) and zlib-compressed chunks that each
+carry it (kbank.streams.chunked), so a torn or forged checkpoint is refused, never
+half-believed.
 
 A checkpoint names the log it was made on by its chain heads: a verify resuming from it first
 checks that each ledger partition still holds, at the head's offset, an event with the head's
@@ -17,9 +18,7 @@ hash (`matches_log`); a rewritten or truncated log, or another topic, is refused
 from __future__ import annotations
 
 import getpass
-import hashlib
 import time
-import zlib
 from dataclasses import dataclass, field
 
 import orjson
@@ -27,10 +26,10 @@ import orjson
 from kbank.replay.ledger import AccountFold, ChainHead
 from kbank.streams import kafka, topics
 from kbank.streams.client import read_topic
+from kbank.streams.chunked import assemble_chunked, write_chunked
 from kbank.streams.config import Settings
 
 VERSION = 1
-CHUNK_BYTES = 900_000            # under the broker's default largest record (1 MiB)
 MANIFEST = b"manifest"
 
 
@@ -100,23 +99,10 @@ def write(settings: Settings, checkpoint: Checkpoint) -> str:
     checkpoint.made_ms = checkpoint.made_ms or int(time.time() * 1000)
     user = kafka.client_config(settings, kafka.TOOLS).get("sasl.username") or kafka.TOOLS
     checkpoint.signed_off_by = checkpoint.signed_off_by or f"{user} ({getpass.getuser()})"
-    body = checkpoint.to_bytes()
-    digest = hashlib.sha256(body).hexdigest()
-    packed = zlib.compress(body, 6)
-    chunks = [packed[i:i + CHUNK_BYTES] for i in range(0, len(packed), CHUNK_BYTES)] or [b""]
-    topic = settings.topic(topics.CHECKPOINTS)
-    producer = kafka.producer(settings, kafka.TOOLS, **{"acks": "all",
-                                                        "message.max.bytes": 2 * CHUNK_BYTES})
-    for i, chunk in enumerate(chunks):
-        producer.produce(topic, key=b"chunk-%d" % i, value=digest.encode() + b"\n" + chunk)
-    if producer.flush(60):
-        raise CheckpointError("the checkpoint's chunks were not acknowledged in 60 s")
-    manifest = {"id": digest, "chunks": len(chunks), "bytes": len(body),
-                "made_ms": checkpoint.made_ms, "signed_off_by": checkpoint.signed_off_by}
-    producer.produce(topic, key=MANIFEST, value=orjson.dumps(manifest))
-    if producer.flush(60):
-        raise CheckpointError("the checkpoint's manifest was not acknowledged in 60 s")
-    return digest
+    return write_chunked(settings, kafka.TOOLS, settings.topic(topics.CHECKPOINTS),
+                         checkpoint.to_bytes(), lambda i: b"chunk-%d" % i, MANIFEST,
+                         {"made_ms": checkpoint.made_ms,
+                          "signed_off_by": checkpoint.signed_off_by}, CheckpointError)
 
 
 def read(settings: Settings) -> Checkpoint:
@@ -129,24 +115,11 @@ def read(settings: Settings) -> Checkpoint:
         raise CheckpointError("there is no checkpoint yet: run bank replay verify --checkpoint")
     try:
         manifest = orjson.loads(latest[MANIFEST])
-        digest, count = str(manifest["id"]), int(manifest["chunks"])
+        digest, count = str(manifest["sha256"]), int(manifest["chunks"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"the checkpoint's manifest is unreadable: {exc}") from None
-    parts = []
-    for i in range(count):
-        stored = latest.get(b"chunk-%d" % i, b"")
-        chunk_id, _, chunk = stored.partition(b"\n")
-        if chunk_id.decode(errors="replace") != digest:
-            raise CheckpointError(f"chunk {i} of checkpoint {digest[:16]}... is missing or of "
-                                  "another checkpoint (torn write?)")
-        parts.append(chunk)
-    try:
-        body = zlib.decompress(b"".join(parts))
-    except zlib.error as exc:
-        raise CheckpointError(f"checkpoint {digest[:16]}... does not decompress: {exc}") from None
-    if hashlib.sha256(body).hexdigest() != digest:
-        raise CheckpointError(f"checkpoint {digest[:16]}...'s content does not match its id: "
-                              "altered after it was signed off")
+    body = assemble_chunked(digest, count, lambda i: latest.get(b"chunk-%d" % i),
+                            f"checkpoint {digest[:16]}...", CheckpointError)
     try:
         return Checkpoint.from_bytes(body)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:

@@ -13,7 +13,7 @@ from kbank.streams.model import is_currency, is_name
 from kbank.streams.views.http import HTTPError, get_page, json_response
 from kbank.streams.views.queries import QueryError, parse_time
 from kbank.streams.views.reads import ViewsReads
-from kbank.streams.views.routes.common import query_int
+from kbank.streams.views.routes.common import query_int, read_to_end
 
 MAX_PAGE = 1_000
 
@@ -23,9 +23,7 @@ class Closes:
         self.shelf = shelf
 
     def _ready(self) -> None:
-        if not self.shelf.ready.is_set():
-            raise HTTPError(503, "starting", "the closes are still being read; retry",
-                            retry_after=1)
+        read_to_end(self.shelf.ready, "the closes")
 
     def _manifest(self, name: str) -> dict:
         self._ready()

@@ -3,6 +3,7 @@ sending a keyed query to the worker that owns its key (Router)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Awaitable, Callable
 
 import aiohttp
@@ -30,6 +31,13 @@ def query_int(request: aioweb.Request, name: str, default: int | None, low: int,
     if not low <= value <= high:
         raise HTTPError(400, "invalid", f"{name} must be between {low} and {high}")
     return value
+
+
+def read_to_end(ready: threading.Event, what: str) -> None:
+    """503 (retry in a second) until a tail of a topic has read it to its end once: before
+    that an answer could miss a record, and a wrong answer is worse than none."""
+    if not ready.is_set():
+        raise HTTPError(503, "starting", f"{what} are still being read; retry", retry_after=1)
 
 
 def query_timeout(request: aioweb.Request, cap: float) -> float:

@@ -10,7 +10,7 @@ from kbank.streams.model import is_name
 from kbank.streams.views.http import HTTPError, get_page, json_response
 from kbank.streams.views.queries import QueryError, parse_day
 from kbank.streams.views.reads import ViewsReads
-from kbank.streams.views.routes.common import query_int
+from kbank.streams.views.routes.common import query_int, read_to_end
 
 MAX_PAGE = 1_000
 
@@ -20,9 +20,7 @@ class Reconciliation:
         self.shelf = shelf
 
     def _ready(self) -> None:
-        if not self.shelf.ready.is_set():
-            raise HTTPError(503, "starting", "the reconciliation's results are still being "
-                            "read; retry", retry_after=1)
+        read_to_end(self.shelf.ready, "the reconciliation's results")
 
     async def summary(self, request: aioweb.Request) -> aioweb.Response:
         """Every reconciled account's count of results per status."""

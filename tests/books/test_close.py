@@ -4,7 +4,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import threading
+from pathlib import Path
 
+import jsonschema
 import orjson
 import pytest
 
@@ -22,6 +24,8 @@ from tests import http
 from tests.workload import Workload, wait_until
 
 CURRENCIES = {"EUR": 12, "USD": 12}      # currency -> accounts
+SCHEMA = orjson.loads((Path(__file__).resolve().parents[2] / "kbank" / "schemas" /
+                       "books.closes.v1.json").read_bytes())
 
 
 def open_books(work: Workload) -> dict[str, list[str]]:
@@ -118,6 +122,7 @@ def test_a_close_during_load_adds_up_to_the_unit_and_a_later_one_is_the_same_byt
         digest, written = write_close(settings, close)
         assert written
 
+        jsonschema.Draft202012Validator(SCHEMA).validate(orjson.loads(close.to_bytes()))
         assert set(close.currencies) == set(CURRENCIES)
         for cur, money in close.currencies.items():
             assert money.accounts == CURRENCIES[cur]
@@ -152,6 +157,7 @@ def test_a_close_during_load_adds_up_to_the_unit_and_a_later_one_is_the_same_byt
     eur, report = fold_close(settings, at_ms, currency="EUR")
     assert report.violations == [] and eur.id == f"{close.id}-EUR"
     assert eur.currencies == {"EUR": close.currencies["EUR"]}
+    jsonschema.Draft202012Validator(SCHEMA).validate(orjson.loads(eur.to_bytes()))
     assert eur.accounts == [a for a in close.accounts if a.currency == "EUR"]
     assert write_close(settings, eur)[1] and read_close(settings, eur.id) == eur
     # a later instant, after every transfer completed: nothing in flight

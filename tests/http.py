@@ -62,3 +62,13 @@ def get_json(url: str, timeout_s: float = 60.0, key: object = _DEFAULT):  # noqa
         if resp.status != 503 or time.monotonic() > deadline:
             raise AssertionError(f"GET {url}: {resp.status} {resp.body[:300]!r}")
         time.sleep(0.2)
+
+
+def known_key(url: str, token: str, timeout_s: float = 30.0) -> str:
+    """`token`, once the views worker at `url` knows it (a key just made reaches every worker
+    within a fetch of auth.keys, not at once)."""
+    deadline = time.monotonic() + timeout_s
+    while request("GET", f"{url}/openapi.yaml", key=token).status == 401:
+        assert time.monotonic() < deadline, f"the views at {url} did not learn the key"
+        time.sleep(0.1)
+    return token

@@ -131,6 +131,8 @@ class Reconciler:
         self.results: dict[str, dict[str, Any]] = defaultdict(dict)
         self.dirty: set[str] = set()
         self.behind: set[tuple[str, int]] = set()
+        self.watched: set[int] = set()         # the ledger partitions it reads
+        self.ledger_topic = settings.topic(topics.LEDGER)
         self.written = self.transactions = 0
         self._stopping = False
         self.producer = kafka.producer(settings, kafka.BOOKS, **{
@@ -139,19 +141,21 @@ class Reconciler:
                                        **BULK_READ)
 
     def restore(self) -> None:
-        """The committed results, then every line and rule, then the ledger of the accounts
-        with lines (a ledger event is read only after every line before it)."""
+        """The committed results, then every line and rule; then only the ledger partitions
+        of the accounts with lines, from their start (an account's events are read only
+        after its lines: none is missed), so a bank without statements reads no ledger."""
         self.producer.init_transactions(60)     # fences a previous worker; its open transaction aborts
         self.results = stored_results(self.settings, kafka.BOOKS)
         self.lines = stored_lines(self.settings, kafka.BOOKS)
         for msg in _read(self.settings, topics.RECON_RULES, kafka.BOOKS):
             self._fold_rules(msg.key(), msg.value())
         self.dirty = set(self.lines) | set(self.results)
-        ledger = self.settings.topic(topics.LEDGER)
-        parts = sorted(self.consumer.list_topics(ledger, timeout=30).topics[ledger].partitions)
         assignment = [TopicPartition(self.settings.topic(t), 0, OFFSET_BEGINNING)
-                      for t in (topics.RECON_LINES, topics.RECON_RULES)] + \
-            [TopicPartition(ledger, p, OFFSET_BEGINNING) for p in parts]
+                      for t in (topics.RECON_LINES, topics.RECON_RULES)]
+        self.watched = {partition_for(a.encode("utf-8", "surrogatepass"), self.settings.partitions)
+                        for a in self.lines}
+        assignment += [TopicPartition(self.ledger_topic, p, OFFSET_BEGINNING)
+                       for p in sorted(self.watched)]
         self.behind = {(tp.topic, tp.partition) for tp in assignment}   # not yet read to its end
         self.consumer.assign(assignment)
 
@@ -178,17 +182,24 @@ class Reconciler:
                 line = StatementLine.from_json(orjson.loads(msg.value()))
             except (orjson.JSONDecodeError, TypeError, ValueError):
                 return
-            if line.account not in self.lines and self.ledger.events.get(line.account) is None:
-                self._read_account(line.account)
+            if line.account not in self.lines:
+                self._watch(line.account)
             self.lines[line.account].setdefault(line.line_id, line)
             self.dirty.add(line.account)
 
-    def _read_account(self, account: str) -> None:
-        """A new account's past ledger events (they went by before it had statements)."""
+    def _watch(self, account: str) -> None:
+        """An account's first statement: read its ledger partition from the start, or, if
+        that partition is read already, the events of it that went by."""
         self.lines[account] = {}
         key = account.encode("utf-8", "surrogatepass")
-        for msg in _read(self.settings, topics.LEDGER, kafka.BOOKS,
-                         partitions=[partition_for(key, self.settings.partitions)]):
+        partition = partition_for(key, self.settings.partitions)
+        if partition not in self.watched:
+            self.watched.add(partition)
+            self.behind.add((self.ledger_topic, partition))
+            self.consumer.incremental_assign(
+                [TopicPartition(self.ledger_topic, partition, OFFSET_BEGINNING)])
+            return
+        for msg in _read(self.settings, topics.LEDGER, kafka.BOOKS, partitions=[partition]):
             if msg.key() == key:
                 self.ledger.add(orjson.loads(msg.value()))
 

@@ -168,8 +168,8 @@ def test_a_close_during_load_adds_up_to_the_unit_and_a_later_one_is_the_same_byt
 
 def served_over_http(settings, url: str, close: Close) -> None:  # noqa: ANN001
     """GET /closes and its pages: the operator's and the auditor's, never a client's."""
-    auditor = create_key(settings, AUDITOR).token
-    client = create_key(settings, CLIENT, account_prefix="eur-").token
+    auditor = http.known_key(url, create_key(settings, AUDITOR).token)
+    client = http.known_key(url, create_key(settings, CLIENT, account_prefix="eur-").token)
     wait_until(lambda: http.request("GET", f"{url}/closes").status == 200 and
                len(http.get_json(f"{url}/closes")["closes"]) == 2, 30, "the views to read the closes")
     for key in (http.current_key(), auditor):

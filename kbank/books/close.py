@@ -104,7 +104,7 @@ def fold_close(settings: Settings, at_ms: int, show_progress: bool = False,
     fold = CloseFold(at_ms, settings.partitions, settings.id_window_ms)
     progress = progress_bar(f"close {close_id(at_ms, currency)}: ledger.events",
                             enabled=show_progress)
-    for msg in read_topic(settings, settings.topic(topics.LEDGER)):
+    for msg in read_topic(settings, settings.topic(topics.LEDGER), prefetch=100_000):
         progress.update()
         fold.add(msg.partition(), msg.offset(), msg.value())
         if len(fold.passed) == settings.partitions:

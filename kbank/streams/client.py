@@ -100,12 +100,17 @@ def read_to_end(consumer: Consumer, assignment: list[TopicPartition],
 def read_topic(settings: Settings, topic: str, timeout_s: float = 120.0,
                isolation: str = "read_committed", role: str = kafka.TOOLS,
                group: str = "bank-reader", partitions: list[int] | None = None,
-               start: dict[int, int] | None = None) -> Iterator[Message]:
+               start: dict[int, int] | None = None,
+               prefetch: int | None = None) -> Iterator[Message]:
     """Every record of a topic (or of some of its `partitions`), from the start (or the
     offsets `start` gives per partition) to its end at the time of reading, read as `role`
-    (the tools by default) under one of its groups (it joins none, commits nothing)."""
+    (the tools by default) under one of its groups (it joins none, commits nothing);
+    `prefetch`: at most about this many records fetched ahead (BULK_READ's million can hold
+    hundreds of MB of a large topic)."""
+    ahead = {} if prefetch is None else {"queued.min.messages": prefetch,
+                                        "queued.max.messages.kbytes": 65536}
     consumer = kafka.consumer(settings, role, settings.topic(group),
-                              **{**BULK_READ, "isolation.level": isolation})
+                              **{**BULK_READ, "isolation.level": isolation, **ahead})
     try:
         parts = partitions if partitions is not None else \
             sorted(consumer.list_topics(topic, timeout=30).topics[topic].partitions)

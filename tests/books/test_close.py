@@ -107,7 +107,7 @@ def test_a_close_during_load_adds_up_to_the_unit_and_a_later_one_is_the_same_byt
     work = Workload(settings)
     try:
         names = open_books(work)
-        sender = threading.Thread(target=load, args=(work, names, 12_000, 300), daemon=True)
+        sender = threading.Thread(target=load, args=(work, names, 9_000, 300), daemon=True)
         sender.start()
         cut = None
         while cut is None and sender.is_alive():

@@ -85,7 +85,8 @@ def test_docker_compose_runs_the_tested_broker_secured():
         assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}", env["CLUSTER_ID"])
         assert "${BANK_KAFKA_ADMIN_PASSWORD:?" in env["KAFKA_LISTENER_NAME_INTERNAL_PLAIN_SASL_JAAS_CONFIG"]
         assert any(v.endswith(":/var/lib/kafka/data") for v in service["volumes"]), name
-    for name in ("engine-0", "engine-1", "views-0", "views-1", "webhooks-0", "tools"):
+    for name in ("engine-0", "engine-1", "views-0", "views-1", "webhooks-0", "gateway-0",
+                 "reconciler-0", "closer", "tools"):
         env = compose["services"][name]["environment"]
         assert env["BANK_KAFKA_CREDENTIALS"] == "/credentials", name
 

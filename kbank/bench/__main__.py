@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _run_options(parser)
     _other_measures(parser)
+    _books_options(parser)
     _peer_options(parser)
     return parser
 
@@ -70,12 +71,6 @@ def _other_measures(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay-events", type=int, default=0,
                         help="instead: time `replay views` and `replay verify` over this many "
                              "synthetic ledger events (among --accounts accounts)")
-    parser.add_argument("--close-events", type=int, default=0, metavar="N",
-                        help="instead: time a close of the books (bank close) over N synthetic "
-                             "ledger events among --accounts accounts, and its memory")
-    parser.add_argument("--recon-lines", type=int, default=0, metavar="N",
-                        help="instead: a statement of N lines parsed and reconciled against N "
-                             "ledger events (no Kafka): lines per second")
     parser.add_argument("--auth", choices=("on", "off", "both"), default="on",
                         help="the embedded broker secured as `bank up` runs it (SASL/SCRAM, ACLs, "
                              "one principal per role), or not, or both one after the other, to "
@@ -125,6 +120,16 @@ def _other_measures(parser: argparse.ArgumentParser) -> None:
                         help="instead: the machine's own speed for M minutes with nothing else "
                              "running: the CPU ms of the reference work that every run samples "
                              "once a second (kbank/bench/procs.py), per minute")
+
+
+def _books_options(parser: argparse.ArgumentParser) -> None:
+    """Closing the books and reconciling (kbank/bench/books.py)."""
+    parser.add_argument("--close-events", type=int, default=0, metavar="N",
+                        help="instead: time a close of the books (bank close) over N synthetic "
+                             "ledger events among --accounts accounts, and its memory")
+    parser.add_argument("--recon-lines", type=int, default=0, metavar="N",
+                        help="instead: a statement of N lines parsed and reconciled against N "
+                             "ledger events (no Kafka): lines per second")
 
 
 def _peer_options(parser: argparse.ArgumentParser) -> None:
@@ -193,18 +198,9 @@ def single_measure(args: argparse.Namespace) -> int | None:
                       f"({result['transfers']:,} transfers, {result['records']:,} records, "
                       f"{result['cpu_us_per_record']} us a record)")
         return 0
-    if args.recon_lines:
-        from kbank.bench.books import recon_speed
-
-        result = recon_speed(args.recon_lines)
-        _print_result(args, result,
-                      f"reconciliation of {result['lines']:,} lines: parsed (CSV) "
-                      f"{result['parse_lines_per_s']:,} lines/s, matched "
-                      f"{result['match_lines_per_s']:,} lines/s ({result['matched']:,} matched)")
-        return 0 if result["all_matched"] else 1
     for option, run in (("retention_days", retention_main), ("replay_events", replay_main),
                         ("restore_ids", restore_main), ("views_failover", failover_main),
-                        ("close_events", close_main)):
+                        ("close_events", close_main), ("recon_lines", recon_main)):
         if getattr(args, option):
             return run(args)
     return None
@@ -391,6 +387,18 @@ def replay_main(args: argparse.Namespace) -> int:
               f"({'OK' if result['incremental_ok'] else 'FAILED'})")
     return 0 if result["verify_ok"] and result["verify_parallel_ok"] and \
         result["incremental_ok"] and result["rebuild_parallel_ok"] else 1
+
+
+def recon_main(args: argparse.Namespace) -> int:
+    """--recon-lines: the reconciliation's parse and match, no Kafka."""
+    from kbank.bench.books import recon_speed
+
+    result = recon_speed(args.recon_lines)
+    _print_result(args, result,
+                  f"reconciliation of {result['lines']:,} lines: parsed (CSV) "
+                  f"{result['parse_lines_per_s']:,} lines/s, matched "
+                  f"{result['match_lines_per_s']:,} lines/s ({result['matched']:,} matched)")
+    return 0 if result["all_matched"] else 1
 
 
 def close_main(args: argparse.Namespace) -> int:

@@ -58,6 +58,15 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_break_webhooks(args: argparse.Namespace) -> int:
+    from kbank.streams.webhooks.worker import BREAKS, WebhookWorker
+
+    settings = _settings(args).needs_broker("break-webhooks")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    WebhookWorker(settings, args.worker_id, BREAKS).run()
+    return 0
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     from kbank.streams.gateway.worker import GatewayWorker
 
@@ -345,6 +354,12 @@ def _process_commands(sub: argparse._SubParsersAction) -> None:
                                         "registered URLs (POST /webhooks)")
     p.add_argument("--worker-id", default="0", help="names it in logs")
     p.set_defaults(func=cmd_webhooks)
+
+    p = sub.add_parser("break-webhooks", help="run one break webhook worker: delivers the "
+                                              "reconciliation's breaks to webhooks registered "
+                                              "for reconciliation_break")
+    p.add_argument("--worker-id", default="0", help="names it in logs")
+    p.set_defaults(func=cmd_break_webhooks)
 
     p = sub.add_parser("gateway", help="run the Kafka gateway: relays each Kafka client's "
                                        "requests within its grant (bank kafka-config client)")

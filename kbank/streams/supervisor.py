@@ -232,15 +232,16 @@ ReadyHook = Callable[[Settings, "str | None", str], bool]
 def _start_pools(settings: Settings, log_dir: str | None, workers: int, views: int,
                  web_port: int, webhook_workers: int) -> list[WorkerPool]:
     """Every worker process `bank up` runs: the engine's, the views' (second), the webhook
-    workers, the gateway and the reconciler."""
+    workers, the gateway, the reconciler and the webhook worker of its breaks."""
     pools = [WorkerPool(settings, workers, log_dir),
              WorkerPool(settings, views, log_dir, command="views",
                         web_ports=[web_port + i for i in range(views)]),
              WorkerPool(settings, webhook_workers, log_dir, command="webhooks"),
              WorkerPool(settings, 1, log_dir, command="gateway"),
-             WorkerPool(settings, 1, log_dir, command="reconciler")]
+             WorkerPool(settings, 1, log_dir, command="reconciler"),
+             WorkerPool(settings, min(webhook_workers, 1), log_dir, command="break-webhooks")]
     print(f"{workers} engine worker(s), {webhook_workers} webhook worker(s), the Kafka "
-          f"gateway and the reconciler started; KAFKA_BOOTSTRAP_SERVERS="
+          f"gateway, the reconciler and its breaks' webhooks started; KAFKA_BOOTSTRAP_SERVERS="
           f"{settings.bootstrap_servers}", flush=True)
     if webhook_workers:
         hosts = settings.webhook_allowed_hosts or "none: set BANK_WEBHOOK_ALLOWED_HOSTS " \

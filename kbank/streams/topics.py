@@ -35,6 +35,7 @@ RECON_LINES = "recon.lines"      # statement lines imported (bank reconcile impo
 RECON_RULES = "recon.rules"      # each account's matching rules
 RECON_RESULTS = "recon.results"  # the reconciler's result per statement line or ledger event
 DELIVERIES = "webhooks.deliveries"
+BREAK_DELIVERIES = "webhooks.break-deliveries"   # the reconciliation's breaks' deliveries
 WEBHOOKS_GROUP = "bank-webhooks"
 ENGINE_GROUP = "bank-engine"
 

@@ -23,7 +23,10 @@ import orjson
 from kbank.streams.apikeys import ApiKey
 from kbank.streams.model import BALANCE_SIGN, MAX_AMOUNT, int_in, is_name
 
-EVENT_TYPES = frozenset(BALANCE_SIGN)        # every ledger event kind
+# a reconciliation's break (kbank.books: a statement line or a ledger event mismatched or
+# unmatched), sent only to webhooks that name it (not to '*', which means every ledger event)
+BREAK = "reconciliation_break"
+EVENT_TYPES = frozenset(BALANCE_SIGN) | {BREAK}   # every ledger event kind, and breaks
 ANY = "*"
 MAX_ACCOUNTS = 100
 MAX_URL = 2048
@@ -87,8 +90,8 @@ class Webhook:
         return out
 
     def wants(self, event: dict[str, Any]) -> bool:
-        return (ANY in self.events or event["kind"] in self.events) and \
-            (self.accounts is None or event["account"] in self.accounts)
+        named = event["kind"] in self.events or (ANY in self.events and event["kind"] != BREAK)
+        return named and (self.accounts is None or event["account"] in self.accounts)
 
 
 NO_KEY_OWNER = "anonymous"   # registered with the checks off (BANK_UNSAFE_WEB_NO_AUTH, tests only)
@@ -131,7 +134,8 @@ def check_url(url: Any, allowed_hosts: frozenset[str]) -> str:
 def check_events(events: Any) -> tuple[str, ...]:
     if not isinstance(events, list) or not events or len(events) > len(EVENT_TYPES) + 1 \
             or not all(e == ANY or e in EVENT_TYPES for e in events):
-        raise InvalidWebhook(f"events must be a list of ledger event kinds ({', '.join(sorted(EVENT_TYPES))}) or ['*']")
+        raise InvalidWebhook(f"events must be a list of ledger event kinds or {BREAK} "
+                             f"({', '.join(sorted(EVENT_TYPES))}) or ['*'] (every ledger event)")
     return tuple(sorted(set(events)))
 
 
@@ -177,6 +181,26 @@ def payload(hook_id: str, event: dict[str, Any], partition: int, offset: int) ->
                          "created": event["ts"], "position": {"partition": partition,
                                                               "offset": offset},
                          "data": event})
+
+
+def break_event(account: str, item: str, result: Any) -> dict[str, Any] | None:
+    """A reconciliation result (recon.results) as an event, if it is a break: mismatched or
+    unmatched. Its id names the result, so a result that changes is a new event."""
+    if not isinstance(result, dict) or result.get("status") not in ("mismatched", "unmatched") \
+            or not is_name(account):
+        return None
+    digest = hashlib.sha256(orjson.dumps([account, item, result], option=orjson.OPT_SORT_KEYS)
+                            ).hexdigest()
+    return {"kind": BREAK, "account": account, "item": item, "id": "rb_" + digest[:32],
+            "result": result}
+
+
+def break_payload(hook_id: str, event: dict[str, Any], partition: int, offset: int) -> bytes:
+    """The body a receiver gets for a break: the result, its account and item, its position."""
+    return orjson.dumps({"id": event["id"], "type": BREAK, "webhook_id": hook_id,
+                         "account": event["account"], "item": event["item"],
+                         "position": {"partition": partition, "offset": offset},
+                         "data": event["result"]})
 
 
 def sign(secret: str, timestamp_s: int, body: bytes) -> str:

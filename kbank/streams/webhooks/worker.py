@@ -1,4 +1,5 @@
-"""The webhook worker (`bank webhooks`): delivers the ledger's events to registered URLs.
+"""The webhook worker (`bank webhooks`): delivers the ledger's events to registered URLs
+(`bank break-webhooks`: the reconciliation's breaks, the same way, from recon.results).
 
 Plumbing only; kbank.streams.webhooks.rules decides what is wanted, how it is signed and
 what an attempt's result does to a delivery.
@@ -30,13 +31,15 @@ import logging
 import random
 import signal
 import time
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import aiohttp
+import orjson
 from confluent_kafka import Message, TopicPartition
 
 from kbank.streams import kafka, topics
+from kbank.streams.books.recon import split_result_key
 from kbank.streams.client import read_topic
 from kbank.streams.config import Settings
 from kbank.streams.keystore import KeyRing
@@ -44,27 +47,58 @@ from kbank.streams.model import parse_ledger_event
 from kbank.streams.webhooks.registry import Registrations, allowed_hosts, read_delivery
 from kbank.streams.webhooks.rules import (EVENT_ID_HEADER, FAILED, PAUSED, PENDING,
                                           REDRIVE_MARK, SIGNATURE_HEADER, WEBHOOK_ID_HEADER,
-                                          Delivery, InvalidWebhook, Webhook, after_attempt, check_url,
-                                          delivery_key, event_id, parked, payload, redriven, sign,
-                                          suspension)
+                                          Delivery, InvalidWebhook, Webhook, after_attempt,
+                                          break_event, break_payload, check_url, delivery_key,
+                                          event_id, parked, payload, redriven, sign, suspension)
 
 log = logging.getLogger("bank.webhooks")
 _TICK_S = 0.02
 
 
+@dataclass(frozen=True)
+class Source:
+    """What a webhook worker delivers: the records of `topic` (its group shares the
+    partitions), each made an event by `parse` (None: nothing to deliver) with a stable id,
+    its deliveries logged in `deliveries`, partition for partition."""
+
+    topic: str
+    deliveries: str
+    group: str
+    parse: Callable[[Message], dict[str, Any] | None]
+    event_id: Callable[[dict[str, Any]], str]
+    body: Callable[[str, dict[str, Any], int, int], bytes]
+
+
+def _break(msg: Message) -> dict[str, Any] | None:
+    if msg.value() is None:
+        return None
+    account, item = split_result_key(msg.key() or b"")
+    try:
+        return break_event(account, item, orjson.loads(msg.value()))
+    except orjson.JSONDecodeError:
+        return None
+
+
+LEDGER = Source(topics.LEDGER, topics.DELIVERIES, topics.WEBHOOKS_GROUP,
+                lambda msg: parse_ledger_event(msg.value()),
+                lambda event: event_id(event["account"], event["seq"]), payload)
+BREAKS = Source(topics.RECON_RESULTS, topics.BREAK_DELIVERIES, f"{topics.WEBHOOKS_GROUP}-breaks",
+                _break, lambda event: event["id"], break_payload)
+
+
 class WebhookWorker:
-    def __init__(self, settings: Settings, worker_id: str) -> None:
+    def __init__(self, settings: Settings, worker_id: str, source: Source = LEDGER) -> None:
         self.settings = settings
         self.worker_id = worker_id
-        self.ledger = settings.topic(topics.LEDGER)
-        self.deliveries = settings.topic(topics.DELIVERIES)
+        self.source = source
+        self.ledger = settings.topic(source.topic)      # the source: the ledger, or the breaks
+        self.deliveries = settings.topic(source.deliveries)
         self.allowed = allowed_hosts(settings)
         self.registrations = Registrations(settings, kafka.WEBHOOKS,
                                            f"{topics.WEBHOOKS_GROUP}-registrations")
         # whose key still works: a revoked or expired key's webhooks get nothing more
         self.keys = KeyRing(settings, kafka.WEBHOOKS, f"{topics.WEBHOOKS_GROUP}-keys")
-        self.consumer = kafka.consumer(settings, kafka.WEBHOOKS,
-                                       settings.topic(topics.WEBHOOKS_GROUP))
+        self.consumer = kafka.consumer(settings, kafka.WEBHOOKS, settings.topic(source.group))
         self.producer = kafka.producer(settings, kafka.WEBHOOKS, **{"acks": "all",
                                                                      "linger.ms": 5})
         self.rng = random.Random()
@@ -131,14 +165,14 @@ class WebhookWorker:
     # -- the ledger: one pending delivery per wanted event --
 
     def fold_ledger(self, msg: Message) -> None:
-        event = parse_ledger_event(msg.value())
+        event = self.source.parse(msg)
         partition = msg.partition()
         if event is None or partition not in self.owned:
             return   # the views count malformed events; nothing to deliver
         wanted = [h for h in self.registrations.hooks.values() if h.wants(event)]
         if not wanted:
             return
-        ev_id = event_id(event["account"], event["seq"])
+        ev_id = self.source.event_id(event)
         now = _now_ms()
         for hook in wanted:
             key = delivery_key(hook.id, ev_id)
@@ -146,7 +180,7 @@ class WebhookWorker:
                 continue     # a copy of the event, or one read again after a crash
             self.known[partition][key] = msg.offset()
             delivery = Delivery(hook.id, ev_id, partition, msg.offset(),
-                                payload(hook.id, event, partition, msg.offset()).decode(),
+                                self.source.body(hook.id, event, partition, msg.offset()).decode(),
                                 next_ms=now, updated_ms=now)
             if self.waiting.get(hook.id, 0) >= self.settings.webhook_max_pending:
                 self._write(parked(delivery, f"backlog full: {self.settings.webhook_max_pending} "

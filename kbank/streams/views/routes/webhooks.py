@@ -36,12 +36,13 @@ Send = Callable[[bytes, "bytes | None", str], Awaitable[Any]]
 
 class DeliveryLog:
     """The newest KEPT_PER_WEBHOOK deliveries of each webhook (their latest states), tailed
-    from webhooks.deliveries."""
+    from webhooks.deliveries and webhooks.break-deliveries."""
 
     def __init__(self, settings: Settings) -> None:
         self.by_hook: dict[str, OrderedDict[str, dict[str, Any]]] = {}
-        self._tail = TopicTail(settings, kafka.VIEWS, "bank-views-deliveries",
-                               settings.topic(topics.DELIVERIES), self._fold, "webhook-deliveries")
+        self._tails = [TopicTail(settings, kafka.VIEWS, "bank-views-deliveries",
+                                 settings.topic(topic), self._fold, f"webhook-{topic}")
+                       for topic in (topics.DELIVERIES, topics.BREAK_DELIVERIES)]
 
     def _fold(self, msg: Message) -> None:
         if msg.value() is None or (msg.key() or b"").startswith(REDRIVE_MARK):

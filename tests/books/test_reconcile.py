@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import threading
 from collections import defaultdict
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 import pytest
@@ -96,8 +98,26 @@ def breaks(bank: str, results: dict[str, dict]) -> list[tuple]:
                   for r in results.values() if r["status"] != MATCHED)
 
 
+class Receiver(BaseHTTPRequestHandler):
+    """A webhook receiver: keeps each body."""
+
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        Receiver.received.append(orjson.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 def test_statements_in_three_formats_report_each_planted_break_and_nothing_else(
         settings, pool_factory, views_factory, tmp_path):
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    settings = dataclasses.replace(
+        settings, webhook_allowed_hosts=f"127.0.0.1:{receiver.server_port}")
     pool_factory(settings, 2)
     url = views_factory(settings, 1).url("0")
     work = Workload(settings)
@@ -118,6 +138,13 @@ def test_statements_in_three_formats_report_each_planted_break_and_nothing_else(
         assert work.wait(180), "the traffic did not complete"
     finally:
         work.close()
+
+    # the breaks go to a webhook that asks for them, once each
+    hook = http.request("POST", f"{url}/webhooks", orjson.dumps(
+        {"url": f"http://127.0.0.1:{receiver.server_port}/breaks", "events": ["reconciliation_break"],
+         "accounts": banks}))
+    assert hook.status == 201, hook.body
+    pool_factory(settings, 1, command="break-webhooks")
 
     # the reconciler runs before any statement (it reads no ledger yet), then is killed with
     # SIGKILL in its second transaction, that transaction's results produced
@@ -165,6 +192,12 @@ def test_statements_in_three_formats_report_each_planted_break_and_nothing_else(
         assert all(a != b for a, b in zip(values, values[1:])), (split_result_key(key), values)
 
     served_over_http(settings, url, banks, expected)
+    breaks_sent = {(b, k) for b in banks for k, r in expected[b].items() if r["status"] != MATCHED}
+    wait_until(lambda: {(m["account"], m["item"]) for m in Receiver.received} == breaks_sent, 60,
+               "every break's webhook")
+    assert all(m["type"] == "reconciliation_break" and m["data"]["status"] != MATCHED
+               for m in Receiver.received)
+    receiver.shutdown()
 
     # other rules, re-run over the same log: the difference, nothing written
     waiting = dataclasses.replace(RULES, grace_days=30)

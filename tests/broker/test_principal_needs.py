@@ -155,6 +155,7 @@ def test_every_principal_does_its_work_without_one_denied_operation(
     _bank(settings, "reconcile", "rules", "--account", "a", "--set", str(RULES))
     _bank(settings, "reconcile", "import", "--account", "a", str(statement))
     pool_factory(settings, 1, "reconciler")
+    pool_factory(settings, 1, "break-webhooks")     # reads the breaks and its delivery log
     wait_until(lambda: get_json(f"{url}/reconciliation")["accounts"].get("a", {}).get("matched"),
                60, "the reconciler's results")
     assert "1 matched" in _bank(settings, "reconcile", "report", "--account", "a")

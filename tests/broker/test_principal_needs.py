@@ -148,7 +148,7 @@ def test_every_principal_does_its_work_without_one_denied_operation(
     # closing the books (the tools) and reconciling an account: the operator imports, the
     # reconciler (books) reads and writes, the views serve both
     _bank(replace(settings, close_settle_margin_ms=0), "close", "--at", str(started_ms))
-    assert get_json(f"{url}/closes")["closes"] != []
+    wait_until(lambda: get_json(f"{url}/closes")["closes"] != [], 30, "the views to read the close")
     statement = tmp_path / "a.csv"
     statement.write_text("date,amount,currency,reference\n"
                          f"{time.strftime('%Y-%m-%d', time.gmtime())},10.00,USD,d\n")

@@ -1,11 +1,11 @@
-"""`bank close --at T`: make the close of the books at T, store it in books.closes, read it back.
+"""`bank close --at T`: when T is settled, and the fold of the ledger into the close at T.
 
 A close of T is made only once T is settled: no event that belongs to it (kbank.books.cut)
 is still to come. That takes two things. Every input with a timestamp at or before T must be
 in its topic: requests are stamped by the broker when they land, and a credit is stamped by
 the engine when it makes it, inside a transaction that commits or aborts within the engine's
-transaction timeout; so once T + that timeout + a margin (BANK_CLOSE_SETTLE_MARGIN_MS) has passed, both inputs' ends hold
-every one of them. And the engine must have decided everything up to those ends: its
+transaction timeout; so once T + that timeout + a margin (BANK_CLOSE_SETTLE_MARGIN_MS) has
+passed, both inputs' ends hold every one of them. And the engine must have decided everything up to those ends: its
 committed offsets reach them (or only transaction markers lie between, which are not
 records). Then the ledger, read to its end, holds every event of the close, and any event
 written after it comes from a later input and is past the cut. A request on the wrong
@@ -28,7 +28,6 @@ from kbank.streams.books.closes import Close, close_id
 from kbank.streams.client import end_offset, read_to_end, read_topic
 from kbank.streams.config import Settings
 from kbank.streams.progress import progress_bar
-
 
 
 class NotSettled(RuntimeError):

@@ -213,6 +213,9 @@ def served_over_http(settings, url: str, banks: list[str], expected: dict) -> No
     client = http.known_key(url, create_key(settings, CLIENT, account_prefix="cust-").token)
     wait_until(lambda: http.get_json(f"{url}/reconciliation")["breaks"] == 4 * len(banks), 30,
                "the views to read the results")
+    first = http.get_json(f"{url}/reconciliation?limit=1", key=auditor)
+    assert list(first["accounts"]) == [first["next"]] == sorted(banks)[:1]
+    assert first["breaks"] == 4 * len(banks)
     for bank in banks:
         body = http.get_json(f"{url}/reconciliation/{bank}?status=unmatched", key=auditor)
         assert [r["item"] for r in body["results"]] == sorted(

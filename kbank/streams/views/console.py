@@ -40,6 +40,7 @@ def conservation(stats: dict[str, Any]) -> dict[str, Any]:
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC_FILES = {"console.js": "application/javascript", "console.css": "text/css"}
 PEER_TIMEOUT_S = 3.0
+MAX_BREAK_ACCOUNTS = 20      # the accounts with the most breaks the overview names
 
 
 def histogram_quantile(q: float, cumulative: list[float], bounds: tuple[float, ...] = LATENCY_BUCKETS
@@ -112,10 +113,12 @@ def books_overview(worker: ViewsReads) -> dict[str, Any]:
     breaks = None if counts is None else \
         {a: c["mismatched"] + c["unmatched"] for a, c in counts.items()
          if c["mismatched"] + c["unmatched"]}
+    most = None if breaks is None else \
+        dict(sorted(breaks.items(), key=lambda item: (-item[1], item[0]))[:MAX_BREAK_ACCOUNTS])
     return {"closes": None if closes is None else len(closes),
             "last_close": closes[-1] if closes else None,
             "breaks": None if breaks is None else sum(breaks.values()),
-            "accounts_with_breaks": breaks}
+            "accounts_with_breaks": most}
 
 
 class ConsoleRoutes:

@@ -23,10 +23,17 @@ class Reconciliation:
         read_to_end(self.shelf.ready, "the reconciliation's results")
 
     async def summary(self, request: aioweb.Request) -> aioweb.Response:
-        """Every reconciled account's count of results per status."""
+        """The reconciled accounts' counts of results per status, by name after `after`,
+        `limit` at most, and the breaks of every account in all."""
         self._ready()
+        after = request.query.get("after", "")
+        limit = query_int(request, "limit", 1000, 1, MAX_PAGE)
+        assert limit is not None
         counts = self.shelf.summary()
-        return json_response({"accounts": counts,
+        names = [a for a in counts if a > after]
+        page = names[:limit]
+        return json_response({"accounts": {a: counts[a] for a in page},
+                              "next": page[-1] if len(names) > limit else None,
                               "breaks": sum(c["mismatched"] + c["unmatched"]
                                             for c in counts.values())})
 

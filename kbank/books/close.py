@@ -5,9 +5,9 @@ is still to come. That takes two things. Every input with a timestamp at or befo
 in its topic: requests are stamped by the broker when they land, and a credit is stamped by
 the engine when it makes it, inside a transaction that commits or aborts within the engine's
 transaction timeout; so once T + that timeout + a margin (BANK_CLOSE_SETTLE_MARGIN_MS) has
-passed, both inputs' ends hold every one of them. And the engine must have decided everything up to those ends: its
-committed offsets reach them (or only transaction markers lie between, which are not
-records). Then the ledger, read to its end, holds every event of the close, and any event
+passed, both inputs' ends hold every one of them. And the engine must have decided
+everything up to those ends: its committed offsets reach them (or only transaction markers
+lie between, which are not records). Then the ledger, read to its end, holds every event of the close, and any event
 written after it comes from a later input and is past the cut. A request on the wrong
 partition is forwarded to its owner's credits with its own timestamp, so the credits' ends
 are taken a second time once the requests are decided.
@@ -44,7 +44,7 @@ def _ends(consumer: Consumer, topic: str, partitions: int) -> dict[TopicPartitio
             for p in range(partitions)}
 
 
-def _undecided(settings: Settings, engine: Consumer,
+def _undecided(engine: Consumer, reader: Consumer,
                ends: dict[TopicPartition, int]) -> list[str]:
     """The input partitions with a record below its end the engine has not committed past
     (a transaction marker is not a record: the committed offset may stop before one)."""
@@ -53,17 +53,11 @@ def _undecided(settings: Settings, engine: Consumer,
     behind = {tp: committed.get((tp.topic, tp.partition), -1) for tp, end in ends.items()}
     behind = {tp: max(at, 0) for tp, at in behind.items() if max(at, 0) < ends[tp]}
     waiting = []
-    if behind:
-        reader = kafka.consumer(settings, kafka.TOOLS, settings.topic("bank-reader-close"),
-                                **{"enable.partition.eof": True})
-        try:
-            for tp, start in behind.items():
-                for msg in read_to_end(reader, [TopicPartition(tp.topic, tp.partition, start)], 30):
-                    if msg.offset() < ends[tp]:
-                        waiting.append(f"{tp.topic}[{tp.partition}] from offset {start}")
-                    break
-        finally:
-            reader.close()
+    for tp, start in behind.items():
+        for msg in read_to_end(reader, [TopicPartition(tp.topic, tp.partition, start)], 30):
+            if msg.offset() < ends[tp]:
+                waiting.append(f"{tp.topic}[{tp.partition}] from offset {start}")
+            break
     return waiting
 
 
@@ -78,6 +72,8 @@ def wait_settled(settings: Settings, at_ms: int, timeout_s: float,
             f"input stamped by then is in its topic")
         time.sleep((ready_ms - now_ms) / 1000)
     engine = kafka.consumer(settings, kafka.TOOLS, settings.topic(topics.ENGINE_GROUP))
+    reader = kafka.consumer(settings, kafka.TOOLS, settings.topic("bank-reader-close"),
+                            **{"enable.partition.eof": True})
     deadline = time.monotonic() + timeout_s
     try:
         requests, credits = settings.topic(topics.REQUESTS), settings.topic(topics.CREDITS)
@@ -86,13 +82,14 @@ def wait_settled(settings: Settings, at_ms: int, timeout_s: float,
                   lambda: _ends(engine, credits, settings.partitions)]   # forwarded requests
         for take_ends in rounds:
             ends = take_ends()
-            while waiting := _undecided(settings, engine, ends):
+            while waiting := _undecided(engine, reader, ends):
                 if time.monotonic() > deadline:
                     raise NotSettled(f"the engine has not decided every input up to "
                                      f"{close_id(at_ms)} after {timeout_s:.0f} s (is it running?): "
                                      f"records wait in {', '.join(waiting[:4])}")
                 time.sleep(0.5)
     finally:
+        reader.close()
         engine.close()
 
 

@@ -120,6 +120,15 @@ class AccountLedger:
                 if (item := LedgerItem.from_event(e, currency, rules)) is not None]
 
 
+def read_account(settings: Settings, account: str, role: str, into: AccountLedger) -> None:
+    """An account's ledger events (its partition, to the end it has now) into `into`."""
+    key = account.encode("utf-8", "surrogatepass")
+    for msg in _read(settings, topics.LEDGER, role,
+                     partitions=[partition_for(key, settings.partitions)]):
+        if msg.key() == key:
+            into.add(orjson.loads(msg.value()))
+
+
 class Reconciler:
     """The worker: see the module's doc."""
 
@@ -199,9 +208,7 @@ class Reconciler:
             self.consumer.incremental_assign(
                 [TopicPartition(self.ledger_topic, partition, OFFSET_BEGINNING)])
             return
-        for msg in _read(self.settings, topics.LEDGER, kafka.BOOKS, partitions=[partition]):
-            if msg.key() == key:
-                self.ledger.add(orjson.loads(msg.value()))
+        read_account(self.settings, account, kafka.BOOKS, self.ledger)
 
     def reconcile_dirty(self) -> int:
         """Reconcile each account that changed; write its differences in a transaction."""

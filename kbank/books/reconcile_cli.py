@@ -10,13 +10,11 @@ from typing import Any
 import orjson
 
 from kbank.books.matching import MATCHED, Rules, differences, reconcile
-from kbank.books.reconcile import (AccountLedger, import_lines, stored_lines, stored_results,
-                                   write_rules)
+from kbank.books.reconcile import (AccountLedger, import_lines, read_account, stored_lines,
+                                   stored_results, write_rules)
 from kbank.books.statements import FORMATS, StatementError, parse_file
-from kbank.streams import topics
-from kbank.streams.client import read_topic
+from kbank.streams import kafka
 from kbank.streams.config import Settings
-from kbank.streams.partitioning import partition_for
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,11 +58,8 @@ def describe(item: str, result: dict[str, Any]) -> str:
 def rerun(settings: Settings, account: str, rules: Rules) -> dict[str, dict[str, Any]]:
     """The account's results under `rules`, from its lines and ledger (read as the tools)."""
     lines = list(stored_lines(settings).get(account, {}).values())
-    ledger, key = AccountLedger(), account.encode("utf-8", "surrogatepass")
-    for msg in read_topic(settings, settings.topic(topics.LEDGER),
-                          partitions=[partition_for(key, settings.partitions)]):
-        if msg.key() == key:
-            ledger.add(orjson.loads(msg.value()))
+    ledger = AccountLedger()
+    read_account(settings, account, kafka.TOOLS, ledger)
     return reconcile(lines, ledger.items(account, rules), rules)
 
 

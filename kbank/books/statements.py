@@ -186,7 +186,8 @@ def parse_mt940(account: str, raw: bytes) -> list[StatementLine]:
     starts = [i + 1 for i, line in enumerate(text.splitlines()) if line.startswith(":61:")]
     try:
         parsed = mt940.parse(text)
-    except Exception as exc:  # noqa: BLE001 - the library raises what its regexes hit
+    except (RuntimeError, ValueError, ArithmeticError) as exc:   # mt-940's: a tag its
+        # patterns do not match, an impossible date, an amount Decimal cannot read
         raise StatementError([f"line 1: not an MT940 statement ({type(exc).__name__}: {exc})"]) \
             from None
     statement = str(parsed.data.get("transaction_reference") or "mt940")

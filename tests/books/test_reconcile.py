@@ -244,3 +244,13 @@ def test_a_file_with_a_bad_line_is_refused_whole_with_its_line_numbers(tmp_path,
     assert all(p.startswith("line ") for p in refused.value.problems), refused.value.problems
     path.write_bytes(raw)
     assert [ln.amount for ln in parse_file("bank", path)] == [100, 250]
+
+
+@pytest.mark.parametrize("broken", [b":20:X\n:61:2613011201C1,00NTRFr//b\n",     # month 13
+                                    b":20:X\n:61:ZZZZ\n",                         # no pattern
+                                    b":20:X\n:61:2612011201C1,2,3NTRFr//b\n"])    # no amount
+def test_an_mt940_file_the_library_cannot_read_is_refused_not_a_crash(tmp_path, broken):
+    path = tmp_path / "s.sta"
+    path.write_bytes(broken)
+    with pytest.raises(StatementError, match="not an MT940 statement"):
+        parse_file("bank", path)

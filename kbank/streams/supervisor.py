@@ -17,7 +17,7 @@ from typing import Callable
 
 from contextlib import ExitStack
 
-from kbank.streams.broker import KafkaCluster
+from kbank.streams.broker import Host, KafkaCluster
 from kbank.streams.config import Settings
 from kbank.streams.health import HALTED_EXIT_CODE, read_crashes, record_crash
 from kbank.streams.files import private_dir, write_private
@@ -32,8 +32,10 @@ class WorkerPool:
     """Worker processes (`bank worker`, or `bank views` with web ports) restarted if they die."""
 
     def __init__(self, settings: Settings, count: int, log_dir: str | None = None,
-                 command: str = "worker", web_ports: list[int] | None = None) -> None:
+                 command: str = "worker", web_ports: list[int] | None = None,
+                 hosts: dict[str, Host] | None = None) -> None:
         self.settings = settings
+        self.hosts = hosts or {}                   # where a worker runs, if not here
         self.log_dir = log_dir
         self.command = command
         self.web_ports = web_ports or []
@@ -46,14 +48,18 @@ class WorkerPool:
             self.start(str(i))
 
     def url(self, worker_id: str) -> str:
-        return f"http://{self.settings.web_host}:{self.web_ports[int(worker_id)]}"
+        host = self.hosts[worker_id].address if worker_id in self.hosts else self.settings.web_host
+        return f"http://{host}:{self.web_ports[int(worker_id)]}"
 
     def start(self, worker_id: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **self.settings.env(), **(extra_env or {})}
+        placed = self.hosts.get(worker_id)
+        where = {"BANK_WEB_HOST": placed.address, "BANK_WEB_BIND": placed.address} if placed else {}
+        env = {**os.environ, **self.settings.env(), **where, **(extra_env or {})}
         out = subprocess.DEVNULL
         if self.log_dir:
             out = open(os.path.join(self.log_dir, f"{self.command}-{worker_id}.log"), "ab")
-        args = [sys.executable, "-m", "kbank.streams.cli", self.command, "--worker-id", worker_id]
+        args = [*(placed.launcher if placed else ()), sys.executable, "-m", "kbank.streams.cli",
+                self.command, "--worker-id", worker_id]
         if self.web_ports:
             args += ["--web-port", str(self.web_ports[int(worker_id)])]
         if self.command == "worker" and self.settings.engine_metrics_port:

@@ -97,6 +97,13 @@ def min_insync_replicas(settings: Settings) -> int:
     return 2 if settings.replication_factor >= 3 else 1
 
 
+def replication_config(settings: Settings) -> dict[str, str]:
+    """What every topic sets for its replicas: min.insync.replicas, and never an unclean
+    leader (a replica missing acknowledged writes elected would lose them)."""
+    return {"min.insync.replicas": str(min_insync_replicas(settings)),
+            "unclean.leader.election.enable": "false"}
+
+
 def config_mismatches(spec: TopicSpec, actual: dict[str, str], replication_factor: int,
                       settings: Settings) -> list[str]:
     """What an existing topic gets wrong against the catalogue, one phrase per setting.
@@ -114,6 +121,9 @@ def config_mismatches(spec: TopicSpec, actual: dict[str, str], replication_facto
     isr = actual.get("min.insync.replicas")
     if isr is None or not isr.isdigit() or int(isr) < want_isr:
         wrong.append(f"min.insync.replicas={isr!r} (at least {want_isr})")
+    if actual.get("unclean.leader.election.enable") != "false":
+        wrong.append(f"unclean.leader.election.enable="
+                     f"{actual.get('unclean.leader.election.enable')!r} (must be 'false')")
     return wrong
 
 
@@ -175,7 +185,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
     specs = load_specs(settings)
     futures = admin.create_topics(
         [NewTopic(s.name, s.partitions, settings.replication_factor,
-                  config={**s.config, "min.insync.replicas": str(min_insync_replicas(settings))})
+                  config={**s.config, **replication_config(settings)})
          for s in specs],
         request_timeout=timeout_s)
     for name, future in futures.items():

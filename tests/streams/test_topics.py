@@ -15,13 +15,14 @@ SPEC = TopicSpec("ledger.events", 8, {"retention.ms": "-1", "cleanup.policy": "d
 
 
 def test_a_topic_as_the_catalogue_says_passes():
-    actual = {"retention.ms": "-1", "cleanup.policy": "delete", "min.insync.replicas": "1"}
+    actual = {"retention.ms": "-1", "cleanup.policy": "delete", "min.insync.replicas": "1",
+              "unclean.leader.election.enable": "false"}
     assert config_mismatches(SPEC, actual, 1, Settings()) == []
 
 
 def test_each_wrong_setting_is_named():
     actual = {"retention.ms": "604800000", "cleanup.policy": "compact",
-              "min.insync.replicas": "1"}
+              "min.insync.replicas": "1", "unclean.leader.election.enable": "false"}
     wrong = config_mismatches(SPEC, actual, 1, Settings())
     assert len(wrong) == 2
     assert wrong[0].startswith("cleanup.policy='compact'")
@@ -30,11 +31,21 @@ def test_each_wrong_setting_is_named():
 
 def test_weaker_replication_is_refused_and_stronger_accepted():
     three = Settings(replication_factor=3)
-    ok = {"retention.ms": "-1", "cleanup.policy": "delete", "min.insync.replicas": "2"}
+    ok = {"retention.ms": "-1", "cleanup.policy": "delete", "min.insync.replicas": "2",
+          "unclean.leader.election.enable": "false"}
     assert config_mismatches(SPEC, ok, 3, three) == []
     assert config_mismatches(SPEC, {**ok, "min.insync.replicas": "3"}, 5, three) == []
     wrong = config_mismatches(SPEC, {**ok, "min.insync.replicas": "1"}, 1, three)
     assert [w.split(" ")[0] for w in wrong] == ["replication", "min.insync.replicas='1'"]
+
+
+def test_a_topic_that_may_elect_an_unclean_leader_is_refused():
+    """An out-of-sync replica made leader drops the writes it lacks, acknowledged or not."""
+    three = Settings(replication_factor=3)
+    unclean = {"retention.ms": "-1", "cleanup.policy": "delete", "min.insync.replicas": "2",
+               "unclean.leader.election.enable": "true"}
+    assert config_mismatches(SPEC, unclean, 3, three) == [
+        "unclean.leader.election.enable='true' (must be 'false')"]
 
 
 def test_an_audit_log_with_the_brokers_default_retention_is_refused(test_cluster, tmp_path):

@@ -48,9 +48,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
+        socket.create_connection((host, port), 0.2).close()
         return True
     except OSError:
         return False
@@ -136,6 +136,8 @@ class KafkaNode:
     controller_port: int
     data_dir: Path
     proc: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"             # the address it listens on and advertises
+    launcher: tuple[str, ...] = ()      # a command its JVM runs under (a network namespace's)
 
     @property
     def log_path(self) -> Path:
@@ -146,8 +148,8 @@ class KafkaNode:
         min_isr = min(2, replication)
         if admin_password is None:
             listeners = [
-                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
                 "inter.broker.listener.name=PLAINTEXT",
                 "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             ]
@@ -167,6 +169,8 @@ class KafkaNode:
             f"share.coordinator.state.topic.min.isr={min_isr}",
             f"default.replication.factor={replication}",
             f"min.insync.replicas={min_isr}",
+            "unclean.leader.election.enable=false",   # Kafka's default, stated: never elect a
+                                                      # replica that lacks acknowledged writes
             "offsets.topic.num.partitions=8",
             "transaction.state.log.num.partitions=8",
             "group.initial.rebalance.delay.ms=0",
@@ -193,8 +197,8 @@ class KafkaNode:
                  f'username="{ADMIN_USER}" password="{admin_password}" '
                  f'user_{ADMIN_USER}="{admin_password}";')
         return [
-            f"listeners=SASL_PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{self.port}",
+            f"listeners=SASL_PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            f"advertised.listeners=SASL_PLAINTEXT://{self.host}:{self.port}",
             "inter.broker.listener.name=SASL_PLAINTEXT",
             "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
             f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
@@ -226,11 +230,22 @@ def _live_holder(node: "KafkaNode") -> int | None:
     return pid if b"kafka.Kafka" in cmdline and str(node.data_dir).encode() in cmdline else None
 
 
+@dataclass(frozen=True)
+class Host:
+    """Where a process runs when not on this machine's loopback: its address and the command
+    that starts it there (`ip netns exec NAME` for a network namespace of kbank.chaos.hosts)."""
+
+    address: str
+    launcher: tuple[str, ...]
+
+
 class KafkaCluster:
-    """One or three Apache Kafka KRaft nodes on 127.0.0.1, stopped on exit."""
+    """One or three Apache Kafka KRaft nodes on 127.0.0.1 (or each on a host of its own),
+    stopped on exit."""
 
     def __init__(self, data_dir: str | os.PathLike[str], nodes: int = 1, port: int | None = None,
-                 clean: bool = False, secured: bool = False) -> None:
+                 clean: bool = False, secured: bool = False,
+                 hosts: list[Host] | None = None) -> None:
         if nodes < 1:
             raise BrokerError("a cluster needs at least one node")
         self.data_dir = Path(data_dir).resolve()
@@ -238,17 +253,23 @@ class KafkaCluster:
             shutil.rmtree(self.data_dir, ignore_errors=True)
         private_dir(self.data_dir)            # node dirs hold secrets, logs name principals
         private_dir(self.data_dir / "logs")
-        ports = [port + i for i in range(nodes)] if port else [free_port() for _ in range(nodes)]
-        self.nodes = [KafkaNode(i + 1, ports[i], free_port(), self.data_dir / f"node-{i + 1}")
-                      for i in range(nodes)]
+        if hosts is not None:
+            if len(hosts) != nodes:
+                raise BrokerError(f"{nodes} nodes need {nodes} hosts, not {len(hosts)}")
+            self.nodes = [KafkaNode(i + 1, port or 9092, 9093, self.data_dir / f"node-{i + 1}",
+                                    host=h.address, launcher=h.launcher) for i, h in enumerate(hosts)]
+        else:
+            ports = [port + i for i in range(nodes)] if port else [free_port() for _ in range(nodes)]
+            self.nodes = [KafkaNode(i + 1, ports[i], free_port(), self.data_dir / f"node-{i + 1}")
+                          for i in range(nodes)]
         self.replication = 3 if nodes >= 3 else 1
         self.admin_password = _admin_password(self.data_dir) if secured else None
-        self.voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+        self.voters = ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in self.nodes)
         self.started_in_s = 0.0
 
     @property
     def bootstrap_servers(self) -> str:
-        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        return ",".join(f"{n.host}:{n.port}" for n in self.nodes)
 
     def admin_config(self) -> dict[str, str]:
         """librdkafka settings of the super user (none on an unsecured cluster)."""
@@ -264,7 +285,7 @@ class KafkaCluster:
                 raise BrokerError(f"node {node.node_id} of {self.data_dir} is still running as pid "
                                   f"{holder} (left by a bank up that did not stop it?): stop it "
                                   f"(kill {holder}) or choose another --data-dir")
-            if _port_open(node.port):
+            if _port_open(node.port, node.host):
                 raise BrokerError(f"port {node.port} is taken (another broker?): choose --broker-port "
                                   "or point KAFKA_BOOTSTRAP_SERVERS at it")
         libs = install_jars()
@@ -322,7 +343,7 @@ class KafkaCluster:
             return
         out = open(self.data_dir / "logs" / f"stdout-{node.node_id}.log", "ab")
         node.proc = subprocess.Popen(
-            [*_DIE_WITH_PARENT, java_command(), *_NODE_HEAP, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            [*_DIE_WITH_PARENT, *node.launcher, java_command(), *_NODE_HEAP, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
              "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={node.data_dir / 'log4j2.yaml'}",
              "-cp", f"{libs_dir()}/*", "kafka.Kafka", str(self._config_path(node))],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)

@@ -53,3 +53,38 @@ def healed(hosts: Hosts) -> Hosts:
 def host_settings(host_cluster: TestCluster, tmp_path):
     """A fresh deployment on the three brokers, replicated as users run it."""
     return deployment(host_cluster, tmp_path, replication_factor=3)
+
+
+@pytest.fixture
+def host_pools(hosts: Hosts, tmp_path):
+    """Start workers (`worker` or `views`), worker N on the host names[N]; each is killed when
+    the test ends. Views workers get a web port and the operator key tests.http sends."""
+    from kbank.streams.apikeys import OPERATOR
+    from kbank.streams.broker import free_port
+    from kbank.streams.keystore import create_key
+    from kbank.streams.supervisor import WorkerPool, wait_for_views
+    from tests import http
+
+    pools: list[WorkerPool] = []
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir(exist_ok=True)
+
+    def start(settings, command: str, names: list[str], env: dict[str, str] | None = None):
+        placed = {str(i): hosts.host(name) for i, name in enumerate(names)}
+        ports = [free_port() for _ in names] if command == "views" else None
+        if command == "views":
+            http.use_key(create_key(settings, OPERATOR, label="tests").token)
+        pool = WorkerPool(settings, 0, str(log_dir), command=command, web_ports=ports, hosts=placed)
+        pools.append(pool)
+        for wid in placed:
+            pool.start(wid, env)
+        if command == "views":
+            assert wait_for_views([pool.url(w) for w in pool.procs], settings.partitions), \
+                "views workers did not become ready"
+        return pool
+
+    yield start
+    http.use_key(None)
+    for pool in pools:
+        for wid in list(pool.procs):
+            pool.kill(wid)

@@ -252,6 +252,10 @@ class Settings:
         "env": "BANK_UNSAFE_VIEWS_RESUME_AT_END", "testing": True,
         "help": "testing: a views worker resumes its sources at their ends instead of at the "
                 "positions its store recorded (what it had not folded is lost)"})
+    unsafe_views_serve_isolated: bool = field(default=False, metadata={
+        "env": "BANK_UNSAFE_VIEWS_SERVE_ISOLATED", "testing": True,
+        "help": "testing: a views worker answers a read whatever min_seq asks and never says "
+                "its answers are stale (serves an old balance after losing the brokers)"})
     unsafe_web_no_auth: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_WEB_NO_AUTH", "testing": True,
         "help": "testing: the views' HTTP routes ask for no API key (anyone who reaches the port "

@@ -29,6 +29,9 @@ from kbank.streams.config import Settings
 from kbank.streams.health import read_crashes
 
 INPUTS = ("requests", "credits")
+# no answer from the brokers for this long (the watch asks every 3 s, an answer can take 10):
+# the worker's reads may be stale, and it says so (BROKERS_UNREACHABLE_HEADER, /health)
+STALE_AFTER_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,7 @@ class EngineWatch:
         self.lag = EngineLag(settings)
         self.progress = EngineProgress(settings.engine_stall_after_s)
         self._offsets: dict[tuple[str, int], InputOffsets] = {}
+        self._answered_at = time.monotonic()   # the brokers' last answer (or the start)
 
     def sample(self) -> None:
         """Read the offsets once (blocking: run it off the event loop)."""
@@ -195,7 +199,7 @@ class EngineWatch:
         except KafkaException as exc:   # the broker did not answer: shown, not raised
             self.progress.failed(f"{type(exc).__name__}: {exc}")
             return
-        now = time.monotonic()
+        now = self._answered_at = time.monotonic()
         self.progress.observe(now, self._offsets)
         suspected = [key for key in self.progress.suspected(now, self._offsets)
                      if not self.progress.progress[key].confirmed]
@@ -237,6 +241,15 @@ class EngineWatch:
     def state(self) -> dict[str, Any]:
         return engine_state(self.progress, self._offsets, time.monotonic(),
                             int(time.time() * 1000), read_crashes(self.settings.state_dir))
+
+    def unreachable_for_s(self) -> float | None:
+        """Seconds since the brokers last answered this worker, once past STALE_AFTER_S (None:
+        they answer). A worker cut from them still serves what it has folded, which may be
+        older than what the ledger holds; its answers say so."""
+        if self.settings.unsafe_views_serve_isolated:
+            return None
+        silent = time.monotonic() - self._answered_at
+        return silent if silent > STALE_AFTER_S else None
 
     def stalled_partitions(self) -> int:
         return len({p for _, p in self.progress.stalled(time.monotonic(), self._offsets)})

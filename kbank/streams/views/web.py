@@ -29,6 +29,10 @@ SECURITY_HEADERS = {
 }
 
 
+# on every answer of a views worker the brokers have not answered for a while: the seconds
+BROKERS_UNREACHABLE_HEADER = "Bank-Brokers-Unreachable-Seconds"
+
+
 def allowed_hosts(settings: Settings) -> frozenset[str] | None:
     """Host names a request may be addressed to (None: any)."""
     if settings.web_allowed_hosts.strip() == "*":
@@ -56,6 +60,9 @@ def observe_middleware(worker: ViewsReads) -> Callable:
     async def observe(request: aioweb.Request, handler: Callable[..., Awaitable]) -> aioweb.StreamResponse:
         response = await _observe(request, handler)
         response.headers.update(SECURITY_HEADERS)
+        silent = worker.engine_watch.unreachable_for_s()
+        if silent is not None:   # what it serves may be older than the ledger: it says so
+            response.headers[BROKERS_UNREACHABLE_HEADER] = str(int(silent))
         return response
 
     async def _observe(request: aioweb.Request, handler: Callable[..., Awaitable]) -> aioweb.StreamResponse:

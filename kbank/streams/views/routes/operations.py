@@ -37,10 +37,12 @@ class Operations:
             reasons.append("starting: the request producer or the API keys are not ready")
         ready = not reasons
         engine = worker.engine_watch.state()   # the views serve reads whatever it says
+        silent = worker.engine_watch.unreachable_for_s()
+        degraded = engine["engine"] == "stalled" or silent is not None
         return json_response({
-            "status": ("ok" if engine["engine"] != "stalled" else "degraded") if ready
-            else "not_ready",
+            "status": ("degraded" if degraded else "ok") if ready else "not_ready",
             **engine,
+            "brokers_unreachable_for_s": None if silent is None else round(silent, 1),
             **({"reason": "; ".join(reasons)} if reasons else {}),
             "worker": worker.worker_id, "generation": worker.generation,
             "ledger_partitions": worker.ledger_partitions(),

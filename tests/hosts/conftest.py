@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from kbank.chaos.hosts import Hosts, HostsUnavailable, why_unavailable
+from kbank.chaos.toxics import proxy_address
 from kbank.streams.broker import KafkaCluster
 from tests.conftest import TestCluster, deployment
 
@@ -35,9 +36,11 @@ def hosts() -> Hosts:
 
 @pytest.fixture(scope="package")
 def host_cluster(hosts: Hosts, tmp_path_factory) -> TestCluster:
-    """The three brokers, one per host."""
+    """The three brokers, one per host, each with a second listener that advertises a
+    Toxiproxy on the first engine host (kbank.chaos.toxics)."""
     cluster = KafkaCluster(tmp_path_factory.mktemp("kafka-hosts"), nodes=3, secured=True,
-                           hosts=[hosts.host(name) for name in BROKERS]).start()
+                           hosts=[hosts.host(name) for name in BROKERS],
+                           via=[proxy_address(n) for n in range(1, len(BROKERS) + 1)]).start()
     yield TestCluster(cluster.bootstrap_servers, cluster.admin_config(), cluster)
     cluster.stop()
 

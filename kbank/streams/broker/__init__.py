@@ -138,6 +138,7 @@ class KafkaNode:
     proc: subprocess.Popen[bytes] | None = None
     host: str = "127.0.0.1"             # the address it listens on and advertises
     launcher: tuple[str, ...] = ()      # a command its JVM runs under (a network namespace's)
+    via: str | None = None              # host:port of a TCP proxy to it, see _with_proxied
 
     @property
     def log_path(self) -> Path:
@@ -155,6 +156,8 @@ class KafkaNode:
             ]
         else:
             listeners = self._secured_properties(admin_password)
+        if self.via:
+            listeners = self._with_proxied(listeners)
         return "\n".join([
             "process.roles=broker,controller",
             f"node.id={self.node_id}",
@@ -182,6 +185,28 @@ class KafkaNode:
             "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",
             "",
         ])
+
+    def _with_proxied(self, listeners: list[str]) -> list[str]:
+        """A second listener, PROXIED on PROXIED_PORT, that advertises `via`: a client that
+        bootstraps through a TCP proxy to it (Toxiproxy's, which delays what passes) is
+        told the proxies' addresses and so sends everything through them. Same security as
+        the first listener; the brokers talk to each other on the first."""
+        first = next(line for line in listeners if line.startswith("listeners=")).split("=", 1)[1]
+        protocol = first.split(":", 1)[0]
+        out = []
+        for line in listeners:
+            key, _, value = line.partition("=")
+            if key == "listeners":
+                line = f"{line},PROXIED://{self.host}:{PROXIED_PORT}"
+            elif key == "advertised.listeners":
+                line = f"{line},PROXIED://{self.via}"
+            elif key == "listener.security.protocol.map":
+                line = f"{line},PROXIED:{protocol}"
+            out.append(line)
+        if protocol == "SASL_PLAINTEXT":
+            out.append("listener.name.proxied.scram-sha-512.sasl.jaas.config="
+                       "org.apache.kafka.common.security.scram.ScramLoginModule required;")
+        return out
 
     def _secured_properties(self, admin_password: str) -> list[str]:
         """SASL on every listener and Kafka's StandardAuthorizer, denying what no ACL allows.
@@ -230,6 +255,9 @@ def _live_holder(node: "KafkaNode") -> int | None:
     return pid if b"kafka.Kafka" in cmdline and str(node.data_dir).encode() in cmdline else None
 
 
+PROXIED_PORT = 9094   # a node's second listener, when it has one (KafkaNode.via)
+
+
 @dataclass(frozen=True)
 class Host:
     """Where a process runs when not on this machine's loopback: its address and the command
@@ -245,7 +273,7 @@ class KafkaCluster:
 
     def __init__(self, data_dir: str | os.PathLike[str], nodes: int = 1, port: int | None = None,
                  clean: bool = False, secured: bool = False,
-                 hosts: list[Host] | None = None) -> None:
+                 hosts: list[Host] | None = None, via: list[str] | None = None) -> None:
         if nodes < 1:
             raise BrokerError("a cluster needs at least one node")
         self.data_dir = Path(data_dir).resolve()
@@ -257,7 +285,8 @@ class KafkaCluster:
             if len(hosts) != nodes:
                 raise BrokerError(f"{nodes} nodes need {nodes} hosts, not {len(hosts)}")
             self.nodes = [KafkaNode(i + 1, port or 9092, 9093, self.data_dir / f"node-{i + 1}",
-                                    host=h.address, launcher=h.launcher) for i, h in enumerate(hosts)]
+                                    host=h.address, launcher=h.launcher,
+                                    via=via[i] if via else None) for i, h in enumerate(hosts)]
         else:
             ports = [port + i for i in range(nodes)] if port else [free_port() for _ in range(nodes)]
             self.nodes = [KafkaNode(i + 1, ports[i], free_port(), self.data_dir / f"node-{i + 1}")

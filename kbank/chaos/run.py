@@ -172,18 +172,7 @@ def run_chaos(settings: Settings, seconds: float, every: float, rate: float, acc
     try:
         if not wait_for_views(urls, settings.partitions):
             raise RuntimeError("views workers did not start")
-        names = [f"acct-{i}" for i in range(accounts)]
-        watcher = OutcomeWatcher(settings, from_beginning=True)
-        setup = RequestSender(settings)
-        ids = []
-        for name in names:
-            for req in ({"type": "open_account", "request_id": f"open-{name}", "account": name},
-                        {"type": "deposit", "request_id": f"dep-{name}", "account": name,
-                         "amount": 100_000}):
-                ids.append(setup.send(req))
-        setup.flush()
-        if not watcher.wait(ids, 120):
-            raise RuntimeError("accounts were not opened")
+        watcher, ids, names = open_accounts(settings, accounts)
         load = Load(settings, names, rate)
         load.start()
         end = time.monotonic() + seconds
@@ -215,12 +204,30 @@ def run_chaos(settings: Settings, seconds: float, every: float, rate: float, acc
         watcher.close()
         report.sent, report.duplicates_sent = len(all_ids), load.duplicates
         report.misrouted_sent, report.hostile_sent = load.misrouted, load.hostile
-        _check(settings, report, urls, views, log, api_key)
+        check(settings, report, urls, views, log, api_key)
     finally:
         for pool in (engine, views):
             for wid in list(pool.procs):
                 pool.kill(wid)
     return report
+
+
+def open_accounts(settings: Settings, accounts: int) -> tuple[OutcomeWatcher, list[str], list[str]]:
+    """Open and fund the load's accounts; (the watcher of outcomes, the setup's request keys,
+    the accounts' names)."""
+    names = [f"acct-{i}" for i in range(accounts)]
+    watcher = OutcomeWatcher(settings, from_beginning=True)
+    setup = RequestSender(settings)
+    ids = []
+    for name in names:
+        for req in ({"type": "open_account", "request_id": f"open-{name}", "account": name},
+                    {"type": "deposit", "request_id": f"dep-{name}", "account": name,
+                     "amount": 100_000}):
+            ids.append(setup.send(req))
+    setup.flush()
+    if not watcher.wait(ids, 120):
+        raise RuntimeError("accounts were not opened")
+    return watcher, ids, names
 
 
 def _inject(fault: str, engine: WorkerPool, views: WorkerPool, broker: KafkaCluster | None,
@@ -259,7 +266,7 @@ def _inject(fault: str, engine: WorkerPool, views: WorkerPool, broker: KafkaClus
         broker.start_node(node)         # and back, waiting until the cluster is whole
 
 
-def _check(settings: Settings, report: ChaosReport, urls: list[str], views: WorkerPool, log,  # noqa: ANN001
+def check(settings: Settings, report: ChaosReport, urls: list[str], views: WorkerPool, log,  # noqa: ANN001
            api_key: str) -> None:
     from kbank.replay.verify import verify
     from kbank.replay.views import compare, rebuild
@@ -303,11 +310,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=200)
     parser.add_argument("--brokers", type=int, default=1, choices=(1, 3),
                         help="embedded Kafka nodes; 3 adds broker and controller kills to the faults")
+    parser.add_argument("--hosts", action="store_true",
+                        help="every broker, engine and views worker on a host of its own, and "
+                             "the network cut between them (kbank.chaos.network; needs root)")
+    parser.add_argument("--engines", type=int, default=2, choices=range(1, 7),
+                        help="--hosts: engine workers, each on its host")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     settings = replace(settings, state_dir=tempfile.mkdtemp(prefix="bank-chaos-state-"),
                        topic_prefix=settings.topic_prefix or f"chaos-{os.getpid()}-")
     log_dir = tempfile.mkdtemp(prefix="bank-chaos-logs-")
+    if args.hosts:
+        return _main_hosts(args, settings, log_dir)
     broker = None
     if not settings.bootstrap_servers:
         # secured as `bank up` runs it: every process connects as its role's principal
@@ -327,6 +341,24 @@ def main(argv: list[str] | None = None) -> int:
         if broker is not None:
             broker.stop()
     print(report.render(), flush=True)
+    return 0 if report.ok else 1
+
+
+def _main_hosts(args: argparse.Namespace, settings: Settings, log_dir: str) -> int:
+    from kbank.chaos.hosts import why_unavailable
+    from kbank.chaos.network import render_windows, run_hosts_chaos
+
+    reason = why_unavailable()
+    if reason or settings.bootstrap_servers:
+        print(f"error: bank chaos --hosts makes its own brokers on hosts of its own: "
+              f"{reason or 'unset KAFKA_BOOTSTRAP_SERVERS'}", file=sys.stderr)
+        return 2
+    print(f"chaos --hosts: {args.seconds:.0f} s, a fault every {args.every:.0f} s, "
+          f"{args.rate:.0f} transfers/s; logs in {log_dir}", flush=True)
+    report, windows, picture = run_hosts_chaos(settings, args.seconds, args.every, args.rate,
+                                               args.accounts, args.engines, log_dir,
+                                               log=lambda s: print(s, flush=True))
+    print(report.render(), render_windows(windows), f"plot: {picture}", sep="\n", flush=True)
     return 0 if report.ok else 1
 
 

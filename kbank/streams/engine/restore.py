@@ -60,7 +60,7 @@ class ChangelogRestore:
 
     def remove(self, partitions: list[int]) -> None:
         """Stop restoring these partitions (revoked, or to be restarted)."""
-        gone = [p for p in partitions if p in self.tasks]
+        gone = sorted({p for p in partitions if p in self.tasks})
         for p in gone:
             del self.tasks[p], self._pending[p], self._deadline[p]
         if gone:
@@ -71,7 +71,9 @@ class ChangelogRestore:
         done: list[PartitionTask] = []
         for msg in self.restorer.consume(max_records, wait_s):
             p = msg.partition()
-            if p not in self.tasks:
+            # one fetch can end a partition twice (its end, then records and its new end,
+            # seen on a slow link): done once is done
+            if p not in self.tasks or any(t.partition == p for t in done):
                 continue
             err = msg.error()
             if err is None:

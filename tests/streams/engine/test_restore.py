@@ -53,3 +53,47 @@ def test_a_restore_goes_in_bounded_steps_until_the_committed_offsets_are_reflect
     assert store.applied("r:x") == "fp completed "
     restorer.close()
     store.close()
+
+
+class _Eof:
+    """A partition-EOF event as confluent-kafka delivers one (the consumer's own report)."""
+
+    def __init__(self, partition: int, offset: int) -> None:
+        self._partition, self._offset = partition, offset
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def error(self):  # noqa: ANN201 - a KafkaError
+        from confluent_kafka import KafkaError
+        return KafkaError(KafkaError._PARTITION_EOF)
+
+
+class _ScriptedRestorer:
+    """Hands out one scripted fetch: the events a slow link delivered together."""
+
+    def __init__(self, fetch: list) -> None:  # noqa: ANN001
+        self.fetch = fetch
+
+    def consume(self, _max: int, _wait: float) -> list:
+        fetch, self.fetch = self.fetch, []
+        return fetch
+
+    def incremental_assign(self, _partitions) -> None:  # noqa: ANN001
+        pass
+
+    def incremental_unassign(self, _partitions) -> None:  # noqa: ANN001
+        pass
+
+
+def test_a_fetch_that_ends_a_partition_twice_finishes_its_restore_once(tmp_path):
+    """Seen across hosts (bank chaos --hosts): one consume() held two partition-EOF events of
+    one partition; the restore marked it done twice and the worker died on a KeyError."""
+    task = PartitionTask(6, PartitionStore(str(tmp_path / "p6"), StoreBudget(64)))
+    restore = ChangelogRestore(_ScriptedRestorer([_Eof(6, 0), _Eof(6, 0)]), "changelog")
+    restore.add([task])
+    assert restore.step() == [task] and not restore.active
+    task.store.close()

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser run test bench clean
+.PHONY: install browser hosts run test bench clean
 
 $(STAMP): pyproject.toml kbank/streams/broker/pom.xml
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,18 @@ browser:
 	  $(SUDO) apt-get update -q && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
 
-test: $(STAMP) browser
+# the tests across network hosts (tests/hosts, bank chaos --hosts) drop packets with Debian's
+# nftables and delay them with Toxiproxy (a Go module, built into the venv); without root or
+# Go they skip, saying why
+TOXIPROXY := github.com/Shopify/toxiproxy/v2/cmd/server@v2.5.0
+hosts: $(STAMP)
+	@[ "$$(id -u)" != 0 ] || command -v nft >/dev/null || { \
+	  apt-get update -q && env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables; }
+	@[ -x $(BIN)/toxiproxy-server ] || ! command -v go >/dev/null || { \
+	  GOBIN=$(CURDIR)/$(VENV)/gobin go install $(TOXIPROXY) && \
+	  mv $(VENV)/gobin/server $(BIN)/toxiproxy-server && rmdir $(VENV)/gobin; }
+
+test: $(STAMP) browser hosts
 	$(BIN)/python -m pytest -q -ra --durations=20
 
 bench: $(STAMP)

@@ -229,6 +229,11 @@ class Settings:
         "env": "BANK_ENGINE_STALL_AFTER_S",
         "help": "the views' /health says the engine is stalled when a partition has had "
                 "records waiting and no transaction committed for it this long"})
+    views_stale_after_s: Annotated[float, Field(ge=3, le=86_400)] = field(default=15.0, metadata={
+        "env": "BANK_VIEWS_STALE_AFTER_S",
+        "help": "a views worker the brokers have not answered this long says its reads may be "
+                "stale: every answer carries Bank-Brokers-Unreachable-Seconds and /health is "
+                "degraded (it asks them every 3 s; an answer may take 10)"})
     engine_restore_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = field(default=300.0, metadata={
         "env": "BANK_ENGINE_RESTORE_TIMEOUT_S",
         "help": "longest an engine worker may take to restore one partition from its changelog "

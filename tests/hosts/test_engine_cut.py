@@ -4,7 +4,7 @@ when the network heals it must be fenced (its open transaction was aborted by th
 coordinator, its group generation is gone) and commit nothing its successor also did: the
 ledger verifies with nothing lost and nothing applied twice, and it rejoins.
 
-Both runs hold each batch's outputs unsent for 4 s before its commit (a long linger and
+Both runs hold each batch's outputs unsent for 2 s before its commit (a long linger and
 BANK_FAULT_COMMIT_DELAY_MS), so the cut certainly finds a batch produced and not committed.
 The negative control runs the engine without transactions (BANK_UNSAFE_NO_TRANSACTIONS):
 that batch's outputs reach the brokers when the cut heals, after the successor re-did the
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -23,16 +24,17 @@ from tests.workload import Workload, assert_invariants, log_count, wait_until
 
 pytestmark = pytest.mark.slow
 
-CUT_S = 20    # past the session (6 s) and transaction (10 s) timeouts, with a margin
-WINDOW = {"BANK_ENGINE_LINGER_MS": "8000", "BANK_FAULT_COMMIT_DELAY_MS": "4000"}
+CUT_S = 12    # past the session (3 s) and transaction (5 s) timeouts set here, with a margin
+WINDOW = {"BANK_ENGINE_LINGER_MS": "4000", "BANK_FAULT_COMMIT_DELAY_MS": "2000"}
 
 
 def _cut_worker_1_under_load(settings, hosts, host_pools, tmp_path, env=None) -> tuple:
+    settings = replace(settings, session_timeout_ms=3000, transaction_timeout_ms=5000)
     pool = host_pools(settings, "worker", ENGINES, {**WINDOW, **(env or {})})
     names = [f"acct-{i}" for i in range(20)]
     wl = Workload(settings)
     wl.open_accounts(names, 10_000)
-    sender = threading.Thread(target=wl.random_transfers, args=(names, 9_000, "cut", 500),
+    sender = threading.Thread(target=wl.random_transfers, args=(names, 6_000, "cut", 500),
                               kwargs={"duplicate_every": 50, "rate_per_s": 300})
     sender.start()
     log0 = tmp_path / "logs" / "worker-0.log"
@@ -45,15 +47,15 @@ def _cut_worker_1_under_load(settings, hosts, host_pools, tmp_path, env=None) ->
     time.sleep(max(0.0, cut_at + CUT_S - time.monotonic()))
     hosts.heal()
     sender.join()
-    return pool, wl
+    return pool, wl, settings
 
 
 def test_an_engine_worker_cut_from_the_brokers_is_fenced_when_the_cut_heals(
         host_settings, healed, host_pools, tmp_path):
-    pool, wl = _cut_worker_1_under_load(host_settings, healed, host_pools, tmp_path)
+    pool, wl, settings = _cut_worker_1_under_load(host_settings, healed, host_pools, tmp_path)
     try:
         assert wl.wait(240), "every request was decided"
-        report = assert_invariants(host_settings, wl, drained_by=pool)
+        report = assert_invariants(settings, wl, drained_by=pool)
         assert report.duplicates_dropped == 0, report.render()
     finally:
         wl.close()
@@ -64,12 +66,12 @@ def test_an_engine_worker_cut_from_the_brokers_is_fenced_when_the_cut_heals(
 
 def test_negative_control_without_transactions_the_healed_worker_applies_twice(
         host_settings, healed, host_pools, tmp_path):
-    pool, wl = _cut_worker_1_under_load(host_settings, healed, host_pools, tmp_path,
-                                        {"BANK_UNSAFE_NO_TRANSACTIONS": "true"})
+    _, wl, settings = _cut_worker_1_under_load(host_settings, healed, host_pools, tmp_path,
+                                               {"BANK_UNSAFE_NO_TRANSACTIONS": "true"})
     reports = []
 
     def twice() -> bool:   # the cut worker's queued outputs land once its TCP retries do
-        reports.append(verify(host_settings, require_final=False))
+        reports.append(verify(settings, require_final=False))
         return bool(reports[-1].violations or reports[-1].applied_twice
                     or reports[-1].duplicates_dropped)
     try:

@@ -22,7 +22,7 @@ from tests.workload import Workload, assert_invariants, log_count
 
 pytestmark = pytest.mark.slow
 
-FAULTS = {"BANK_FAULT_UNKNOWN_COMMIT_EVERY": "4", "BANK_BATCH_MAX_RECORDS": "200"}
+FAULTS = {"BANK_FAULT_UNKNOWN_COMMIT_EVERY": "4", "BANK_BATCH_MAX_RECORDS": "500"}
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def _load_over_a_slow_lossy_link(settings, hosts, proxy, host_pools, env=None) -
     proxy.delay(200)
     for broker in BROKERS:
         hosts.cut_one_way(ENGINES[0], broker, percent=10)
-    sender = threading.Thread(target=wl.random_transfers, args=(names, 2_000, "slow", 100),
+    sender = threading.Thread(target=wl.random_transfers, args=(names, 1_000, "slow", 100),
                               kwargs={"duplicate_every": 40, "rate_per_s": 200})
     sender.start()
     sender.join()

@@ -29,9 +29,6 @@ from kbank.streams.config import Settings
 from kbank.streams.health import read_crashes
 
 INPUTS = ("requests", "credits")
-# no answer from the brokers for this long (the watch asks every 3 s, an answer can take 10):
-# the worker's reads may be stale, and it says so (BROKERS_UNREACHABLE_HEADER, /health)
-STALE_AFTER_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -243,13 +240,13 @@ class EngineWatch:
                             int(time.time() * 1000), read_crashes(self.settings.state_dir))
 
     def unreachable_for_s(self) -> float | None:
-        """Seconds since the brokers last answered this worker, once past STALE_AFTER_S (None:
-        they answer). A worker cut from them still serves what it has folded, which may be
-        older than what the ledger holds; its answers say so."""
+        """Seconds since the brokers last answered this worker, once past
+        BANK_VIEWS_STALE_AFTER_S (None: they answer). A worker cut from them still serves what
+        it has folded, which may be older than what the ledger holds; its answers say so."""
         if self.settings.unsafe_views_serve_isolated:
             return None
         silent = time.monotonic() - self._answered_at
-        return silent if silent > STALE_AFTER_S else None
+        return silent if silent > self.settings.views_stale_after_s else None
 
     def stalled_partitions(self) -> int:
         return len({p for _, p in self.progress.stalled(time.monotonic(), self._offsets)})

@@ -299,3 +299,89 @@ def render_windows(windows: list[FaultWindow]) -> str:
     lines += [f"{w.name:<20} {w.start - origin:>6.0f}  {w.end - w.start:>7.1f}  "
               f"{w.stopped_s:>20.1f}  {w.target}" for w in windows]
     return "\n".join(lines)
+
+
+@dataclass
+class ScaleStep:
+    workers: int
+    start: float
+    end: float = 0.0
+    outcomes_per_s: float = 0.0
+    stopped_s: float = 0.0     # the longest outcome gap of one partition after the change
+
+
+def run_hosts_scale(base: Settings, step_s: float, rate: float, accounts: int, most: int,
+                    log_dir: str, log=print) -> tuple[list[ScaleStep], str]:  # noqa: ANN001
+    """Engine workers added one by one from 1 to `most` during load, then removed one by
+    one; each step's throughput and how long its rebalance stopped progress."""
+    from kbank.chaos.run import Load, open_accounts
+
+    network, steps = Network(most, log_dir), []
+    engine: WorkerPool | None = None
+    try:
+        settings = network.start(base)
+        engine = WorkerPool(settings, 0, log_dir,
+                            hosts={str(i): network.hosts.host(h) for i, h in enumerate(network.engines)})
+        engine.start("0")
+        progress, tail = watch_progress(settings)
+        watcher, _, names = open_accounts(settings, accounts)
+        watcher.close()
+        load = Load(settings, names, rate)
+        load.start()
+        counts = [*range(1, most + 1), *range(most - 1, 0, -1)]
+        for i, workers in enumerate(counts):
+            if i:
+                if workers > counts[i - 1]:
+                    engine.start(str(workers - 1))
+                else:
+                    engine.stop(str(workers))
+            step = ScaleStep(workers, time.time())
+            log(f"scale: {workers} engine worker(s)")
+            _wait_out(step_s, (engine,))
+            step.end = time.time()
+            steps.append(step)
+        load.stop.set()
+        load.join()
+        time.sleep(2)   # the last outcomes' stamps
+        tail.close()
+        seconds, per_s = progress.per_second()
+        for step in steps:
+            inside = [n for s, n in zip(seconds, per_s) if step.start + step_s / 2 <= s < step.end]
+            step.outcomes_per_s = sum(inside) / max(1, len(inside))
+            step.stopped_s = progress.longest_gap(step.start, min(step.end, step.start + step_s / 2))
+        return steps, plot_scale(steps, os.path.join(log_dir, "scale-hosts.png"))
+    finally:
+        if engine is not None:
+            for wid in list(engine.procs):
+                engine.kill(wid)
+        network.stop()
+
+
+def render_scale(steps: list[ScaleStep]) -> str:
+    lines = ["engine workers  outcomes/s (second half)  stopped by the change (s)"]
+    lines += [f"{s.workers:>14}  {s.outcomes_per_s:>24,.0f}  {s.stopped_s:>25.1f}" for s in steps]
+    return "\n".join(lines)
+
+
+def plot_scale(steps: list[ScaleStep], path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    x = range(len(steps))
+    ax.bar(x, [s.outcomes_per_s for s in steps], color="#3b75af", label="outcomes/s")
+    ax.set_xticks(list(x), [str(s.workers) for s in steps])
+    ax.set_xlabel("engine workers (added one by one, then removed)")
+    ax.set_ylabel("outcomes per second")
+    twin = ax.twinx()
+    twin.plot(list(x), [s.stopped_s for s in steps], "o-", color="#c0392b",
+              label="stopped by the rebalance (s)")
+    twin.set_ylabel("seconds without progress (one partition)")
+    fig.legend(loc="upper right")
+    ax.set_title("bank chaos --hosts --scale")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -315,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                              "the network cut between them (kbank.chaos.network; needs root)")
     parser.add_argument("--engines", type=int, default=2, choices=range(1, 7),
                         help="--hosts: engine workers, each on its host")
+    parser.add_argument("--scale", type=float, default=0, metavar="STEP_S",
+                        help="--hosts: no faults; engine workers added one by one up to "
+                             "--engines during the load, then removed, STEP_S seconds each")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     settings = replace(settings, state_dir=tempfile.mkdtemp(prefix="bank-chaos-state-"),
@@ -353,6 +356,13 @@ def _main_hosts(args: argparse.Namespace, settings: Settings, log_dir: str) -> i
         print(f"error: bank chaos --hosts makes its own brokers on hosts of its own: "
               f"{reason or 'unset KAFKA_BOOTSTRAP_SERVERS'}", file=sys.stderr)
         return 2
+    if args.scale:
+        from kbank.chaos.network import render_scale, run_hosts_scale
+
+        steps, picture = run_hosts_scale(settings, args.scale, args.rate, args.accounts,
+                                         args.engines, log_dir, log=lambda s: print(s, flush=True))
+        print(render_scale(steps), f"plot: {picture}", sep="\n", flush=True)
+        return 0
     print(f"chaos --hosts: {args.seconds:.0f} s, a fault every {args.every:.0f} s, "
           f"{args.rate:.0f} transfers/s; logs in {log_dir}", flush=True)
     report, windows, picture = run_hosts_chaos(settings, args.seconds, args.every, args.rate,

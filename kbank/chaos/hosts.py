@@ -96,6 +96,14 @@ class Hosts:
         if reason:
             raise HostsUnavailable(reason)
         self.remove()
+        try:
+            self._make()
+        except HostsUnavailable:
+            self.remove()
+            raise
+        return self
+
+    def _make(self) -> None:
         switch, uplink = self.namespace("switch"), f"{self.prefix}-uplink"
         _run("ip", "netns", "add", switch)
         _run("ip", "-n", switch, "link", "add", "br0", "type", "bridge")
@@ -113,7 +121,11 @@ class Hosts:
             _run("ip", "-n", namespace, "addr", "add", f"{self.address(name)}/24", "dev", "eth0")
             _run("ip", "-n", namespace, "link", "set", "eth0", "up")
             _run("ip", "-n", namespace, "link", "set", "lo", "up")
-        return self
+        if self.names:   # a kernel without nf_tables cannot cut: say so now, not mid-test
+            try:
+                self._apply({self.names[0]})
+            except HostsUnavailable as exc:
+                raise HostsUnavailable(f"nftables does not work in a namespace here: {exc}") from None
 
     def remove(self) -> None:
         """Delete the namespaces (their veths go with them) and the uplink."""

@@ -148,14 +148,14 @@ class Network:
         hosts = self.hosts
         if fault in ("isolate-leader", "isolate-follower"):
             leader = BROKERS[self._leader(settings) - 1]
-            target = leader if fault == "isolate-leader" else \
-                rng.choice([b for b in BROKERS if b != leader])
-            for other in BROKERS:
-                if other != target:
-                    hosts.cut(target, other)
-            if fault == "isolate-follower":
+            if fault == "isolate-follower":   # from everyone
+                target = rng.choice([b for b in BROKERS if b != leader])
                 hosts.isolate(target)
-            return target
+                return target
+            for other in BROKERS:            # from the brokers only: clients still reach it
+                if other != leader:
+                    hosts.cut(leader, other)
+            return leader
         if fault == "isolate-controller":
             target = BROKERS[self.cluster.active_controller() - 1]
             hosts.isolate(target)

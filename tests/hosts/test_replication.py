@@ -36,7 +36,7 @@ class _Writer:
 
     def __init__(self, admin: AdminClient, config: dict, acks: str) -> None:
         self.topic = f"minority-{acks}-{uuid.uuid4().hex[:8]}"
-        admin.create_topics([NewTopic(self.topic, replica_assignment=[[1, 2, 3]], config={
+        admin.create_topics([NewTopic(self.topic, 1, replica_assignment=[[1, 2, 3]], config={
             "min.insync.replicas": "2", "unclean.leader.election.enable": "false"})])[
             self.topic].result(30)
         self.producer = Producer({**config, "acks": acks, "enable.idempotence": acks == "all",

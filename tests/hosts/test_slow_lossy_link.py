@@ -1,6 +1,6 @@
 """The engine's link to the brokers made slow and lossy: 200 ms added to everything the
 brokers send it (Toxiproxy, on its host) and 10% of the packets it sends them dropped (one
-way, nftables), under load, while every 4th commit's outcome is reported unknown (as a
+way, nftables), under load, while every 2nd commit's outcome is reported unknown (as a
 commit whose answer is late or lost is). The engine settles each such commit with the
 broker (a new producer, the committed offsets and its changelog) and never runs a committed
 batch again: the ledger verifies exactly.
@@ -22,7 +22,7 @@ from tests.workload import Workload, assert_invariants, log_count
 
 pytestmark = pytest.mark.slow
 
-FAULTS = {"BANK_FAULT_UNKNOWN_COMMIT_EVERY": "4", "BANK_BATCH_MAX_RECORDS": "500"}
+FAULTS = {"BANK_FAULT_UNKNOWN_COMMIT_EVERY": "2", "BANK_BATCH_MAX_RECORDS": "500"}
 
 
 @pytest.fixture

@@ -60,8 +60,10 @@ def host_settings(host_cluster: TestCluster, tmp_path):
 
 @pytest.fixture
 def host_pools(hosts: Hosts, tmp_path):
-    """Start workers (`worker` or `views`), worker N on the host names[N]; each is killed when
-    the test ends. Views workers get a web port and the operator key tests.http sends."""
+    """Start workers (`worker` or `views`), worker N on the host names[N], logging under
+    logs/<label>; each is killed when the test ends. Views workers get a web port and an
+    operator key (tests.http sends the last one made: a test of two deployments passes
+    each its own)."""
     from kbank.streams.apikeys import OPERATOR
     from kbank.streams.broker import free_port
     from kbank.streams.keystore import create_key
@@ -69,16 +71,18 @@ def host_pools(hosts: Hosts, tmp_path):
     from tests import http
 
     pools: list[WorkerPool] = []
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir(exist_ok=True)
 
-    def start(settings, command: str, names: list[str], env: dict[str, str] | None = None):
+    def start(settings, command: str, names: list[str], env: dict[str, str] | None = None,
+              label: str = ""):
+        log_dir = tmp_path / "logs" / label
+        log_dir.mkdir(parents=True, exist_ok=True)
         placed = {str(i): hosts.host(name) for i, name in enumerate(names)}
         ports = [free_port() for _ in names] if command == "views" else None
-        if command == "views":
-            http.use_key(create_key(settings, OPERATOR, label="tests").token)
         pool = WorkerPool(settings, 0, str(log_dir), command=command, web_ports=ports, hosts=placed)
         pools.append(pool)
+        if command == "views":
+            pool.key = create_key(settings, OPERATOR, label="tests").token
+            http.use_key(pool.key)
         for wid in placed:
             pool.start(wid, env)
         if command == "views":
@@ -91,3 +95,10 @@ def host_pools(hosts: Hosts, tmp_path):
     for pool in pools:
         for wid in list(pool.procs):
             pool.kill(wid)
+
+
+def two_deployments(host_cluster: TestCluster, tmp_path, **overrides: object) -> tuple:
+    """A protected deployment and its negative control's, side by side on the same brokers
+    and hosts, so one fault tests both."""
+    return tuple(deployment(host_cluster, tmp_path / name, replication_factor=3, **overrides)
+                 for name in ("protected", "unprotected"))

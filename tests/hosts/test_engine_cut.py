@@ -4,22 +4,22 @@ when the network heals it must be fenced (its open transaction was aborted by th
 coordinator, its group generation is gone) and commit nothing its successor also did: the
 ledger verifies with nothing lost and nothing applied twice, and it rejoins.
 
-Both runs hold each batch's outputs unsent for 2 s before its commit (a long linger and
+Each batch's outputs are held unsent for 2 s before its commit (a long linger and
 BANK_FAULT_COMMIT_DELAY_MS), so the cut certainly finds a batch produced and not committed.
-The negative control runs the engine without transactions (BANK_UNSAFE_NO_TRANSACTIONS):
-that batch's outputs reach the brokers when the cut heals, after the successor re-did the
-same inputs, and verify finds the copies.
+The negative control, a second deployment whose engine runs without transactions
+(BANK_UNSAFE_NO_TRANSACTIONS), goes through the same cut beside it: that batch's outputs
+reach the brokers when the cut heals, after the successor re-did the same inputs, and verify
+finds the copies.
 """
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
 
 import pytest
 
 from kbank.replay.verify import verify
-from tests.hosts.conftest import BROKERS, ENGINES
+from tests.hosts.conftest import BROKERS, ENGINES, two_deployments
 from tests.workload import Workload, assert_invariants, log_count, wait_until
 
 pytestmark = pytest.mark.slow
@@ -28,56 +28,69 @@ CUT_S = 12    # past the session (6 s, the brokers' least) and transaction (5 s)
 WINDOW = {"BANK_ENGINE_LINGER_MS": "4000", "BANK_FAULT_COMMIT_DELAY_MS": "2000"}
 
 
-def _cut_worker_1_under_load(settings, hosts, host_pools, tmp_path, env=None) -> tuple:
-    settings = replace(settings, transaction_timeout_ms=5000)
-    pool = host_pools(settings, "worker", ENGINES, {**WINDOW, **(env or {})})
-    names = [f"acct-{i}" for i in range(20)]
-    wl = Workload(settings)
-    wl.open_accounts(names, 10_000)
-    sender = threading.Thread(target=wl.random_transfers, args=(names, 6_000, "cut", 500),
-                              kwargs={"duplicate_every": 50, "rate_per_s": 300})
-    sender.start()
-    log0 = tmp_path / "logs" / "worker-0.log"
-    full = f"assigned partitions {list(range(settings.partitions))}"
-    time.sleep(3)   # load flowing through both workers before the cut
-    for broker in BROKERS:
-        hosts.cut(ENGINES[1], broker)
-    cut_at = time.monotonic()
-    wait_until(lambda: log_count(log0, full) > 0, 60, "worker 0 to take over every partition")
-    time.sleep(max(0.0, cut_at + CUT_S - time.monotonic()))
-    hosts.heal()
-    sender.join()
-    return pool, wl, settings
+class _Deployment:
+    """Two engine workers, one per engine host, and a load of transfers among 20 accounts."""
+
+    def __init__(self, settings, host_pools, label: str, env: dict[str, str]) -> None:
+        self.settings, self.label = settings, label
+        self.pool = host_pools(settings, "worker", ENGINES, {**WINDOW, **env}, label=label)
+        self.names = [f"acct-{i}" for i in range(20)]
+        self.wl = Workload(settings)
+
+    def load(self) -> threading.Thread:
+        self.wl.open_accounts(self.names, 10_000)
+        sender = threading.Thread(target=self.wl.random_transfers,
+                                  args=(self.names, 6_000, "cut", 500),
+                                  kwargs={"duplicate_every": 50, "rate_per_s": 300})
+        sender.start()
+        return sender
+
+    def taken_over(self, tmp_path) -> bool:
+        full = f"assigned partitions {list(range(self.settings.partitions))}"
+        return log_count(tmp_path / "logs" / self.label / "worker-0.log", full) > 0
 
 
 def test_an_engine_worker_cut_from_the_brokers_is_fenced_when_the_cut_heals(
-        host_settings, healed, host_pools, tmp_path):
-    pool, wl, settings = _cut_worker_1_under_load(host_settings, healed, host_pools, tmp_path)
+        host_cluster, healed, host_pools, tmp_path):
+    protected_settings, unprotected_settings = two_deployments(host_cluster, tmp_path,
+                                                               transaction_timeout_ms=5000)
+    protected = _Deployment(protected_settings, host_pools, "protected", {})
+    unprotected = _Deployment(unprotected_settings, host_pools, "unprotected",
+                              {"BANK_UNSAFE_NO_TRANSACTIONS": "true"})
     try:
-        assert wl.wait(240), "every request was decided"
-        report = assert_invariants(settings, wl, drained_by=pool)
+        senders = [protected.load(), unprotected.load()]
+        time.sleep(3)   # load flowing through both workers before the cut
+        for broker in BROKERS:
+            healed.cut(ENGINES[1], broker)
+        cut_at = time.monotonic()
+        wait_until(lambda: protected.taken_over(tmp_path) and unprotected.taken_over(tmp_path),
+                   60, "worker 0 of each deployment to take over every partition")
+        time.sleep(max(0.0, cut_at + CUT_S - time.monotonic()))
+        healed.heal()
+        for sender in senders:
+            sender.join()
+        assert protected.wl.wait(240), "every request was decided"
+        report = assert_invariants(protected_settings, protected.wl, drained_by=protected.pool)
         assert report.duplicates_dropped == 0, report.render()
+        assert protected.pool.procs["1"].poll() is None, "the cut worker rejoins, not exits"
+        log1 = (tmp_path / "logs" / "protected" / "worker-1.log").read_text()
+        assert "fenced" in log1 or "aborting transaction" in log1, log1[-3000:]
+        _assert_applied_twice(unprotected)
     finally:
-        wl.close()
-    assert pool.procs["1"].poll() is None, "the cut worker rejoins after the heal, not exits"
-    log1 = (tmp_path / "logs" / "worker-1.log").read_text()
-    assert "fenced" in log1 or "aborting transaction" in log1, log1[-3000:]
+        protected.wl.close()
+        unprotected.wl.close()
 
 
-def test_negative_control_without_transactions_the_healed_worker_applies_twice(
-        host_settings, healed, host_pools, tmp_path):
-    _, wl, settings = _cut_worker_1_under_load(host_settings, healed, host_pools, tmp_path,
-                                               {"BANK_UNSAFE_NO_TRANSACTIONS": "true"})
+def _assert_applied_twice(unprotected: _Deployment) -> None:
+    """The negative control: the healed worker's stale batch lands once its TCP retries do."""
     reports = []
 
-    def twice() -> bool:   # the cut worker's queued outputs land once its TCP retries do
-        reports.append(verify(settings, require_final=False))
+    def twice() -> bool:
+        reports.append(verify(unprotected.settings, require_final=False))
         return bool(reports[-1].violations or reports[-1].applied_twice
                     or reports[-1].duplicates_dropped)
+    unprotected.wl.wait(120)
     try:
-        wl.wait(120)
         wait_until(twice, 120, "the healed worker's stale outputs", poll_s=2)
     except AssertionError:
         raise AssertionError(reports[-1].render() if reports else "no verify ran") from None
-    finally:
-        wl.close()

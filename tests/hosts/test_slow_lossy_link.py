@@ -5,8 +5,9 @@ commit whose answer is late or lost is). The engine settles each such commit wit
 broker (a new producer, the committed offsets and its changelog) and never runs a committed
 batch again: the ledger verifies exactly.
 
-The negative control re-runs a batch whose commit outcome is unknown from memory
-(BANK_UNSAFE_RERUN_UNKNOWN_COMMIT): the committed ones are applied twice.
+The negative control, a second deployment whose engine shares the host and the link and
+re-runs a batch whose commit outcome is unknown from memory
+(BANK_UNSAFE_RERUN_UNKNOWN_COMMIT), applies the committed ones twice.
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ import pytest
 from kbank.chaos.toxics import Toxiproxy, toxiproxy_binary
 from kbank.replay.verify import verify
 from kbank.streams.broker import PROXIED_PORT
-from tests.hosts.conftest import BROKERS, ENGINES
-from tests.workload import Workload, assert_invariants, log_count
+from tests.hosts.conftest import BROKERS, ENGINES, two_deployments
+from tests.workload import Workload, assert_invariants, log_count, wait_until
 
 pytestmark = pytest.mark.slow
 
 FAULTS = {"BANK_FAULT_UNKNOWN_COMMIT_EVERY": "2", "BANK_BATCH_MAX_RECORDS": "500"}
+NAMES = [f"acct-{i}" for i in range(30)]
 
 
 @pytest.fixture
@@ -35,40 +37,41 @@ def toxiproxy(healed, host_cluster, tmp_path):
     proxy.stop()
 
 
-def _load_over_a_slow_lossy_link(settings, hosts, proxy, host_pools, env=None) -> tuple:
-    engine = host_pools(settings, "worker", ENGINES[:1], {
-        **FAULTS, **(env or {}), "KAFKA_BOOTSTRAP_SERVERS": proxy.bootstrap_servers(len(BROKERS))})
-    names = [f"acct-{i}" for i in range(30)]
-    wl = Workload(settings)
-    wl.open_accounts(names, 100_000)
-    proxy.delay(200)
-    for broker in BROKERS:
-        hosts.cut_one_way(ENGINES[0], broker, percent=10)
-    sender = threading.Thread(target=wl.random_transfers, args=(names, 1_000, "slow", 100),
-                              kwargs={"duplicate_every": 40, "rate_per_s": 200})
-    sender.start()
-    sender.join()
-    return engine, wl
-
-
 def test_a_slow_lossy_link_between_engine_and_brokers_changes_nothing(
-        host_settings, healed, toxiproxy, host_pools, tmp_path):
-    engine, wl = _load_over_a_slow_lossy_link(host_settings, healed, toxiproxy, host_pools)
+        host_cluster, healed, toxiproxy, host_pools, tmp_path):
+    protected, unprotected = two_deployments(host_cluster, tmp_path)
+    through = {**FAULTS, "KAFKA_BOOTSTRAP_SERVERS": toxiproxy.bootstrap_servers(len(BROKERS))}
+    engine = host_pools(protected, "worker", ENGINES[:1], through, label="protected")
+    host_pools(unprotected, "worker", ENGINES[:1],
+               {**through, "BANK_UNSAFE_RERUN_UNKNOWN_COMMIT": "true"}, label="unprotected")
+    clients = [Workload(protected), Workload(unprotected)]
     try:
-        assert wl.wait(240), "every request was decided over the slow, lossy link"
-        assert_invariants(host_settings, wl, drained_by=engine)
-    finally:
-        wl.close()
-    assert log_count(tmp_path / "logs" / "worker-0.log", "injected unknown outcome") >= 3
+        for wl in clients:
+            wl.open_accounts(NAMES, 100_000)
+        toxiproxy.delay(200)
+        for broker in BROKERS:
+            healed.cut_one_way(ENGINES[0], broker, percent=10)
+        senders = [threading.Thread(target=wl.random_transfers, args=(NAMES, 1_000, "slow", 100),
+                                    kwargs={"duplicate_every": 40, "rate_per_s": 200})
+                   for wl in clients]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+        assert clients[0].wait(240), "every request was decided over the slow, lossy link"
+        assert_invariants(protected, clients[0], drained_by=engine)
+        logs = tmp_path / "logs"
+        assert log_count(logs / "protected" / "worker-0.log", "injected unknown outcome") >= 3
+        # the negative control, over the same link: a batch applied twice shows once it lands
+        reports = []
 
-
-def test_negative_control_rerunning_unknown_commits_over_the_link_applies_twice(
-        host_settings, healed, toxiproxy, host_pools):
-    _, wl = _load_over_a_slow_lossy_link(host_settings, healed, toxiproxy, host_pools,
-                                         {"BANK_UNSAFE_RERUN_UNKNOWN_COMMIT": "true"})
-    try:
-        wl.wait(120)
-        report = verify(host_settings, require_final=False)
-        assert report.applied_twice > 0 or report.violations, report.render()
+        def twice() -> bool:
+            reports.append(verify(unprotected, require_final=False))
+            return bool(reports[-1].applied_twice or reports[-1].violations)
+        try:
+            wait_until(twice, 120, "a committed batch re-run", poll_s=2)
+        except AssertionError:
+            raise AssertionError(reports[-1].render() if reports else "no verify ran") from None
     finally:
-        wl.close()
+        for wl in clients:
+            wl.close()

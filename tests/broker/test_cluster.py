@@ -29,11 +29,11 @@ pytestmark = [pytest.mark.slow,
                                  reason="starts an embedded 3-node cluster of its own")]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = KafkaCluster(tmp_path_factory.mktemp("kafka3"), nodes=3, secured=True).start()
-    yield c
-    c.stop()
+@pytest.fixture
+def cluster(three_brokers: TestCluster) -> KafkaCluster:
+    """The session's three brokers (on network hosts of their own where the machine can make
+    them, tests.conftest)."""
+    return three_brokers.cluster
 
 
 def _leader(settings: Settings, logical_topic: str, partition: int) -> int:

@@ -1,48 +1,28 @@
-"""One set of hosts for every test here: three brokers, two engine hosts and two views hosts,
-each a network namespace of its own (kbank.chaos.hosts), made once and removed at the end.
-
-The brokers run as users run them across hosts: secured, replication factor 3,
-min.insync.replicas 2, no unclean leader. Each test makes its own deployment (topic prefix,
-principals, state) on them and heals every cut when it ends. Without root (or iproute2 and
-nftables) the tests skip with the reason; `make test` installs nftables.
+"""The tests across hosts: the session's hosts and three brokers on them (tests.conftest's
+network_hosts and three_brokers, which tests/broker shares), a deployment per test, every
+cut healed when a test ends. Without root (or iproute2 and nftables) they skip with the
+reason; `make test` installs nftables and Toxiproxy.
 """
 from __future__ import annotations
 
 import pytest
 
-from kbank.chaos.hosts import Hosts, HostsUnavailable, why_unavailable
-from kbank.chaos.toxics import proxy_address
-from kbank.streams.broker import KafkaCluster
-from tests.conftest import TestCluster, deployment
+from kbank.chaos.hosts import Hosts
+from tests.conftest import BROKERS, ENGINES, NO_HOSTS, VIEWS, TestCluster, deployment
 
-BROKERS = ["broker-1", "broker-2", "broker-3"]
-ENGINES = ["engine-0", "engine-1"]
-VIEWS = ["views-0", "views-1"]
+__all__ = ["BROKERS", "ENGINES", "VIEWS"]
 
 
-@pytest.fixture(scope="package")
-def hosts() -> Hosts:
-    reason = why_unavailable()
-    if reason:
-        pytest.skip(f"no network hosts on this machine: {reason}")
-    made = Hosts([*BROKERS, *ENGINES, *VIEWS], prefix="kbt")
-    try:
-        made.create()
-    except HostsUnavailable as exc:
-        pytest.skip(f"no network hosts on this machine: {exc}")
-    yield made
-    made.remove()
+@pytest.fixture
+def hosts(network_hosts: Hosts | None) -> Hosts:
+    if network_hosts is None:
+        pytest.skip(NO_HOSTS[0])
+    return network_hosts
 
 
-@pytest.fixture(scope="package")
-def host_cluster(hosts: Hosts, tmp_path_factory) -> TestCluster:
-    """The three brokers, one per host, each with a second listener that advertises a
-    Toxiproxy on the first engine host (kbank.chaos.toxics)."""
-    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka-hosts"), nodes=3, secured=True,
-                           hosts=[hosts.host(name) for name in BROKERS],
-                           via=[proxy_address(n) for n in range(1, len(BROKERS) + 1)]).start()
-    yield TestCluster(cluster.bootstrap_servers, cluster.admin_config(), cluster)
-    cluster.stop()
+@pytest.fixture
+def host_cluster(hosts: Hosts, three_brokers: TestCluster) -> TestCluster:
+    return three_brokers
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ STALE_AFTER_S = 6.0
 
 
 def _owned_by_views_1(settings, views, names: list[str]) -> str:
-    owned = http.get_json(f"{views.url('1')}/health")["ledger_partitions"]
+    owned = http.get_json(f"{views.url('1')}/health", key=views.key)["ledger_partitions"]
     return next(n for n in names if partition_for(n, settings.partitions) in owned)
 
 

@@ -35,6 +35,8 @@ class TestCluster:
     """The session's cluster: where it is and its super user's client settings (None: an
     external cluster without them, used as it is)."""
 
+    __test__ = False    # a fixture's value, not a test class
+
     bootstrap_servers: str
     admin_config: dict[str, str] | None
     cluster: KafkaCluster | None = None

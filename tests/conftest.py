@@ -127,6 +127,13 @@ def settings(test_cluster: TestCluster, tmp_path) -> Settings:
     return deployment(test_cluster, tmp_path)
 
 
+def kill_all(pools: list[WorkerPool]) -> None:
+    """SIGKILL every worker of the pools (a test's end)."""
+    for pool in pools:
+        for wid in list(pool.procs):
+            pool.kill(wid)
+
+
 @pytest.fixture
 def pool_factory(tmp_path):
     """Start engine worker processes (or `command`'s: webhooks); each is killed when the
@@ -141,9 +148,7 @@ def pool_factory(tmp_path):
         return pool
 
     yield start
-    for pool in pools:
-        for wid in list(pool.procs):
-            pool.kill(wid)
+    kill_all(pools)
 
 
 @pytest.fixture
@@ -170,6 +175,4 @@ def views_factory(tmp_path):
 
     yield start
     http.use_key(None)
-    for pool in pools:
-        for wid in list(pool.procs):
-            pool.kill(wid)
+    kill_all(pools)

@@ -222,7 +222,7 @@ def plot(progress: Progress, windows: list[FaultWindow], path: str) -> str:
 def run_hosts_chaos(base: Settings, seconds: float, every: float, rate: float, accounts: int,
                     engines: int, log_dir: str, log=print) -> tuple:  # noqa: ANN001
     """The run: returns (kbank.chaos.run's ChaosReport, the fault windows, the plot's path)."""
-    from kbank.chaos.run import ChaosReport, check, open_accounts, Load
+    from kbank.chaos.run import ChaosReport, Load, check, finish_load, open_accounts
 
     network, report, windows = Network(engines, log_dir), ChaosReport(), []
     rng = random.Random(17)
@@ -252,18 +252,8 @@ def run_hosts_chaos(base: Settings, seconds: float, every: float, rate: float, a
             windows.append(window)
             report.faults.append(fault)
             _wait_out(max(0.0, every - FAULT_S), pools)
-        load.stop.set()
-        load.join()
-        all_ids = ids + load.ids
-        log(f"chaos: load stopped after {len(load.ids)} transfers; waiting for every outcome")
-        deadline = time.monotonic() + 300
-        while watcher.finished(all_ids) < len(all_ids) and time.monotonic() < deadline:
-            engine.restart_dead()
-            time.sleep(0.5)
-        watcher.close()
+        finish_load(load, ids, watcher, engine, report, log)
         tail.close()
-        report.sent, report.duplicates_sent = len(all_ids), load.duplicates
-        report.misrouted_sent, report.hostile_sent = load.misrouted, load.hostile
         check(settings, report, urls, views, log, api_key)
         for w in windows:
             w.stopped_s = progress.longest_gap(w.start, w.end + FAULT_S)

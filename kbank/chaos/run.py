@@ -193,23 +193,30 @@ def run_chaos(settings: Settings, seconds: float, every: float, rate: float, acc
                 # counted from the end of the fault: a long one (zombie) is not followed by a burst
                 next_fault = time.monotonic() + every
             time.sleep(0.2)
-        load.stop.set()
-        load.join()
-        all_ids = ids + load.ids
-        log(f"chaos: load stopped after {len(load.ids)} transfers; waiting for every outcome")
-        deadline = time.monotonic() + 300
-        while watcher.finished(all_ids) < len(all_ids) and time.monotonic() < deadline:
-            engine.restart_dead()
-            time.sleep(0.5)
-        watcher.close()
-        report.sent, report.duplicates_sent = len(all_ids), load.duplicates
-        report.misrouted_sent, report.hostile_sent = load.misrouted, load.hostile
+        finish_load(load, ids, watcher, engine, report, log)
         check(settings, report, urls, views, log, api_key)
     finally:
         for pool in (engine, views):
             for wid in list(pool.procs):
                 pool.kill(wid)
     return report
+
+
+def finish_load(load: Load, ids: list[str], watcher: OutcomeWatcher, engine: WorkerPool,
+                report: ChaosReport, log) -> None:  # noqa: ANN001
+    """Stop the load and wait (up to 5 minutes, restarting engine workers that exited) for
+    the outcome of every request; the counts go in the report."""
+    load.stop.set()
+    load.join()
+    all_ids = ids + load.ids
+    log(f"chaos: load stopped after {len(load.ids)} transfers; waiting for every outcome")
+    deadline = time.monotonic() + 300
+    while watcher.finished(all_ids) < len(all_ids) and time.monotonic() < deadline:
+        engine.restart_dead()
+        time.sleep(0.5)
+    watcher.close()
+    report.sent, report.duplicates_sent = len(all_ids), load.duplicates
+    report.misrouted_sent, report.hostile_sent = load.misrouted, load.hostile
 
 
 def open_accounts(settings: Settings, accounts: int) -> tuple[OutcomeWatcher, list[str], list[str]]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from kbank.chaos.hosts import Hosts
-from tests.conftest import BROKERS, ENGINES, NO_HOSTS, VIEWS, TestCluster, deployment
+from tests.conftest import (BROKERS, ENGINES, NO_HOSTS, VIEWS, TestCluster, deployment,
+                            kill_all)
 
 __all__ = ["BROKERS", "ENGINES", "VIEWS"]
 
@@ -72,9 +73,7 @@ def host_pools(hosts: Hosts, tmp_path):
 
     yield start
     http.use_key(None)
-    for pool in pools:
-        for wid in list(pool.procs):
-            pool.kill(wid)
+    kill_all(pools)
 
 
 def two_deployments(host_cluster: TestCluster, tmp_path, **overrides: object) -> tuple:

@@ -43,6 +43,9 @@ class ChangelogRestore:
         self.tasks: dict[int, PartitionTask] = {}
         self._pending: dict[int, list[tuple[bytes, bytes]]] = {}
         self._deadline: dict[int, float] = {}
+        # per partition, the changelog offset the store has applied up to: what a fetch hands
+        # out below it is already in the store (see step)
+        self._floor: dict[int, int] = {}
 
     @property
     def active(self) -> bool:
@@ -55,6 +58,7 @@ class ChangelogRestore:
             self.tasks[task.partition] = task
             self._pending[task.partition] = []
             self._deadline[task.partition] = time.monotonic() + self.timeout_s
+            self._floor[task.partition] = task.store.changelog_offset
         self.restorer.incremental_assign(
             [TopicPartition(self.changelog, t.partition, t.store.changelog_offset) for t in tasks])
 
@@ -62,7 +66,7 @@ class ChangelogRestore:
         """Stop restoring these partitions (revoked, or to be restarted)."""
         gone = sorted({p for p in partitions if p in self.tasks})
         for p in gone:
-            del self.tasks[p], self._pending[p], self._deadline[p]
+            del self.tasks[p], self._pending[p], self._deadline[p], self._floor[p]
         if gone:
             self.restorer.incremental_unassign([TopicPartition(self.changelog, p) for p in gone])
 
@@ -76,12 +80,21 @@ class ChangelogRestore:
             if p not in self.tasks or any(t.partition == p for t in done):
                 continue
             err = msg.error()
+            # Below the store's own offset a record is already applied and an end is not the
+            # end: a replica that lost its leadership answered "out of range" and the consumer
+            # started the partition over (seen across hosts: applying those records put
+            # older accounts over newer holds, and a hold's expiry then found `held` short)
             if err is None:
+                if msg.offset() < self._floor[p]:
+                    continue
                 self._pending[p].append((msg.key(), msg.value()))
                 if len(self._pending[p]) >= max_records:   # memory stays bounded
                     self._apply(p, msg.offset() + 1)
             elif err.code() == KafkaError._PARTITION_EOF:
-                if self._reached_end(p, msg.offset()):
+                if msg.offset() < self._floor[p]:
+                    log.info("p%d: changelog end %d is before the store's %d (a stale replica "
+                             "answered): reading on", p, msg.offset(), self._floor[p])
+                elif self._reached_end(p, msg.offset()):
                     done.append(self.tasks[p])
             else:
                 log.warning("restore: %s", err)
@@ -94,6 +107,7 @@ class ChangelogRestore:
     def _apply(self, p: int, next_offset: int) -> None:
         """Write the records read so far; a restore cut short goes on from next_offset."""
         self.tasks[p].store.apply_changelog(self._pending[p], next_offset)
+        self._floor[p] = next_offset
         if self.progress is not None:
             self.progress(len(self._pending[p]))
         self._pending[p] = []

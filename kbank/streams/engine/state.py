@@ -265,6 +265,8 @@ class PartitionStore:
 
     def apply_changelog(self, records: list[tuple[bytes, bytes]], next_offset: int) -> None:
         """Write committed changelog records (key, value) read up to next_offset."""
+        assert next_offset >= self.changelog_offset, \
+            f"changelog records up to {next_offset} applied over a store at {self.changelog_offset}"
         wb = WriteBatch(raw_mode=True)
         position = self.position
         for key, value in records:

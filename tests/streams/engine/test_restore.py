@@ -4,6 +4,7 @@ the group's committed offsets."""
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from kbank.streams import kafka, topics
 from kbank.streams.engine.changelog import BatchRecord, account_key
@@ -72,6 +73,28 @@ class _Eof:
         return KafkaError(KafkaError._PARTITION_EOF)
 
 
+class _Record:
+    """A changelog record as confluent-kafka delivers one."""
+
+    def __init__(self, partition: int, offset: int, key: bytes, value: bytes) -> None:
+        self._partition, self._offset, self._key, self._value = partition, offset, key, value
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def error(self) -> None:
+        return None
+
+
 class _ScriptedRestorer:
     """Hands out one scripted fetch: the events a slow link delivered together."""
 
@@ -79,7 +102,9 @@ class _ScriptedRestorer:
         self.fetch = fetch
 
     def consume(self, _max: int, _wait: float) -> list:
-        fetch, self.fetch = self.fetch, []
+        fetch = self.fetch.pop(0) if self.fetch and isinstance(self.fetch[0], list) else self.fetch
+        if fetch is self.fetch:
+            self.fetch = []
         return fetch
 
     def incremental_assign(self, _partitions) -> None:  # noqa: ANN001
@@ -97,3 +122,36 @@ def test_a_fetch_that_ends_a_partition_twice_finishes_its_restore_once(tmp_path)
     restore.add([task])
     assert restore.step() == [task] and not restore.active
     task.store.close()
+
+
+def _account(balance: int, seq: int) -> bytes:
+    return orjson.dumps(Account(balance=balance, seq=seq).to_json())
+
+
+def test_a_fetch_started_over_below_the_store_applies_nothing_old_and_waits_for_the_end(tmp_path):
+    """Seen across hosts (bank chaos --hosts, a leader isolated): a replica that had lost its
+    leadership answered the restore's offset "out of range", the consumer started the
+    partition over from the beginning, and the restore applied older accounts over the store
+    and ended at that replica's end, before the store's own: a hold's expiry then found the
+    account's `held` short (the engine's invariant check stopped it)."""
+    store = PartitionStore(str(tmp_path / "p5"), StoreBudget(64))
+    store.apply_changelog([(account_key("acct-7"), _account(70, 2))], 10)
+    task = PartitionTask(5, store)
+    restore = ChangelogRestore(_ScriptedRestorer([
+        [_Record(5, 3, account_key("acct-7"), _account(7, 1)), _Eof(5, 5)],     # started over
+        [_Record(5, 10, account_key("acct-7"), _account(80, 3)), _Eof(5, 11)],  # the real end
+    ]), "changelog")
+    restore.add([task])
+    assert restore.step() == [] and restore.active
+    assert store.account("acct-7").balance == 70 and store.changelog_offset == 10
+    assert restore.step() == [task]
+    assert store.account("acct-7").balance == 80 and store.changelog_offset == 11
+    store.close()
+
+
+def test_changelog_records_applied_over_a_newer_store_are_refused(tmp_path):
+    store = PartitionStore(str(tmp_path / "p5"), StoreBudget(64))
+    store.apply_changelog([(account_key("acct-7"), _account(70, 2))], 10)
+    with pytest.raises(AssertionError):
+        store.apply_changelog([(account_key("acct-7"), _account(7, 1))], 5)
+    store.close()

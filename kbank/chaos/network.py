@@ -17,7 +17,7 @@ transaction timeouts):
                       their acknowledgements do not)
 
 At the end the load stops, every request is waited for, verify runs and the views are
-compared with their rebuild (kbank.chaos.run). The report adds each fault's times and how
+compared with their rebuild (kbank.chaos.workload). The report adds each fault's times and how
 long it stopped progress: the longest time any outcomes partition went without an outcome
 (stamped by the engine) from the fault's start to FAULT_S after its end; and a plot.
 """
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 
 from kbank.chaos.hosts import CLIENT, Hosts
 from kbank.chaos.toxics import Toxiproxy, proxy_address
+from kbank.chaos.workload import ChaosReport, Load, check, finish_load, open_accounts
 from kbank.streams import topics
 from kbank.streams.broker import PROXIED_PORT, KafkaCluster, free_port
 from kbank.streams.client import OutcomeTail
@@ -221,8 +222,7 @@ def plot(progress: Progress, windows: list[FaultWindow], path: str) -> str:
 
 def run_hosts_chaos(base: Settings, seconds: float, every: float, rate: float, accounts: int,
                     engines: int, log_dir: str, log=print) -> tuple:  # noqa: ANN001
-    """The run: returns (kbank.chaos.run's ChaosReport, the fault windows, the plot's path)."""
-    from kbank.chaos.run import ChaosReport, Load, check, finish_load, open_accounts
+    """The run: returns (kbank.chaos.workload's ChaosReport, the fault windows, the plot's path)."""
 
     network, report, windows = Network(engines, log_dir), ChaosReport(), []
     rng = random.Random(17)
@@ -304,7 +304,6 @@ def run_hosts_scale(base: Settings, step_s: float, rate: float, accounts: int, m
                     log_dir: str, log=print) -> tuple[list[ScaleStep], str]:  # noqa: ANN001
     """Engine workers added one by one from 1 to `most` during load, then removed one by
     one; each step's throughput and how long its rebalance stopped progress."""
-    from kbank.chaos.run import Load, open_accounts
 
     network, steps = Network(most, log_dir), []
     engine: WorkerPool | None = None

@@ -1,6 +1,6 @@
-"""The tests across hosts: the session's hosts and three brokers on them (tests.conftest's
-network_hosts and three_brokers, which tests/broker shares), a deployment per test, every
-cut healed when a test ends. Without root (or iproute2 and nftables) they skip with the
+"""The tests across hosts: one set of hosts and three brokers on them for this package (the
+broker kills of test_broker_kills share them), a deployment per test, every cut healed when
+a test ends. Without root (or iproute2 and nftables) they skip with the
 reason; `make test` installs nftables and Toxiproxy.
 """
 from __future__ import annotations
@@ -8,10 +8,55 @@ from __future__ import annotations
 import pytest
 
 from kbank.chaos.hosts import Hosts
-from tests.conftest import (BROKERS, ENGINES, NO_HOSTS, VIEWS, TestCluster, deployment,
-                            kill_all)
+from kbank.streams.broker import KafkaCluster
+from tests.conftest import TestCluster, deployment, kill_all
 
-__all__ = ["BROKERS", "ENGINES", "VIEWS"]
+BROKERS = ["broker-1", "broker-2", "broker-3"]
+ENGINES = ["engine-0", "engine-1"]
+VIEWS = ["views-0", "views-1"]
+NO_HOSTS: list[str] = []    # why network hosts cannot be made here, once known
+
+
+@pytest.fixture(scope="package")
+def network_hosts():  # noqa: ANN201 - kbank.chaos.hosts.Hosts or None
+    """Three broker hosts, two engine hosts and two views hosts, each a network namespace of
+    its own (kbank.chaos.hosts), made once for this package (its brokers stop with it, not idle under the rest of the suite); None where they cannot be made
+    (no root, iproute2 or nftables: NO_HOSTS says why)."""
+    from kbank.chaos.hosts import Hosts, HostsUnavailable, why_unavailable
+
+    reason = why_unavailable()
+    made = Hosts([*BROKERS, *ENGINES, *VIEWS], prefix="kbt")
+    if reason is None:
+        try:
+            made.create()
+        except HostsUnavailable as exc:
+            reason = str(exc)
+    if reason is not None:
+        NO_HOSTS.append(f"no network hosts on this machine: {reason}")
+        yield None
+        return
+    yield made
+    made.remove()
+
+
+@pytest.fixture(scope="package")
+def three_brokers(network_hosts, tmp_path_factory) -> TestCluster:  # noqa: ANN001
+    """Three secured brokers as users run them (replication 3, min.insync.replicas 2), one
+    per broker host, each with a second listener that advertises a Toxiproxy on the first
+    engine host (kbank.chaos.toxics); on loopback where there are no hosts. Shared by
+    the broker kills and the network faults here."""
+    from kbank.chaos.toxics import proxy_address
+
+    if network_hosts is None:
+        cluster = KafkaCluster(tmp_path_factory.mktemp("kafka3"), nodes=3, secured=True).start()
+    else:
+        cluster = KafkaCluster(tmp_path_factory.mktemp("kafka-hosts"), nodes=3, secured=True,
+                               hosts=[network_hosts.host(name) for name in BROKERS],
+                               via=[proxy_address(n) for n in range(1, len(BROKERS) + 1)]).start()
+    yield TestCluster(cluster.bootstrap_servers, cluster.admin_config(), cluster)
+    cluster.stop(timeout_s=3)   # its data is the session's: no clean shutdown to wait for
+
+
 
 
 @pytest.fixture

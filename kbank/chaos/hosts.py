@@ -79,9 +79,6 @@ class Hosts:
     def address(self, name: str) -> str:
         return self._address[name]
 
-    def name_of(self, address: str) -> str:
-        return next(name for name, a in self._address.items() if a == address)
-
     def launcher(self, name: str) -> tuple[str, ...]:
         """The command prefix that runs a program on host `name`."""
         return ("ip", "netns", "exec", self.namespace(name))
@@ -155,12 +152,10 @@ class Hosts:
             if other != name:
                 self.cut(name, other)
 
-    def heal(self, name: str | None = None) -> None:
-        """Remove every cut (or only those touching `name`)."""
-        touched = {h for c in self.cuts for h in (c.source, c.target)
-                   if name is None or name in (c.source, c.target)}
-        self.cuts = [c for c in self.cuts
-                     if name is not None and name not in (c.source, c.target)]
+    def heal(self) -> None:
+        """Remove every cut."""
+        touched = {h for c in self.cuts for h in (c.source, c.target)}
+        self.cuts = []
         self._apply(touched)
 
     def _apply(self, touched: set[str]) -> None:
@@ -170,12 +165,6 @@ class Hosts:
             rules_in = [c for c in self.cuts if c.target == host]
             _run("ip", "netns", "exec", self.namespace(host), "nft", "-f", "-",
                  stdin=_ruleset(self, host, rules_out, rules_in))
-
-    def __enter__(self) -> "Hosts":
-        return self.create()
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
 
 def _drop(match: str, percent: int) -> str:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 
 from kbank.chaos.hosts import Hosts
+from kbank.chaos.network import BROKERS, VIEWS
 from kbank.streams.broker import KafkaCluster
 from tests.conftest import TestCluster, deployment, kill_all
 
-BROKERS = ["broker-1", "broker-2", "broker-3"]
+__all__ = ["BROKERS", "VIEWS"]   # the hosts bank chaos --hosts makes, and two engine hosts
 ENGINES = ["engine-0", "engine-1"]
-VIEWS = ["views-0", "views-1"]
 NO_HOSTS: list[str] = []    # why network hosts cannot be made here, once known
 
 

@@ -5,6 +5,9 @@ reason; `make test` installs nftables and Toxiproxy.
 """
 from __future__ import annotations
 
+import time
+import uuid
+
 import pytest
 
 from kbank.chaos.hosts import Hosts
@@ -55,8 +58,6 @@ def three_brokers(network_hosts, tmp_path_factory) -> TestCluster:  # noqa: ANN0
                                via=[proxy_address(n) for n in range(1, len(BROKERS) + 1)]).start()
     yield TestCluster(cluster.bootstrap_servers, cluster.admin_config(), cluster)
     cluster.stop(timeout_s=3)   # its data is the session's: no clean shutdown to wait for
-
-
 
 
 @pytest.fixture
@@ -126,3 +127,57 @@ def two_deployments(host_cluster: TestCluster, tmp_path, **overrides: object) ->
     and hosts, so one fault tests both."""
     return tuple(deployment(host_cluster, tmp_path / name, replication_factor=3, **overrides)
                  for name in ("protected", "unprotected"))
+
+
+def partition_zero(admin, topic: str):  # noqa: ANN001, ANN201 - confluent-kafka metadata
+    return admin.list_topics(topic, timeout=10).topics[topic].partitions[0]
+
+
+def leading(admin, topic: str, leader: int) -> bool:  # noqa: ANN001 - an AdminClient
+    """`leader` leads the topic's one partition with all three replicas in sync (a topic
+    just made may be known to a broker before its partition is)."""
+    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    return 0 in partitions and partitions[0].leader == leader and len(partitions[0].isrs) == 3
+
+
+class TopicWriter:
+    """Writes numbered records to a new one-partition topic on brokers `replicas` (the first
+    leads), noting which the brokers acknowledged and when."""
+
+    def __init__(self, admin, config: dict, acks: str, replicas: tuple[int, ...] = (1, 2, 3),  # noqa: ANN001
+                 min_insync: int = 2) -> None:
+        from confluent_kafka import Producer
+        from confluent_kafka.admin import NewTopic
+
+        self.topic = f"writes-{acks}-{min_insync}-{uuid.uuid4().hex[:8]}"
+        admin.create_topics([NewTopic(self.topic, 1, replica_assignment=[list(replicas)], config={
+            "min.insync.replicas": str(min_insync),
+            "unclean.leader.election.enable": "false"})])[self.topic].result(30)
+        self.producer = Producer({**config, "acks": acks, "enable.idempotence": acks == "all",
+                                  "linger.ms": 5, "request.timeout.ms": 5000,
+                                  "message.timeout.ms": 120000})
+        self.acknowledged: dict[bytes, float] = {}    # value -> time.monotonic() of its ack
+        self.sent = 0
+
+    def write(self) -> None:
+        self.producer.produce(self.topic, f"write-{self.sent}".encode(), on_delivery=self._ack)
+        self.sent += 1
+        self.producer.poll(0)
+
+    def _ack(self, error, message) -> None:  # noqa: ANN001 - confluent-kafka's callback
+        if error is None:
+            self.acknowledged[message.value()] = time.monotonic()
+
+    def acknowledged_between(self, start: float, end: float) -> int:
+        return sum(1 for at in self.acknowledged.values() if start <= at <= end)
+
+    def present(self, config: dict) -> set[bytes]:
+        from confluent_kafka import Consumer, TopicPartition
+
+        from kbank.streams.client import read_to_end
+
+        reader = Consumer({**config, "group.id": "writes-check", "enable.partition.eof": True})
+        try:
+            return {m.value() for m in read_to_end(reader, [TopicPartition(self.topic, 0, 0)])}
+        finally:
+            reader.close()

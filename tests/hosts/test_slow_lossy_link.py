@@ -51,7 +51,7 @@ def test_a_slow_lossy_link_between_engine_and_brokers_changes_nothing(
         toxiproxy.delay(200)
         for broker in BROKERS:
             healed.cut_one_way(ENGINES[0], broker, percent=10)
-        senders = [threading.Thread(target=wl.random_transfers, args=(NAMES, 1_000, "slow", 100),
+        senders = [threading.Thread(target=wl.random_transfers, args=(NAMES, 500, "slow", 100),
                                     kwargs={"duplicate_every": 40, "rate_per_s": 200})
                    for wl in clients]
         for sender in senders:

@@ -166,3 +166,47 @@ def halt_message(worker_id: str, principal: str, err: KafkaError | None, topics:
     code = f" ({err.name()})" if err is not None else ""
     return (f"engine worker {worker_id} halted: {what}{on} refused for principal {principal}"
             f"{code}: {detail}")
+
+
+@dataclass
+class LostPositions:
+    """Input partitions whose broker held no record at the position the worker fetched
+    (OFFSET_OUT_OF_RANGE: the engine's inputs are read with auto.offset.reset=error, never
+    started over from their first record, which would re-decide requests older than the id
+    window as new ones).
+
+    A leader cut from the controller answers so until the client learns of its successor,
+    so the worker seeks the same position again every `reseek_s`; a position still missing
+    after `patience_s` is a log that no longer holds it (truncated, recreated, deleted by
+    retention), which no retry fixes: the worker halts."""
+
+    patience_s: float
+    reseek_s: float = 1.0
+    since: dict[tuple[str, int], float] = field(default_factory=dict)   # first seen missing
+    next_seek: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    def lost(self, topic: str, partition: int, now: float) -> float:
+        """Note the partition's position missing; how long it has been missing."""
+        first = self.since.setdefault((topic, partition), now)
+        self.next_seek[(topic, partition)] = now + self.reseek_s
+        return now - first
+
+    def exhausted(self, topic: str, partition: int, now: float) -> bool:
+        first = self.since.get((topic, partition))
+        return first is not None and now - first >= self.patience_s
+
+    def found(self, topic: str, partition: int) -> None:
+        """A record of the partition arrived: its position is served again."""
+        self.since.pop((topic, partition), None)
+        self.next_seek.pop((topic, partition), None)
+
+    def forget(self, partitions: set[int]) -> None:
+        for key in [k for k in self.since if k[1] in partitions]:
+            self.found(*key)
+
+    def due(self, now: float) -> list[tuple[str, int]]:
+        """Partitions to seek again now (each once per `reseek_s`)."""
+        ready = [key for key, at in self.next_seek.items() if at <= now]
+        for key in ready:
+            del self.next_seek[key]
+        return ready

@@ -151,7 +151,7 @@ class EngineWorker:
             task.track_holds()
             for tp in self._inputs(p):
                 tp.offset = self._position(tp.topic, p)
-                self.consumer.seek(tp)
+                self._seek_input(tp)
             self.consumer.resume(self._inputs(p))
             self.metrics.restored(time.monotonic() - self._restore_t0.pop(p, time.monotonic()))
             log.info("worker %s resumes p%d at credits %s, requests %s (changelog %d)",
@@ -271,6 +271,18 @@ class EngineWorker:
                                  f"its start: {err.str()}")
         log.warning("worker %s: %s [%d] out of range at %d, asking again: %s", self.worker_id,
                     topic, partition, self._resume_at(topic, partition), err.str())
+
+    def _seek_input(self, tp: TopicPartition) -> None:
+        """Seek an input; one whose position the broker lost (its reset failed: librdkafka
+        refuses the seek, whether or not its error was consumed yet) is given again with the
+        assignment (_seek_lost)."""
+        try:
+            self.consumer.seek(tp)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._STATE:
+                raise
+            self.lost.lost(tp.topic, tp.partition, time.monotonic())
+            self.lost.next_seek[(tp.topic, tp.partition)] = 0.0
 
     def _seek_lost(self) -> None:
         """Ask for the lost positions again. librdkafka stops a partition whose reset failed

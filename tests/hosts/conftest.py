@@ -14,6 +14,7 @@ from kbank.chaos.hosts import Hosts
 from kbank.chaos.network import BROKERS, VIEWS
 from kbank.streams.broker import KafkaCluster
 from tests.conftest import TestCluster, deployment, kill_all
+from tests.workload import wait_until
 
 __all__ = ["BROKERS", "VIEWS"]   # the hosts bank chaos --hosts makes, and two engine hosts
 ENGINES = ["engine-0", "engine-1"]
@@ -138,6 +139,27 @@ def leading(admin, topic: str, leader: int) -> bool:  # noqa: ANN001 - an AdminC
     just made may be known to a broker before its partition is)."""
     partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
     return 0 in partitions and partitions[0].leader == leader and len(partitions[0].isrs) == 3
+
+
+def write_for(writers: list["TopicWriter"], seconds: float) -> None:
+    """Each writer writes a record every 20 ms or so, for `seconds`."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for writer in writers:
+            writer.write()
+        time.sleep(0.02)
+
+
+def writers_led_by(admin, config: dict, leader: int, *writers: "TopicWriter") -> list["TopicWriter"]:  # noqa: ANN001
+    """The writers, once `leader` leads each one's topic with three replicas in sync, each
+    with two seconds of acknowledged writes behind it."""
+    for writer in writers:
+        wait_until(lambda w=writer: leading(admin, w.topic, leader), 60,
+                   f"broker {leader} leading 3 replicas")
+    write_for(list(writers), 2)
+    for writer in writers:
+        writer.producer.flush(30)
+    return list(writers)
 
 
 class TopicWriter:

@@ -15,7 +15,7 @@ import time
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.hosts.conftest import BROKERS, TopicWriter, leading, partition_zero
+from tests.hosts.conftest import BROKERS, TopicWriter, partition_zero, write_for, writers_led_by
 from tests.workload import wait_until
 
 pytestmark = pytest.mark.slow
@@ -31,30 +31,17 @@ def test_an_isolated_follower_that_is_the_controller_stops_no_write_and_loses_no
     admin = AdminClient(config)
     controller = cluster.active_controller()
     leader, other = (b for b in (1, 2, 3) if b != controller)
-    replicas = (leader, controller, other)
-    majority, everyone = (TopicWriter(admin, config, "all", replicas, min_insync=n) for n in (2, 3))
-    for writer in (majority, everyone):
-        wait_until(lambda w=writer: leading(admin, w.topic, leader), 60,
-                   f"broker {leader} leading 3 replicas")
-
-    def write_for(seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            majority.write()
-            everyone.write()
-            time.sleep(0.02)
-
-    write_for(2)
-    for writer in (majority, everyone):
-        writer.producer.flush(30)
+    writers = writers_led_by(admin, config, leader, *(
+        TopicWriter(admin, config, "all", (leader, controller, other), min_insync=n) for n in (2, 3)))
+    majority, everyone = writers
     healed.isolate(BROKERS[controller - 1])
     cut_at = time.monotonic()
-    write_for(ISOLATED_S)
+    write_for(writers, ISOLATED_S)
     assert cluster.active_controller() != controller, "the majority elected a new controller"
     healed.heal()
     healed_at = time.monotonic()
-    write_for(2)
-    for writer in (majority, everyone):
+    write_for(writers, 2)
+    for writer in writers:
         writer.producer.flush(120)
         wait_until(lambda w=writer: len(partition_zero(admin, w.topic).isrs) == 3, 90,
                    "the isolated broker back in sync")

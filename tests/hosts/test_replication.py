@@ -10,12 +10,10 @@ for replication would: the old leader acknowledges writes that the truncation re
 """
 from __future__ import annotations
 
-import time
-
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.hosts.conftest import BROKERS, TopicWriter, leading, partition_zero
+from tests.hosts.conftest import BROKERS, TopicWriter, partition_zero, write_for, writers_led_by
 from tests.workload import wait_until
 
 pytestmark = pytest.mark.slow
@@ -27,26 +25,15 @@ def test_an_isolated_leader_acknowledges_no_write_that_the_majority_loses(healed
     cluster = host_cluster.cluster
     config = {"bootstrap.servers": cluster.bootstrap_servers, **cluster.admin_config()}
     admin = AdminClient(config)
-    replicated, unreplicated = (TopicWriter(admin, config, acks) for acks in ("all", "1"))
-    for writer in (replicated, unreplicated):
-        wait_until(lambda w=writer: leading(admin, w.topic, 1), 60, "broker 1 leading 3 replicas")
-
-    def write_for(seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            replicated.write()
-            unreplicated.write()
-            time.sleep(0.02)
-
-    write_for(2)
-    for writer in (replicated, unreplicated):
-        writer.producer.flush(30)
+    writers = writers_led_by(admin, config, 1, *(TopicWriter(admin, config, acks)
+                                                 for acks in ("all", "1")))
+    replicated, unreplicated = writers
     for other in BROKERS[1:]:
         healed.cut(BROKERS[0], other)
-    write_for(ISOLATED_S)
+    write_for(writers, ISOLATED_S)
     healed.heal()
-    write_for(2)
-    for writer in (replicated, unreplicated):
+    write_for(writers, 2)
+    for writer in writers:
         writer.producer.flush(90)
         wait_until(lambda w=writer: len(partition_zero(admin, w.topic).isrs) == 3, 90,
                    "the old leader back in sync")

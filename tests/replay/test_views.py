@@ -13,8 +13,8 @@ from tests.workload import Workload, assert_invariants, wait_until
 
 
 def test_rebuilt_views_equal_the_live_ones_after_crashes(settings, pool_factory, views_factory, tmp_path):
-    # every 3rd engine batch the worker SIGKILLs itself mid-changelog; restarted below
-    engine = pool_factory(replace(settings, fault_crash_every=4, fault_commit_delay_ms=20), 2)
+    # every 8th engine batch the worker SIGKILLs itself mid-changelog; restarted below
+    engine = pool_factory(replace(settings, fault_crash_every=8, fault_commit_delay_ms=20), 2)
     views = views_factory(settings, 2)
     urls = [views.url(w) for w in views.procs]
     names = [f"acct-{i}" for i in range(30)]
@@ -34,7 +34,7 @@ def test_rebuilt_views_equal_the_live_ones_after_crashes(settings, pool_factory,
 
         def first_transfers_finished() -> bool:
             nonlocal crashes
-            crashes += len(engine.restart_dead())   # the workers kill themselves every 4th batch
+            crashes += len(engine.restart_dead())   # the workers kill themselves every 8th batch
             return wl.watcher.finished(list(wl.request_ids)) >= 2 * len(names) + 100
 
         wait_until(first_transfers_finished, 120, "the first transfers to finish")

@@ -68,7 +68,7 @@ def wait_restarting(pool, wl: Workload, timeout_s: float) -> bool:
 
 
 def test_sigkill_loop_keeps_every_invariant(settings, pool_factory, tmp_path):
-    wl, pool = crash_loop(settings, pool_factory, accounts=1_000, transfers=20_000, kills=10,
+    wl, pool = crash_loop(settings, pool_factory, accounts=1_000, transfers=14_000, kills=10,
                           rate_per_s=600, holds=1_500)
     try:
         assert wait_restarting(pool, wl, 300), "requests left unfinished after the crashes"
@@ -77,7 +77,7 @@ def test_sigkill_loop_keeps_every_invariant(settings, pool_factory, tmp_path):
     finally:
         wl.close()
     assert report.duplicates_dropped == 0, "a read_committed reader never sees a copy of an event"
-    assert report.requests == len(set(wl.request_ids)) > 2 * 1_000 + 20_000
+    assert report.requests == len(set(wl.request_ids)) > 2 * 1_000 + 14_000
     assert report.holds["made"] > 1_000 and report.holds["pending"] == 0   # the rest: no funds
     assert min(report.holds[k] for k in ("posted", "hold_released", "expired")) > 50, report.render()
     # every completed transfer: exactly one debit and one credit in the ledger
@@ -89,7 +89,7 @@ def test_sigkill_loop_keeps_every_invariant(settings, pool_factory, tmp_path):
     for rid, status in statuses.items():
         if rid.startswith("t-") and status == "completed":
             assert sorted(kinds[rid]) == ["credited", "debited"], rid
-    assert wl.duplicates_sent >= 400
+    assert wl.duplicates_sent >= 14_000 // 40
     # kills left produced, uncommitted batches: their records exist, and only
     # read_uncommitted readers see them
     logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))

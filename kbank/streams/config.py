@@ -238,11 +238,6 @@ class Settings:
         "env": "BANK_ENGINE_RESTORE_TIMEOUT_S",
         "help": "longest an engine worker may take to restore one partition from its changelog "
                 "before it gives up (and is restarted)"})
-    engine_out_of_range_s: Annotated[float, Field(gt=0, le=86_400)] = field(default=60.0, metadata={
-        "env": "BANK_ENGINE_OUT_OF_RANGE_S",
-        "help": "an engine input partition whose broker holds no record at the worker's position "
-                "(a leader cut from the cluster, or a truncated log) is asked again every second; "
-                "still missing after this long, the worker halts rather than read it from its start"})
     engine_metrics_port: PORT = field(default=0, metadata={
         "env": "BANK_ENGINE_METRICS_PORT",
         "help": "first port of the engine workers' Prometheus /metrics (worker i uses port + i; 0 = off)"})
@@ -289,11 +284,6 @@ class Settings:
         "env": "BANK_UNSAFE_RETRY_REFUSED", "testing": True,
         "help": "testing: the engine retries a batch the broker refused for good (an ACL, a "
                 "missing topic) as if it were a passing error (the old abort loop)"})
-    unsafe_reset_to_earliest: bool = field(default=False, metadata={
-        "env": "BANK_UNSAFE_RESET_TO_EARLIEST", "testing": True,
-        "help": "testing: an engine input whose position the broker does not hold is read again "
-                "from its first record (re-decides requests, as new ones once older than the "
-                "id window)"})
     unsafe_read_uncommitted: bool = field(default=False, metadata={
         "env": "BANK_UNSAFE_READ_UNCOMMITTED", "testing": True,
         "help": "testing: the engine reads its inputs read_uncommitted (applies credits of "

@@ -30,8 +30,8 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from kbank.streams import kafka, topics
 from kbank.streams.config import Settings
-from kbank.streams.engine.failures import (AbortStreak, FailureKind, LostPositions, WorkerHalted,
-                                           error_of, halt_message, kind_of)
+from kbank.streams.engine.failures import (AbortStreak, FailureKind, WorkerHalted, error_of,
+                                           halt_message, kind_of)
 from kbank.streams.health import record_halt
 from kbank.streams.engine.faults import EngineFaults, InjectedAbort
 from kbank.streams.engine.metrics import EngineMetrics
@@ -67,7 +67,6 @@ class EngineWorker:
         self.batches = 0
         self.aborts = 0
         self.streak = AbortStreak(settings.engine_abort_limit)
-        self.lost = LostPositions(settings.engine_out_of_range_s)
         self._stopping = False
         self.consumer = kafka.consumer(
             settings, kafka.ENGINE, settings.topic(topics.ENGINE_GROUP),
@@ -76,8 +75,6 @@ class EngineWorker:
                "fetch.min.bytes": settings.engine_fetch_min_bytes,
                "queued.max.messages.kbytes": settings.engine_fetch_queue_kb,
                "client.id": f"engine-{worker_id}",
-               # never start an input over: a position the broker does not hold is LostPositions'
-               "auto.offset.reset": "earliest" if settings.unsafe_reset_to_earliest else "error",
                "isolation.level": "read_uncommitted" if settings.unsafe_read_uncommitted
                else "read_committed"})
         self.restorer = kafka.consumer(settings, kafka.ENGINE, settings.topic("bank-engine-restore"),
@@ -151,7 +148,7 @@ class EngineWorker:
             task.track_holds()
             for tp in self._inputs(p):
                 tp.offset = self._position(tp.topic, p)
-                self._seek_input(tp)
+                self.consumer.seek(tp)
             self.consumer.resume(self._inputs(p))
             self.metrics.restored(time.monotonic() - self._restore_t0.pop(p, time.monotonic()))
             log.info("worker %s resumes p%d at credits %s, requests %s (changelog %d)",
@@ -164,7 +161,6 @@ class EngineWorker:
         log.info("worker %s revoked partitions %s", self.worker_id,
                  sorted({tp.partition for tp in partitions}))
         self.restore.remove(sorted({tp.partition for tp in partitions}))
-        self.lost.forget({tp.partition for tp in partitions})
         self.metrics.restoring.set(len(self.restore.tasks))
         for p in {tp.partition for tp in partitions}:
             task = self.tasks.pop(p, None)
@@ -200,10 +196,8 @@ class EngineWorker:
                 for msg in received:
                     err = msg.error()
                     if err is not None:
-                        self._on_consume_error(err, msg.topic(), msg.partition())
+                        self._on_consume_error(err, msg.topic())
                         continue
-                    if self.lost.since:
-                        self.lost.found(msg.topic(), msg.partition())
                     task = self.tasks.get(msg.partition())
                     if task is not None and msg.partition() not in self.restore.tasks:
                         (task.credits if msg.topic() == self.topics.credits else task.requests).append(msg)
@@ -211,8 +205,6 @@ class EngineWorker:
                     self.faults.before_batch(self.batches + 1)
                 if self.restore.active:
                     self._restore_step()
-                if self.lost.next_seek:
-                    self._seek_lost()
                 self._run_batch()
                 if time.monotonic() - self._lag_read_at > 1.0:
                     self._read_lag()
@@ -246,11 +238,7 @@ class EngineWorker:
             return
         self.lag = lag
 
-    def _on_consume_error(self, err: KafkaError, topic: str | None = None,
-                          partition: int | None = None) -> None:
-        if err.code() == KafkaError._AUTO_OFFSET_RESET and topic and partition is not None:
-            self._position_lost(err, topic, partition)
-            return
+    def _on_consume_error(self, err: KafkaError, topic: str | None = None) -> None:
         kind = kind_of(err)
         if kind is FailureKind.NOT_RETRIABLE:   # READ refused, a topic gone: no retry fixes it
             self._halt(err, [topic] if topic else [], f"consuming: {err.str()}")
@@ -259,54 +247,6 @@ class EngineWorker:
         if err.code() != KafkaError._PARTITION_EOF:
             log.warning("consume error: %s", err)
             self.metrics.consume_errors.inc()
-
-    def _position_lost(self, err: KafkaError, topic: str, partition: int) -> None:
-        """The broker holds no record at this input's position: ask again (LostPositions),
-        halt once that has lasted engine_out_of_range_s."""
-        missing_s = self.lost.lost(topic, partition, time.monotonic())
-        if self.lost.exhausted(topic, partition, time.monotonic()):
-            self._halt(None, [], f"{topic} [{partition}] has no record at offset "
-                                 f"{self._resume_at(topic, partition)} for {missing_s:.0f} s "
-                                 f"(its log was truncated or recreated?); not reading it from "
-                                 f"its start: {err.str()}")
-        log.warning("worker %s: %s [%d] out of range at %d, asking again: %s", self.worker_id,
-                    topic, partition, self._resume_at(topic, partition), err.str())
-
-    def _seek_input(self, tp: TopicPartition) -> None:
-        """Seek an input; one whose position the broker lost (its reset failed: librdkafka
-        refuses the seek, whether or not its error was consumed yet) is given again with the
-        assignment (_seek_lost)."""
-        try:
-            self.consumer.seek(tp)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._STATE:
-                raise
-            self.lost.lost(tp.topic, tp.partition, time.monotonic())
-            self.lost.next_seek[(tp.topic, tp.partition)] = 0.0
-
-    def _seek_lost(self) -> None:
-        """Ask for the lost positions again. librdkafka stops a partition whose reset failed
-        and refuses to seek it (_STATE), so the whole assignment is given again, every input
-        at the position the worker goes on from (after what it fetched and holds undecided;
-        what librdkafka had fetched ahead is fetched again); inputs of restoring stores stay
-        paused."""
-        if not self.lost.due(time.monotonic()):
-            return
-        owned = self.consumer.assignment()
-        self.consumer.assign([TopicPartition(tp.topic, tp.partition,
-                                             self._resume_at(tp.topic, tp.partition)) for tp in owned])
-        restoring = [tp for tp in owned if tp.partition in self.restore.tasks]
-        if restoring:
-            self.consumer.pause(restoring)
-
-    def _resume_at(self, topic: str, partition: int) -> int:
-        """Where an input goes on: after its last fetched record, else its committed offset."""
-        task = self.tasks.get(partition)
-        fetched = None if task is None else (
-            task.credits if topic == self.topics.credits else task.requests)
-        if fetched:
-            return fetched[-1].offset() + 1
-        return self._position(topic, partition) if task is not None else OFFSET_BEGINNING
 
     def _halt(self, err: KafkaError | None, topics_named: list[str], detail: str) -> None:
         """End the worker with one line naming what was refused (WorkerHalted), recorded

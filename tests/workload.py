@@ -185,6 +185,25 @@ def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.1) -> N
         time.sleep(poll_s)
 
 
+def verify_until(settings: Settings, shows, timeout_s: float, what: str,  # noqa: ANN001
+                 poll_s: float = 2.0, between=None) -> VerifyReport:  # noqa: ANN001
+    """Run verify (require_final=False) until `shows(report)` is true, calling `between()`
+    (say, restarting workers) before each run; fail naming `what` with the last report.
+    A negative control waits so for the damage its missing guard lets through."""
+    reports: list[VerifyReport] = []
+
+    def shown() -> bool:
+        if between is not None:
+            between()
+        reports.append(verify(settings, require_final=False))
+        return bool(shows(reports[-1]))
+    try:
+        wait_until(shown, timeout_s, what, poll_s=poll_s)
+    except AssertionError:
+        raise AssertionError(reports[-1].render() if reports else "no verify ran") from None
+    return reports[-1]
+
+
 def log_count(path, text: str) -> int:  # noqa: ANN001 - a pathlib.Path
     """How often `text` occurs in a worker's log file (0 if it has none yet)."""
     return path.read_text().count(text) if path.exists() else 0

@@ -162,6 +162,13 @@ def writers_led_by(admin, config: dict, leader: int, *writers: "TopicWriter") ->
     return list(writers)
 
 
+def flushed_back_in_sync(admin, writers: list["TopicWriter"], flush_s: float, what: str) -> None:  # noqa: ANN001
+    """Every writer's records delivered (or failed) and its topic's three replicas in sync."""
+    for writer in writers:
+        writer.producer.flush(flush_s)
+        wait_until(lambda w=writer: len(partition_zero(admin, w.topic).isrs) == 3, 90, what)
+
+
 class TopicWriter:
     """Writes numbered records to a new one-partition topic on brokers `replicas` (the first
     leads), noting which the brokers acknowledged and when."""

@@ -18,9 +18,8 @@ import time
 
 import pytest
 
-from kbank.replay.verify import verify
 from tests.hosts.conftest import BROKERS, ENGINES, two_deployments
-from tests.workload import Workload, assert_invariants, log_count, wait_until
+from tests.workload import Workload, assert_invariants, log_count, verify_until, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -83,14 +82,6 @@ def test_an_engine_worker_cut_from_the_brokers_is_fenced_when_the_cut_heals(
 
 def _assert_applied_twice(unprotected: _Deployment) -> None:
     """The negative control: the healed worker's stale batch lands once its TCP retries do."""
-    reports = []
-
-    def twice() -> bool:
-        reports.append(verify(unprotected.settings, require_final=False))
-        return bool(reports[-1].violations or reports[-1].applied_twice
-                    or reports[-1].duplicates_dropped)
     unprotected.wl.wait(120)
-    try:
-        wait_until(twice, 120, "the healed worker's stale outputs", poll_s=2)
-    except AssertionError:
-        raise AssertionError(reports[-1].render() if reports else "no verify ran") from None
+    verify_until(unprotected.settings, lambda r: r.violations or r.applied_twice
+                 or r.duplicates_dropped, 120, "the healed worker's stale outputs")

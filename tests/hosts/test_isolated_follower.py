@@ -15,8 +15,8 @@ import time
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.hosts.conftest import BROKERS, TopicWriter, partition_zero, write_for, writers_led_by
-from tests.workload import wait_until
+from tests.hosts.conftest import (BROKERS, TopicWriter, flushed_back_in_sync, write_for,
+                                  writers_led_by)
 
 pytestmark = pytest.mark.slow
 
@@ -41,10 +41,7 @@ def test_an_isolated_follower_that_is_the_controller_stops_no_write_and_loses_no
     healed.heal()
     healed_at = time.monotonic()
     write_for(writers, 2)
-    for writer in writers:
-        writer.producer.flush(120)
-        wait_until(lambda w=writer: len(partition_zero(admin, w.topic).isrs) == 3, 90,
-                   "the isolated broker back in sync")
+    flushed_back_in_sync(admin, writers, 120, "the isolated broker back in sync")
     during = majority.acknowledged_between(cut_at + GRACE_S, healed_at)
     assert during > 50, f"{during} writes acknowledged while a follower was isolated"
     kept = majority.present(config)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.hosts.conftest import BROKERS, TopicWriter, partition_zero, write_for, writers_led_by
-from tests.workload import wait_until
+from tests.hosts.conftest import (BROKERS, TopicWriter, flushed_back_in_sync, write_for,
+                                  writers_led_by)
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +33,7 @@ def test_an_isolated_leader_acknowledges_no_write_that_the_majority_loses(healed
     write_for(writers, ISOLATED_S)
     healed.heal()
     write_for(writers, 2)
-    for writer in writers:
-        writer.producer.flush(90)
-        wait_until(lambda w=writer: len(partition_zero(admin, w.topic).isrs) == 3, 90,
-                   "the old leader back in sync")
+    flushed_back_in_sync(admin, writers, 90, "the old leader back in sync")
     kept = replicated.present(config)
     assert len(replicated.acknowledged) > 50, "the writes before the cut were acknowledged"
     assert replicated.acknowledged.keys() <= kept, \

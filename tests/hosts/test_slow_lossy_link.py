@@ -16,10 +16,9 @@ import threading
 import pytest
 
 from kbank.chaos.toxics import Toxiproxy, toxiproxy_binary
-from kbank.replay.verify import verify
 from kbank.streams.broker import PROXIED_PORT
 from tests.hosts.conftest import BROKERS, ENGINES, two_deployments
-from tests.workload import Workload, assert_invariants, log_count, wait_until
+from tests.workload import Workload, assert_invariants, log_count, verify_until
 
 pytestmark = pytest.mark.slow
 
@@ -63,15 +62,8 @@ def test_a_slow_lossy_link_between_engine_and_brokers_changes_nothing(
         logs = tmp_path / "logs"
         assert log_count(logs / "protected" / "worker-0.log", "injected unknown outcome") >= 3
         # the negative control, over the same link: a batch applied twice shows once it lands
-        reports = []
-
-        def twice() -> bool:
-            reports.append(verify(unprotected, require_final=False))
-            return bool(reports[-1].applied_twice or reports[-1].violations)
-        try:
-            wait_until(twice, 120, "a committed batch re-run", poll_s=2)
-        except AssertionError:
-            raise AssertionError(reports[-1].render() if reports else "no verify ran") from None
+        verify_until(unprotected, lambda r: r.applied_twice or r.violations, 120,
+                     "a committed batch re-run")
     finally:
         for wl in clients:
             wl.close()

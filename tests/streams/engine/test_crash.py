@@ -18,7 +18,8 @@ import pytest
 from kbank.replay.verify import verify
 from kbank.streams import topics
 from kbank.streams.config import Settings
-from tests.workload import Workload, assert_invariants, hidden_records, ledger, wait_until
+from tests.workload import (Workload, assert_invariants, hidden_records, ledger,
+                            verify_until)
 
 pytestmark = pytest.mark.slow
 
@@ -113,16 +114,9 @@ def test_checks_fail_without_the_guard(settings, pool_factory, unsafe):
             report = verify(settings, require_final=False)
             assert report.applied_twice > 0, report.render()
         else:   # some never may (a re-run batch is refused seqs): verify until the damage shows
-            reports = []
-
-            def damaged() -> bool:
-                pool.restart_dead()
-                reports.append(verify(settings, require_final=False))
-                return bool(reports[-1].duplicates_dropped or reports[-1].applied_twice
-                            or any("seq" in v for v in reports[-1].violations))
-            try:
-                wait_until(damaged, 60, "the re-run batches' copies in the ledger", poll_s=1)
-            except AssertionError:
-                raise AssertionError(reports[-1].render() if reports else "no verify ran") from None
+            verify_until(settings, lambda r: r.duplicates_dropped or r.applied_twice
+                         or any("seq" in v for v in r.violations), 60,
+                         "the re-run batches' copies in the ledger", poll_s=1,
+                         between=pool.restart_dead)
     finally:
         wl.close()
